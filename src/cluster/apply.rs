@@ -1,0 +1,319 @@
+//! The pure state transition: `apply(&mut ClusterState, &Command)`.
+//!
+//! A rejected command leaves the state untouched, byte for byte, and its
+//! rejection is returned to whoever proposed it. Rejections are ordinary
+//! outcomes of a replicated log (two controllers raced, a view was stale),
+//! not errors of the node.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::Command;
+use super::state::{ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary};
+
+/// What an accepted command did, for logs and replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub message: String,
+    pub revision: u64,
+}
+
+/// Why a command was refused by the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("the cluster state is not initialised yet")]
+    NotInitialized,
+    #[error("the cluster state is already initialised")]
+    AlreadyInitialized,
+    #[error("stale generation: the command expects {expected}, the cluster is at {actual}")]
+    StaleGeneration { expected: u64, actual: u64 },
+    #[error("unknown member '{0}'")]
+    UnknownMember(String),
+    #[error("member name '{0}' is already taken")]
+    DuplicateName(String),
+    #[error("Raft id {id} is already used by member '{by}'")]
+    DuplicateId { id: u64, by: String },
+    #[error("'{0}' is the primary: switch over to another member first")]
+    IsPrimary(String),
+    #[error("the cluster already has a primary or was bootstrapped")]
+    AlreadyBootstrapped,
+    #[error("there is no primary")]
+    NoPrimary,
+    #[error("no failover or switchover is in progress")]
+    NothingPending,
+    #[error("a failover or switchover is already in progress")]
+    AlreadyPending,
+    #[error("'{node}' cannot be promoted: {why}")]
+    NotEligible { node: String, why: String },
+    #[error("{0}")]
+    BadConfig(String),
+}
+
+/// Applies `cmd` to `state`. On `Err`, `state` is unchanged.
+pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejection> {
+    if !state.initialized && !matches!(cmd, Command::Init { .. }) {
+        return Err(Rejection::NotInitialized);
+    }
+    let message = match cmd {
+        Command::Init { members } => init(state, members)?,
+        Command::AddMember { member } => add_member(state, member)?,
+        Command::RemoveMember { name } => remove_member(state, name)?,
+        Command::SetTags { name, tags } => {
+            state
+                .members
+                .get_mut(name)
+                .ok_or_else(|| Rejection::UnknownMember(name.clone()))?
+                .tags = tags.clone();
+            format!("tags of {name} set")
+        }
+        Command::Bootstrap { node, system_identifier } => bootstrap(state, node, *system_identifier)?,
+        Command::BeginFailover { generation, to, forced, reason } => {
+            check_generation(state, *generation)?;
+            if let Some(to) = to {
+                known(state, to)?;
+            }
+            begin(state, PendingKind::Failover, to.clone(), *forced, reason)?
+        }
+        Command::BeginSwitchover { generation, to, reason } => {
+            check_generation(state, *generation)?;
+            let from = state.primary_name().ok_or(Rejection::NoPrimary)?;
+            if from == to {
+                return Err(Rejection::NotEligible {
+                    node: to.clone(),
+                    why: "it is already the primary".into(),
+                });
+            }
+            eligible(state, to, false)?;
+            begin(state, PendingKind::Switchover, Some(to.clone()), false, reason)?
+        }
+        Command::Promote { generation, node } => promote(state, *generation, node)?,
+        Command::RecordTimeline { generation, node, timeline, switch_lsn } => {
+            record_timeline(state, *generation, node, *timeline, switch_lsn.clone())?
+        }
+        Command::SetSyncStandbys { generation, standbys } => {
+            check_generation(state, *generation)?;
+            for s in standbys {
+                known(state, s)?;
+                if state.primary_name() == Some(s.as_str()) {
+                    return Err(Rejection::IsPrimary(s.clone()));
+                }
+            }
+            state.sync_standbys = standbys.iter().cloned().collect();
+            format!("sync standbys now [{}]", standbys.join(", "))
+        }
+        Command::Pause => {
+            state.paused = true;
+            "automatic failover paused".into()
+        }
+        Command::Resume => {
+            state.paused = false;
+            "automatic failover resumed".into()
+        }
+        Command::SetConfig { key, value } => set_config(state, key, value.as_deref())?,
+    };
+    state.revision += 1;
+    Ok(Applied {
+        message,
+        revision: state.revision,
+    })
+}
+
+fn init(state: &mut ClusterState, members: &[Member]) -> Result<String, Rejection> {
+    if state.initialized {
+        return Err(Rejection::AlreadyInitialized);
+    }
+    let mut fresh = ClusterState::default();
+    for m in members {
+        add_member(&mut fresh, m)?;
+    }
+    state.members = fresh.members;
+    state.initialized = true;
+    Ok(format!("initialised with {} members", members.len()))
+}
+
+fn add_member(state: &mut ClusterState, m: &Member) -> Result<String, Rejection> {
+    if let Some(existing) = state.members.get(&m.name) {
+        // Idempotent: a retried add of the same member is accepted.
+        if existing == m {
+            return Ok(format!("member {} already present", m.name));
+        }
+        return Err(Rejection::DuplicateName(m.name.clone()));
+    }
+    if let Some(other) = state.member_by_id(m.id) {
+        return Err(Rejection::DuplicateId {
+            id: m.id,
+            by: other.name.clone(),
+        });
+    }
+    state.members.insert(m.name.clone(), m.clone());
+    Ok(format!("member {} added", m.name))
+}
+
+fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
+    known(state, name)?;
+    let involved = state.pending.as_ref().is_some_and(|p| {
+        p.candidate.as_deref() == Some(name) || p.to.as_deref() == Some(name)
+    });
+    if state.primary_name() == Some(name) || involved {
+        return Err(Rejection::IsPrimary(name.to_string()));
+    }
+    state.members.remove(name);
+    state.sync_standbys.remove(name);
+    Ok(format!("member {name} removed"))
+}
+
+fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Result<String, Rejection> {
+    known(state, node)?;
+    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
+        return Err(Rejection::AlreadyBootstrapped);
+    }
+    state.generation = 1;
+    state.system_identifier = Some(system_identifier);
+    state.primary = Some(Primary {
+        node: node.to_string(),
+        generation: 1,
+        timeline: Some(1),
+    });
+    state.history.push(HistoryEntry {
+        timeline: 1,
+        switch_lsn: None,
+        reason: "bootstrap".into(),
+        from: None,
+        to: node.to_string(),
+        generation: 1,
+    });
+    Ok(format!("{node} is the first primary (generation 1, timeline 1)"))
+}
+
+fn begin(
+    state: &mut ClusterState,
+    kind: PendingKind,
+    to: Option<String>,
+    forced: bool,
+    reason: &str,
+) -> Result<String, Rejection> {
+    if state.pending.is_some() {
+        return Err(Rejection::AlreadyPending);
+    }
+    let from = state.primary.take().map(|p| p.node);
+    state.generation += 1;
+    state.pending = Some(Pending {
+        kind,
+        from: from.clone(),
+        to,
+        candidate: None,
+        forced,
+        reason: reason.to_string(),
+    });
+    Ok(format!(
+        "generation {} fenced (primary was {}), {kind:?} under generation {}",
+        state.generation - 1,
+        from.as_deref().unwrap_or("none"),
+        state.generation
+    ))
+}
+
+fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<String, Rejection> {
+    check_generation(state, generation)?;
+    let pending = state.pending.as_ref().ok_or(Rejection::NothingPending)?;
+    if let Some(to) = &pending.to {
+        if to != node {
+            return Err(Rejection::NotEligible {
+                node: node.to_string(),
+                why: format!("the pending change targets {to}"),
+            });
+        }
+    }
+    let forced = pending.forced;
+    eligible(state, node, forced)?;
+    if let Some(p) = state.pending.as_mut() {
+        p.candidate = Some(node.to_string());
+    }
+    Ok(format!("{node} told to promote under generation {generation}"))
+}
+
+fn record_timeline(
+    state: &mut ClusterState,
+    generation: u64,
+    node: &str,
+    timeline: u32,
+    switch_lsn: Option<String>,
+) -> Result<String, Rejection> {
+    check_generation(state, generation)?;
+    // Idempotent when retried after it already took effect.
+    if let Some(p) = &state.primary {
+        if p.node == node && p.timeline == Some(timeline) {
+            return Ok(format!("{node} already primary on timeline {timeline}"));
+        }
+    }
+    let pending = state.pending.as_ref().ok_or(Rejection::NothingPending)?;
+    if pending.candidate.as_deref() != Some(node) {
+        return Err(Rejection::NotEligible {
+            node: node.to_string(),
+            why: "it is not the promoted candidate".into(),
+        });
+    }
+    let pending = state.pending.take().expect("checked above");
+    state.sync_standbys.clear();
+    state.primary = Some(Primary {
+        node: node.to_string(),
+        generation,
+        timeline: Some(timeline),
+    });
+    state.history.push(HistoryEntry {
+        timeline,
+        switch_lsn,
+        reason: pending.reason,
+        from: pending.from,
+        to: node.to_string(),
+        generation,
+    });
+    Ok(format!("{node} is primary on timeline {timeline} (generation {generation})"))
+}
+
+fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Result<String, Rejection> {
+    if let Some(name) = key.strip_prefix("postgresql.parameters.") {
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
+            return Err(Rejection::BadConfig(format!("'{name}' is not a PostgreSQL parameter name")));
+        }
+        match value {
+            Some(v) => state.parameters.insert(name.to_string(), v.to_string()),
+            None => state.parameters.remove(name),
+        };
+    } else {
+        state.ha.set(key, value).map_err(Rejection::BadConfig)?;
+    }
+    Ok(match value {
+        Some(v) => format!("{key} = {v}"),
+        None => format!("{key} reset"),
+    })
+}
+
+fn check_generation(state: &ClusterState, expected: u64) -> Result<(), Rejection> {
+    if state.generation != expected {
+        return Err(Rejection::StaleGeneration {
+            expected,
+            actual: state.generation,
+        });
+    }
+    Ok(())
+}
+
+fn known<'a>(state: &'a ClusterState, name: &str) -> Result<&'a Member, Rejection> {
+    state.member(name).ok_or_else(|| Rejection::UnknownMember(name.to_string()))
+}
+
+fn eligible(state: &ClusterState, node: &str, forced: bool) -> Result<(), Rejection> {
+    let m = known(state, node)?;
+    if m.tags.nofailover && !forced {
+        return Err(Rejection::NotEligible {
+            node: node.to_string(),
+            why: "it is tagged nofailover".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

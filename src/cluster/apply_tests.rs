@@ -1,0 +1,415 @@
+//! Table tests for every command, accepted and rejected, and a property sweep
+//! over random command sequences that checks the state's invariants.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::cluster::{state::Tags, SyncMode};
+
+fn member(name: &str, id: u64) -> Member {
+    Member {
+        name: name.into(),
+        id,
+        raft_addr: format!("127.0.0.1:{}", 15500 + id),
+        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
+        pg_addr: format!("127.0.0.1:{}", 15400 + id),
+        http_addr: format!("127.0.0.1:{}", 15700 + id),
+        tags: Tags::default(),
+    }
+}
+
+fn initialized() -> ClusterState {
+    let mut s = ClusterState::default();
+    let members = vec![member("n1", 1), member("n2", 2), member("n3", 3)];
+    apply(&mut s, &Command::Init { members }).unwrap();
+    s
+}
+
+fn bootstrapped() -> ClusterState {
+    let mut s = initialized();
+    apply(
+        &mut s,
+        &Command::Bootstrap {
+            node: "n1".into(),
+            system_identifier: 7,
+        },
+    )
+    .unwrap();
+    s
+}
+
+fn failover(generation: u64) -> Command {
+    Command::BeginFailover {
+        generation,
+        to: None,
+        forced: false,
+        reason: "lease expired".into(),
+    }
+}
+
+/// Applies and asserts that a rejection left the state exactly as it was.
+fn rejected(s: &mut ClusterState, cmd: Command) -> Rejection {
+    let before = s.clone();
+    let err = apply(s, &cmd).unwrap_err();
+    assert_eq!(*s, before, "a rejected command changed the state: {cmd}");
+    err
+}
+
+#[test]
+fn commands_before_init_are_rejected() {
+    let mut s = ClusterState::default();
+    assert_eq!(rejected(&mut s, Command::Pause), Rejection::NotInitialized);
+}
+
+#[test]
+fn init_once() {
+    let mut s = initialized();
+    assert_eq!(s.members.len(), 3);
+    assert_eq!(s.revision, 1);
+    let again = Command::Init { members: vec![] };
+    assert_eq!(rejected(&mut s, again), Rejection::AlreadyInitialized);
+}
+
+#[test]
+fn init_with_duplicate_ids_is_rejected() {
+    let mut s = ClusterState::default();
+    let cmd = Command::Init {
+        members: vec![member("a", 1), member("b", 1)],
+    };
+    assert!(matches!(rejected(&mut s, cmd), Rejection::DuplicateId { id: 1, .. }));
+}
+
+#[test]
+fn add_member_is_idempotent_and_checks_name_and_id() {
+    let mut s = initialized();
+    apply(&mut s, &Command::AddMember { member: member("n4", 4) }).unwrap();
+    apply(&mut s, &Command::AddMember { member: member("n4", 4) }).unwrap();
+    assert_eq!(s.members.len(), 4);
+    let mut other = member("n4", 5);
+    other.pg_addr = "elsewhere:1".into();
+    assert_eq!(
+        rejected(&mut s, Command::AddMember { member: other }),
+        Rejection::DuplicateName("n4".into())
+    );
+    assert!(matches!(
+        rejected(&mut s, Command::AddMember { member: member("n5", 2) }),
+        Rejection::DuplicateId { id: 2, .. }
+    ));
+}
+
+#[test]
+fn remove_member() {
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::SetSyncStandbys {
+            generation: 1,
+            standbys: vec!["n2".into(), "n3".into()],
+        },
+    )
+    .unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    assert!(!s.members.contains_key("n3"));
+    assert!(!s.sync_standbys.contains("n3"), "a removed member stays out of the sync set");
+    assert_eq!(
+        rejected(&mut s, Command::RemoveMember { name: "n1".into() }),
+        Rejection::IsPrimary("n1".into())
+    );
+    assert_eq!(
+        rejected(&mut s, Command::RemoveMember { name: "zz".into() }),
+        Rejection::UnknownMember("zz".into())
+    );
+}
+
+#[test]
+fn set_tags() {
+    let mut s = initialized();
+    let tags = Tags {
+        nofailover: true,
+        failover_priority: 3,
+    };
+    apply(&mut s, &Command::SetTags { name: "n2".into(), tags: tags.clone() }).unwrap();
+    assert_eq!(s.members["n2"].tags, tags);
+    let cmd = Command::SetTags {
+        name: "nx".into(),
+        tags,
+    };
+    assert_eq!(rejected(&mut s, cmd), Rejection::UnknownMember("nx".into()));
+}
+
+#[test]
+fn bootstrap_once() {
+    let mut s = bootstrapped();
+    let p = s.primary.clone().unwrap();
+    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n1", 1, Some(1)));
+    assert_eq!(s.system_identifier, Some(7));
+    assert_eq!(s.history.len(), 1);
+    let again = Command::Bootstrap {
+        node: "n2".into(),
+        system_identifier: 8,
+    };
+    assert_eq!(rejected(&mut s, again), Rejection::AlreadyBootstrapped);
+    let mut fresh = initialized();
+    let unknown = Command::Bootstrap {
+        node: "n9".into(),
+        system_identifier: 8,
+    };
+    assert_eq!(rejected(&mut fresh, unknown), Rejection::UnknownMember("n9".into()));
+}
+
+#[test]
+fn failover_fences_then_promotes_then_records() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    assert_eq!(s.generation, 2);
+    assert_eq!(s.primary, None, "the old generation is fenced at once");
+    assert_eq!(s.pending.as_ref().unwrap().from.as_deref(), Some("n1"));
+
+    apply(&mut s, &Command::Promote { generation: 2, node: "n2".into() }).unwrap();
+    assert_eq!(s.pending.as_ref().unwrap().candidate.as_deref(), Some("n2"));
+
+    let record = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: Some("0/3000060".into()),
+    };
+    apply(&mut s, &record).unwrap();
+    let p = s.primary.clone().unwrap();
+    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n2", 2, Some(2)));
+    assert_eq!(s.pending, None);
+    let h = s.history.last().unwrap();
+    assert_eq!((h.from.as_deref(), h.to.as_str(), h.timeline), (Some("n1"), "n2", 2));
+    assert_eq!(h.reason, "lease expired");
+
+    // A retried record after success is accepted and changes nothing but the revision.
+    let before = s.history.clone();
+    apply(&mut s, &record).unwrap();
+    assert_eq!(s.history, before);
+}
+
+#[test]
+fn stale_generation_is_rejected_everywhere() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    let stale = [
+        failover(1),
+        Command::BeginSwitchover {
+            generation: 1,
+            to: "n2".into(),
+            reason: "x".into(),
+        },
+        Command::Promote { generation: 1, node: "n2".into() },
+        Command::RecordTimeline {
+            generation: 1,
+            node: "n2".into(),
+            timeline: 2,
+            switch_lsn: None,
+        },
+        Command::SetSyncStandbys {
+            generation: 1,
+            standbys: vec![],
+        },
+    ];
+    for cmd in stale {
+        let err = rejected(&mut s, cmd);
+        assert_eq!(err, Rejection::StaleGeneration { expected: 1, actual: 2 });
+    }
+}
+
+#[test]
+fn second_failover_while_pending_is_rejected() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    assert_eq!(rejected(&mut s, failover(2)), Rejection::AlreadyPending);
+}
+
+#[test]
+fn promote_rules() {
+    let mut s = bootstrapped();
+    assert_eq!(
+        rejected(&mut s, Command::Promote { generation: 1, node: "n2".into() }),
+        Rejection::NothingPending
+    );
+    let tags = Tags {
+        nofailover: true,
+        failover_priority: 0,
+    };
+    apply(&mut s, &Command::SetTags { name: "n3".into(), tags }).unwrap();
+    apply(&mut s, &failover(1)).unwrap();
+    assert!(matches!(
+        rejected(&mut s, Command::Promote { generation: 2, node: "n3".into() }),
+        Rejection::NotEligible { .. }
+    ));
+    assert_eq!(
+        rejected(&mut s, Command::Promote { generation: 2, node: "n9".into() }),
+        Rejection::UnknownMember("n9".into())
+    );
+    // Only the promoted candidate may record a timeline.
+    let wrong = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: None,
+    };
+    assert!(matches!(rejected(&mut s, wrong), Rejection::NotEligible { .. }));
+}
+
+#[test]
+fn forced_failover_may_promote_nofailover_member() {
+    let mut s = bootstrapped();
+    let tags = Tags {
+        nofailover: true,
+        failover_priority: 0,
+    };
+    apply(&mut s, &Command::SetTags { name: "n3".into(), tags }).unwrap();
+    let forced = Command::BeginFailover {
+        generation: 1,
+        to: Some("n3".into()),
+        forced: true,
+        reason: "operator".into(),
+    };
+    apply(&mut s, &forced).unwrap();
+    assert!(matches!(
+        rejected(&mut s, Command::Promote { generation: 2, node: "n2".into() }),
+        Rejection::NotEligible { .. }
+    ));
+    apply(&mut s, &Command::Promote { generation: 2, node: "n3".into() }).unwrap();
+}
+
+#[test]
+fn switchover_rules() {
+    let mut s = initialized();
+    let sw = |to: &str| Command::BeginSwitchover {
+        generation: 0,
+        to: to.into(),
+        reason: "planned".into(),
+    };
+    assert_eq!(rejected(&mut s, sw("n2")), Rejection::NoPrimary);
+    let mut s = bootstrapped();
+    let sw = |to: &str| Command::BeginSwitchover {
+        generation: 1,
+        to: to.into(),
+        reason: "planned".into(),
+    };
+    assert!(matches!(rejected(&mut s, sw("n1")), Rejection::NotEligible { .. }));
+    assert_eq!(rejected(&mut s, sw("n7")), Rejection::UnknownMember("n7".into()));
+    apply(&mut s, &sw("n3")).unwrap();
+    let p = s.pending.clone().unwrap();
+    assert_eq!((p.kind, p.from.as_deref(), p.to.as_deref()), (PendingKind::Switchover, Some("n1"), Some("n3")));
+}
+
+#[test]
+fn sync_standbys_must_be_members_and_not_primary() {
+    let mut s = bootstrapped();
+    let set = |v: &[&str]| Command::SetSyncStandbys {
+        generation: 1,
+        standbys: v.iter().map(|x| x.to_string()).collect(),
+    };
+    assert_eq!(rejected(&mut s, set(&["n1"])), Rejection::IsPrimary("n1".into()));
+    assert_eq!(rejected(&mut s, set(&["n2", "nz"])), Rejection::UnknownMember("nz".into()));
+    apply(&mut s, &set(&["n2", "n3"])).unwrap();
+    assert_eq!(s.sync_standbys.len(), 2);
+}
+
+#[test]
+fn pause_resume_and_config() {
+    let mut s = initialized();
+    apply(&mut s, &Command::Pause).unwrap();
+    assert!(s.paused);
+    apply(&mut s, &Command::Resume).unwrap();
+    assert!(!s.paused);
+    let set = |k: &str, v: Option<&str>| Command::SetConfig {
+        key: k.into(),
+        value: v.map(str::to_string),
+    };
+    apply(&mut s, &set("synchronous_mode", Some("off"))).unwrap();
+    assert_eq!(s.ha.synchronous_mode, SyncMode::Off);
+    apply(&mut s, &set("postgresql.parameters.work_mem", Some("8MB"))).unwrap();
+    assert_eq!(s.config_pairs()["postgresql.parameters.work_mem"], "8MB");
+    apply(&mut s, &set("postgresql.parameters.work_mem", None)).unwrap();
+    assert!(!s.parameters.contains_key("work_mem"));
+    assert!(matches!(rejected(&mut s, set("lease_ms", Some("fast"))), Rejection::BadConfig(_)));
+    assert!(matches!(rejected(&mut s, set("bogus", Some("1"))), Rejection::BadConfig(_)));
+    assert!(matches!(
+        rejected(&mut s, set("postgresql.parameters.bad name", Some("1"))),
+        Rejection::BadConfig(_)
+    ));
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let name = prop::sample::select(vec!["n1", "n2", "n3", "n4", "nx"]).prop_map(str::to_string);
+    let generation = 0u64..5;
+    prop_oneof![
+        (name.clone(), 1u64..6).prop_map(|(n, id)| Command::AddMember { member: member(&n, id) }),
+        name.clone().prop_map(|name| Command::RemoveMember { name }),
+        (name.clone(), any::<bool>()).prop_map(|(name, nofailover)| Command::SetTags {
+            name,
+            tags: Tags {
+                nofailover,
+                failover_priority: 0
+            }
+        }),
+        name.clone().prop_map(|node| Command::Bootstrap {
+            node,
+            system_identifier: 1
+        }),
+        (generation.clone(), prop::option::of(name.clone()), any::<bool>()).prop_map(|(generation, to, forced)| {
+            Command::BeginFailover {
+                generation,
+                to,
+                forced,
+                reason: "p".into(),
+            }
+        }),
+        (generation.clone(), name.clone()).prop_map(|(generation, to)| Command::BeginSwitchover {
+            generation,
+            to,
+            reason: "p".into()
+        }),
+        (generation.clone(), name.clone()).prop_map(|(generation, node)| Command::Promote { generation, node }),
+        (generation.clone(), name.clone(), 1u32..5).prop_map(|(generation, node, timeline)| {
+            Command::RecordTimeline {
+                generation,
+                node,
+                timeline,
+                switch_lsn: None,
+            }
+        }),
+        (generation, prop::collection::vec(name, 0..3))
+            .prop_map(|(generation, standbys)| Command::SetSyncStandbys { generation, standbys }),
+        Just(Command::Pause),
+        Just(Command::Resume),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_for_any_command_sequence(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut s = initialized();
+        let mut accepted = s.revision;
+        for cmd in &cmds {
+            let before = s.clone();
+            match apply(&mut s, cmd) {
+                Ok(a) => { accepted += 1; prop_assert_eq!(a.revision, accepted); }
+                Err(_) => prop_assert_eq!(&s, &before),
+            }
+            prop_assert!(s.generation >= before.generation, "generation went backwards");
+            if let Some(p) = &s.primary {
+                prop_assert_eq!(p.generation, s.generation, "a primary always holds the current generation");
+                prop_assert!(s.members.contains_key(&p.node));
+                prop_assert!(s.pending.is_none(), "no primary while a change is pending");
+                if before.primary.as_ref().map(|b| &b.node) != Some(&p.node) {
+                    // A new primary comes only from a promoted candidate or bootstrap.
+                    let via_candidate = before.pending.as_ref().and_then(|x| x.candidate.as_ref()) == Some(&p.node);
+                    prop_assert!(via_candidate || before.generation == 0);
+                }
+            }
+            for sb in &s.sync_standbys {
+                prop_assert!(s.members.contains_key(sb));
+                prop_assert!(s.primary_name() != Some(sb.as_str()));
+            }
+        }
+        prop_assert_eq!(s.revision, accepted);
+    }
+}

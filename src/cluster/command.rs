@@ -1,0 +1,101 @@
+//! `Command`: the only way the replicated state changes. Each one is a Raft log entry.
+//!
+//! A command may commit more than once from a client's point of view (a write
+//! whose outcome was unknown is retried), so every command is idempotent or a
+//! compare-and-set on the generation it was decided under.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{Member, Tags};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First command of a new cluster: the members from the configuration.
+    Init { members: Vec<Member> },
+    /// Record a new member (its Raft membership is changed separately).
+    AddMember { member: Member },
+    /// Forget a member; refused for the primary.
+    RemoveMember { name: String },
+    /// Replace a member's tags.
+    SetTags { name: String, tags: Tags },
+    /// The first primary, after initdb: generation 1, timeline 1.
+    Bootstrap { node: String, system_identifier: u64 },
+    /// Fence generation `generation` and start an unplanned failover under `generation + 1`.
+    BeginFailover {
+        generation: u64,
+        to: Option<String>,
+        forced: bool,
+        reason: String,
+    },
+    /// Fence generation `generation` and start a planned switchover to `to`.
+    BeginSwitchover { generation: u64, to: String, reason: String },
+    /// Tell `node` to promote, under the generation of the pending change.
+    Promote { generation: u64, node: String },
+    /// `node` promoted and is on `timeline`: it becomes the primary.
+    RecordTimeline {
+        generation: u64,
+        node: String,
+        timeline: u32,
+        switch_lsn: Option<String>,
+    },
+    /// The members whose flush counts towards the commit quorum.
+    SetSyncStandbys { generation: u64, standbys: Vec<String> },
+    Pause,
+    Resume,
+    /// Set one cluster-wide key; `None` removes or restores the default.
+    SetConfig { key: String, value: Option<String> },
+}
+
+impl Command {
+    /// Whether the command changes who is (or will be) primary; logged at info.
+    pub fn is_topology(&self) -> bool {
+        !matches!(self, Command::SetConfig { .. })
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Init { members } => {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                write!(f, "init members [{}]", names.join(", "))
+            }
+            Command::AddMember { member } => write!(f, "add member {} (id {})", member.name, member.id),
+            Command::RemoveMember { name } => write!(f, "remove member {name}"),
+            Command::SetTags { name, tags } => write!(
+                f,
+                "set tags of {name}: nofailover={} failover_priority={}",
+                tags.nofailover, tags.failover_priority
+            ),
+            Command::Bootstrap { node, system_identifier } => {
+                write!(f, "bootstrap {node} as primary (system identifier {system_identifier})")
+            }
+            Command::BeginFailover { generation, to, forced, reason } => {
+                write!(f, "begin failover from generation {generation}")?;
+                if let Some(to) = to {
+                    write!(f, " to {to}")?;
+                }
+                if *forced {
+                    write!(f, " (forced)")?;
+                }
+                write!(f, ": {reason}")
+            }
+            Command::BeginSwitchover { generation, to, reason } => {
+                write!(f, "begin switchover from generation {generation} to {to}: {reason}")
+            }
+            Command::Promote { generation, node } => write!(f, "promote {node} under generation {generation}"),
+            Command::RecordTimeline { generation, node, timeline, .. } => {
+                write!(f, "record {node} primary on timeline {timeline} (generation {generation})")
+            }
+            Command::SetSyncStandbys { generation, standbys } => {
+                write!(f, "set sync standbys [{}] (generation {generation})", standbys.join(", "))
+            }
+            Command::Pause => write!(f, "pause"),
+            Command::Resume => write!(f, "resume"),
+            Command::SetConfig { key, value: Some(v) } => write!(f, "set config {key}={v}"),
+            Command::SetConfig { key, value: None } => write!(f, "reset config {key}"),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The replicated cluster state: what every node agrees on through Raft.
+//!
+//! Pure data and a pure `apply`: no I/O, no clock, no randomness. Everything
+//! that changes the primary is a compare-and-set on the generation, so a
+//! command decided under an old view can never take effect late.
+
+mod apply;
+mod command;
+mod config;
+mod state;
+
+pub use apply::{apply, Applied, Rejection};
+pub use command::Command;
+pub use config::{HaConfig, SyncMode, CONFIG_KEYS};
+pub use state::{ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary, Tags};

@@ -1,0 +1,130 @@
+//! `ClusterState`: members, primary, generation, sync set, pending change, pause,
+//! cluster-wide configuration and timeline history (DESIGN §3).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::HaConfig;
+
+/// Per-member tags, as in Patroni.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    /// Never promote this member.
+    pub nofailover: bool,
+    /// Higher wins among candidates with the same WAL position.
+    pub failover_priority: i32,
+}
+
+/// A cluster member: one raftpg process and its PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique name; also PostgreSQL's `application_name`.
+    pub name: String,
+    /// Raft node id, never reused.
+    pub id: u64,
+    /// Raft transport address, host:port.
+    pub raft_addr: String,
+    /// Control API address, host:port.
+    pub grpc_addr: String,
+    /// PostgreSQL address, host:port.
+    pub pg_addr: String,
+    /// HTTP health API address, host:port.
+    pub http_addr: String,
+    pub tags: Tags,
+}
+
+/// The PostgreSQL instance that accepts writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Primary {
+    pub node: String,
+    /// Generation under which this node became primary.
+    pub generation: u64,
+    /// PostgreSQL timeline; `None` between promotion and its recording.
+    pub timeline: Option<u32>,
+}
+
+/// What kind of primary change is under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingKind {
+    /// Unplanned: the old primary lost its lease or died.
+    Failover,
+    /// Planned: the old primary shuts down cleanly first.
+    Switchover,
+}
+
+/// A primary change that has fenced the old generation but not finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub kind: PendingKind,
+    /// Primary of the fenced generation, if there was one.
+    pub from: Option<String>,
+    /// Requested target (switchover or manual failover); `None` lets the controller choose.
+    pub to: Option<String>,
+    /// Member chosen and told to promote, once decided.
+    pub candidate: Option<String>,
+    /// Promotion may lose acknowledged writes (`failover --force`).
+    pub forced: bool,
+    pub reason: String,
+}
+
+/// One switch of primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub timeline: u32,
+    /// WAL position where the new timeline forked, as PostgreSQL prints it (X/Y).
+    pub switch_lsn: Option<String>,
+    pub reason: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub generation: u64,
+}
+
+/// Everything the Raft group agrees on. Changed only by `apply`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set once by `Command::Init`; until then the state has no members.
+    pub initialized: bool,
+    /// Members by name.
+    pub members: BTreeMap<String, Member>,
+    pub primary: Option<Primary>,
+    /// Incremented by every change of primary (fencing token).
+    pub generation: u64,
+    /// Members that count towards the primary's commit quorum.
+    pub sync_standbys: BTreeSet<String>,
+    pub pending: Option<Pending>,
+    /// No automatic failover or fencing decisions while set.
+    pub paused: bool,
+    pub ha: HaConfig,
+    /// Cluster-wide PostgreSQL parameters, name -> value.
+    pub parameters: BTreeMap<String, String>,
+    pub history: Vec<HistoryEntry>,
+    /// PostgreSQL's system identifier, recorded at bootstrap.
+    pub system_identifier: Option<u64>,
+    /// Counts every accepted command: a cheap "has anything changed" for watchers.
+    pub revision: u64,
+}
+
+impl ClusterState {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name)
+    }
+
+    pub fn member_by_id(&self, id: u64) -> Option<&Member> {
+        self.members.values().find(|m| m.id == id)
+    }
+
+    /// Name of the primary of the current generation, if any.
+    pub fn primary_name(&self) -> Option<&str> {
+        self.primary.as_ref().map(|p| p.node.as_str())
+    }
+
+    /// Cluster-wide configuration as flat key/value pairs (`config show`).
+    pub fn config_pairs(&self) -> BTreeMap<String, String> {
+        let mut out = self.ha.pairs();
+        for (k, v) in &self.parameters {
+            out.insert(format!("postgresql.parameters.{k}"), v.clone());
+        }
+        out
+    }
+}

@@ -1,0 +1,324 @@
+//! The node configuration file (`raftpg run --config FILE`, TOML).
+//!
+//! One `Config`, defaults as named constants, and `validate()` that checks
+//! fields against each other and names the key that is wrong and the fix.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cluster::{Member, Tags};
+
+/// Raft heartbeat. Fast enough that a follower notices a dead leader in well under a second.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// Election timeout range. Five heartbeats at least, so one lost packet does not start an election.
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// Build a snapshot after this many applied entries; the log before it is purged.
+pub const DEFAULT_SNAPSHOT_AFTER_LOGS: u64 = 5_000;
+/// Entries kept behind the snapshot so a briefly absent follower catches up from the log.
+pub const DEFAULT_LOGS_TO_KEEP: u64 = 1_000;
+/// Upper bound on any single Raft RPC; a slow peer never holds the leader longer.
+pub const DEFAULT_RPC_TIMEOUT_MS: u64 = 1_000;
+/// Default cluster name.
+pub const DEFAULT_CLUSTER_NAME: &str = "raftpg";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// Initial members: the same list on every node. Used once, to initialise the group.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+    #[serde(default)]
+    pub raft: RaftSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's member name; must appear in `members`.
+    pub name: String,
+    /// Directory for raftpg's own state (`raft/` holds the Raft log and state).
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Cluster name; nodes of different clusters refuse to talk to each other.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: default_cluster_name(),
+        }
+    }
+}
+
+fn default_cluster_name() -> String {
+    DEFAULT_CLUSTER_NAME.to_string()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Unique member name.
+    pub name: String,
+    /// Raft node id: unique, never reused for another machine.
+    pub id: u64,
+    /// Raft transport address, host:port.
+    pub raft: String,
+    /// Control API address, host:port.
+    pub grpc: String,
+    /// PostgreSQL address, host:port.
+    pub pg: String,
+    /// HTTP health API address, host:port.
+    pub http: String,
+    /// Never promote this member.
+    #[serde(default)]
+    pub nofailover: bool,
+    /// Higher wins among equally advanced candidates.
+    #[serde(default)]
+    pub failover_priority: i32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Longest election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind a snapshot.
+    pub logs_to_keep: u64,
+    /// Timeout of one Raft RPC.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_timeout_min_ms: DEFAULT_ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MAX_MS,
+            snapshot_after_logs: DEFAULT_SNAPSHOT_AFTER_LOGS,
+            logs_to_keep: DEFAULT_LOGS_TO_KEEP,
+            rpc_timeout_ms: DEFAULT_RPC_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A configuration problem: the file, the key, what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            problem: format!("cannot read the file ({e}); pass an existing file with --config"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            ConfigError {
+                file: match line {
+                    Some(l) => format!("{file}:{l}"),
+                    None => file.to_string(),
+                },
+                key: toml_error_key(&e),
+                problem: format!("{} (see deploy/raftpg.example.toml for every key)", e.message().trim()),
+            }
+        })?;
+        cfg.validate().map_err(|(key, problem)| ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks fields against each other. Returns (key, problem with its fix).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, p: String| Err((k.to_string(), p));
+        if self.node.name.trim().is_empty() {
+            return err("node.name", "is empty: set it to this node's member name".into());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return err("node.data_dir", "is empty: set a directory raftpg may write to".into());
+        }
+        if self.members.is_empty() {
+            return err(
+                "members",
+                "no members: add one [[members]] table per node (name, id, raft, grpc, pg, http)".into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let at = |f: &str| format!("members[{i}].{f}");
+            if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return err(&at("name"), format!("'{}' is not a valid name: use letters, digits, '-' or '_'", m.name));
+            }
+            if !names.insert(m.name.clone()) {
+                return err(&at("name"), format!("duplicate member name '{}': every member needs its own", m.name));
+            }
+            if m.id == 0 {
+                return err(&at("id"), "must be 1 or more".into());
+            }
+            if !ids.insert(m.id) {
+                return err(&at("id"), format!("duplicate id {} (member '{}'): ids must be unique", m.id, m.name));
+            }
+            for (field, value) in [("raft", &m.raft), ("grpc", &m.grpc), ("pg", &m.pg), ("http", &m.http)] {
+                check_addr(value).map_err(|p| (at(field), p))?;
+                if !addrs.insert(value.clone()) {
+                    return err(&at(field), format!("address {value} is used twice: each port serves one purpose"));
+                }
+            }
+        }
+        if !names.contains(&self.node.name) {
+            return err(
+                "node.name",
+                format!(
+                    "'{}' is not in the member list ({}): add a [[members]] entry for it or fix the name",
+                    self.node.name,
+                    names.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        self.raft.validate()
+    }
+
+    /// This node's entry in the member list (validated to exist).
+    pub fn me(&self) -> &MemberConfig {
+        self.members
+            .iter()
+            .find(|m| m.name == self.node.name)
+            .expect("validate() checks that node.name is a member")
+    }
+
+    /// The initial members as domain values.
+    pub fn initial_members(&self) -> Vec<Member> {
+        self.members.iter().map(MemberConfig::to_member).collect()
+    }
+
+    pub fn raft_dir(&self) -> PathBuf {
+        self.node.data_dir.join("raft")
+    }
+}
+
+impl RaftSection {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let r = self;
+        if r.heartbeat_ms == 0 {
+            return Err(("raft.heartbeat_ms".into(), "must be more than 0".into()));
+        }
+        if r.election_timeout_min_ms < 3 * r.heartbeat_ms {
+            return Err((
+                "raft.election_timeout_min_ms".into(),
+                format!(
+                    "{} is less than 3 heartbeats ({} ms): raise it or lower raft.heartbeat_ms",
+                    r.election_timeout_min_ms, r.heartbeat_ms
+                ),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err((
+                "raft.election_timeout_max_ms".into(),
+                format!(
+                    "{} must be greater than raft.election_timeout_min_ms ({})",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            ));
+        }
+        if r.snapshot_after_logs == 0 {
+            return Err(("raft.snapshot_after_logs".into(), "must be 1 or more".into()));
+        }
+        if r.rpc_timeout_ms < r.heartbeat_ms || r.rpc_timeout_ms > r.election_timeout_max_ms * 10 {
+            return Err((
+                "raft.rpc_timeout_ms".into(),
+                format!("{} must lie between raft.heartbeat_ms and 10 election timeouts", r.rpc_timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MemberConfig {
+    pub fn to_member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            id: self.id,
+            raft_addr: self.raft.clone(),
+            grpc_addr: self.grpc.clone(),
+            pg_addr: self.pg.clone(),
+            http_addr: self.http.clone(),
+            tags: Tags {
+                nofailover: self.nofailover,
+                failover_priority: self.failover_priority,
+            },
+        }
+    }
+}
+
+/// `host:port` with a port; the host must resolve.
+fn check_addr(value: &str) -> Result<(), String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("'{value}' has no port: write host:port, e.g. 10.0.0.1:5432"));
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("'{value}' is not host:port with a port from 1 to 65535"));
+    }
+    match value.to_socket_addrs() {
+        Ok(it) if it.len() > 0 => Ok(()),
+        _ => Err(format!("host '{host}' does not resolve: use an IP address or a resolvable name")),
+    }
+}
+
+/// The dotted key a TOML error points at, from its span, or "-" when unknown.
+fn toml_error_key(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some(name) = rest.split('`').next() {
+            return name.to_string();
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        if let Some(name) = rest.split('`').next() {
+            return name.to_string();
+        }
+    }
+    "-".to_string()
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,108 @@
+//! One test per configuration error: each names the key and says how to fix it.
+
+use super::*;
+
+const GOOD: &str = r#"
+[node]
+name = "n1"
+data_dir = "/tmp/raftpg-n1"
+
+[[members]]
+name = "n1"
+id = 1
+raft = "127.0.0.1:15501"
+grpc = "127.0.0.1:15601"
+pg = "127.0.0.1:15401"
+http = "127.0.0.1:15701"
+
+[[members]]
+name = "n2"
+id = 2
+raft = "127.0.0.1:15502"
+grpc = "127.0.0.1:15602"
+pg = "127.0.0.1:15402"
+http = "127.0.0.1:15702"
+"#;
+
+fn error_of(text: &str) -> ConfigError {
+    Config::parse(text, "test.toml").expect_err("configuration should be rejected")
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = Config::parse(GOOD, "test.toml").unwrap();
+    assert_eq!(c.me().id, 1);
+    assert_eq!(c.cluster.name, DEFAULT_CLUSTER_NAME);
+    assert_eq!(c.raft.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
+    assert_eq!(c.initial_members().len(), 2);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = error_of(&GOOD.replace("[node]\n", "[node]\nbogus = 1\n"));
+    assert_eq!(e.key, "bogus");
+    assert!(e.file.starts_with("test.toml:"), "{e}");
+    assert!(e.problem.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn missing_key_is_named() {
+    let e = error_of(&GOOD.replace("data_dir = \"/tmp/raftpg-n1\"\n", ""));
+    assert_eq!(e.key, "data_dir");
+}
+
+#[test]
+fn bad_address_is_named() {
+    let e = error_of(&GOOD.replace("127.0.0.1:15502", "127.0.0.1"));
+    assert_eq!(e.key, "members[1].raft");
+    assert!(e.problem.contains("no port"), "{e}");
+    let e = error_of(&GOOD.replace("127.0.0.1:15702", "127.0.0.1:99999"));
+    assert_eq!(e.key, "members[1].http");
+}
+
+#[test]
+fn duplicate_name_is_rejected() {
+    let e = error_of(&GOOD.replace("name = \"n2\"", "name = \"n1\""));
+    assert_eq!(e.key, "members[1].name");
+    assert!(e.problem.contains("duplicate member name"), "{e}");
+}
+
+#[test]
+fn duplicate_id_is_rejected() {
+    let e = error_of(&GOOD.replace("id = 2", "id = 1"));
+    assert_eq!(e.key, "members[1].id");
+    assert!(e.problem.contains("duplicate id"), "{e}");
+}
+
+#[test]
+fn duplicate_address_is_rejected() {
+    let e = error_of(&GOOD.replace("127.0.0.1:15602", "127.0.0.1:15601"));
+    assert_eq!(e.key, "members[1].grpc");
+}
+
+#[test]
+fn node_missing_from_members_is_rejected() {
+    let e = error_of(&GOOD.replace("name = \"n1\"\ndata_dir", "name = \"n9\"\ndata_dir"));
+    assert_eq!(e.key, "node.name");
+    assert!(e.problem.contains("not in the member list"), "{e}");
+}
+
+#[test]
+fn election_timeouts_must_be_ordered() {
+    let e = error_of(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 900\nelection_timeout_max_ms = 800\n"));
+    assert_eq!(e.key, "raft.election_timeout_max_ms");
+    let e = error_of(&format!("{GOOD}\n[raft]\nheartbeat_ms = 400\n"));
+    assert_eq!(e.key, "raft.election_timeout_min_ms");
+}
+
+#[test]
+fn no_members_is_rejected() {
+    let text = "[node]\nname = \"n1\"\ndata_dir = \"/tmp/x\"\n";
+    assert_eq!(error_of(text).key, "members");
+}
+
+#[test]
+fn unreadable_file_says_so() {
+    let e = Config::load(Path::new("/nonexistent/raftpg.toml")).unwrap_err();
+    assert!(e.problem.contains("cannot read"), "{e}");
+}

@@ -1,0 +1,199 @@
+//! `raftpg demo`: a local cluster of separate `raftpg run` processes on loopback.
+//!
+//! Node k uses PostgreSQL port P+k, Raft P+100+k, gRPC P+200+k, HTTP P+300+k.
+//! The demo never restarts a node that dies (tests kill nodes on purpose);
+//! `raftpg run --config DIR/nK/raftpg.toml` brings one back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::ctl;
+use crate::pb::control::StatusRequest;
+
+/// How long the demo waits for the cluster to form.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Directory for configs, data and logs.
+    #[arg(long, default_value = "./raftpg-demo")]
+    pub dir: PathBuf,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Base port P (node k: PostgreSQL P+k, Raft P+100+k, gRPC P+200+k, HTTP P+300+k).
+    #[arg(long, default_value_t = 15400)]
+    pub base_port: u16,
+}
+
+/// Ports of node `k` (1-based).
+pub struct Ports {
+    pub pg: u16,
+    pub raft: u16,
+    pub grpc: u16,
+    pub http: u16,
+}
+
+pub fn ports(base: u16, k: u16) -> Ports {
+    Ports {
+        pg: base + k,
+        raft: base + 100 + k,
+        grpc: base + 200 + k,
+        http: base + 300 + k,
+    }
+}
+
+/// The TOML configuration of node `k` of an `n`-node loopback cluster; `extra` is appended.
+pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> String {
+    let mut out = format!(
+        "# Written by `raftpg demo`.\n[node]\nname = \"n{k}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-demo\"\n",
+        dir.join(format!("n{k}")).display()
+    );
+    for i in 1..=n {
+        let p = ports(base, i);
+        out += &format!(
+            "\n[[members]]\nname = \"n{i}\"\nid = {i}\nraft = \"127.0.0.1:{}\"\ngrpc = \"127.0.0.1:{}\"\npg = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+            p.raft, p.grpc, p.pg, p.http
+        );
+    }
+    out + extra
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > 9 {
+        bail!("--nodes must be between 1 and 9, not {}", args.nodes);
+    }
+    if u32::from(args.base_port) + 300 + u32::from(args.nodes) > 65535 {
+        bail!("--base-port {} leaves no room for the HTTP ports: use a smaller one", args.base_port);
+    }
+    fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = fs::canonicalize(&args.dir)?;
+    let exe = std::env::current_exe().context("cannot find the raftpg executable")?;
+    let mut children = Vec::new();
+    let mut nodes_json = Vec::new();
+    for k in 1..=args.nodes {
+        let node_dir = dir.join(format!("n{k}"));
+        fs::create_dir_all(&node_dir)?;
+        let config = node_dir.join("raftpg.toml");
+        fs::write(&config, render_config(&dir, k, args.nodes, args.base_port, ""))?;
+        let child = spawn_node(&exe, &config, &node_dir)?;
+        let pid = child.id().unwrap_or(0);
+        fs::write(node_dir.join("raftpg.pid"), format!("{pid}\n"))?;
+        let p = ports(args.base_port, k);
+        nodes_json.push(serde_json::json!({
+            "name": format!("n{k}"),
+            "pid_file": node_dir.join("raftpg.pid"),
+            "pg": p.pg, "raft": p.raft, "grpc": p.grpc, "http": p.http,
+            "pg_data": node_dir.join("pgdata"),
+        }));
+        children.push((format!("n{k}"), child));
+    }
+    fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes_json }))?,
+    )?;
+    let endpoints: Vec<String> = (1..=args.nodes)
+        .map(|k| format!("127.0.0.1:{}", ports(args.base_port, k).grpc))
+        .collect();
+    let endpoints = endpoints.join(",");
+    match wait_ready(&endpoints, args.nodes as usize).await {
+        Ok(table) => {
+            println!("{table}");
+            println!("Control it:  RAFTPG_ENDPOINTS={endpoints} raftpg ctl list");
+            println!("Node logs:   {}/nK/raftpg.log", dir.display());
+            println!("Stop it:     Ctrl-C");
+        }
+        Err(e) => eprintln!("raftpg demo: the cluster did not form: {e:#} (see {}/nK/raftpg.log)", dir.display()),
+    }
+    supervise(children).await
+}
+
+fn spawn_node(exe: &Path, config: &Path, node_dir: &Path) -> anyhow::Result<Child> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node_dir.join("raftpg.log"))?;
+    Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))
+}
+
+/// Waits until the state is initialised with a Raft leader; returns the member table.
+async fn wait_ready(endpoints: &str, nodes: usize) -> anyhow::Result<String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no node answered yet");
+    while Instant::now() < deadline {
+        if let Ok(mut c) = ctl::connect(endpoints).await {
+            match c.status(StatusRequest {}).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    let voters = s.members.iter().filter(|m| m.raft_role == "voter").count();
+                    if s.initialized && !s.raft_leader.is_empty() && voters == nodes {
+                        return Ok(ctl::render_table(&s));
+                    }
+                    last = format!("leader '{}', initialised {}, voters {voters}", s.raft_leader, s.initialized);
+                }
+                Err(e) => last = e.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("not ready after {READY_TIMEOUT:?}: {last}")
+}
+
+/// Stays in the foreground until SIGINT/SIGTERM, reporting nodes that exit; then stops all.
+async fn supervise(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut exited = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, (name, child)) in children.iter_mut().enumerate() {
+                    if !exited[i] {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            eprintln!("raftpg demo: {name} exited ({status}); not restarting it");
+                            exited[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("raftpg demo: stopping {} nodes", children.len());
+    for (_, child) in &children {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    for (name, child) in &mut children {
+        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("raftpg demo: {name} did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    eprintln!("raftpg demo: stopped");
+    Ok(())
+}

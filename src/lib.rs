@@ -1,0 +1,15 @@
+//! raftpg: PostgreSQL high availability with its own Raft group.
+//!
+//! `cluster` (pure replicated state) and `raft` (openraft over sled and tonic)
+//! are the foundation; `node` runs one member; `api` serves the control API;
+//! `ctl` and `demo` are the command-line front ends.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod ctl;
+pub mod demo;
+pub mod logging;
+pub mod node;
+pub mod pb;
+pub mod raft;

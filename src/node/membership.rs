@@ -1,0 +1,96 @@
+//! Membership changes (library API; `raftpg ctl member` builds on it).
+//!
+//! Raft membership goes through openraft's joint consensus; the member's
+//! names, addresses and tags go through the replicated state. Both must be
+//! called on the Raft leader, which is how openraft orders membership changes.
+
+use std::collections::BTreeSet;
+
+use openraft::{BasicNode, ChangeMembers};
+
+use super::{Node, ProposeError, PROPOSE_TIMEOUT};
+use crate::cluster::{Command, Member};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("this node is not the Raft leader{}; send the request there", .0.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader(Option<String>),
+    #[error("unknown member '{0}'")]
+    UnknownMember(String),
+    #[error("membership change failed: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+impl Node {
+    fn leader_hint(&self) -> Option<String> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+        Some(format!("node {id}{}", node.map(|a| format!(" at {a}")).unwrap_or_default()))
+    }
+
+    fn raft_err(&self, e: impl std::fmt::Display + HasForward) -> MembershipError {
+        if e.is_forward() {
+            MembershipError::NotLeader(self.leader_hint())
+        } else {
+            MembershipError::Raft(e.to_string())
+        }
+    }
+
+    /// Records `member` and adds it as a Raft learner; returns once it has caught up with the log.
+    pub async fn add_learner(&self, member: Member) -> Result<(), MembershipError> {
+        let node = BasicNode::new(member.raft_addr.clone());
+        self.raft.add_learner(member.id, node, true).await.map_err(|e| self.raft_err(e))?;
+        self.propose(Command::AddMember { member }, PROPOSE_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Turns the learner `name` into a voter (joint consensus).
+    pub async fn promote_voter(&self, name: &str) -> Result<(), MembershipError> {
+        let id = self.member_id(name)?;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
+        tracing::info!(member = name, id, "member promoted to Raft voter");
+        Ok(())
+    }
+
+    /// Removes `name` from the Raft membership and then from the replicated state.
+    pub async fn remove_member(&self, name: &str) -> Result<(), MembershipError> {
+        let id = self.member_id(name)?;
+        let ids = BTreeSet::from([id]);
+        let voters: BTreeSet<u64> = self.raft.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
+        self.propose(Command::RemoveMember { name: name.to_string() }, PROPOSE_TIMEOUT).await?;
+        tracing::info!(member = name, id, "member removed");
+        Ok(())
+    }
+
+    fn member_id(&self, name: &str) -> Result<u64, MembershipError> {
+        self.state()
+            .state
+            .member(name)
+            .map(|m| m.id)
+            .ok_or_else(|| MembershipError::UnknownMember(name.to_string()))
+    }
+}
+
+/// Whether an openraft error means "ask the leader".
+pub trait HasForward {
+    fn is_forward(&self) -> bool;
+}
+
+impl<E> HasForward for openraft::errors::RaftError<crate::raft::TypeConfig, E>
+where
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::TypeConfig>> + std::error::Error,
+{
+    fn is_forward(&self) -> bool {
+        self.forward_to_leader().is_some()
+    }
+}

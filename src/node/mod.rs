@@ -1,0 +1,173 @@
+//! One raftpg node: its Raft group member, its servers, and its background tasks.
+//!
+//! `Node::start` opens the store, starts openraft and both gRPC servers, and
+//! spawns the tasks that initialise the group once, log role changes and carry
+//! out the Raft leader's duties. `Node::shutdown` stops all of it.
+
+mod init;
+mod membership;
+mod propose;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::Server;
+
+pub use init::{should_initialize, PeerInit};
+pub use membership::MembershipError;
+pub use propose::{Committed, ProposeError};
+
+use crate::api::grpc::ControlServer;
+use crate::cluster::Command;
+use crate::config::Config;
+use crate::pb::control::control_server::ControlServer as ControlGrpc;
+use crate::pb::raft::raft_service_server::RaftServiceServer;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::service::RaftServer;
+use crate::raft::state_machine::{AppliedState, StateMachine};
+use crate::raft::store::Store;
+use crate::raft::{Raft, RaftMetrics};
+
+/// Default deadline for a proposal made through the control API.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub cfg: Arc<Config>,
+    stop_tx: Arc<tokio_watch::Sender<bool>>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Node {
+    /// Starts the node: store, Raft, servers, background tasks.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        let me = cfg.me().clone();
+        let store = Store::open(&cfg.raft_dir())?;
+        let log_store = LogStore::new(store.clone());
+        let sm = StateMachine::open(store).context("cannot load the last Raft snapshot")?;
+        let raft_cfg = openraft_config(&cfg)?;
+        let rpc_timeout = Duration::from_millis(cfg.raft.rpc_timeout_ms);
+        let raft = Raft::new(me.id, Arc::new(raft_cfg), Network { rpc_timeout }, log_store, sm.clone())
+            .await
+            .context("cannot start Raft")?;
+
+        let raft_listener = bind(&me.raft, "members[].raft").await?;
+        let grpc_listener = bind(&me.grpc, "members[].grpc").await?;
+        let (stop_tx, stop_rx) = tokio_watch::channel(false);
+        let node = Node {
+            raft: raft.clone(),
+            sm: sm.clone(),
+            cfg: Arc::new(cfg.clone()),
+            stop_tx: Arc::new(stop_tx),
+            tasks: Arc::default(),
+        };
+
+        let raft_svc = RaftServiceServer::new(RaftServer {
+            raft: raft.clone(),
+            node_id: me.id,
+            cluster: cfg.cluster.name.clone(),
+        })
+        .max_decoding_message_size(64 << 20);
+        node.spawn(serve(Server::builder().add_service(raft_svc), raft_listener, stop_rx.clone(), "raft"));
+        let control = ControlGrpc::new(ControlServer { node: node.clone() });
+        node.spawn(serve(Server::builder().add_service(control), grpc_listener, stop_rx.clone(), "grpc"));
+        node.spawn(init::ensure_initialized(raft.clone(), cfg.clone(), rpc_timeout, stop_rx.clone()));
+        node.spawn(watch::log_role_changes(node.clone(), stop_rx.clone()));
+        node.spawn(watch::leader_duties(node.clone(), stop_rx));
+        tracing::info!(
+            node = %me.name, id = me.id, raft = %me.raft, grpc = %me.grpc, cluster = %cfg.cluster.name,
+            "raftpg node started"
+        );
+        Ok(node)
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().expect("tasks lock").push(tokio::spawn(fut));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.node.name
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.raft.rpc_timeout_ms)
+    }
+
+    /// The applied replicated state now.
+    pub fn state(&self) -> AppliedState {
+        self.sm.current()
+    }
+
+    /// Follows every change of the applied state.
+    pub fn subscribe(&self) -> tokio_watch::Receiver<AppliedState> {
+        self.sm.subscribe()
+    }
+
+    /// A copy of the Raft metrics (never hold the watch borrow across an await).
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Proposes a command from this node; forwarded to the Raft leader if needed.
+    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Committed, ProposeError> {
+        propose::propose(&self.raft, cmd, timeout, self.rpc_timeout()).await
+    }
+
+    /// Stops servers, background tasks and Raft. Durable state is already on disk.
+    pub async fn shutdown(&self) {
+        self.stop_tx.send_replace(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("Raft did not stop cleanly: {e}");
+        }
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        tracing::info!(node = %self.name(), "raftpg node stopped");
+    }
+}
+
+fn openraft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
+    let r = &cfg.raft;
+    let c = openraft::Config {
+        cluster_name: cfg.cluster.name.clone(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: r.logs_to_keep,
+        enable_pre_vote: Some(true),
+        install_snapshot_timeout: (r.rpc_timeout_ms * 10).max(10_000),
+        ..Default::default()
+    };
+    c.validate().context("invalid [raft] settings")
+}
+
+async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key}): is another process using the port, or is the address not on this machine?"))
+}
+
+async fn serve(router: Router, listener: TcpListener, mut stop: tokio_watch::Receiver<bool>, what: &'static str) {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("{what} server failed: {e}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Proposals from any node: committed locally on the Raft leader, forwarded to it otherwise.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::{Applied, Command, Rejection};
+use crate::pb::raft::raft_service_client::RaftServiceClient;
+use crate::pb::raft::RaftMessage;
+use crate::raft::codec::{decode, encode};
+use crate::raft::network::channel;
+use crate::raft::service::ForwardReply;
+use crate::raft::Raft;
+
+/// Longest pause between two attempts while no leader is known.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A committed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub log_index: u64,
+    pub applied: Applied,
+}
+
+/// Why a proposal did not commit, by who handles it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// Committed, and refused by the state: the caller's view was stale or the input wrong.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// No Raft leader could take the command before the deadline: no quorum, or an election.
+    #[error(
+        "no Raft leader could commit the command within {waited:?}{}: this node cannot reach a majority \
+         of the members, so nothing can be committed; check that a majority of raftpg nodes run and can reach each other",
+        .last_leader.as_ref().map(|l| format!(" (last known leader: {l})")).unwrap_or_default()
+    )]
+    NoLeader { waited: Duration, last_leader: Option<String> },
+    /// The Raft node stopped.
+    #[error("the Raft node has stopped: {0}")]
+    Fatal(String),
+}
+
+/// Proposes `cmd` and waits until it is committed and applied, or `timeout` passes.
+///
+/// The outcome of an attempt that timed out in flight is unknown; commands are
+/// idempotent or compare-and-set, so trying again is safe.
+pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration, rpc_timeout: Duration) -> Result<Committed, ProposeError> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(10);
+    let mut last_leader = None;
+    loop {
+        let attempt = match raft.client_write(cmd.clone()).await {
+            Ok(resp) => return finish(resp.log_id.index, resp.data),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => match (f.leader_id, f.leader_node.as_ref()) {
+                    (Some(id), Some(node)) if id != *raft.node_id() => {
+                        last_leader = Some(format!("node {id} at {}", node.addr));
+                        forward(&node.addr, &cmd, deadline.saturating_duration_since(Instant::now()).max(rpc_timeout)).await
+                    }
+                    _ => None,
+                },
+                None => return Err(ProposeError::Fatal(e.to_string())),
+            },
+        };
+        if let Some(result) = attempt {
+            return result;
+        }
+        if Instant::now() + backoff > deadline {
+            return Err(ProposeError::NoLeader {
+                waited: timeout,
+                last_leader,
+            });
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+    }
+}
+
+fn finish(log_index: u64, result: Result<Applied, Rejection>) -> Result<Committed, ProposeError> {
+    match result {
+        Ok(applied) => Ok(Committed { log_index, applied }),
+        Err(r) => Err(ProposeError::Rejected(r)),
+    }
+}
+
+/// One forwarding attempt; `None` means "try again" (leader moved or unreachable).
+async fn forward(addr: &str, cmd: &Command, rpc_timeout: Duration) -> Option<Result<Committed, ProposeError>> {
+    let ch = channel(addr, rpc_timeout).ok()?;
+    let mut client = RaftServiceClient::new(ch);
+    let reply = client.forward(RaftMessage { payload: encode(cmd) }).await;
+    let reply = match reply {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            tracing::debug!(%addr, %status, "forwarding to the Raft leader failed; retrying");
+            return None;
+        }
+    };
+    match decode::<ForwardReply>(&reply.payload, "forward reply") {
+        Ok(ForwardReply::Committed { log_index, result }) => Some(finish(log_index, result)),
+        Ok(ForwardReply::NotLeader { .. }) | Err(_) => None,
+    }
+}

@@ -1,0 +1,94 @@
+//! Background watchers: a log line per Raft role change, a warning while no
+//! leader is known, and the Raft leader's duties.
+
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Node, PROPOSE_TIMEOUT};
+use crate::cluster::Command;
+
+/// How often "no leader" is repeated in the log while it lasts.
+const NO_LEADER_REPEAT: Duration = Duration::from_secs(5);
+
+/// Logs each change of Raft role, term or leader, and warns while there is no leader.
+pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    let mut last: Option<(ServerState, Option<u64>)> = None;
+    let no_leader_after = Duration::from_millis(node.cfg.raft.election_timeout_max_ms * 2);
+    let mut leaderless_since: Option<Instant> = None;
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        let (state, leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if last != Some((state, leader)) {
+            let leader_name = leader
+                .and_then(|id| node.state().state.member_by_id(id).map(|m| m.name.clone()))
+                .or_else(|| leader.map(|id| format!("node {id}")));
+            tracing::info!(
+                role = ?state, term, leader = leader_name.as_deref().unwrap_or("none"),
+                "Raft role: {state:?} in term {term}, leader {}", leader_name.as_deref().unwrap_or("unknown")
+            );
+            last = Some((state, leader));
+        }
+        let now = Instant::now();
+        match leader {
+            Some(_) => {
+                leaderless_since = None;
+                warned_at = None;
+            }
+            None => {
+                let since = *leaderless_since.get_or_insert(now);
+                let due = warned_at.is_none_or(|w| now - w >= NO_LEADER_REPEAT);
+                if now - since >= no_leader_after && due && state != ServerState::Shutdown {
+                    tracing::warn!(
+                        "no Raft leader for {:.1}s: this node cannot commit anything; it cannot reach a majority of \
+                         the members (check that they run and that the network between them works)",
+                        (now - since).as_secs_f64()
+                    );
+                    warned_at = Some(now);
+                }
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(NO_LEADER_REPEAT / 5) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// On the Raft leader: record the initial members in the replicated state once.
+///
+/// The controller of the PostgreSQL issue grows out of this loop.
+pub async fn leader_duties(node: Node, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    let mut applied = node.subscribe();
+    loop {
+        let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
+        let initialized = applied.borrow_and_update().state.initialized;
+        if is_leader && !initialized {
+            let cmd = Command::Init {
+                members: node.cfg.initial_members(),
+            };
+            match node.propose(cmd, PROPOSE_TIMEOUT).await {
+                Ok(c) => tracing::info!(log_index = c.log_index, "cluster state initialised with the configured members"),
+                Err(e) => {
+                    tracing::debug!("initialising the cluster state: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            r = applied.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The sled database behind the log store and the state machine, with real durability.
+//!
+//! sled's `flush()` ends in `sync_file_range` on Linux, which does not reach
+//! the disk (spacejam/sled#1452). Raft's safety rests on the vote and the log
+//! surviving power loss, so every durable write is followed by an `fdatasync`
+//! of sled's data file. One `sled::Db` per process, several trees.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Failure to open the store. Each variant tells the operator what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error(
+        "the Raft store at {path} is corrupt ({detail}). raftpg will not wipe it: this node's vote and log \
+         may be all that proves what it promised. Move the directory aside, remove this member from the cluster \
+         (on a healthy node), and add the machine back under a new Raft id"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot open the Raft store at {path}: {source}. Check that the directory exists and is writable")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The opened database, its trees and the file to fdatasync.
+#[derive(Clone)]
+pub struct Store {
+    pub db: sled::Db,
+    /// Vote, committed log id, last purged log id.
+    pub meta: sled::Tree,
+    /// Log entries keyed by big-endian index.
+    pub log: sled::Tree,
+    /// The current snapshot: metadata and data.
+    pub snapshot: sled::Tree,
+    data_file: Arc<File>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreOpenError> {
+        let io_err = |source| StoreOpenError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Corruption { .. } => StoreOpenError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: e.to_string(),
+            },
+            sled::Error::Io(source) => io_err(source),
+            other => StoreOpenError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: other.to_string(),
+            },
+        })?;
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| StoreOpenError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: e.to_string(),
+            })
+        };
+        let (meta, log, snapshot) = (tree("meta")?, tree("log")?, tree("snapshot")?);
+        let data_file = File::open(dir.join("db")).map_err(io_err)?;
+        if created {
+            // The directory entry of a new store must survive a crash too.
+            if let Some(parent) = dir.parent() {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(io_err)?;
+            }
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        }
+        Ok(Store {
+            db,
+            meta,
+            log,
+            snapshot,
+            data_file: Arc::new(data_file),
+        })
+    }
+
+    /// Makes every write so far durable: sled flush, then fdatasync of its data file.
+    pub fn sync(&self) -> io::Result<()> {
+        self.db.flush().map_err(to_io)?;
+        self.data_file.sync_data()
+    }
+}
+
+pub fn to_io(e: sled::Error) -> io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
