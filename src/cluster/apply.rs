@@ -91,6 +91,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
         }
         Command::SetSyncStandbys { generation, standbys } => {
             check_generation(state, *generation)?;
+            // A sync set belongs to a primary; without one it could later name the new primary.
+            state.primary.as_ref().ok_or(Rejection::NoPrimary)?;
             for s in standbys {
                 known(state, s)?;
                 if state.primary_name() == Some(s.as_str()) {

@@ -310,6 +310,12 @@ fn sync_standbys_must_be_members_and_not_primary() {
     assert_eq!(rejected(&mut s, set(&["n2", "nz"])), Rejection::UnknownMember("nz".into()));
     apply(&mut s, &set(&["n2", "n3"])).unwrap();
     assert_eq!(s.sync_standbys.len(), 2);
+    let mut fresh = initialized();
+    let early = Command::SetSyncStandbys {
+        generation: 0,
+        standbys: vec!["n2".into()],
+    };
+    assert_eq!(rejected(&mut fresh, early), Rejection::NoPrimary);
 }
 
 #[test]

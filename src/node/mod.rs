@@ -54,6 +54,7 @@ impl Node {
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let me = cfg.me().clone();
         let store = Store::open(&cfg.raft_dir())?;
+        crate::raft::log_store::verify(&store, &cfg.raft_dir())?;
         let log_store = LogStore::new(store.clone());
         let sm = StateMachine::open(store).context("cannot load the last Raft snapshot")?;
         let raft_cfg = openraft_config(&cfg)?;

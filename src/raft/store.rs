@@ -6,7 +6,7 @@
 //! of sled's data file. One `sled::Db` per process, several trees.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,7 +34,13 @@ pub struct Store {
     /// The current snapshot: metadata and data.
     pub snapshot: sled::Tree,
     data_file: Arc<File>,
+    dir: PathBuf,
 }
+
+/// A copy of the last vote kept outside sled. sled opens some damaged stores
+/// as empty without an error; a node that forgot its vote could vote twice in
+/// one term. The guard makes that a refusal to start instead.
+const VOTE_GUARD: &str = "vote.guard";
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreOpenError> {
@@ -76,6 +82,7 @@ impl Store {
             log,
             snapshot,
             data_file: Arc::new(data_file),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -83,6 +90,31 @@ impl Store {
     pub fn sync(&self) -> io::Result<()> {
         self.db.flush().map_err(to_io)?;
         self.data_file.sync_data()
+    }
+}
+
+impl Store {
+    fn guard_path(&self) -> PathBuf {
+        self.dir.join(VOTE_GUARD)
+    }
+
+    /// Atomically replaces the vote guard: temp file, fsync, rename, fsync of the directory.
+    pub fn write_guard(&self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{VOTE_GUARD}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.guard_path())?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The last vote recorded outside sled, if any.
+    pub fn read_guard(&self) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.guard_path()) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
