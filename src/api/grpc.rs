@@ -20,7 +20,9 @@ impl ControlServer {
                 message: c.applied.message,
             })),
             Err(e @ ProposeError::Rejected(_)) => Err(Status::failed_precondition(e.to_string())),
-            Err(e @ ProposeError::NoLeader { .. }) => Err(Status::unavailable(e.to_string())),
+            Err(e @ (ProposeError::NoLeader { .. } | ProposeError::Unknown { .. })) => {
+                Err(Status::unavailable(e.to_string()))
+            }
             Err(e @ ProposeError::Fatal(_)) => Err(Status::internal(e.to_string())),
         }
     }

@@ -31,7 +31,7 @@ use crate::pb::control::control_server::ControlServer as ControlGrpc;
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::service::RaftServer;
+use crate::raft::service::{LeaderContact, RaftServer};
 use crate::raft::state_machine::{AppliedState, StateMachine};
 use crate::raft::store::Store;
 use crate::raft::{Raft, RaftMetrics};
@@ -45,6 +45,7 @@ pub struct Node {
     pub raft: Raft,
     pub sm: StateMachine,
     pub cfg: Arc<Config>,
+    pub leader_contact: LeaderContact,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -70,6 +71,7 @@ impl Node {
             raft: raft.clone(),
             sm: sm.clone(),
             cfg: Arc::new(cfg.clone()),
+            leader_contact: LeaderContact::default(),
             stop_tx: Arc::new(stop_tx),
             tasks: Arc::default(),
         };
@@ -78,6 +80,7 @@ impl Node {
             raft: raft.clone(),
             node_id: me.id,
             cluster: cfg.cluster.name.clone(),
+            leader_contact: node.leader_contact.clone(),
         })
         .max_decoding_message_size(64 << 20);
         node.spawn(serve(Server::builder().add_service(raft_svc), raft_listener, stop_rx.clone(), "raft"));

@@ -35,6 +35,13 @@ pub enum ProposeError {
         .last_leader.as_ref().map(|l| format!(" (last known leader: {l})")).unwrap_or_default()
     )]
     NoLeader { waited: Duration, last_leader: Option<String> },
+    /// The command reached a Raft leader but did not commit before the deadline. It may
+    /// still commit later, when the leader reaches a majority again.
+    #[error(
+        "the command was not committed within {waited:?}: the Raft leader cannot reach a majority of the members; \
+         it may still commit if they reconnect, so check the result before retrying"
+    )]
+    Unknown { waited: Duration },
     /// The Raft node stopped.
     #[error("the Raft node has stopped: {0}")]
     Fatal(String),
@@ -49,7 +56,11 @@ pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration, rpc_timeout: 
     let mut backoff = Duration::from_millis(10);
     let mut last_leader = None;
     loop {
-        let attempt = match raft.client_write(cmd.clone()).await {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let written = tokio::time::timeout(remaining, raft.client_write(cmd.clone()))
+            .await
+            .map_err(|_| ProposeError::Unknown { waited: timeout })?;
+        let attempt = match written {
             Ok(resp) => return finish(resp.log_id.index, resp.data),
             Err(e) => match e.forward_to_leader() {
                 Some(f) => match (f.leader_id, f.leader_node.as_ref()) {

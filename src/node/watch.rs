@@ -37,22 +37,19 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
             last = Some((state, leader));
         }
         let now = Instant::now();
-        match leader {
-            Some(_) => {
-                leaderless_since = None;
-                warned_at = None;
-            }
-            None => {
-                let since = *leaderless_since.get_or_insert(now);
-                let due = warned_at.is_none_or(|w| now - w >= NO_LEADER_REPEAT);
-                if now - since >= no_leader_after && due && state != ServerState::Shutdown {
-                    tracing::warn!(
-                        "no Raft leader for {:.1}s: this node cannot commit anything; it cannot reach a majority of \
-                         the members (check that they run and that the network between them works)",
-                        (now - since).as_secs_f64()
-                    );
-                    warned_at = Some(now);
-                }
+        if in_contact(&node, state, leader, no_leader_after, now) {
+            leaderless_since = None;
+            warned_at = None;
+        } else {
+            let since = *leaderless_since.get_or_insert(now);
+            let due = warned_at.is_none_or(|w| now - w >= NO_LEADER_REPEAT);
+            if now - since >= no_leader_after && due && state != ServerState::Shutdown {
+                tracing::warn!(
+                    "no working Raft leader for {:.1}s: this node cannot commit anything; it cannot reach a majority \
+                     of the members (check that they run and that the network between them works)",
+                    (now - since).as_secs_f64()
+                );
+                warned_at = Some(now);
             }
         }
         tokio::select! {
@@ -60,6 +57,17 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(NO_LEADER_REPEAT / 5) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Whether this node is part of a working Raft group right now.
+fn in_contact(node: &Node, state: ServerState, leader: Option<u64>, within: Duration, now: Instant) -> bool {
+    match state {
+        ServerState::Leader => node
+            .metrics()
+            .last_quorum_acked
+            .is_some_and(|t| openraft::Instant::elapsed(&t.into_inner()) < within),
+        _ => leader.is_some() && node.leader_contact.last().is_some_and(|t| now - t < within),
     }
 }
 

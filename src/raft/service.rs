@@ -23,6 +23,22 @@ pub struct RaftServer {
     pub raft: Raft,
     pub node_id: NodeId,
     pub cluster: String,
+    /// When an AppendEntries from a leader last arrived (heartbeats included).
+    pub leader_contact: LeaderContact,
+}
+
+/// The last time a Raft leader reached this node; shared with the watchers.
+#[derive(Clone, Default)]
+pub struct LeaderContact(std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    pub fn last(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -51,7 +67,11 @@ impl RaftService for RaftServer {
 
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest = payload(req)?;
-        reply(&self.raft.append_entries(rpc).await.map_err(internal)?)
+        let resp = self.raft.append_entries(rpc).await.map_err(internal)?;
+        if resp.is_success() {
+            self.leader_contact.touch();
+        }
+        reply(&resp)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {

@@ -1,0 +1,187 @@
+//! Test harness: a cluster of real `raftpg run` processes on loopback.
+//!
+//! Waits are conditions polled until a deadline, never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftpg::ctl;
+use raftpg::demo::{ports, render_config};
+use raftpg::pb::control::control_client::ControlClient;
+use raftpg::pb::control::{ClusterStatus, SetConfigRequest, StatusRequest};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftpg");
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub base: u16,
+    pub n: u16,
+    procs: Vec<Option<Child>>,
+}
+
+/// Logs one line that introduces a phase of a test.
+pub fn phase(text: &str) {
+    eprintln!("=== {text}");
+}
+
+impl Cluster {
+    /// Writes configs for `n` nodes with `extra` TOML appended and starts them all.
+    pub fn start(base: u16, n: u16, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for k in 1..=n {
+            let node_dir = dir.path().join(format!("n{k}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            std::fs::write(node_dir.join("raftpg.toml"), render_config(dir.path(), k, n, base, extra)).unwrap();
+        }
+        let mut c = Cluster {
+            dir,
+            base,
+            n,
+            procs: (0..n).map(|_| None).collect(),
+        };
+        for k in 1..=n {
+            c.start_node(k);
+        }
+        c
+    }
+
+    pub fn config_path(&self, k: u16) -> PathBuf {
+        self.dir.path().join(format!("n{k}/raftpg.toml"))
+    }
+
+    pub fn log_path(&self, k: u16) -> PathBuf {
+        self.dir.path().join(format!("n{k}/raftpg.log"))
+    }
+
+    pub fn start_node(&mut self, k: u16) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(k))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.config_path(k))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start raftpg");
+        self.procs[(k - 1) as usize] = Some(child);
+    }
+
+    /// kill -9: no clean shutdown, whatever was not durable is lost.
+    pub fn kill9(&mut self, k: u16) {
+        if let Some(mut c) = self.procs[(k - 1) as usize].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self, k: u16) -> bool {
+        let Some(mut c) = self.procs[(k - 1) as usize].take() else { return true };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn grpc_addr(&self, k: u16) -> String {
+        format!("127.0.0.1:{}", ports(self.base, k).grpc)
+    }
+
+    pub fn endpoints(&self) -> String {
+        (1..=self.n).map(|k| self.grpc_addr(k)).collect::<Vec<_>>().join(",")
+    }
+
+    pub async fn client(&self, k: u16) -> Option<ControlClient<Channel>> {
+        ctl::connect(&self.grpc_addr(k)).await.ok()
+    }
+
+    pub async fn status(&self, k: u16) -> Option<ClusterStatus> {
+        let mut c = self.client(k).await?;
+        c.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `k` sees an initialised state and a leader; returns the leader's name.
+    pub async fn wait_leader_seen_by(&self, k: u16, timeout: Duration) -> String {
+        self.wait_for(&format!("n{k} to see a Raft leader"), timeout, || async {
+            let s = self.status(k).await?;
+            (s.initialized && !s.raft_leader.is_empty()).then_some(s.raft_leader)
+        })
+        .await
+    }
+
+    /// Commits `key=value` through node `k`; returns the revision.
+    pub async fn set(&self, k: u16, key: &str, value: &str) -> Result<u64, tonic::Status> {
+        let mut c = self.client(k).await.ok_or_else(|| tonic::Status::unavailable("no connection"))?;
+        let req = SetConfigRequest {
+            key: key.into(),
+            value: value.into(),
+        };
+        c.set_config(req).await.map(|r| r.into_inner().revision)
+    }
+
+    pub fn log_of(&self, k: u16) -> String {
+        std::fs::read_to_string(self.log_path(k)).unwrap_or_default()
+    }
+
+    pub fn dump_logs(&self) {
+        for k in 1..=self.n {
+            let log = self.log_of(k);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- n{k} log (last 40 lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    pub fn node_index(name: &str) -> u16 {
+        name.trim_start_matches('n').parse().expect("member names are nK")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for k in 1..=self.n {
+            self.kill9(k);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! L1 with real processes: three `raftpg run` processes on loopback, killed and
+//! restarted for real. Each test uses its own ports so they can run in parallel.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{phase, Cluster};
+
+const FORM: Duration = Duration::from_secs(30);
+
+async fn formed(c: &Cluster) -> String {
+    for k in 1..=c.n {
+        c.wait_leader_seen_by(k, FORM).await;
+    }
+    c.wait_leader_seen_by(1, FORM).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_elected_and_commands_commit_from_every_node() {
+    let c = Cluster::start(21000, 3, "");
+    phase("three nodes elect a leader and record the configured members");
+    let leader = formed(&c).await;
+    let s = c.status(1).await.unwrap();
+    assert_eq!(s.members.len(), 3);
+    assert!(s.members.iter().all(|m| m.raft_role == "voter"), "{:?}", s.members);
+
+    phase("a command proposed on each node (followers forward) commits and applies everywhere");
+    let mut last = 0;
+    for k in 1..=3 {
+        last = c.set(k, "postgresql.parameters.work_mem", &format!("{k}MB")).await.expect("commit");
+    }
+    for k in 1..=3 {
+        c.wait_for("every node applies the last command", FORM, || async {
+            let s = c.status(k).await?;
+            (s.revision >= last && s.config["postgresql.parameters.work_mem"] == "3MB").then_some(())
+        })
+        .await;
+    }
+
+    phase("a rejected command reaches the caller with its reason and changes nothing");
+    let err = c.set(2, "lease_ms", "1").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("lease_ms must be between"), "{}", err.message());
+    assert_eq!(c.status(2).await.unwrap().revision, last);
+
+    phase("each node logged its role and the applied command");
+    let leader_log = c.log_of(Cluster::node_index(&leader));
+    assert!(leader_log.contains("Raft role: Leader"), "no role line in the leader's log");
+    assert!(c.log_of(1).contains("initialised with 3 members"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_leader_gives_a_new_leader_that_commits() {
+    let mut c = Cluster::start(21500, 3, "");
+    let old = formed(&c).await;
+    let old_k = Cluster::node_index(&old);
+    let rev = c.set(old_k, "lease_ms", "5000").await.unwrap();
+
+    phase(&format!("kill -9 the Raft leader {old}"));
+    c.kill9(old_k);
+    let other = if old_k == 1 { 2 } else { 1 };
+    let new = c
+        .wait_for("a new leader", FORM, || async {
+            let s = c.status(other).await?;
+            (!s.raft_leader.is_empty() && s.raft_leader != old).then_some(s.raft_leader)
+        })
+        .await;
+    phase(&format!("{new} leads and commits"));
+    let rev2 = c.set(other, "lease_ms", "6000").await.expect("commit after failover");
+    assert!(rev2 > rev);
+
+    phase(&format!("{old} restarts and catches up from the log"));
+    c.start_node(old_k);
+    c.wait_for("the restarted node applies the new command", FORM, || async {
+        let s = c.status(old_k).await?;
+        (s.revision >= rev2 && s.config["lease_ms"] == "6000").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
+    let extra = "\n[raft]\nsnapshot_after_logs = 20\nlogs_to_keep = 5\n";
+    let mut c = Cluster::start(22000, 3, extra);
+    formed(&c).await;
+    phase("n3 stops cleanly; 80 commands commit without it");
+    assert!(c.stop(3), "n3 did not exit cleanly on SIGTERM");
+    let mut rev = 0;
+    for i in 0..80 {
+        rev = c.set(1, "postgresql.parameters.work_mem", &format!("{i}kB")).await.expect("commit");
+    }
+    c.wait_for("the others build a snapshot", FORM, || async {
+        (c.log_of(1).contains("snapshot built") && c.log_of(2).contains("snapshot built")).then_some(())
+    })
+    .await;
+
+    phase("n3 restarts: the entries it missed are purged, so it must install a snapshot");
+    c.start_node(3);
+    c.wait_for("n3 catches up", FORM, || async {
+        let s = c.status(3).await?;
+        (s.revision >= rev && s.config["postgresql.parameters.work_mem"] == "79kB").then_some(())
+    })
+    .await;
+    assert!(c.log_of(3).contains("snapshot installed"), "n3 caught up without a snapshot");
+
+    phase("n3 restarts again and comes back from its own snapshot and log");
+    assert!(c.stop(3));
+    c.start_node(3);
+    c.wait_for("n3 back at the same state", FORM, || async {
+        let s = c.status(3).await?;
+        (s.revision >= rev).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_restart_of_all_three_nodes_keeps_every_committed_command() {
+    let mut c = Cluster::start(22500, 3, "");
+    formed(&c).await;
+    phase("commit 100 commands, each acknowledged");
+    let mut acked = 0;
+    for i in 0..100 {
+        acked = c.set((i % 3) + 1, "postgresql.parameters.work_mem", &format!("{i}kB")).await.expect("commit");
+    }
+    let term_before = c.status(1).await.unwrap().raft_term;
+
+    phase("kill -9 all three nodes at once, then start them again");
+    for k in 1..=3 {
+        c.kill9(k);
+    }
+    for k in 1..=3 {
+        c.start_node(k);
+    }
+    formed(&c).await;
+    for k in 1..=3 {
+        c.wait_for("every node has every acknowledged command", FORM, || async {
+            let s = c.status(k).await?;
+            (s.revision >= acked && s.config["postgresql.parameters.work_mem"] == "99kB").then_some(())
+        })
+        .await;
+    }
+    let s = c.status(1).await.unwrap();
+    // With durable votes a restarted leader may restore its term, but a term never goes back.
+    assert!(s.raft_term >= term_before, "the term went backwards: a vote was lost");
+    assert_eq!(s.members.len(), 3);
+    phase("the restarted group still commits");
+    c.set(2, "lease_ms", "4500").await.expect("commit after cold restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_cannot_commit_and_says_so() {
+    let mut c = Cluster::start(23000, 3, "");
+    formed(&c).await;
+    phase("stop n2 and n3: n1 is alone");
+    c.kill9(2);
+    c.kill9(3);
+    phase("a command on n1 fails with a reason, through raftpg ctl");
+    let out = std::process::Command::new(common::BIN)
+        .args(["ctl", "--endpoints", &c.grpc_addr(1), "config", "set", "lease_ms=7000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a lone node committed a command");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach a majority"), "unclear error: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "the reason is one line: {stderr}");
+    c.wait_for("n1's log says it cannot commit", FORM, || async {
+        c.log_of(1).contains("this node cannot commit anything").then_some(())
+    })
+    .await;
+    let s = c.status(1).await.unwrap();
+    assert_ne!(s.config["lease_ms"], "7000");
+
+    phase("a peer comes back: commits work again");
+    c.start_node(2);
+    c.wait_for("commit with a majority again", FORM, || async {
+        c.set(1, "lease_ms", "7000").await.ok()
+    })
+    .await;
+}
+
+#[test]
+fn ctl_with_no_endpoint_answering_says_so() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["ctl", "--endpoints", "127.0.0.1:1,127.0.0.1:2", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no endpoint answered") && stderr.contains("RAFTPG_ENDPOINTS"), "{stderr}");
+}
+
+#[test]
+fn run_with_a_bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[node]\nname = \"n1\"\ndata_dir = \"/tmp/x\"\nport = 5\n").unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:4") && stderr.contains("port"), "{stderr}");
+}
