@@ -144,7 +144,9 @@ impl Config {
     /// Parses and validates configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             ConfigError {
                 file: match line {
                     Some(l) => format!("{file}:{l}"),
@@ -182,22 +184,39 @@ impl Config {
         let mut addrs = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
             let at = |f: &str| format!("members[{i}].{f}");
-            if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return err(&at("name"), format!("'{}' is not a valid name: use letters, digits, '-' or '_'", m.name));
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return err(
+                    &at("name"),
+                    format!("'{}' is not a valid name: use letters, digits, '-' or '_'", m.name),
+                );
             }
             if !names.insert(m.name.clone()) {
-                return err(&at("name"), format!("duplicate member name '{}': every member needs its own", m.name));
+                return err(
+                    &at("name"),
+                    format!("duplicate member name '{}': every member needs its own", m.name),
+                );
             }
             if m.id == 0 {
                 return err(&at("id"), "must be 1 or more".into());
             }
             if !ids.insert(m.id) {
-                return err(&at("id"), format!("duplicate id {} (member '{}'): ids must be unique", m.id, m.name));
+                return err(
+                    &at("id"),
+                    format!("duplicate id {} (member '{}'): ids must be unique", m.id, m.name),
+                );
             }
             for (field, value) in [("raft", &m.raft), ("grpc", &m.grpc), ("pg", &m.pg), ("http", &m.http)] {
                 check_addr(value).map_err(|p| (at(field), p))?;
                 if !addrs.insert(value.clone()) {
-                    return err(&at(field), format!("address {value} is used twice: each port serves one purpose"));
+                    return err(
+                        &at(field),
+                        format!("address {value} is used twice: each port serves one purpose"),
+                    );
                 }
             }
         }
@@ -262,7 +281,10 @@ impl RaftSection {
         if r.rpc_timeout_ms < r.heartbeat_ms || r.rpc_timeout_ms > r.election_timeout_max_ms * 10 {
             return Err((
                 "raft.rpc_timeout_ms".into(),
-                format!("{} must lie between raft.heartbeat_ms and 10 election timeouts", r.rpc_timeout_ms),
+                format!(
+                    "{} must lie between raft.heartbeat_ms and 10 election timeouts",
+                    r.rpc_timeout_ms
+                ),
             ));
         }
         Ok(())
@@ -299,7 +321,9 @@ fn check_addr(value: &str) -> Result<(), String> {
     }
     match value.to_socket_addrs() {
         Ok(it) if it.len() > 0 => Ok(()),
-        _ => Err(format!("host '{host}' does not resolve: use an IP address or a resolvable name")),
+        _ => Err(format!(
+            "host '{host}' does not resolve: use an IP address or a resolvable name"
+        )),
     }
 }
 

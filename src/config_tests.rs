@@ -89,7 +89,9 @@ fn node_missing_from_members_is_rejected() {
 
 #[test]
 fn election_timeouts_must_be_ordered() {
-    let e = error_of(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 900\nelection_timeout_max_ms = 800\n"));
+    let e = error_of(&format!(
+        "{GOOD}\n[raft]\nelection_timeout_min_ms = 900\nelection_timeout_max_ms = 800\n"
+    ));
     assert_eq!(e.key, "raft.election_timeout_max_ms");
     let e = error_of(&format!("{GOOD}\n[raft]\nheartbeat_ms = 400\n"));
     assert_eq!(e.key, "raft.election_timeout_min_ms");
@@ -105,4 +107,12 @@ fn no_members_is_rejected() {
 fn unreadable_file_says_so() {
     let e = Config::load(Path::new("/nonexistent/raftpg.toml")).unwrap_err();
     assert!(e.problem.contains("cannot read"), "{e}");
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../deploy/raftpg.example.toml");
+    let c = Config::parse(text, "deploy/raftpg.example.toml").expect("the example must stay valid");
+    assert_eq!(c.members.len(), 3);
+    assert_eq!(c.cluster.name, "orders");
 }

@@ -59,15 +59,25 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.endpoints).await?;
     match args.command {
         CtlCommand::List { json } => {
-            let s = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+            let s = client
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             if json {
                 println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
             } else {
                 print!("{}", render_table(&s));
             }
         }
-        CtlCommand::Config { action: ConfigAction::Show } => {
-            let s = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+        CtlCommand::Config {
+            action: ConfigAction::Show,
+        } => {
+            let s = client
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             let mut pairs: Vec<_> = s.config.into_iter().collect();
             pairs.sort();
             for (k, v) in pairs {
@@ -88,11 +98,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             println!("{} (log index {}, revision {})", r.message, r.log_index, r.revision);
         }
         CtlCommand::Pause => {
-            let r = client.pause(pb::PauseRequest {}).await.map_err(status_error)?.into_inner();
+            let r = client
+                .pause(pb::PauseRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             println!("{}", r.message);
         }
         CtlCommand::Resume => {
-            let r = client.resume(pb::ResumeRequest {}).await.map_err(status_error)?.into_inner();
+            let r = client
+                .resume(pb::ResumeRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             println!("{}", r.message);
         }
     }
@@ -134,7 +152,11 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         "Cluster: {} (generation {}, Raft leader {}, paused: {}, revision {})\n",
         s.cluster,
         s.generation,
-        if s.raft_leader.is_empty() { "none" } else { &s.raft_leader },
+        if s.raft_leader.is_empty() {
+            "none"
+        } else {
+            &s.raft_leader
+        },
         if s.paused { "yes" } else { "no" },
         s.revision
     );
@@ -143,13 +165,24 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         .members
         .iter()
         .map(|m| {
-            let role = if Some(m.name.as_str()) == primary { "Primary" } else { "" };
+            let role = if Some(m.name.as_str()) == primary {
+                "Primary"
+            } else {
+                ""
+            };
             let raft = if m.name == s.raft_leader {
                 format!("{} (leader)", m.raft_role)
             } else {
                 m.raft_role.clone()
             };
-            [m.name.clone(), m.id.to_string(), m.pg_addr.clone(), role.into(), raft, m.raft_addr.clone()]
+            [
+                m.name.clone(),
+                m.id.to_string(),
+                m.pg_addr.clone(),
+                role.into(),
+                raft,
+                m.raft_addr.clone(),
+            ]
         })
         .collect();
     let mut widths = header.map(str::len);

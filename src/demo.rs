@@ -73,7 +73,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("--nodes must be between 1 and 9, not {}", args.nodes);
     }
     if u32::from(args.base_port) + 300 + u32::from(args.nodes) > 65535 {
-        bail!("--base-port {} leaves no room for the HTTP ports: use a smaller one", args.base_port);
+        bail!(
+            "--base-port {} leaves no room for the HTTP ports: use a smaller one",
+            args.base_port
+        );
     }
     fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = fs::canonicalize(&args.dir)?;
@@ -112,7 +115,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("Node logs:   {}/nK/raftpg.log", dir.display());
             println!("Stop it:     Ctrl-C");
         }
-        Err(e) => eprintln!("raftpg demo: the cluster did not form: {e:#} (see {}/nK/raftpg.log)", dir.display()),
+        Err(e) => eprintln!(
+            "raftpg demo: the cluster did not form: {e:#} (see {}/nK/raftpg.log)",
+            dir.display()
+        ),
     }
     supervise(children).await
 }
@@ -147,7 +153,10 @@ async fn wait_ready(endpoints: &str, nodes: usize) -> anyhow::Result<String> {
                     if s.initialized && !s.raft_leader.is_empty() && voters == nodes {
                         return Ok(ctl::render_table(&s));
                     }
-                    last = format!("leader '{}', initialised {}, voters {voters}", s.raft_leader, s.initialized);
+                    last = format!(
+                        "leader '{}', initialised {}, voters {voters}",
+                        s.raft_leader, s.initialized
+                    );
                 }
                 Err(e) => last = e.message().to_string(),
             }
@@ -182,7 +191,10 @@ async fn supervise(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
     eprintln!("raftpg demo: stopping {} nodes", children.len());
     for (_, child) in &children {
         if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
     for (name, child) in &mut children {

@@ -9,7 +9,11 @@ use raftpg::logging::{self, LogFormat};
 use raftpg::{ctl, demo, node::Node};
 
 #[derive(Parser)]
-#[command(name = "raftpg", version, about = "PostgreSQL high availability with its own Raft group")]
+#[command(
+    name = "raftpg",
+    version,
+    about = "PostgreSQL high availability with its own Raft group"
+)]
 struct Cli {
     /// Log format: human (default) or json.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]

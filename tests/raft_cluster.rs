@@ -28,7 +28,10 @@ async fn leader_elected_and_commands_commit_from_every_node() {
     phase("a command proposed on each node (followers forward) commits and applies everywhere");
     let mut last = 0;
     for k in 1..=3 {
-        last = c.set(k, "postgresql.parameters.work_mem", &format!("{k}MB")).await.expect("commit");
+        last = c
+            .set(k, "postgresql.parameters.work_mem", &format!("{k}MB"))
+            .await
+            .expect("commit");
     }
     for k in 1..=3 {
         c.wait_for("every node applies the last command", FORM, || async {
@@ -46,7 +49,10 @@ async fn leader_elected_and_commands_commit_from_every_node() {
 
     phase("each node logged its role and the applied command");
     let leader_log = c.log_of(Cluster::node_index(&leader));
-    assert!(leader_log.contains("Raft role: Leader"), "no role line in the leader's log");
+    assert!(
+        leader_log.contains("Raft role: Leader"),
+        "no role line in the leader's log"
+    );
     assert!(c.log_of(1).contains("initialised with 3 members"));
 }
 
@@ -88,7 +94,10 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
     assert!(c.stop(3), "n3 did not exit cleanly on SIGTERM");
     let mut rev = 0;
     for i in 0..80 {
-        rev = c.set(1, "postgresql.parameters.work_mem", &format!("{i}kB")).await.expect("commit");
+        rev = c
+            .set(1, "postgresql.parameters.work_mem", &format!("{i}kB"))
+            .await
+            .expect("commit");
     }
     c.wait_for("the others build a snapshot", FORM, || async {
         (c.log_of(1).contains("snapshot built") && c.log_of(2).contains("snapshot built")).then_some(())
@@ -102,7 +111,10 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
         (s.revision >= rev && s.config["postgresql.parameters.work_mem"] == "79kB").then_some(())
     })
     .await;
-    assert!(c.log_of(3).contains("snapshot installed"), "n3 caught up without a snapshot");
+    assert!(
+        c.log_of(3).contains("snapshot installed"),
+        "n3 caught up without a snapshot"
+    );
 
     phase("n3 restarts again and comes back from its own snapshot and log");
     assert!(c.stop(3));
@@ -121,7 +133,10 @@ async fn cold_restart_of_all_three_nodes_keeps_every_committed_command() {
     phase("commit 100 commands, each acknowledged");
     let mut acked = 0;
     for i in 0..100 {
-        acked = c.set((i % 3) + 1, "postgresql.parameters.work_mem", &format!("{i}kB")).await.expect("commit");
+        acked = c
+            .set((i % 3) + 1, "postgresql.parameters.work_mem", &format!("{i}kB"))
+            .await
+            .expect("commit");
     }
     let term_before = c.status(1).await.unwrap().raft_term;
 
@@ -187,7 +202,10 @@ fn ctl_with_no_endpoint_answering_says_so() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no endpoint answered") && stderr.contains("RAFTPG_ENDPOINTS"), "{stderr}");
+    assert!(
+        stderr.contains("no endpoint answered") && stderr.contains("RAFTPG_ENDPOINTS"),
+        "{stderr}"
+    );
 }
 
 #[test]

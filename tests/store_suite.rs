@@ -26,8 +26,8 @@ async fn sled_store_passes_openraft_suite() {
 /// Vote, entries and purge point survive closing and reopening the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vote_log_and_purge_survive_reopen() {
-    use openraft::storage::{RaftLogReader, RaftLogStorage};
     use openraft::entry::RaftEntry;
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
     use openraft::vote::RaftLeaderId;
     use raftpg::raft::{Entry, LogId, Vote};
 
@@ -68,7 +68,10 @@ fn damaged_record_is_refused_with_instructions() {
     let store = Store::open(&path).unwrap();
     let err = verify(&store, &path).unwrap_err().to_string();
     assert!(err.contains("corrupt") && err.contains("new Raft id"), "{err}");
-    assert!(store.log.get(5u64.to_be_bytes()).unwrap().is_some(), "the damaged record was removed");
+    assert!(
+        store.log.get(5u64.to_be_bytes()).unwrap().is_some(),
+        "the damaged record was removed"
+    );
 }
 
 /// Damage to sled's file is either refused or fully recovered: never silently different data.
@@ -99,10 +102,21 @@ fn damaged_file_is_refused_or_recovered_never_silently_wrong() {
     });
     match opened {
         Ok(store) => {
-            let values: Vec<_> = store.meta.iter().filter_map(Result::ok).filter(|(k, _)| k.len() == 4).collect();
+            let values: Vec<_> = store
+                .meta
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, _)| k.len() == 4)
+                .collect();
             assert_eq!(values.len(), 2000, "records silently lost");
-            assert!(values.iter().all(|(_, v)| v.as_ref() == [7u8; 100]), "silently wrong data");
+            assert!(
+                values.iter().all(|(_, v)| v.as_ref() == [7u8; 100]),
+                "silently wrong data"
+            );
         }
-        Err(e) => assert!(e.to_string().contains("corrupt") && e.to_string().contains("new Raft id"), "{e}"),
+        Err(e) => assert!(
+            e.to_string().contains("corrupt") && e.to_string().contains("new Raft id"),
+            "{e}"
+        ),
     }
 }

@@ -65,8 +65,16 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
                 .tags = tags.clone();
             format!("tags of {name} set")
         }
-        Command::Bootstrap { node, system_identifier } => bootstrap(state, node, *system_identifier)?,
-        Command::BeginFailover { generation, to, forced, reason } => {
+        Command::Bootstrap {
+            node,
+            system_identifier,
+        } => bootstrap(state, node, *system_identifier)?,
+        Command::BeginFailover {
+            generation,
+            to,
+            forced,
+            reason,
+        } => {
             check_generation(state, *generation)?;
             if let Some(to) = to {
                 known(state, to)?;
@@ -86,9 +94,12 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
             begin(state, PendingKind::Switchover, Some(to.clone()), false, reason)?
         }
         Command::Promote { generation, node } => promote(state, *generation, node)?,
-        Command::RecordTimeline { generation, node, timeline, switch_lsn } => {
-            record_timeline(state, *generation, node, *timeline, switch_lsn.clone())?
-        }
+        Command::RecordTimeline {
+            generation,
+            node,
+            timeline,
+            switch_lsn,
+        } => record_timeline(state, *generation, node, *timeline, switch_lsn.clone())?,
         Command::SetSyncStandbys { generation, standbys } => {
             check_generation(state, *generation)?;
             // A sync set belongs to a primary; without one it could later name the new primary.
@@ -152,9 +163,10 @@ fn add_member(state: &mut ClusterState, m: &Member) -> Result<String, Rejection>
 
 fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
     known(state, name)?;
-    let involved = state.pending.as_ref().is_some_and(|p| {
-        p.candidate.as_deref() == Some(name) || p.to.as_deref() == Some(name)
-    });
+    let involved = state
+        .pending
+        .as_ref()
+        .is_some_and(|p| p.candidate.as_deref() == Some(name) || p.to.as_deref() == Some(name));
     if state.primary_name() == Some(name) || involved {
         return Err(Rejection::IsPrimary(name.to_string()));
     }
@@ -269,14 +281,18 @@ fn record_timeline(
         to: node.to_string(),
         generation,
     });
-    Ok(format!("{node} is primary on timeline {timeline} (generation {generation})"))
+    Ok(format!(
+        "{node} is primary on timeline {timeline} (generation {generation})"
+    ))
 }
 
 fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Result<String, Rejection> {
     if let Some(name) = key.strip_prefix("postgresql.parameters.") {
         let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if !valid {
-            return Err(Rejection::BadConfig(format!("'{name}' is not a PostgreSQL parameter name")));
+            return Err(Rejection::BadConfig(format!(
+                "'{name}' is not a PostgreSQL parameter name"
+            )));
         }
         match value {
             Some(v) => state.parameters.insert(name.to_string(), v.to_string()),
@@ -302,7 +318,9 @@ fn check_generation(state: &ClusterState, expected: u64) -> Result<(), Rejection
 }
 
 fn known<'a>(state: &'a ClusterState, name: &str) -> Result<&'a Member, Rejection> {
-    state.member(name).ok_or_else(|| Rejection::UnknownMember(name.to_string()))
+    state
+        .member(name)
+        .ok_or_else(|| Rejection::UnknownMember(name.to_string()))
 }
 
 fn eligible(state: &ClusterState, node: &str, forced: bool) -> Result<(), Rejection> {

@@ -82,8 +82,20 @@ fn init_with_duplicate_ids_is_rejected() {
 #[test]
 fn add_member_is_idempotent_and_checks_name_and_id() {
     let mut s = initialized();
-    apply(&mut s, &Command::AddMember { member: member("n4", 4) }).unwrap();
-    apply(&mut s, &Command::AddMember { member: member("n4", 4) }).unwrap();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n4", 4),
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n4", 4),
+        },
+    )
+    .unwrap();
     assert_eq!(s.members.len(), 4);
     let mut other = member("n4", 5);
     other.pg_addr = "elsewhere:1".into();
@@ -92,7 +104,12 @@ fn add_member_is_idempotent_and_checks_name_and_id() {
         Rejection::DuplicateName("n4".into())
     );
     assert!(matches!(
-        rejected(&mut s, Command::AddMember { member: member("n5", 2) }),
+        rejected(
+            &mut s,
+            Command::AddMember {
+                member: member("n5", 2)
+            }
+        ),
         Rejection::DuplicateId { id: 2, .. }
     ));
 }
@@ -110,7 +127,10 @@ fn remove_member() {
     .unwrap();
     apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
     assert!(!s.members.contains_key("n3"));
-    assert!(!s.sync_standbys.contains("n3"), "a removed member stays out of the sync set");
+    assert!(
+        !s.sync_standbys.contains("n3"),
+        "a removed member stays out of the sync set"
+    );
     assert_eq!(
         rejected(&mut s, Command::RemoveMember { name: "n1".into() }),
         Rejection::IsPrimary("n1".into())
@@ -128,7 +148,14 @@ fn set_tags() {
         nofailover: true,
         failover_priority: 3,
     };
-    apply(&mut s, &Command::SetTags { name: "n2".into(), tags: tags.clone() }).unwrap();
+    apply(
+        &mut s,
+        &Command::SetTags {
+            name: "n2".into(),
+            tags: tags.clone(),
+        },
+    )
+    .unwrap();
     assert_eq!(s.members["n2"].tags, tags);
     let cmd = Command::SetTags {
         name: "nx".into(),
@@ -165,7 +192,14 @@ fn failover_fences_then_promotes_then_records() {
     assert_eq!(s.primary, None, "the old generation is fenced at once");
     assert_eq!(s.pending.as_ref().unwrap().from.as_deref(), Some("n1"));
 
-    apply(&mut s, &Command::Promote { generation: 2, node: "n2".into() }).unwrap();
+    apply(
+        &mut s,
+        &Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(s.pending.as_ref().unwrap().candidate.as_deref(), Some("n2"));
 
     let record = Command::RecordTimeline {
@@ -199,7 +233,10 @@ fn stale_generation_is_rejected_everywhere() {
             to: "n2".into(),
             reason: "x".into(),
         },
-        Command::Promote { generation: 1, node: "n2".into() },
+        Command::Promote {
+            generation: 1,
+            node: "n2".into(),
+        },
         Command::RecordTimeline {
             generation: 1,
             node: "n2".into(),
@@ -228,21 +265,46 @@ fn second_failover_while_pending_is_rejected() {
 fn promote_rules() {
     let mut s = bootstrapped();
     assert_eq!(
-        rejected(&mut s, Command::Promote { generation: 1, node: "n2".into() }),
+        rejected(
+            &mut s,
+            Command::Promote {
+                generation: 1,
+                node: "n2".into()
+            }
+        ),
         Rejection::NothingPending
     );
     let tags = Tags {
         nofailover: true,
         failover_priority: 0,
     };
-    apply(&mut s, &Command::SetTags { name: "n3".into(), tags }).unwrap();
+    apply(
+        &mut s,
+        &Command::SetTags {
+            name: "n3".into(),
+            tags,
+        },
+    )
+    .unwrap();
     apply(&mut s, &failover(1)).unwrap();
     assert!(matches!(
-        rejected(&mut s, Command::Promote { generation: 2, node: "n3".into() }),
+        rejected(
+            &mut s,
+            Command::Promote {
+                generation: 2,
+                node: "n3".into()
+            }
+        ),
         Rejection::NotEligible { .. }
     ));
     assert_eq!(
-        rejected(&mut s, Command::Promote { generation: 2, node: "n9".into() }),
+        rejected(
+            &mut s,
+            Command::Promote {
+                generation: 2,
+                node: "n9".into()
+            }
+        ),
         Rejection::UnknownMember("n9".into())
     );
     // Only the promoted candidate may record a timeline.
@@ -262,7 +324,14 @@ fn forced_failover_may_promote_nofailover_member() {
         nofailover: true,
         failover_priority: 0,
     };
-    apply(&mut s, &Command::SetTags { name: "n3".into(), tags }).unwrap();
+    apply(
+        &mut s,
+        &Command::SetTags {
+            name: "n3".into(),
+            tags,
+        },
+    )
+    .unwrap();
     let forced = Command::BeginFailover {
         generation: 1,
         to: Some("n3".into()),
@@ -271,10 +340,23 @@ fn forced_failover_may_promote_nofailover_member() {
     };
     apply(&mut s, &forced).unwrap();
     assert!(matches!(
-        rejected(&mut s, Command::Promote { generation: 2, node: "n2".into() }),
+        rejected(
+            &mut s,
+            Command::Promote {
+                generation: 2,
+                node: "n2".into()
+            }
+        ),
         Rejection::NotEligible { .. }
     ));
-    apply(&mut s, &Command::Promote { generation: 2, node: "n3".into() }).unwrap();
+    apply(
+        &mut s,
+        &Command::Promote {
+            generation: 2,
+            node: "n3".into(),
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -296,7 +378,10 @@ fn switchover_rules() {
     assert_eq!(rejected(&mut s, sw("n7")), Rejection::UnknownMember("n7".into()));
     apply(&mut s, &sw("n3")).unwrap();
     let p = s.pending.clone().unwrap();
-    assert_eq!((p.kind, p.from.as_deref(), p.to.as_deref()), (PendingKind::Switchover, Some("n1"), Some("n3")));
+    assert_eq!(
+        (p.kind, p.from.as_deref(), p.to.as_deref()),
+        (PendingKind::Switchover, Some("n1"), Some("n3"))
+    );
 }
 
 #[test]
@@ -307,7 +392,10 @@ fn sync_standbys_must_be_members_and_not_primary() {
         standbys: v.iter().map(|x| x.to_string()).collect(),
     };
     assert_eq!(rejected(&mut s, set(&["n1"])), Rejection::IsPrimary("n1".into()));
-    assert_eq!(rejected(&mut s, set(&["n2", "nz"])), Rejection::UnknownMember("nz".into()));
+    assert_eq!(
+        rejected(&mut s, set(&["n2", "nz"])),
+        Rejection::UnknownMember("nz".into())
+    );
     apply(&mut s, &set(&["n2", "n3"])).unwrap();
     assert_eq!(s.sync_standbys.len(), 2);
     let mut fresh = initialized();
@@ -335,8 +423,14 @@ fn pause_resume_and_config() {
     assert_eq!(s.config_pairs()["postgresql.parameters.work_mem"], "8MB");
     apply(&mut s, &set("postgresql.parameters.work_mem", None)).unwrap();
     assert!(!s.parameters.contains_key("work_mem"));
-    assert!(matches!(rejected(&mut s, set("lease_ms", Some("fast"))), Rejection::BadConfig(_)));
-    assert!(matches!(rejected(&mut s, set("bogus", Some("1"))), Rejection::BadConfig(_)));
+    assert!(matches!(
+        rejected(&mut s, set("lease_ms", Some("fast"))),
+        Rejection::BadConfig(_)
+    ));
+    assert!(matches!(
+        rejected(&mut s, set("bogus", Some("1"))),
+        Rejection::BadConfig(_)
+    ));
     assert!(matches!(
         rejected(&mut s, set("postgresql.parameters.bad name", Some("1"))),
         Rejection::BadConfig(_)

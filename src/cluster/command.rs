@@ -13,15 +13,27 @@ use super::state::{Member, Tags};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// First command of a new cluster: the members from the configuration.
-    Init { members: Vec<Member> },
+    Init {
+        members: Vec<Member>,
+    },
     /// Record a new member (its Raft membership is changed separately).
-    AddMember { member: Member },
+    AddMember {
+        member: Member,
+    },
     /// Forget a member; refused for the primary.
-    RemoveMember { name: String },
+    RemoveMember {
+        name: String,
+    },
     /// Replace a member's tags.
-    SetTags { name: String, tags: Tags },
+    SetTags {
+        name: String,
+        tags: Tags,
+    },
     /// The first primary, after initdb: generation 1, timeline 1.
-    Bootstrap { node: String, system_identifier: u64 },
+    Bootstrap {
+        node: String,
+        system_identifier: u64,
+    },
     /// Fence generation `generation` and start an unplanned failover under `generation + 1`.
     BeginFailover {
         generation: u64,
@@ -30,9 +42,16 @@ pub enum Command {
         reason: String,
     },
     /// Fence generation `generation` and start a planned switchover to `to`.
-    BeginSwitchover { generation: u64, to: String, reason: String },
+    BeginSwitchover {
+        generation: u64,
+        to: String,
+        reason: String,
+    },
     /// Tell `node` to promote, under the generation of the pending change.
-    Promote { generation: u64, node: String },
+    Promote {
+        generation: u64,
+        node: String,
+    },
     /// `node` promoted and is on `timeline`: it becomes the primary.
     RecordTimeline {
         generation: u64,
@@ -41,11 +60,17 @@ pub enum Command {
         switch_lsn: Option<String>,
     },
     /// The members whose flush counts towards the commit quorum.
-    SetSyncStandbys { generation: u64, standbys: Vec<String> },
+    SetSyncStandbys {
+        generation: u64,
+        standbys: Vec<String>,
+    },
     Pause,
     Resume,
     /// Set one cluster-wide key; `None` removes or restores the default.
-    SetConfig { key: String, value: Option<String> },
+    SetConfig {
+        key: String,
+        value: Option<String>,
+    },
 }
 
 impl Command {
@@ -69,10 +94,18 @@ impl fmt::Display for Command {
                 "set tags of {name}: nofailover={} failover_priority={}",
                 tags.nofailover, tags.failover_priority
             ),
-            Command::Bootstrap { node, system_identifier } => {
+            Command::Bootstrap {
+                node,
+                system_identifier,
+            } => {
                 write!(f, "bootstrap {node} as primary (system identifier {system_identifier})")
             }
-            Command::BeginFailover { generation, to, forced, reason } => {
+            Command::BeginFailover {
+                generation,
+                to,
+                forced,
+                reason,
+            } => {
                 write!(f, "begin failover from generation {generation}")?;
                 if let Some(to) = to {
                     write!(f, " to {to}")?;
@@ -86,11 +119,23 @@ impl fmt::Display for Command {
                 write!(f, "begin switchover from generation {generation} to {to}: {reason}")
             }
             Command::Promote { generation, node } => write!(f, "promote {node} under generation {generation}"),
-            Command::RecordTimeline { generation, node, timeline, .. } => {
-                write!(f, "record {node} primary on timeline {timeline} (generation {generation})")
+            Command::RecordTimeline {
+                generation,
+                node,
+                timeline,
+                ..
+            } => {
+                write!(
+                    f,
+                    "record {node} primary on timeline {timeline} (generation {generation})"
+                )
             }
             Command::SetSyncStandbys { generation, standbys } => {
-                write!(f, "set sync standbys [{}] (generation {generation})", standbys.join(", "))
+                write!(
+                    f,
+                    "set sync standbys [{}] (generation {generation})",
+                    standbys.join(", ")
+                )
             }
             Command::Pause => write!(f, "pause"),
             Command::Resume => write!(f, "resume"),

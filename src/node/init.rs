@@ -40,8 +40,17 @@ pub fn should_initialize(members: usize, peers: &[PeerInit]) -> bool {
 
 /// Runs until this node's Raft store is initialised, by itself or by replication.
 pub async fn ensure_initialized(raft: Raft, cfg: Config, rpc_timeout: Duration, mut stop: watch::Receiver<bool>) {
-    let voters: BTreeMap<u64, BasicNode> = cfg.members.iter().map(|m| (m.id, BasicNode::new(m.raft.clone()))).collect();
-    let peers: Vec<_> = cfg.members.iter().filter(|m| m.name != cfg.node.name).cloned().collect();
+    let voters: BTreeMap<u64, BasicNode> = cfg
+        .members
+        .iter()
+        .map(|m| (m.id, BasicNode::new(m.raft.clone())))
+        .collect();
+    let peers: Vec<_> = cfg
+        .members
+        .iter()
+        .filter(|m| m.name != cfg.node.name)
+        .cloned()
+        .collect();
     let mut waiting_logged = false;
     loop {
         match raft.is_initialized().await {
@@ -52,9 +61,13 @@ pub async fn ensure_initialized(raft: Raft, cfg: Config, rpc_timeout: Duration, 
                 return;
             }
         }
-        let probes = futures::future::join_all(peers.iter().map(|p| probe(&p.raft, &cfg.cluster.name, rpc_timeout))).await;
+        let probes =
+            futures::future::join_all(peers.iter().map(|p| probe(&p.raft, &cfg.cluster.name, rpc_timeout))).await;
         if should_initialize(cfg.members.len(), &probes) {
-            tracing::info!(members = cfg.members.len(), "a majority of members is up and pristine: initialising the Raft group");
+            tracing::info!(
+                members = cfg.members.len(),
+                "a majority of members is up and pristine: initialising the Raft group"
+            );
             match raft.initialize(voters.clone()).await {
                 Ok(()) => return,
                 Err(e) => tracing::info!("initialisation not needed: {e}"),
@@ -108,10 +121,16 @@ mod tests {
         assert!(!should_initialize(3, &[Unreachable, Unreachable]), "alone: wait");
         assert!(should_initialize(3, &[Pristine, Unreachable]));
         assert!(should_initialize(3, &[Pristine, Pristine]));
-        assert!(!should_initialize(3, &[Initialized, Unreachable]), "a running cluster replicates to us");
+        assert!(
+            !should_initialize(3, &[Initialized, Unreachable]),
+            "a running cluster replicates to us"
+        );
         assert!(!should_initialize(3, &[Initialized, Pristine]));
         assert!(should_initialize(1, &[]), "a single-member cluster initialises alone");
-        assert!(!should_initialize(5, &[Pristine, Unreachable, Unreachable, Unreachable]));
+        assert!(!should_initialize(
+            5,
+            &[Pristine, Unreachable, Unreachable, Unreachable]
+        ));
         assert!(should_initialize(5, &[Pristine, Pristine, Unreachable, Unreachable]));
     }
 }

@@ -28,7 +28,10 @@ impl Node {
         let m = self.metrics();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
-        Some(format!("node {id}{}", node.map(|a| format!(" at {a}")).unwrap_or_default()))
+        Some(format!(
+            "node {id}{}",
+            node.map(|a| format!(" at {a}")).unwrap_or_default()
+        ))
     }
 
     fn raft_err(&self, e: impl std::fmt::Display + HasForward) -> MembershipError {
@@ -42,7 +45,10 @@ impl Node {
     /// Records `member` and adds it as a Raft learner; returns once it has caught up with the log.
     pub async fn add_learner(&self, member: Member) -> Result<(), MembershipError> {
         let node = BasicNode::new(member.raft_addr.clone());
-        self.raft.add_learner(member.id, node, true).await.map_err(|e| self.raft_err(e))?;
+        self.raft
+            .add_learner(member.id, node, true)
+            .await
+            .map_err(|e| self.raft_err(e))?;
         self.propose(Command::AddMember { member }, PROPOSE_TIMEOUT).await?;
         Ok(())
     }
@@ -51,7 +57,10 @@ impl Node {
     pub async fn promote_voter(&self, name: &str) -> Result<(), MembershipError> {
         let id = self.member_id(name)?;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.raft_err(e))?;
         tracing::info!(member = name, id, "member promoted to Raft voter");
         Ok(())
     }
@@ -66,8 +75,12 @@ impl Node {
         } else {
             ChangeMembers::RemoveNodes(ids)
         };
-        self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
-        self.propose(Command::RemoveMember { name: name.to_string() }, PROPOSE_TIMEOUT).await?;
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.raft_err(e))?;
+        self.propose(Command::RemoveMember { name: name.to_string() }, PROPOSE_TIMEOUT)
+            .await?;
         tracing::info!(member = name, id, "member removed");
         Ok(())
     }

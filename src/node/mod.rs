@@ -60,9 +60,15 @@ impl Node {
         let sm = StateMachine::open(store).context("cannot load the last Raft snapshot")?;
         let raft_cfg = openraft_config(&cfg)?;
         let rpc_timeout = Duration::from_millis(cfg.raft.rpc_timeout_ms);
-        let raft = Raft::new(me.id, Arc::new(raft_cfg), Network { rpc_timeout }, log_store, sm.clone())
-            .await
-            .context("cannot start Raft")?;
+        let raft = Raft::new(
+            me.id,
+            Arc::new(raft_cfg),
+            Network { rpc_timeout },
+            log_store,
+            sm.clone(),
+        )
+        .await
+        .context("cannot start Raft")?;
 
         let raft_listener = bind(&me.raft, "members[].raft").await?;
         let grpc_listener = bind(&me.grpc, "members[].grpc").await?;
@@ -83,10 +89,25 @@ impl Node {
             leader_contact: node.leader_contact.clone(),
         })
         .max_decoding_message_size(64 << 20);
-        node.spawn(serve(Server::builder().add_service(raft_svc), raft_listener, stop_rx.clone(), "raft"));
+        node.spawn(serve(
+            Server::builder().add_service(raft_svc),
+            raft_listener,
+            stop_rx.clone(),
+            "raft",
+        ));
         let control = ControlGrpc::new(ControlServer { node: node.clone() });
-        node.spawn(serve(Server::builder().add_service(control), grpc_listener, stop_rx.clone(), "grpc"));
-        node.spawn(init::ensure_initialized(raft.clone(), cfg.clone(), rpc_timeout, stop_rx.clone()));
+        node.spawn(serve(
+            Server::builder().add_service(control),
+            grpc_listener,
+            stop_rx.clone(),
+            "grpc",
+        ));
+        node.spawn(init::ensure_initialized(
+            raft.clone(),
+            cfg.clone(),
+            rpc_timeout,
+            stop_rx.clone(),
+        ));
         node.spawn(watch::log_role_changes(node.clone(), stop_rx.clone()));
         node.spawn(watch::leader_duties(node.clone(), stop_rx));
         tracing::info!(

@@ -34,7 +34,10 @@ pub enum ProposeError {
          of the members, so nothing can be committed; check that a majority of raftpg nodes run and can reach each other",
         .last_leader.as_ref().map(|l| format!(" (last known leader: {l})")).unwrap_or_default()
     )]
-    NoLeader { waited: Duration, last_leader: Option<String> },
+    NoLeader {
+        waited: Duration,
+        last_leader: Option<String>,
+    },
     /// The command reached a Raft leader but did not commit before the deadline. It may
     /// still commit later, when the leader reaches a majority again.
     #[error(
@@ -51,7 +54,12 @@ pub enum ProposeError {
 ///
 /// The outcome of an attempt that timed out in flight is unknown; commands are
 /// idempotent or compare-and-set, so trying again is safe.
-pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration, rpc_timeout: Duration) -> Result<Committed, ProposeError> {
+pub async fn propose(
+    raft: &Raft,
+    cmd: Command,
+    timeout: Duration,
+    rpc_timeout: Duration,
+) -> Result<Committed, ProposeError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(10);
     let mut last_leader = None;
@@ -66,7 +74,12 @@ pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration, rpc_timeout: 
                 Some(f) => match (f.leader_id, f.leader_node.as_ref()) {
                     (Some(id), Some(node)) if id != *raft.node_id() => {
                         last_leader = Some(format!("node {id} at {}", node.addr));
-                        forward(&node.addr, &cmd, deadline.saturating_duration_since(Instant::now()).max(rpc_timeout)).await
+                        forward(
+                            &node.addr,
+                            &cmd,
+                            deadline.saturating_duration_since(Instant::now()).max(rpc_timeout),
+                        )
+                        .await
                     }
                     _ => None,
                 },

@@ -85,7 +85,10 @@ pub async fn leader_duties(node: Node, mut stop: watch::Receiver<bool>) {
                 members: node.cfg.initial_members(),
             };
             match node.propose(cmd, PROPOSE_TIMEOUT).await {
-                Ok(c) => tracing::info!(log_index = c.log_index, "cluster state initialised with the configured members"),
+                Ok(c) => tracing::info!(
+                    log_index = c.log_index,
+                    "cluster state initialised with the configured members"
+                ),
                 Err(e) => {
                     tracing::debug!("initialising the cluster state: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;

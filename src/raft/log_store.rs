@@ -94,7 +94,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState> {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -134,7 +134,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.store.log.apply_batch(batch).map_err(to_io)?;
         let result = self.store.sync();
-        let ret = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let ret = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.io_completed(result);
         ret
     }

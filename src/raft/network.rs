@@ -114,15 +114,18 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
-        self.call(&rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
+        self.call(&rpc, &option, |mut c, m| async move { c.append_entries(m).await })
+            .await
     }
 
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RPCError> {
-        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await }).await
+        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
     }
 
     async fn pre_vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RPCError> {
-        self.call(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await }).await
+        self.call(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
+            .await
     }
 
     async fn transfer_leader(
@@ -130,7 +133,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse, RPCError> {
-        self.call(&req, &option, |mut c, m| async move { c.transfer_leader(m).await }).await
+        self.call(&req, &option, |mut c, m| async move { c.transfer_leader(m).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -140,7 +144,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError> {
-        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let mut chunks = vec![SnapshotChunk {
             chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, snapshot.meta)))),
         }];

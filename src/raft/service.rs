@@ -81,7 +81,9 @@ impl RaftService for RaftServer {
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(snapshot_chunk::Chunk::Meta(meta)) = first.chunk else {
-            return Err(Status::invalid_argument("the first snapshot chunk must carry the metadata"));
+            return Err(Status::invalid_argument(
+                "the first snapshot chunk must carry the metadata",
+            ));
         };
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&meta, "snapshot metadata").map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -93,7 +95,13 @@ impl RaftService for RaftServer {
             }
         }
         let snapshot = Snapshot { meta, snapshot: data };
-        reply(&self.raft.install_full_snapshot(vote, snapshot).await.map_err(internal)?)
+        reply(
+            &self
+                .raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(internal)?,
+        )
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -107,7 +107,9 @@ fn read_snapshot(store: &Store) -> io::Result<Option<Snapshot>> {
 
 fn log_applied(index: u64, cmd: &Command, result: &super::types::CommandResult) {
     match result {
-        Ok(a) if cmd.is_topology() => tracing::info!(index, command = %cmd, revision = a.revision, "applied: {}", a.message),
+        Ok(a) if cmd.is_topology() => {
+            tracing::info!(index, command = %cmd, revision = a.revision, "applied: {}", a.message)
+        }
         Ok(a) => tracing::debug!(index, command = %cmd, revision = a.revision, "applied: {}", a.message),
         Err(r) => tracing::warn!(index, command = %cmd, "rejected: {r}"),
     }
@@ -120,13 +122,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, bytes) = {
             let d = self.lock();
             let meta = SnapshotMeta {
-                last_log_id: d.last_applied.clone(),
+                last_log_id: d.last_applied,
                 last_membership: d.last_membership.clone(),
             };
             (meta, encode(&d.state))
         };
         self.persist_snapshot(&meta, &bytes)?;
-        tracing::info!(last_log_index = meta.last_log_id.as_ref().map(|l| l.index), bytes = bytes.len(), "snapshot built");
+        tracing::info!(
+            last_log_index = meta.last_log_id.as_ref().map(|l| l.index),
+            bytes = bytes.len(),
+            "snapshot built"
+        );
         Ok(Snapshot { meta, snapshot: bytes })
     }
 }
@@ -137,7 +143,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let d = self.lock();
-        Ok((d.last_applied.clone(), d.last_membership.clone()))
+        Ok((d.last_applied, d.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -147,7 +153,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = {
                 let mut d = self.lock();
-                d.last_applied = Some(entry.log_id.clone());
+                d.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(cmd) => {
@@ -157,7 +163,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     EntryPayload::Membership(m) => {
                         tracing::info!(index = entry.log_id.index, membership = %m, "applied Raft membership");
-                        d.last_membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                        d.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         None
                     }
                 }
@@ -186,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let view = {
             let mut d = self.lock();
             d.state = state;
-            d.last_applied = meta.last_log_id.clone();
+            d.last_applied = meta.last_log_id;
             d.last_membership = meta.last_membership.clone();
             view_of(&d)
         };

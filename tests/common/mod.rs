@@ -36,7 +36,11 @@ impl Cluster {
         for k in 1..=n {
             let node_dir = dir.path().join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            std::fs::write(node_dir.join("raftpg.toml"), render_config(dir.path(), k, n, base, extra)).unwrap();
+            std::fs::write(
+                node_dir.join("raftpg.toml"),
+                render_config(dir.path(), k, n, base, extra),
+            )
+            .unwrap();
         }
         let mut c = Cluster {
             dir,
@@ -86,7 +90,9 @@ impl Cluster {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self, k: u16) -> bool {
-        let Some(mut c) = self.procs[(k - 1) as usize].take() else { return true };
+        let Some(mut c) = self.procs[(k - 1) as usize].take() else {
+            return true;
+        };
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -150,7 +156,10 @@ impl Cluster {
 
     /// Commits `key=value` through node `k`; returns the revision.
     pub async fn set(&self, k: u16, key: &str, value: &str) -> Result<u64, tonic::Status> {
-        let mut c = self.client(k).await.ok_or_else(|| tonic::Status::unavailable("no connection"))?;
+        let mut c = self
+            .client(k)
+            .await
+            .ok_or_else(|| tonic::Status::unavailable("no connection"))?;
         let req = SetConfigRequest {
             key: key.into(),
             value: value.into(),
