@@ -122,7 +122,7 @@ impl Default for RaftSection {
 
 /// A configuration problem: the file, the key, what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}: {problem}")]
+#[error("{file}: {}{problem}", if key == "-" { String::new() } else { format!("{key}: ") })]
 pub struct ConfigError {
     pub file: String,
     pub key: String,
