@@ -47,6 +47,21 @@ fn failover(generation: u64) -> Command {
     }
 }
 
+fn tag_nofailover(s: &mut ClusterState, name: &str) {
+    let tags = Tags {
+        nofailover: true,
+        failover_priority: 0,
+    };
+    apply(
+        s,
+        &Command::SetTags {
+            name: name.into(),
+            tags,
+        },
+    )
+    .unwrap();
+}
+
 /// Applies and asserts that a rejection left the state exactly as it was.
 fn rejected(s: &mut ClusterState, cmd: Command) -> Rejection {
     let before = s.clone();
@@ -274,18 +289,7 @@ fn promote_rules() {
         ),
         Rejection::NothingPending
     );
-    let tags = Tags {
-        nofailover: true,
-        failover_priority: 0,
-    };
-    apply(
-        &mut s,
-        &Command::SetTags {
-            name: "n3".into(),
-            tags,
-        },
-    )
-    .unwrap();
+    tag_nofailover(&mut s, "n3");
     apply(&mut s, &failover(1)).unwrap();
     assert!(matches!(
         rejected(
@@ -320,18 +324,7 @@ fn promote_rules() {
 #[test]
 fn forced_failover_may_promote_nofailover_member() {
     let mut s = bootstrapped();
-    let tags = Tags {
-        nofailover: true,
-        failover_priority: 0,
-    };
-    apply(
-        &mut s,
-        &Command::SetTags {
-            name: "n3".into(),
-            tags,
-        },
-    )
-    .unwrap();
+    tag_nofailover(&mut s, "n3");
     let forced = Command::BeginFailover {
         generation: 1,
         to: Some("n3".into()),
