@@ -12,4 +12,5 @@ pub mod demo;
 pub mod logging;
 pub mod node;
 pub mod pb;
+pub mod postgres;
 pub mod raft;

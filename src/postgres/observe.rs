@@ -1,0 +1,67 @@
+//! Observing a running PostgreSQL over tokio-postgres, with a deadline.
+
+use std::time::Duration;
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::NoTls;
+
+/// What one observation found. `Unknown` is a real state: it never looks healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    Up(PgState),
+    Unknown(String),
+}
+
+/// A running server's role and WAL positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgState {
+    pub in_recovery: bool,
+    /// Timeline of a primary (from its current WAL file) or the one a standby receives on.
+    pub timeline: Option<u32>,
+    /// Primary: current write position.
+    pub write_lsn: Option<u64>,
+    /// Standby: last WAL received and flushed, and last replayed.
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// Standby: walreceiver status (`streaming`, ...), `None` when no walreceiver runs.
+    pub walreceiver: Option<String>,
+}
+
+/// One query gathers everything; `pg_current_wal_lsn()` is guarded because it fails in recovery.
+const QUERY: &str = "SELECT pg_is_in_recovery(),
+    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
+    CASE WHEN pg_is_in_recovery() THEN NULL
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+    pg_last_wal_receive_lsn(),
+    pg_last_wal_replay_lsn(),
+    (SELECT received_tli FROM pg_stat_wal_receiver),
+    (SELECT status FROM pg_stat_wal_receiver)";
+
+/// Observes the server at `conninfo` (libpq key=value form) within `timeout`.
+pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
+    match tokio::time::timeout(timeout, observe_inner(conninfo)).await {
+        Ok(Ok(state)) => Observation::Up(state),
+        Ok(Err(e)) => Observation::Unknown(e.to_string()),
+        Err(_) => Observation::Unknown(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    let conn = tokio::spawn(connection);
+    let row = client.query_one(QUERY, &[]).await;
+    drop(client);
+    let _ = conn.await;
+    let row = row?;
+    let lsn = |i: usize| row.get::<_, Option<PgLsn>>(i).map(u64::from);
+    let primary_tli: Option<i32> = row.get(2);
+    let standby_tli: Option<i32> = row.get(5);
+    Ok(PgState {
+        in_recovery: row.get(0),
+        timeline: primary_tli.or(standby_tli).and_then(|t| u32::try_from(t).ok()),
+        write_lsn: lsn(1),
+        receive_lsn: lsn(3),
+        replay_lsn: lsn(4),
+        walreceiver: row.get(6),
+    })
+}
