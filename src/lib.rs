@@ -8,6 +8,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod decide;
 pub mod demo;
 pub mod logging;
 pub mod node;

@@ -1,0 +1,181 @@
+//! Choosing the standby to promote (DESIGN §4, failover step 3).
+//!
+//! In quorum mode the primary acknowledges a commit once it is on `k` of the
+//! other members (`ANY k (...)`). Of `s` standbys, any `s - k + 1` therefore
+//! include one that holds every acknowledged commit, so the controller waits
+//! for that many *final* reports (streaming from the old primary stopped)
+//! and promotes the most advanced. A member that did not report is `Unknown`:
+//! it never counts and is never promoted.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{SyncMode, Tags};
+
+/// A standby's final position after it stopped streaming from the old primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalReport {
+    /// Last WAL position flushed to its disk.
+    pub flush_lsn: u64,
+    pub timeline: u32,
+    pub tags: Tags,
+}
+
+/// Everything the ranking looks at.
+#[derive(Clone, Debug)]
+pub struct ElectionInput<'a> {
+    /// Members other than the old primary, with their final report or `None` (Unknown).
+    pub standbys: BTreeMap<&'a str, Option<FinalReport>>,
+    pub sync_mode: SyncMode,
+    /// `k` of `ANY k (...)` in force under the fenced generation.
+    pub sync_quorum: usize,
+    /// Async mode: the old primary's last known write position, and the allowed lag.
+    pub last_primary_lsn: Option<u64>,
+    pub maximum_lag_bytes: u64,
+    /// Manual failover target; with `forced`, promoted whatever it may lose.
+    pub requested: Option<&'a str>,
+    pub forced: bool,
+}
+
+/// The ranking's verdict, always with the reason a person reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Election {
+    Promote {
+        node: String,
+        reason: String,
+    },
+    /// Not enough is known yet; ask again when more reports arrive.
+    Wait {
+        reason: String,
+    },
+    /// Enough is known, and no member may be promoted without losing data.
+    Refuse {
+        reason: String,
+    },
+}
+
+/// Final reports needed before a promotion cannot lose an acknowledged commit.
+pub fn reports_needed(input: &ElectionInput) -> usize {
+    match input.sync_mode {
+        SyncMode::Quorum => (input.standbys.len() + 1).saturating_sub(input.sync_quorum).max(1),
+        SyncMode::Off => 1,
+    }
+}
+
+pub fn elect(input: &ElectionInput) -> Election {
+    let reported: Vec<(&str, &FinalReport)> = input
+        .standbys
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().map(|r| (*n, r)))
+        .collect();
+    if input.forced {
+        return forced(input, &reported);
+    }
+    let needed = reports_needed(input);
+    if reported.len() < needed {
+        let missing: Vec<&str> = input
+            .standbys
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        return Election::Wait {
+            reason: format!(
+                "{} of {needed} final reports needed to be sure no acknowledged write is lost; waiting for [{}]",
+                reported.len(),
+                missing.join(", ")
+            ),
+        };
+    }
+    // Positions compare only within a timeline; a standby left on an older one holds none
+    // of the current primary's acknowledged commits.
+    let best_tli = reported.iter().map(|(_, r)| r.timeline).max().expect("needed >= 1");
+    let best_lsn = reported
+        .iter()
+        .filter(|(_, r)| r.timeline == best_tli)
+        .map(|(_, r)| r.flush_lsn)
+        .max()
+        .expect("the best timeline has a reporter");
+    let floor = match (input.sync_mode, input.last_primary_lsn) {
+        (SyncMode::Quorum, _) => best_lsn,
+        (SyncMode::Off, Some(p)) => p.saturating_sub(input.maximum_lag_bytes),
+        (SyncMode::Off, None) => best_lsn,
+    };
+    let eligible = |n: &str, r: &FinalReport| {
+        r.flush_lsn >= floor && r.timeline == best_tli && (!r.tags.nofailover || input.requested == Some(n))
+    };
+    if let Some(to) = input.requested {
+        return match input.standbys.get(to) {
+            None => Election::Refuse {
+                reason: format!("{to} is not a standby of this cluster"),
+            },
+            Some(None) => Election::Wait {
+                reason: format!("{to} has not reported its final position yet"),
+            },
+            Some(Some(r)) if eligible(to, r) => Election::Promote {
+                node: to.to_string(),
+                reason: format!("{to} was requested and holds every acknowledged write (flushed {})", lsn(r.flush_lsn)),
+            },
+            Some(Some(r)) => Election::Refuse {
+                reason: format!(
+                    "{to} has flushed {} but {} is needed: promoting it would lose acknowledged writes (use --force to accept that)",
+                    lsn(r.flush_lsn),
+                    lsn(floor)
+                ),
+            },
+        };
+    }
+    let mut candidates: Vec<&(&str, &FinalReport)> = reported.iter().filter(|(n, r)| eligible(n, r)).collect();
+    candidates.sort_by(|(an, a), (bn, b)| {
+        (b.flush_lsn, b.tags.failover_priority, an).cmp(&(a.flush_lsn, a.tags.failover_priority, bn))
+    });
+    match candidates.first() {
+        Some((n, r)) => Election::Promote {
+            node: n.to_string(),
+            reason: format!(
+                "{n} is the most advanced eligible standby (flushed {}, priority {}, {} of {needed} reports)",
+                lsn(r.flush_lsn),
+                r.tags.failover_priority,
+                reported.len()
+            ),
+        },
+        None => Election::Refuse {
+            reason: format!(
+                "no eligible standby holds every acknowledged write ({} is needed; the most advanced is tagged nofailover or on another timeline)",
+                lsn(floor)
+            ),
+        },
+    }
+}
+
+fn forced(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Election {
+    let Some(to) = input.requested else {
+        return Election::Refuse {
+            reason: "a forced failover needs a target (--to NAME)".into(),
+        };
+    };
+    if !input.standbys.contains_key(to) {
+        return Election::Refuse {
+            reason: format!("{to} is not a standby of this cluster"),
+        };
+    }
+    let best = reported.iter().map(|(_, r)| r.flush_lsn).max();
+    Election::Promote {
+        node: to.to_string(),
+        reason: format!(
+            "forced failover to {to}: acknowledged writes after {} may be lost (most advanced reported: {})",
+            input.standbys[to]
+                .as_ref()
+                .map_or("an unknown position".into(), |r| lsn(r.flush_lsn)),
+            best.map_or("none".into(), lsn)
+        ),
+    }
+}
+
+/// An LSN as PostgreSQL prints it.
+pub fn lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+#[path = "election_tests.rs"]
+mod tests;

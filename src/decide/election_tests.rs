@@ -1,0 +1,187 @@
+//! Table tests, and an exhaustive sweep over small clusters proving that a
+//! promotion never loses an acknowledged commit and never picks an Unknown member.
+
+use super::*;
+
+fn report(lsn: u64) -> Option<FinalReport> {
+    Some(FinalReport {
+        flush_lsn: lsn,
+        timeline: 1,
+        tags: Tags::default(),
+    })
+}
+
+fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> {
+    let members = standbys.len() + 1;
+    ElectionInput {
+        standbys: standbys.iter().cloned().collect(),
+        sync_mode: SyncMode::Quorum,
+        sync_quorum: members / 2,
+        last_primary_lsn: None,
+        maximum_lag_bytes: 0,
+        requested: None,
+        forced: false,
+    }
+}
+
+fn promoted(e: &Election) -> Option<&str> {
+    match e {
+        Election::Promote { node, .. } => Some(node),
+        _ => None,
+    }
+}
+
+#[test]
+fn three_nodes_need_both_standbys() {
+    let e = elect(&quorum(&[("n2", report(30)), ("n3", None)]));
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.contains("[n3]")),
+        "{e:?}"
+    );
+    let e = elect(&quorum(&[("n2", report(30)), ("n3", report(20))]));
+    assert_eq!(promoted(&e), Some("n2"));
+}
+
+#[test]
+fn five_nodes_need_three_of_four() {
+    let e = elect(&quorum(&[("a", report(1)), ("b", report(2)), ("c", None), ("d", None)]));
+    assert!(matches!(e, Election::Wait { .. }));
+    let e = elect(&quorum(&[
+        ("a", report(1)),
+        ("b", report(2)),
+        ("c", report(3)),
+        ("d", None),
+    ]));
+    assert_eq!(promoted(&e), Some("c"));
+}
+
+#[test]
+fn priority_breaks_ties_then_name() {
+    let mut hi = report(10).unwrap();
+    hi.tags.failover_priority = 5;
+    let e = elect(&quorum(&[("n2", report(10)), ("n3", Some(hi))]));
+    assert_eq!(promoted(&e), Some("n3"));
+    let e = elect(&quorum(&[("n3", report(10)), ("n2", report(10))]));
+    assert_eq!(promoted(&e), Some("n2"));
+}
+
+#[test]
+fn nofailover_on_the_most_advanced_refuses_rather_than_lose_data() {
+    let mut nf = report(30).unwrap();
+    nf.tags.nofailover = true;
+    let e = elect(&quorum(&[("n2", Some(nf)), ("n3", report(20))]));
+    assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
+}
+
+#[test]
+fn requested_target_must_hold_every_acknowledged_write() {
+    let mut input = quorum(&[("n2", report(30)), ("n3", report(20))]);
+    input.requested = Some("n3");
+    assert!(matches!(elect(&input), Election::Refuse { reason } if reason.contains("--force")));
+    input.requested = Some("n2");
+    assert_eq!(promoted(&elect(&input)), Some("n2"));
+    input.requested = Some("zz");
+    assert!(matches!(elect(&input), Election::Refuse { .. }));
+}
+
+#[test]
+fn forced_failover_promotes_the_target_and_says_what_may_be_lost() {
+    let mut input = quorum(&[("n2", report(30)), ("n3", None)]);
+    input.forced = true;
+    input.requested = Some("n3");
+    let e = elect(&input);
+    assert!(matches!(&e, Election::Promote { node, reason } if node == "n3" && reason.contains("may be lost")));
+    input.requested = None;
+    assert!(matches!(elect(&input), Election::Refuse { .. }));
+}
+
+#[test]
+fn async_mode_allows_bounded_lag() {
+    let mut input = quorum(&[("n2", report(900)), ("n3", None)]);
+    input.sync_mode = SyncMode::Off;
+    input.last_primary_lsn = Some(1000);
+    input.maximum_lag_bytes = 50;
+    assert!(
+        matches!(elect(&input), Election::Refuse { .. }),
+        "900 is 100 behind, more than 50"
+    );
+    input.maximum_lag_bytes = 100;
+    assert_eq!(promoted(&elect(&input)), Some("n2"));
+}
+
+#[test]
+fn a_standby_on_an_older_timeline_is_not_promoted() {
+    let mut old = report(50).unwrap();
+    old.timeline = 0;
+    let e = elect(&quorum(&[("n2", Some(old)), ("n3", report(40))]));
+    assert_eq!(promoted(&e), Some("n3"));
+}
+
+#[test]
+fn lsn_prints_like_postgres() {
+    assert_eq!(lsn(0x3_0000_0060), "3/60");
+}
+
+/// Every combination for 2..=4 standbys: actual flush positions, which reported, which are nofailover.
+#[test]
+fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
+    let names = ["s1", "s2", "s3", "s4"];
+    for n in 2..=4usize {
+        let members = n + 1; // the standbys and the old primary
+        let k = members / 2;
+        let combos = 3usize.pow(n as u32) * (1 << n) * (1 << n);
+        for c in 0..combos {
+            let (mut x, mut flush, mut reported, mut nofail) = (c, vec![], vec![], vec![]);
+            for _ in 0..n {
+                flush.push(10 * (1 + (x % 3) as u64));
+                x /= 3;
+            }
+            for _ in 0..n {
+                reported.push(x % 2 == 1);
+                x /= 2;
+            }
+            for _ in 0..n {
+                nofail.push(x % 2 == 1);
+                x /= 2;
+            }
+            // The highest commit the primary could have acknowledged: held by at least k standbys.
+            let mut sorted = flush.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            let acked = sorted[k - 1];
+            let standbys: Vec<(&str, Option<FinalReport>)> = (0..n)
+                .map(|i| {
+                    let r = FinalReport {
+                        flush_lsn: flush[i],
+                        timeline: 1,
+                        tags: Tags {
+                            nofailover: nofail[i],
+                            failover_priority: 0,
+                        },
+                    };
+                    (names[i], reported[i].then_some(r))
+                })
+                .collect();
+            let mut input = quorum(&standbys);
+            input.sync_quorum = k;
+            let e = elect(&input);
+            if let Some(node) = promoted(&e) {
+                let i = names.iter().position(|x| *x == node).unwrap();
+                assert!(reported[i], "Unknown member promoted: {standbys:?}");
+                assert!(!nofail[i], "nofailover member promoted: {standbys:?}");
+                assert!(
+                    flush[i] >= acked,
+                    "acknowledged commit {acked} lost by promoting {node}: {standbys:?}"
+                );
+            }
+            // Liveness: everyone reported and an eligible member holds the maximum: someone is promoted.
+            let max = *flush.iter().max().unwrap();
+            let eligible_max = (0..n).any(|i| flush[i] == max && !nofail[i]);
+            if reported.iter().all(|r| *r) && eligible_max {
+                assert!(
+                    promoted(&e).is_some(),
+                    "no promotion although safe: {standbys:?} -> {e:?}"
+                );
+            }
+        }
+    }
+}

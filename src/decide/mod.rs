@@ -1,0 +1,3 @@
+//! Pure decisions: no I/O, no clock, no randomness. Gather inputs, decide, then act.
+
+pub mod election;
