@@ -59,11 +59,7 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
     let s: &ClusterState = &applied.state;
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let leader = m.current_leader.map(|id| {
-        s.member_by_id(id)
-            .map(|x| x.name.clone())
-            .unwrap_or_else(|| format!("node {id}"))
-    });
+    let leader = m.current_leader.map(|id| s.label_of(id));
     pb::ClusterStatus {
         cluster: node.cfg.cluster.name.clone(),
         answered_by: node.name().to_string(),

@@ -114,6 +114,12 @@ impl ClusterState {
         self.members.values().find(|m| m.id == id)
     }
 
+    /// A Raft node id as people read it: the member's name, or `node <id>` if unknown.
+    pub fn label_of(&self, id: u64) -> String {
+        self.member_by_id(id)
+            .map_or_else(|| format!("node {id}"), |m| m.name.clone())
+    }
+
     /// Name of the primary of the current generation, if any.
     pub fn primary_name(&self) -> Option<&str> {
         self.primary.as_ref().map(|p| p.node.as_str())
