@@ -22,14 +22,12 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
     let mut leaderless_since: Option<Instant> = None;
     let mut warned_at: Option<Instant> = None;
     loop {
-        let (state, leader, term) = {
+        let (state, leader, term, quorum_acked) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
+            (m.state, m.current_leader, m.current_term, m.last_quorum_acked)
         };
         if last != Some((state, leader)) {
-            let leader_name = leader
-                .and_then(|id| node.state().state.member_by_id(id).map(|m| m.name.clone()))
-                .or_else(|| leader.map(|id| format!("node {id}")));
+            let leader_name = leader.map(|id| node.state().state.label_of(id));
             tracing::info!(
                 role = ?state, term, leader = leader_name.as_deref().unwrap_or("none"),
                 "Raft role: {state:?} in term {term}, leader {}", leader_name.as_deref().unwrap_or("unknown")
@@ -37,7 +35,13 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
             last = Some((state, leader));
         }
         let now = Instant::now();
-        if in_contact(&node, state, leader, no_leader_after, now) {
+        let contact = Contact {
+            state,
+            leader,
+            quorum_acked_ago: quorum_acked.map(|t| openraft::Instant::elapsed(&t.into_inner())),
+            leader_heard_ago: node.leader_contact.last().map(|t| now - t),
+        };
+        if contact.working(no_leader_after) {
             leaderless_since = None;
             warned_at = None;
         } else {
@@ -60,14 +64,23 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Whether this node is part of a working Raft group right now.
-fn in_contact(node: &Node, state: ServerState, leader: Option<u64>, within: Duration, now: Instant) -> bool {
-    match state {
-        ServerState::Leader => node
-            .metrics()
-            .last_quorum_acked
-            .is_some_and(|t| openraft::Instant::elapsed(&t.into_inner()) < within),
-        _ => leader.is_some() && node.leader_contact.last().is_some_and(|t| now - t < within),
+/// What this node knows of its contact with a working Raft group.
+struct Contact {
+    state: ServerState,
+    leader: Option<u64>,
+    /// Leader: time since a quorum last acknowledged it.
+    quorum_acked_ago: Option<Duration>,
+    /// Follower: time since an AppendEntries from a leader last arrived.
+    leader_heard_ago: Option<Duration>,
+}
+
+impl Contact {
+    /// Whether this node is part of a working Raft group right now.
+    fn working(&self, within: Duration) -> bool {
+        match self.state {
+            ServerState::Leader => self.quorum_acked_ago.is_some_and(|d| d < within),
+            _ => self.leader.is_some() && self.leader_heard_ago.is_some_and(|d| d < within),
+        }
     }
 }
 
