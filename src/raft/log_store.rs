@@ -177,10 +177,11 @@ pub fn verify(store: &Store, dir: &std::path::Path) -> Result<(), super::store::
         path: dir.to_path_buf(),
         detail,
     };
+    let unreadable = |e: io::Error| corrupt(e.to_string());
     let log = LogStore::new(store.clone());
-    let vote: Option<Vote> = log.get_meta(VOTE).map_err(|e| corrupt(e.to_string()))?;
-    if let Some(guard) = store.read_guard().map_err(|e| corrupt(e.to_string()))? {
-        let guard: Vote = decode(&guard, "vote guard").map_err(|e| corrupt(e.to_string()))?;
+    let vote: Option<Vote> = log.get_meta(VOTE).map_err(unreadable)?;
+    if let Some(guard) = store.read_guard().map_err(unreadable)? {
+        let guard: Vote = decode(&guard, "vote guard").map_err(unreadable)?;
         let behind = match &vote {
             None => true,
             Some(v) => v.partial_cmp(&guard).is_none_or(|o| o == std::cmp::Ordering::Less),
@@ -193,12 +194,12 @@ pub fn verify(store: &Store, dir: &std::path::Path) -> Result<(), super::store::
             )));
         }
     }
-    let _: Option<LogId> = log.get_meta(COMMITTED).map_err(|e| corrupt(e.to_string()))?;
-    let purged: Option<LogId> = log.get_meta(LAST_PURGED).map_err(|e| corrupt(e.to_string()))?;
+    let _: Option<LogId> = log.get_meta(COMMITTED).map_err(unreadable)?;
+    let purged: Option<LogId> = log.get_meta(LAST_PURGED).map_err(unreadable)?;
     let mut expected: Option<u64> = None;
     for item in store.log.iter() {
-        let (k, bytes) = item.map_err(|e| corrupt(e.to_string()))?;
-        let entry: Entry = decode(&bytes, "log entry").map_err(|e| corrupt(e.to_string()))?;
+        let (k, bytes) = item.map_err(|e| unreadable(to_io(e)))?;
+        let entry: Entry = decode(&bytes, "log entry").map_err(unreadable)?;
         let index = entry.log_id.index;
         if k.as_ref() != key(index) {
             return Err(corrupt(format!("log entry {index} is stored under another index")));
