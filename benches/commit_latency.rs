@@ -31,7 +31,7 @@ fn main() {
         .unwrap_or(1000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = common::Cluster::start(25000, 3, "");
+        let c = common::Cluster::start(25000, 3, common::RAFT_ONLY);
         let leader = c.wait_leader_seen_by(1, Duration::from_secs(30)).await;
         for k in 2..=3 {
             c.wait_leader_seen_by(k, Duration::from_secs(30)).await;

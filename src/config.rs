@@ -3,7 +3,7 @@
 //! One `Config`, defaults as named constants, and `validate()` that checks
 //! fields against each other and names the key that is wrong and the fix.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,129 @@ pub struct Config {
     pub members: Vec<MemberConfig>,
     #[serde(default)]
     pub raft: RaftSection,
+    #[serde(default)]
+    pub postgres: PostgresSection,
+}
+
+/// Default OS user for PostgreSQL when raftpg runs as root.
+pub const DEFAULT_OS_USER: &str = "postgres";
+/// Default database superuser (initdb's `--username`).
+pub const DEFAULT_SUPERUSER: &str = "postgres";
+/// Default role standbys stream and clone with.
+pub const DEFAULT_REPLICATION_USER: &str = "replicator";
+/// Default authentication of TCP connections.
+pub const DEFAULT_HOST_AUTH: &str = "scram-sha-256";
+/// Longest wait for PostgreSQL to start (crash recovery included).
+pub const DEFAULT_START_TIMEOUT_S: u64 = 60;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSection {
+    /// Manage PostgreSQL on this node (default). Off: Raft group only, for testing the group itself.
+    pub manage: bool,
+    /// PostgreSQL's binaries; found automatically (pg_config, /usr/lib/postgresql/<newest>/bin, $PATH) when unset.
+    pub bin_dir: Option<PathBuf>,
+    /// PGDATA of this node; default `<node.data_dir>/pgdata`.
+    pub data_dir: Option<PathBuf>,
+    /// OS user that runs PostgreSQL and its tools when raftpg runs as root.
+    pub os_user: String,
+    /// Database superuser (used locally, and by pg_rewind against the new primary).
+    pub superuser: String,
+    /// File holding the superuser's password (one line). Required unless `host_auth = "trust"`.
+    pub superuser_password_file: Option<PathBuf>,
+    /// Role that standbys stream and clone with; created at bootstrap.
+    pub replication_user: String,
+    /// File holding the replication role's password (one line). Required unless `host_auth = "trust"`.
+    pub replication_password_file: Option<PathBuf>,
+    /// Authentication of TCP connections in pg_hba.conf: `scram-sha-256`, `md5`, or `trust` (local demos only).
+    pub host_auth: String,
+    /// `listen_addresses`; default: the host of this member's `pg` address.
+    pub listen_addresses: Option<String>,
+    /// Re-clone with pg_basebackup when pg_rewind fails (logged as an error). Off: the node stays stopped.
+    pub reclone_on_rewind_failure: bool,
+    /// Longest wait for PostgreSQL to start, crash recovery included.
+    pub start_timeout_s: u64,
+    /// PostgreSQL parameters of this node only; cluster-wide ones live in the Raft state.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        PostgresSection {
+            manage: true,
+            bin_dir: None,
+            data_dir: None,
+            os_user: DEFAULT_OS_USER.into(),
+            superuser: DEFAULT_SUPERUSER.into(),
+            superuser_password_file: None,
+            replication_user: DEFAULT_REPLICATION_USER.into(),
+            replication_password_file: None,
+            host_auth: DEFAULT_HOST_AUTH.into(),
+            listen_addresses: None,
+            reclone_on_rewind_failure: true,
+            start_timeout_s: DEFAULT_START_TIMEOUT_S,
+            parameters: BTreeMap::new(),
+        }
+    }
+}
+
+impl PostgresSection {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, p: String| Err((format!("postgres.{k}"), p));
+        for (key, role) in [("superuser", &self.superuser), ("replication_user", &self.replication_user)] {
+            let ok = !role.is_empty() && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return err(key, format!("'{role}' is not a plain role name: use letters, digits or '_'"));
+            }
+        }
+        if self.superuser == self.replication_user {
+            return err(
+                "replication_user",
+                "must differ from postgres.superuser: standbys connect with a role that can only replicate".into(),
+            );
+        }
+        match self.host_auth.as_str() {
+            "trust" => {}
+            "scram-sha-256" | "md5" => {
+                if self.superuser_password_file.is_none() {
+                    return err(
+                        "superuser_password_file",
+                        format!(
+                            "is required with host_auth = \"{}\": point it at a file (mode 0600) holding the password",
+                            self.host_auth
+                        ),
+                    );
+                }
+                if self.replication_password_file.is_none() {
+                    return err(
+                        "replication_password_file",
+                        format!(
+                            "is required with host_auth = \"{}\": point it at a file (mode 0600) holding the password",
+                            self.host_auth
+                        ),
+                    );
+                }
+            }
+            other => {
+                return err(
+                    "host_auth",
+                    format!("'{other}' is not supported: use \"scram-sha-256\", \"md5\" or \"trust\""),
+                )
+            }
+        }
+        if self.start_timeout_s == 0 {
+            return err("start_timeout_s", "must be 1 or more".into());
+        }
+        for name in self.parameters.keys() {
+            if crate::postgres::conf::MANAGED.contains(&name.as_str()) {
+                return err(
+                    &format!("parameters.{name}"),
+                    format!("{name} is managed by raftpg and cannot be set here"),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -230,7 +353,8 @@ impl Config {
                 ),
             );
         }
-        self.raft.validate()
+        self.raft.validate()?;
+        self.postgres.validate()
     }
 
     /// This node's entry in the member list (validated to exist).
@@ -248,6 +372,14 @@ impl Config {
 
     pub fn raft_dir(&self) -> PathBuf {
         self.node.data_dir.join("raft")
+    }
+
+    /// PGDATA of this node.
+    pub fn pg_data(&self) -> PathBuf {
+        self.postgres
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("pgdata"))
     }
 }
 

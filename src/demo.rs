@@ -18,9 +18,9 @@ use crate::ctl;
 use crate::pb::control::StatusRequest;
 
 /// How long the demo waits for the cluster to form.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a node may take to stop after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node may take to stop (PostgreSQL included) after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -52,7 +52,8 @@ pub fn ports(base: u16, k: u16) -> Ports {
     }
 }
 
-/// The TOML configuration of node `k` of an `n`-node loopback cluster; `extra` is appended.
+/// The TOML configuration of node `k` of an `n`-node loopback cluster. `extra` is
+/// appended right after the `[postgres]` header: its first keys belong to that section.
 pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> String {
     let mut out = format!(
         "# Written by `raftpg demo`.\n[node]\nname = \"n{k}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-demo\"\n",
@@ -65,7 +66,7 @@ pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> Stri
             p.raft, p.grpc, p.pg, p.http
         );
     }
-    out + extra
+    out + "\n[postgres]\n# The demo trusts loopback connections (real configs use scram-sha-256 and password files).\nhost_auth = \"trust\"\n" + extra
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -108,9 +109,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|k| format!("127.0.0.1:{}", ports(args.base_port, k).grpc))
         .collect();
     let endpoints = endpoints.join(",");
-    match wait_ready(&endpoints, args.nodes as usize).await {
+    match wait_ready(&endpoints, args.base_port, args.nodes).await {
         Ok(table) => {
             println!("{table}");
+            println!("Connect:     psql \"{}\"", libpq_string(args.base_port, args.nodes));
             println!("Control it:  RAFTPG_ENDPOINTS={endpoints} raftpg ctl list");
             println!("Node logs:   {}/nK/raftpg.log", dir.display());
             println!("Stop it:     Ctrl-C");
@@ -140,30 +142,65 @@ fn spawn_node(exe: &Path, config: &Path, node_dir: &Path) -> anyhow::Result<Chil
         .with_context(|| format!("cannot start {}", exe.display()))
 }
 
-/// Waits until the state is initialised with a Raft leader; returns the member table.
-async fn wait_ready(endpoints: &str, nodes: usize) -> anyhow::Result<String> {
+/// The libpq multi-host string that always reaches the primary.
+pub fn libpq_string(base: u16, nodes: u16) -> String {
+    let hosts = vec!["127.0.0.1"; nodes as usize].join(",");
+    let ports: Vec<String> = (1..=nodes).map(|k| ports(base, k).pg.to_string()).collect();
+    format!(
+        "host={hosts} port={} user=postgres dbname=postgres target_session_attrs=read-write",
+        ports.join(",")
+    )
+}
+
+/// Waits for one primary with N-1 streaming standbys (asked of PostgreSQL itself);
+/// returns the member table.
+async fn wait_ready(endpoints: &str, base: u16, nodes: u16) -> anyhow::Result<String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no node answered yet");
     while Instant::now() < deadline {
-        if let Ok(mut c) = ctl::connect(endpoints).await {
-            match c.status(StatusRequest {}).await {
-                Ok(s) => {
-                    let s = s.into_inner();
-                    let voters = s.members.iter().filter(|m| m.raft_role == "voter").count();
-                    if s.initialized && !s.raft_leader.is_empty() && voters == nodes {
-                        return Ok(ctl::render_table(&s));
-                    }
-                    last = format!(
-                        "leader '{}', initialised {}, voters {voters}",
-                        s.raft_leader, s.initialized
-                    );
+        match streaming_standbys(base, nodes).await {
+            Ok((primary, n)) if n + 1 == nodes as usize => {
+                let mut c = ctl::connect(endpoints).await?;
+                let s = c.status(StatusRequest {}).await?.into_inner();
+                if s.primary.is_some() {
+                    return Ok(ctl::render_table(&s));
                 }
-                Err(e) => last = e.message().to_string(),
+                last = format!("n{primary} streams to {n} standbys; waiting for the Raft state to record it");
             }
+            Ok((primary, n)) => last = format!("primary n{primary} has {n} streaming standbys"),
+            Err(e) => last = e,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     bail!("not ready after {READY_TIMEOUT:?}: {last}")
+}
+
+/// (primary's k, number of streaming standbys) if exactly one node accepts writes.
+async fn streaming_standbys(base: u16, nodes: u16) -> Result<(u16, usize), String> {
+    let mut primaries = Vec::new();
+    for k in 1..=nodes {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            ports(base, k).pg
+        );
+        let Ok(Ok((client, conn))) =
+            tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)).await
+        else {
+            continue;
+        };
+        tokio::spawn(conn);
+        let q = "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')";
+        if let Ok(row) = client.query_one(q, &[]).await {
+            if !row.get::<_, bool>(0) {
+                primaries.push((k, row.get::<_, i64>(1) as usize));
+            }
+        }
+    }
+    match primaries.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no PostgreSQL accepts writes yet".into()),
+        many => Err(format!("{} nodes accept writes", many.len())),
+    }
 }
 
 /// Stays in the foreground until SIGINT/SIGTERM, reporting nodes that exit; then stops all.

@@ -4,12 +4,15 @@
 //! are the foundation; `node` runs one member; `api` serves the control API;
 //! `ctl` and `demo` are the command-line front ends.
 
+pub mod agent;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod ctl;
 pub mod decide;
 pub mod demo;
+pub mod lease;
 pub mod logging;
 pub mod node;
 pub mod pb;

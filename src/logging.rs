@@ -13,7 +13,7 @@ pub enum LogFormat {
 }
 
 /// Default filter: our own info lines; libraries only when they warn.
-const DEFAULT_FILTER: &str = "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn";
+const DEFAULT_FILTER: &str = "info,openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn";
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub fn init(format: LogFormat, default_filter: Option<&str>) {

@@ -14,7 +14,7 @@ const BASE: u16 = 24000;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(dir: &std::path::Path, k: u16, n: u16) -> Config {
-    Config::parse(&render_config(dir, k, n, BASE, ""), &format!("n{k}")).unwrap()
+    Config::parse(&render_config(dir, k, n, BASE, "manage = false\n"), &format!("n{k}")).unwrap()
 }
 
 async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{phase, Cluster};
+use common::{phase, Cluster, RAFT_ONLY};
 
 const FORM: Duration = Duration::from_secs(30);
 
@@ -18,7 +18,7 @@ async fn formed(c: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_elected_and_commands_commit_from_every_node() {
-    let c = Cluster::start(21000, 3, "");
+    let c = Cluster::start(21000, 3, RAFT_ONLY);
     phase("three nodes elect a leader and record the configured members");
     let leader = formed(&c).await;
     let s = c.status(1).await.unwrap();
@@ -58,7 +58,7 @@ async fn leader_elected_and_commands_commit_from_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_leader_gives_a_new_leader_that_commits() {
-    let mut c = Cluster::start(21500, 3, "");
+    let mut c = Cluster::start(21500, 3, RAFT_ONLY);
     let old = formed(&c).await;
     let old_k = Cluster::node_index(&old);
     let rev = c.set(old_k, "lease_ms", "5000").await.unwrap();
@@ -87,7 +87,7 @@ async fn kill9_of_the_leader_gives_a_new_leader_that_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
-    let extra = "\n[raft]\nsnapshot_after_logs = 20\nlogs_to_keep = 5\n";
+    let extra = "manage = false\n[raft]\nsnapshot_after_logs = 20\nlogs_to_keep = 5\n";
     let mut c = Cluster::start(22000, 3, extra);
     formed(&c).await;
     phase("n3 stops cleanly; 80 commands commit without it");
@@ -128,7 +128,7 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_restart_of_all_three_nodes_keeps_every_committed_command() {
-    let mut c = Cluster::start(22500, 3, "");
+    let mut c = Cluster::start(22500, 3, RAFT_ONLY);
     formed(&c).await;
     phase("commit 100 commands, each acknowledged");
     let mut acked = 0;
@@ -165,7 +165,7 @@ async fn cold_restart_of_all_three_nodes_keeps_every_committed_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_alone_cannot_commit_and_says_so() {
-    let mut c = Cluster::start(23000, 3, "");
+    let mut c = Cluster::start(23000, 3, RAFT_ONLY);
     formed(&c).await;
     phase("stop n2 and n3: n1 is alone");
     c.kill9(2);

@@ -65,6 +65,14 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
                 .tags = tags.clone();
             format!("tags of {name} set")
         }
+        Command::ChooseBootstrap { node } => {
+            known(state, node)?;
+            if state.system_identifier.is_some() || state.primary.is_some() {
+                return Err(Rejection::AlreadyBootstrapped);
+            }
+            state.bootstrap_node = Some(node.clone());
+            format!("{node} chosen to run initdb")
+        }
         Command::Bootstrap {
             node,
             system_identifier,
@@ -180,7 +188,14 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
     if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
         return Err(Rejection::AlreadyBootstrapped);
     }
+    if let Some(chosen) = state.bootstrap_node.as_deref().filter(|c| *c != node) {
+        return Err(Rejection::NotEligible {
+            node: node.to_string(),
+            why: format!("{chosen} was chosen to bootstrap"),
+        });
+    }
     state.generation = 1;
+    state.sync_standbys = state.others(node);
     state.system_identifier = Some(system_identifier);
     state.primary = Some(Primary {
         node: node.to_string(),
@@ -242,6 +257,8 @@ fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<Stri
     if let Some(p) = state.pending.as_mut() {
         p.candidate = Some(node.to_string());
     }
+    // Recorded before the candidate promotes, so its first commit already waits for a quorum.
+    state.sync_standbys = state.others(node);
     Ok(format!("{node} told to promote under generation {generation}"))
 }
 
@@ -267,7 +284,6 @@ fn record_timeline(
         });
     }
     let pending = state.pending.take().expect("checked above");
-    state.sync_standbys.clear();
     state.primary = Some(Primary {
         node: node.to_string(),
         generation,

@@ -29,6 +29,10 @@ pub enum Command {
         name: String,
         tags: Tags,
     },
+    /// Choose the member that runs initdb (before any primary exists).
+    ChooseBootstrap {
+        node: String,
+    },
     /// The first primary, after initdb: generation 1, timeline 1.
     Bootstrap {
         node: String,
@@ -94,6 +98,7 @@ impl fmt::Display for Command {
                 "set tags of {name}: nofailover={} failover_priority={}",
                 tags.nofailover, tags.failover_priority
             ),
+            Command::ChooseBootstrap { node } => write!(f, "choose {node} to run initdb"),
             Command::Bootstrap {
                 node,
                 system_identifier,

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Default primary lease: short enough for a failover in a few seconds, long
-/// enough to ride out a Raft election (≈1–2 s with the default timings).
-pub const DEFAULT_LEASE_MS: u64 = 4_000;
+/// Default primary lease: short enough for a failover in about three seconds,
+/// long enough to ride out a Raft election (≈1 s with the default timings)
+/// with renewals every lease/4.
+pub const DEFAULT_LEASE_MS: u64 = 2_000;
 /// Default bound on lag for a failover candidate in async mode: 1 MiB.
 pub const DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES: u64 = 1 << 20;
 /// Default time a crashed primary may take to come back in place before failover.

@@ -101,6 +101,8 @@ pub struct ClusterState {
     pub history: Vec<HistoryEntry>,
     /// PostgreSQL's system identifier, recorded at bootstrap.
     pub system_identifier: Option<u64>,
+    /// The member chosen to run initdb, before the first primary exists.
+    pub bootstrap_node: Option<String>,
     /// Counts every accepted command: a cheap "has anything changed" for watchers.
     pub revision: u64,
 }
@@ -123,6 +125,20 @@ impl ClusterState {
     /// Name of the primary of the current generation, if any.
     pub fn primary_name(&self) -> Option<&str> {
         self.primary.as_ref().map(|p| p.node.as_str())
+    }
+
+    /// `k` of the primary's `synchronous_standby_names = 'ANY k (...)'`: floor(N/2) in
+    /// quorum mode, so an acknowledged commit is on a majority of the N members.
+    pub fn sync_quorum(&self) -> usize {
+        match self.ha.synchronous_mode {
+            super::SyncMode::Quorum => self.members.len() / 2,
+            super::SyncMode::Off => 0,
+        }
+    }
+
+    /// Every member except `name`: the sync set of `name` as primary.
+    pub fn others(&self, name: &str) -> BTreeSet<String> {
+        self.members.keys().filter(|m| *m != name).cloned().collect()
     }
 
     /// Cluster-wide configuration as flat key/value pairs (`config show`).

@@ -7,6 +7,7 @@
 mod init;
 mod membership;
 mod propose;
+pub mod report;
 mod watch;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use propose::{Committed, ProposeError};
 use crate::api::grpc::ControlServer;
 use crate::cluster::Command;
 use crate::config::Config;
+use crate::lease::Book;
 use crate::pb::control::control_server::ControlServer as ControlGrpc;
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::raft::log_store::LogStore;
@@ -46,6 +48,8 @@ pub struct Node {
     pub sm: StateMachine,
     pub cfg: Arc<Config>,
     pub leader_contact: LeaderContact,
+    /// On the Raft leader: the agents' reports and the primary's lease clock.
+    pub book: Book,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -78,6 +82,7 @@ impl Node {
             sm: sm.clone(),
             cfg: Arc::new(cfg.clone()),
             leader_contact: LeaderContact::default(),
+            book: Book::default(),
             stop_tx: Arc::new(stop_tx),
             tasks: Arc::default(),
         };
@@ -87,6 +92,8 @@ impl Node {
             node_id: me.id,
             cluster: cfg.cluster.name.clone(),
             leader_contact: node.leader_contact.clone(),
+            sm: sm.clone(),
+            book: node.book.clone(),
         })
         .max_decoding_message_size(64 << 20);
         node.spawn(serve(
@@ -109,7 +116,12 @@ impl Node {
             stop_rx.clone(),
         ));
         node.spawn(watch::log_role_changes(node.clone(), stop_rx.clone()));
-        node.spawn(watch::leader_duties(node.clone(), stop_rx));
+        node.spawn(watch::leader_duties(node.clone(), stop_rx.clone()));
+        if cfg.postgres.manage {
+            let pg = crate::agent::PgNode::prepare(&cfg)?;
+            node.spawn(crate::controller::run(node.clone(), stop_rx.clone()));
+            crate::agent::spawn(&node, pg, stop_rx);
+        }
         tracing::info!(
             node = %me.name, id = me.id, raft = %me.raft, grpc = %me.grpc, cluster = %cfg.cluster.name,
             "raftpg node started"
@@ -117,8 +129,12 @@ impl Node {
         Ok(node)
     }
 
-    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks.lock().expect("tasks lock").push(tokio::spawn(fut));
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cfg.me().id
     }
 
     pub fn name(&self) -> &str {
@@ -149,15 +165,16 @@ impl Node {
         propose::propose(&self.raft, cmd, timeout, self.rpc_timeout()).await
     }
 
-    /// Stops servers, background tasks and Raft. Durable state is already on disk.
+    /// Stops background tasks (the agent stops PostgreSQL), servers and Raft.
+    /// Durable state is already on disk.
     pub async fn shutdown(&self) {
         self.stop_tx.send_replace(true);
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!("Raft did not stop cleanly: {e}");
-        }
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(70), t).await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("Raft did not stop cleanly: {e}");
         }
         tracing::info!(node = %self.name(), "raftpg node stopped");
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::PgError;
 
 /// Tools raftpg calls; all must be present in the chosen directory.
-pub const TOOLS: [&str; 5] = ["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind"];
+pub const TOOLS: [&str; 6] = ["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"];
 
 /// A directory holding PostgreSQL's server binaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +110,28 @@ impl RunAs {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
         }))
+    }
+
+    /// Whether this user can reach `path`: every directory above it must be searchable (x) by it.
+    pub fn check_reachable(&self, path: &Path) -> Result<(), PgError> {
+        use std::os::unix::fs::MetadataExt;
+        for dir in path.ancestors().skip(1) {
+            let Ok(md) = std::fs::metadata(dir) else { continue };
+            let ok = if md.uid() == self.uid {
+                md.mode() & 0o100 != 0
+            } else if md.gid() == self.gid {
+                md.mode() & 0o010 != 0
+            } else {
+                md.mode() & 0o001 != 0
+            };
+            if !ok {
+                return Err(PgError::Unreachable {
+                    user: self.name.clone(),
+                    dir: dir.display().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Gives `path` (and nothing above it) to this user, so PostgreSQL can own its directories.

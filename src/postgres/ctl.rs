@@ -1,6 +1,7 @@
-//! Running PostgreSQL's tools: initdb, pg_ctl start/stop/status, each with a timeout.
+//! Running PostgreSQL's tools: initdb, pg_ctl, pg_basebackup, pg_rewind,
+//! pg_controldata, each with a timeout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -70,9 +71,22 @@ impl PgCtl {
             .arg("-l")
             .arg(&self.log_file)
             .args(["-w", "-t", &timeout.as_secs().max(1).to_string(), "-o", &opts]);
-        self.run("pg_ctl start", cmd, timeout + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        match self.run("pg_ctl start", cmd, timeout + Duration::from_secs(5)).await {
+            Ok(_) => Ok(()),
+            Err(PgError::Failed { what, status, .. }) => Err(PgError::Failed {
+                what,
+                status,
+                output: format!("server log {}: {}", self.log_file.display(), self.log_tail(3)),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The last `n` lines of the server log, joined.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(n).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
     }
 
     /// Stops the postmaster in `mode` and waits for it to exit.
@@ -100,6 +114,78 @@ impl PgCtl {
             Err(PgError::Failed { status, .. }) if status.ends_with("3") || status.ends_with("4") => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Re-reads the configuration files (`pg_ctl reload`).
+    pub async fn reload(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("reload").arg("-D").arg(&self.data_dir).arg("-s");
+        self.run("pg_ctl reload", cmd, timeout).await.map(|_| ())
+    }
+
+    /// Ends recovery and waits until the server accepts writes (`pg_ctl promote -w`).
+    pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-w", "-t", &timeout.as_secs().max(1).to_string()]);
+        self.run("pg_ctl promote", cmd, timeout + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    /// Clones the primary at `host:port` into the (empty) data directory.
+    pub async fn basebackup(
+        &self,
+        host: &str,
+        port: u16,
+        user: &str,
+        passfile: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-h", host, "-p", &port.to_string(), "-U", user])
+            .args(["-X", "stream", "-c", "fast", "--no-password"]);
+        if let Some(p) = passfile {
+            cmd.env("PGPASSFILE", p);
+        }
+        self.run("pg_basebackup", cmd, timeout).await.map(|_| ())
+    }
+
+    /// Rewinds the (stopped) data directory onto the timeline of `source` (libpq string).
+    /// Returns pg_rewind's output ("no rewind required" when it had nothing to do).
+    pub async fn rewind(&self, source: &str, passfile: Option<&Path>, timeout: Duration) -> Result<String, PgError> {
+        let mut cmd = self.command("pg_rewind");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!("--source-server={source}"))
+            .arg("--no-sync");
+        if let Some(p) = passfile {
+            cmd.env("PGPASSFILE", p);
+        }
+        self.run("pg_rewind", cmd, timeout).await
+    }
+
+    /// What pg_controldata says about a data directory.
+    pub async fn controldata(&self, timeout: Duration) -> Result<Controldata, PgError> {
+        let mut cmd = self.command("pg_controldata");
+        cmd.arg("-D").arg(&self.data_dir);
+        let out = self.run("pg_controldata", cmd, timeout).await?;
+        Ok(Controldata::parse(&out))
+    }
+
+    /// The postmaster's pid from `postmaster.pid`, if the file exists.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Whether the data directory holds a database (PG_VERSION exists).
+    pub fn has_data(&self) -> bool {
+        self.data_dir.join("PG_VERSION").is_file()
     }
 
     fn command(&self, tool: &str) -> Command {
@@ -143,5 +229,51 @@ impl PgCtl {
                 .map_or("killed by a signal".into(), |c| format!("exit status {c}")),
             output: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
         })
+    }
+}
+
+/// The fields of pg_controldata raftpg decides on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Controldata {
+    /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
+    pub state: String,
+    pub timeline: Option<u32>,
+    pub system_identifier: Option<u64>,
+}
+
+impl Controldata {
+    pub fn parse(text: &str) -> Controldata {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim_start_matches(':').trim().to_string())
+        };
+        Controldata {
+            state: field("Database cluster state").unwrap_or_default(),
+            timeline: field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok()),
+            system_identifier: field("Database system identifier").and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// The server was last a standby (stopped cleanly or not while in recovery).
+    pub fn was_standby(&self) -> bool {
+        self.state.contains("recovery")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controldata_fields() {
+        let text = "pg_control version number:            1300\nDatabase system identifier:           7312\n\
+                    Database cluster state:               shut down in recovery\n\
+                    Latest checkpoint's TimeLineID:       3\n";
+        let c = Controldata::parse(text);
+        assert_eq!(c.system_identifier, Some(7312));
+        assert_eq!(c.timeline, Some(3));
+        assert!(c.was_standby());
+        assert!(!Controldata::parse("Database cluster state: in production").was_standby());
     }
 }

@@ -5,12 +5,13 @@
 //! default that looks healthy.
 
 pub mod bin;
+pub mod conf;
 pub mod ctl;
 pub mod observe;
 
 pub use bin::{PgBinaries, RunAs};
-pub use ctl::{PgCtl, StopMode};
-pub use observe::{observe, Observation, PgState};
+pub use ctl::{Controldata, PgCtl, StopMode};
+pub use observe::{observe, Observation, PgState, Replica};
 
 /// A failure of a PostgreSQL action, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum PgError {
     ToolMissing { tool: String, dir: String },
     #[error("raftpg runs as root, and PostgreSQL refuses to: create the OS user '{0}' or set postgres.os_user")]
     NoOsUser(String),
+    #[error("PostgreSQL runs as OS user '{user}', who cannot enter {dir}: run `chmod o+x {dir}` or move the data directory")]
+    Unreachable { user: String, dir: String },
     #[error("{what} did not finish within {secs}s")]
     Timeout { what: String, secs: u64 },
     #[error("{what} failed ({status}): {output}")]

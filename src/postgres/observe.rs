@@ -25,6 +25,21 @@ pub struct PgState {
     pub replay_lsn: Option<u64>,
     /// Standby: walreceiver status (`streaming`, ...), `None` when no walreceiver runs.
     pub walreceiver: Option<String>,
+    /// The configured `primary_conninfo`; empty when the standby was told to stop streaming.
+    pub primary_conninfo: String,
+    /// Primary: one row per connected standby (`pg_stat_replication`).
+    pub replication: Vec<Replica>,
+}
+
+/// One row of `pg_stat_replication`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub application_name: String,
+    /// `streaming`, `catchup`, `backup`, ...
+    pub state: String,
+    /// `quorum`, `sync`, `async`, `potential`.
+    pub sync_state: String,
+    pub flush_lsn: Option<u64>,
 }
 
 /// One query gathers everything; `pg_current_wal_lsn()` is guarded because it fails in recovery.
@@ -34,8 +49,13 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
     pg_last_wal_receive_lsn(),
     pg_last_wal_replay_lsn(),
-    (SELECT received_tli FROM pg_stat_wal_receiver),
-    (SELECT status FROM pg_stat_wal_receiver)";
+    coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())),
+    (SELECT status FROM pg_stat_wal_receiver),
+    current_setting('primary_conninfo')";
+
+const REPLICATION: &str =
+    "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''), flush_lsn
+     FROM pg_stat_replication ORDER BY application_name";
 
 /// Observes the server at `conninfo` (libpq key=value form) within `timeout`.
 pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
@@ -50,9 +70,19 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
     let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
     let conn = tokio::spawn(connection);
     let row = client.query_one(QUERY, &[]).await;
+    let rows = client.query(REPLICATION, &[]).await;
     drop(client);
     let _ = conn.await;
     let row = row?;
+    let replication = rows?
+        .iter()
+        .map(|r| Replica {
+            application_name: r.get(0),
+            state: r.get(1),
+            sync_state: r.get(2),
+            flush_lsn: r.get::<_, Option<PgLsn>>(3).map(u64::from),
+        })
+        .collect();
     let lsn = |i: usize| row.get::<_, Option<PgLsn>>(i).map(u64::from);
     let primary_tli: Option<i32> = row.get(2);
     let standby_tli: Option<i32> = row.get(5);
@@ -63,5 +93,7 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         receive_lsn: lsn(3),
         replay_lsn: lsn(4),
         walreceiver: row.get(6),
+        primary_conninfo: row.get(7),
+        replication,
     })
 }

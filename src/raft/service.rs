@@ -25,6 +25,8 @@ pub struct RaftServer {
     pub cluster: String,
     /// When an AppendEntries from a leader last arrived (heartbeats included).
     pub leader_contact: LeaderContact,
+    pub sm: super::state_machine::StateMachine,
+    pub book: crate::lease::Book,
 }
 
 /// The last time a Raft leader reached this node; shared with the watchers.
@@ -123,6 +125,11 @@ impl RaftService for RaftServer {
             initialized,
             cluster: self.cluster.clone(),
         }))
+    }
+
+    async fn report(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: crate::node::report::ReportRequest = payload(req)?;
+        reply(&crate::node::report::handle(&self.raft, &self.sm, &self.book, rpc).await)
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

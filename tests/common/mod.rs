@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftpg");
 
+/// Appended to a node config: the Raft group alone, no PostgreSQL.
+pub const RAFT_ONLY: &str = "manage = false\n";
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub base: u16,
@@ -33,6 +36,8 @@ impl Cluster {
     /// Writes configs for `n` nodes with `extra` TOML appended and starts them all.
     pub fn start(base: u16, n: u16, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        // PostgreSQL runs as the `postgres` OS user under root: it must enter the directory.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         for k in 1..=n {
             let node_dir = dir.path().join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir).unwrap();
@@ -71,7 +76,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(self.config_path(k))
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,208 @@
+//! The executor: one `match` from `Action` to PostgreSQL effects.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_postgres::NoTls;
+
+use super::{fence, Agent};
+use crate::cluster::{ClusterState, Command};
+use crate::decide::agent::Action;
+use crate::node::ProposeError;
+use crate::postgres::{observe, Observation, StopMode};
+
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
+const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Executes one action decided under `state`; Ok(true) if it changed something.
+    pub(super) async fn execute(&mut self, action: &Action, state: &ClusterState) -> anyhow::Result<bool> {
+        let pg = &self.pg;
+        match action {
+            Action::Initdb => {
+                tracing::info!("initdb into {}", pg.ctl.data_dir.display());
+                pg.empty_data_dir()?;
+                pg.ctl.initdb(&pg.superuser, Duration::from_secs(120)).await?;
+                pg.write_conf(state, None, false)?;
+            }
+            Action::StartPrimary { gated } => {
+                pg.set_standby_signal(false)?;
+                pg.write_conf(state, None, *gated)?;
+                tracing::info!(gated, "starting PostgreSQL as primary");
+                pg.ctl.start(pg.start_timeout).await?;
+                if *gated {
+                    self.gate_lsn = match observe(&pg.local_conninfo(), Duration::from_secs(5)).await {
+                        Observation::Up(s) => s.write_lsn,
+                        Observation::Unknown(e) => bail!("started, but cannot read the WAL end for the gate: {e}"),
+                    };
+                }
+            }
+            Action::ProposeBootstrap => self.bootstrap().await?,
+            Action::Fence => {
+                tracing::warn!("fencing PostgreSQL (immediate stop)");
+                fence(pg).await;
+            }
+            Action::Stop => pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?,
+            Action::Reconfigure => {
+                let upstream = pg.upstream(state);
+                if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
+                    tracing::info!("configuration changed: reloading PostgreSQL");
+                    pg.ctl.reload(TOOL_TIMEOUT).await?;
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+            Action::StopStreaming => {
+                pg.write_conf(state, None, false)?;
+                pg.ctl.reload(TOOL_TIMEOUT).await?;
+            }
+            Action::EnsureSlots => return self.ensure_slots(state).await,
+            Action::OpenGate => {
+                pg.write_conf(state, None, false)?;
+                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                self.gate_lsn = None;
+            }
+            Action::Promote => {
+                pg.write_conf(state, None, false)?;
+                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                tracing::info!(generation = state.generation, "promoting PostgreSQL");
+                pg.ctl.promote(Duration::from_secs(60)).await?;
+            }
+            Action::RecordTimeline { timeline, switch_lsn } => {
+                let cmd = Command::RecordTimeline {
+                    generation: state.generation,
+                    node: pg.me.clone(),
+                    timeline: *timeline,
+                    switch_lsn: switch_lsn.map(crate::decide::election::lsn),
+                };
+                self.propose(cmd).await?;
+            }
+            Action::Clone => self.clone_from_primary(state).await?,
+            Action::Rewind => self.rewind(state).await?,
+            Action::StartStandby => {
+                let upstream = pg.upstream(state);
+                pg.set_standby_signal(true)?;
+                pg.write_conf(state, upstream.as_ref(), false)?;
+                tracing::info!("starting PostgreSQL as a standby");
+                pg.ctl.start(pg.start_timeout).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn propose(&self, cmd: Command) -> anyhow::Result<()> {
+        match self.node.propose(cmd.clone(), PROPOSE_TIMEOUT).await {
+            Ok(c) => {
+                tracing::info!("{cmd}: {}", c.applied.message);
+                Ok(())
+            }
+            Err(ProposeError::Rejected(r)) => bail!("{cmd} was refused: {r}"),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the replication role, sets passwords, and records this node as first primary.
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        let pg = &self.pg;
+        let client = connect(&pg.local_conninfo()).await?;
+        let role = &pg.replication_user;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE ROLE \"{role}\" WITH REPLICATION LOGIN"))
+                .await?;
+        }
+        // Passwords travel in SQL, never in logs; literals are escaped by quote_literal.
+        for (user, pw) in [(role, &pg.replication_password), (&pg.superuser, &pg.superuser_password)] {
+            if let Some(pw) = pw {
+                let lit: String = client.query_one("SELECT quote_literal($1)", &[pw]).await?.get(0);
+                client
+                    .batch_execute(&format!("ALTER ROLE \"{user}\" PASSWORD {lit}"))
+                    .await?;
+            }
+        }
+        let sysid: i64 = client
+            .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+            .await?
+            .get(0);
+        self.propose(Command::Bootstrap {
+            node: pg.me.clone(),
+            system_identifier: sysid as u64,
+        })
+        .await
+    }
+
+    /// One physical slot per other member, so the primary keeps the WAL they still need.
+    async fn ensure_slots(&self, state: &ClusterState) -> anyhow::Result<bool> {
+        let client = connect(&self.pg.local_conninfo()).await?;
+        let rows = client
+            .query("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+            .await?;
+        let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut created = false;
+        for name in state.others(&self.pg.me) {
+            let slot = crate::postgres::conf::slot_name(&name);
+            if !have.contains(&slot) {
+                client
+                    .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
+                    .await?;
+                tracing::info!("created replication slot {slot} for {name}");
+                created = true;
+            }
+        }
+        Ok(created)
+    }
+
+    async fn clone_from_primary(&self, state: &ClusterState) -> anyhow::Result<()> {
+        let pg = &self.pg;
+        let up = pg.upstream(state).context("no primary to clone from")?;
+        tracing::info!("cloning from {}:{} with pg_basebackup", up.host, up.port);
+        pg.empty_data_dir()?;
+        pg.ctl
+            .basebackup(&up.host, up.port, &up.user, pg.passfile.as_deref(), CLONE_TIMEOUT)
+            .await?;
+        tracing::info!("clone finished");
+        Ok(())
+    }
+
+    /// pg_rewind onto the primary; on failure re-clone if configured, loudly.
+    async fn rewind(&self, state: &ClusterState) -> anyhow::Result<()> {
+        let pg = &self.pg;
+        let source = pg
+            .primary_superuser_conninfo(state)
+            .context("no primary to rewind onto")?;
+        let primary = state.primary_name().unwrap_or("?").to_string();
+        tracing::info!("pg_rewind onto {primary}");
+        match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
+            Ok(out) => {
+                let summary = out.lines().last().unwrap_or("").to_string();
+                tracing::info!("pg_rewind done: {summary}");
+                Ok(())
+            }
+            Err(e) if pg.reclone_on_rewind_failure => {
+                tracing::error!(
+                    "pg_rewind onto {primary} failed ({e}); RE-CLONING this node from {primary}: its local data is discarded \
+                     (set postgres.reclone_on_rewind_failure = false to keep it and repair by hand)"
+                );
+                self.clone_from_primary(state).await
+            }
+            Err(e) => bail!(
+                "pg_rewind onto {primary} failed ({e}) and postgres.reclone_on_rewind_failure is off: \
+                 repair the data directory by hand or run `raftpg ctl reinit`"
+            ),
+        }
+    }
+}
+
+async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(conninfo, NoTls))
+        .await
+        .context("connecting to the local PostgreSQL timed out")??;
+    tokio::spawn(conn);
+    Ok(client)
+}

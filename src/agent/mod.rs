@@ -1,0 +1,362 @@
+//! The agent: every node's loop that makes its PostgreSQL match the applied state.
+//!
+//! Each tick gathers its inputs (applied state, one observation of PostgreSQL,
+//! the lease), calls the pure `decide::agent::decide`, and executes the actions
+//! in `exec`, re-checking before each one that the generation it was decided
+//! under is still the applied one. A second task (`lease_loop`) reports to the
+//! Raft leader, renews the lease and fences PostgreSQL the moment a held lease
+//! runs out, whatever the main loop is doing.
+
+mod exec;
+pub mod pgfiles;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::decide::agent::{decide, wanted, AgentInput, Decision, LeaseView, Local, Wanted};
+use crate::decide::controller::{PgRole, Report};
+use crate::lease::Holder;
+use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
+use crate::node::Node;
+use crate::postgres::conf::conninfo;
+use crate::postgres::{observe, Observation, StopMode};
+pub use pgfiles::PgNode;
+
+/// Tick when nothing happened; a tick that acted is followed at once by another.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+const BUSY_TICK: Duration = Duration::from_millis(20);
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the lease task sends next: the last report and whether to renew.
+#[derive(Clone, Debug)]
+struct Outbox {
+    report: Report,
+    renew: bool,
+}
+
+pub struct Agent {
+    node: Node,
+    pg: PgNode,
+    holder: Holder,
+    outbox: Arc<Mutex<Outbox>>,
+    wake_reporter: Arc<Notify>,
+    /// Since when PostgreSQL is down or unobservable (for the restart bound).
+    down_since: Option<Instant>,
+    /// Since when this standby follows the primary without streaming.
+    not_streaming_since: Option<Instant>,
+    /// Crash gate: clients wait until a standby holds this LSN.
+    gate_lsn: Option<u64>,
+    last_reason: String,
+    /// Consecutive failed ticks: retries back off.
+    failures: u32,
+}
+
+/// Starts the agent and its lease task on `node`.
+pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
+    let outbox = Arc::new(Mutex::new(Outbox {
+        report: Report {
+            generation: 0,
+            pg: PgRole::Unknown,
+            streaming: false,
+            timeline: None,
+            lsn: None,
+            final_position: None,
+            reason: "starting".into(),
+        },
+        renew: false,
+    }));
+    let agent = Agent {
+        node: node.clone(),
+        pg,
+        holder: Holder::new(),
+        outbox,
+        wake_reporter: Arc::new(Notify::new()),
+        down_since: None,
+        not_streaming_since: None,
+        gate_lsn: None,
+        last_reason: String::new(),
+        failures: 0,
+    };
+    node.spawn(lease_loop(
+        node.clone(),
+        agent.pg.clone(),
+        agent.holder.clone(),
+        agent.outbox.clone(),
+        agent.wake_reporter.clone(),
+        stop.clone(),
+    ));
+    node.spawn(agent.run(stop));
+}
+
+impl Agent {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.node.subscribe();
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = match self.tick().await {
+                Ok(acted) => {
+                    self.failures = 0;
+                    if acted {
+                        BUSY_TICK
+                    } else {
+                        IDLE_TICK
+                    }
+                }
+                // A failing action is retried after 0.5, 1, 2, 4, then every 8 s.
+                Err(()) => {
+                    self.failures = (self.failures + 1).min(5);
+                    IDLE_TICK * 2u32.pow(self.failures)
+                }
+            };
+        }
+        self.stop_postgres().await;
+    }
+
+    /// One observe → decide → execute round: Ok(true) if it acted, Err if an action failed.
+    async fn tick(&mut self) -> Result<bool, ()> {
+        let applied = self.node.state();
+        let state = applied.state.clone();
+        let local = self.observe_local().await;
+        let now = Instant::now();
+        let role = wanted(&state, &self.pg.me);
+        if role != Wanted::Primary {
+            self.holder.clear();
+        }
+        self.track_times(&role, &local, now);
+        let upstream = self.pg.upstream(&state);
+        let want_conninfo = upstream.as_ref().map(conninfo);
+        let decision = decide(&AgentInput {
+            me: &self.pg.me,
+            state: &state,
+            local: &local,
+            lease: self.holder.view(state.generation, now, state.ha.lease_ms),
+            down_ms: elapsed_ms(self.down_since, now),
+            not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
+            gate_lsn: self.gate_lsn,
+            want_conninfo: want_conninfo.as_deref(),
+        });
+        self.publish(&state, &local, &decision);
+        let mut acted = false;
+        for action in &decision.actions {
+            let current = self.node.state().state;
+            if current.generation != state.generation || wanted(&current, &self.pg.me) != role {
+                tracing::info!(
+                    decided = state.generation,
+                    now = current.generation,
+                    "dropping {action:?}: the applied state moved on since it was decided"
+                );
+                break;
+            }
+            if matches!(role, Wanted::Primary) && self.needs_lease(action) {
+                let view = self.holder.view(state.generation, Instant::now(), state.ha.lease_ms);
+                if view != LeaseView::Held && !current.paused {
+                    tracing::warn!("dropping {action:?}: the lease is not held");
+                    break;
+                }
+            }
+            match self.execute(action, &state).await {
+                Ok(did) => acted |= did,
+                Err(e) => {
+                    tracing::error!("{action:?} failed: {e:#}");
+                    return Err(());
+                }
+            }
+        }
+        Ok(acted)
+    }
+
+    fn needs_lease(&self, action: &crate::decide::agent::Action) -> bool {
+        use crate::decide::agent::Action;
+        matches!(action, Action::StartPrimary { .. } | Action::Promote | Action::OpenGate)
+    }
+
+    fn track_times(&mut self, role: &Wanted, local: &Local, now: Instant) {
+        let up = matches!(local, Local::Primary(_) | Local::Standby(_));
+        self.down_since = if up { None } else { self.down_since.or(Some(now)) };
+        let streaming = matches!(local, Local::Standby(pg) if pg.walreceiver.as_deref() == Some("streaming"));
+        let following = matches!(role, Wanted::Standby(_)) && matches!(local, Local::Standby(_));
+        self.not_streaming_since = if following && !streaming {
+            self.not_streaming_since.or(Some(now))
+        } else {
+            None
+        };
+        if !matches!(local, Local::Primary(_)) {
+            self.gate_lsn = None;
+        }
+    }
+
+    /// Logs a changed reason and hands the report to the lease task.
+    fn publish(&mut self, state: &crate::cluster::ClusterState, local: &Local, d: &Decision) {
+        if d.reason != self.last_reason {
+            tracing::info!(generation = state.generation, "{}", d.reason);
+            self.last_reason = d.reason.clone();
+        }
+        let (pg, streaming, timeline, lsn) = match local {
+            Local::NoData => (PgRole::NoData, false, None, None),
+            Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
+            Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
+            Local::Standby(s) => (
+                PgRole::Standby,
+                s.walreceiver.as_deref() == Some("streaming"),
+                s.timeline,
+                s.receive_lsn.max(s.replay_lsn),
+            ),
+            Local::Unknown(_) => (PgRole::Unknown, false, None, None),
+        };
+        let report = Report {
+            generation: state.generation,
+            pg,
+            streaming,
+            timeline,
+            lsn,
+            final_position: d.final_position,
+            reason: d.reason.clone(),
+        };
+        let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let urgent = out.report.final_position != report.final_position
+            || out.renew != d.renew_lease
+            || out.report.generation != report.generation
+            || out.report.pg != report.pg;
+        out.report = report;
+        out.renew = d.renew_lease;
+        drop(out);
+        if urgent {
+            self.wake_reporter.notify_one();
+        }
+    }
+
+    async fn observe_local(&self) -> Local {
+        if !self.pg.ctl.has_data() {
+            return Local::NoData;
+        }
+        match observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await {
+            Observation::Up(s) if s.in_recovery => Local::Standby(s),
+            Observation::Up(s) => Local::Primary(s),
+            Observation::Unknown(e) if postmaster_alive(&self.pg) => Local::Unknown(e),
+            Observation::Unknown(_) => Local::Stopped {
+                control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
+            },
+        }
+    }
+
+    async fn stop_postgres(&self) {
+        if postmaster_alive(&self.pg) {
+            tracing::info!("stopping PostgreSQL (fast)");
+            if let Err(e) = self.pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await {
+                tracing::error!("PostgreSQL did not stop cleanly: {e}");
+            }
+        }
+    }
+}
+
+fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
+    since.map_or(0, |s| now.saturating_duration_since(s).as_millis() as u64)
+}
+
+/// Whether the postmaster named in postmaster.pid runs.
+pub fn postmaster_alive(pg: &PgNode) -> bool {
+    pg.ctl.postmaster_pid().is_some_and(|pid| {
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(()) => true,
+            Err(e) => e == nix::errno::Errno::EPERM,
+        }
+    })
+}
+
+/// Stops PostgreSQL at once: pg_ctl's immediate mode, SIGKILL if that fails.
+pub async fn fence(pg: &PgNode) {
+    if let Err(e) = pg.ctl.stop(StopMode::Immediate, Duration::from_secs(3)).await {
+        if let Some(pid) = pg.ctl.postmaster_pid() {
+            tracing::error!("immediate stop failed ({e}): killing the postmaster {pid}");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reports to the Raft leader every lease/4 (or at once when asked), renews the
+/// lease, and fences PostgreSQL the moment a held lease expires.
+async fn lease_loop(
+    node: Node,
+    pg: PgNode,
+    holder: Holder,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut client = ReportClient::new();
+    let mut fenced_expiry: Option<Instant> = None;
+    let mut next_send = Instant::now();
+    loop {
+        let state = node.state().state;
+        let lease_ms = state.ha.lease_ms;
+        let interval = Duration::from_millis((lease_ms / 4).max(50));
+        let expiry = holder.expiry(state.generation).filter(|e| Some(*e) != fenced_expiry);
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = wake.notified() => next_send = Instant::now(),
+            _ = tokio::time::sleep_until(next_send) => {}
+            _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {}
+        }
+        let now = Instant::now();
+        if let Some(e) = expiry.filter(|e| now >= *e) {
+            fenced_expiry = Some(e);
+            if !node.state().state.paused {
+                tracing::error!("lease expired without renewal: fencing PostgreSQL now");
+                fence(&pg).await;
+            }
+        }
+        if Instant::now() >= next_send {
+            let (report, renew) = {
+                let o = outbox.lock().unwrap_or_else(|p| p.into_inner());
+                (o.report.clone(), o.renew)
+            };
+            let until_expiry = holder
+                .expiry(report.generation)
+                .map_or(interval, |e| e.saturating_duration_since(Instant::now()));
+            let timeout = interval.min(until_expiry).max(Duration::from_millis(50));
+            let req = ReportRequest {
+                node: pg.me.clone(),
+                report,
+                renew,
+            };
+            send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
+            next_send = Instant::now() + interval;
+        }
+    }
+}
+
+async fn send_report(
+    node: &Node,
+    client: &mut ReportClient,
+    holder: &Holder,
+    req: ReportRequest,
+    timeout: Duration,
+    lease_ms: u64,
+) {
+    let sent = Instant::now();
+    let Some(leader) = node.metrics().current_leader else {
+        return;
+    };
+    let reply = if leader == node.id() {
+        Ok(report::handle(&node.raft, &node.sm, &node.book, req.clone()).await)
+    } else {
+        match node.state().state.member_by_id(leader) {
+            Some(m) => client.send(&m.raft_addr, &req, timeout).await,
+            None => Err(format!("Raft leader {leader} is not a known member")),
+        }
+    };
+    match reply {
+        Ok(ReportReply::Accepted { lease_granted: true }) => holder.granted(req.report.generation, sent, lease_ms),
+        Ok(_) => {}
+        Err(e) => tracing::debug!("report to the Raft leader failed: {e}"),
+    }
+}

@@ -1,0 +1,217 @@
+//! This node's PostgreSQL: where it lives, who runs it, and the files raftpg
+//! writes into PGDATA (configuration, hba, standby.signal, password file).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cluster::ClusterState;
+use crate::config::Config;
+use crate::postgres::conf::{self, ConfInputs, Upstream};
+use crate::postgres::{PgBinaries, PgCtl, RunAs};
+
+/// This node's PostgreSQL settings, resolved once at start.
+#[derive(Clone, Debug)]
+pub struct PgNode {
+    pub me: String,
+    pub ctl: PgCtl,
+    pub superuser: String,
+    pub replication_user: String,
+    pub host_auth: String,
+    /// pgpass file for connections to other members; `None` with trust auth.
+    pub passfile: Option<PathBuf>,
+    pub superuser_password: Option<String>,
+    pub replication_password: Option<String>,
+    pub node_parameters: std::collections::BTreeMap<String, String>,
+    pub reclone_on_rewind_failure: bool,
+    pub start_timeout: Duration,
+}
+
+impl PgNode {
+    /// Resolves binaries, the OS user and directories; errors say how to fix them.
+    pub fn prepare(cfg: &Config) -> anyhow::Result<PgNode> {
+        let p = &cfg.postgres;
+        let bins = PgBinaries::find(p.bin_dir.as_deref())?;
+        let run_as = RunAs::for_current_process(&p.os_user)?;
+        let base = &cfg.node.data_dir;
+        let socket_dir = base.join("run");
+        let data_dir = cfg.pg_data();
+        let log_file = base.join("postgresql.log");
+        for dir in [base.as_path(), socket_dir.as_path()] {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        if !log_file.exists() {
+            std::fs::write(&log_file, "")?;
+        }
+        if let Some(u) = &run_as {
+            u.check_reachable(&data_dir)?;
+            u.chown(&socket_dir)?;
+            u.chown(&log_file)?;
+        }
+        let me = cfg.me();
+        let (host, port) = me.pg.rsplit_once(':').context("members[].pg has no port")?;
+        let port: u16 = port.parse().context("members[].pg has a bad port")?;
+        let read = |f: &Option<PathBuf>, key: &str| -> anyhow::Result<Option<String>> {
+            f.as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                        .with_context(|| format!("postgres.{key}: cannot read {}", path.display()))
+                })
+                .transpose()
+        };
+        let superuser_password = read(&p.superuser_password_file, "superuser_password_file")?;
+        let replication_password = read(&p.replication_password_file, "replication_password_file")?;
+        let ctl = PgCtl {
+            bins,
+            run_as,
+            data_dir,
+            socket_dir,
+            listen_addresses: p.listen_addresses.clone().unwrap_or_else(|| host.to_string()),
+            port,
+            log_file,
+        };
+        let mut node = PgNode {
+            me: me.name.clone(),
+            ctl,
+            superuser: p.superuser.clone(),
+            replication_user: p.replication_user.clone(),
+            host_auth: p.host_auth.clone(),
+            passfile: None,
+            superuser_password,
+            replication_password,
+            node_parameters: p.parameters.clone(),
+            reclone_on_rewind_failure: p.reclone_on_rewind_failure,
+            start_timeout: Duration::from_secs(p.start_timeout_s),
+        };
+        node.write_passfile(&base.join("pgpass"))?;
+        Ok(node)
+    }
+
+    fn write_passfile(&mut self, path: &Path) -> anyhow::Result<()> {
+        let mut entries = Vec::new();
+        if let Some(pw) = &self.replication_password {
+            entries.push((self.replication_user.as_str(), pw.as_str()));
+        }
+        if let Some(pw) = &self.superuser_password {
+            entries.push((self.superuser.as_str(), pw.as_str()));
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write_file(path, &conf::render_pgpass(&entries))?;
+        self.passfile = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Local connection over the Unix socket (trusted), for observation and setup.
+    pub fn local_conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=2 application_name=raftpg",
+            self.ctl.socket_dir.display(),
+            self.ctl.port,
+            self.superuser
+        )
+    }
+
+    /// Where this node streams from while `state`'s primary is someone else.
+    pub fn upstream(&self, state: &ClusterState) -> Option<Upstream> {
+        if state.pending.is_some() {
+            return None;
+        }
+        let primary = state.primary.as_ref().filter(|p| p.node != self.me)?;
+        let member = state.member(&primary.node)?;
+        let (host, port) = member.pg_addr.rsplit_once(':')?;
+        Some(Upstream {
+            host: host.to_string(),
+            port: port.parse().ok()?,
+            user: self.replication_user.clone(),
+            application_name: self.me.clone(),
+            passfile: self.passfile.clone(),
+        })
+    }
+
+    /// Connection string to the primary as superuser (pg_rewind's source).
+    pub fn primary_superuser_conninfo(&self, state: &ClusterState) -> Option<String> {
+        let u = self.upstream(state)?;
+        let mut s = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=5",
+            u.host, u.port, self.superuser
+        );
+        if let Some(p) = &self.passfile {
+            s += &format!(" passfile={}", p.display());
+        }
+        Some(s)
+    }
+
+    /// postgresql.conf for `state`, streaming from `upstream` (or from nobody).
+    pub fn render_conf(&self, state: &ClusterState, upstream: Option<&Upstream>) -> String {
+        let sync: Vec<String> = state.sync_standbys.iter().cloned().collect();
+        let sync_names = conf::sync_standby_names(state.sync_quorum(), &sync);
+        conf::render_postgresql_conf(&ConfInputs {
+            port: self.ctl.port,
+            listen_addresses: &self.ctl.listen_addresses,
+            socket_dir: &self.ctl.socket_dir,
+            upstream,
+            sync_names: &sync_names,
+            cluster_parameters: &state.parameters,
+            node_parameters: &self.node_parameters,
+        })
+    }
+
+    /// Writes postgresql.conf and pg_hba.conf; true if either changed.
+    pub fn write_conf(&self, state: &ClusterState, upstream: Option<&Upstream>, gated: bool) -> anyhow::Result<bool> {
+        let hba = conf::render_hba(&self.host_auth, &self.replication_user, gated);
+        let a = self.replace(&self.ctl.data_dir.join("postgresql.conf"), &self.render_conf(state, upstream))?;
+        let b = self.replace(&self.ctl.data_dir.join("pg_hba.conf"), &hba)?;
+        Ok(a || b)
+    }
+
+    /// Creates or removes standby.signal.
+    pub fn set_standby_signal(&self, on: bool) -> anyhow::Result<()> {
+        let path = self.ctl.data_dir.join("standby.signal");
+        if on {
+            self.write_file(&path, "")
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// An empty PGDATA owned by the PostgreSQL user, mode 0700 (removing what was there).
+    pub fn empty_data_dir(&self) -> anyhow::Result<()> {
+        let d = &self.ctl.data_dir;
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("cannot empty {}", d.display()))?;
+        }
+        std::fs::create_dir_all(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(u) = &self.ctl.run_as {
+            u.chown(d)?;
+        }
+        Ok(())
+    }
+
+    fn replace(&self, path: &Path, content: &str) -> anyhow::Result<bool> {
+        if std::fs::read_to_string(path).is_ok_and(|old| old == content) {
+            return Ok(false);
+        }
+        self.write_file(path, content)?;
+        Ok(true)
+    }
+
+    /// Writes a file PostgreSQL reads: mode 0600, owned by its OS user.
+    pub fn write_file(&self, path: &Path, content: &str) -> anyhow::Result<()> {
+        std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(u) = &self.ctl.run_as {
+            u.chown(path)?;
+        }
+        Ok(())
+    }
+}

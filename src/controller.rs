@@ -1,0 +1,81 @@
+//! The controller loop: on the Raft leader only, gather the agents' reports and
+//! the lease clock, call the pure `decide::controller::decide`, and carry out
+//! its one action (propose a command, or hand Raft leadership to a standby).
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::decide::controller::{decide, ControllerAction, ControllerInput};
+use crate::node::{Node, ProposeError};
+
+/// Re-evaluate at least this often (the lease clock is checked here).
+const TICK: Duration = Duration::from_millis(50);
+/// Reports older than this are ignored: that member is Unknown.
+const REPORT_MAX_AGE: Duration = Duration::from_millis(2_000);
+/// After handing leadership away, wait this long before trying again.
+const TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
+    let mut was_leader = false;
+    let mut last_reason = String::new();
+    let mut last_transfer: Option<Instant> = None;
+    let mut changes = node.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = node.book.changed.notified() => {}
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let metrics = node.metrics();
+        let leader = metrics.state == ServerState::Leader;
+        let state = node.state().state;
+        let now = Instant::now();
+        if leader && !was_leader {
+            node.book.start_tenure(state.primary.as_ref(), now);
+            tracing::info!("Raft leader: controller active; lease clock restarted");
+        }
+        was_leader = leader;
+        if !leader || !state.initialized {
+            continue;
+        }
+        let reports = node.book.fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
+        let lease_expired_ms = match (&state.primary, state.paused) {
+            (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
+            _ => None,
+        };
+        let decision = decide(&ControllerInput {
+            me: node.name(),
+            state: &state,
+            reports: &reports,
+            lease_expired_ms,
+        });
+        if decision.reason != last_reason {
+            tracing::info!(generation = state.generation, "controller: {}", decision.reason);
+            last_reason = decision.reason.clone();
+        }
+        match decision.action {
+            None => {}
+            Some(ControllerAction::Propose(cmd)) => match node.propose(cmd.clone(), PROPOSE_TIMEOUT).await {
+                Ok(c) => tracing::info!(log_index = c.log_index, "controller: {cmd}: {}", c.applied.message),
+                Err(ProposeError::Rejected(r)) => tracing::info!("controller: {cmd} refused: {r}"),
+                Err(e) => tracing::warn!("controller: {cmd} not committed: {e}"),
+            },
+            Some(ControllerAction::TransferLeader(to)) => {
+                if last_transfer.is_some_and(|t| now.duration_since(t) < TRANSFER_COOLDOWN) {
+                    continue;
+                }
+                last_transfer = Some(now);
+                if let Some(m) = state.member(&to) {
+                    if let Err(e) = node.raft.trigger().transfer_leader(m.id).await {
+                        tracing::warn!("controller: leadership transfer to {to} failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

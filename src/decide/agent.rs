@@ -1,0 +1,377 @@
+//! The agent's role transition table, run on every node each tick.
+//!
+//! From the applied state, what this node's PostgreSQL looks like and the
+//! state of its lease, it returns the actions that make PostgreSQL match the
+//! state, with the reason a person reads. The table is `decide`: one row per
+//! (wanted role, local state), in the spirit of pg_auto_failover's FSM. The
+//! effects layer (`crate::agent`) executes the actions after checking that the
+//! generation they were decided under is still the applied one.
+
+use crate::cluster::ClusterState;
+use crate::decide::election::lsn;
+use crate::postgres::{Controldata, PgState};
+
+/// A standby that follows the primary but has not streamed for this long, on an older
+/// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
+pub const DIVERGED_AFTER_MS: u64 = 5_000;
+
+/// What this node's PostgreSQL looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// No database in PGDATA.
+    NoData,
+    /// A database and no postmaster; `control` is `None` when pg_controldata failed.
+    Stopped { control: Option<Controldata> },
+    /// Running, not in recovery.
+    Primary(PgState),
+    /// Running, in recovery.
+    Standby(PgState),
+    /// A postmaster may run but could not be observed: never taken as healthy.
+    Unknown(String),
+}
+
+/// The primary's lease as this node sees it, on its own monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseView {
+    /// Renewed, and `send_time + lease` is still ahead.
+    Held,
+    /// Not granted yet since this process started (within one lease period).
+    Acquiring,
+    /// Not renewed in time: this node must not accept writes.
+    Expired,
+}
+
+/// Everything one decision looks at, gathered before deciding.
+#[derive(Clone, Debug)]
+pub struct AgentInput<'a> {
+    pub me: &'a str,
+    pub state: &'a ClusterState,
+    pub local: &'a Local,
+    pub lease: LeaseView,
+    /// How long PostgreSQL has been down (or unobservable) while this node is primary.
+    pub down_ms: u64,
+    /// How long this standby has followed the primary without streaming.
+    pub not_streaming_ms: u64,
+    /// Set after a crash restart: clients are refused until a standby holds this LSN.
+    pub gate_lsn: Option<u64>,
+    /// The `primary_conninfo` this node should have while following the current primary.
+    pub want_conninfo: Option<&'a str>,
+}
+
+/// One PostgreSQL action. Executed in order; a failure skips the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// initdb with checksums, then write the configuration.
+    Initdb,
+    /// Start as primary; `gated` refuses clients until a standby holds the WAL end.
+    StartPrimary { gated: bool },
+    /// Create roles and propose `Bootstrap` with the system identifier.
+    ProposeBootstrap,
+    /// Immediate stop: this PostgreSQL must not accept or acknowledge writes.
+    Fence,
+    /// Clean fast stop (a standby about to be rewound).
+    Stop,
+    /// Render postgresql.conf and pg_hba.conf for the applied state; reload if they changed.
+    Reconfigure,
+    /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
+    StopStreaming,
+    /// Create the replication slots of the other members (primary only).
+    EnsureSlots,
+    /// Let clients in: a standby holds the WAL written before the crash restart.
+    OpenGate,
+    /// End recovery (`pg_ctl promote`).
+    Promote,
+    /// Propose `RecordTimeline`: this node is the new primary on `timeline`.
+    RecordTimeline { timeline: u32, switch_lsn: Option<u64> },
+    /// pg_basebackup from the primary into an empty PGDATA.
+    Clone,
+    /// pg_rewind onto the primary's timeline (re-clone on failure if configured).
+    Rewind,
+    /// Write standby.signal and the configuration, then start.
+    StartStandby,
+}
+
+/// A decision: the actions, what to tell the Raft leader, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// Ask the Raft leader to renew this node's primary lease.
+    pub renew_lease: bool,
+    /// Final (flush LSN, timeline) after streaming from the fenced primary stopped.
+    pub final_position: Option<(u64, u32)>,
+    pub reason: String,
+}
+
+impl Decision {
+    fn new(actions: Vec<Action>, reason: impl Into<String>) -> Decision {
+        Decision {
+            actions,
+            renew_lease: false,
+            final_position: None,
+            reason: reason.into(),
+        }
+    }
+
+    fn idle(reason: impl Into<String>) -> Decision {
+        Decision::new(Vec::new(), reason)
+    }
+
+    fn renewing(mut self) -> Decision {
+        self.renew_lease = true;
+        self
+    }
+}
+
+/// The role the applied state gives this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    Uninitialized,
+    NotMember,
+    /// Chosen to run initdb.
+    Bootstrap,
+    /// Someone else bootstraps (or nobody is chosen yet).
+    AwaitBootstrap(Option<String>),
+    Primary,
+    /// Told to promote under the pending change.
+    Candidate,
+    /// Primary of the fenced generation.
+    OldPrimary,
+    /// A change is pending and this node is neither side of it.
+    Fenced,
+    /// Follow this primary.
+    Standby(String),
+}
+
+pub fn wanted(state: &ClusterState, me: &str) -> Wanted {
+    if !state.initialized {
+        return Wanted::Uninitialized;
+    }
+    if state.member(me).is_none() {
+        return Wanted::NotMember;
+    }
+    if let Some(p) = &state.pending {
+        return match (p.candidate.as_deref(), p.from.as_deref()) {
+            (Some(c), _) if c == me => Wanted::Candidate,
+            (_, Some(f)) if f == me => Wanted::OldPrimary,
+            _ => Wanted::Fenced,
+        };
+    }
+    match &state.primary {
+        Some(p) if p.node == me => Wanted::Primary,
+        Some(p) => Wanted::Standby(p.node.clone()),
+        None if state.bootstrap_node.as_deref() == Some(me) && state.system_identifier.is_none() => {
+            Wanted::Bootstrap
+        }
+        None => Wanted::AwaitBootstrap(state.bootstrap_node.clone()),
+    }
+}
+
+/// The transition table.
+pub fn decide(i: &AgentInput) -> Decision {
+    let g = i.state.generation;
+    match wanted(i.state, i.me) {
+        Wanted::Uninitialized => Decision::idle("the cluster state is not initialised yet"),
+        Wanted::NotMember => Decision::idle(format!("{} is not a member of the cluster: doing nothing", i.me)),
+        Wanted::Bootstrap => bootstrap(i),
+        Wanted::AwaitBootstrap(None) => Decision::idle("waiting for the Raft leader to choose the node that runs initdb"),
+        Wanted::AwaitBootstrap(Some(b)) => Decision::idle(format!("waiting for {b} to bootstrap the cluster")),
+        Wanted::Primary => primary(i),
+        Wanted::Candidate => candidate(i),
+        Wanted::OldPrimary | Wanted::Fenced => fenced(i, g),
+        Wanted::Standby(p) => standby(i, &p),
+    }
+}
+
+fn bootstrap(i: &AgentInput) -> Decision {
+    match i.local {
+        Local::NoData => Decision::new(
+            vec![Action::Initdb, Action::StartPrimary { gated: false }, Action::ProposeBootstrap],
+            "chosen to bootstrap: initdb, start, record as first primary",
+        ),
+        Local::Stopped { .. } => Decision::new(
+            vec![Action::StartPrimary { gated: false }, Action::ProposeBootstrap],
+            "chosen to bootstrap and initdb already ran: start and record as first primary",
+        ),
+        Local::Primary(_) => Decision::new(vec![Action::ProposeBootstrap], "bootstrapped: recording as first primary"),
+        Local::Standby(_) | Local::Unknown(_) => {
+            Decision::idle("chosen to bootstrap, but the local PostgreSQL is a standby or unobservable: waiting")
+        }
+    }
+}
+
+fn primary(i: &AgentInput) -> Decision {
+    let paused = i.state.paused;
+    let bound = i.state.ha.primary_restart_timeout_ms;
+    let tl = i.state.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0);
+    let g = i.state.generation;
+    if i.lease == LeaseView::Expired && !paused {
+        return match i.local {
+            Local::Primary(_) | Local::Unknown(_) => Decision::new(
+                vec![Action::Fence],
+                format!("my lease as primary of generation {g} expired: fencing my PostgreSQL"),
+            )
+            .renewing(),
+            _ if i.down_ms > bound => Decision::idle(format!(
+                "PostgreSQL has been down {} ms (bound {bound} ms): letting the lease lapse so a standby is promoted",
+                i.down_ms
+            )),
+            _ => Decision::idle(format!("my lease expired: renewing it before PostgreSQL may run as primary of generation {g}")).renewing(),
+        };
+    }
+    match i.local {
+        Local::Primary(pg) => {
+            let mut actions = vec![Action::Reconfigure, Action::EnsureSlots];
+            let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");
+            if let Some(gate) = i.gate_lsn {
+                let k = i.state.sync_quorum();
+                let holding = pg.replication.iter().filter(|r| r.flush_lsn.is_some_and(|f| f >= gate)).count();
+                if holding >= k.max(1) || k == 0 {
+                    actions.push(Action::OpenGate);
+                    reason = format!("a standby holds my WAL up to {}: letting clients in", lsn(gate));
+                } else {
+                    reason = format!("restarted after a crash: clients wait until a standby holds {}", lsn(gate));
+                }
+            }
+            Decision::new(actions, reason).renewing()
+        }
+        _ if i.down_ms > bound && !paused => Decision::idle(format!(
+            "PostgreSQL did not come back within {bound} ms: letting the lease lapse so a standby is promoted"
+        )),
+        Local::Stopped { control } if i.lease == LeaseView::Held || paused => {
+            let clean = control.as_ref().is_some_and(|c| c.state == "shut down");
+            let why = if clean { "stopped" } else { "crashed" };
+            Decision::new(
+                vec![Action::Reconfigure, Action::StartPrimary { gated: !clean }],
+                format!("I am the primary of generation {g} and PostgreSQL {why}: restarting it in place"),
+            )
+            .renewing()
+        }
+        Local::Stopped { .. } => Decision::idle("PostgreSQL is down: waiting for my lease before restarting it as primary").renewing(),
+        Local::Standby(_) if i.lease == LeaseView::Held => Decision::new(
+            vec![Action::Reconfigure, Action::Promote],
+            format!("recorded as primary of generation {g} but in recovery: promoting"),
+        )
+        .renewing(),
+        Local::Standby(_) => Decision::idle("recorded as primary but in recovery: waiting for my lease").renewing(),
+        Local::NoData => Decision::idle("I am the recorded primary but have no data directory: letting the lease lapse"),
+        Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL ({e}): keeping the lease while it may recover")).renewing(),
+    }
+}
+
+fn candidate(i: &AgentInput) -> Decision {
+    let g = i.state.generation;
+    match i.local {
+        Local::Standby(pg) if !pg.primary_conninfo.is_empty() => Decision::new(
+            vec![Action::StopStreaming],
+            "chosen to promote: stopping streaming from the old primary first",
+        ),
+        Local::Standby(_) => Decision::new(
+            vec![Action::Reconfigure, Action::Promote],
+            format!("chosen to promote under generation {g}: promoting"),
+        ),
+        Local::Primary(pg) => match pg.timeline {
+            Some(timeline) => Decision::new(
+                vec![Action::RecordTimeline {
+                    timeline,
+                    switch_lsn: pg.write_lsn,
+                }],
+                format!("promoted on timeline {timeline}: recording it"),
+            ),
+            None => Decision::idle("promoted, but the timeline is not known yet"),
+        },
+        Local::Stopped { .. } => Decision::new(
+            vec![Action::StartStandby],
+            "chosen to promote but PostgreSQL is down: starting it in recovery first",
+        ),
+        Local::NoData => Decision::idle("chosen to promote but there is no data directory"),
+        Local::Unknown(e) => Decision::idle(format!("chosen to promote but PostgreSQL cannot be observed: {e}")),
+    }
+}
+
+fn fenced(i: &AgentInput, g: u64) -> Decision {
+    match i.local {
+        Local::Primary(_) | Local::Unknown(_) if i.state.pending.as_ref().and_then(|p| p.from.as_deref()) == Some(i.me) => {
+            Decision::new(
+                vec![Action::Fence],
+                format!("generation {} was fenced: stopping my PostgreSQL at once", g - 1),
+            )
+        }
+        Local::Primary(_) => Decision::new(
+            vec![Action::Fence],
+            "a primary change is under way and I am not its candidate: fencing",
+        ),
+        Local::Standby(pg) if !pg.primary_conninfo.is_empty() => Decision::new(
+            vec![Action::StopStreaming],
+            format!("failover under generation {g}: stopping streaming from the fenced primary"),
+        ),
+        Local::Standby(pg) if pg.walreceiver.is_none() => {
+            let flushed = pg.receive_lsn.max(pg.replay_lsn).unwrap_or(0);
+            let tl = pg.timeline.unwrap_or(0);
+            let mut d = Decision::idle(format!(
+                "stopped streaming; final position {} on timeline {tl}, waiting for the controller",
+                lsn(flushed)
+            ));
+            d.final_position = Some((flushed, tl));
+            d
+        }
+        Local::Standby(_) => Decision::idle("waiting for the walreceiver to stop"),
+        Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
+            vec![Action::StartStandby],
+            "a primary change is under way: starting in recovery, not streaming, to report my position",
+        ),
+        _ => Decision::idle(format!("waiting for the primary change of generation {g} to finish")),
+    }
+}
+
+fn standby(i: &AgentInput, p: &str) -> Decision {
+    let g = i.state.generation;
+    let p_tl = i.state.primary.as_ref().and_then(|x| x.timeline).unwrap_or(0);
+    match i.local {
+        Local::NoData => Decision::new(
+            vec![Action::Clone, Action::StartStandby],
+            format!("no data directory: cloning from {p}"),
+        ),
+        Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
+            vec![Action::StartStandby],
+            format!("starting as a standby of {p}"),
+        ),
+        Local::Stopped { .. } => Decision::new(
+            vec![Action::Rewind, Action::StartStandby],
+            format!("was a primary or crashed: rewinding onto {p}'s timeline {p_tl}, then following it"),
+        ),
+        Local::Primary(_) if i.state.paused => Decision::idle(format!(
+            "running as a primary while {p} is the primary of generation {g}; paused, so not fencing"
+        )),
+        Local::Primary(_) => Decision::new(
+            vec![Action::Fence],
+            format!("{p} is the primary of generation {g}: fencing my stray primary"),
+        ),
+        Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => Decision::new(
+            vec![Action::Reconfigure],
+            format!("following the new primary {p}"),
+        ),
+        Local::Standby(pg) if pg.walreceiver.as_deref() == Some("streaming") => Decision::new(
+            vec![Action::Reconfigure],
+            format!("streaming from {p} (generation {g}, timeline {p_tl})"),
+        ),
+        Local::Standby(pg) if i.not_streaming_ms >= DIVERGED_AFTER_MS && pg.timeline.is_some_and(|t| t < p_tl) => {
+            Decision::new(
+                vec![Action::Stop, Action::Rewind, Action::StartStandby],
+                format!(
+                    "not streaming from {p} for {} ms and on timeline {} < {p_tl}: diverged, rewinding",
+                    i.not_streaming_ms,
+                    pg.timeline.unwrap_or(0)
+                ),
+            )
+        }
+        Local::Standby(_) => Decision::new(
+            vec![Action::Reconfigure],
+            format!("following {p}, not streaming yet"),
+        ),
+        Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL: {e}")),
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

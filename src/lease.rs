@@ -1,0 +1,219 @@
+//! The primary's lease, on monotonic clocks only (DESIGN §4).
+//!
+//! Two sides. `Holder` lives in the primary's agent: a renewal sent at `t`
+//! and granted makes the lease run until `t + lease`, on this process's clock.
+//! `Book` lives on the Raft leader: it grants renewals only after confirming
+//! its own leadership, keeps the agents' last reports, and declares the lease
+//! expired only `lease * (1 + drift) + margin` after the last grant it made,
+//! or after the start of its own tenure, whichever is later. A grant made by
+//! an old leader happened before a new leader could be elected (the quorum
+//! that confirmed it overlaps the one that elected the new leader), so the
+//! new leader's clock, started at its election, is always later.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cluster::Primary;
+use crate::decide::agent::LeaseView;
+use crate::decide::controller::Report;
+
+/// Clock-rate difference tolerated between nodes, in thousandths.
+pub const DRIFT_PERMILLE: u64 = 100;
+/// Added to the controller's deadline for scheduling delays and the fence itself.
+pub const MARGIN_MS: u64 = 200;
+
+/// How long after its last renewal the controller may treat the lease as expired.
+pub fn controller_deadline(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms + lease_ms * DRIFT_PERMILLE / 1000 + MARGIN_MS)
+}
+
+/// The agent's side: until when this node may act as primary.
+#[derive(Clone)]
+pub struct Holder(Arc<Mutex<HolderInner>>);
+
+struct HolderInner {
+    /// (generation, since): when this node first saw itself primary of that generation.
+    acquiring: Option<(u64, Instant)>,
+    /// (generation, expiry) of the last granted renewal.
+    lease: Option<(u64, Instant)>,
+}
+
+impl Holder {
+    pub fn new() -> Holder {
+        Holder(Arc::new(Mutex::new(HolderInner {
+            acquiring: None,
+            lease: None,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HolderInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A renewal sent at `sent` was granted under `generation`.
+    pub fn granted(&self, generation: u64, sent: Instant, lease_ms: u64) {
+        let expiry = sent + Duration::from_millis(lease_ms);
+        let mut h = self.lock();
+        let keep = h.lease.is_some_and(|(g, e)| g == generation && e >= expiry);
+        if !keep {
+            h.lease = Some((generation, expiry));
+        }
+    }
+
+    /// The lease for `generation` at `now`. A node that has just become primary of
+    /// `generation` (or just started) is `Acquiring` for one lease period: the
+    /// controller's clock for it started no earlier, and runs longer.
+    pub fn view(&self, generation: u64, now: Instant, lease_ms: u64) -> LeaseView {
+        let mut h = self.lock();
+        if h.acquiring.is_none_or(|(g, _)| g != generation) {
+            h.acquiring = Some((generation, now));
+        }
+        let since = h.acquiring.map_or(now, |(_, s)| s);
+        match h.lease {
+            Some((g, e)) if g == generation && now < e => LeaseView::Held,
+            Some((g, _)) if g == generation => LeaseView::Expired,
+            _ if now < since + Duration::from_millis(lease_ms) => LeaseView::Acquiring,
+            _ => LeaseView::Expired,
+        }
+    }
+
+    /// Expiry of the lease for `generation`, if one was granted.
+    pub fn expiry(&self, generation: u64) -> Option<Instant> {
+        self.lock().lease.filter(|(g, _)| *g == generation).map(|(_, e)| e)
+    }
+
+    /// Forgets the lease (the node is no longer the primary).
+    pub fn clear(&self) {
+        let mut h = self.lock();
+        h.lease = None;
+        h.acquiring = None;
+    }
+}
+
+impl Default for Holder {
+    fn default() -> Self {
+        Holder::new()
+    }
+}
+
+/// The Raft leader's side: reports, grants and the controller's lease clock.
+#[derive(Clone, Default)]
+pub struct Book {
+    inner: Arc<Mutex<BookInner>>,
+    /// Woken by every report, so the controller reacts to final positions at once.
+    pub changed: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct BookInner {
+    reports: BTreeMap<String, (Instant, Report)>,
+    /// (primary, generation) the clock runs for, and its last renewal or start.
+    clock: Option<(String, u64, Instant)>,
+}
+
+impl Book {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, node: &str, report: Report) {
+        self.lock().reports.insert(node.to_string(), (Instant::now(), report));
+        self.changed.notify_one();
+    }
+
+    /// Reports younger than `max_age`.
+    pub fn fresh(&self, now: Instant, max_age: Duration) -> BTreeMap<String, Report> {
+        self.lock()
+            .reports
+            .iter()
+            .filter(|(_, (at, _))| now.saturating_duration_since(*at) <= max_age)
+            .map(|(n, (_, r))| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Every report with its age, for status.
+    pub fn all(&self, now: Instant) -> BTreeMap<String, (Duration, Report)> {
+        self.lock()
+            .reports
+            .iter()
+            .map(|(n, (at, r))| (n.clone(), (now.saturating_duration_since(*at), r.clone())))
+            .collect()
+    }
+
+    /// This node just became Raft leader: the clock restarts now for whoever is primary.
+    pub fn start_tenure(&self, primary: Option<&Primary>, now: Instant) {
+        self.lock().clock = primary.map(|p| (p.node.clone(), p.generation, now));
+    }
+
+    /// A renewal of `node` under `generation` was granted at `now`.
+    pub fn granted(&self, node: &str, generation: u64, now: Instant) {
+        let mut b = self.lock();
+        match &mut b.clock {
+            Some((n, g, at)) if n == node && *g == generation => *at = (*at).max(now),
+            _ => b.clock = Some((node.to_string(), generation, now)),
+        }
+    }
+
+    /// How long past the controller's deadline the primary's lease is, if it is.
+    pub fn expired_ms(&self, primary: &Primary, lease_ms: u64, now: Instant) -> Option<u64> {
+        let mut b = self.lock();
+        let since = match &b.clock {
+            Some((n, g, at)) if *n == primary.node && *g == primary.generation => *at,
+            // A primary this leader has not clocked yet (just recorded): its clock starts now.
+            _ => {
+                b.clock = Some((primary.node.clone(), primary.generation, now));
+                now
+            }
+        };
+        let silent = now.saturating_duration_since(since);
+        (silent > controller_deadline(lease_ms)).then(|| silent.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary(node: &str, generation: u64) -> Primary {
+        Primary {
+            node: node.into(),
+            generation,
+            timeline: Some(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holder_expires_lease_after_send_time_plus_lease() {
+        let h = Holder::new();
+        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Acquiring);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        h.granted(1, sent, 2000);
+        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Held);
+        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Acquiring, "another generation holds nothing");
+        tokio::time::advance(Duration::from_millis(1700)).await;
+        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Expired, "counted from the send time");
+        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Acquiring, "a new generation starts acquiring");
+        tokio::time::advance(Duration::from_millis(2000)).await;
+        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Expired, "never granted within a lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_waits_longer_than_the_holder() {
+        let b = Book::default();
+        let p = primary("n1", 1);
+        b.start_tenure(Some(&p), Instant::now());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        b.granted("n1", 1, Instant::now());
+        tokio::time::advance(Duration::from_millis(2000)).await;
+        assert_eq!(b.expired_ms(&p, 2000, Instant::now()), None, "the holder fences at 2000 ms; we wait longer");
+        tokio::time::advance(Duration::from_millis(401)).await;
+        assert_eq!(b.expired_ms(&p, 2000, Instant::now()), Some(2401));
+        let next = primary("n2", 2);
+        assert_eq!(b.expired_ms(&next, 2000, Instant::now()), None, "a new primary's clock starts now");
+    }
+}

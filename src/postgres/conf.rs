@@ -1,0 +1,236 @@
+//! Rendering PostgreSQL's configuration: `postgresql.conf`, `pg_hba.conf`,
+//! the streaming `primary_conninfo`, `synchronous_standby_names`, slot names
+//! and the password file. Pure functions plus one writer.
+//!
+//! raftpg owns `postgresql.conf` and `pg_hba.conf` in PGDATA and rewrites them
+//! before every start, because pg_basebackup and pg_rewind copy the source's.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Parameters raftpg sets itself; neither node nor cluster config may override them.
+pub const MANAGED: [&str; 8] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "hba_file",
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "recovery_target_timeline",
+];
+
+/// Production defaults; cluster-wide parameters, then this node's, override them.
+pub const DEFAULTS: [(&str, &str); 16] = [
+    ("wal_level", "replica"),
+    ("hot_standby", "on"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    ("wal_keep_size", "128MB"),
+    // pg_rewind needs hint bits in WAL (initdb also enables data checksums).
+    ("wal_log_hints", "on"),
+    // A crashed postmaster stays down so raftpg sees the crash and decides.
+    ("restart_after_crash", "off"),
+    // A dead peer is noticed in seconds, not the default minute.
+    ("wal_sender_timeout", "5s"),
+    ("wal_receiver_timeout", "5s"),
+    ("wal_receiver_status_interval", "1s"),
+    // A standby told to follow a new primary reconnects at once.
+    ("wal_retrieve_retry_interval", "250ms"),
+    ("hot_standby_feedback", "on"),
+    ("synchronous_commit", "on"),
+    ("password_encryption", "scram-sha-256"),
+    ("log_line_prefix", "%m [%p] %q%u@%d "),
+    ("logging_collector", "off"),
+];
+
+/// Where a standby streams from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// This standby's member name: PostgreSQL's `application_name` and the slot it uses.
+    pub application_name: String,
+    pub passfile: Option<PathBuf>,
+}
+
+/// Everything `postgresql.conf` depends on.
+#[derive(Clone, Debug)]
+pub struct ConfInputs<'a> {
+    pub port: u16,
+    pub listen_addresses: &'a str,
+    pub socket_dir: &'a Path,
+    /// Standby: whom to stream from; `None` with `standby` set means "stop streaming".
+    pub upstream: Option<&'a Upstream>,
+    /// Rendered `synchronous_standby_names` (applies only while primary).
+    pub sync_names: &'a str,
+    pub cluster_parameters: &'a BTreeMap<String, String>,
+    pub node_parameters: &'a BTreeMap<String, String>,
+}
+
+/// The whole `postgresql.conf`.
+pub fn render_postgresql_conf(i: &ConfInputs) -> String {
+    let mut params: BTreeMap<&str, String> = DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    for (k, v) in i.cluster_parameters.iter().chain(i.node_parameters) {
+        if !MANAGED.contains(&k.as_str()) {
+            params.insert(k.as_str(), v.clone());
+        }
+    }
+    let mut out = String::from(
+        "# Written by raftpg before every start: edits here are lost.\n\
+         # Change parameters with `raftpg ctl config set postgresql.parameters.NAME=VALUE`\n\
+         # (whole cluster) or [postgres.parameters] in raftpg.toml (this node).\n\n",
+    );
+    let managed = [
+        ("port", i.port.to_string()),
+        ("listen_addresses", i.listen_addresses.to_string()),
+        ("unix_socket_directories", i.socket_dir.display().to_string()),
+        ("primary_conninfo", i.upstream.map(conninfo).unwrap_or_default()),
+        (
+            "primary_slot_name",
+            i.upstream.map(|u| slot_name(&u.application_name)).unwrap_or_default(),
+        ),
+        ("synchronous_standby_names", i.sync_names.to_string()),
+        ("recovery_target_timeline", "latest".to_string()),
+    ];
+    for (k, v) in managed.iter().map(|(k, v)| (*k, v.clone())).chain(params) {
+        let _ = writeln!(out, "{k} = {}", quote(&v));
+    }
+    out
+}
+
+/// `pg_hba.conf`. `gated` refuses client connections (replication still allowed):
+/// a primary restarted after a crash serves nobody until a standby holds its WAL.
+pub fn render_hba(host_auth: &str, replication_user: &str, gated: bool) -> String {
+    let mut out = String::from("# Written by raftpg: edits here are lost.\n");
+    out += "local all all trust\nlocal replication all trust\n";
+    if gated {
+        out += "# gated: no client connections until a standby holds this primary's WAL end\n";
+        out += "host all all all reject\n";
+    }
+    let _ = writeln!(out, "host replication {replication_user} all {host_auth}");
+    let _ = writeln!(out, "host all all all {host_auth}");
+    out
+}
+
+/// `ANY k ("a", "b")`, or empty when nothing must wait for a standby.
+pub fn sync_standby_names(k: usize, standbys: &[String]) -> String {
+    if k == 0 || standbys.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = standbys.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("ANY {} ({})", k.min(standbys.len()), names.join(", "))
+}
+
+/// The physical slot kept for `member` on the primary: lower case, `-` as `_`.
+pub fn slot_name(member: &str) -> String {
+    member.to_ascii_lowercase().replace('-', "_")
+}
+
+/// libpq key=value string of an upstream.
+pub fn conninfo(u: &Upstream) -> String {
+    let mut out = format!(
+        "host={} port={} user={} application_name={} connect_timeout=2 keepalives=1 keepalives_idle=2 \
+         keepalives_interval=1 keepalives_count=3",
+        libpq_value(&u.host),
+        u.port,
+        libpq_value(&u.user),
+        libpq_value(&u.application_name)
+    );
+    if let Some(p) = &u.passfile {
+        let _ = write!(out, " passfile={}", libpq_value(&p.display().to_string()));
+    }
+    out
+}
+
+/// A pgpass file for `entries` of (user, password); any host, port and database.
+pub fn render_pgpass(entries: &[(&str, &str)]) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    entries
+        .iter()
+        .map(|(u, p)| format!("*:*:*:{}:{}\n", esc(u), esc(p)))
+        .collect()
+}
+
+/// A value in postgresql.conf: single-quoted, quotes and backslashes escaped.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A value in a libpq connection string.
+fn libpq_value(v: &str) -> String {
+    if !v.is_empty() && !v.contains([' ', '\'', '\\']) {
+        return v.to_string();
+    }
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        Upstream {
+            host: "10.0.0.1".into(),
+            port: 5432,
+            user: "replicator".into(),
+            application_name: "db-2".into(),
+            passfile: Some(PathBuf::from("/var/lib/raftpg/pg pass")),
+        }
+    }
+
+    #[test]
+    fn sync_names_quorum_of_others() {
+        let names = vec!["n2".to_string(), "n3".to_string()];
+        assert_eq!(sync_standby_names(1, &names), "ANY 1 (\"n2\", \"n3\")");
+        assert_eq!(sync_standby_names(0, &names), "");
+        assert_eq!(sync_standby_names(1, &[]), "");
+    }
+
+    #[test]
+    fn conninfo_quotes_and_names_the_standby() {
+        let c = conninfo(&upstream());
+        assert!(c.starts_with("host=10.0.0.1 port=5432 user=replicator application_name=db-2 "));
+        assert!(c.ends_with("passfile='/var/lib/raftpg/pg pass'"), "{c}");
+        assert_eq!(slot_name("DB-2"), "db_2");
+    }
+
+    #[test]
+    fn managed_parameters_win_over_config() {
+        let cluster = BTreeMap::from([("port".to_string(), "1".to_string()), ("work_mem".into(), "8MB".into())]);
+        let node = BTreeMap::from([("work_mem".to_string(), "16MB".to_string())]);
+        let u = upstream();
+        let conf = render_postgresql_conf(&ConfInputs {
+            port: 5433,
+            listen_addresses: "127.0.0.1",
+            socket_dir: Path::new("/run/pg"),
+            upstream: Some(&u),
+            sync_names: "ANY 1 (\"n1\")",
+            cluster_parameters: &cluster,
+            node_parameters: &node,
+        });
+        assert!(conf.contains("port = '5433'"));
+        assert!(!conf.contains("port = '1'"));
+        assert!(conf.contains("work_mem = '16MB'"), "the node's value overrides the cluster's");
+        assert!(conf.contains("primary_slot_name = 'db_2'"));
+        assert!(conf.contains("synchronous_standby_names = 'ANY 1 (\"n1\")'"));
+        assert!(conf.contains("restart_after_crash = 'off'"));
+        assert!(conf.contains("passfile=''/var/lib/raftpg/pg pass''"), "{conf}");
+    }
+
+    #[test]
+    fn gate_rejects_clients_but_not_replication() {
+        let open = render_hba("trust", "replicator", false);
+        let gated = render_hba("trust", "replicator", true);
+        assert!(!open.contains("reject"));
+        let reject = gated.find("host all all all reject").unwrap();
+        assert!(reject < gated.find("host all all all trust").unwrap());
+    }
+
+    #[test]
+    fn pgpass_escapes_separators() {
+        assert_eq!(render_pgpass(&[("u", "a:b\\c")]), "*:*:*:u:a\\:b\\\\c\n");
+    }
+}
