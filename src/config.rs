@@ -105,10 +105,16 @@ impl Default for PostgresSection {
 impl PostgresSection {
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, p: String| Err((format!("postgres.{k}"), p));
-        for (key, role) in [("superuser", &self.superuser), ("replication_user", &self.replication_user)] {
+        for (key, role) in [
+            ("superuser", &self.superuser),
+            ("replication_user", &self.replication_user),
+        ] {
             let ok = !role.is_empty() && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return err(key, format!("'{role}' is not a plain role name: use letters, digits or '_'"));
+                return err(
+                    key,
+                    format!("'{role}' is not a plain role name: use letters, digits or '_'"),
+                );
             }
         }
         if self.superuser == self.replication_user {

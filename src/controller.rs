@@ -43,7 +43,9 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         if !leader || !state.initialized {
             continue;
         }
-        let reports = node.book.fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
+        let reports = node
+            .book
+            .fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
         let lease_expired_ms = match (&state.primary, state.paused) {
             (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
             _ => None,

@@ -183,13 +183,16 @@ async fn streaming_standbys(base: u16, nodes: u16) -> Result<(u16, usize), Strin
             "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
             ports(base, k).pg
         );
-        let Ok(Ok((client, conn))) =
-            tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)).await
+        let Ok(Ok((client, conn))) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls),
+        )
+        .await
         else {
             continue;
         };
         tokio::spawn(conn);
-        let q = "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')";
+        let q = "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup')";
         if let Ok(row) = client.query_one(q, &[]).await {
             if !row.get::<_, bool>(0) {
                 primaries.push((k, row.get::<_, i64>(1) as usize));

@@ -194,12 +194,28 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         h.granted(1, sent, 2000);
         assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Held);
-        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Acquiring, "another generation holds nothing");
+        assert_eq!(
+            h.view(2, Instant::now(), 2000),
+            LeaseView::Acquiring,
+            "another generation holds nothing"
+        );
         tokio::time::advance(Duration::from_millis(1700)).await;
-        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Expired, "counted from the send time");
-        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Acquiring, "a new generation starts acquiring");
+        assert_eq!(
+            h.view(1, Instant::now(), 2000),
+            LeaseView::Expired,
+            "counted from the send time"
+        );
+        assert_eq!(
+            h.view(2, Instant::now(), 2000),
+            LeaseView::Acquiring,
+            "a new generation starts acquiring"
+        );
         tokio::time::advance(Duration::from_millis(2000)).await;
-        assert_eq!(h.view(2, Instant::now(), 2000), LeaseView::Expired, "never granted within a lease");
+        assert_eq!(
+            h.view(2, Instant::now(), 2000),
+            LeaseView::Expired,
+            "never granted within a lease"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -210,10 +226,18 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         b.granted("n1", 1, Instant::now());
         tokio::time::advance(Duration::from_millis(2000)).await;
-        assert_eq!(b.expired_ms(&p, 2000, Instant::now()), None, "the holder fences at 2000 ms; we wait longer");
+        assert_eq!(
+            b.expired_ms(&p, 2000, Instant::now()),
+            None,
+            "the holder fences at 2000 ms; we wait longer"
+        );
         tokio::time::advance(Duration::from_millis(401)).await;
         assert_eq!(b.expired_ms(&p, 2000, Instant::now()), Some(2401));
         let next = primary("n2", 2);
-        assert_eq!(b.expired_ms(&next, 2000, Instant::now()), None, "a new primary's clock starts now");
+        assert_eq!(
+            b.expired_ms(&next, 2000, Instant::now()),
+            None,
+            "a new primary's clock starts now"
+        );
     }
 }

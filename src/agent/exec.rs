@@ -118,7 +118,10 @@ impl Agent {
                 .await?;
         }
         // Passwords travel in SQL, never in logs; literals are escaped by quote_literal.
-        for (user, pw) in [(role, &pg.replication_password), (&pg.superuser, &pg.superuser_password)] {
+        for (user, pw) in [
+            (role, &pg.replication_password),
+            (&pg.superuser, &pg.superuser_password),
+        ] {
             if let Some(pw) = pw {
                 let lit: String = client.query_one("SELECT quote_literal($1)", &[pw]).await?.get(0);
                 client
@@ -141,7 +144,10 @@ impl Agent {
     async fn ensure_slots(&self, state: &ClusterState) -> anyhow::Result<bool> {
         let client = connect(&self.pg.local_conninfo()).await?;
         let rows = client
-            .query("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+            .query(
+                "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            )
             .await?;
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         let mut created = false;

@@ -263,12 +263,12 @@ fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
 
 /// Whether the postmaster named in postmaster.pid runs.
 pub fn postmaster_alive(pg: &PgNode) -> bool {
-    pg.ctl.postmaster_pid().is_some_and(|pid| {
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+    pg.ctl.postmaster_pid().is_some_and(
+        |pid| match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
             Ok(()) => true,
             Err(e) => e == nix::errno::Errno::EPERM,
-        }
-    })
+        },
+    )
 }
 
 /// Stops PostgreSQL at once: pg_ctl's immediate mode, SIGKILL if that fails.

@@ -165,7 +165,10 @@ impl PgNode {
     /// Writes postgresql.conf and pg_hba.conf; true if either changed.
     pub fn write_conf(&self, state: &ClusterState, upstream: Option<&Upstream>, gated: bool) -> anyhow::Result<bool> {
         let hba = conf::render_hba(&self.host_auth, &self.replication_user, gated);
-        let a = self.replace(&self.ctl.data_dir.join("postgresql.conf"), &self.render_conf(state, upstream))?;
+        let a = self.replace(
+            &self.ctl.data_dir.join("postgresql.conf"),
+            &self.render_conf(state, upstream),
+        )?;
         let b = self.replace(&self.ctl.data_dir.join("pg_hba.conf"), &hba)?;
         Ok(a || b)
     }

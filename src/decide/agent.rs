@@ -159,9 +159,7 @@ pub fn wanted(state: &ClusterState, me: &str) -> Wanted {
     match &state.primary {
         Some(p) if p.node == me => Wanted::Primary,
         Some(p) => Wanted::Standby(p.node.clone()),
-        None if state.bootstrap_node.as_deref() == Some(me) && state.system_identifier.is_none() => {
-            Wanted::Bootstrap
-        }
+        None if state.bootstrap_node.as_deref() == Some(me) && state.system_identifier.is_none() => Wanted::Bootstrap,
         None => Wanted::AwaitBootstrap(state.bootstrap_node.clone()),
     }
 }
@@ -173,7 +171,9 @@ pub fn decide(i: &AgentInput) -> Decision {
         Wanted::Uninitialized => Decision::idle("the cluster state is not initialised yet"),
         Wanted::NotMember => Decision::idle(format!("{} is not a member of the cluster: doing nothing", i.me)),
         Wanted::Bootstrap => bootstrap(i),
-        Wanted::AwaitBootstrap(None) => Decision::idle("waiting for the Raft leader to choose the node that runs initdb"),
+        Wanted::AwaitBootstrap(None) => {
+            Decision::idle("waiting for the Raft leader to choose the node that runs initdb")
+        }
         Wanted::AwaitBootstrap(Some(b)) => Decision::idle(format!("waiting for {b} to bootstrap the cluster")),
         Wanted::Primary => primary(i),
         Wanted::Candidate => candidate(i),
@@ -185,14 +185,21 @@ pub fn decide(i: &AgentInput) -> Decision {
 fn bootstrap(i: &AgentInput) -> Decision {
     match i.local {
         Local::NoData => Decision::new(
-            vec![Action::Initdb, Action::StartPrimary { gated: false }, Action::ProposeBootstrap],
+            vec![
+                Action::Initdb,
+                Action::StartPrimary { gated: false },
+                Action::ProposeBootstrap,
+            ],
             "chosen to bootstrap: initdb, start, record as first primary",
         ),
         Local::Stopped { .. } => Decision::new(
             vec![Action::StartPrimary { gated: false }, Action::ProposeBootstrap],
             "chosen to bootstrap and initdb already ran: start and record as first primary",
         ),
-        Local::Primary(_) => Decision::new(vec![Action::ProposeBootstrap], "bootstrapped: recording as first primary"),
+        Local::Primary(_) => Decision::new(
+            vec![Action::ProposeBootstrap],
+            "bootstrapped: recording as first primary",
+        ),
         Local::Standby(_) | Local::Unknown(_) => {
             Decision::idle("chosen to bootstrap, but the local PostgreSQL is a standby or unobservable: waiting")
         }
@@ -215,7 +222,10 @@ fn primary(i: &AgentInput) -> Decision {
                 "PostgreSQL has been down {} ms (bound {bound} ms): letting the lease lapse so a standby is promoted",
                 i.down_ms
             )),
-            _ => Decision::idle(format!("my lease expired: renewing it before PostgreSQL may run as primary of generation {g}")).renewing(),
+            _ => Decision::idle(format!(
+                "my lease expired: renewing it before PostgreSQL may run as primary of generation {g}"
+            ))
+            .renewing(),
         };
     }
     match i.local {
@@ -224,12 +234,21 @@ fn primary(i: &AgentInput) -> Decision {
             let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");
             if let Some(gate) = i.gate_lsn {
                 let k = i.state.sync_quorum();
-                let holding = pg.replication.iter().filter(|r| r.flush_lsn.is_some_and(|f| f >= gate)).count();
+                // Only members' walreceivers count (not a pg_basebackup in progress).
+                let holding = pg
+                    .replication
+                    .iter()
+                    .filter(|r| i.state.member(&r.application_name).is_some())
+                    .filter(|r| r.flush_lsn.is_some_and(|f| f >= gate))
+                    .count();
                 if holding >= k.max(1) || k == 0 {
                     actions.push(Action::OpenGate);
                     reason = format!("a standby holds my WAL up to {}: letting clients in", lsn(gate));
                 } else {
-                    reason = format!("restarted after a crash: clients wait until a standby holds {}", lsn(gate));
+                    reason = format!(
+                        "restarted after a crash: clients wait until a standby holds {}",
+                        lsn(gate)
+                    );
                 }
             }
             Decision::new(actions, reason).renewing()
@@ -246,15 +265,22 @@ fn primary(i: &AgentInput) -> Decision {
             )
             .renewing()
         }
-        Local::Stopped { .. } => Decision::idle("PostgreSQL is down: waiting for my lease before restarting it as primary").renewing(),
+        Local::Stopped { .. } => {
+            Decision::idle("PostgreSQL is down: waiting for my lease before restarting it as primary").renewing()
+        }
         Local::Standby(_) if i.lease == LeaseView::Held => Decision::new(
             vec![Action::Reconfigure, Action::Promote],
             format!("recorded as primary of generation {g} but in recovery: promoting"),
         )
         .renewing(),
         Local::Standby(_) => Decision::idle("recorded as primary but in recovery: waiting for my lease").renewing(),
-        Local::NoData => Decision::idle("I am the recorded primary but have no data directory: letting the lease lapse"),
-        Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL ({e}): keeping the lease while it may recover")).renewing(),
+        Local::NoData => {
+            Decision::idle("I am the recorded primary but have no data directory: letting the lease lapse")
+        }
+        Local::Unknown(e) => Decision::idle(format!(
+            "cannot observe my PostgreSQL ({e}): keeping the lease while it may recover"
+        ))
+        .renewing(),
     }
 }
 
@@ -290,7 +316,9 @@ fn candidate(i: &AgentInput) -> Decision {
 
 fn fenced(i: &AgentInput, g: u64) -> Decision {
     match i.local {
-        Local::Primary(_) | Local::Unknown(_) if i.state.pending.as_ref().and_then(|p| p.from.as_deref()) == Some(i.me) => {
+        Local::Primary(_) | Local::Unknown(_)
+            if i.state.pending.as_ref().and_then(|p| p.from.as_deref()) == Some(i.me) =>
+        {
             Decision::new(
                 vec![Action::Fence],
                 format!("generation {} was fenced: stopping my PostgreSQL at once", g - 1),
@@ -331,10 +359,9 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
             vec![Action::Clone, Action::StartStandby],
             format!("no data directory: cloning from {p}"),
         ),
-        Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
-            vec![Action::StartStandby],
-            format!("starting as a standby of {p}"),
-        ),
+        Local::Stopped { control: Some(c) } if c.was_standby() => {
+            Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
+        }
         Local::Stopped { .. } => Decision::new(
             vec![Action::Rewind, Action::StartStandby],
             format!("was a primary or crashed: rewinding onto {p}'s timeline {p_tl}, then following it"),
@@ -346,10 +373,9 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
             vec![Action::Fence],
             format!("{p} is the primary of generation {g}: fencing my stray primary"),
         ),
-        Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => Decision::new(
-            vec![Action::Reconfigure],
-            format!("following the new primary {p}"),
-        ),
+        Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => {
+            Decision::new(vec![Action::Reconfigure], format!("following the new primary {p}"))
+        }
         Local::Standby(pg) if pg.walreceiver.as_deref() == Some("streaming") => Decision::new(
             vec![Action::Reconfigure],
             format!("streaming from {p} (generation {g}, timeline {p_tl})"),
@@ -364,10 +390,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
                 ),
             )
         }
-        Local::Standby(_) => Decision::new(
-            vec![Action::Reconfigure],
-            format!("following {p}, not streaming yet"),
-        ),
+        Local::Standby(_) => Decision::new(vec![Action::Reconfigure], format!("following {p}, not streaming yet")),
         Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL: {e}")),
     }
 }

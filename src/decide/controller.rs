@@ -131,7 +131,10 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
             );
         }
     }
-    idle(format!("{} is the primary of generation {} and holds its lease", primary.node, s.generation))
+    idle(format!(
+        "{} is the primary of generation {} and holds its lease",
+        primary.node, s.generation
+    ))
 }
 
 fn bootstrap(i: &ControllerInput) -> ControllerDecision {
@@ -148,7 +151,10 @@ fn bootstrap(i: &ControllerInput) -> ControllerDecision {
     match chosen {
         Some(m) => act(
             ControllerAction::Propose(Command::ChooseBootstrap { node: m.name.clone() }),
-            format!("{} has an empty data directory and the lowest id: it bootstraps", m.name),
+            format!(
+                "{} has an empty data directory and the lowest id: it bootstraps",
+                m.name
+            ),
         ),
         None => idle("no member without nofailover has reported an empty data directory yet"),
     }

@@ -1,5 +1,5 @@
 //! Pure decisions: no I/O, no clock, no randomness. Gather inputs, decide, then act.
 
-pub mod election;
 pub mod agent;
 pub mod controller;
+pub mod election;

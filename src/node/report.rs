@@ -32,9 +32,13 @@ pub struct ReportRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ReportReply {
-    Accepted { lease_granted: bool },
+    Accepted {
+        lease_granted: bool,
+    },
     /// Not the Raft leader; `leader` is who this node believes is.
-    NotLeader { leader: Option<u64> },
+    NotLeader {
+        leader: Option<u64>,
+    },
 }
 
 /// The leader's handler (called over gRPC or in-process).

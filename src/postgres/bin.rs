@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 use super::PgError;
 
 /// Tools raftpg calls; all must be present in the chosen directory.
-pub const TOOLS: [&str; 6] = ["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"];
+pub const TOOLS: [&str; 6] = [
+    "postgres",
+    "initdb",
+    "pg_ctl",
+    "pg_basebackup",
+    "pg_rewind",
+    "pg_controldata",
+];
 
 /// A directory holding PostgreSQL's server binaries.
 #[derive(Clone, Debug, PartialEq, Eq)]

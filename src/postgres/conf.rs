@@ -213,7 +213,10 @@ mod tests {
         });
         assert!(conf.contains("port = '5433'"));
         assert!(!conf.contains("port = '1'"));
-        assert!(conf.contains("work_mem = '16MB'"), "the node's value overrides the cluster's");
+        assert!(
+            conf.contains("work_mem = '16MB'"),
+            "the node's value overrides the cluster's"
+        );
         assert!(conf.contains("primary_slot_name = 'db_2'"));
         assert!(conf.contains("synchronous_standby_names = 'ANY 1 (\"n1\")'"));
         assert!(conf.contains("restart_after_crash = 'off'"));

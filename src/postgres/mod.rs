@@ -25,7 +25,9 @@ pub enum PgError {
     ToolMissing { tool: String, dir: String },
     #[error("raftpg runs as root, and PostgreSQL refuses to: create the OS user '{0}' or set postgres.os_user")]
     NoOsUser(String),
-    #[error("PostgreSQL runs as OS user '{user}', who cannot enter {dir}: run `chmod o+x {dir}` or move the data directory")]
+    #[error(
+        "PostgreSQL runs as OS user '{user}', who cannot enter {dir}: run `chmod o+x {dir}` or move the data directory"
+    )]
     Unreachable { user: String, dir: String },
     #[error("{what} did not finish within {secs}s")]
     Timeout { what: String, secs: u64 },

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,7 +26,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub base: u16,
     pub n: u16,
-    procs: Vec<Option<Child>>,
+    pub(crate) procs: Vec<Option<Child>>,
 }
 
 /// Logs one line that introduces a phase of a test.
@@ -100,7 +102,7 @@ impl Cluster {
         };
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
                 return status.success();
@@ -197,5 +199,6 @@ impl Drop for Cluster {
         for k in 1..=self.n {
             self.kill9(k);
         }
+        self.quit_postmasters();
     }
 }

@@ -1,0 +1,247 @@
+//! PostgreSQL side of the harness: connections, postmaster pids, and the
+//! background writer that records which inserts were acknowledged.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftpg::demo::ports;
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+
+use super::Cluster;
+
+/// Client-side bound on one insert: past it the outcome is unknown, never "failed".
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Cluster {
+    pub fn pg_port(&self, k: u16) -> u16 {
+        ports(self.base, k).pg
+    }
+
+    pub fn pg_conninfo(&self, k: u16) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            self.pg_port(k)
+        )
+    }
+
+    /// The libpq multi-host string that finds the primary.
+    pub fn libpq(&self) -> String {
+        raftpg::demo::libpq_string(self.base, self.n) + " connect_timeout=1 load_balance_hosts=random"
+    }
+
+    pub fn postmaster_pid(&self, k: u16) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("n{k}/pgdata/postmaster.pid"))).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    pub fn raftpg_pid(&self, k: u16) -> Option<i32> {
+        self.procs[(k - 1) as usize].as_ref().map(|c| c.id() as i32)
+    }
+
+    /// kill -9 of the postmaster only (raftpg lives).
+    pub fn kill9_postmaster(&self, k: u16) {
+        if let Some(pid) = self.postmaster_pid(k) {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    pub fn signal_raftpg(&self, k: u16, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.raftpg_pid(k) {
+            signal(pid, sig);
+        }
+    }
+
+    /// Stops every postmaster at once (immediate shutdown), for cleanup.
+    pub fn quit_postmasters(&self) {
+        for k in 1..=self.n {
+            if let Some(pid) = self.postmaster_pid(k) {
+                signal(pid, nix::sys::signal::Signal::SIGQUIT);
+            }
+        }
+    }
+
+    /// Runs one query on node `k`'s PostgreSQL directly.
+    pub async fn query_one(&self, k: u16, sql: &str) -> Option<tokio_postgres::Row> {
+        let client = connect(&self.pg_conninfo(k)).await?;
+        tokio::time::timeout(Duration::from_secs(3), client.query_one(sql, &[]))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// (primary k, member names streaming from it with sync_state), when exactly one node accepts writes.
+    pub async fn topology(&self) -> Option<(u16, Vec<(String, String)>)> {
+        let mut primary = None;
+        for k in 1..=self.n {
+            if let Some(row) = self.query_one(k, "SELECT pg_is_in_recovery()").await {
+                if !row.get::<_, bool>(0) {
+                    if primary.is_some() {
+                        return None;
+                    }
+                    primary = Some(k);
+                }
+            }
+        }
+        let k = primary?;
+        let client = connect(&self.pg_conninfo(k)).await?;
+        let rows = client
+            .query(
+                "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup' ORDER BY 1",
+                &[],
+            )
+            .await
+            .ok()?;
+        Some((k, rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
+    /// Waits for one primary with `standbys` streaming standbys; returns the primary's k.
+    pub async fn wait_streaming(&self, standbys: usize, timeout: Duration) -> u16 {
+        self.wait_for(
+            &format!("one primary with {standbys} streaming standbys"),
+            timeout,
+            || async {
+                let (k, s) = self.topology().await?;
+                (s.len() == standbys).then_some(k)
+            },
+        )
+        .await
+    }
+
+    /// Every acknowledged id is on node `k` (waits for it to replay them).
+    pub async fn assert_has_all(&self, k: u16, acked: &[i64], timeout: Duration) {
+        let want = acked.len() as i64;
+        let ids: Vec<i64> = acked.to_vec();
+        self.wait_for(&format!("n{k} to hold all {want} acknowledged ids"), timeout, || {
+            let ids = ids.clone();
+            async move {
+                let client = connect(&self.pg_conninfo(k)).await?;
+                let row = client
+                    .query_one("SELECT count(*) FROM writes WHERE id = ANY($1)", &[&ids])
+                    .await
+                    .ok()?;
+                (row.get::<_, i64>(0) == want).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(conninfo, NoTls))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
+/// One acknowledged insert: which id, when the client saw COMMIT, and which server took it.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub id: i64,
+    pub at: Instant,
+    pub port: i32,
+}
+
+/// The background writer: inserts increasing ids through the multi-host string.
+pub struct Writer {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    unknown: Arc<Mutex<Vec<i64>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub async fn start(libpq: &str) -> Writer {
+        let client = connect(libpq).await.expect("the writer connects to the primary");
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            .await
+            .expect("create the table");
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let unknown = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(write_loop(libpq.to_string(), acks.clone(), unknown.clone(), stop_rx));
+        Writer {
+            acks,
+            unknown,
+            stop,
+            task,
+        }
+    }
+
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    pub fn acked_ids(&self) -> Vec<i64> {
+        self.acks().iter().map(|a| a.id).collect()
+    }
+
+    /// Waits until some insert is acknowledged after `since` by a server other than `not_port`.
+    pub async fn wait_ack_after(&self, since: Instant, not_port: Option<i32>, timeout: Duration) -> Ack {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hit = self
+                .acks()
+                .into_iter()
+                .find(|a| a.at > since && Some(a.port) != not_port);
+            if let Some(a) = hit {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no write acknowledged within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) -> (Vec<Ack>, Vec<i64>) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+        let acks = self.acks.lock().unwrap().clone();
+        let unknown = self.unknown.lock().unwrap().clone();
+        (acks, unknown)
+    }
+}
+
+async fn write_loop(
+    libpq: String,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    unknown: Arc<Mutex<Vec<i64>>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut id = 0i64;
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !*stop.borrow() {
+        let Some(c) = client.as_ref() else {
+            client = connect(&libpq).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            continue;
+        };
+        id += 1;
+        let params = [&id as &(dyn tokio_postgres::types::ToSql + Sync)];
+        let insert = c.query_one(
+            "INSERT INTO writes (id) VALUES ($1) RETURNING inet_server_port()",
+            &params,
+        );
+        match tokio::time::timeout(WRITE_TIMEOUT, insert).await {
+            Ok(Ok(row)) => acks.lock().unwrap().push(Ack {
+                id,
+                at: Instant::now(),
+                port: row.get(0),
+            }),
+            Ok(Err(_)) | Err(_) => {
+                // The commit may or may not have happened: unknown, never "failed".
+                unknown.lock().unwrap().push(id);
+                client = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
