@@ -22,6 +22,10 @@ raft = "127.0.0.1:15502"
 grpc = "127.0.0.1:15602"
 pg = "127.0.0.1:15402"
 http = "127.0.0.1:15702"
+
+[postgres]
+superuser_password_file = "/etc/raftpg/superuser.password"
+replication_password_file = "/etc/raftpg/replication.password"
 "#;
 
 fn error_of(text: &str) -> ConfigError {
@@ -35,6 +39,36 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.cluster.name, DEFAULT_CLUSTER_NAME);
     assert_eq!(c.raft.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
     assert_eq!(c.initial_members().len(), 2);
+}
+
+#[test]
+fn postgres_defaults_are_production_ones() {
+    let c = Config::parse(GOOD, "test.toml").unwrap();
+    assert!(c.postgres.manage);
+    assert_eq!(c.postgres.host_auth, DEFAULT_HOST_AUTH);
+    assert_eq!(c.postgres.replication_user, DEFAULT_REPLICATION_USER);
+    assert_eq!(c.pg_data(), PathBuf::from("/tmp/raftpg-n1/pgdata"));
+}
+
+#[test]
+fn password_files_are_required_unless_trust() {
+    let e = error_of(&GOOD.replace("replication_password_file = \"/etc/raftpg/replication.password\"\n", ""));
+    assert_eq!(e.key, "postgres.replication_password_file");
+    assert!(e.problem.contains("mode 0600"), "{e}");
+    let trusted = GOOD.replace("[postgres]\n", "[postgres]\nhost_auth = \"trust\"\n");
+    Config::parse(&trusted, "test.toml").expect("trust needs no password");
+    let e = error_of(&GOOD.replace("[postgres]\n", "[postgres]\nhost_auth = \"password\"\n"));
+    assert_eq!(e.key, "postgres.host_auth");
+    assert!(e.problem.contains("scram-sha-256"), "{e}");
+}
+
+#[test]
+fn managed_postgres_parameters_are_refused() {
+    let e = error_of(&format!("{GOOD}\n[postgres.parameters]\nport = \"5555\"\n"));
+    assert_eq!(e.key, "postgres.parameters.port");
+    assert!(e.problem.contains("managed by raftpg"), "{e}");
+    let e = error_of(&GOOD.replace("[postgres]\n", "[postgres]\nreplication_user = \"postgres\"\n"));
+    assert_eq!(e.key, "postgres.replication_user");
 }
 
 #[test]

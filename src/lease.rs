@@ -170,7 +170,7 @@ impl Book {
             }
         };
         let silent = now.saturating_duration_since(since);
-        (silent > controller_deadline(lease_ms)).then(|| silent.as_millis() as u64)
+        (silent > controller_deadline(lease_ms)).then_some(silent.as_millis() as u64)
     }
 }
 

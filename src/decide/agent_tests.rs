@@ -1,1 +1,426 @@
+//! The agent's table: one test per interesting row, then an exhaustive sweep
+//! over every combination of state, local PostgreSQL, lease and timers that
+//! asserts the safety invariants of DESIGN §7 L0.
 
+use super::*;
+use crate::cluster::{apply, Command, Member, Tags};
+use crate::postgres::Replica;
+
+fn member(name: &str, id: u64) -> Member {
+    Member {
+        name: name.into(),
+        id,
+        raft_addr: format!("127.0.0.1:{}", 15500 + id),
+        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
+        pg_addr: format!("127.0.0.1:{}", 15400 + id),
+        http_addr: format!("127.0.0.1:{}", 15700 + id),
+        tags: Tags::default(),
+    }
+}
+
+fn run(cmds: &[Command]) -> ClusterState {
+    let mut s = ClusterState::default();
+    let init = Command::Init {
+        members: vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+    };
+    apply(&mut s, &init).unwrap();
+    for c in cmds {
+        apply(&mut s, c).unwrap();
+    }
+    s
+}
+
+fn boot(node: &str) -> Vec<Command> {
+    vec![
+        Command::ChooseBootstrap { node: node.into() },
+        Command::Bootstrap {
+            node: node.into(),
+            system_identifier: 9,
+        },
+    ]
+}
+
+fn failover() -> Command {
+    Command::BeginFailover {
+        generation: 1,
+        to: None,
+        forced: false,
+        reason: "lease expired".into(),
+    }
+}
+
+fn promote(node: &str) -> Command {
+    Command::Promote {
+        generation: 2,
+        node: node.into(),
+    }
+}
+
+/// Named states covering every `Wanted` row, with and without pause.
+fn states() -> Vec<(&'static str, ClusterState)> {
+    let mut out = vec![
+        ("uninitialized", ClusterState::default()),
+        ("initialized", run(&[])),
+        ("n1 chosen", run(&[Command::ChooseBootstrap { node: "n1".into() }])),
+        ("n2 chosen", run(&[Command::ChooseBootstrap { node: "n2".into() }])),
+        ("n1 primary", run(&boot("n1"))),
+        ("n2 primary", run(&boot("n2"))),
+        ("failover from n1", run(&[boot("n1"), vec![failover()]].concat())),
+        ("failover from n2", run(&[boot("n2"), vec![failover()]].concat())),
+        (
+            "n1 candidate",
+            run(&[boot("n2"), vec![failover(), promote("n1")]].concat()),
+        ),
+        (
+            "n3 candidate",
+            run(&[boot("n2"), vec![failover(), promote("n3")]].concat()),
+        ),
+    ];
+    let paused: Vec<_> = out
+        .iter()
+        .filter(|(_, s)| s.initialized)
+        .map(|(n, s)| {
+            let mut p = s.clone();
+            p.paused = true;
+            (*n, p)
+        })
+        .collect();
+    out.extend(paused);
+    out
+}
+
+fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
+    PgState {
+        in_recovery,
+        timeline: Some(1),
+        write_lsn: (!in_recovery).then_some(100),
+        receive_lsn: in_recovery.then_some(90),
+        replay_lsn: in_recovery.then_some(80),
+        walreceiver: walreceiver.map(String::from),
+        primary_conninfo: conninfo.into(),
+        replication: vec![Replica {
+            application_name: "n3".into(),
+            state: "streaming".into(),
+            sync_state: "quorum".into(),
+            flush_lsn: Some(100),
+        }],
+    }
+}
+
+const WANT: &str = "host=n-primary";
+
+fn locals() -> Vec<Local> {
+    let ctl = |state: &str| Controldata {
+        state: state.into(),
+        timeline: Some(1),
+        system_identifier: Some(9),
+    };
+    vec![
+        Local::NoData,
+        Local::Stopped { control: None },
+        Local::Stopped {
+            control: Some(ctl("shut down in recovery")),
+        },
+        Local::Stopped {
+            control: Some(ctl("in production")),
+        },
+        Local::Stopped {
+            control: Some(ctl("shut down")),
+        },
+        Local::Primary(pg(false, "", None)),
+        Local::Standby(pg(true, WANT, Some("streaming"))),
+        Local::Standby(pg(true, WANT, None)),
+        Local::Standby(pg(true, "host=elsewhere", Some("streaming"))),
+        Local::Standby(pg(true, "", None)),
+        Local::Standby(pg(true, "", Some("stopping"))),
+        Local::Unknown("connection refused".into()),
+    ]
+}
+
+fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: LeaseView) -> AgentInput<'a> {
+    AgentInput {
+        me,
+        state,
+        local,
+        lease,
+        down_ms: 0,
+        not_streaming_ms: 0,
+        gate_lsn: None,
+        want_conninfo: Some(WANT),
+    }
+}
+
+#[test]
+fn fresh_chosen_node_bootstraps_and_others_wait() {
+    let s = run(&[Command::ChooseBootstrap { node: "n1".into() }]);
+    let d = decide(&input("n1", &s, &Local::NoData, LeaseView::Acquiring));
+    assert_eq!(
+        d.actions,
+        [
+            Action::Initdb,
+            Action::StartPrimary { gated: false },
+            Action::ProposeBootstrap
+        ]
+    );
+    let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Acquiring));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reason, "waiting for n1 to bootstrap the cluster");
+}
+
+#[test]
+fn standby_without_data_clones_then_starts() {
+    let s = run(&boot("n1"));
+    let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Acquiring));
+    assert_eq!(d.actions, [Action::Clone, Action::StartStandby]);
+    assert_eq!(d.reason, "no data directory: cloning from n1");
+}
+
+#[test]
+fn primary_with_expired_lease_fences_and_tries_to_renew() {
+    let s = run(&boot("n1"));
+    let local = Local::Primary(pg(false, "", None));
+    let d = decide(&input("n1", &s, &local, LeaseView::Expired));
+    assert_eq!(d.actions, [Action::Fence]);
+    assert!(d.renew_lease);
+    assert!(
+        d.reason.contains("lease as primary of generation 1 expired"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
+    let s = run(&boot("n1"));
+    let crashed = Local::Stopped {
+        control: Some(Controldata {
+            state: "in production".into(),
+            timeline: Some(1),
+            system_identifier: Some(9),
+        }),
+    };
+    let mut i = input("n1", &s, &crashed, LeaseView::Held);
+    i.down_ms = 500;
+    let d = decide(&i);
+    assert_eq!(d.actions, [Action::Reconfigure, Action::StartPrimary { gated: true }]);
+    assert!(d.renew_lease);
+    i.down_ms = s.ha.primary_restart_timeout_ms + 1;
+    let d = decide(&i);
+    assert!(d.actions.is_empty());
+    assert!(
+        !d.renew_lease,
+        "past the bound the lease lapses so a standby is promoted"
+    );
+}
+
+#[test]
+fn crash_gate_opens_once_a_standby_holds_the_wal_end() {
+    let s = run(&boot("n1"));
+    let local = Local::Primary(pg(false, "", None));
+    let mut i = input("n1", &s, &local, LeaseView::Held);
+    i.gate_lsn = Some(100);
+    assert!(decide(&i).actions.contains(&Action::OpenGate));
+    i.gate_lsn = Some(101);
+    let d = decide(&i);
+    assert!(!d.actions.contains(&Action::OpenGate));
+    assert!(d.reason.contains("clients wait"), "{}", d.reason);
+}
+
+#[test]
+fn failover_standbys_stop_streaming_then_report_their_final_position() {
+    let s = run(&[boot("n1"), vec![failover()]].concat());
+    let streaming = Local::Standby(pg(true, WANT, Some("streaming")));
+    assert_eq!(
+        decide(&input("n2", &s, &streaming, LeaseView::Acquiring)).actions,
+        [Action::StopStreaming]
+    );
+    let stopped = Local::Standby(pg(true, "", None));
+    let d = decide(&input("n2", &s, &stopped, LeaseView::Acquiring));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.final_position, Some((90, 1)));
+}
+
+#[test]
+fn old_primary_fences_when_its_generation_is_fenced() {
+    let s = run(&[boot("n1"), vec![failover()]].concat());
+    let local = Local::Primary(pg(false, "", None));
+    let d = decide(&input("n1", &s, &local, LeaseView::Held));
+    assert_eq!(d.actions, [Action::Fence]);
+    assert_eq!(d.reason, "generation 1 was fenced: stopping my PostgreSQL at once");
+}
+
+#[test]
+fn candidate_promotes_then_records_its_timeline() {
+    let s = run(&[boot("n2"), vec![failover(), promote("n1")]].concat());
+    let standby = Local::Standby(pg(true, "", None));
+    let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
+    assert_eq!(d.actions, [Action::Reconfigure, Action::Promote]);
+    let mut promoted = pg(false, "", None);
+    promoted.timeline = Some(2);
+    let d = decide(&input("n1", &s, &Local::Primary(promoted), LeaseView::Acquiring));
+    assert_eq!(
+        d.actions,
+        [Action::RecordTimeline {
+            timeline: 2,
+            switch_lsn: Some(100)
+        }]
+    );
+}
+
+#[test]
+fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
+    let s = run(&[boot("n2"), vec![failover(), promote("n1")]].concat());
+    let mut s = s;
+    apply(
+        &mut s,
+        &Command::RecordTimeline {
+            generation: 2,
+            node: "n1".into(),
+            timeline: 2,
+            switch_lsn: None,
+        },
+    )
+    .unwrap();
+    let crashed_primary = Local::Stopped {
+        control: Some(Controldata {
+            state: "in production".into(),
+            timeline: Some(1),
+            system_identifier: Some(9),
+        }),
+    };
+    let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
+    assert_eq!(d.actions, [Action::Rewind, Action::StartStandby]);
+    let clean_standby = Local::Stopped {
+        control: Some(Controldata {
+            state: "shut down in recovery".into(),
+            timeline: Some(1),
+            system_identifier: Some(9),
+        }),
+    };
+    assert_eq!(
+        decide(&input("n3", &s, &clean_standby, LeaseView::Expired)).actions,
+        [Action::StartStandby]
+    );
+    let mut diverged = pg(true, WANT, None);
+    diverged.timeline = Some(1);
+    let local = Local::Standby(diverged);
+    let mut i = input("n3", &s, &local, LeaseView::Expired);
+    i.not_streaming_ms = DIVERGED_AFTER_MS;
+    assert_eq!(decide(&i).actions, [Action::Stop, Action::Rewind, Action::StartStandby]);
+}
+
+#[test]
+fn stray_primary_is_fenced_unless_paused() {
+    let mut s = run(&boot("n1"));
+    let local = Local::Primary(pg(false, "", None));
+    assert_eq!(
+        decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
+        [Action::Fence]
+    );
+    s.paused = true;
+    assert!(decide(&input("n2", &s, &local, LeaseView::Expired)).actions.is_empty());
+}
+
+/// Every combination of inputs; the invariants hold in all of them.
+#[test]
+fn sweep_safety_invariants() {
+    let leases = [LeaseView::Held, LeaseView::Acquiring, LeaseView::Expired];
+    let mut cases = 0;
+    for (name, state) in states() {
+        for me in ["n1", "n2", "n3", "n9"] {
+            for local in locals() {
+                for lease in leases {
+                    for down_ms in [0, 1_000_000] {
+                        for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
+                            for gate_lsn in [None, Some(50), Some(500)] {
+                                for want in [None, Some(WANT)] {
+                                    let i = AgentInput {
+                                        me,
+                                        state: &state,
+                                        local: &local,
+                                        lease,
+                                        down_ms,
+                                        not_streaming_ms,
+                                        gate_lsn,
+                                        want_conninfo: want,
+                                    };
+                                    check(&i, &decide(&i), name);
+                                    cases += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases > 10_000, "{cases}");
+}
+
+fn check(i: &AgentInput, d: &Decision, name: &str) {
+    let ctx = || {
+        format!(
+            "state '{name}', me {}, local {:?}, lease {:?}: {d:?}",
+            i.me, i.local, i.lease
+        )
+    };
+    let role = wanted(i.state, i.me);
+    assert!(!d.reason.is_empty(), "every decision has a reason: {}", ctx());
+    // Unknown never leads to a promotion or a start as primary.
+    if matches!(i.local, Local::Unknown(_)) {
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Promote | Action::StartPrimary { .. })),
+            "Unknown acted as primary: {}",
+            ctx()
+        );
+    }
+    for a in &d.actions {
+        match a {
+            // No promotion without the candidacy of the current generation, or the lease.
+            Action::Promote => assert!(
+                role == Wanted::Candidate || (role == Wanted::Primary && i.lease == LeaseView::Held),
+                "promotion without candidacy or lease: {}",
+                ctx()
+            ),
+            Action::StartPrimary { .. } => assert!(
+                role == Wanted::Bootstrap
+                    || (role == Wanted::Primary && (i.lease == LeaseView::Held || i.state.paused)),
+                "started as primary without a lease: {}",
+                ctx()
+            ),
+            Action::RecordTimeline { .. } => assert_eq!(role, Wanted::Candidate, "{}", ctx()),
+            Action::ProposeBootstrap | Action::Initdb => assert_eq!(role, Wanted::Bootstrap, "{}", ctx()),
+            Action::OpenGate => assert_eq!(role, Wanted::Primary, "{}", ctx()),
+            _ => {}
+        }
+    }
+    // A primary whose lease expired is fenced (unless paused).
+    if role == Wanted::Primary && i.lease == LeaseView::Expired && !i.state.paused {
+        if matches!(i.local, Local::Primary(_) | Local::Unknown(_)) {
+            assert_eq!(d.actions, [Action::Fence], "{}", ctx());
+        }
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::StartPrimary { .. } | Action::Promote)),
+            "{}",
+            ctx()
+        );
+    }
+    // A running primary that the state does not name is fenced, unless paused.
+    let named = role == Wanted::Primary || role == Wanted::Candidate || role == Wanted::Bootstrap;
+    let follower = matches!(role, Wanted::Standby(_) | Wanted::OldPrimary | Wanted::Fenced);
+    if matches!(i.local, Local::Primary(_)) && !named && follower && !i.state.paused {
+        assert_eq!(d.actions, [Action::Fence], "{}", ctx());
+    }
+    // Only the primary asks for the lease; only a fenced standby reports a final position.
+    if d.renew_lease {
+        assert_eq!(role, Wanted::Primary, "{}", ctx());
+    }
+    if d.final_position.is_some() {
+        assert!(matches!(role, Wanted::Fenced | Wanted::OldPrimary), "{}", ctx());
+        assert!(i.state.pending.is_some());
+    }
+}
