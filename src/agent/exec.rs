@@ -183,6 +183,16 @@ impl Agent {
             .primary_superuser_conninfo(state)
             .context("no primary to rewind onto")?;
         let primary = state.primary_name().unwrap_or("?").to_string();
+        // A just-promoted primary's control file names its new timeline only after a
+        // checkpoint; without one pg_rewind wrongly finds "no rewind required".
+        match connect(&source).await {
+            Ok(c) => {
+                if let Err(e) = tokio::time::timeout(REWIND_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
+                    tracing::warn!("CHECKPOINT on {primary} before pg_rewind timed out: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot connect to {primary} for a CHECKPOINT before pg_rewind: {e:#}"),
+        }
         tracing::info!("pg_rewind onto {primary}");
         match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
             Ok(out) => {

@@ -93,7 +93,13 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
             i.upstream.map(|u| slot_name(&u.application_name)).unwrap_or_default(),
         ),
         ("synchronous_standby_names", i.sync_names.to_string()),
-        ("recovery_target_timeline", "latest".to_string()),
+        // Following: switch to the primary's newest timeline. Not following (a fenced standby
+        // reporting its position, a candidate): stay on the own timeline, whatever history
+        // files arrived, so a standby that diverged still starts and reports its true end.
+        (
+            "recovery_target_timeline",
+            if i.upstream.is_some() { "latest" } else { "current" }.to_string(),
+        ),
     ];
     for (k, v) in managed.iter().map(|(k, v)| (*k, v.clone())).chain(params) {
         let _ = writeln!(out, "{k} = {}", quote(&v));

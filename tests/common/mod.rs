@@ -37,7 +37,12 @@ pub fn phase(text: &str) {
 impl Cluster {
     /// Writes configs for `n` nodes with `extra` TOML appended and starts them all.
     pub fn start(base: u16, n: u16, extra: &str) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        // RAFTPG_TEST_KEEP=1 keeps the directory (configs, logs, PGDATA) for a post-mortem.
+        if std::env::var_os("RAFTPG_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         // PostgreSQL runs as the `postgres` OS user under root: it must enter the directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         for k in 1..=n {
