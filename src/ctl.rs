@@ -167,6 +167,10 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         .map(|m| {
             let role = if Some(m.name.as_str()) == primary {
                 "Primary"
+            } else if s.sync_standbys.contains(&m.name) {
+                "Quorum Standby"
+            } else if primary.is_some() {
+                "Replica"
             } else {
                 ""
             };
