@@ -34,10 +34,22 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Control a running cluster over gRPC.
     Ctl(ctl::CtlArgs),
+    /// Internal: the process that fences PostgreSQL when raftpg cannot (started by `run`).
+    #[command(hide = true)]
+    FenceKeeper {
+        #[arg(long)]
+        lease_file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::FenceKeeper { lease_file, data_dir } = &cli.command {
+        raftpg::agent::keeper::run(lease_file, data_dir);
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -59,6 +71,7 @@ fn main() -> ExitCode {
                 logging::init(cli.log_format, Some("warn"));
                 ctl::run(args).await
             }
+            Cmd::FenceKeeper { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

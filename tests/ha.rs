@@ -168,6 +168,12 @@ async fn sigstop_of_the_primary_agent_old_primary_stops_acking_before_the_new_on
         first_new.at - stopped
     ));
 
+    phase("the fence keeper stopped the old primary's PostgreSQL while raftpg was frozen");
+    c.wait_for("the old primary's PostgreSQL to be down", FAILOVER, || async {
+        c.query_one(old, "SELECT 1").await.is_none().then_some(())
+    })
+    .await;
+
     phase("SIGCONT: the stale agent must not act on its old view");
     c.signal_raftpg(old, Signal::SIGCONT);
     c.wait_for("the old primary to follow the new one", FORM, || async {
@@ -256,4 +262,39 @@ async fn cold_restart_of_all_nodes_loses_nothing() {
     let w = Writer::start(&c.libpq()).await;
     w.wait_ack_after(Instant::now(), None, FAILOVER).await;
     check_no_loss(&c, w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_primary_raftpg_alone_fences_its_postgres() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, old) = formed(27600).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+
+    phase(&format!(
+        "kill -9 of n{old}'s raftpg only: its PostgreSQL keeps running"
+    ));
+    let old_port = c.pg_port(old) as i32;
+    c.kill9(old);
+    let killed = Instant::now();
+    c.wait_for("the fence keeper to stop the orphaned primary", FAILOVER, || async {
+        c.query_one(old, "SELECT 1").await.is_none().then_some(())
+    })
+    .await;
+    let fenced = killed.elapsed();
+    let first_new = w.wait_ack_after(killed, Some(old_port), FAILOVER).await;
+    phase(&format!(
+        "old PostgreSQL fenced after {fenced:?}; new primary acknowledged after {:?}",
+        first_new.at - killed
+    ));
+    c.start_node(old);
+    let acks = check_no_loss(&c, w).await;
+    let late = acks
+        .iter()
+        .filter(|a| a.port == old_port && a.at > first_new.at)
+        .count();
+    assert_eq!(
+        late, 0,
+        "the old primary acknowledged writes after the new primary's first"
+    );
 }

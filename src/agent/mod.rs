@@ -8,6 +8,7 @@
 //! runs out, whatever the main loop is doing.
 
 mod exec;
+pub mod keeper;
 pub mod pgfiles;
 
 use std::sync::{Arc, Mutex};
@@ -293,6 +294,14 @@ async fn lease_loop(
 ) {
     let mut client = ReportClient::new();
     let mut fenced_expiry: Option<Instant> = None;
+    let lease_file = pg.ctl.socket_dir.join("lease");
+    let mut keeper = match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");
+            None
+        }
+    };
     let mut next_send = Instant::now();
     loop {
         let state = node.state().state;
@@ -300,8 +309,16 @@ async fn lease_loop(
         let interval = Duration::from_millis((lease_ms / 4).max(50));
         let expiry = holder.expiry(state.generation).filter(|e| Some(*e) != fenced_expiry);
         let far = Instant::now() + Duration::from_secs(3600);
+        if let Some(k) = keeper.as_mut() {
+            k.set(expiry.filter(|_| !state.paused));
+        }
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => {
+                if let Some(k) = keeper.take() {
+                    k.stop();
+                }
+                return;
+            }
             _ = wake.notified() => next_send = Instant::now(),
             _ = tokio::time::sleep_until(next_send) => {}
             _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {}
