@@ -4,25 +4,11 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::cluster::testing::{member, three_members};
 use crate::cluster::{state::Tags, SyncMode};
 
-fn member(name: &str, id: u64) -> Member {
-    Member {
-        name: name.into(),
-        id,
-        raft_addr: format!("127.0.0.1:{}", 15500 + id),
-        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
-        pg_addr: format!("127.0.0.1:{}", 15400 + id),
-        http_addr: format!("127.0.0.1:{}", 15700 + id),
-        tags: Tags::default(),
-    }
-}
-
 fn initialized() -> ClusterState {
-    let mut s = ClusterState::default();
-    let members = vec![member("n1", 1), member("n2", 2), member("n3", 3)];
-    apply(&mut s, &Command::Init { members }).unwrap();
-    s
+    three_members(&[])
 }
 
 fn bootstrapped() -> ClusterState {

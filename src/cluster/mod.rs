@@ -8,6 +8,8 @@ mod apply;
 mod command;
 mod config;
 mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use apply::{apply, Applied, Rejection};
 pub use command::Command;

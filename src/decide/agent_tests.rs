@@ -3,32 +3,9 @@
 //! asserts the safety invariants of DESIGN §7 L0.
 
 use super::*;
-use crate::cluster::{apply, Command, Member, Tags};
+use crate::cluster::testing::three_members;
+use crate::cluster::{apply, Command};
 use crate::postgres::Replica;
-
-fn member(name: &str, id: u64) -> Member {
-    Member {
-        name: name.into(),
-        id,
-        raft_addr: format!("127.0.0.1:{}", 15500 + id),
-        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
-        pg_addr: format!("127.0.0.1:{}", 15400 + id),
-        http_addr: format!("127.0.0.1:{}", 15700 + id),
-        tags: Tags::default(),
-    }
-}
-
-fn run(cmds: &[Command]) -> ClusterState {
-    let mut s = ClusterState::default();
-    let init = Command::Init {
-        members: vec![member("n1", 1), member("n2", 2), member("n3", 3)],
-    };
-    apply(&mut s, &init).unwrap();
-    for c in cmds {
-        apply(&mut s, c).unwrap();
-    }
-    s
-}
 
 fn boot(node: &str) -> Vec<Command> {
     vec![
@@ -60,20 +37,32 @@ fn promote(node: &str) -> Command {
 fn states() -> Vec<(&'static str, ClusterState)> {
     let mut out = vec![
         ("uninitialized", ClusterState::default()),
-        ("initialized", run(&[])),
-        ("n1 chosen", run(&[Command::ChooseBootstrap { node: "n1".into() }])),
-        ("n2 chosen", run(&[Command::ChooseBootstrap { node: "n2".into() }])),
-        ("n1 primary", run(&boot("n1"))),
-        ("n2 primary", run(&boot("n2"))),
-        ("failover from n1", run(&[boot("n1"), vec![failover()]].concat())),
-        ("failover from n2", run(&[boot("n2"), vec![failover()]].concat())),
+        ("initialized", three_members(&[])),
+        (
+            "n1 chosen",
+            three_members(&[Command::ChooseBootstrap { node: "n1".into() }]),
+        ),
+        (
+            "n2 chosen",
+            three_members(&[Command::ChooseBootstrap { node: "n2".into() }]),
+        ),
+        ("n1 primary", three_members(&boot("n1"))),
+        ("n2 primary", three_members(&boot("n2"))),
+        (
+            "failover from n1",
+            three_members(&[boot("n1"), vec![failover()]].concat()),
+        ),
+        (
+            "failover from n2",
+            three_members(&[boot("n2"), vec![failover()]].concat()),
+        ),
         (
             "n1 candidate",
-            run(&[boot("n2"), vec![failover(), promote("n1")]].concat()),
+            three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat()),
         ),
         (
             "n3 candidate",
-            run(&[boot("n2"), vec![failover(), promote("n3")]].concat()),
+            three_members(&[boot("n2"), vec![failover(), promote("n3")]].concat()),
         ),
     ];
     let paused: Vec<_> = out
@@ -152,7 +141,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
 
 #[test]
 fn fresh_chosen_node_bootstraps_and_others_wait() {
-    let s = run(&[Command::ChooseBootstrap { node: "n1".into() }]);
+    let s = three_members(&[Command::ChooseBootstrap { node: "n1".into() }]);
     let d = decide(&input("n1", &s, &Local::NoData, LeaseView::Acquiring));
     assert_eq!(
         d.actions,
@@ -169,7 +158,7 @@ fn fresh_chosen_node_bootstraps_and_others_wait() {
 
 #[test]
 fn standby_without_data_clones_then_starts() {
-    let s = run(&boot("n1"));
+    let s = three_members(&boot("n1"));
     let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Acquiring));
     assert_eq!(d.actions, [Action::Clone, Action::StartStandby]);
     assert_eq!(d.reason, "no data directory: cloning from n1");
@@ -177,7 +166,7 @@ fn standby_without_data_clones_then_starts() {
 
 #[test]
 fn primary_with_expired_lease_fences_and_tries_to_renew() {
-    let s = run(&boot("n1"));
+    let s = three_members(&boot("n1"));
     let local = Local::Primary(pg(false, "", None));
     let d = decide(&input("n1", &s, &local, LeaseView::Expired));
     assert_eq!(d.actions, [Action::Fence]);
@@ -191,7 +180,7 @@ fn primary_with_expired_lease_fences_and_tries_to_renew() {
 
 #[test]
 fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
-    let s = run(&boot("n1"));
+    let s = three_members(&boot("n1"));
     let crashed = Local::Stopped {
         control: Some(Controldata {
             state: "in production".into(),
@@ -215,7 +204,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
 
 #[test]
 fn crash_gate_opens_once_a_standby_holds_the_wal_end() {
-    let s = run(&boot("n1"));
+    let s = three_members(&boot("n1"));
     let local = Local::Primary(pg(false, "", None));
     let mut i = input("n1", &s, &local, LeaseView::Held);
     i.gate_lsn = Some(100);
@@ -228,7 +217,7 @@ fn crash_gate_opens_once_a_standby_holds_the_wal_end() {
 
 #[test]
 fn failover_standbys_stop_streaming_then_report_their_final_position() {
-    let s = run(&[boot("n1"), vec![failover()]].concat());
+    let s = three_members(&[boot("n1"), vec![failover()]].concat());
     let streaming = Local::Standby(pg(true, WANT, Some("streaming")));
     assert_eq!(
         decide(&input("n2", &s, &streaming, LeaseView::Acquiring)).actions,
@@ -242,7 +231,7 @@ fn failover_standbys_stop_streaming_then_report_their_final_position() {
 
 #[test]
 fn old_primary_fences_when_its_generation_is_fenced() {
-    let s = run(&[boot("n1"), vec![failover()]].concat());
+    let s = three_members(&[boot("n1"), vec![failover()]].concat());
     let local = Local::Primary(pg(false, "", None));
     let d = decide(&input("n1", &s, &local, LeaseView::Held));
     assert_eq!(d.actions, [Action::Fence]);
@@ -251,7 +240,7 @@ fn old_primary_fences_when_its_generation_is_fenced() {
 
 #[test]
 fn candidate_promotes_then_records_its_timeline() {
-    let s = run(&[boot("n2"), vec![failover(), promote("n1")]].concat());
+    let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
     let standby = Local::Standby(pg(true, "", None));
     let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
     assert_eq!(d.actions, [Action::Reconfigure, Action::Promote]);
@@ -269,7 +258,7 @@ fn candidate_promotes_then_records_its_timeline() {
 
 #[test]
 fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
-    let s = run(&[boot("n2"), vec![failover(), promote("n1")]].concat());
+    let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
     let mut s = s;
     apply(
         &mut s,
@@ -311,7 +300,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
 
 #[test]
 fn stray_primary_is_fenced_unless_paused() {
-    let mut s = run(&boot("n1"));
+    let mut s = three_members(&boot("n1"));
     let local = Local::Primary(pg(false, "", None));
     assert_eq!(
         decide(&input("n2", &s, &local, LeaseView::Expired)).actions,

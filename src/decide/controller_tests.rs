@@ -1,32 +1,11 @@
 //! The controller's decisions: table tests, then a sweep over report sets.
 
 use super::*;
-use crate::cluster::{apply, Member, SyncMode, Tags};
-
-fn member(name: &str, id: u64) -> Member {
-    Member {
-        name: name.into(),
-        id,
-        raft_addr: format!("127.0.0.1:{}", 15500 + id),
-        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
-        pg_addr: format!("127.0.0.1:{}", 15400 + id),
-        http_addr: format!("127.0.0.1:{}", 15700 + id),
-        tags: Tags::default(),
-    }
-}
-
-fn state(cmds: &[Command]) -> ClusterState {
-    let mut s = ClusterState::default();
-    let members = vec![member("n1", 1), member("n2", 2), member("n3", 3)];
-    apply(&mut s, &Command::Init { members }).unwrap();
-    for c in cmds {
-        apply(&mut s, c).unwrap();
-    }
-    s
-}
+use crate::cluster::testing::three_members;
+use crate::cluster::{apply, SyncMode};
 
 fn booted() -> ClusterState {
-    state(&[
+    three_members(&[
         Command::ChooseBootstrap { node: "n1".into() },
         Command::Bootstrap {
             node: "n1".into(),
@@ -78,7 +57,7 @@ fn decide_with(
 
 #[test]
 fn bootstrap_picks_the_lowest_id_with_an_empty_data_directory() {
-    let s = state(&[]);
+    let s = three_members(&[]);
     let reports = BTreeMap::from([
         ("n3".to_string(), report(0, PgRole::NoData, None)),
         ("n2".to_string(), report(0, PgRole::NoData, None)),

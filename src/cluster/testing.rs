@@ -1,0 +1,29 @@
+//! Test fixtures shared by the pure tests of `cluster/` and `decide/`.
+
+use super::{apply, ClusterState, Command, Member, Tags};
+
+/// Member `name` with Raft id `id` and the demo's loopback addresses.
+pub fn member(name: &str, id: u64) -> Member {
+    Member {
+        name: name.into(),
+        id,
+        raft_addr: format!("127.0.0.1:{}", 15500 + id),
+        grpc_addr: format!("127.0.0.1:{}", 15600 + id),
+        pg_addr: format!("127.0.0.1:{}", 15400 + id),
+        http_addr: format!("127.0.0.1:{}", 15700 + id),
+        tags: Tags::default(),
+    }
+}
+
+/// A state initialised with members n1, n2, n3, then `cmds` applied (each must be accepted).
+pub fn three_members(cmds: &[Command]) -> ClusterState {
+    let mut s = ClusterState::default();
+    let init = Command::Init {
+        members: vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+    };
+    apply(&mut s, &init).unwrap();
+    for c in cmds {
+        apply(&mut s, c).unwrap();
+    }
+    s
+}
