@@ -90,10 +90,7 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         })
         .collect();
     let postmasters: Vec<i32> = (1..=3)
-        .map(|k| {
-            let text = std::fs::read_to_string(demo_dir.join(format!("n{k}/pgdata/postmaster.pid"))).unwrap();
-            text.lines().next().unwrap().trim().parse().unwrap()
-        })
+        .map(|k| raftpg::postgres::read_postmaster_pid(&demo_dir.join(format!("n{k}/pgdata"))).unwrap())
         .collect();
     assert!(pids.iter().chain(&postmasters).all(|p| alive(*p)));
 

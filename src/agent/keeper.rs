@@ -106,11 +106,7 @@ pub fn run(lease_file: &Path, data_dir: &Path) {
 }
 
 fn fence(data_dir: &Path) {
-    let Some(pid) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
-        .filter(|p| *p > 1)
-    else {
+    let Some(pid) = crate::postgres::read_postmaster_pid(data_dir) else {
         return;
     };
     let pid = Pid::from_raw(pid);

@@ -84,9 +84,7 @@ impl PgCtl {
 
     /// The last `n` lines of the server log, joined.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_file).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(n).collect();
-        lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        last_lines(&std::fs::read_to_string(&self.log_file).unwrap_or_default(), n)
     }
 
     /// Stops the postmaster in `mode` and waits for it to exit.
@@ -179,8 +177,7 @@ impl PgCtl {
 
     /// The postmaster's pid from `postmaster.pid`, if the file exists.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        read_postmaster_pid(&self.data_dir)
     }
 
     /// Whether the data directory holds a database (PG_VERSION exists).
@@ -220,16 +217,28 @@ impl PgCtl {
         if out.status.success() {
             return Ok(text);
         }
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
         Err(PgError::Failed {
             what: what.to_string(),
             status: out
                 .status
                 .code()
                 .map_or("killed by a signal".into(), |c| format!("exit status {c}")),
-            output: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+            output: last_lines(&text, 5),
         })
     }
+}
+
+/// The last `n` lines of `text`, joined with " / " (for one-line error messages).
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(n).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+/// The postmaster's pid from `data_dir/postmaster.pid`. Never 0 or 1, which a signal
+/// would turn into "the whole process group" or init.
+pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok().filter(|p| *p > 1)
 }
 
 /// The fields of pg_controldata raftpg decides on.

@@ -10,7 +10,7 @@ pub mod ctl;
 pub mod observe;
 
 pub use bin::{PgBinaries, RunAs};
-pub use ctl::{Controldata, PgCtl, StopMode};
+pub use ctl::{read_postmaster_pid, Controldata, PgCtl, StopMode};
 pub use observe::{observe, Observation, PgState, Replica};
 
 /// A failure of a PostgreSQL action, with what to do about it.

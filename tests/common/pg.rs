@@ -31,8 +31,7 @@ impl Cluster {
     }
 
     pub fn postmaster_pid(&self, k: u16) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("n{k}/pgdata/postmaster.pid"))).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        raftpg::postgres::read_postmaster_pid(&self.dir.path().join(format!("n{k}/pgdata")))
     }
 
     pub fn raftpg_pid(&self, k: u16) -> Option<i32> {
