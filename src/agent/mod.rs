@@ -182,7 +182,7 @@ impl Agent {
     fn track_times(&mut self, role: &Wanted, local: &Local, now: Instant) {
         let up = matches!(local, Local::Primary(_) | Local::Standby(_));
         self.down_since = if up { None } else { self.down_since.or(Some(now)) };
-        let streaming = matches!(local, Local::Standby(pg) if pg.walreceiver.as_deref() == Some("streaming"));
+        let streaming = matches!(local, Local::Standby(pg) if pg.streaming());
         let following = matches!(role, Wanted::Standby(_)) && matches!(local, Local::Standby(_));
         self.not_streaming_since = if following && !streaming {
             self.not_streaming_since.or(Some(now))
@@ -206,7 +206,7 @@ impl Agent {
             Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
             Local::Standby(s) => (
                 PgRole::Standby,
-                s.walreceiver.as_deref() == Some("streaming"),
+                s.streaming(),
                 s.timeline,
                 s.receive_lsn.max(s.replay_lsn),
             ),

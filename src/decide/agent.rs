@@ -9,7 +9,7 @@
 
 use crate::cluster::ClusterState;
 use crate::decide::election::lsn;
-use crate::postgres::{Controldata, PgState};
+use crate::postgres::{conf, Controldata, PgState};
 
 /// A standby that follows the primary but has not streamed for this long, on an older
 /// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
@@ -75,7 +75,7 @@ pub enum Action {
     Reconfigure,
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
-    /// Create the replication slots of the other members (primary only).
+    /// Create the missing replication slots of the other members (primary only).
     EnsureSlots,
     /// Let clients in: a standby holds the WAL written before the crash restart.
     OpenGate,
@@ -230,7 +230,11 @@ fn primary(i: &AgentInput) -> Decision {
     }
     match i.local {
         Local::Primary(pg) => {
-            let mut actions = vec![Action::Reconfigure, Action::EnsureSlots];
+            let mut actions = vec![Action::Reconfigure];
+            let slots = i.state.others(i.me).into_iter().map(|m| conf::slot_name(&m));
+            if slots.into_iter().any(|s| !pg.slots.contains(&s)) {
+                actions.push(Action::EnsureSlots);
+            }
             let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");
             if let Some(gate) = i.gate_lsn {
                 let k = i.state.sync_quorum();
@@ -376,7 +380,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
         Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => {
             Decision::new(vec![Action::Reconfigure], format!("following the new primary {p}"))
         }
-        Local::Standby(pg) if pg.walreceiver.as_deref() == Some("streaming") => Decision::new(
+        Local::Standby(pg) if pg.streaming() => Decision::new(
             vec![Action::Reconfigure],
             format!("streaming from {p} (generation {g}, timeline {p_tl})"),
         ),

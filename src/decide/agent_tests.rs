@@ -93,6 +93,7 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
             sync_state: "quorum".into(),
             flush_lsn: Some(100),
         }],
+        slots: vec!["n2".into(), "n3".into()],
     }
 }
 
@@ -199,6 +200,24 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
     assert!(
         !d.renew_lease,
         "past the bound the lease lapses so a standby is promoted"
+    );
+}
+
+#[test]
+fn primary_creates_only_missing_slots() {
+    let s = three_members(&boot("n1"));
+    let mut state = pg(false, "", None);
+    let local = Local::Primary(state.clone());
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure],
+        "every other member has its slot"
+    );
+    state.slots = vec!["n2".into()];
+    let local = Local::Primary(state);
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure, Action::EnsureSlots]
     );
 }
 
@@ -381,7 +400,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             ),
             Action::RecordTimeline { .. } => assert_eq!(role, Wanted::Candidate, "{}", ctx()),
             Action::ProposeBootstrap | Action::Initdb => assert_eq!(role, Wanted::Bootstrap, "{}", ctx()),
-            Action::OpenGate => assert_eq!(role, Wanted::Primary, "{}", ctx()),
+            Action::OpenGate | Action::EnsureSlots => assert_eq!(role, Wanted::Primary, "{}", ctx()),
             _ => {}
         }
     }

@@ -29,6 +29,15 @@ pub struct PgState {
     pub primary_conninfo: String,
     /// Primary: one row per connected standby (`pg_stat_replication`).
     pub replication: Vec<Replica>,
+    /// Names of the physical replication slots.
+    pub slots: Vec<String>,
+}
+
+impl PgState {
+    /// A standby whose walreceiver streams.
+    pub fn streaming(&self) -> bool {
+        self.walreceiver.as_deref() == Some("streaming")
+    }
 }
 
 /// One row of `pg_stat_replication`.
@@ -51,7 +60,8 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     pg_last_wal_replay_lsn(),
     coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())),
     (SELECT status FROM pg_stat_wal_receiver),
-    current_setting('primary_conninfo')";
+    current_setting('primary_conninfo'),
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1)";
 
 const REPLICATION: &str =
     "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''), flush_lsn
@@ -95,5 +105,6 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         walreceiver: row.get(6),
         primary_conninfo: row.get(7),
         replication,
+        slots: row.get(8),
     })
 }
