@@ -177,7 +177,8 @@ pub fn decide(i: &AgentInput) -> Decision {
         Wanted::AwaitBootstrap(Some(b)) => Decision::idle(format!("waiting for {b} to bootstrap the cluster")),
         Wanted::Primary => primary(i),
         Wanted::Candidate => candidate(i),
-        Wanted::OldPrimary | Wanted::Fenced => fenced(i, g),
+        Wanted::OldPrimary => fenced(i, g, true),
+        Wanted::Fenced => fenced(i, g, false),
         Wanted::Standby(p) => standby(i, &p),
     }
 }
@@ -318,16 +319,13 @@ fn candidate(i: &AgentInput) -> Decision {
     }
 }
 
-fn fenced(i: &AgentInput, g: u64) -> Decision {
+/// A change is pending and this node is not its candidate; `old_primary`: it was the primary.
+fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
     match i.local {
-        Local::Primary(_) | Local::Unknown(_)
-            if i.state.pending.as_ref().and_then(|p| p.from.as_deref()) == Some(i.me) =>
-        {
-            Decision::new(
-                vec![Action::Fence],
-                format!("generation {} was fenced: stopping my PostgreSQL at once", g - 1),
-            )
-        }
+        Local::Primary(_) | Local::Unknown(_) if old_primary => Decision::new(
+            vec![Action::Fence],
+            format!("generation {} was fenced: stopping my PostgreSQL at once", g - 1),
+        ),
         Local::Primary(_) => Decision::new(
             vec![Action::Fence],
             "a primary change is under way and I am not its candidate: fencing",
