@@ -2,6 +2,7 @@
 //! the lease clock, call the pure `decide::controller::decide`, and carry out
 //! its one action (propose a command, or hand Raft leadership to a standby).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -23,6 +24,8 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
     let mut last_transfer: Option<Instant> = None;
+    // (generation, first seen) of the pending change, for the switchover timeout.
+    let mut pending_since: Option<(u64, Instant)> = None;
     let mut changes = node.subscribe();
     loop {
         tokio::select! {
@@ -50,11 +53,27 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
             _ => None,
         };
+        pending_since = match (&state.pending, pending_since) {
+            (None, _) => None,
+            (Some(_), Some((g, at))) if g == state.generation => Some((g, at)),
+            (Some(_), _) => Some((state.generation, now)),
+        };
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<String> = membership
+            .voter_ids()
+            .filter_map(|id| state.member_by_id(id).map(|m| m.name.clone()))
+            .collect();
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let decision = decide(&ControllerInput {
             me: node.name(),
             state: &state,
             reports: &reports,
             lease_expired_ms,
+            voters: &voters,
+            pending_ms: pending_since.map_or(0, |(_, at)| now.duration_since(at).as_millis() as u64),
+            now_unix_ms,
         });
         if decision.reason != last_reason {
             tracing::info!(generation = state.generation, "controller: {}", decision.reason);

@@ -45,6 +45,36 @@ impl Agent {
                 fence(pg).await;
             }
             Action::Stop => pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?,
+            Action::CleanStop => {
+                // The explicit checkpoint runs while clients still work, so the shutdown
+                // checkpoint (when writes are refused) has little left to do.
+                match connect(&pg.local_conninfo()).await {
+                    Ok(c) => {
+                        if let Err(e) = tokio::time::timeout(TOOL_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
+                            tracing::warn!("CHECKPOINT before the switchover timed out: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot connect for a CHECKPOINT before the switchover: {e:#}"),
+                }
+                tracing::info!("switchover: stopping PostgreSQL cleanly (fast)");
+                pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?;
+            }
+            Action::ReportStopped { lsn } => {
+                self.propose(Command::SwitchoverStopped {
+                    generation: state.generation,
+                    node: pg.me.clone(),
+                    lsn: *lsn,
+                })
+                .await?;
+            }
+            Action::RestartDone => {
+                self.restarts_done = state.restarts.get(&pg.me).copied().unwrap_or(0);
+                tracing::info!("requested restart done");
+            }
+            Action::ReinitDone => {
+                self.reinits_done = state.reinits.get(&pg.me).copied().unwrap_or(0);
+                tracing::info!("requested re-clone done");
+            }
             Action::Reconfigure => {
                 let upstream = pg.upstream(state);
                 if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
@@ -70,12 +100,19 @@ impl Agent {
                 tracing::info!(generation = state.generation, "promoting PostgreSQL");
                 pg.ctl.promote(Duration::from_secs(60)).await?;
             }
-            Action::RecordTimeline { timeline, switch_lsn } => {
+            Action::RecordTimeline { timeline, write_lsn } => {
+                let fork = pg.timeline_fork(*timeline);
+                if fork.is_none() {
+                    tracing::warn!(
+                        "cannot read the history file of timeline {timeline}: recording the write position instead"
+                    );
+                }
                 let cmd = Command::RecordTimeline {
                     generation: state.generation,
                     node: pg.me.clone(),
                     timeline: *timeline,
-                    switch_lsn: switch_lsn.map(crate::decide::election::lsn),
+                    switch_lsn: fork.map(|(_, l)| l).or(*write_lsn).map(crate::decide::election::lsn),
+                    parent_timeline: fork.map(|(p, _)| p),
                 };
                 self.propose(cmd).await?;
             }

@@ -53,6 +53,9 @@ pub struct Agent {
     last_reason: String,
     /// Consecutive failed ticks: retries back off.
     failures: u32,
+    /// The restart / re-clone requests (counters in the state) already carried out.
+    restarts_done: u64,
+    reinits_done: u64,
 }
 
 /// Starts the agent and its lease task on `node`.
@@ -66,9 +69,15 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
             lsn: None,
             final_position: None,
             reason: "starting".into(),
+            sync_applied: None,
+            pending_restart: false,
         },
         renew: false,
     }));
+    // Requests made before this process started are served by its fresh start.
+    let applied = node.state().state;
+    let restarts_done = applied.restarts.get(&pg.me).copied().unwrap_or(0);
+    let reinits_done = applied.reinits.get(&pg.me).copied().unwrap_or(0);
     let agent = Agent {
         node: node.clone(),
         pg,
@@ -80,6 +89,8 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         gate_lsn: None,
         last_reason: String::new(),
         failures: 0,
+        restarts_done,
+        reinits_done,
     };
     node.spawn(lease_loop(
         node.clone(),
@@ -143,6 +154,8 @@ impl Agent {
             not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
             gate_lsn: self.gate_lsn,
             want_conninfo: want_conninfo.as_deref(),
+            restart_requested: state.restarts.get(&self.pg.me).copied().unwrap_or(0) > self.restarts_done,
+            reinit_requested: state.reinits.get(&self.pg.me).copied().unwrap_or(0) > self.reinits_done,
         });
         self.publish(&state, &local, &decision);
         let mut acted = false;
@@ -212,6 +225,16 @@ impl Agent {
             ),
             Local::Unknown(_) => (PgRole::Unknown, false, None, None),
         };
+        let (sync_applied, pending_restart) = match local {
+            Local::Primary(s) => {
+                let want = state.sync_config();
+                let names: Vec<String> = want.standbys.iter().cloned().collect();
+                let runs = s.sync_names == crate::postgres::conf::sync_standby_names(want.k, &names);
+                (runs.then_some(want), !s.pending_restart.is_empty())
+            }
+            Local::Standby(s) => (None, !s.pending_restart.is_empty()),
+            _ => (None, false),
+        };
         let report = Report {
             generation: state.generation,
             pg,
@@ -220,12 +243,17 @@ impl Agent {
             lsn,
             final_position: d.final_position,
             reason: d.reason.clone(),
+            sync_applied,
+            pending_restart,
         };
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let urgent = out.report.final_position != report.final_position
             || out.renew != d.renew_lease
             || out.report.generation != report.generation
-            || out.report.pg != report.pg;
+            || out.report.pg != report.pg
+            || out.report.sync_applied != report.sync_applied
+            // While a primary change is under way, every WAL position counts at once.
+            || (state.pending.is_some() && out.report.lsn != report.lsn);
         out.report = report;
         out.renew = d.renew_lease;
         drop(out);

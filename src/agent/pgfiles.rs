@@ -118,6 +118,13 @@ impl PgNode {
     }
 
     /// Where this node streams from while `state`'s primary is someone else.
+    /// (parent timeline, fork LSN) of `timeline`, from `pg_wal/<TLI>.history`.
+    pub fn timeline_fork(&self, timeline: u32) -> Option<(u32, u64)> {
+        let path = self.ctl.data_dir.join("pg_wal").join(format!("{timeline:08X}.history"));
+        let text = std::fs::read_to_string(path).ok()?;
+        crate::postgres::parse_timeline_history(&text)
+    }
+
     pub fn upstream(&self, state: &ClusterState) -> Option<Upstream> {
         if state.pending.is_some() {
             return None;

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::Command;
-use super::state::{ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary};
+use super::state::{ChangeKind, ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary};
 
 /// What an accepted command did, for logs and replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,29 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
     if !state.initialized && !matches!(cmd, Command::Init { .. }) {
         return Err(Rejection::NotInitialized);
     }
+    let sync_before = state.sync_config();
+    let message = apply_inner(state, cmd)?;
+    // The primary may still run the configuration it had: keep it until it confirms the new one.
+    let new_primary = matches!(
+        cmd,
+        Command::Bootstrap { .. } | Command::Promote { .. } | Command::RecordTimeline { .. }
+    );
+    if new_primary {
+        state.sync_unconfirmed.clear();
+    } else if state.sync_config() != sync_before
+        && state.primary.is_some()
+        && !state.sync_unconfirmed.contains(&sync_before)
+    {
+        state.sync_unconfirmed.push(sync_before);
+    }
+    state.revision += 1;
+    Ok(Applied {
+        message,
+        revision: state.revision,
+    })
+}
+
+fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Rejection> {
     let message = match cmd {
         Command::Init { members } => init(state, members)?,
         Command::AddMember { member } => add_member(state, member)?,
@@ -87,7 +110,28 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
             if let Some(to) = to {
                 known(state, to)?;
             }
-            begin(state, PendingKind::Failover, to.clone(), *forced, reason)?
+            // A switchover whose target has not been told to promote may turn into a failover
+            // (the old primary did not stop cleanly in time).
+            let stalled = state
+                .pending
+                .take_if(|p| p.kind == PendingKind::Switchover && p.candidate.is_none());
+            if let Some(p) = &stalled {
+                state.primary = p.from.as_ref().map(|f| Primary {
+                    node: f.clone(),
+                    generation: state.generation,
+                    timeline: None,
+                });
+            }
+            match begin(state, PendingKind::Failover, to.clone(), *forced, reason) {
+                Ok(m) => m,
+                Err(e) => {
+                    if stalled.is_some() {
+                        state.pending = stalled;
+                        state.primary = None;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Command::BeginSwitchover { generation, to, reason } => {
             check_generation(state, *generation)?;
@@ -107,7 +151,15 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
             node,
             timeline,
             switch_lsn,
-        } => record_timeline(state, *generation, node, *timeline, switch_lsn.clone())?,
+            parent_timeline,
+        } => record_timeline(
+            state,
+            *generation,
+            node,
+            *timeline,
+            switch_lsn.clone(),
+            *parent_timeline,
+        )?,
         Command::SetSyncStandbys { generation, standbys } => {
             check_generation(state, *generation)?;
             // A sync set belongs to a primary; without one it could later name the new primary.
@@ -130,12 +182,59 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
             "automatic failover resumed".into()
         }
         Command::SetConfig { key, value } => set_config(state, key, value.as_deref())?,
+        Command::SwitchoverStopped { generation, node, lsn } => {
+            check_generation(state, *generation)?;
+            let p = state.pending.as_mut().ok_or(Rejection::NothingPending)?;
+            if p.kind != PendingKind::Switchover || p.from.as_deref() != Some(node.as_str()) {
+                return Err(Rejection::NotEligible {
+                    node: node.clone(),
+                    why: "it is not the old primary of a switchover in progress".into(),
+                });
+            }
+            p.stop_lsn = Some(*lsn);
+            format!("{node} stopped cleanly at {}", crate::decide::election::lsn(*lsn))
+        }
+        Command::ConfirmSync { generation, config } => {
+            check_generation(state, *generation)?;
+            if *config != state.sync_config() {
+                return Err(Rejection::BadConfig(
+                    "the confirmed synchronous configuration is not the current one".into(),
+                ));
+            }
+            state.sync_unconfirmed.clear();
+            "synchronous configuration confirmed by the primary".into()
+        }
+        Command::Restart { node } => {
+            known(state, node)?;
+            *state.restarts.entry(node.clone()).or_default() += 1;
+            format!("{node} asked to restart PostgreSQL")
+        }
+        Command::Reinit { node } => {
+            known(state, node)?;
+            let involved = state
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.candidate.as_deref() == Some(node) || p.to.as_deref() == Some(node));
+            if state.primary_name() == Some(node.as_str()) || involved {
+                return Err(Rejection::IsPrimary(node.clone()));
+            }
+            *state.reinits.entry(node.clone()).or_default() += 1;
+            format!("{node} asked to discard its data and clone it again")
+        }
+        Command::ScheduleSwitchover { switchover } => {
+            known(state, &switchover.to)?;
+            if let Some(f) = &switchover.from {
+                known(state, f)?;
+            }
+            state.scheduled_switchover = Some(switchover.clone());
+            format!("switchover to {} scheduled", switchover.to)
+        }
+        Command::CancelScheduledSwitchover => match state.scheduled_switchover.take() {
+            Some(s) => format!("scheduled switchover to {} cancelled", s.to),
+            None => "no switchover was scheduled".into(),
+        },
     };
-    state.revision += 1;
-    Ok(Applied {
-        message,
-        revision: state.revision,
-    })
+    Ok(message)
 }
 
 fn init(state: &mut ClusterState, members: &[Member]) -> Result<String, Rejection> {
@@ -180,6 +279,8 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     }
     state.members.remove(name);
     state.sync_standbys.remove(name);
+    state.restarts.remove(name);
+    state.reinits.remove(name);
     Ok(format!("member {name} removed"))
 }
 
@@ -203,6 +304,8 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
         timeline: Some(1),
     });
     state.history.push(HistoryEntry {
+        kind: ChangeKind::Bootstrap,
+        parent_timeline: None,
         timeline: 1,
         switch_lsn: None,
         reason: "bootstrap".into(),
@@ -225,7 +328,9 @@ fn begin(
     }
     let from = state.primary.take().map(|p| p.node);
     state.generation += 1;
+    state.scheduled_switchover = None;
     state.pending = Some(Pending {
+        stop_lsn: None,
         kind,
         from: from.clone(),
         to,
@@ -258,7 +363,12 @@ fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<Stri
         p.candidate = Some(node.to_string());
     }
     // Recorded before the candidate promotes, so its first commit already waits for a quorum.
-    state.sync_standbys = state.others(node);
+    // The old primary joins the set; members not yet in it (learners still cloning) stay out.
+    let from = state.pending.as_ref().and_then(|p| p.from.clone());
+    state
+        .sync_standbys
+        .extend(from.filter(|f| state.members.contains_key(f)));
+    state.sync_standbys.remove(node);
     Ok(format!("{node} told to promote under generation {generation}"))
 }
 
@@ -268,6 +378,7 @@ fn record_timeline(
     node: &str,
     timeline: u32,
     switch_lsn: Option<String>,
+    parent_timeline: Option<u32>,
 ) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     // Idempotent when retried after it already took effect.
@@ -289,7 +400,13 @@ fn record_timeline(
         generation,
         timeline: Some(timeline),
     });
+    let kind = match pending.kind {
+        PendingKind::Failover => ChangeKind::Failover,
+        PendingKind::Switchover => ChangeKind::Switchover,
+    };
     state.history.push(HistoryEntry {
+        kind,
+        parent_timeline,
         timeline,
         switch_lsn,
         reason: pending.reason,

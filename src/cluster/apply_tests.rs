@@ -208,6 +208,7 @@ fn failover_fences_then_promotes_then_records() {
         node: "n2".into(),
         timeline: 2,
         switch_lsn: Some("0/3000060".into()),
+        parent_timeline: None,
     };
     apply(&mut s, &record).unwrap();
     let p = s.primary.clone().unwrap();
@@ -243,6 +244,7 @@ fn stale_generation_is_rejected_everywhere() {
             node: "n2".into(),
             timeline: 2,
             switch_lsn: None,
+            parent_timeline: None,
         },
         Command::SetSyncStandbys {
             generation: 1,
@@ -303,6 +305,7 @@ fn promote_rules() {
         node: "n2".into(),
         timeline: 2,
         switch_lsn: None,
+        parent_timeline: None,
     };
     assert!(matches!(rejected(&mut s, wrong), Rejection::NotEligible { .. }));
 }
@@ -453,6 +456,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 node,
                 timeline,
                 switch_lsn: None,
+                parent_timeline: None,
             }
         }),
         (generation, prop::collection::vec(name, 0..3))
@@ -491,4 +495,59 @@ proptest! {
         }
         prop_assert_eq!(s.revision, accepted);
     }
+}
+
+#[test]
+fn switchover_stop_restart_reinit_and_sync_confirmation() {
+    let mut s = three_members(&[
+        Command::ChooseBootstrap { node: "n1".into() },
+        Command::Bootstrap {
+            node: "n1".into(),
+            system_identifier: 7,
+        },
+    ]);
+    assert!(matches!(
+        rejected(&mut s, Command::Reinit { node: "n1".into() }),
+        Rejection::IsPrimary(_)
+    ));
+    apply(&mut s, &Command::Reinit { node: "n2".into() }).unwrap();
+    apply(&mut s, &Command::Restart { node: "n1".into() }).unwrap();
+    assert_eq!((s.reinits["n2"], s.restarts["n1"]), (1, 1));
+    // Shrinking the sync set keeps the old configuration until the primary confirms.
+    let before = s.sync_config();
+    apply(
+        &mut s,
+        &Command::SetSyncStandbys {
+            generation: 1,
+            standbys: vec!["n2".into()],
+        },
+    )
+    .unwrap();
+    assert_eq!(s.sync_unconfirmed, [before]);
+    let wrong = Command::ConfirmSync {
+        generation: 1,
+        config: s.sync_unconfirmed[0].clone(),
+    };
+    assert!(matches!(rejected(&mut s, wrong), Rejection::BadConfig(_)));
+    let config = s.sync_config();
+    apply(&mut s, &Command::ConfirmSync { generation: 1, config }).unwrap();
+    assert!(s.sync_unconfirmed.is_empty());
+    // Only the old primary of a switchover reports its clean stop.
+    apply(
+        &mut s,
+        &Command::BeginSwitchover {
+            generation: 1,
+            to: "n2".into(),
+            reason: "planned".into(),
+        },
+    )
+    .unwrap();
+    let stop = |node: &str| Command::SwitchoverStopped {
+        generation: 2,
+        node: node.into(),
+        lsn: 0x500,
+    };
+    assert!(matches!(rejected(&mut s, stop("n2")), Rejection::NotEligible { .. }));
+    apply(&mut s, &stop("n1")).unwrap();
+    assert_eq!(s.pending.as_ref().unwrap().stop_lsn, Some(0x500));
 }

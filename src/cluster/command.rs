@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Member, Tags};
+use super::state::{Member, ScheduledSwitchover, SyncConfig, Tags};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -51,6 +51,12 @@ pub enum Command {
         to: String,
         reason: String,
     },
+    /// Switchover: the old primary `node` shut down cleanly; its last checkpoint is at `lsn`.
+    SwitchoverStopped {
+        generation: u64,
+        node: String,
+        lsn: u64,
+    },
     /// Tell `node` to promote, under the generation of the pending change.
     Promote {
         generation: u64,
@@ -61,13 +67,33 @@ pub enum Command {
         generation: u64,
         node: String,
         timeline: u32,
+        /// Where the new timeline forked, and from which timeline (the history file).
         switch_lsn: Option<String>,
+        parent_timeline: Option<u32>,
     },
     /// The members whose flush counts towards the commit quorum.
     SetSyncStandbys {
         generation: u64,
         standbys: Vec<String>,
     },
+    /// The primary runs this synchronous configuration: earlier ones no longer matter.
+    ConfirmSync {
+        generation: u64,
+        config: SyncConfig,
+    },
+    /// Ask `node`'s agent to restart its PostgreSQL.
+    Restart {
+        node: String,
+    },
+    /// Ask `node`'s agent to discard its data directory and clone it again.
+    Reinit {
+        node: String,
+    },
+    /// Run a switchover at a wall-clock time; replaces any scheduled one.
+    ScheduleSwitchover {
+        switchover: ScheduledSwitchover,
+    },
+    CancelScheduledSwitchover,
     Pause,
     Resume,
     /// Set one cluster-wide key; `None` removes or restores the default.
@@ -123,6 +149,25 @@ impl fmt::Display for Command {
             Command::BeginSwitchover { generation, to, reason } => {
                 write!(f, "begin switchover from generation {generation} to {to}: {reason}")
             }
+            Command::SwitchoverStopped { generation, node, lsn } => write!(
+                f,
+                "{node} stopped cleanly for the switchover of generation {generation} at {}",
+                crate::decide::election::lsn(*lsn)
+            ),
+            Command::ConfirmSync { generation, config } => write!(
+                f,
+                "confirm sync config ANY {} [{}] (generation {generation})",
+                config.k,
+                config.standbys.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Command::Restart { node } => write!(f, "restart PostgreSQL on {node}"),
+            Command::Reinit { node } => write!(f, "re-clone {node}"),
+            Command::ScheduleSwitchover { switchover } => write!(
+                f,
+                "schedule a switchover to {} at {} ms after the epoch",
+                switchover.to, switchover.at_unix_ms
+            ),
+            Command::CancelScheduledSwitchover => write!(f, "cancel the scheduled switchover"),
             Command::Promote { generation, node } => write!(f, "promote {node} under generation {generation}"),
             Command::RecordTimeline {
                 generation,

@@ -56,6 +56,9 @@ pub enum PendingKind {
 /// A primary change that has fenced the old generation but not finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
+    /// Switchover: the old primary shut down cleanly; its last checkpoint starts at this LSN.
+    /// The target promotes only once it has received past it.
+    pub stop_lsn: Option<u64>,
     pub kind: PendingKind,
     /// Primary of the fenced generation, if there was one.
     pub from: Option<String>,
@@ -68,10 +71,48 @@ pub struct Pending {
     pub reason: String,
 }
 
+/// Why the primary changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Bootstrap,
+    Failover,
+    Switchover,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Bootstrap => "bootstrap",
+            ChangeKind::Failover => "failover",
+            ChangeKind::Switchover => "switchover",
+        }
+    }
+}
+
+/// A synchronous configuration: `ANY k (standbys)`; `k = 0` is asynchronous.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncConfig {
+    pub standbys: BTreeSet<String>,
+    pub k: usize,
+}
+
+/// A switchover to run at a wall-clock time (an operator convenience, not a safety input).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledSwitchover {
+    /// The primary expected at that time; the switchover is dropped if another is primary.
+    pub from: Option<String>,
+    pub to: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
 /// One switch of primary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    pub kind: ChangeKind,
     pub timeline: u32,
+    /// Timeline the new one forked from (from the new primary's history file).
+    pub parent_timeline: Option<u32>,
     /// WAL position where the new timeline forked, as PostgreSQL prints it (X/Y).
     pub switch_lsn: Option<String>,
     pub reason: String,
@@ -92,6 +133,9 @@ pub struct ClusterState {
     pub generation: u64,
     /// Members that count towards the primary's commit quorum.
     pub sync_standbys: BTreeSet<String>,
+    /// Earlier synchronous configurations the primary may still run, until it confirms
+    /// the current one. A failover must be safe under each of them too.
+    pub sync_unconfirmed: Vec<SyncConfig>,
     pub pending: Option<Pending>,
     /// No automatic failover or fencing decisions while set.
     pub paused: bool,
@@ -103,6 +147,11 @@ pub struct ClusterState {
     pub system_identifier: Option<u64>,
     /// The member chosen to run initdb, before the first primary exists.
     pub bootstrap_node: Option<String>,
+    /// Restart requests per member (`ctl restart`): the agent restarts when the count grows.
+    pub restarts: BTreeMap<String, u64>,
+    /// Re-clone requests per member (`ctl reinit`).
+    pub reinits: BTreeMap<String, u64>,
+    pub scheduled_switchover: Option<ScheduledSwitchover>,
     /// Counts every accepted command: a cheap "has anything changed" for watchers.
     pub revision: u64,
 }
@@ -127,12 +176,21 @@ impl ClusterState {
         self.primary.as_ref().map(|p| p.node.as_str())
     }
 
-    /// `k` of the primary's `synchronous_standby_names = 'ANY k (...)'`: floor(N/2) in
-    /// quorum mode, so an acknowledged commit is on a majority of the N members.
+    /// `k` of the primary's `synchronous_standby_names = 'ANY k (...)'`: floor(G/2) for the
+    /// group G of the primary and its sync standbys in quorum mode, so an acknowledged
+    /// commit is on a majority of that group.
     pub fn sync_quorum(&self) -> usize {
         match self.ha.synchronous_mode {
-            super::SyncMode::Quorum => self.members.len() / 2,
+            super::SyncMode::Quorum => (self.sync_standbys.len() + 1) / 2,
             super::SyncMode::Off => 0,
+        }
+    }
+
+    /// The synchronous configuration the primary should run now.
+    pub fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            standbys: self.sync_standbys.clone(),
+            k: self.sync_quorum(),
         }
     }
 

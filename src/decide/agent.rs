@@ -7,7 +7,7 @@
 //! effects layer (`crate::agent`) executes the actions after checking that the
 //! generation they were decided under is still the applied one.
 
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, PendingKind};
 use crate::decide::election::lsn;
 use crate::postgres::{conf, Controldata, PgState};
 
@@ -56,6 +56,10 @@ pub struct AgentInput<'a> {
     pub gate_lsn: Option<u64>,
     /// The `primary_conninfo` this node should have while following the current primary.
     pub want_conninfo: Option<&'a str>,
+    /// `ctl restart` asked for a restart this agent has not done yet.
+    pub restart_requested: bool,
+    /// `ctl reinit` asked for a re-clone this agent has not done yet.
+    pub reinit_requested: bool,
 }
 
 /// One PostgreSQL action. Executed in order; a failure skips the rest.
@@ -64,11 +68,22 @@ pub enum Action {
     /// initdb with checksums, then write the configuration.
     Initdb,
     /// Start as primary; `gated` refuses clients until a standby holds the WAL end.
-    StartPrimary { gated: bool },
+    StartPrimary {
+        gated: bool,
+    },
     /// Create roles and propose `Bootstrap` with the system identifier.
     ProposeBootstrap,
     /// Immediate stop: this PostgreSQL must not accept or acknowledge writes.
     Fence,
+    /// Switchover: CHECKPOINT, then a fast stop, which sends all WAL to the standbys first.
+    CleanStop,
+    /// Propose `SwitchoverStopped`: this old primary stopped cleanly at checkpoint `lsn`.
+    ReportStopped {
+        lsn: u64,
+    },
+    /// The requested restart (or re-clone) is done: remember it.
+    RestartDone,
+    ReinitDone,
     /// Clean fast stop (a standby about to be rewound).
     Stop,
     /// Render postgresql.conf and pg_hba.conf for the applied state; reload if they changed.
@@ -81,8 +96,12 @@ pub enum Action {
     OpenGate,
     /// End recovery (`pg_ctl promote`).
     Promote,
-    /// Propose `RecordTimeline`: this node is the new primary on `timeline`.
-    RecordTimeline { timeline: u32, switch_lsn: Option<u64> },
+    /// Propose `RecordTimeline`: this node is the new primary on `timeline` (the fork
+    /// point is read from the timeline history file; `write_lsn` if that fails).
+    RecordTimeline {
+        timeline: u32,
+        write_lsn: Option<u64>,
+    },
     /// pg_basebackup from the primary into an empty PGDATA.
     Clone,
     /// pg_rewind onto the primary's timeline (re-clone on failure if configured).
@@ -183,6 +202,13 @@ pub fn decide(i: &AgentInput) -> Decision {
     }
 }
 
+/// Whether a pending change is a switchover whose target has not been told to promote:
+/// until then the standbys keep streaming from the old primary as it shuts down.
+fn switchover_draining(state: &ClusterState) -> Option<(&str, Option<u64>)> {
+    let p = state.pending.as_ref()?;
+    (p.kind == PendingKind::Switchover && p.candidate.is_none()).then(|| (p.to.as_deref().unwrap_or("?"), p.stop_lsn))
+}
+
 fn bootstrap(i: &AgentInput) -> Decision {
     match i.local {
         Local::NoData => Decision::new(
@@ -226,6 +252,21 @@ fn primary(i: &AgentInput) -> Decision {
             _ => Decision::idle(format!(
                 "my lease expired: renewing it before PostgreSQL may run as primary of generation {g}"
             ))
+            .renewing(),
+        };
+    }
+    if i.restart_requested {
+        return match i.local {
+            Local::Primary(_) if i.lease == LeaseView::Held => Decision::new(
+                vec![Action::Stop, Action::StartPrimary { gated: false }, Action::RestartDone],
+                "restart requested: stopping and starting PostgreSQL as primary",
+            )
+            .renewing(),
+            Local::Primary(_) => Decision::idle("restart requested: waiting for my lease").renewing(),
+            _ => Decision::new(
+                vec![Action::RestartDone],
+                "restart requested while PostgreSQL is not running: starting it is enough",
+            )
             .renewing(),
         };
     }
@@ -292,10 +333,7 @@ fn primary(i: &AgentInput) -> Decision {
 fn candidate(i: &AgentInput) -> Decision {
     let g = i.state.generation;
     match i.local {
-        Local::Standby(pg) if !pg.primary_conninfo.is_empty() => Decision::new(
-            vec![Action::StopStreaming],
-            "chosen to promote: stopping streaming from the old primary first",
-        ),
+        // Reconfigure drops primary_conninfo (nothing to follow while a change is pending).
         Local::Standby(_) => Decision::new(
             vec![Action::Reconfigure, Action::Promote],
             format!("chosen to promote under generation {g}: promoting"),
@@ -304,7 +342,7 @@ fn candidate(i: &AgentInput) -> Decision {
             Some(timeline) => Decision::new(
                 vec![Action::RecordTimeline {
                     timeline,
-                    switch_lsn: pg.write_lsn,
+                    write_lsn: pg.write_lsn,
                 }],
                 format!("promoted on timeline {timeline}: recording it"),
             ),
@@ -321,6 +359,9 @@ fn candidate(i: &AgentInput) -> Decision {
 
 /// A change is pending and this node is not its candidate; `old_primary`: it was the primary.
 fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
+    if let Some((to, stop_lsn)) = switchover_draining(i.state) {
+        return switchover(i, old_primary, to, stop_lsn);
+    }
     match i.local {
         Local::Primary(_) | Local::Unknown(_) if old_primary => Decision::new(
             vec![Action::Fence],
@@ -353,9 +394,87 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
     }
 }
 
+/// A switchover before its target promotes. The old primary stops cleanly and says where
+/// its WAL ends; everyone else keeps streaming from it, so they receive all of it.
+fn switchover(i: &AgentInput, old_primary: bool, to: &str, stop_lsn: Option<u64>) -> Decision {
+    match i.local {
+        Local::Primary(_) if old_primary => Decision::new(
+            vec![Action::CleanStop],
+            format!("switchover to {to}: checkpoint, then a clean shutdown that hands all WAL to the standbys"),
+        ),
+        Local::Primary(_) => Decision::new(
+            vec![Action::Fence],
+            "a switchover is under way and I am not its old primary: fencing",
+        ),
+        Local::Stopped { control: Some(c) } if old_primary && c.clean_primary_shutdown() => {
+            match (c.checkpoint_lsn, stop_lsn) {
+                (Some(end), None) => Decision::new(
+                    vec![Action::ReportStopped { lsn: end }],
+                    format!(
+                        "stopped cleanly for the switchover to {to}: my WAL ends at {}",
+                        lsn(end)
+                    ),
+                ),
+                (_, Some(l)) => Decision::idle(format!("stopped cleanly at {}: waiting for {to} to promote", lsn(l))),
+                (None, None) => Decision::idle("stopped cleanly, but pg_controldata shows no checkpoint location"),
+            }
+        }
+        Local::Unknown(_) if old_primary => Decision::new(
+            vec![Action::Fence],
+            "switchover: my PostgreSQL cannot be observed: stopping it at once",
+        ),
+        Local::Standby(pg) if !pg.primary_conninfo.is_empty() => Decision::idle(format!(
+            "switchover to {to}: streaming from the old primary until it has stopped"
+        )),
+        _ => Decision::idle(format!("switchover to {to} under way")),
+    }
+}
+
+/// After a switchover the old primary, stopped cleanly, follows the new one without a
+/// rewind when its WAL ends before the new timeline's fork point.
+fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bool {
+    let Some(last) = state.history.last() else {
+        return false;
+    };
+    let fork = last.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn);
+    c.clean_primary_shutdown()
+        && last.from.as_deref() == Some(me)
+        && last.parent_timeline.is_some()
+        && last.parent_timeline == c.timeline
+        && matches!((c.checkpoint_lsn, fork), (Some(end), Some(fork)) if end < fork)
+}
+
 fn standby(i: &AgentInput, p: &str) -> Decision {
     let g = i.state.generation;
     let p_tl = i.state.primary.as_ref().and_then(|x| x.timeline).unwrap_or(0);
+    match i.local {
+        // A stray primary is fenced first (below); requests wait for that.
+        Local::Primary(_) => {}
+        _ if i.reinit_requested => {
+            let mut actions = match i.local {
+                Local::Standby(_) | Local::Unknown(_) => vec![Action::Fence],
+                _ => vec![],
+            };
+            actions.extend([Action::Clone, Action::StartStandby, Action::ReinitDone]);
+            return Decision::new(
+                actions,
+                format!("re-clone requested: discarding my data and cloning from {p}"),
+            );
+        }
+        Local::Standby(_) if i.restart_requested => {
+            return Decision::new(
+                vec![Action::Stop, Action::StartStandby, Action::RestartDone],
+                "restart requested: stopping and starting PostgreSQL as a standby",
+            )
+        }
+        Local::Stopped { .. } | Local::NoData if i.restart_requested => {
+            return Decision::new(
+                vec![Action::RestartDone],
+                "restart requested while PostgreSQL is down: the next start is the restart",
+            )
+        }
+        _ => {}
+    }
     match i.local {
         Local::NoData => Decision::new(
             vec![Action::Clone, Action::StartStandby],
@@ -364,6 +483,10 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
         Local::Stopped { control: Some(c) } if c.was_standby() => {
             Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
         }
+        Local::Stopped { control: Some(c) } if follows_without_rewind(i.state, i.me, c) => Decision::new(
+            vec![Action::StartStandby],
+            format!("stopped cleanly before the switchover: following {p} on timeline {p_tl} without a rewind"),
+        ),
         Local::Stopped { .. } => Decision::new(
             vec![Action::Rewind, Action::StartStandby],
             format!("was a primary or crashed: rewinding onto {p}'s timeline {p_tl}, then following it"),

@@ -65,6 +65,41 @@ fn states() -> Vec<(&'static str, ClusterState)> {
             three_members(&[boot("n2"), vec![failover(), promote("n3")]].concat()),
         ),
     ];
+    let switchover = Command::BeginSwitchover {
+        generation: 1,
+        to: "n2".into(),
+        reason: "planned".into(),
+    };
+    let stopped = Command::SwitchoverStopped {
+        generation: 2,
+        node: "n1".into(),
+        lsn: 0x500,
+    };
+    let recorded = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: Some("0/600".into()),
+        parent_timeline: Some(1),
+    };
+    out.extend([
+        (
+            "switchover n1 to n2",
+            three_members(&[boot("n1"), vec![switchover.clone()]].concat()),
+        ),
+        (
+            "switchover, n1 stopped",
+            three_members(&[boot("n1"), vec![switchover.clone(), stopped.clone()]].concat()),
+        ),
+        (
+            "switchover, n2 candidate",
+            three_members(&[boot("n1"), vec![switchover.clone(), stopped.clone(), promote("n2")]].concat()),
+        ),
+        (
+            "after switchover to n2",
+            three_members(&[boot("n1"), vec![switchover, stopped, promote("n2"), recorded]].concat()),
+        ),
+    ]);
     let paused: Vec<_> = out
         .iter()
         .filter(|(_, s)| s.initialized)
@@ -94,6 +129,8 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
             flush_lsn: Some(100),
         }],
         slots: vec!["n2".into(), "n3".into()],
+        sync_names: String::new(),
+        pending_restart: vec![],
     }
 }
 
@@ -103,6 +140,7 @@ fn locals() -> Vec<Local> {
     let ctl = |state: &str| Controldata {
         state: state.into(),
         timeline: Some(1),
+        checkpoint_lsn: Some(0x500),
         system_identifier: Some(9),
     };
     vec![
@@ -137,6 +175,8 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         not_streaming_ms: 0,
         gate_lsn: None,
         want_conninfo: Some(WANT),
+        restart_requested: false,
+        reinit_requested: false,
     }
 }
 
@@ -186,6 +226,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
         control: Some(Controldata {
             state: "in production".into(),
             timeline: Some(1),
+            checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
         }),
     };
@@ -270,7 +311,7 @@ fn candidate_promotes_then_records_its_timeline() {
         d.actions,
         [Action::RecordTimeline {
             timeline: 2,
-            switch_lsn: Some(100)
+            write_lsn: Some(100)
         }]
     );
 }
@@ -286,6 +327,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             node: "n1".into(),
             timeline: 2,
             switch_lsn: None,
+            parent_timeline: None,
         },
     )
     .unwrap();
@@ -293,6 +335,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         control: Some(Controldata {
             state: "in production".into(),
             timeline: Some(1),
+            checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
         }),
     };
@@ -302,6 +345,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         control: Some(Controldata {
             state: "shut down in recovery".into(),
             timeline: Some(1),
+            checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
         }),
     };
@@ -342,18 +386,22 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    let i = AgentInput {
-                                        me,
-                                        state: &state,
-                                        local: &local,
-                                        lease,
-                                        down_ms,
-                                        not_streaming_ms,
-                                        gate_lsn,
-                                        want_conninfo: want,
-                                    };
-                                    check(&i, &decide(&i), name);
-                                    cases += 1;
+                                    for (restart, reinit) in [(false, false), (true, false), (false, true)] {
+                                        let i = AgentInput {
+                                            me,
+                                            state: &state,
+                                            local: &local,
+                                            lease,
+                                            down_ms,
+                                            not_streaming_ms,
+                                            gate_lsn,
+                                            want_conninfo: want,
+                                            restart_requested: restart,
+                                            reinit_requested: reinit,
+                                        };
+                                        check(&i, &decide(&i), name);
+                                        cases += 1;
+                                    }
                                 }
                             }
                         }
@@ -362,7 +410,7 @@ fn sweep_safety_invariants() {
             }
         }
     }
-    assert!(cases > 10_000, "{cases}");
+    assert!(cases > 100_000, "{cases}");
 }
 
 fn check(i: &AgentInput, d: &Decision, name: &str) {
@@ -420,8 +468,28 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     // A running primary that the state does not name is fenced, unless paused.
     let named = role == Wanted::Primary || role == Wanted::Candidate || role == Wanted::Bootstrap;
     let follower = matches!(role, Wanted::Standby(_) | Wanted::OldPrimary | Wanted::Fenced);
+    let draining = i
+        .state
+        .pending
+        .as_ref()
+        .is_some_and(|p| p.kind == crate::cluster::PendingKind::Switchover && p.candidate.is_none());
     if matches!(i.local, Local::Primary(_)) && !named && follower && !i.state.paused {
-        assert_eq!(d.actions, [Action::Fence], "{}", ctx());
+        if draining && role == Wanted::OldPrimary {
+            assert_eq!(d.actions, [Action::CleanStop], "{}", ctx());
+        } else {
+            assert_eq!(d.actions, [Action::Fence], "{}", ctx());
+        }
+    }
+    // Only a switchover's old primary stops cleanly; while it drains, nobody stops streaming.
+    for a in &d.actions {
+        match a {
+            Action::CleanStop | Action::ReportStopped { .. } => {
+                assert!(draining && role == Wanted::OldPrimary, "{}", ctx())
+            }
+            Action::StopStreaming => assert!(!draining, "{}", ctx()),
+            Action::Clone | Action::Rewind => assert!(matches!(role, Wanted::Standby(_)), "{}", ctx()),
+            _ => {}
+        }
     }
     // Only the primary asks for the lease; only a fenced standby reports a final position.
     if d.renew_lease {
@@ -431,4 +499,115 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         assert!(matches!(role, Wanted::Fenced | Wanted::OldPrimary), "{}", ctx());
         assert!(i.state.pending.is_some());
     }
+}
+
+fn named_state(name: &str) -> ClusterState {
+    states().into_iter().find(|(n, _)| *n == name).expect("named state").1
+}
+
+fn stopped(state: &str, timeline: u32, checkpoint: u64) -> Local {
+    Local::Stopped {
+        control: Some(Controldata {
+            state: state.into(),
+            timeline: Some(timeline),
+            checkpoint_lsn: Some(checkpoint),
+            system_identifier: Some(9),
+        }),
+    }
+}
+
+#[test]
+fn switchover_old_primary_stops_cleanly_and_says_where_its_wal_ends() {
+    let s = named_state("switchover n1 to n2");
+    let running = Local::Primary(pg(false, "", None));
+    assert_eq!(
+        decide(&input("n1", &s, &running, LeaseView::Held)).actions,
+        [Action::CleanStop]
+    );
+    let down = stopped("shut down", 1, 0x500);
+    assert_eq!(
+        decide(&input("n1", &s, &down, LeaseView::Expired)).actions,
+        [Action::ReportStopped { lsn: 0x500 }]
+    );
+    let crashed = stopped("in production", 1, 0x500);
+    assert!(decide(&input("n1", &s, &crashed, LeaseView::Expired))
+        .actions
+        .is_empty());
+    let s = named_state("switchover, n1 stopped");
+    assert!(
+        decide(&input("n1", &s, &down, LeaseView::Expired)).actions.is_empty(),
+        "reported once"
+    );
+}
+
+#[test]
+fn switchover_standbys_keep_streaming_until_the_target_is_told_to_promote() {
+    let streaming = Local::Standby(pg(true, WANT, Some("streaming")));
+    for name in ["switchover n1 to n2", "switchover, n1 stopped"] {
+        let s = named_state(name);
+        for me in ["n2", "n3"] {
+            let d = decide(&input(me, &s, &streaming, LeaseView::Expired));
+            assert!(d.actions.is_empty(), "{name} {me}: {d:?}");
+        }
+    }
+    let s = named_state("switchover, n2 candidate");
+    assert_eq!(
+        decide(&input("n2", &s, &streaming, LeaseView::Expired)).actions,
+        [Action::Reconfigure, Action::Promote]
+    );
+}
+
+#[test]
+fn old_primary_follows_without_rewind_only_when_its_wal_ends_before_the_fork() {
+    let s = named_state("after switchover to n2");
+    let clean = stopped("shut down", 1, 0x500);
+    assert_eq!(
+        decide(&input("n1", &s, &clean, LeaseView::Expired)).actions,
+        [Action::StartStandby]
+    );
+    let past_fork = stopped("shut down", 1, 0x700);
+    assert_eq!(
+        decide(&input("n1", &s, &past_fork, LeaseView::Expired)).actions,
+        [Action::Rewind, Action::StartStandby]
+    );
+    let crashed = stopped("in production", 1, 0x500);
+    assert_eq!(
+        decide(&input("n1", &s, &crashed, LeaseView::Expired)).actions,
+        [Action::Rewind, Action::StartStandby]
+    );
+    assert_eq!(
+        decide(&input("n3", &s, &clean, LeaseView::Expired)).actions,
+        [Action::Rewind, Action::StartStandby],
+        "n3 was not the old primary: nothing says its WAL ends before the fork"
+    );
+}
+
+#[test]
+fn restart_and_reinit_requests() {
+    let s = three_members(&boot("n1"));
+    let standby = Local::Standby(pg(true, WANT, Some("streaming")));
+    let mut i = input("n2", &s, &standby, LeaseView::Expired);
+    i.restart_requested = true;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Stop, Action::StartStandby, Action::RestartDone]
+    );
+    i.reinit_requested = true;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Fence, Action::Clone, Action::StartStandby, Action::ReinitDone]
+    );
+    let primary = Local::Primary(pg(false, "", None));
+    let mut i = input("n1", &s, &primary, LeaseView::Held);
+    i.restart_requested = true;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Stop, Action::StartPrimary { gated: false }, Action::RestartDone]
+    );
+    i.lease = LeaseView::Expired;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Fence],
+        "an expired lease wins over a restart"
+    );
 }

@@ -6,10 +6,10 @@
 //! the leader's memory). The lease clock is read by the effects layer and comes
 //! in as "expired for this long", so this stays free of clocks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command};
-use crate::decide::election::{elect, Election, ElectionInput, FinalReport};
+use crate::cluster::{ClusterState, Command, PendingKind, SyncConfig, SyncMode};
+use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 
 /// What an agent last said about its PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,10 @@ pub struct Report {
     pub final_position: Option<(u64, u32)>,
     /// The agent's last decision, for `ctl list`.
     pub reason: String,
+    /// Primary: the synchronous configuration PostgreSQL runs, when it is the applied one.
+    pub sync_applied: Option<SyncConfig>,
+    /// PostgreSQL has parameters changed that take effect only after a restart.
+    pub pending_restart: bool,
 }
 
 /// The local PostgreSQL as its agent saw it.
@@ -47,6 +51,18 @@ pub struct ControllerInput<'a> {
     pub reports: &'a BTreeMap<String, Report>,
     /// The primary's lease has been without renewal past the controller's deadline for this long.
     pub lease_expired_ms: Option<u64>,
+    /// Members that are Raft voters (learners never join the synchronous set).
+    pub voters: &'a BTreeSet<String>,
+    /// How long this leader has seen the current pending change.
+    pub pending_ms: u64,
+    /// Wall clock, for scheduled switchovers only (never for safety).
+    pub now_unix_ms: u64,
+}
+
+/// A switchover that has not promoted its target this long after it began (lease periods)
+/// becomes a failover: the old primary did not stop cleanly, or the target did not catch up.
+pub fn switchover_timeout_ms(lease_ms: u64) -> u64 {
+    2 * lease_ms + 1_000
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +100,7 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     if let Some(p) = &s.pending {
         return match &p.candidate {
             Some(c) => idle(format!("waiting for {c} to promote and record its timeline")),
+            None if p.kind == PendingKind::Switchover => switchover(i),
             None => choose_candidate(i),
         };
     }
@@ -104,9 +121,37 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
             format!("{}'s lease expired: fencing generation {}", primary.node, s.generation),
         );
     }
-    let want_sync = match s.sync_quorum() {
-        0 => Default::default(),
-        _ => s.others(&primary.node),
+    let current = |r: &&Report| r.generation == s.generation;
+    if !s.sync_unconfirmed.is_empty() {
+        let applied = i
+            .reports
+            .get(&primary.node)
+            .filter(current)
+            .and_then(|r| r.sync_applied.as_ref());
+        return match applied {
+            Some(c) if *c == s.sync_config() => act(
+                ControllerAction::Propose(Command::ConfirmSync {
+                    generation: s.generation,
+                    config: c.clone(),
+                }),
+                format!("{} runs the new synchronous configuration: confirming it", primary.node),
+            ),
+            _ => idle(format!(
+                "waiting for {} to apply the new synchronous configuration",
+                primary.node
+            )),
+        };
+    }
+    // A member joins the set once it is a Raft voter and streams; one that left the
+    // membership leaves it. Members already in it stay while down: ANY k tolerates that.
+    let streaming = |n: &String| i.reports.get(n).filter(current).is_some_and(|r| r.streaming);
+    let want_sync: BTreeSet<String> = match s.ha.synchronous_mode {
+        SyncMode::Off => BTreeSet::new(),
+        SyncMode::Quorum => s
+            .others(&primary.node)
+            .into_iter()
+            .filter(|n| i.voters.contains(n) && (s.sync_standbys.contains(n) || streaming(n)))
+            .collect(),
     };
     if s.sync_standbys != want_sync {
         return act(
@@ -114,14 +159,17 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
                 generation: s.generation,
                 standbys: want_sync.into_iter().collect(),
             }),
-            "the members changed: recording the new synchronous set",
+            "the voting members changed: recording the new synchronous set",
         );
+    }
+    if let Some(d) = scheduled(i) {
+        return d;
     }
     if primary.node == i.me {
         let target = i
             .reports
             .iter()
-            .filter(|(n, r)| *n != i.me && r.streaming && r.generation == s.generation)
+            .filter(|(n, r)| *n != i.me && r.streaming && r.generation == s.generation && i.voters.contains(*n))
             .map(|(n, _)| n)
             .min_by_key(|n| s.member(n).map_or(u64::MAX, |m| m.id));
         if let Some(t) = target {
@@ -135,6 +183,96 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         "{} is the primary of generation {} and holds its lease",
         primary.node, s.generation
     ))
+}
+
+/// A scheduled switchover whose time has come.
+fn scheduled(i: &ControllerInput) -> Option<ControllerDecision> {
+    let s = i.state;
+    let sw = s
+        .scheduled_switchover
+        .as_ref()
+        .filter(|sw| sw.at_unix_ms <= i.now_unix_ms)?;
+    let primary = s.primary_name()?;
+    if sw.from.as_deref().is_some_and(|f| f != primary) {
+        return Some(act(
+            ControllerAction::Propose(Command::CancelScheduledSwitchover),
+            format!(
+                "scheduled switchover dropped: it expected {} as primary, {primary} is",
+                sw.from.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    let healthy = i
+        .reports
+        .get(&sw.to)
+        .is_some_and(|r| r.generation == s.generation && r.streaming);
+    Some(if healthy {
+        act(
+            ControllerAction::Propose(Command::BeginSwitchover {
+                generation: s.generation,
+                to: sw.to.clone(),
+                reason: format!("scheduled switchover from {primary} to {}", sw.to),
+            }),
+            format!("scheduled switchover to {} is due", sw.to),
+        )
+    } else {
+        act(
+            ControllerAction::Propose(Command::CancelScheduledSwitchover),
+            format!("scheduled switchover dropped: {} is not a streaming standby", sw.to),
+        )
+    })
+}
+
+/// A switchover: the target promotes once it has everything the old primary wrote before
+/// its clean shutdown; if that does not happen in time, it becomes a failover.
+fn switchover(i: &ControllerInput) -> ControllerDecision {
+    let s = i.state;
+    let p = s.pending.as_ref().expect("called with a pending change");
+    let to = p.to.as_deref().unwrap_or("?");
+    let from = p.from.as_deref().unwrap_or("?");
+    let timeout = switchover_timeout_ms(s.ha.lease_ms);
+    if let Some(stop) = p.stop_lsn {
+        let caught_up = i
+            .reports
+            .get(to)
+            .filter(|r| r.generation == s.generation)
+            .and_then(|r| r.lsn)
+            .is_some_and(|l| l > stop);
+        if caught_up {
+            return act(
+                ControllerAction::Propose(Command::Promote {
+                    generation: s.generation,
+                    node: to.to_string(),
+                }),
+                format!(
+                    "{to} has received {from}'s WAL past its shutdown checkpoint at {}: promoting",
+                    lsn(stop)
+                ),
+            );
+        }
+    }
+    if i.pending_ms > timeout {
+        let why = match p.stop_lsn {
+            None => format!("{from} did not shut down cleanly"),
+            Some(l) => format!("{to} did not receive {from}'s WAL up to {}", lsn(l)),
+        };
+        return act(
+            ControllerAction::Propose(Command::BeginFailover {
+                generation: s.generation,
+                to: None,
+                forced: false,
+                reason: format!(
+                    "switchover to {to} abandoned after {} ms: {why}; failing over",
+                    i.pending_ms
+                ),
+            }),
+            format!("switchover to {to} stalled ({why}): turning it into a failover"),
+        );
+    }
+    match p.stop_lsn {
+        None => idle(format!("switchover: waiting for {from} to shut down cleanly")),
+        Some(l) => idle(format!("switchover: waiting for {to} to receive up to {}", lsn(l))),
+    }
 }
 
 fn bootstrap(i: &ControllerInput) -> ControllerDecision {
@@ -190,7 +328,9 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
     let input = ElectionInput {
         standbys,
         sync_mode: s.ha.synchronous_mode,
-        sync_quorum: s.sync_quorum(),
+        quorums: std::iter::once(s.sync_config())
+            .chain(s.sync_unconfirmed.iter().cloned())
+            .collect(),
         last_primary_lsn,
         maximum_lag_bytes: s.ha.maximum_lag_on_failover_bytes,
         requested: p.to.as_deref(),

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cluster::testing::three_members;
-use crate::cluster::{apply, SyncMode};
+use crate::cluster::{apply, PendingKind, SyncMode};
 
 fn booted() -> ClusterState {
     three_members(&[
@@ -38,7 +38,13 @@ fn report(generation: u64, pg: PgRole, final_position: Option<(u64, u32)>) -> Re
         lsn: Some(100),
         final_position,
         reason: String::new(),
+        sync_applied: None,
+        pending_restart: false,
     }
+}
+
+fn voters() -> BTreeSet<String> {
+    ["n1", "n2", "n3"].map(String::from).into()
 }
 
 fn decide_with(
@@ -52,7 +58,169 @@ fn decide_with(
         state: s,
         reports,
         lease_expired_ms: expired,
+        voters: &voters(),
+        pending_ms: 0,
+        now_unix_ms: 0,
     })
+}
+
+fn switching_over() -> ClusterState {
+    let mut s = booted();
+    apply(
+        &mut s,
+        &Command::BeginSwitchover {
+            generation: 1,
+            to: "n2".into(),
+            reason: "planned".into(),
+        },
+    )
+    .unwrap();
+    s
+}
+
+fn standby_at(generation: u64, lsn: u64) -> Report {
+    Report {
+        lsn: Some(lsn),
+        ..report(generation, PgRole::Standby, None)
+    }
+}
+
+#[test]
+fn switchover_promotes_the_target_once_it_has_the_shutdown_checkpoint() {
+    let mut s = switching_over();
+    let mut reports = BTreeMap::from([("n2".to_string(), standby_at(2, 500))]);
+    let d = decide_with("n3", &s, &reports, None);
+    assert_eq!(d.action, None, "the old primary has not stopped: {}", d.reason);
+    apply(
+        &mut s,
+        &Command::SwitchoverStopped {
+            generation: 2,
+            node: "n1".into(),
+            lsn: 500,
+        },
+    )
+    .unwrap();
+    let d = decide_with("n3", &s, &reports, None);
+    assert_eq!(
+        d.action, None,
+        "n2 has not received past the checkpoint record: {}",
+        d.reason
+    );
+    reports.insert("n2".into(), standby_at(2, 600));
+    assert_eq!(
+        decide_with("n3", &s, &reports, None).action,
+        Some(ControllerAction::Propose(Command::Promote {
+            generation: 2,
+            node: "n2".into()
+        }))
+    );
+}
+
+#[test]
+fn a_stalled_switchover_becomes_a_failover() {
+    let s = switching_over();
+    let reports = BTreeMap::from([("n2".to_string(), standby_at(2, 500))]);
+    let d = decide(&ControllerInput {
+        me: "n3",
+        state: &s,
+        reports: &reports,
+        lease_expired_ms: None,
+        voters: &voters(),
+        pending_ms: switchover_timeout_ms(s.ha.lease_ms) + 1,
+        now_unix_ms: 0,
+    });
+    let Some(ControllerAction::Propose(
+        cmd @ Command::BeginFailover {
+            generation: 2,
+            to: None,
+            ..
+        },
+    )) = &d.action
+    else {
+        panic!("{d:?}");
+    };
+    let mut after = s.clone();
+    apply(&mut after, cmd).unwrap();
+    let p = after.pending.as_ref().unwrap();
+    assert_eq!(
+        (p.kind, p.from.as_deref(), after.generation),
+        (PendingKind::Failover, Some("n1"), 3)
+    );
+}
+
+#[test]
+fn a_learner_joins_the_sync_set_only_as_a_streaming_voter() {
+    let mut s = booted();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: crate::cluster::testing::member("n4", 4),
+        },
+    )
+    .unwrap();
+    let mut reports = BTreeMap::from([("n4".to_string(), report(1, PgRole::Standby, None))]);
+    assert_eq!(decide_with("n2", &s, &reports, None).action, None, "n4 is a learner");
+    let mut v = voters();
+    v.insert("n4".into());
+    let input = |reports: &BTreeMap<String, Report>, s: &ClusterState| {
+        decide(&ControllerInput {
+            me: "n2",
+            state: s,
+            reports,
+            lease_expired_ms: None,
+            voters: &v,
+            pending_ms: 0,
+            now_unix_ms: 0,
+        })
+    };
+    let d = input(&reports, &s);
+    let Some(ControllerAction::Propose(cmd @ Command::SetSyncStandbys { .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    apply(&mut s, cmd).unwrap();
+    assert_eq!((s.sync_quorum(), s.sync_unconfirmed.len()), (2, 1));
+    assert_eq!(input(&reports, &s).action, None, "waits for the primary to apply ANY 2");
+    let mut primary = report(1, PgRole::Primary, None);
+    primary.sync_applied = Some(s.sync_config());
+    reports.insert("n1".into(), primary);
+    let d = input(&reports, &s);
+    let Some(ControllerAction::Propose(cmd @ Command::ConfirmSync { .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    apply(&mut s, cmd).unwrap();
+    assert!(s.sync_unconfirmed.is_empty());
+}
+
+#[test]
+fn a_scheduled_switchover_starts_when_due_and_only_to_a_streaming_standby() {
+    let mut s = booted();
+    s.scheduled_switchover = Some(crate::cluster::ScheduledSwitchover {
+        from: Some("n1".into()),
+        to: "n3".into(),
+        at_unix_ms: 1_000,
+    });
+    let reports = BTreeMap::from([("n3".to_string(), report(1, PgRole::Standby, None))]);
+    let at = |now: u64, reports: &BTreeMap<String, Report>| {
+        decide(&ControllerInput {
+            me: "n2",
+            state: &s,
+            reports,
+            lease_expired_ms: None,
+            voters: &voters(),
+            pending_ms: 0,
+            now_unix_ms: now,
+        })
+        .action
+    };
+    assert_eq!(at(999, &reports), None);
+    assert!(matches!(
+        at(1_000, &reports),
+        Some(ControllerAction::Propose(Command::BeginSwitchover { generation: 1, ref to, .. })) if to == "n3"
+    ));
+    assert_eq!(
+        at(1_000, &BTreeMap::new()),
+        Some(ControllerAction::Propose(Command::CancelScheduledSwitchover))
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::{SyncMode, Tags};
+use crate::cluster::{SyncConfig, SyncMode, Tags};
 
 /// A standby's final position after it stopped streaming from the old primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +26,9 @@ pub struct ElectionInput<'a> {
     /// Members other than the old primary, with their final report or `None` (Unknown).
     pub standbys: BTreeMap<&'a str, Option<FinalReport>>,
     pub sync_mode: SyncMode,
-    /// `k` of `ANY k (...)` in force under the fenced generation.
-    pub sync_quorum: usize,
+    /// The synchronous configurations the fenced primary may have run (`ANY k (standbys)`):
+    /// the current one and any it had not confirmed yet. Each must be covered.
+    pub quorums: Vec<SyncConfig>,
     /// Async mode: the old primary's last known write position, and the allowed lag.
     pub last_primary_lsn: Option<u64>,
     pub maximum_lag_bytes: u64,
@@ -53,12 +54,30 @@ pub enum Election {
     },
 }
 
-/// Final reports needed before a promotion cannot lose an acknowledged commit.
-pub fn reports_needed(input: &ElectionInput) -> usize {
-    match input.sync_mode {
-        SyncMode::Quorum => (input.standbys.len() + 1).saturating_sub(input.sync_quorum).max(1),
-        SyncMode::Off => 1,
+/// Whether the final reports are enough for a promotion that cannot lose an acknowledged
+/// commit: for every `ANY k (S)` the old primary may have run, `|S| - k + 1` members of
+/// `S` reported (any such group holds each commit that `k` members of `S` acknowledged).
+/// `Err` names who is still missing.
+fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(), String> {
+    let has = |n: &str| reported.iter().any(|(r, _)| *r == n);
+    if reported.is_empty() {
+        let all: Vec<&str> = input.standbys.keys().copied().collect();
+        return Err(format!("no final report yet; waiting for [{}]", all.join(", ")));
     }
+    for q in input.quorums.iter().filter(|q| q.k > 0) {
+        let needed = (q.standbys.len() + 1).saturating_sub(q.k);
+        let have = q.standbys.iter().filter(|n| has(n)).count();
+        if have < needed {
+            let missing: Vec<&str> = q.standbys.iter().map(String::as_str).filter(|n| !has(n)).collect();
+            return Err(format!(
+                "{have} of {needed} final reports needed under ANY {} ({}) to be sure no acknowledged write is lost; waiting for [{}]",
+                q.k,
+                q.standbys.iter().cloned().collect::<Vec<_>>().join(", "),
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn elect(input: &ElectionInput) -> Election {
@@ -70,21 +89,8 @@ pub fn elect(input: &ElectionInput) -> Election {
     if input.forced {
         return forced(input, &reported);
     }
-    let needed = reports_needed(input);
-    if reported.len() < needed {
-        let missing: Vec<&str> = input
-            .standbys
-            .iter()
-            .filter(|(_, r)| r.is_none())
-            .map(|(n, _)| *n)
-            .collect();
-        return Election::Wait {
-            reason: format!(
-                "{} of {needed} final reports needed to be sure no acknowledged write is lost; waiting for [{}]",
-                reported.len(),
-                missing.join(", ")
-            ),
-        };
+    if let Err(reason) = covered(input, &reported) {
+        return Election::Wait { reason };
     }
     // Positions compare only within a timeline; a standby left on an older one holds none
     // of the current primary's acknowledged commits.
@@ -132,7 +138,7 @@ pub fn elect(input: &ElectionInput) -> Election {
         Some((n, r)) => Election::Promote {
             node: n.to_string(),
             reason: format!(
-                "{n} is the most advanced eligible standby (flushed {}, priority {}, {} of {needed} reports)",
+                "{n} is the most advanced eligible standby (flushed {}, priority {}, {} reports)",
                 lsn(r.flush_lsn),
                 r.tags.failover_priority,
                 reported.len()

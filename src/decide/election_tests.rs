@@ -16,7 +16,10 @@ fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> 
     ElectionInput {
         standbys: standbys.iter().cloned().collect(),
         sync_mode: SyncMode::Quorum,
-        sync_quorum: members / 2,
+        quorums: vec![SyncConfig {
+            standbys: standbys.iter().map(|(n, _)| n.to_string()).collect(),
+            k: members / 2,
+        }],
         last_primary_lsn: None,
         maximum_lag_bytes: 0,
         requested: None,
@@ -99,6 +102,7 @@ fn forced_failover_promotes_the_target_and_says_what_may_be_lost() {
 fn async_mode_allows_bounded_lag() {
     let mut input = quorum(&[("n2", report(900)), ("n3", None)]);
     input.sync_mode = SyncMode::Off;
+    input.quorums[0].k = 0;
     input.last_primary_lsn = Some(1000);
     input.maximum_lag_bytes = 50;
     assert!(
@@ -107,6 +111,33 @@ fn async_mode_allows_bounded_lag() {
     );
     input.maximum_lag_bytes = 100;
     assert_eq!(promoted(&elect(&input)), Some("n2"));
+}
+
+#[test]
+fn an_unconfirmed_earlier_sync_config_must_be_covered_too() {
+    // Growing from ANY 1 (n2, n3) to ANY 2 (n2, n3, n4): until the primary confirms, a commit
+    // may be on n2 alone, so reports from n3 and n4 are not enough.
+    let mut input = quorum(&[("n2", None), ("n3", report(10)), ("n4", report(20))]);
+    input.quorums = vec![
+        SyncConfig {
+            standbys: ["n2", "n3", "n4"].map(String::from).into(),
+            k: 2,
+        },
+        SyncConfig {
+            standbys: ["n2", "n3"].map(String::from).into(),
+            k: 1,
+        },
+    ];
+    let e = elect(&input);
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.contains("[n2]")),
+        "{e:?}"
+    );
+    input.standbys.insert("n2", report(30));
+    assert_eq!(promoted(&elect(&input)), Some("n2"));
+    input.quorums.pop();
+    input.standbys.insert("n2", None);
+    assert_eq!(promoted(&elect(&input)), Some("n4"), "confirmed: 2 of 3 suffice");
 }
 
 #[test]
@@ -162,7 +193,7 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
                 })
                 .collect();
             let mut input = quorum(&standbys);
-            input.sync_quorum = k;
+            input.quorums[0].k = k;
             let e = elect(&input);
             if let Some(node) = promoted(&e) {
                 let i = names.iter().position(|x| *x == node).unwrap();

@@ -248,6 +248,8 @@ pub struct Controldata {
     pub state: String,
     pub timeline: Option<u32>,
     pub system_identifier: Option<u64>,
+    /// Start of the latest checkpoint record (after a clean shutdown: the last record).
+    pub checkpoint_lsn: Option<u64>,
 }
 
 impl Controldata {
@@ -261,7 +263,13 @@ impl Controldata {
             state: field("Database cluster state").unwrap_or_default(),
             timeline: field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok()),
             system_identifier: field("Database system identifier").and_then(|v| v.parse().ok()),
+            checkpoint_lsn: field("Latest checkpoint location").and_then(|v| crate::postgres::parse_lsn(&v)),
         }
+    }
+
+    /// The server was shut down cleanly as a primary: its WAL ends with the shutdown checkpoint.
+    pub fn clean_primary_shutdown(&self) -> bool {
+        self.state == "shut down"
     }
 
     /// The server was last a standby (stopped cleanly or not while in recovery).

@@ -13,6 +13,26 @@ pub use bin::{PgBinaries, RunAs};
 pub use ctl::{read_postmaster_pid, Controldata, PgCtl, StopMode};
 pub use observe::{observe, Observation, PgState, Replica};
 
+/// An LSN as PostgreSQL prints it (`X/Y`, hexadecimal).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The fork point of `timeline`, from its history file (`pg_wal/<TLI>.history`): the
+/// parent timeline and the LSN where the new timeline starts (the last line).
+pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
+    let last = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .last()?;
+    let mut parts = last.split_whitespace();
+    let parent = parts.next()?.parse().ok()?;
+    let lsn = parse_lsn(parts.next()?)?;
+    Some((parent, lsn))
+}
+
 /// A failure of a PostgreSQL action, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -39,4 +59,19 @@ pub enum PgError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_and_history_parse_like_postgres_prints_them() {
+        assert_eq!(parse_lsn("3/60"), Some(0x3_0000_0060));
+        assert_eq!(parse_lsn("0/3000060 "), Some(0x300_0060));
+        assert_eq!(parse_lsn("nope"), None);
+        let history = "1\t0/3000060\tno recovery target specified\n\n2\t0/5000128\tno recovery target specified\n";
+        assert_eq!(parse_timeline_history(history), Some((2, 0x500_0128)));
+        assert_eq!(parse_timeline_history(""), None);
+    }
 }

@@ -31,6 +31,10 @@ pub struct PgState {
     pub replication: Vec<Replica>,
     /// Names of the physical replication slots.
     pub slots: Vec<String>,
+    /// `synchronous_standby_names` as the server runs it.
+    pub sync_names: String,
+    /// Parameters changed in the configuration that need a restart to take effect.
+    pub pending_restart: Vec<String>,
 }
 
 impl PgState {
@@ -61,7 +65,9 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())),
     (SELECT status FROM pg_stat_wal_receiver),
     current_setting('primary_conninfo'),
-    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1)";
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1),
+    current_setting('synchronous_standby_names'),
+    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1)";
 
 const REPLICATION: &str =
     "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''), flush_lsn
@@ -106,5 +112,7 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         primary_conninfo: row.get(7),
         replication,
         slots: row.get(8),
+        sync_names: row.get(9),
+        pending_restart: row.get(10),
     })
 }
