@@ -181,7 +181,7 @@ impl ClusterState {
     /// commit is on a majority of that group.
     pub fn sync_quorum(&self) -> usize {
         match self.ha.synchronous_mode {
-            super::SyncMode::Quorum => (self.sync_standbys.len() + 1) / 2,
+            super::SyncMode::Quorum => self.sync_standbys.len().div_ceil(2),
             super::SyncMode::Off => 0,
         }
     }

@@ -25,8 +25,7 @@ pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
     let last = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .last()?;
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))?;
     let mut parts = last.split_whitespace();
     let parent = parts.next()?.parse().ok()?;
     let lsn = parse_lsn(parts.next()?)?;
