@@ -144,6 +144,34 @@ impl Book {
             .collect()
     }
 
+    /// Every report with its age, and the primary's lease as this leader counts it.
+    pub fn view(&self, state: &crate::cluster::ClusterState, now: Instant) -> crate::decide::view::ClusterView {
+        let b = self.lock();
+        let reports = b
+            .reports
+            .iter()
+            .map(|(n, (at, r))| {
+                (
+                    n.clone(),
+                    (now.saturating_duration_since(*at).as_millis() as u64, r.clone()),
+                )
+            })
+            .collect();
+        let lease_remaining_ms = match (&b.clock, &state.primary) {
+            (Some((n, g, at)), Some(p)) if *n == p.node && *g == p.generation && state.pending.is_none() => Some(
+                state
+                    .ha
+                    .lease_ms
+                    .saturating_sub(now.saturating_duration_since(*at).as_millis() as u64),
+            ),
+            _ => None,
+        };
+        crate::decide::view::ClusterView {
+            reports,
+            lease_remaining_ms,
+        }
+    }
+
     /// This node just became Raft leader: the clock restarts now for whoever is primary.
     pub fn start_tenure(&self, primary: Option<&Primary>, now: Instant) {
         self.lock().clock = primary.map(|p| (p.node.clone(), p.generation, now));

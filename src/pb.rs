@@ -9,3 +9,6 @@ pub mod raft {
 pub mod control {
     tonic::include_proto!("raftpg.control.v1");
 }
+
+/// Encoded descriptors of every proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("control_descriptor");

@@ -246,6 +246,7 @@ impl Agent {
             sync_applied,
             pending_restart,
         };
+        self.node.local.set_own(report.clone(), self.gate_lsn.is_some());
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let urgent = out.report.final_position != report.final_position
             || out.renew != d.renew_lease
@@ -400,8 +401,15 @@ async fn send_report(
         }
     };
     match reply {
-        Ok(ReportReply::Accepted { lease_granted: true }) => holder.granted(req.report.generation, sent, lease_ms),
-        Ok(_) => {}
+        Ok(ReportReply::Accepted { lease_granted, view }) => {
+            if lease_granted {
+                holder.granted(req.report.generation, sent, lease_ms);
+            }
+            node.local.set_view(view);
+        }
+        Ok(ReportReply::NotLeader { .. }) => {}
         Err(e) => tracing::debug!("report to the Raft leader failed: {e}"),
     }
+    node.local
+        .set_lease(holder.expiry(req.report.generation).map(|e| (req.report.generation, e)));
 }

@@ -1,3 +1,5 @@
-//! External interfaces: the gRPC control API (and, with the PostgreSQL issue, HTTP health).
+//! External interfaces: the gRPC control API, the HTTP health checks and metrics, and the
+//! member view both are built from.
 
 pub mod grpc;
+pub mod http;

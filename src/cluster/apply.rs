@@ -110,11 +110,10 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             if let Some(to) = to {
                 known(state, to)?;
             }
-            // A switchover whose target has not been told to promote may turn into a failover
-            // (the old primary did not stop cleanly in time).
-            let stalled = state
-                .pending
-                .take_if(|p| p.kind == PendingKind::Switchover && p.candidate.is_none());
+            // A change whose candidate is not chosen yet may be superseded: a switchover
+            // whose old primary did not stop cleanly in time, a requested target that
+            // lacks acknowledged writes, or a forced failover out of a stuck one.
+            let stalled = state.pending.take_if(|p| p.candidate.is_none());
             if let Some(p) = &stalled {
                 state.primary = p.from.as_ref().map(|f| Primary {
                     node: f.clone(),

@@ -258,10 +258,25 @@ fn stale_generation_is_rejected_everywhere() {
 }
 
 #[test]
-fn second_failover_while_pending_is_rejected() {
+fn a_second_failover_supersedes_one_without_candidate_only() {
     let mut s = bootstrapped();
     apply(&mut s, &failover(1)).unwrap();
-    assert_eq!(rejected(&mut s, failover(2)), Rejection::AlreadyPending);
+    apply(&mut s, &failover(2)).unwrap();
+    let p = s.pending.clone().unwrap();
+    assert_eq!(
+        (s.generation, p.from.as_deref()),
+        (3, Some("n1")),
+        "the old primary is kept"
+    );
+    apply(
+        &mut s,
+        &Command::Promote {
+            generation: 3,
+            node: "n2".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(rejected(&mut s, failover(3)), Rejection::AlreadyPending);
 }
 
 #[test]

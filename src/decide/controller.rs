@@ -344,6 +344,15 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             }),
             reason,
         ),
+        Election::Refuse { reason } if p.to.is_some() && !p.forced => act(
+            ControllerAction::Propose(Command::BeginFailover {
+                generation: s.generation,
+                to: None,
+                forced: false,
+                reason: format!("{}; promoting the most advanced standby instead", reason),
+            }),
+            format!("the requested target cannot be promoted safely ({reason}): choosing another"),
+        ),
         Election::Wait { reason } | Election::Refuse { reason } => idle(reason),
     }
 }

@@ -3,3 +3,5 @@
 pub mod agent;
 pub mod controller;
 pub mod election;
+pub mod requests;
+pub mod view;

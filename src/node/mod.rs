@@ -8,6 +8,7 @@ mod init;
 mod membership;
 mod propose;
 pub mod report;
+pub mod status;
 mod watch;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Node {
     pub leader_contact: LeaderContact,
     /// On the Raft leader: the agents' reports and the primary's lease clock.
     pub book: Book,
+    /// This node's own report, lease, and the leader's view of the members.
+    pub local: status::LocalStatus,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -76,6 +79,7 @@ impl Node {
 
         let raft_listener = bind(&me.raft, "members[].raft").await?;
         let grpc_listener = bind(&me.grpc, "members[].grpc").await?;
+        let http_listener = bind(&me.http, "members[].http").await?;
         let (stop_tx, stop_rx) = tokio_watch::channel(false);
         let node = Node {
             raft: raft.clone(),
@@ -83,6 +87,7 @@ impl Node {
             cfg: Arc::new(cfg.clone()),
             leader_contact: LeaderContact::default(),
             book: Book::default(),
+            local: status::LocalStatus::default(),
             stop_tx: Arc::new(stop_tx),
             tasks: Arc::default(),
         };
@@ -103,12 +108,17 @@ impl Node {
             "raft",
         ));
         let control = ControlGrpc::new(ControlServer { node: node.clone() });
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the gRPC reflection service")?;
         node.spawn(serve(
-            Server::builder().add_service(control),
+            Server::builder().add_service(control).add_service(reflection),
             grpc_listener,
             stop_rx.clone(),
             "grpc",
         ));
+        node.spawn(crate::api::http::serve(node.clone(), http_listener, stop_rx.clone()));
         node.spawn(init::ensure_initialized(
             raft.clone(),
             cfg.clone(),
@@ -117,6 +127,7 @@ impl Node {
         ));
         node.spawn(watch::log_role_changes(node.clone(), stop_rx.clone()));
         node.spawn(watch::leader_duties(node.clone(), stop_rx.clone()));
+        node.spawn(status::time_primary_changes(node.clone(), stop_rx.clone()));
         if cfg.postgres.manage {
             let pg = crate::agent::PgNode::prepare(&cfg)?;
             node.spawn(crate::controller::run(node.clone(), stop_rx.clone()));
@@ -158,6 +169,30 @@ impl Node {
     /// A copy of the Raft metrics (never hold the watch borrow across an await).
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Every member's last report: the Raft leader's own book here, else the view it
+    /// passed on with the last report reply (empty until one arrived).
+    pub fn cluster_view(&self) -> crate::decide::view::ClusterView {
+        let m = self.metrics();
+        if m.current_leader == Some(self.id()) && m.state == openraft::ServerState::Leader {
+            let state = self.state().state;
+            return self.book.view(&state, tokio::time::Instant::now());
+        }
+        self.local.view().unwrap_or_default()
+    }
+
+    /// Raft voters, learners and leader as this node knows them.
+    pub fn raft_view(&self) -> crate::decide::view::RaftView {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let learners = membership.learner_ids().collect();
+        crate::decide::view::RaftView {
+            voters,
+            learners,
+            leader: m.current_leader,
+        }
     }
 
     /// Proposes a command from this node; forwarded to the Raft leader if needed.

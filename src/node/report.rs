@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::decide::controller::Report;
+use crate::decide::view::ClusterView;
 use crate::lease::Book;
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftMessage;
@@ -34,11 +35,11 @@ pub struct ReportRequest {
 pub enum ReportReply {
     Accepted {
         lease_granted: bool,
+        /// Every member's last report, so any node can answer status and health checks.
+        view: ClusterView,
     },
     /// Not the Raft leader; `leader` is who this node believes is.
-    NotLeader {
-        leader: Option<u64>,
-    },
+    NotLeader { leader: Option<u64> },
 }
 
 /// The leader's handler (called over gRPC or in-process).
@@ -50,7 +51,11 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     }
     book.record(&req.node, req.report.clone());
     if !req.renew {
-        return ReportReply::Accepted { lease_granted: false };
+        let view = book.view(&sm.current().state, Instant::now());
+        return ReportReply::Accepted {
+            lease_granted: false,
+            view,
+        };
     }
     if let Err(e) = raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
         tracing::debug!(node = %req.node, "lease renewal not granted: leadership not confirmed: {e}");
@@ -65,7 +70,10 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     if granted {
         book.granted(&req.node, req.report.generation, Instant::now());
     }
-    ReportReply::Accepted { lease_granted: granted }
+    ReportReply::Accepted {
+        lease_granted: granted,
+        view: book.view(&state, Instant::now()),
+    }
 }
 
 /// The agent's side: sends to whoever leads, keeping one channel per address.

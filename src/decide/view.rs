@@ -1,0 +1,401 @@
+//! What each member looks like right now: the replicated state joined with the agents'
+//! last reports (volatile, kept by the Raft leader and passed on with every report reply).
+//! Pure: ages and the lease come in as numbers. `ctl list`, `/cluster` and `/metrics` all
+//! read these rows, so they never disagree.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterState;
+use crate::decide::agent::{wanted, Wanted};
+use crate::decide::controller::{PgRole, Report};
+
+/// The Raft leader's picture of the agents, as it hands it to every reporting node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Last report per member, with its age in milliseconds when the view was made.
+    pub reports: BTreeMap<String, (u64, Report)>,
+    /// Milliseconds until the controller may treat the primary's lease as lapsed.
+    pub lease_remaining_ms: Option<u64>,
+}
+
+impl ClusterView {
+    /// The same view `ms` milliseconds later.
+    pub fn aged(mut self, ms: u64) -> ClusterView {
+        for (age, _) in self.reports.values_mut() {
+            *age += ms;
+        }
+        self.lease_remaining_ms = self.lease_remaining_ms.map(|l| l.saturating_sub(ms));
+        self
+    }
+}
+
+/// Raft membership as the answering node knows it.
+#[derive(Clone, Debug, Default)]
+pub struct RaftView {
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub leader: Option<u64>,
+}
+
+/// One line of `ctl list` / one member of `/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberRow {
+    pub name: String,
+    /// PostgreSQL address, host:port.
+    pub host: String,
+    pub api_url: String,
+    /// primary, quorum_standby, replica, candidate, fenced, learner.
+    pub role: String,
+    /// running, streaming, in recovery, stopped, no data, unknown.
+    pub state: String,
+    pub timeline: Option<u32>,
+    pub lsn: Option<u64>,
+    /// Bytes behind the primary's last reported write position; `None` when unknown.
+    pub lag_bytes: Option<u64>,
+    /// Primary only: milliseconds of lease left as the Raft leader counts it.
+    pub lease_remaining_ms: Option<u64>,
+    /// The member's last decision, in words.
+    pub reason: String,
+    pub report_age_ms: Option<u64>,
+    pub pending_restart: bool,
+    /// voter, learner, or "" when not in the Raft membership.
+    pub raft: String,
+    pub raft_leader: bool,
+    pub nofailover: bool,
+    pub failover_priority: i32,
+}
+
+/// Reports older than this describe a member that is not reporting: its state is unknown.
+pub fn stale_after_ms(lease_ms: u64) -> u64 {
+    (2 * lease_ms).max(2_000)
+}
+
+pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<MemberRow> {
+    let stale = stale_after_ms(state.ha.lease_ms);
+    let fresh = |name: &str| {
+        view.reports
+            .get(name)
+            .filter(|(age, r)| *age <= stale && r.generation == state.generation)
+    };
+    let primary = state.primary_name().and_then(fresh).map(|(_, r)| r);
+    state
+        .members
+        .values()
+        .map(|m| {
+            let report = view.reports.get(&m.name);
+            let current = fresh(&m.name).map(|(_, r)| r);
+            let role = match wanted(state, &m.name) {
+                Wanted::Primary => "primary",
+                Wanted::Candidate => "candidate",
+                Wanted::OldPrimary => "fenced",
+                _ if !raft.voters.contains(&m.id) && raft.learners.contains(&m.id) => "learner",
+                _ if state.sync_standbys.contains(&m.name) => "quorum_standby",
+                _ => "replica",
+            };
+            let pg_state = match current.or(report.filter(|(a, _)| *a <= stale).map(|(_, r)| r)) {
+                None => "unknown".to_string(),
+                Some(r) => match r.pg {
+                    PgRole::Primary => "running",
+                    PgRole::Standby if r.streaming => "streaming",
+                    PgRole::Standby => "in recovery",
+                    PgRole::Stopped => "stopped",
+                    PgRole::NoData => "no data",
+                    PgRole::Unknown => "unknown",
+                }
+                .to_string(),
+            };
+            let lag_bytes = match (primary, current) {
+                (_, Some(_)) if state.primary_name() == Some(m.name.as_str()) => Some(0),
+                (Some(p), Some(r)) if r.pg == PgRole::Standby && p.timeline == r.timeline => match (p.lsn, r.lsn) {
+                    (Some(pl), Some(rl)) => Some(pl.saturating_sub(rl)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            MemberRow {
+                name: m.name.clone(),
+                host: m.pg_addr.clone(),
+                api_url: format!("http://{}/", m.http_addr),
+                role: role.to_string(),
+                state: pg_state,
+                timeline: current.and_then(|r| r.timeline),
+                lsn: current.and_then(|r| r.lsn),
+                lag_bytes,
+                lease_remaining_ms: (role == "primary").then_some(view.lease_remaining_ms).flatten(),
+                reason: report.map(|(_, r)| r.reason.clone()).unwrap_or_default(),
+                report_age_ms: report.map(|(a, _)| *a),
+                pending_restart: current.is_some_and(|r| r.pending_restart),
+                raft: if raft.voters.contains(&m.id) {
+                    "voter"
+                } else if raft.learners.contains(&m.id) {
+                    "learner"
+                } else {
+                    ""
+                }
+                .to_string(),
+                raft_leader: raft.leader == Some(m.id),
+                nofailover: m.tags.nofailover,
+                failover_priority: m.tags.failover_priority,
+            }
+        })
+        .collect()
+}
+
+/// Parses a lag limit as Patroni does: bytes, or with a unit (`16MB`, `1 GB`, `512kB`).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The HTTP health checks, with Patroni's paths and meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `/`, `/primary`, `/master`, `/leader`, `/read-write`: the lease-holding primary.
+    Primary,
+    /// `/replica`: a streaming standby (within `?lag=`).
+    Replica,
+    /// `/read-only`: the primary or a streaming standby.
+    ReadOnly,
+    /// `/sync`, `/synchronous`, `/quorum`: a streaming standby in the synchronous set.
+    Sync,
+    /// `/async`, `/asynchronous`: a streaming standby outside it.
+    Async,
+    /// `/health`: PostgreSQL is running.
+    Health,
+    /// `/liveness`: raftpg's own loop is alive.
+    Liveness,
+    /// `/readiness`: the primary, or a standby that streams.
+    Readiness,
+}
+
+impl Check {
+    pub fn from_path(path: &str) -> Option<Check> {
+        Some(match path.trim_end_matches('/') {
+            "" | "/primary" | "/master" | "/leader" | "/read-write" => Check::Primary,
+            "/replica" => Check::Replica,
+            "/read-only" => Check::ReadOnly,
+            "/sync" | "/synchronous" | "/quorum" => Check::Sync,
+            "/async" | "/asynchronous" => Check::Async,
+            "/health" => Check::Health,
+            "/liveness" => Check::Liveness,
+            "/readiness" => Check::Readiness,
+            _ => return None,
+        })
+    }
+}
+
+/// What one node knows about itself when a health check comes in.
+#[derive(Clone, Debug)]
+pub struct HealthInput<'a> {
+    pub me: &'a str,
+    pub state: &'a ClusterState,
+    /// Its agent's last report and that report's age; `None` without an agent.
+    pub own: Option<(u64, &'a Report)>,
+    /// A crash-restarted primary that still refuses clients.
+    pub gated: bool,
+    /// This node's lease as primary of the current generation, in milliseconds left.
+    pub lease_remaining_ms: Option<u64>,
+    /// This standby's lag behind the primary, if known.
+    pub lag_bytes: Option<u64>,
+    /// `?lag=` on the request.
+    pub max_lag: Option<u64>,
+}
+
+/// An agent report older than this says nothing about PostgreSQL now.
+pub const OWN_REPORT_MAX_AGE_MS: u64 = 2_000;
+
+/// Whether the check passes (200) or not (503).
+pub fn health(check: Check, i: &HealthInput) -> bool {
+    let own = i
+        .own
+        .filter(|(age, r)| *age <= OWN_REPORT_MAX_AGE_MS && r.generation == i.state.generation)
+        .map(|(_, r)| r);
+    let running = own.is_some_and(|r| matches!(r.pg, PgRole::Primary | PgRole::Standby));
+    let primary = own.is_some_and(|r| r.pg == PgRole::Primary)
+        && wanted(i.state, i.me) == Wanted::Primary
+        && !i.gated
+        && i.lease_remaining_ms.is_some_and(|l| l > 0);
+    let within_lag = match i.max_lag {
+        None => true,
+        Some(max) => i.lag_bytes.is_some_and(|l| l <= max),
+    };
+    let replica = own.is_some_and(|r| r.pg == PgRole::Standby && r.streaming) && within_lag;
+    let sync = i.state.sync_standbys.contains(i.me);
+    match check {
+        Check::Primary => primary,
+        Check::Replica => replica,
+        Check::ReadOnly => primary || replica,
+        Check::Sync => replica && sync,
+        Check::Async => replica && !sync,
+        Check::Health => running,
+        Check::Liveness => i.own.is_none_or(|(age, _)| age <= 10_000),
+        Check::Readiness => primary || replica,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testing::three_members;
+    use crate::cluster::Command;
+
+    fn report(generation: u64, pg: PgRole, streaming: bool, lsn: u64) -> Report {
+        Report {
+            generation,
+            pg,
+            streaming,
+            timeline: Some(1),
+            lsn: Some(lsn),
+            final_position: None,
+            reason: format!("{pg:?}"),
+            sync_applied: None,
+            pending_restart: false,
+        }
+    }
+
+    #[test]
+    fn rows_join_the_state_with_fresh_reports() {
+        let mut s = three_members(&[
+            Command::ChooseBootstrap { node: "n1".into() },
+            Command::Bootstrap {
+                node: "n1".into(),
+                system_identifier: 1,
+            },
+        ]);
+        s.sync_standbys.remove("n3");
+        let view = ClusterView {
+            reports: BTreeMap::from([
+                ("n1".into(), (100, report(1, PgRole::Primary, false, 5000))),
+                ("n2".into(), (100, report(1, PgRole::Standby, true, 4000))),
+                ("n3".into(), (60_000, report(1, PgRole::Standby, true, 10))),
+            ]),
+            lease_remaining_ms: Some(1500),
+        };
+        let raft = RaftView {
+            voters: [1, 2, 3].into(),
+            learners: BTreeSet::new(),
+            leader: Some(2),
+        };
+        let r = rows(&s, &view, &raft);
+        assert_eq!(
+            r.iter()
+                .map(|m| (m.role.as_str(), m.state.as_str(), m.lag_bytes))
+                .collect::<Vec<_>>(),
+            [
+                ("primary", "running", Some(0)),
+                ("quorum_standby", "streaming", Some(1000)),
+                ("replica", "unknown", None),
+            ]
+        );
+        assert_eq!(r[0].lease_remaining_ms, Some(1500));
+        assert_eq!(r[1].lease_remaining_ms, None);
+        assert!(r[1].raft_leader && r[1].raft == "voter");
+        assert_eq!(r[2].reason, "Standby", "a stale report still says what it last did");
+    }
+
+    #[test]
+    fn health_checks_follow_patroni() {
+        let s = three_members(&[
+            Command::ChooseBootstrap { node: "n1".into() },
+            Command::Bootstrap {
+                node: "n1".into(),
+                system_identifier: 1,
+            },
+        ]);
+        let primary = report(1, PgRole::Primary, false, 100);
+        let standby = report(1, PgRole::Standby, true, 90);
+        let base = |me, own| HealthInput {
+            me,
+            state: &s,
+            own: Some((100, own)),
+            gated: false,
+            lease_remaining_ms: Some(1500),
+            lag_bytes: Some(10),
+            max_lag: None,
+        };
+        let all = [
+            Check::Primary,
+            Check::Replica,
+            Check::ReadOnly,
+            Check::Sync,
+            Check::Async,
+            Check::Health,
+            Check::Liveness,
+            Check::Readiness,
+        ];
+        let passing = |i: &HealthInput| all.iter().filter(|c| health(**c, i)).copied().collect::<Vec<_>>();
+        let p = base("n1", &primary);
+        assert_eq!(
+            passing(&p),
+            [
+                Check::Primary,
+                Check::ReadOnly,
+                Check::Health,
+                Check::Liveness,
+                Check::Readiness
+            ]
+        );
+        let no_lease = HealthInput {
+            lease_remaining_ms: Some(0),
+            ..base("n1", &primary)
+        };
+        assert!(!health(Check::Primary, &no_lease), "no lease, no writes");
+        let gated = HealthInput {
+            gated: true,
+            ..base("n1", &primary)
+        };
+        assert!(!health(Check::Primary, &gated));
+        assert!(
+            !health(Check::Primary, &base("n2", &primary)),
+            "a stray primary is not the primary"
+        );
+        let r = base("n2", &standby);
+        assert_eq!(
+            passing(&r),
+            [
+                Check::Replica,
+                Check::ReadOnly,
+                Check::Sync,
+                Check::Health,
+                Check::Liveness,
+                Check::Readiness
+            ]
+        );
+        let lagging = HealthInput {
+            max_lag: Some(5),
+            ..base("n2", &standby)
+        };
+        assert!(!health(Check::Replica, &lagging));
+        let stale = HealthInput {
+            own: Some((OWN_REPORT_MAX_AGE_MS + 1, &standby)),
+            ..base("n2", &standby)
+        };
+        assert!(!health(Check::Replica, &stale) && !health(Check::Health, &stale));
+        assert_eq!(Check::from_path("/"), Some(Check::Primary));
+        assert_eq!(Check::from_path("/read-only"), Some(Check::ReadOnly));
+        assert_eq!(Check::from_path("/nope"), None);
+    }
+
+    #[test]
+    fn lag_limits_parse_with_units() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("16MB"), Some(16 << 20));
+        assert_eq!(parse_bytes("1 GB"), Some(1 << 30));
+        assert_eq!(parse_bytes("512kB"), Some(512 << 10));
+        assert_eq!(parse_bytes("ten"), None);
+        assert_eq!(parse_bytes("5 parsecs"), None);
+    }
+}
