@@ -188,6 +188,29 @@ impl Agent {
             .await?;
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         let mut created = false;
+        let wanted: Vec<String> = state
+            .others(&self.pg.me)
+            .iter()
+            .map(|m| crate::postgres::conf::slot_name(m))
+            .collect();
+        for slot in have
+            .iter()
+            .filter(|s| s.starts_with(crate::postgres::conf::SLOT_PREFIX))
+        {
+            if !wanted.contains(slot) {
+                // A slot of a member that left would keep WAL on the primary for ever.
+                let dropped = client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        &[slot],
+                    )
+                    .await?;
+                if dropped > 0 {
+                    tracing::info!("dropped replication slot {slot}: its member left the cluster");
+                    created = true;
+                }
+            }
+        }
         for name in state.others(&self.pg.me) {
             let slot = crate::postgres::conf::slot_name(&name);
             if !have.contains(&slot) {

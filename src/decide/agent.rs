@@ -90,7 +90,8 @@ pub enum Action {
     Reconfigure,
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
-    /// Create the missing replication slots of the other members (primary only).
+    /// Create the missing replication slots of the other members, drop those of members
+    /// that left (primary only).
     EnsureSlots,
     /// Let clients in: a standby holds the WAL written before the crash restart.
     OpenGate,
@@ -273,8 +274,13 @@ fn primary(i: &AgentInput) -> Decision {
     match i.local {
         Local::Primary(pg) => {
             let mut actions = vec![Action::Reconfigure];
-            let slots = i.state.others(i.me).into_iter().map(|m| conf::slot_name(&m));
-            if slots.into_iter().any(|s| !pg.slots.contains(&s)) {
+            let wanted: Vec<String> = i.state.others(i.me).iter().map(|m| conf::slot_name(m)).collect();
+            let missing = wanted.iter().any(|s| !pg.slots.contains(s));
+            let orphaned = pg
+                .slots
+                .iter()
+                .any(|s| s.starts_with(conf::SLOT_PREFIX) && !wanted.contains(s));
+            if missing || orphaned {
                 actions.push(Action::EnsureSlots);
             }
             let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");

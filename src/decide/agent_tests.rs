@@ -128,7 +128,7 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
             sync_state: "quorum".into(),
             flush_lsn: Some(100),
         }],
-        slots: vec!["n2".into(), "n3".into()],
+        slots: vec!["raftpg_n2".into(), "raftpg_n3".into()],
         sync_names: String::new(),
         pending_restart: vec![],
     }
@@ -245,7 +245,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
 }
 
 #[test]
-fn primary_creates_only_missing_slots() {
+fn primary_creates_missing_slots_and_drops_those_of_former_members() {
     let s = three_members(&boot("n1"));
     let mut state = pg(false, "", None);
     let local = Local::Primary(state.clone());
@@ -254,11 +254,30 @@ fn primary_creates_only_missing_slots() {
         [Action::Reconfigure],
         "every other member has its slot"
     );
-    state.slots = vec!["n2".into()];
-    let local = Local::Primary(state);
+    state.slots = vec!["raftpg_n2".into()];
+    let local = Local::Primary(state.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
         [Action::Reconfigure, Action::EnsureSlots]
+    );
+    state.slots = vec![
+        "raftpg_n2".into(),
+        "raftpg_n3".into(),
+        "raftpg_gone".into(),
+        "backup".into(),
+    ];
+    let local = Local::Primary(state.clone());
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure, Action::EnsureSlots],
+        "a former member's slot is dropped"
+    );
+    state.slots = vec!["raftpg_n2".into(), "raftpg_n3".into(), "backup".into()];
+    let local = Local::Primary(state);
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure],
+        "slots raftpg does not own are left alone"
     );
 }
 

@@ -130,9 +130,12 @@ pub fn sync_standby_names(k: usize, standbys: &[String]) -> String {
     format!("ANY {} ({})", k.min(standbys.len()), names.join(", "))
 }
 
-/// The physical slot kept for `member` on the primary: lower case, `-` as `_`.
+/// Prefix of the replication slots raftpg owns (and drops when their member leaves).
+pub const SLOT_PREFIX: &str = "raftpg_";
+
+/// The physical slot kept for `member` on the primary: `raftpg_` + lower case, `-` as `_`.
 pub fn slot_name(member: &str) -> String {
-    member.to_ascii_lowercase().replace('-', "_")
+    format!("{SLOT_PREFIX}{}", member.to_ascii_lowercase().replace('-', "_"))
 }
 
 /// libpq key=value string of an upstream.
@@ -200,7 +203,7 @@ mod tests {
         let c = conninfo(&upstream());
         assert!(c.starts_with("host=10.0.0.1 port=5432 user=replicator application_name=db-2 "));
         assert!(c.ends_with("passfile='/var/lib/raftpg/pg pass'"), "{c}");
-        assert_eq!(slot_name("DB-2"), "db_2");
+        assert_eq!(slot_name("DB-2"), "raftpg_db_2");
     }
 
     #[test]
@@ -223,7 +226,7 @@ mod tests {
             conf.contains("work_mem = '16MB'"),
             "the node's value overrides the cluster's"
         );
-        assert!(conf.contains("primary_slot_name = 'db_2'"));
+        assert!(conf.contains("primary_slot_name = 'raftpg_db_2'"));
         assert!(conf.contains("synchronous_standby_names = 'ANY 1 (\"n1\")'"));
         assert!(conf.contains("restart_after_crash = 'off'"));
         assert!(conf.contains("passfile=''/var/lib/raftpg/pg pass''"), "{conf}");

@@ -67,7 +67,8 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     current_setting('primary_conninfo'),
     ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1),
     current_setting('synchronous_standby_names'),
-    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1)";
+    -- recovery_target_timeline is raftpg's own, and matters only when recovery starts.
+    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart AND name <> 'recovery_target_timeline' ORDER BY 1)";
 
 const REPLICATION: &str =
     "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''), flush_lsn

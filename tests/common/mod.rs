@@ -194,6 +194,91 @@ impl Cluster {
         }
     }
 
+    /// Writes a config for a new node `k` (members 1..=k) and starts it; `n` grows to `k`.
+    pub fn add_node(&mut self, k: u16, extra: &str) {
+        let node_dir = self.dir.path().join(format!("n{k}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        std::fs::write(
+            node_dir.join("raftpg.toml"),
+            render_config(self.dir.path(), k, k, self.base, extra),
+        )
+        .unwrap();
+        while self.procs.len() < k as usize {
+            self.procs.push(None);
+        }
+        self.n = self.n.max(k);
+        self.start_node(k);
+    }
+
+    /// Runs `raftpg ctl --endpoints <all> ARGS`: (exit 0?, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        self.ctl_at(&self.endpoints(), args)
+    }
+
+    pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(["ctl", "--endpoints", endpoints])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run raftpg ctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        eprintln!(
+            "$ raftpg ctl {}
+{stdout}{stderr}",
+            args.join(" ")
+        );
+        (out.status.success(), stdout, stderr)
+    }
+
+    /// `ctl` that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.ctl(args);
+        if !ok {
+            self.dump_logs();
+            panic!("raftpg ctl {} failed: {err}", args.join(" "));
+        }
+        out
+    }
+
+    /// `ctl` that must fail with one line on stderr containing `expect`.
+    pub fn ctl_fails(&self, args: &[&str], expect: &str) {
+        let (ok, _, err) = self.ctl(args);
+        assert!(!ok, "raftpg ctl {} should fail", args.join(" "));
+        assert!(
+            err.contains(expect),
+            "stderr of ctl {} lacks '{expect}': {err}",
+            args.join(" ")
+        );
+        assert_eq!(
+            err.trim().lines().filter(|l| l.starts_with("raftpg:")).count(),
+            1,
+            "{err}"
+        );
+    }
+
+    /// One HTTP/1.0 request to node `k`'s health API: (status code, body).
+    pub async fn http(&self, k: u16, method: &str, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = format!("127.0.0.1:{}", ports(self.base, k).http);
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let code = text.split_whitespace().nth(1)?.parse().ok()?;
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Some((code, body))
+        };
+        tokio::time::timeout(Duration::from_secs(3), fut).await.ok().flatten()
+    }
+
     pub fn node_index(name: &str) -> u16 {
         name.trim_start_matches('n').parse().expect("member names are nK")
     }

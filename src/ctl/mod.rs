@@ -1,0 +1,381 @@
+//! `raftpg ctl`: the control client. Any node answers; writes reach the Raft leader.
+//!
+//! Every failure ends in one line that says what went wrong and what to do, and a
+//! non-zero exit status. Commands that change the primary or discard data ask first
+//! when a person is at the terminal (skip with `--yes`).
+
+mod render;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+
+use crate::pb::control as pb;
+use crate::pb::control::control_client::ControlClient;
+pub use render::{render_history, render_reasons, render_table, status_json};
+
+/// The demo's gRPC ports, used when neither --endpoints nor RAFTPG_ENDPOINTS is set.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:15601,127.0.0.1:15602,127.0.0.1:15603";
+/// How long one endpoint may take to answer before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Switchover and failover wait for the new primary; adding a member waits for a clone.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Comma-separated gRPC endpoints (host:port); the first that answers is used.
+    #[arg(long, env = "RAFTPG_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: String,
+    /// Do not ask for confirmation (also skipped when stdin is not a terminal).
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Members with role, state, timeline and lag; Raft leader, generation and pause state.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also print each member's last decision.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Timeline history: every change of primary.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: clean shutdown of the primary, no acknowledged write lost.
+    Switchover {
+        /// The standby to promote.
+        #[arg(long, required_unless_present = "cancel")]
+        to: Option<String>,
+        /// The current primary (refused if another member is primary).
+        #[arg(long)]
+        from: Option<String>,
+        /// When: an RFC 3339 time (2026-11-21T03:00:00Z) or a delay (+10m, 90s).
+        #[arg(long)]
+        at: Option<String>,
+        /// Cancel a scheduled switchover.
+        #[arg(long, conflicts_with_all = ["to", "from", "at"])]
+        cancel: bool,
+    },
+    /// Manual failover to a member, without a clean shutdown of the primary.
+    Failover {
+        #[arg(long)]
+        to: String,
+        /// Promote even if acknowledged writes may be lost.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop automatic failover and fencing decisions.
+    Pause,
+    /// Resume automatic failover decisions.
+    Resume,
+    /// Restart one member's PostgreSQL (for parameters that need it).
+    Restart { member: String },
+    /// Discard one standby's data and clone it again from the primary.
+    Reinit { member: String },
+    /// Add, remove or replace members.
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
+    /// Show or change cluster-wide configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NewMember {
+    /// Member name (also PostgreSQL's application_name).
+    #[arg(long)]
+    pub name: String,
+    /// Raft node id: unique, never reused.
+    #[arg(long)]
+    pub id: u64,
+    /// Raft address, host:port.
+    #[arg(long)]
+    pub raft: String,
+    /// Control API address, host:port.
+    #[arg(long)]
+    pub grpc: String,
+    /// PostgreSQL address, host:port.
+    #[arg(long)]
+    pub pg: String,
+    /// HTTP health address, host:port.
+    #[arg(long)]
+    pub http: String,
+    #[arg(long)]
+    pub nofailover: bool,
+    #[arg(long, default_value_t = 0)]
+    pub failover_priority: i32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberAction {
+    /// Add a member whose `raftpg run` is already running: learner, clone, voter.
+    Add(NewMember),
+    /// Remove a member (not the primary).
+    Remove { member: String },
+    /// Remove a dead member and add its replacement.
+    Replace {
+        /// The member to remove.
+        old: String,
+        #[command(flatten)]
+        new: NewMember,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Print every key and value.
+    Show,
+    /// Set KEY=VALUE (an empty value resets the key).
+    Set {
+        /// KEY=VALUE, e.g. lease_ms=4000 or postgresql.parameters.work_mem=8MB
+        assignment: String,
+    },
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let mut c = connect(&args.endpoints).await?;
+    let yes = args.yes;
+    match args.command {
+        CtlCommand::List { json, verbose } => {
+            let s = status(&mut c).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            } else {
+                print!("{}", render_table(&s));
+                if verbose {
+                    print!("{}", render_reasons(&s));
+                }
+            }
+        }
+        CtlCommand::History { json } => {
+            let h = c
+                .history(pb::HistoryRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&render::history_json(&h.entries))?);
+            } else {
+                print!("{}", render_history(&h.entries));
+            }
+        }
+        CtlCommand::Switchover { cancel: true, .. } => {
+            let r = c
+                .cancel_switchover(pb::CancelSwitchoverRequest {})
+                .await
+                .map_err(status_error)?;
+            println!("{}", r.into_inner().message);
+        }
+        CtlCommand::Switchover { to, from, at, .. } => {
+            let to = to.unwrap_or_default();
+            let at_unix_ms = at.as_deref().map(parse_at).transpose()?.unwrap_or(0);
+            let s = status(&mut c).await?;
+            let primary = s.primary.as_ref().map_or("none", |p| p.node.as_str());
+            let when = at.map(|a| format!(" at {a}")).unwrap_or_default();
+            confirm(yes, &format!("Switch over from {primary} to {to}{when}?"))?;
+            eprintln!("switching over to {to}...");
+            let req = pb::SwitchoverRequest {
+                to,
+                from: from.unwrap_or_default(),
+                at_unix_ms,
+            };
+            let r = c.switchover(req).await.map_err(status_error)?.into_inner();
+            println!("{}", r.message);
+        }
+        CtlCommand::Failover { to, force } => {
+            let what = if force {
+                format!("FORCE a failover to {to}? Acknowledged writes {to} has not received will be LOST.")
+            } else {
+                format!("Fail over to {to}?")
+            };
+            confirm(yes, &what)?;
+            eprintln!("failing over to {to}...");
+            let r = c
+                .failover(pb::FailoverRequest { to, force })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", r.message);
+        }
+        CtlCommand::Pause => println!("{}", reply(c.pause(pb::PauseRequest {}).await)?),
+        CtlCommand::Resume => println!("{}", reply(c.resume(pb::ResumeRequest {}).await)?),
+        CtlCommand::Restart { member } => {
+            confirm(yes, &format!("Restart PostgreSQL on {member}?"))?;
+            println!("{}", reply(c.restart(pb::RestartRequest { member }).await)?);
+        }
+        CtlCommand::Reinit { member } => {
+            confirm(
+                yes,
+                &format!("Discard the data directory of {member} and clone it again from the primary?"),
+            )?;
+            println!("{}", reply(c.reinit(pb::ReinitRequest { member }).await)?);
+        }
+        CtlCommand::Member { action } => member(&mut c, action, yes).await?,
+        CtlCommand::Config {
+            action: ConfigAction::Show,
+        } => {
+            let s = status(&mut c).await?;
+            let mut pairs: Vec<_> = s.config.into_iter().collect();
+            pairs.sort();
+            for (k, v) in pairs {
+                println!("{k} = {v}");
+            }
+        }
+        CtlCommand::Config {
+            action: ConfigAction::Set { assignment },
+        } => {
+            let (key, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| anyhow!("'{assignment}' is not KEY=VALUE"))?;
+            let req = pb::SetConfigRequest {
+                key: key.trim().to_string(),
+                value: value.trim().to_string(),
+            };
+            println!("{}", reply(c.set_config(req).await)?);
+        }
+    }
+    Ok(())
+}
+
+async fn member(c: &mut ControlClient<Channel>, action: MemberAction, yes: bool) -> anyhow::Result<()> {
+    match action {
+        MemberAction::Add(new) => add(c, new).await,
+        MemberAction::Remove { member } => {
+            confirm(yes, &format!("Remove {member} from the cluster?"))?;
+            println!("{}", reply(c.remove_member(pb::RemoveMemberRequest { member }).await)?);
+            Ok(())
+        }
+        MemberAction::Replace { old, new } => {
+            confirm(yes, &format!("Remove {old} and add {} in its place?", new.name))?;
+            println!(
+                "{}",
+                reply(c.remove_member(pb::RemoveMemberRequest { member: old }).await)?
+            );
+            add(c, new).await
+        }
+    }
+}
+
+async fn add(c: &mut ControlClient<Channel>, m: NewMember) -> anyhow::Result<()> {
+    let req = pb::AddMemberRequest {
+        member: Some(pb::Member {
+            name: m.name,
+            id: m.id,
+            raft_addr: m.raft,
+            grpc_addr: m.grpc,
+            pg_addr: m.pg,
+            http_addr: m.http,
+            nofailover: m.nofailover,
+            failover_priority: m.failover_priority,
+            raft_role: String::new(),
+        }),
+    };
+    let mut stream = c.add_member(req).await.map_err(status_error)?.into_inner();
+    while let Some(p) = stream.message().await.map_err(status_error)? {
+        println!("{}", p.message);
+        if p.done {
+            return Ok(());
+        }
+    }
+    bail!("the server stopped before the member was added: check `raftpg ctl list`")
+}
+
+async fn status(c: &mut ControlClient<Channel>) -> anyhow::Result<pb::ClusterStatus> {
+    Ok(c.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner())
+}
+
+fn reply(r: Result<tonic::Response<pb::CommandReply>, tonic::Status>) -> anyhow::Result<String> {
+    Ok(r.map_err(status_error)?.into_inner().message)
+}
+
+/// Asks on the terminal; without one (scripts, tests) the command goes ahead.
+fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+    if yes || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        bail!("aborted: nothing was changed")
+    }
+}
+
+/// `--at`: an RFC 3339 time, or a delay from now (`+10m`, `90s`).
+fn parse_at(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let at = match humantime::parse_rfc3339_weak(t) {
+        Ok(at) => at,
+        Err(_) => {
+            let d = humantime::parse_duration(t.trim_start_matches('+')).with_context(|| {
+                format!("--at '{t}' is neither an RFC 3339 time (2026-11-21T03:00:00Z) nor a delay (+10m)")
+            })?;
+            SystemTime::now() + d
+        }
+    };
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .context("--at is before 1970")?
+        .as_millis() as u64;
+    Ok(ms)
+}
+
+/// Connects to the first endpoint that accepts a connection.
+pub async fn connect(endpoints: &str) -> anyhow::Result<ControlClient<Channel>> {
+    let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if list.is_empty() {
+        bail!("no endpoints given: pass --endpoints host:port[,host:port...] or set RAFTPG_ENDPOINTS");
+    }
+    let mut failures = Vec::new();
+    for ep in &list {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
+            .with_context(|| format!("'{ep}' is not host:port"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(ch)) => return Ok(ControlClient::new(ch)),
+            Ok(Err(e)) => failures.push(format!("{ep}: {e}")),
+            Err(_) => failures.push(format!("{ep}: no answer within {CONNECT_TIMEOUT:?}")),
+        }
+    }
+    bail!(
+        "no endpoint answered ({}): is the cluster running? Set --endpoints or RAFTPG_ENDPOINTS",
+        failures.join("; ")
+    )
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_accepts_times_and_delays() {
+        assert_eq!(parse_at("2030-01-01T00:00:00Z").unwrap(), 1_893_456_000_000);
+        let soon = parse_at("+10m").unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(soon >= now + 590_000 && soon <= now + 610_000);
+        assert!(parse_at("tomorrowish").unwrap_err().to_string().contains("RFC 3339"));
+    }
+}
