@@ -332,6 +332,13 @@ async fn haproxy_routes_writes_to_the_primary_through_switchover_and_failover() 
         .spawn()
         .expect("start haproxy");
     let through = format!("host=127.0.0.1 port={listen} user=postgres dbname=postgres connect_timeout=1");
+    c.wait_for("HAProxy to route to the primary", CHANGE, || async {
+        let (client, conn) = tokio_postgres::connect(&through, tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(conn);
+        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await.ok()?.get(0);
+        (port == c.pg_port(primary) as i32).then_some(())
+    })
+    .await;
     let w = Writer::start(&through).await;
     let first = w.wait_ack_after(Instant::now(), None, CHANGE).await;
     assert_eq!(
@@ -403,6 +410,11 @@ async fn membership_grow_remove_and_replace_while_writing() {
     let dead = other_than(primary, &[removed]);
     c.kill9(dead);
     c.kill9_postmaster(dead);
+    c.wait_for("a Raft leader among the live members", CHANGE, || async {
+        let s = c.status(primary).await?;
+        (!s.raft_leader.is_empty() && s.raft_leader != format!("n{dead}")).then_some(())
+    })
+    .await;
     c.add_node(5, "");
     let p = raftpg::demo::ports(c.base, 5);
     let (raft, grpc, pg, http) = (
