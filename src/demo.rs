@@ -162,10 +162,13 @@ async fn wait_ready(endpoints: &str, base: u16, nodes: u16) -> anyhow::Result<St
             Ok((primary, n)) if n + 1 == nodes as usize => {
                 let mut c = ctl::connect(endpoints).await?;
                 let s = c.status(StatusRequest {}).await?.into_inner();
-                if s.primary.is_some() {
+                // The table shows the agents' reports: wait until they say the same.
+                let reported = s.member_status.len() == nodes as usize
+                    && s.member_status.iter().all(|m| m.state == "running" || m.state == "streaming");
+                if s.primary.is_some() && reported {
                     return Ok(ctl::render_table(&s));
                 }
-                last = format!("n{primary} streams to {n} standbys; waiting for the Raft state to record it");
+                last = format!("n{primary} streams to {n} standbys; waiting for the Raft state and reports to show it");
             }
             Ok((primary, n)) => last = format!("primary n{primary} has {n} streaming standbys"),
             Err(e) => last = e,
