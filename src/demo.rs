@@ -164,7 +164,9 @@ async fn wait_ready(endpoints: &str, base: u16, nodes: u16) -> anyhow::Result<St
                 let s = c.status(StatusRequest {}).await?.into_inner();
                 // The table shows the agents' reports: wait until they say the same.
                 let reported = s.member_status.len() == nodes as usize
-                    && s.member_status.iter().all(|m| m.state == "running" || m.state == "streaming");
+                    && s.member_status
+                        .iter()
+                        .all(|m| m.state == "running" || m.state == "streaming");
                 if s.primary.is_some() && reported {
                     return Ok(ctl::render_table(&s));
                 }
