@@ -64,11 +64,8 @@ fn main() {
             commands.push(answered);
         }
         c.wait_streaming(2, WAIT).await;
-        let (acks, unknown) = w.stop().await;
+        let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
         let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
-        for k in 1..=3 {
-            c.assert_has_all(k, &ids, WAIT).await;
-        }
         let rewinds = (1..=3).filter(|k| c.log_of(*k).contains("pg_rewind onto")).count();
         for (what, mut v) in [("write downtime", downtimes), ("ctl switchover returned", commands)] {
             v.sort();

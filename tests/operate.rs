@@ -35,17 +35,7 @@ async fn formed(base: u16) -> (Cluster, u16) {
 
 /// Every acknowledged id is on each of `nodes`.
 async fn check_no_loss(c: &Cluster, writer: Writer, nodes: &[u16]) {
-    let (acks, unknown) = writer.stop().await;
-    let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
-    phase(&format!(
-        "checking {} acknowledged ids ({} unknown outcomes) on {nodes:?}",
-        ids.len(),
-        unknown.len()
-    ));
-    assert!(!ids.is_empty(), "the writer never got an acknowledgement");
-    for k in nodes {
-        c.assert_has_all(*k, &ids, FORM).await;
-    }
+    c.assert_no_loss(writer, nodes, FORM).await;
 }
 
 fn other_than(primary: u16, skip: &[u16]) -> u16 {

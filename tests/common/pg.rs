@@ -147,6 +147,25 @@ pub struct Ack {
     pub port: i32,
 }
 
+impl Cluster {
+    /// Stops `writer` and checks that every id it saw acknowledged is on each of `nodes`;
+    /// returns the acknowledgements and the ids whose outcome is unknown.
+    pub async fn assert_no_loss(&self, writer: Writer, nodes: &[u16], timeout: Duration) -> (Vec<Ack>, Vec<i64>) {
+        let (acks, unknown) = writer.stop().await;
+        let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
+        super::phase(&format!(
+            "checking {} acknowledged ids ({} unknown outcomes) on {nodes:?}",
+            ids.len(),
+            unknown.len()
+        ));
+        assert!(!ids.is_empty(), "the writer never got an acknowledgement");
+        for k in nodes {
+            self.assert_has_all(*k, &ids, timeout).await;
+        }
+        (acks, unknown)
+    }
+}
+
 /// The background writer: inserts increasing ids through the multi-host string.
 pub struct Writer {
     acks: Arc<Mutex<Vec<Ack>>>,
