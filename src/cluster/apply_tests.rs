@@ -514,13 +514,7 @@ proptest! {
 
 #[test]
 fn switchover_stop_restart_reinit_and_sync_confirmation() {
-    let mut s = three_members(&[
-        Command::ChooseBootstrap { node: "n1".into() },
-        Command::Bootstrap {
-            node: "n1".into(),
-            system_identifier: 7,
-        },
-    ]);
+    let mut s = bootstrapped();
     assert!(matches!(
         rejected(&mut s, Command::Reinit { node: "n1".into() }),
         Rejection::IsPrimary(_)

@@ -27,3 +27,14 @@ pub fn three_members(cmds: &[Command]) -> ClusterState {
     }
     s
 }
+
+/// Members n1, n2, n3 with `primary` bootstrapped as the first primary (generation 1).
+pub fn bootstrapped(primary: &str) -> ClusterState {
+    three_members(&[
+        Command::ChooseBootstrap { node: primary.into() },
+        Command::Bootstrap {
+            node: primary.into(),
+            system_identifier: 1,
+        },
+    ])
+}

@@ -1,17 +1,11 @@
 //! The controller's decisions: table tests, then a sweep over report sets.
 
 use super::*;
-use crate::cluster::testing::three_members;
+use crate::cluster::testing::{bootstrapped, three_members};
 use crate::cluster::{apply, PendingKind, SyncMode};
 
 fn booted() -> ClusterState {
-    three_members(&[
-        Command::ChooseBootstrap { node: "n1".into() },
-        Command::Bootstrap {
-            node: "n1".into(),
-            system_identifier: 1,
-        },
-    ])
+    bootstrapped("n1")
 }
 
 fn failing_over() -> ClusterState {

@@ -28,12 +28,17 @@ fn member<'a>(state: &ClusterState, rows: &'a [MemberRow], name: &str) -> Result
         .ok_or_else(|| Refusal::UnknownMember(format!("unknown member '{name}' (members: {})", known.join(", "))))
 }
 
-fn not_paused_or_pending(state: &ClusterState) -> Result<(), Refusal> {
+fn not_paused(state: &ClusterState) -> Result<(), Refusal> {
     if state.paused {
         return Err(Refusal::Precondition(
             "the cluster is paused, so the primary does not change: run `raftpg ctl resume` first".into(),
         ));
     }
+    Ok(())
+}
+
+fn not_paused_or_pending(state: &ClusterState) -> Result<(), Refusal> {
+    not_paused(state)?;
     if state.pending.is_some() {
         return Err(Refusal::Precondition(
             "a failover or switchover is already in progress: wait for it (`raftpg ctl list`)".into(),
@@ -96,11 +101,7 @@ pub fn switchover(state: &ClusterState, rows: &[MemberRow], to: &str, from: Opti
 /// `Ok(warning)`: the failover may go ahead; `warning` is what a forced one may lose.
 pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool) -> Result<Option<String>, Refusal> {
     let target = member(state, rows, to)?;
-    if state.paused {
-        return Err(Refusal::Precondition(
-            "the cluster is paused, so the primary does not change: run `raftpg ctl resume` first".into(),
-        ));
-    }
+    not_paused(state)?;
     if state.pending.as_ref().is_some_and(|p| p.candidate.is_some()) {
         return Err(Refusal::Precondition(
             "a promotion is already under way: wait for it (`raftpg ctl list`)".into(),
@@ -162,8 +163,7 @@ pub fn remove(state: &ClusterState, rows: &[MemberRow], name: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::testing::three_members;
-    use crate::cluster::Command;
+    use crate::cluster::testing::bootstrapped;
 
     fn row(name: &str, role: &str, state: &str, lag: Option<u64>) -> MemberRow {
         MemberRow {
@@ -187,13 +187,7 @@ mod tests {
     }
 
     fn booted() -> ClusterState {
-        three_members(&[
-            Command::ChooseBootstrap { node: "n1".into() },
-            Command::Bootstrap {
-                node: "n1".into(),
-                system_identifier: 1,
-            },
-        ])
+        bootstrapped("n1")
     }
 
     fn rows() -> Vec<MemberRow> {

@@ -249,8 +249,7 @@ pub fn health(check: Check, i: &HealthInput) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::testing::three_members;
-    use crate::cluster::Command;
+    use crate::cluster::testing::bootstrapped;
 
     fn report(generation: u64, pg: PgRole, streaming: bool, lsn: u64) -> Report {
         Report {
@@ -268,13 +267,7 @@ mod tests {
 
     #[test]
     fn rows_join_the_state_with_fresh_reports() {
-        let mut s = three_members(&[
-            Command::ChooseBootstrap { node: "n1".into() },
-            Command::Bootstrap {
-                node: "n1".into(),
-                system_identifier: 1,
-            },
-        ]);
+        let mut s = bootstrapped("n1");
         s.sync_standbys.remove("n3");
         let view = ClusterView {
             reports: BTreeMap::from([
@@ -308,13 +301,7 @@ mod tests {
 
     #[test]
     fn health_checks_follow_patroni() {
-        let s = three_members(&[
-            Command::ChooseBootstrap { node: "n1".into() },
-            Command::Bootstrap {
-                node: "n1".into(),
-                system_identifier: 1,
-            },
-        ]);
+        let s = bootstrapped("n1");
         let primary = report(1, PgRole::Primary, false, 100);
         let standby = report(1, PgRole::Standby, true, 90);
         let base = |me, own| HealthInput {
