@@ -20,6 +20,14 @@ const REPORT_MAX_AGE: Duration = Duration::from_millis(2_000);
 const TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The wall clock in milliseconds since the Unix epoch: for scheduled switchovers only,
+/// never for safety.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
@@ -63,9 +71,6 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             .voter_ids()
             .filter_map(|id| state.member_by_id(id).map(|m| m.name.clone()))
             .collect();
-        let now_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let decision = decide(&ControllerInput {
             me: node.name(),
             state: &state,
@@ -73,7 +78,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             lease_expired_ms,
             voters: &voters,
             pending_ms: pending_since.map_or(0, |(_, at)| now.duration_since(at).as_millis() as u64),
-            now_unix_ms,
+            now_unix_ms: now_unix_ms(),
         });
         if decision.reason != last_reason {
             tracing::info!(generation = state.generation, "controller: {}", decision.reason);

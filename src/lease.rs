@@ -135,15 +135,6 @@ impl Book {
             .collect()
     }
 
-    /// Every report with its age, for status.
-    pub fn all(&self, now: Instant) -> BTreeMap<String, (Duration, Report)> {
-        self.lock()
-            .reports
-            .iter()
-            .map(|(n, (at, r))| (n.clone(), (now.saturating_duration_since(*at), r.clone())))
-            .collect()
-    }
-
     /// Every report with its age, and the primary's lease as this leader counts it.
     pub fn view(&self, state: &crate::cluster::ClusterState, now: Instant) -> crate::decide::view::ClusterView {
         let b = self.lock();

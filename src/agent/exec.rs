@@ -68,11 +68,11 @@ impl Agent {
                 .await?;
             }
             Action::RestartDone => {
-                self.restarts_done = state.restarts.get(&pg.me).copied().unwrap_or(0);
+                self.restarts_done = state.requests_of(&pg.me).0;
                 tracing::info!("requested restart done");
             }
             Action::ReinitDone => {
-                self.reinits_done = state.reinits.get(&pg.me).copied().unwrap_or(0);
+                self.reinits_done = state.requests_of(&pg.me).1;
                 tracing::info!("requested re-clone done");
             }
             Action::Reconfigure => {

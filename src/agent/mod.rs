@@ -75,9 +75,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         renew: false,
     }));
     // Requests made before this process started are served by its fresh start.
-    let applied = node.state().state;
-    let restarts_done = applied.restarts.get(&pg.me).copied().unwrap_or(0);
-    let reinits_done = applied.reinits.get(&pg.me).copied().unwrap_or(0);
+    let (restarts_done, reinits_done) = node.state().state.requests_of(&pg.me);
     let agent = Agent {
         node: node.clone(),
         pg,
@@ -145,6 +143,7 @@ impl Agent {
         self.track_times(&role, &local, now);
         let upstream = self.pg.upstream(&state);
         let want_conninfo = upstream.as_ref().map(conninfo);
+        let requested = state.requests_of(&self.pg.me);
         let decision = decide(&AgentInput {
             me: &self.pg.me,
             state: &state,
@@ -154,8 +153,8 @@ impl Agent {
             not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
             gate_lsn: self.gate_lsn,
             want_conninfo: want_conninfo.as_deref(),
-            restart_requested: state.restarts.get(&self.pg.me).copied().unwrap_or(0) > self.restarts_done,
-            reinit_requested: state.reinits.get(&self.pg.me).copied().unwrap_or(0) > self.reinits_done,
+            restart_requested: requested.0 > self.restarts_done,
+            reinit_requested: requested.1 > self.reinits_done,
         });
         self.publish(&state, &local, &decision);
         let mut acted = false;

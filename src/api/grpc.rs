@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{ClusterState, Command, Member, Pending, PendingKind, Rejection, ScheduledSwitchover, Tags};
+use crate::cluster::{ChangeKind, ClusterState, Command, Member, Pending, Rejection, ScheduledSwitchover, Tags};
 use crate::decide::election::lsn;
 use crate::decide::requests::{self, Refusal};
 use crate::decide::view::{self, MemberRow};
@@ -60,12 +60,6 @@ fn membership_status(e: MembershipError) -> Status {
         e @ MembershipError::NotLeader(_) => Status::unavailable(e.to_string()),
         e @ MembershipError::Raft(_) => Status::failed_precondition(e.to_string()),
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ControlServer {
@@ -187,7 +181,7 @@ impl Control for ControlServer {
         let started = Instant::now();
         let s = self.node.state().state;
         let from = (!req.from.is_empty()).then_some(req.from.as_str());
-        if req.at_unix_ms > unix_ms() {
+        if req.at_unix_ms > crate::controller::now_unix_ms() {
             // Health is judged when the time comes; now only the names must be right.
             for name in std::iter::once(req.to.as_str()).chain(from) {
                 if s.member(name).is_none() {
@@ -512,7 +506,6 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
     let raft = node.raft_view();
     let rows = view::rows(s, &node.cluster_view(), &raft);
     let leader = m.current_leader.map(|id| s.label_of(id));
-    let count = |k: crate::cluster::ChangeKind| s.history.iter().filter(|h| h.kind == k).count() as u64;
     pb::ClusterStatus {
         cluster: node.cfg.cluster.name.clone(),
         answered_by: node.name().to_string(),
@@ -558,8 +551,8 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
             to: x.to.clone(),
             at_unix_ms: x.at_unix_ms,
         }),
-        failovers: count(crate::cluster::ChangeKind::Failover),
-        switchovers: count(crate::cluster::ChangeKind::Switchover),
+        failovers: s.count_changes(ChangeKind::Failover),
+        switchovers: s.count_changes(ChangeKind::Switchover),
     }
 }
 
@@ -582,12 +575,9 @@ fn member_status(r: &MemberRow) -> pb::MemberStatus {
 }
 
 pub fn describe_pending(p: &Pending) -> String {
-    let kind = match p.kind {
-        PendingKind::Failover => "failover",
-        PendingKind::Switchover => "switchover",
-    };
     format!(
-        "{kind} from {} to {} ({})",
+        "{} from {} to {} ({})",
+        p.kind.as_str(),
         p.from.as_deref().unwrap_or("none"),
         p.candidate.as_deref().or(p.to.as_deref()).unwrap_or("to be chosen"),
         p.reason

@@ -153,16 +153,8 @@ async fn metrics(State(node): State<Node>) -> Response {
         rows: &rows,
         generation: s.generation,
         paused: s.paused,
-        failovers: s
-            .history
-            .iter()
-            .filter(|h| h.kind == crate::cluster::ChangeKind::Failover)
-            .count() as u64,
-        switchovers: s
-            .history
-            .iter()
-            .filter(|h| h.kind == crate::cluster::ChangeKind::Switchover)
-            .count() as u64,
+        failovers: s.count_changes(crate::cluster::ChangeKind::Failover),
+        switchovers: s.count_changes(crate::cluster::ChangeKind::Switchover),
         lease_remaining_s: lease.map(|d| d.as_secs_f64()),
         last_failover_s: last_failover.map(|d| d.as_secs_f64()),
         last_switchover_s: last_switchover.map(|d| d.as_secs_f64()),

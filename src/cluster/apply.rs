@@ -209,14 +209,7 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             format!("{node} asked to restart PostgreSQL")
         }
         Command::Reinit { node } => {
-            known(state, node)?;
-            let involved = state
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.candidate.as_deref() == Some(node) || p.to.as_deref() == Some(node));
-            if state.primary_name() == Some(node.as_str()) || involved {
-                return Err(Rejection::IsPrimary(node.clone()));
-            }
+            not_primary_or_target(state, node)?;
             *state.reinits.entry(node.clone()).or_default() += 1;
             format!("{node} asked to discard its data and clone it again")
         }
@@ -267,7 +260,8 @@ fn add_member(state: &mut ClusterState, m: &Member) -> Result<String, Rejection>
     Ok(format!("member {} added", m.name))
 }
 
-fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
+/// A known member that is neither the primary nor the target of a pending change.
+fn not_primary_or_target(state: &ClusterState, name: &str) -> Result<(), Rejection> {
     known(state, name)?;
     let involved = state
         .pending
@@ -276,6 +270,11 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     if state.primary_name() == Some(name) || involved {
         return Err(Rejection::IsPrimary(name.to_string()));
     }
+    Ok(())
+}
+
+fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
+    not_primary_or_target(state, name)?;
     state.members.remove(name);
     state.sync_standbys.remove(name);
     state.restarts.remove(name);

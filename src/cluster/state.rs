@@ -53,6 +53,15 @@ pub enum PendingKind {
     Switchover,
 }
 
+impl PendingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingKind::Failover => "failover",
+            PendingKind::Switchover => "switchover",
+        }
+    }
+}
+
 /// A primary change that has fenced the old generation but not finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -197,6 +206,17 @@ impl ClusterState {
     /// Every member except `name`: the sync set of `name` as primary.
     pub fn others(&self, name: &str) -> BTreeSet<String> {
         self.members.keys().filter(|m| *m != name).cloned().collect()
+    }
+
+    /// (restart, re-clone) requests made so far for `name` (`ctl restart` / `ctl reinit`).
+    pub fn requests_of(&self, name: &str) -> (u64, u64) {
+        let count = |m: &BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+        (count(&self.restarts), count(&self.reinits))
+    }
+
+    /// How many primary changes of `kind` the timeline history records.
+    pub fn count_changes(&self, kind: ChangeKind) -> u64 {
+        self.history.iter().filter(|h| h.kind == kind).count() as u64
     }
 
     /// Cluster-wide configuration as flat key/value pairs (`config show`).
