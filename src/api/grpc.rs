@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -103,6 +104,21 @@ impl ControlServer {
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the Raft leader at {addr}: {e}")))?;
         Ok(Some(ControlClient::new(ch)))
+    }
+
+    /// This node found it is no longer the Raft leader: waits (at most 5 s) until its
+    /// metrics name another one.
+    async fn wait_leader_moved(&self) {
+        let me = self.node.id();
+        let mut rx = self.node.raft.metrics();
+        let moved = async {
+            while rx.borrow_watched().current_leader.is_none_or(|l| l == me) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), moved).await;
     }
 
     /// Waits until a primary of at least `generation` is recorded with nothing pending.
@@ -324,10 +340,21 @@ impl Control for ControlServer {
         let req = req.into_inner();
         let s = self.node.state().state;
         requests::remove(&s, &self.rows(&s), &req.member).map_err(refusal_status)?;
-        if let Some(mut leader) = self.leader_client().await? {
-            return leader.remove_member(req).await;
+        // Leadership can move between the check and the membership change (an election, or
+        // the controller handing it off the primary): nothing changed then, so ask again.
+        let mut attempts = 0;
+        loop {
+            if let Some(mut leader) = self.leader_client().await? {
+                return leader.remove_member(req).await;
+            }
+            match self.node.remove_member(&req.member).await {
+                Err(MembershipError::NotLeader(_)) if attempts < 3 => {
+                    attempts += 1;
+                    self.wait_leader_moved().await;
+                }
+                other => break other.map_err(membership_status)?,
+            }
         }
-        self.node.remove_member(&req.member).await.map_err(membership_status)?;
         let s = self.node.state().state;
         Ok(Response::new(pb::CommandReply {
             log_index: self.node.state().log_index,
