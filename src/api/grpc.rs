@@ -81,46 +81,6 @@ impl ControlServer {
         view::rows(state, &self.node.cluster_view(), &self.node.raft_view())
     }
 
-    /// A client to the Raft leader's control API, when this node is not the leader.
-    async fn leader_client(&self) -> Result<Option<ControlClient<Channel>>, Status> {
-        let m = self.node.metrics();
-        let Some(leader) = m.current_leader else {
-            return Err(Status::unavailable(
-                "no Raft leader is known: is a majority of the members running and connected?",
-            ));
-        };
-        if leader == self.node.id() {
-            return Ok(None);
-        }
-        let state = self.node.state().state;
-        let addr = state
-            .member_by_id(leader)
-            .map(|m| m.grpc_addr.clone())
-            .ok_or_else(|| Status::unavailable(format!("the Raft leader (node {leader}) is not a known member")))?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot reach the Raft leader at {addr}: {e}")))?;
-        Ok(Some(ControlClient::new(ch)))
-    }
-
-    /// This node found it is no longer the Raft leader: waits (at most 5 s) until its
-    /// metrics name another one.
-    async fn wait_leader_moved(&self) {
-        let me = self.node.id();
-        let mut rx = self.node.raft.metrics();
-        let moved = async {
-            while rx.borrow_watched().current_leader.is_none_or(|l| l == me) {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), moved).await;
-    }
-
     /// Waits until a primary of at least `generation` is recorded with nothing pending.
     async fn wait_for_primary(&self, generation: u64, started: Instant) -> Result<pb::ChangeReply, Status> {
         let mut rx = self.node.subscribe();
@@ -303,10 +263,11 @@ impl Control for ControlServer {
 
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<ProgressStream>, Status> {
         let req = req.into_inner();
-        if let Some(mut leader) = self.leader_client().await? {
+        if let Some(mut leader) = leader_client(&self.node).await? {
             let upstream = leader.add_member(req).await?.into_inner();
             return Ok(Response::new(Box::pin(upstream)));
         }
+        let again = req.clone();
         let member = to_member(
             req.member
                 .ok_or_else(|| Status::invalid_argument("the member is missing"))?,
@@ -329,7 +290,30 @@ impl Control for ControlServer {
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
-            if let Err(e) = add_member(&node, member, &tx).await {
+            // Leadership can move during the change (an election, or the controller handing it
+            // off the primary); every step is idempotent, so the new leader carries on.
+            let mut attempts = 0;
+            let result = loop {
+                match add_member(&node, member.clone(), &tx).await {
+                    Ok(()) => break Ok(()),
+                    Err(Step::Failed(e)) => break Err(e),
+                    Err(Step::NotLeader) if attempts < 3 => {
+                        attempts += 1;
+                        wait_leader_moved(&node).await;
+                        match leader_client(&node).await {
+                            Ok(Some(mut leader)) => break forward_progress(&mut leader, again, &tx).await,
+                            Ok(None) => continue,
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Err(Step::NotLeader) => {
+                        break Err(Status::unavailable(
+                            "Raft leadership kept moving while adding the member: run the command again",
+                        ))
+                    }
+                }
+            };
+            if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -344,13 +328,13 @@ impl Control for ControlServer {
         // the controller handing it off the primary): nothing changed then, so ask again.
         let mut attempts = 0;
         loop {
-            if let Some(mut leader) = self.leader_client().await? {
+            if let Some(mut leader) = leader_client(&self.node).await? {
                 return leader.remove_member(req).await;
             }
             match self.node.remove_member(&req.member).await {
                 Err(MembershipError::NotLeader(_)) if attempts < 3 => {
                     attempts += 1;
-                    self.wait_leader_moved().await;
+                    wait_leader_moved(&self.node).await;
                 }
                 other => break other.map_err(membership_status)?,
             }
@@ -379,6 +363,46 @@ impl Control for ControlServer {
     async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::CommandReply>, Status> {
         self.reply(Command::Resume).await
     }
+}
+
+/// A client to the Raft leader's control API, when this node is not the leader.
+async fn leader_client(node: &Node) -> Result<Option<ControlClient<Channel>>, Status> {
+    let m = node.metrics();
+    let Some(leader) = m.current_leader else {
+        return Err(Status::unavailable(
+            "no Raft leader is known: is a majority of the members running and connected?",
+        ));
+    };
+    if leader == node.id() {
+        return Ok(None);
+    }
+    let state = node.state().state;
+    let addr = state
+        .member_by_id(leader)
+        .map(|m| m.grpc_addr.clone())
+        .ok_or_else(|| Status::unavailable(format!("the Raft leader (node {leader}) is not a known member")))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach the Raft leader at {addr}: {e}")))?;
+    Ok(Some(ControlClient::new(ch)))
+}
+
+/// This node found it is no longer the Raft leader: waits (at most 5 s) until its
+/// metrics name another one.
+async fn wait_leader_moved(node: &Node) {
+    let me = node.id();
+    let mut rx = node.raft.metrics();
+    let moved = async {
+        while rx.borrow_watched().current_leader.is_none_or(|l| l == me) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), moved).await;
 }
 
 fn to_member(m: pb::Member) -> Result<Member, Status> {
@@ -414,12 +438,43 @@ fn to_member(m: pb::Member) -> Result<Member, Status> {
     })
 }
 
-/// Learner → recorded member (its agent clones) → streaming → voter → synchronous set.
-async fn add_member(
-    node: &Node,
-    member: Member,
+/// Why a step of adding a member stopped: leadership moved (ask the new leader), or a
+/// real failure.
+enum Step {
+    NotLeader,
+    Failed(Status),
+}
+
+impl From<Status> for Step {
+    fn from(s: Status) -> Step {
+        Step::Failed(s)
+    }
+}
+
+fn step(e: MembershipError) -> Step {
+    match e {
+        MembershipError::NotLeader(_) => Step::NotLeader,
+        other => Step::Failed(membership_status(other)),
+    }
+}
+
+/// Relays the Raft leader's progress of an `AddMember` to this caller.
+async fn forward_progress(
+    leader: &mut ControlClient<Channel>,
+    req: pb::AddMemberRequest,
     tx: &mpsc::Sender<Result<pb::Progress, Status>>,
 ) -> Result<(), Status> {
+    let mut upstream = leader.add_member(req).await?.into_inner();
+    while let Some(p) = upstream.message().await? {
+        if tx.send(Ok(p)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Learner → recorded member (its agent clones) → streaming → voter → synchronous set.
+async fn add_member(node: &Node, member: Member, tx: &mpsc::Sender<Result<pb::Progress, Status>>) -> Result<(), Step> {
     let say = |message: String, done: bool| {
         tracing::info!("add member: {message}");
         tx.send(Ok(pb::Progress { message, done }))
@@ -440,7 +495,7 @@ async fn add_member(
                 "{name} did not catch up with the Raft log within 60s: is `raftpg run` running there, with this cluster's name?"
             ))
         })?
-        .map_err(membership_status)?;
+        .map_err(step)?;
     let _ = say(
         format!("{name} holds the Raft log; its agent now clones PostgreSQL from the primary"),
         false,
@@ -461,9 +516,7 @@ async fn add_member(
             last = now;
         }
         if Instant::now() > deadline || tx.is_closed() {
-            return Err(Status::deadline_exceeded(format!(
-                "{name} did not start streaming: {last}"
-            )));
+            return Err(Status::deadline_exceeded(format!("{name} did not start streaming: {last}")).into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -472,7 +525,7 @@ async fn add_member(
         false,
     )
     .await;
-    node.promote_voter(&name).await.map_err(membership_status)?;
+    node.promote_voter(&name).await.map_err(step)?;
     let _ = say(
         format!("{name} is a voter; waiting for the synchronous set to include it"),
         false,
