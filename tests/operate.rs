@@ -322,11 +322,19 @@ async fn haproxy_routes_writes_to_the_primary_through_switchover_and_failover() 
         .spawn()
         .expect("start haproxy");
     let through = format!("host=127.0.0.1 port={listen} user=postgres dbname=postgres connect_timeout=1");
-    c.wait_for("HAProxy to route to the primary", CHANGE, || async {
-        let (client, conn) = tokio_postgres::connect(&through, tokio_postgres::NoTls).await.ok()?;
-        tokio::spawn(conn);
-        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await.ok()?.get(0);
-        (port == c.pg_port(primary) as i32).then_some(())
+    // HAProxy starts every checked server UP until its checks fail, so wait
+    // for its own stats to show the primary alone UP before writing.
+    let stats = format!("127.0.0.1:{}", c.base + 91);
+    c.wait_for("HAProxy to mark only the primary UP", CHANGE, || async {
+        let (_, csv) = common::http_at(&stats, "GET", "/;csv").await?;
+        let up: Vec<String> = csv
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.len() > 17 && f[0] == "primary" && f[1].starts_with('n') && f[17] == "UP").then(|| f[1].to_string())
+            })
+            .collect();
+        (up == [format!("n{primary}")]).then_some(())
     })
     .await;
     let w = Writer::start(&through).await;

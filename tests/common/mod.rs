@@ -260,8 +260,19 @@ impl Cluster {
 
     /// One HTTP/1.0 request to node `k`'s health API: (status code, body).
     pub async fn http(&self, k: u16, method: &str, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = format!("127.0.0.1:{}", ports(self.base, k).http);
+        http_at(&format!("127.0.0.1:{}", ports(self.base, k).http), method, path).await
+    }
+
+    pub fn node_index(name: &str) -> u16 {
+        name.trim_start_matches('n').parse().expect("member names are nK")
+    }
+}
+
+/// One HTTP/1.0 request to `addr`: the status code and the body, or None
+/// when nothing answered within three seconds.
+pub async fn http_at(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    {
         let fut = async {
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
             let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
@@ -277,10 +288,6 @@ impl Cluster {
             Some((code, body))
         };
         tokio::time::timeout(Duration::from_secs(3), fut).await.ok().flatten()
-    }
-
-    pub fn node_index(name: &str) -> u16 {
-        name.trim_start_matches('n').parse().expect("member names are nK")
     }
 }
 
