@@ -1,0 +1,215 @@
+//! The raftpg cluster under test: one `raftpg run` per node namespace, each
+//! in its node's freezer group, with its own data directory and log. Also
+//! the harness's view of who is primary, asked of raftpg's HTTP API.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::hosts;
+
+pub const PG_PORT: u16 = 5432;
+const RAFT_PORT: u16 = 7000;
+const GRPC_PORT: u16 = 7100;
+const HTTP_PORT: u16 = 8008;
+
+pub fn name(k: u16) -> String {
+    format!("n{k}")
+}
+
+/// `nK` → K.
+pub fn index(name: &str) -> Option<u16> {
+    name.strip_prefix('n')?.parse().ok()
+}
+
+pub struct Cluster {
+    pub n: u16,
+    pub dir: PathBuf,
+    raftpg: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+/// Who holds which role, as raftpg itself says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub primary: Option<u16>,
+    pub raft_leader: Option<u16>,
+    pub generation: u64,
+}
+
+impl Cluster {
+    /// Writes every node's configuration under `dir`; starts nothing.
+    pub fn create(dir: &Path, n: u16, raftpg: &Path) -> anyhow::Result<Cluster> {
+        for k in 1..=n {
+            let node_dir = dir.join(name(k));
+            fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
+            fs::write(node_dir.join("raftpg.toml"), render_config(&node_dir, k, n))?;
+        }
+        // PostgreSQL runs as the postgres user: it must be able to reach its data dir.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        for d in dir.ancestors().skip(1) {
+            let mode = fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0o755);
+            anyhow::ensure!(
+                mode & 0o001 != 0,
+                "{} is not searchable by others (mode {:o}), so PostgreSQL (user postgres) cannot reach {}: \
+                 chmod o+x {} or choose another --out",
+                d.display(),
+                mode & 0o777,
+                dir.display(),
+                d.display()
+            );
+        }
+        Ok(Cluster {
+            n,
+            dir: dir.to_path_buf(),
+            raftpg: raftpg.to_path_buf(),
+            children: (0..n).map(|_| None).collect(),
+        })
+    }
+
+    /// Starts node `k`'s raftpg inside its namespace and freezer group.
+    pub fn start(&mut self, k: u16) -> anyhow::Result<()> {
+        let node_dir = self.dir.join(name(k));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node_dir.join("raftpg.log"))?;
+        // Join the group before exec so that every later child is in it too.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} run --config {}",
+            hosts::cgroup(k).display(),
+            hosts::netns(k),
+            self.raftpg.display(),
+            node_dir.join("raftpg.toml").display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start raftpg for n{k}"))?;
+        self.children[usize::from(k - 1)] = Some(child);
+        Ok(())
+    }
+
+    /// The pid of node `k`'s raftpg, while it runs.
+    pub fn raftpg_pid(&mut self, k: u16) -> Option<i32> {
+        let slot = &mut self.children[usize::from(k - 1)];
+        match slot.as_mut()?.try_wait() {
+            Ok(None) => Some(slot.as_ref()?.id() as i32),
+            _ => {
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    /// Reaps node `k`'s raftpg after it was killed, so it is not a zombie.
+    pub fn reap(&mut self, k: u16) {
+        if let Some(mut c) = self.children[usize::from(k - 1)].take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pgdata(&self, k: u16) -> PathBuf {
+        self.dir.join(name(k)).join("pgdata")
+    }
+
+    /// The postmaster's pid from postmaster.pid, if it names a live process.
+    pub fn postmaster_pid(&self, k: u16) -> Option<i32> {
+        let text = fs::read_to_string(self.pgdata(k).join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        (pid > 1 && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    }
+
+    pub fn log_path(&self, k: u16) -> PathBuf {
+        self.dir.join(name(k)).join("raftpg.log")
+    }
+
+    /// What raftpg says about the roles: the answer with the newest
+    /// generation, since a node that was cut off still answers from its
+    /// stale state until it catches up.
+    pub async fn view(&self) -> Option<View> {
+        let mut best: Option<View> = None;
+        for k in 1..=self.n {
+            let Some(body) = http_get(k, "/cluster").await else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let primary = v["members"].as_array().and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["role"] == "leader")
+                    .and_then(|m| index(m["name"].as_str()?))
+            });
+            let view = View {
+                primary,
+                raft_leader: v["raft_leader"].as_str().and_then(index),
+                generation: v["generation"].as_u64().unwrap_or(0),
+            };
+            let newer = best
+                .as_ref()
+                .is_none_or(|b| (view.generation, view.primary.is_some()) > (b.generation, b.primary.is_some()));
+            if newer {
+                best = Some(view);
+            }
+        }
+        best
+    }
+
+    /// Kills every process of every node (the sweep removes the rest).
+    pub fn kill_all(&mut self) {
+        for k in 1..=self.n {
+            let _ = hosts::freeze(k, false);
+            let _ = hosts::kill_node(k);
+            self.reap(k);
+        }
+    }
+}
+
+/// libpq parameters for node `k`'s PostgreSQL.
+pub fn conninfo(k: u16, timeout_s: u64) -> String {
+    format!(
+        "host={} port={PG_PORT} user=postgres dbname=postgres connect_timeout={timeout_s}",
+        hosts::ip(k)
+    )
+}
+
+fn render_config(node_dir: &Path, k: u16, n: u16) -> String {
+    let mut out = format!(
+        "# Written by raftpg-jepsen.\n[node]\nname = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-jepsen\"\n",
+        name(k),
+        node_dir.display()
+    );
+    for i in 1..=n {
+        let ip = hosts::ip(i);
+        out += &format!(
+            "\n[[members]]\nname = \"{}\"\nid = {i}\nraft = \"{ip}:{RAFT_PORT}\"\ngrpc = \"{ip}:{GRPC_PORT}\"\npg = \"{ip}:{PG_PORT}\"\nhttp = \"{ip}:{HTTP_PORT}\"\n",
+            name(i)
+        );
+    }
+    out + "\n[postgres]\n# The suite's private bridge only: trust, as in the demo.\nhost_auth = \"trust\"\n"
+}
+
+/// GET on node `k`'s HTTP API; the body, or None within a second.
+pub async fn http_get(k: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = format!("{}:{HTTP_PORT}", hosts::ip(k));
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(1), fut).await.ok().flatten()
+}
