@@ -182,7 +182,9 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
             say(t0, &format!("  then {}", fault.detail));
         }
         match fault.flap {
-            Some(p) => flap(p, until, &mut rng).await?,
+            // Its own generator: the number of flaps depends on timing, and
+            // the rest of the schedule must not.
+            Some(p) => flap(p, until, &mut StdRng::seed_from_u64(rng.gen())).await?,
             None => tokio::time::sleep_until(until.into()).await,
         }
         fault.heal(c)?;

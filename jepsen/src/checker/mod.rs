@@ -1,0 +1,247 @@
+//! The checkers: each reads a finished [`History`] and tests one consequence
+//! of raftpg's two safety claims, never two writers and never a lost
+//! acknowledged write. A checker is a pure function of the history, so it can
+//! be rerun on an old `history.jsonl`, and every anomaly names the operations
+//! (`Op::index`) that show it, so a person can go from the verdict straight to
+//! the lines of the history.
+//!
+//! `Info` operations are taken at their word: they may or may not have taken
+//! effect, now or later, so no checker blames the cluster for either. `Fail`
+//! operations definitely had no effect, so seeing their value is an anomaly.
+//!
+//! This file holds what every checker shares: the caps on anomalies, the
+//! helpers that build anomalies and results, [`check_all`], and the two
+//! measurements that are not verdicts, [`counts`] and [`failovers`]. Each
+//! checker lives in its own file and is re-exported here.
+
+mod bank;
+mod lists;
+mod register;
+#[cfg(test)]
+mod testing;
+mod timelines;
+mod writes;
+
+pub use bank::bank;
+pub use lists::append;
+pub use register::{register, REGISTER_BUDGET};
+pub use timelines::{laggard_promotion, two_writers};
+pub use writes::{lost_writes, set_reads};
+
+use crate::history::{History, NemesisAction, NemesisEvent, Op, Outcome};
+use crate::verdict::{Anomaly, CheckerResult, Counts, Failover};
+
+/// A checker keeps this many anomalies and counts the rest: past a few
+/// hundred, more examples of one bug do not help and the verdict stays readable.
+const MAX_ANOMALIES: usize = 200;
+
+/// Operations listed in one anomaly; its message gives the full count.
+const MAX_OPS_PER_ANOMALY: usize = 50;
+
+/// Runs every checker, in the order a person should read them.
+pub fn check_all(h: &History) -> Vec<CheckerResult> {
+    vec![
+        lost_writes(h),
+        two_writers(h),
+        set_reads(h),
+        append(h),
+        laggard_promotion(h),
+        bank(h),
+        register(h),
+    ]
+}
+
+/// Operation counts by outcome.
+pub fn counts(h: &History) -> Counts {
+    let mut c = Counts::default();
+    for op in &h.ops {
+        match op.outcome {
+            Outcome::Ok => c.ok += 1,
+            Outcome::Fail => c.fail += 1,
+            Outcome::Info => c.info += 1,
+        }
+    }
+    c
+}
+
+/// For every fault that hit the primary: the time from the fault to the first
+/// write acknowledged on a newer timeline than any write acknowledged before
+/// it. A fault after which no newer timeline acknowledged a write (the old
+/// primary came back, or the run ended) has no failover and is skipped.
+pub fn failovers(h: &History) -> Vec<Failover> {
+    let mut writes: Vec<(u64, u32)> = ok_writes(h).filter_map(|o| Some((o.end_ns, o.timeline?))).collect();
+    writes.sort_unstable();
+    h.nemesis
+        .iter()
+        .filter(|n| n.action == NemesisAction::Start && n.hit && about_primary(n))
+        .filter_map(|n| failover(h, &writes, n))
+        .collect()
+}
+
+fn about_primary(n: &NemesisEvent) -> bool {
+    n.intended == "primary" || n.fault.contains("primary")
+}
+
+fn failover(h: &History, writes: &[(u64, u32)], n: &NemesisEvent) -> Option<Failover> {
+    let before = writes.partition_point(|(end, _)| *end <= n.time_ns);
+    // With no write acknowledged yet, the probes tell which timeline the
+    // faulted primary was on.
+    let from = writes[..before].iter().map(|w| w.1).max().or_else(|| {
+        let probes = h
+            .probes
+            .iter()
+            .filter(|p| p.time_ns <= n.time_ns && p.role == "primary");
+        probes.filter_map(|p| p.timeline).max()
+    })?;
+    let &(end, to) = writes[before..].iter().find(|w| w.1 > from)?;
+    Some(Failover {
+        fault: n.fault.clone(),
+        fault_ns: n.time_ns,
+        first_write_ns: end,
+        ms: (end - n.time_ns) / 1_000_000,
+        from_timeline: from,
+        to_timeline: to,
+    })
+}
+
+/// PostgreSQL's `X/X` notation, so an LSN can be pasted into `pg_waldump`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3} s", ns as f64 / 1e9)
+}
+
+/// Where and when an acknowledged operation ran, for messages.
+fn whence(op: &Op) -> String {
+    let node = op.node.as_deref().unwrap_or("an unknown node");
+    let timeline = op.timeline.map_or_else(String::new, |t| format!(", timeline {t}"));
+    format!(
+        "op {} on {node}{timeline}, acknowledged at {}",
+        op.index,
+        secs(op.end_ns)
+    )
+}
+
+fn ok_ops(h: &History) -> impl Iterator<Item = &Op> {
+    h.ops.iter().filter(|o| o.outcome == Outcome::Ok)
+}
+
+fn ok_writes(h: &History) -> impl Iterator<Item = &Op> {
+    ok_ops(h).filter(|o| o.f.is_write())
+}
+
+fn anomaly(checker: &str, kind: &str, message: String, mut ops: Vec<u64>) -> Anomaly {
+    ops.sort_unstable();
+    ops.dedup();
+    ops.truncate(MAX_OPS_PER_ANOMALY);
+    Anomaly {
+        checker: checker.into(),
+        kind: kind.into(),
+        message,
+        ops,
+    }
+}
+
+fn finish(name: &str, summary: String, anomalies: Vec<Anomaly>) -> CheckerResult {
+    let status = if anomalies.is_empty() { "valid" } else { "invalid" };
+    finish_with(name, status, summary, anomalies)
+}
+
+fn finish_with(name: &str, status: &str, mut summary: String, mut anomalies: Vec<Anomaly>) -> CheckerResult {
+    if anomalies.len() > MAX_ANOMALIES {
+        summary += &format!(" (first {MAX_ANOMALIES} of {} anomalies kept)", anomalies.len());
+        anomalies.truncate(MAX_ANOMALIES);
+    }
+    CheckerResult {
+        name: name.into(),
+        status: status.into(),
+        summary,
+        anomalies,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::testing::*;
+    use crate::history::{Probe, BANK_ACCOUNTS, BANK_START};
+
+    const S: u64 = 1_000_000_000;
+
+    fn fault(time_ns: u64, intended: &str, hit: bool) -> NemesisEvent {
+        NemesisEvent {
+            time_ns,
+            fault: "isolate".into(),
+            action: NemesisAction::Start,
+            targets: vec!["n1".into()],
+            intended: intended.into(),
+            hit,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn failovers_measure_fault_to_first_write_on_a_new_timeline() {
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, S), "n1", 1),
+            // A read on the new timeline is not a write.
+            on(read(1, &[], 2 * S), "n2", 2),
+            on(set_add(2, Outcome::Ok, 4 * S - 5), "n2", 2),
+            on(set_add(3, Outcome::Ok, 5 * S), "n2", 2),
+        ];
+        let mut h = history(ops, vec![]);
+        h.nemesis = vec![
+            fault(S + S / 2, "primary", true),
+            fault(S, "standby", true),
+            fault(S, "primary", false),
+        ];
+        let f = failovers(&h);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].ms, f[0].from_timeline, f[0].to_timeline, f[0].first_write_ns),
+            (2500, 1, 2, 4 * S)
+        );
+        // Before any write, the probes tell the timeline.
+        h.ops.remove(0);
+        h.probes.push(Probe {
+            time_ns: 0,
+            node: "n1".into(),
+            role: "primary".into(),
+            timeline: Some(1),
+            lsn: None,
+        });
+        assert_eq!(failovers(&h).len(), 1);
+        h.probes.clear();
+        assert!(failovers(&h).is_empty());
+    }
+
+    #[test]
+    fn check_all_passes_a_clean_history_and_counts_outcomes() {
+        let ops = vec![
+            set_add(1, Outcome::Ok, 0),
+            set_add(2, Outcome::Info, 10),
+            set_add(3, Outcome::Fail, 20),
+        ];
+        let finals = three(|f| {
+            f.set = vec![1];
+            f.balances = vec![BANK_START; BANK_ACCOUNTS as usize];
+        });
+        let h = history(ops, finals);
+        let results = check_all(&h);
+        assert_eq!(results.len(), 7);
+        for r in &results {
+            assert_eq!(r.status, "valid", "{r:?}");
+        }
+        assert_eq!(
+            counts(&h),
+            Counts {
+                ok: 1,
+                fail: 1,
+                info: 1
+            }
+        );
+        assert_eq!(format_lsn(0x1_0000_0028), "1/28");
+    }
+}
