@@ -86,7 +86,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         }
         match decision.action {
             None => {}
-            Some(ControllerAction::Propose(cmd)) => match node.propose(cmd.clone(), PROPOSE_TIMEOUT).await {
+            Some(ControllerAction::Propose(cmd)) => match node.propose_as_leader(cmd.clone(), PROPOSE_TIMEOUT).await {
                 Ok(c) => tracing::info!(log_index = c.log_index, "controller: {cmd}: {}", c.applied.message),
                 Err(ProposeError::Rejected(r)) => tracing::info!("controller: {cmd} refused: {r}"),
                 Err(e) => tracing::warn!("controller: {cmd} not committed: {e}"),

@@ -40,7 +40,7 @@ fn propose_status(e: ProposeError) -> Status {
     match e {
         ProposeError::Rejected(Rejection::UnknownMember(m)) => Status::not_found(format!("unknown member '{m}'")),
         e @ ProposeError::Rejected(_) => Status::failed_precondition(e.to_string()),
-        e @ (ProposeError::NoLeader { .. } | ProposeError::Unknown { .. }) => {
+        e @ (ProposeError::NoLeader { .. } | ProposeError::Unknown { .. } | ProposeError::NotLeader { .. }) => {
             Status::unavailable(format!("{e}: is a majority of the members running and connected?"))
         }
         e @ ProposeError::Fatal(_) => Status::internal(e.to_string()),

@@ -200,6 +200,11 @@ impl Node {
         propose::propose(&self.raft, cmd, timeout, self.rpc_timeout()).await
     }
 
+    /// Proposes a command only while this node is the Raft leader (the controller's decisions).
+    pub async fn propose_as_leader(&self, cmd: Command, timeout: Duration) -> Result<Committed, ProposeError> {
+        propose::propose_as_leader(&self.raft, cmd, timeout).await
+    }
+
     /// Stops background tasks (the agent stops PostgreSQL), servers and Raft.
     /// Durable state is already on disk.
     pub async fn shutdown(&self) {

@@ -45,6 +45,9 @@ pub enum ProposeError {
          it may still commit if they reconnect, so check the result before retrying"
     )]
     Unknown { waited: Duration },
+    /// A leader-only proposal reached a node that is no longer the Raft leader.
+    #[error("this node is no longer the Raft leader{}: its decision is dropped", .leader.as_ref().map(|l| format!(" (the leader is node {l})")).unwrap_or_default())]
+    NotLeader { leader: Option<u64> },
     /// The Raft node stopped.
     #[error("the Raft node has stopped: {0}")]
     Fatal(String),
@@ -97,6 +100,27 @@ pub async fn propose(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+    }
+}
+
+/// Proposes `cmd` only if this node is the Raft leader: never forwarded.
+///
+/// The controller decides from what it saw as leader (lease renewals, reports).
+/// A deposed leader that does not know it yet must not have that stale decision
+/// committed by the new leader, as a forwarded proposal would be: a lease that
+/// looked expired to it may be renewed every 500 ms through the new leader.
+/// Appended locally, the entry carries the term the decision was made in, and
+/// commits only if that term's leader still had a majority.
+pub async fn propose_as_leader(raft: &Raft, cmd: Command, timeout: Duration) -> Result<Committed, ProposeError> {
+    let written = tokio::time::timeout(timeout, raft.client_write(cmd))
+        .await
+        .map_err(|_| ProposeError::Unknown { waited: timeout })?;
+    match written {
+        Ok(resp) => finish(resp.log_id.index, resp.data),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Err(ProposeError::NotLeader { leader: f.leader_id }),
+            None => Err(ProposeError::Fatal(e.to_string())),
+        },
     }
 }
 
