@@ -62,17 +62,39 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
     pg_last_wal_receive_lsn(),
     pg_last_wal_replay_lsn(),
-    coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())),
+    (SELECT received_tli FROM pg_stat_wal_receiver),
     (SELECT status FROM pg_stat_wal_receiver),
     current_setting('primary_conninfo'),
     ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1),
     current_setting('synchronous_standby_names'),
     -- recovery_target_timeline is raftpg's own, and matters only when recovery starts.
-    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart AND name <> 'recovery_target_timeline' ORDER BY 1)";
+    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart AND name <> 'recovery_target_timeline' ORDER BY 1),
+    (SELECT timeline_id FROM pg_control_checkpoint()),
+    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')";
+
+/// The WAL segment files in pg_wal; asked only of a standby with no walreceiver.
+const WAL_SEGMENTS: &str = "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
 
 const REPLICATION: &str =
     "SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''), flush_lsn
      FROM pg_stat_replication ORDER BY application_name";
+
+/// The highest timeline among the WAL segment files that hold the byte just
+/// before `lsn` (file names: 8 hex digits of timeline, then the segment number).
+/// Newer timelines win: after a timeline switch both files of a segment exist.
+pub fn timeline_of_wal(names: &[String], lsn: u64, seg_size: u64) -> Option<u32> {
+    if seg_size == 0 || lsn == 0 {
+        return None;
+    }
+    let segno = (lsn - 1) / seg_size;
+    let per_id = 0x1_0000_0000 / seg_size;
+    let want = format!("{:08X}{:08X}", segno / per_id, segno % per_id);
+    names
+        .iter()
+        .filter(|n| n.len() == 24 && n[8..] == want)
+        .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
+        .max()
+}
 
 /// Observes the server at `conninfo` (libpq key=value form) within `timeout`.
 pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
@@ -88,9 +110,28 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
     let conn = tokio::spawn(connection);
     let row = client.query_one(QUERY, &[]).await;
     let rows = client.query(REPLICATION, &[]).await;
+    let row = row?;
+    let received_tli: Option<i32> = row.get(5);
+    let in_recovery: bool = row.get(0);
+    let last_lsn = row.get::<_, Option<PgLsn>>(3).or(row.get(4)).map(u64::from);
+    // Once the walreceiver stops (as it does for a final report), received_tli is gone,
+    // and the last checkpoint's timeline can be several timelines old. The timeline of
+    // the WAL the standby holds is in the name of the segment file holding its last byte.
+    let wal_tli = match (in_recovery, received_tli, last_lsn) {
+        (true, None, Some(at)) => {
+            let names: Vec<String> = client
+                .query(WAL_SEGMENTS, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let seg_size = row.get::<_, Option<i64>>(12).and_then(|s| u64::try_from(s).ok());
+            seg_size.and_then(|size| timeline_of_wal(&names, at, size))
+        }
+        _ => None,
+    };
     drop(client);
     let _ = conn.await;
-    let row = row?;
     let replication = rows?
         .iter()
         .map(|r| Replica {
@@ -102,10 +143,14 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         .collect();
     let lsn = |i: usize| row.get::<_, Option<PgLsn>>(i).map(u64::from);
     let primary_tli: Option<i32> = row.get(2);
-    let standby_tli: Option<i32> = row.get(5);
+    let checkpoint_tli: Option<i32> = row.get(11);
+    let standby_tli = received_tli.and_then(|t| u32::try_from(t).ok()).or(wal_tli);
     Ok(PgState {
-        in_recovery: row.get(0),
-        timeline: primary_tli.or(standby_tli).and_then(|t| u32::try_from(t).ok()),
+        in_recovery,
+        timeline: primary_tli
+            .and_then(|t| u32::try_from(t).ok())
+            .or(standby_tli)
+            .or(checkpoint_tli.and_then(|t| u32::try_from(t).ok())),
         write_lsn: lsn(1),
         receive_lsn: lsn(3),
         replay_lsn: lsn(4),
@@ -116,4 +161,46 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         sync_names: row.get(9),
         pending_restart: row.get(10),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_segment_holding_the_last_byte_names_the_timeline() {
+        // 0/46247A0 lies in segment 4 of log 0 (16 MB segments).
+        let files = names(&[
+            "000000010000000000000003",
+            "000000020000000000000004",
+            "000000030000000000000004",
+        ]);
+        assert_eq!(timeline_of_wal(&files, 0x46247A0, SEG), Some(3));
+        // Exactly at a segment boundary the last byte is in the previous segment.
+        assert_eq!(timeline_of_wal(&files, 0x0400_0000, SEG), Some(1));
+        // Recycled future segments of an old timeline do not count.
+        let recycled = names(&["000000030000000000000004", "000000020000000000000005"]);
+        assert_eq!(timeline_of_wal(&recycled, 0x46247A0, SEG), Some(3));
+        // High log ids.
+        assert_eq!(
+            timeline_of_wal(&names(&["0000000500000001000000FF"]), 0x1_FF00_0010, SEG),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn no_matching_segment_is_no_answer() {
+        assert_eq!(
+            timeline_of_wal(&names(&["000000010000000000000003"]), 0x46247A0, SEG),
+            None
+        );
+        assert_eq!(timeline_of_wal(&[], 0x46247A0, SEG), None);
+        assert_eq!(timeline_of_wal(&names(&["000000010000000000000004"]), 0, SEG), None);
+    }
 }
