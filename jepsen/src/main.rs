@@ -23,6 +23,8 @@ struct Cli {
 enum Cmd {
     /// The scenarios, with what each one does.
     List,
+    /// Removes whatever a crashed run left: processes, namespaces, links, cgroups.
+    Sweep,
     /// One scenario: exit 0 when valid, 1 when a checker found an anomaly.
     Run {
         #[arg(long)]
@@ -92,6 +94,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     if s.smoke { "smoke" } else { "full" },
                     s.about
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sweep => {
+            raftpg_jepsen::hosts::require_root()?;
+            let removed = raftpg_jepsen::hosts::sweep()?;
+            for what in &removed {
+                println!("removed {what}");
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
             }
             Ok(ExitCode::SUCCESS)
         }
