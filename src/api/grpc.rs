@@ -366,21 +366,42 @@ impl Control for ControlServer {
 }
 
 /// A client to the Raft leader's control API, when this node is not the leader.
+///
+/// Right after a leader removed itself from the members, the others still name it
+/// until they elect a new one: wait (at most 5 s) for a leader that is a member.
 async fn leader_client(node: &Node) -> Result<Option<ControlClient<Channel>>, Status> {
-    let m = node.metrics();
-    let Some(leader) = m.current_leader else {
-        return Err(Status::unavailable(
-            "no Raft leader is known: is a majority of the members running and connected?",
-        ));
+    let mut rx = node.raft.metrics();
+    let found = async {
+        loop {
+            let leader = rx.borrow_watched().current_leader;
+            if let Some(leader) = leader {
+                if leader == node.id() {
+                    return Ok(None);
+                }
+                if let Some(m) = node.state().state.member_by_id(leader) {
+                    return Ok(Some(m.grpc_addr.clone()));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Status::unavailable("the Raft node has stopped"));
+            }
+        }
     };
-    if leader == node.id() {
-        return Ok(None);
-    }
-    let state = node.state().state;
-    let addr = state
-        .member_by_id(leader)
-        .map(|m| m.grpc_addr.clone())
-        .ok_or_else(|| Status::unavailable(format!("the Raft leader (node {leader}) is not a known member")))?;
+    let addr = match tokio::time::timeout(Duration::from_secs(5), found).await {
+        Ok(Ok(Some(addr))) => addr,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(match node.metrics().current_leader {
+                None => {
+                    Status::unavailable("no Raft leader is known: is a majority of the members running and connected?")
+                }
+                Some(l) => Status::unavailable(format!(
+                    "the Raft leader (node {l}) is not a member any more and no new leader was elected within 5 s"
+                )),
+            })
+        }
+    };
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::internal(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
