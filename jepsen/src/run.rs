@@ -16,7 +16,9 @@ use crate::history::{FinalRead, Fork, NemesisAction, NemesisEvent, Record};
 use crate::nemesis::{self, Roles};
 use crate::recorder::Recorder;
 use crate::verdict::{CheckerResult, Verdict};
-use crate::workload::{self, connect_direct, parse_lsn, Workloads};
+use raftpg::postgres::parse_lsn;
+
+use crate::workload::{self, connect_direct, Workloads};
 use crate::{checker, hosts, report};
 
 pub const NODES: u16 = 3;
@@ -389,15 +391,7 @@ async fn final_read(k: u16, rec: &Recorder) -> anyhow::Result<FinalRead> {
 /// the last line) branched off it.
 pub fn parse_history_file(file_name: &str, text: &str) -> Vec<Fork> {
     let own = u32::from_str_radix(&file_name[..8.min(file_name.len())], 16).unwrap_or(0);
-    let lines: Vec<(u32, u64)> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            Some((parts.next()?.parse().ok()?, parse_lsn(parts.next()?)?))
-        })
-        .collect();
+    let lines = raftpg::postgres::timeline_switches(text);
     (0..lines.len())
         .map(|i| Fork {
             parent: lines[i].0,

@@ -17,6 +17,7 @@ use crate::cluster::{self, conninfo, PG_PORT};
 use crate::history::{Op, Outcome, Probe, Record, BANK_ACCOUNTS, BANK_START, F};
 use crate::hosts;
 use crate::recorder::Recorder;
+use raftpg::postgres::parse_lsn;
 
 /// A client's own deadline for one operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -326,11 +327,6 @@ fn classify(e: &tokio_postgres::Error) -> Outcome {
     }
 }
 
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 const LSN: &str = "pg_current_wal_insert_lsn()::text";
 
 async fn run_op(c: &Client, f: &F) -> Result<(F, Option<u64>), tokio_postgres::Error> {
@@ -506,17 +502,5 @@ async fn probe(k: u16, rec: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(PROBE_EVERY) => {}
             _ = stop.changed() => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_parse_like_postgres_prints_them() {
-        assert_eq!(parse_lsn("0/3000148"), Some(0x3000148));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("nope"), None);
     }
 }

@@ -19,17 +19,23 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// Every switch a timeline history file (`pg_wal/<TLI>.history`) records, oldest
+/// first: the parent timeline and the LSN where the next timeline of the chain starts.
+pub fn timeline_switches(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.parse().ok()?, parse_lsn(parts.next()?)?))
+        })
+        .collect()
+}
+
 /// The fork point of `timeline`, from its history file (`pg_wal/<TLI>.history`): the
 /// parent timeline and the LSN where the new timeline starts (the last line).
 pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
-    let last = text
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with('#'))?;
-    let mut parts = last.split_whitespace();
-    let parent = parts.next()?.parse().ok()?;
-    let lsn = parse_lsn(parts.next()?)?;
-    Some((parent, lsn))
+    timeline_switches(text).last().copied()
 }
 
 /// A failure of a PostgreSQL action, with what to do about it.
@@ -72,5 +78,9 @@ mod tests {
         let history = "1\t0/3000060\tno recovery target specified\n\n2\t0/5000128\tno recovery target specified\n";
         assert_eq!(parse_timeline_history(history), Some((2, 0x500_0128)));
         assert_eq!(parse_timeline_history(""), None);
+        assert_eq!(
+            timeline_switches(history).len(),
+            history.lines().filter(|l| !l.trim().is_empty()).count()
+        );
     }
 }

@@ -105,9 +105,7 @@ fn failover(h: &History, writes: &[(u64, u32)], n: &NemesisEvent) -> Option<Fail
 }
 
 /// PostgreSQL's `X/X` notation, so an LSN can be pasted into `pg_waldump`.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
+pub use raftpg::decide::election::lsn as format_lsn;
 
 fn secs(ns: u64) -> String {
     format!("{:.3} s", ns as f64 / 1e9)
