@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
 
 const BRIDGE: &str = "rpj-br";
 const SUBNET: [u8; 3] = [10, 77, 0];
@@ -98,7 +99,7 @@ pub fn sweep() -> anyhow::Result<Vec<String>> {
         .filter(|n| n.starts_with("rpj-"))
         .map(String::from)
         .collect();
-    for _ in 0..50 {
+    let pids = || {
         let mut pids: Vec<i32> = groups.iter().flat_map(|g| pids_in(&g.join("cgroup.procs"))).collect();
         for ns in &namespaces {
             pids.extend(
@@ -108,16 +109,14 @@ pub fn sweep() -> anyhow::Result<Vec<String>> {
                     .filter_map(|l| l.trim().parse::<i32>().ok()),
             );
         }
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        pids
+    };
+    kill_until_gone(
+        pids,
+        &[Signal::SIGCONT, Signal::SIGKILL],
+        50,
+        Duration::from_millis(100),
+    );
     for ns in namespaces {
         sh("ip", &["netns", "del", &ns])?;
         removed.push(format!("namespace {ns}"));
@@ -293,17 +292,33 @@ pub fn node_pids(k: u16) -> Vec<i32> {
 
 /// SIGKILL to every process of node `k`, until none is left.
 pub fn kill_node(k: u16) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        let pids = node_pids(k);
-        if pids.is_empty() {
-            return Ok(());
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if kill_until_gone(|| node_pids(k), &[Signal::SIGKILL], 100, Duration::from_millis(50)) {
+        return Ok(());
     }
     bail!("n{k}'s processes did not die after SIGKILL")
+}
+
+/// Sends `signals` to every pid `pids()` lists, until it lists none (true) or
+/// `rounds` have passed (false).
+fn kill_until_gone(pids: impl Fn() -> Vec<i32>, signals: &[Signal], rounds: u32, pause: Duration) -> bool {
+    for _ in 0..rounds {
+        let now = pids();
+        if now.is_empty() {
+            return true;
+        }
+        for sig in signals {
+            signal(&now, *sig);
+        }
+        std::thread::sleep(pause);
+    }
+    pids().is_empty()
+}
+
+/// Sends `sig` to each pid; one that is already gone is not an error.
+pub fn signal(pids: &[i32], sig: Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig);
+    }
 }
 
 /// The children of `pid`, from /proc.

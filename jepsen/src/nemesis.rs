@@ -3,13 +3,12 @@
 //! primary" means whoever is primary then), records whether it hit that
 //! role, and knows how to heal itself.
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::cluster::{name, Cluster, View};
-use crate::hosts::{self, Cut};
+use crate::hosts::{self, signal, Cut};
 
 #[derive(Debug)]
 pub struct Scenario {
@@ -264,12 +263,6 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
 /// Every pair that cuts node `k` off from the others.
 fn isolate(n: u16, k: u16) -> Vec<(u16, u16)> {
     (1..=n).filter(|o| *o != k).map(|o| (k, o)).collect()
-}
-
-fn signal(pids: &[i32], sig: Signal) {
-    for pid in pids {
-        let _ = kill(Pid::from_raw(*pid), sig);
-    }
 }
 
 impl Fault {

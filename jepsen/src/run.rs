@@ -229,9 +229,7 @@ fn heal_everything(c: &mut Cluster) -> anyhow::Result<()> {
     hosts::heal(NODES)?;
     for k in 1..=NODES {
         hosts::freeze(k, false)?;
-        for pid in hosts::node_pids(k) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
-        }
+        hosts::signal(&hosts::node_pids(k), nix::sys::signal::Signal::SIGCONT);
         if c.raftpg_pid(k).is_none() {
             c.start(k)?;
         }
@@ -331,12 +329,7 @@ async fn final_read(k: u16, rec: &Recorder) -> anyhow::Result<FinalRead> {
     let role = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
     let standby: bool = role.get(0);
     let tl: i32 = c
-        .query_one(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
-             (SELECT timeline_id FROM pg_control_checkpoint())) \
-             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
-            &[],
-        )
+        .query_one(&format!("SELECT {}", workload::timeline_sql()), &[])
         .await?
         .get(0);
     let set = c

@@ -26,6 +26,19 @@ const REGISTER_KEYS: i32 = 4;
 const PROBE_EVERY: Duration = Duration::from_millis(150);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// A primary's timeline: the first 8 hex digits of its current WAL file's name.
+/// (`pg_walfile_name` refuses to run during recovery, hence the CASEs below.)
+const PRIMARY_TIMELINE: &str = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+
+/// Any node's timeline: a primary's, or the one a standby receives on (the last
+/// checkpoint's when no walreceiver runs).
+pub fn timeline_sql() -> String {
+    format!(
+        "CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
+         (SELECT timeline_id FROM pg_control_checkpoint())) ELSE {PRIMARY_TIMELINE} END"
+    )
+}
+
 /// The tables, created on the primary before the clients start.
 pub const SCHEMA: &str = "
 DROP TABLE IF EXISTS jset, jappend, jreg, jbank;
@@ -293,8 +306,9 @@ async fn open(n: u16, process: u32, writable: bool) -> anyhow::Result<Conn> {
     tokio::spawn(conn);
     let row = client
         .query_one(
-            "SELECT inet_server_addr()::text, CASE WHEN pg_is_in_recovery() THEN NULL \
-             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+            &format!(
+                "SELECT inet_server_addr()::text, CASE WHEN pg_is_in_recovery() THEN NULL ELSE {PRIMARY_TIMELINE} END"
+            ),
             &[],
         )
         .await?;
@@ -465,22 +479,17 @@ async fn bank_transfer(c: &Client, from: u32, to: u32, amount: i64) -> Result<(F
 /// Every 150 ms: the node's role, timeline and LSN, or `down`.
 async fn probe(k: u16, rec: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
     let mut client: Option<Client> = None;
+    let query = format!(
+        "SELECT pg_is_in_recovery(), {}, \
+         (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+        timeline_sql()
+    );
     while !*stop.borrow() {
         let look = async {
             if client.is_none() {
                 client = Some(connect_direct(k, 1).await.ok()?);
             }
-            let row = client
-                .as_ref()?
-                .query_one(
-                    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN \
-                     COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
-                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-                     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
-                    &[],
-                )
-                .await
-                .ok()?;
+            let row = client.as_ref()?.query_one(&query, &[]).await.ok()?;
             let standby: bool = row.get(0);
             let tl: Option<i32> = row.get(1);
             let lsn: Option<String> = row.get(2);
