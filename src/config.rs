@@ -267,7 +267,38 @@ impl Config {
             key: "-".into(),
             problem: format!("cannot read the file ({e}); pass an existing file with --config"),
         })?;
-        Config::parse(&text, &file)
+        let mut cfg = Config::parse(&text, &file)?;
+        let cwd = std::env::current_dir().map_err(|e| ConfigError {
+            file,
+            key: "node.data_dir".into(),
+            problem: format!("cannot read the working directory to resolve relative paths ({e}); use absolute paths"),
+        })?;
+        cfg.resolve_paths(&cwd);
+        Ok(cfg)
+    }
+
+    /// Makes every relative path absolute against `cwd` (the directory raftpg
+    /// was started in). PostgreSQL's tools run as another user and in another
+    /// directory, so a relative path would point somewhere else for them.
+    pub fn resolve_paths(&mut self, cwd: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        };
+        abs(&mut self.node.data_dir);
+        let pg = &mut self.postgres;
+        for p in [
+            &mut pg.bin_dir,
+            &mut pg.data_dir,
+            &mut pg.superuser_password_file,
+            &mut pg.replication_password_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
     }
 
     /// Parses and validates configuration text; `file` names it in errors.

@@ -150,3 +150,24 @@ fn shipped_example_config_is_valid() {
     assert_eq!(c.members.len(), 3);
     assert_eq!(c.cluster.name, "orders");
 }
+
+#[test]
+fn relative_paths_are_made_absolute_against_the_start_directory() {
+    let text = GOOD
+        .replace("/tmp/raftpg-n1", "nodes/n1")
+        .replace("/etc/raftpg/superuser.password", "secrets/su");
+    let mut c = Config::parse(&text, "test.toml").unwrap();
+    c.resolve_paths(Path::new("/srv/raftpg"));
+    assert_eq!(c.node.data_dir, Path::new("/srv/raftpg/nodes/n1"));
+    assert_eq!(c.pg_data(), Path::new("/srv/raftpg/nodes/n1/pgdata"));
+    assert_eq!(c.raft_dir(), Path::new("/srv/raftpg/nodes/n1/raft"));
+    assert_eq!(
+        c.postgres.superuser_password_file.as_deref(),
+        Some(Path::new("/srv/raftpg/secrets/su"))
+    );
+    // Absolute paths are left as they are.
+    assert_eq!(
+        c.postgres.replication_password_file.as_deref(),
+        Some(Path::new("/etc/raftpg/replication.password"))
+    );
+}

@@ -44,6 +44,10 @@ pub struct View {
 impl Cluster {
     /// Writes every node's configuration under `dir`; starts nothing.
     pub fn create(dir: &Path, n: u16, raftpg: &Path) -> anyhow::Result<Cluster> {
+        // Every path a node sees is absolute: PostgreSQL's tools run as
+        // another user in another directory.
+        let dir = &std::path::absolute(dir)?;
+        let raftpg = &std::path::absolute(raftpg)?;
         for k in 1..=n {
             let node_dir = dir.join(name(k));
             fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
@@ -69,6 +73,28 @@ impl Cluster {
             raftpg: raftpg.to_path_buf(),
             children: (0..n).map(|_| None).collect(),
         })
+    }
+
+    /// Up to `max` of the last ERROR and WARN lines of every node's log, each
+    /// under its log's path: what a person needs when a run cannot start.
+    pub fn last_errors(&self, max: usize) -> String {
+        let mut out = String::new();
+        for k in 1..=self.n {
+            let path = self.log_path(k);
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+                .collect();
+            out += &format!("  {}:\n", path.display());
+            if bad.is_empty() {
+                out += "    (no errors)\n";
+            }
+            for line in &bad[bad.len().saturating_sub(max)..] {
+                out += &format!("    {line}\n");
+            }
+        }
+        out
     }
 
     /// Starts node `k`'s raftpg inside its namespace and freezer group.
@@ -212,4 +238,46 @@ pub async fn http_get(k: u16, path: &str) -> Option<String> {
         text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
     };
     tokio::time::timeout(Duration::from_secs(1), fut).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_run_directory_becomes_absolute_in_every_config() {
+        // Tests run in the crate's directory: make a run directory there and name it relatively.
+        let cwd = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir_in(&cwd).unwrap();
+        let rel = dir.path().strip_prefix(&cwd).unwrap();
+        assert!(rel.is_relative());
+        let c = Cluster::create(rel, 3, Path::new("raftpg")).unwrap();
+        assert_eq!(c.dir, dir.path());
+        assert_eq!(c.raftpg, cwd.join("raftpg"));
+        let toml = fs::read_to_string(dir.path().join("n1/raftpg.toml")).unwrap();
+        assert!(
+            toml.contains(&format!("data_dir = \"{}/n1\"", dir.path().display())),
+            "{toml}"
+        );
+    }
+
+    #[test]
+    fn last_errors_quotes_each_nodes_newest_errors_and_says_when_there_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::create(dir.path(), 2, Path::new("/bin/true")).unwrap();
+        let log: String = (1..=5)
+            .map(|i| format!("t ERROR raftpg::agent: initdb failed {i}\nt  INFO raftpg: fine\n"))
+            .collect();
+        fs::write(c.log_path(1), log).unwrap();
+        let text = c.last_errors(2);
+        assert!(
+            text.contains("initdb failed 4") && text.contains("initdb failed 5"),
+            "{text}"
+        );
+        assert!(!text.contains("initdb failed 3") && !text.contains("fine"), "{text}");
+        assert!(
+            text.contains(&format!("{}:\n    (no errors)", c.log_path(2).display())),
+            "{text}"
+        );
+    }
 }

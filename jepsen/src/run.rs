@@ -278,8 +278,8 @@ async fn wait_formed(c: &Cluster) -> anyhow::Result<u16> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     anyhow::bail!(
-        "the cluster did not form within {FORM_TIMEOUT:?}: see {}",
-        c.log_path(1).display()
+        "the cluster did not form within {FORM_TIMEOUT:?}; the nodes' last errors:\n{}",
+        c.last_errors(3)
     )
 }
 

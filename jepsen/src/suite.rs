@@ -81,7 +81,10 @@ pub fn table(rows: &[(String, u64, Result<Verdict, String>)]) -> String {
                     v.counts.info
                 )
             }
-            Err(e) => format!("| {name} | {seed} | ERROR: {} | | | |", e.replace('|', "/")),
+            Err(e) => {
+                let first = e.lines().next().unwrap_or_default();
+                format!("| {name} | {seed} | ERROR: {} | | | |", first.replace('|', "/"))
+            }
         };
         out += &line;
         out.push('\n');
