@@ -25,10 +25,7 @@ fn report(label: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() {
-    let commits: usize = std::env::var("COMMITS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let commits = common::count_from_env("COMMITS", 1000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = common::Cluster::start(25000, 3, common::RAFT_ONLY);

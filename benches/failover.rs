@@ -18,7 +18,7 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let runs = common::count_from_env("RUNS", 7);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = common::Cluster::start(29400, 3, "");
@@ -34,19 +34,19 @@ fn main() {
             let killed = Instant::now();
             let first = w.wait_ack_after(killed, Some(port), WAIT).await;
             let took = first.at - killed;
-            println!("run {run}: killed n{primary}; first write acknowledged by port {} after {took:.2?}", first.port);
+            println!(
+                "run {run}: killed n{primary}; first write acknowledged by port {} after {took:.2?}",
+                first.port
+            );
             samples.push(took);
             c.start_node(primary);
         }
         c.wait_streaming(2, WAIT).await;
         let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
         let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
-        samples.sort();
-        println!(
-            "unplanned failover (kill -9 of the primary node -> first acknowledged write): n={} median={:.2?} max={:.2?}",
-            samples.len(),
-            samples[samples.len() / 2],
-            samples.last().unwrap()
+        common::print_median_max(
+            "unplanned failover (kill -9 of the primary node -> first acknowledged write)",
+            samples,
         );
         println!(
             "acknowledged writes: {} all present on every node; unknown outcomes: {}",

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let runs = common::count_from_env("RUNS", 7);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = common::Cluster::start(29700, 3, "");
@@ -67,15 +67,8 @@ fn main() {
         let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
         let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
         let rewinds = (1..=3).filter(|k| c.log_of(*k).contains("pg_rewind onto")).count();
-        for (what, mut v) in [("write downtime", downtimes), ("ctl switchover returned", commands)] {
-            v.sort();
-            println!(
-                "planned switchover {what}: n={} median={:.2?} max={:.2?}",
-                v.len(),
-                v[v.len() / 2],
-                v.last().unwrap()
-            );
-        }
+        common::print_median_max("planned switchover write downtime", downtimes);
+        common::print_median_max("planned switchover ctl switchover returned", commands);
         println!(
             "acknowledged writes: {} all present on every node; unknown outcomes: {}; nodes that needed pg_rewind: {rewinds}",
             ids.len(),

@@ -15,8 +15,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::parse_bytes;
 use crate::decide::election::lsn;
-use crate::decide::view::{self, health, parse_bytes, Check, HealthInput, MemberRow};
+use crate::decide::view::{self, health, Check, HealthInput, MemberRow};
 use crate::node::Node;
 
 pub async fn serve(node: Node, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -44,7 +45,7 @@ async fn check(State(node): State<Node>, uri: Uri, Query(q): Query<HashMap<Strin
         )
             .into_response();
     };
-    let max_lag = match q.get("lag").map(|l| parse_bytes(l)) {
+    let max_lag = match q.get("lag").map(|l| parse_bytes(l).ok()) {
         Some(None) => {
             return (
                 StatusCode::BAD_REQUEST,

@@ -157,6 +157,11 @@ mod tests {
         assert_eq!(parse_bytes("100"), Ok(100));
         assert!(parse_bytes("12XB").is_err());
         assert!(parse_bytes("MB").is_err());
+        // As /replica?lag= takes them (Patroni's spellings).
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("1 GB"), Ok(1 << 30));
+        assert!(parse_bytes("ten").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
     }
 
     #[test]

@@ -143,23 +143,6 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
         .collect()
 }
 
-/// Parses a lag limit as Patroni does: bytes, or with a unit (`16MB`, `1 GB`, `512kB`).
-pub fn parse_bytes(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" | "k" => 1 << 10,
-        "mb" | "m" => 1 << 20,
-        "gb" | "g" => 1 << 30,
-        "tb" | "t" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
 /// The HTTP health checks, with Patroni's paths and meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -374,15 +357,5 @@ mod tests {
         assert_eq!(Check::from_path("/"), Some(Check::Primary));
         assert_eq!(Check::from_path("/read-only"), Some(Check::ReadOnly));
         assert_eq!(Check::from_path("/nope"), None);
-    }
-
-    #[test]
-    fn lag_limits_parse_with_units() {
-        assert_eq!(parse_bytes("1024"), Some(1024));
-        assert_eq!(parse_bytes("16MB"), Some(16 << 20));
-        assert_eq!(parse_bytes("1 GB"), Some(1 << 30));
-        assert_eq!(parse_bytes("512kB"), Some(512 << 10));
-        assert_eq!(parse_bytes("ten"), None);
-        assert_eq!(parse_bytes("5 parsecs"), None);
     }
 }

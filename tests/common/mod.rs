@@ -34,6 +34,22 @@ pub fn phase(text: &str) {
     eprintln!("=== {text}");
 }
 
+/// A bench's repeat count: the environment variable `var`, or `default`.
+pub fn count_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Prints a bench's samples as `label: n=.. median=.. max=..`.
+pub fn print_median_max(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{label}: n={} median={:.2?} max={:.2?}",
+        samples.len(),
+        samples[samples.len() / 2],
+        samples.last().unwrap()
+    );
+}
+
 impl Cluster {
     /// Writes configs for `n` nodes with `extra` TOML appended and starts them all.
     pub fn start(base: u16, n: u16, extra: &str) -> Cluster {
