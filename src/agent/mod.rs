@@ -67,6 +67,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
             streaming: false,
             timeline: None,
             lsn: None,
+            standby_flush: Default::default(),
             final_position: None,
             reason: "starting".into(),
             sync_applied: None,
@@ -234,12 +235,21 @@ impl Agent {
             Local::Standby(s) => (None, !s.pending_restart.is_empty()),
             _ => (None, false),
         };
+        let standby_flush = match local {
+            Local::Primary(s) => s
+                .replication
+                .iter()
+                .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
+                .collect(),
+            _ => Default::default(),
+        };
         let report = Report {
             generation: state.generation,
             pg,
             streaming,
             timeline,
             lsn,
+            standby_flush,
             final_position: d.final_position,
             reason: d.reason.clone(),
             sync_applied,

@@ -22,6 +22,9 @@ pub struct Report {
     pub timeline: Option<u32>,
     /// Primary: write position; standby: flushed (received) position.
     pub lsn: Option<u64>,
+    /// Primary: each connected standby's flush position (`pg_stat_replication`),
+    /// observed together with `lsn`, so that lag needs no second report.
+    pub standby_flush: BTreeMap<String, u64>,
     /// After streaming from the fenced primary stopped: (flush LSN, timeline), under `generation`.
     pub final_position: Option<(u64, u32)>,
     /// The agent's last decision, for `ctl list`.

@@ -30,6 +30,7 @@ fn report(generation: u64, pg: PgRole, final_position: Option<(u64, u32)>) -> Re
         streaming: pg == PgRole::Standby && final_position.is_none(),
         timeline: Some(1),
         lsn: Some(100),
+        standby_flush: BTreeMap::new(),
         final_position,
         reason: String::new(),
         sync_applied: None,
@@ -75,6 +76,7 @@ fn switching_over() -> ClusterState {
 fn standby_at(generation: u64, lsn: u64) -> Report {
     Report {
         lsn: Some(lsn),
+        standby_flush: BTreeMap::new(),
         ..report(generation, PgRole::Standby, None)
     }
 }

@@ -108,10 +108,16 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
             };
             let lag_bytes = match (primary, current) {
                 (_, Some(_)) if state.primary_name() == Some(m.name.as_str()) => Some(0),
-                (Some(p), Some(r)) if r.pg == PgRole::Standby && p.timeline == r.timeline => match (p.lsn, r.lsn) {
-                    (Some(pl), Some(rl)) => Some(pl.saturating_sub(rl)),
-                    _ => None,
-                },
+                // The primary's own view of the standby when it has one: both positions
+                // from one observation. Reports from two nodes can be up to a
+                // renewal interval apart, which under load (or across a WAL segment
+                // switch) shows lag that is not there.
+                (Some(p), Some(r)) if r.pg == PgRole::Standby && p.timeline == r.timeline => {
+                    match (p.lsn, p.standby_flush.get(&m.name).copied().or(r.lsn)) {
+                        (Some(pl), Some(rl)) => Some(pl.saturating_sub(rl)),
+                        _ => None,
+                    }
+                }
                 _ => None,
             };
             MemberRow {
@@ -241,6 +247,7 @@ mod tests {
             streaming,
             timeline: Some(1),
             lsn: Some(lsn),
+            standby_flush: BTreeMap::new(),
             final_position: None,
             reason: format!("{pg:?}"),
             sync_applied: None,
@@ -280,6 +287,30 @@ mod tests {
         assert_eq!(r[1].lease_remaining_ms, None);
         assert!(r[1].raft_leader && r[1].raft == "voter");
         assert_eq!(r[2].reason, "Standby", "a stale report still says what it last did");
+    }
+
+    #[test]
+    fn lag_comes_from_the_primarys_own_observation_when_it_lists_the_standby() {
+        let s = bootstrapped("n1");
+        // n2's own report was taken before the primary switched WAL segments.
+        let mut primary = report(1, PgRole::Primary, false, 0x500_0000);
+        primary.standby_flush = BTreeMap::from([("n2".to_string(), 0x4FF_FF00)]);
+        let view = ClusterView {
+            reports: BTreeMap::from([
+                ("n1".into(), (100, primary)),
+                ("n2".into(), (100, report(1, PgRole::Standby, true, 0x400_0000))),
+                ("n3".into(), (100, report(1, PgRole::Standby, true, 0x4F0_0000))),
+            ]),
+            lease_remaining_ms: None,
+        };
+        let raft = RaftView {
+            voters: [1, 2, 3].into(),
+            learners: BTreeSet::new(),
+            leader: Some(1),
+        };
+        let lags: Vec<_> = rows(&s, &view, &raft).iter().map(|m| m.lag_bytes).collect();
+        // n2 from the primary's pg_stat_replication; n3, not listed, from its own report.
+        assert_eq!(lags, [Some(0), Some(0x100), Some(0x10_0000)]);
     }
 
     #[test]
