@@ -50,6 +50,12 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             node.book.start_tenure(state.primary.as_ref(), now);
             tracing::info!("Raft leader: controller active; lease clock restarted");
         }
+        if leader != was_leader {
+            // The view an earlier leader handed back is older than what this node's own
+            // book held while it led: never fall back to it (a member that stopped would
+            // look streaming again). The next report reply brings the new leader's view.
+            node.local.clear_view();
+        }
         was_leader = leader;
         if !leader || !state.initialized {
             continue;

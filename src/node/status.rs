@@ -71,6 +71,11 @@ impl LocalStatus {
         self.lock().view = Some((Instant::now(), view));
     }
 
+    /// Forgets the leader's view: this node's leadership changed.
+    pub fn clear_view(&self) {
+        self.lock().view = None;
+    }
+
     /// The last view received from the Raft leader, aged to now.
     pub fn view(&self) -> Option<ClusterView> {
         let i = self.lock();
