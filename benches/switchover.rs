@@ -29,19 +29,7 @@ fn main() {
         for run in 1..=runs {
             let primary = c.wait_streaming(2, WAIT).await;
             let target = primary % 3 + 1;
-            // The target must show as a streaming standby in every node's view of the reports
-            // (ctl asks whichever node answers first).
-            c.wait_for("the target to report streaming", WAIT, || async {
-                for k in 1..=3 {
-                    let s = c.status(k).await?;
-                    let m = s.member_status.iter().find(|m| m.name == format!("n{target}"))?;
-                    if m.state != "streaming" || m.lag_bytes.is_none() {
-                        return None;
-                    }
-                }
-                Some(())
-            })
-            .await;
+            c.wait_switchover_target(target, WAIT).await;
             w.wait_ack_after(Instant::now(), None, WAIT).await;
             let asked = Instant::now();
             let out = c.ctl_ok(&["switchover", "--to", &format!("n{target}")]);

@@ -85,12 +85,22 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     let stopped_name = format!("n{stopped}");
     let mut c = c;
     assert!(c.stop(stopped), "n{stopped} stops cleanly");
-    // Any other node answers; the stopped member's report goes stale.
-    c.wait_for("the stopped member to show as not streaming", CHANGE, || async {
-        let s = c.status(primary).await?;
-        let m = s.member_status.iter().find(|m| m.name == stopped_name)?;
-        (m.state != "streaming").then_some(())
-    })
+    // ctl asks whichever node answers, and each judges from its own view: wait until the
+    // stopped member's report has gone stale in every running node's view.
+    c.wait_for(
+        "the stopped member to show as not streaming on every node",
+        CHANGE,
+        || async {
+            for k in (1..=3).filter(|k| *k != stopped) {
+                let s = c.status(k).await?;
+                let m = s.member_status.iter().find(|m| m.name == stopped_name)?;
+                if m.state == "streaming" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await;
     c.ctl_fails(&["switchover", "--to", &stopped_name], "not a streaming standby");
     c.ctl_fails(&["failover", "--to", &stopped_name], "--force");
@@ -134,12 +144,7 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     c.ctl_ok(&["resume"]);
 
     phase("switchover under writes: no acknowledged write lost, no rewind, the old primary follows");
-    c.wait_for("the target to stream within the lag bound", CHANGE, || async {
-        let s = c.status(1).await?;
-        let m = s.member_status.iter().find(|m| m.name == format!("n{target}"))?;
-        (m.state == "streaming" && m.lag_bytes.is_some()).then_some(())
-    })
-    .await;
+    c.wait_switchover_target(target, CHANGE).await;
     let out = c.ctl_ok(&[
         "switchover",
         "--from",
@@ -347,6 +352,7 @@ async fn haproxy_routes_writes_to_the_primary_through_switchover_and_failover() 
 
     phase("switchover: HAProxy follows to the new primary");
     let target = other_than(primary, &[]);
+    c.wait_switchover_target(target, CHANGE).await;
     c.ctl_ok(&["switchover", "--to", &format!("n{target}")]);
     let since = Instant::now();
     let ack = w.wait_ack_after(since, Some(c.pg_port(primary) as i32), CHANGE).await;

@@ -13,7 +13,7 @@ pub(crate) mod testing;
 
 pub use apply::{apply, Applied, Rejection};
 pub use command::Command;
-pub use config::{parse_bytes, HaConfig, SyncMode, CONFIG_KEYS};
+pub use config::{parse_bytes, HaConfig, SyncMode, CONFIG_KEYS, DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES};
 pub use state::{
     ChangeKind, ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary, ScheduledSwitchover, SyncConfig,
     Tags,

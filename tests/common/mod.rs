@@ -174,6 +174,32 @@ impl Cluster {
     }
 
     /// Waits until node `k` sees an initialised state and a leader; returns the leader's name.
+    /// Waits until every running node's view shows node `k` as a streaming standby within
+    /// the default `maximum_lag_on_failover`: what `ctl switchover --to nK` asks of the
+    /// node that answers it.
+    pub async fn wait_switchover_target(&self, k: u16, timeout: Duration) {
+        let name = format!("n{k}");
+        let running: Vec<u16> = (1..=self.n)
+            .filter(|i| self.procs[usize::from(*i - 1)].is_some())
+            .collect();
+        self.wait_for(
+            &format!("{name} to be a streaming standby on every node"),
+            timeout,
+            || async {
+                for &i in &running {
+                    let s = self.status(i).await?;
+                    let m = s.member_status.iter().find(|m| m.name == name)?;
+                    let near = m.lag_bytes? <= raftpg::cluster::DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES;
+                    if m.state != "streaming" || !near {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_leader_seen_by(&self, k: u16, timeout: Duration) -> String {
         self.wait_for(&format!("n{k} to see a Raft leader"), timeout, || async {
             let s = self.status(k).await?;
@@ -309,6 +335,10 @@ pub async fn http_at(addr: &str, method: &str, path: &str) -> Option<(u16, Strin
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed assertion anywhere in a test leaves the nodes' own account in its output.
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         for k in 1..=self.n {
             self.kill9(k);
         }
