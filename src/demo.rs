@@ -5,6 +5,7 @@
 //! `raftpg run --config DIR/nK/raftpg.toml` brings one back.
 
 use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -52,8 +53,77 @@ pub fn ports(base: u16, k: u16) -> Ports {
     }
 }
 
-/// The TOML configuration of node `k` of an `n`-node loopback cluster. `extra` is
-/// appended right after the `[postgres]` header: its first keys belong to that section.
+/// The passwords of a loopback cluster, generated once into its directory and kept
+/// across runs (PGDATA holds the roles they were set for).
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    /// The superuser's (`postgres`) password, for clients.
+    pub superuser_password: String,
+    /// A libpq password file for the superuser (`DIR/pgpass`, mode 0600).
+    pub pgpass: PathBuf,
+}
+
+impl Secrets {
+    /// Reads the passwords under `dir`, generating those that are missing.
+    pub fn ensure(dir: &Path) -> anyhow::Result<Secrets> {
+        let (superuser_file, replication_file) = password_files(dir);
+        let secrets_dir = superuser_file.parent().expect("a file in a directory");
+        fs::create_dir_all(secrets_dir).with_context(|| format!("cannot create {}", secrets_dir.display()))?;
+        fs::set_permissions(secrets_dir, fs::Permissions::from_mode(0o700))?;
+        let superuser_password = password_in(&superuser_file)?;
+        password_in(&replication_file)?;
+        let pgpass = dir.join("pgpass");
+        write_private(
+            &pgpass,
+            &crate::postgres::conf::render_pgpass(&[("postgres", &superuser_password)]),
+        )?;
+        Ok(Secrets {
+            superuser_password,
+            pgpass,
+        })
+    }
+}
+
+/// The superuser's and the replication role's password files of a loopback cluster in `dir`.
+fn password_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let secrets = dir.join("secrets");
+    (secrets.join("superuser.password"), secrets.join("replication.password"))
+}
+
+/// The password in `path`, or a new random one written there (mode 0600).
+fn password_in(path: &Path) -> anyhow::Result<String> {
+    if let Ok(text) = fs::read_to_string(path) {
+        let pw = text.trim_end_matches(['\n', '\r']);
+        if !pw.is_empty() {
+            return Ok(pw.to_string());
+        }
+    }
+    let mut bytes = [0u8; 18];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom to generate a password")?;
+    let pw: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &format!("{pw}\n"))?;
+    Ok(pw)
+}
+
+/// Writes `content` to `path`, readable by its owner only.
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    std::io::Write::write_all(&mut f, content.as_bytes())?;
+    Ok(())
+}
+
+/// The TOML configuration of node `k` of an `n`-node loopback cluster, with scram-sha-256
+/// and the password files of `Secrets::ensure(dir)`. `extra` is appended right after the
+/// `[postgres]` header: its first keys belong to that section.
 pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> String {
     let mut out = format!(
         "# Written by `raftpg demo`.\n[node]\nname = \"n{k}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-demo\"\n",
@@ -66,7 +136,12 @@ pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> Stri
             p.raft, p.grpc, p.pg, p.http
         );
     }
-    out + "\n[postgres]\n# The demo trusts loopback connections (real configs use scram-sha-256 and password files).\nhost_auth = \"trust\"\n" + extra
+    let (superuser_file, replication_file) = password_files(dir);
+    out + &format!(
+        "\n[postgres]\nhost_auth = \"scram-sha-256\"\nsuperuser_password_file = \"{}\"\nreplication_password_file = \"{}\"\n",
+        superuser_file.display(),
+        replication_file.display()
+    ) + extra
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -82,6 +157,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = fs::canonicalize(&args.dir)?;
     let exe = std::env::current_exe().context("cannot find the raftpg executable")?;
+    let secrets = Secrets::ensure(&dir)?;
     let mut children = Vec::new();
     let mut nodes_json = Vec::new();
     for k in 1..=args.nodes {
@@ -103,16 +179,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     fs::write(
         dir.join("cluster.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes_json }))?,
+        serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes_json, "pgpass": secrets.pgpass }))?,
     )?;
     let endpoints: Vec<String> = (1..=args.nodes)
         .map(|k| format!("127.0.0.1:{}", ports(args.base_port, k).grpc))
         .collect();
     let endpoints = endpoints.join(",");
-    match wait_ready(&endpoints, args.base_port, args.nodes).await {
+    match wait_ready(&endpoints, args.base_port, args.nodes, &secrets.superuser_password).await {
         Ok(table) => {
             println!("{table}");
-            println!("Connect:     psql \"{}\"", libpq_string(args.base_port, args.nodes));
+            println!(
+                "Connect:     PGPASSFILE={} psql \"{}\"",
+                secrets.pgpass.display(),
+                libpq_string(args.base_port, args.nodes)
+            );
             println!("Control it:  RAFTPG_ENDPOINTS={endpoints} raftpg ctl list");
             println!("Node logs:   {}/nK/raftpg.log", dir.display());
             println!("Stop it:     Ctrl-C");
@@ -154,11 +234,11 @@ pub fn libpq_string(base: u16, nodes: u16) -> String {
 
 /// Waits for one primary with N-1 streaming standbys (asked of PostgreSQL itself);
 /// returns the member table.
-async fn wait_ready(endpoints: &str, base: u16, nodes: u16) -> anyhow::Result<String> {
+async fn wait_ready(endpoints: &str, base: u16, nodes: u16, password: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no node answered yet");
     while Instant::now() < deadline {
-        match streaming_standbys(base, nodes).await {
+        match streaming_standbys(base, nodes, password).await {
             Ok((primary, n)) if n + 1 == nodes as usize => {
                 let mut c = ctl::connect(endpoints).await?;
                 let s = c.status(StatusRequest {}).await?.into_inner();
@@ -181,17 +261,18 @@ async fn wait_ready(endpoints: &str, base: u16, nodes: u16) -> anyhow::Result<St
 }
 
 /// (primary's k, number of streaming standbys) if exactly one node accepts writes.
-async fn streaming_standbys(base: u16, nodes: u16) -> Result<(u16, usize), String> {
+async fn streaming_standbys(base: u16, nodes: u16, password: &str) -> Result<(u16, usize), String> {
     let mut primaries = Vec::new();
     for k in 1..=nodes {
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
-            ports(base, k).pg
-        );
-        let Ok(Ok((client, conn))) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls),
-        )
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(ports(base, k).pg)
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2));
+        let Ok(Ok((client, conn))) = tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls))
         .await
         else {
             continue;

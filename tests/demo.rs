@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,27 +46,43 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         }
     });
     let mut printed = Vec::new();
-    let conninfo = loop {
+    let connect_line = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("the demo printed its connection string");
         printed.push(line.clone());
         if let Some(rest) = line.strip_prefix("Connect:") {
-            break rest.trim().trim_start_matches("psql ").trim_matches('"').to_string();
+            break rest.trim().to_string();
         }
     };
     let table = printed.join("\n");
     assert!(table.contains("| Member") && table.contains("Primary"), "{table}");
-    assert!(conninfo.contains("target_session_attrs=read-write"), "{conninfo}");
+    let pgpass = demo_dir.join("pgpass");
+    assert!(
+        connect_line.starts_with(&format!("PGPASSFILE={} psql \"", pgpass.display())),
+        "{connect_line}"
+    );
+    assert!(connect_line.contains("target_session_attrs=read-write"), "{connect_line}");
+    assert!(!connect_line.contains("password="), "the password stays in the file: {connect_line}");
+    let mode = std::fs::metadata(&pgpass).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "libpq ignores a pgpass file others can read");
 
-    phase("the printed string reaches the primary and takes a write");
-    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute("CREATE TABLE demo_check (id int); INSERT INTO demo_check VALUES (1)")
-        .await
+    phase("the printed line, run as printed, reaches the primary with scram-sha-256 and takes a write");
+    let bins = raftpg::postgres::PgBinaries::find(None).unwrap();
+    let path = format!("{}:{}", bins.dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{connect_line} -v ON_ERROR_STOP=1 -w -c 'CREATE TABLE demo_check (id int)' -c 'INSERT INTO demo_check VALUES (1)' -c 'SHOW password_encryption'"
+        ))
+        .env("PATH", path)
+        .output()
         .unwrap();
-    drop(client);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "psql failed: {said}");
+    assert!(said.contains("scram-sha-256"), "{said}");
+    let hba = std::fs::read_to_string(demo_dir.join("n1/pgdata/pg_hba.conf")).unwrap();
+    assert!(hba.contains("host all all all scram-sha-256"), "{hba}");
 
     phase("cluster.json and pid files follow DESIGN §5");
     let json: serde_json::Value =
@@ -80,6 +97,7 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
             assert!(!n[field].is_null(), "cluster.json lacks {field}");
         }
     }
+    assert_eq!(json["pgpass"].as_str(), Some(pgpass.to_str().unwrap()));
     let pids: Vec<i32> = (1..=3)
         .map(|k| {
             std::fs::read_to_string(demo_dir.join(format!("n{k}/raftpg.pid")))

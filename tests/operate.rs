@@ -326,7 +326,10 @@ async fn haproxy_routes_writes_to_the_primary_through_switchover_and_failover() 
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start haproxy");
-    let through = format!("host=127.0.0.1 port={listen} user=postgres dbname=postgres connect_timeout=1");
+    let through = format!(
+        "host=127.0.0.1 port={listen} user=postgres password={} dbname=postgres connect_timeout=1",
+        c.password
+    );
     // HAProxy starts every checked server UP until its checks fail, so wait
     // for its own stats to show the primary alone UP before writing.
     let stats = format!("127.0.0.1:{}", c.base + 91);

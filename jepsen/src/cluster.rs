@@ -16,6 +16,10 @@ pub const PG_PORT: u16 = 5432;
 const RAFT_PORT: u16 = 7000;
 const GRPC_PORT: u16 = 7100;
 const HTTP_PORT: u16 = 8008;
+/// The superuser's and replication role's password on the suite's private bridge. The
+/// nodes authenticate with scram-sha-256 and password files, as production does; the
+/// value itself guards nothing.
+const PASSWORD: &str = "raftpg-jepsen-password";
 
 pub fn name(k: u16) -> String {
     format!("n{k}")
@@ -52,6 +56,9 @@ impl Cluster {
             let node_dir = dir.join(name(k));
             fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
             fs::write(node_dir.join("raftpg.toml"), render_config(&node_dir, k, n))?;
+            let password_file = node_dir.join("password");
+            fs::write(&password_file, format!("{PASSWORD}\n"))?;
+            fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600))?;
         }
         // PostgreSQL runs as the postgres user: it must be able to reach its data dir.
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
@@ -202,7 +209,7 @@ impl Cluster {
 /// libpq parameters for node `k`'s PostgreSQL.
 pub fn conninfo(k: u16, timeout_s: u64) -> String {
     format!(
-        "host={} port={PG_PORT} user=postgres dbname=postgres connect_timeout={timeout_s}",
+        "host={} port={PG_PORT} user=postgres password={PASSWORD} dbname=postgres connect_timeout={timeout_s}",
         hosts::ip(k)
     )
 }
@@ -220,7 +227,11 @@ fn render_config(node_dir: &Path, k: u16, n: u16) -> String {
             name(i)
         );
     }
-    out + "\n[postgres]\n# The suite's private bridge only: trust, as in the demo.\nhost_auth = \"trust\"\n"
+    let password = node_dir.join("password");
+    out + &format!(
+        "\n[postgres]\nhost_auth = \"scram-sha-256\"\nsuperuser_password_file = \"{0}\"\nreplication_password_file = \"{0}\"\n",
+        password.display()
+    )
 }
 
 /// GET on node `k`'s HTTP API; the body, or None within a second.

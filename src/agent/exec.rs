@@ -244,14 +244,20 @@ impl Agent {
             .context("no primary to rewind onto")?;
         let primary = state.primary_name().unwrap_or("?").to_string();
         // A just-promoted primary's control file names its new timeline only after a
-        // checkpoint; without one pg_rewind wrongly finds "no rewind required".
-        match connect(&source).await {
-            Ok(c) => {
-                if let Err(e) = tokio::time::timeout(REWIND_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
-                    tracing::warn!("CHECKPOINT on {primary} before pg_rewind timed out: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("cannot connect to {primary} for a CHECKPOINT before pg_rewind: {e:#}"),
+        // checkpoint; without one pg_rewind wrongly finds "no rewind required" and the
+        // node stays diverged. So no CHECKPOINT, no rewind: the action fails and is retried.
+        let client = pg
+            .primary_superuser_client(state)
+            .context("no primary to rewind onto")?;
+        let checkpoint = async {
+            let c = connect_with(&client).await?;
+            c.batch_execute("CHECKPOINT").await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(REWIND_TIMEOUT, checkpoint).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("cannot run the CHECKPOINT on {primary} that pg_rewind needs first: {e:#}"),
+            Err(_) => bail!("the CHECKPOINT on {primary} that pg_rewind needs first did not finish within {REWIND_TIMEOUT:?}"),
         }
         tracing::info!("pg_rewind onto {primary}");
         match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
@@ -276,9 +282,13 @@ impl Agent {
 }
 
 async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(conninfo, NoTls))
+    connect_with(&conninfo.parse()?).await
+}
+
+async fn connect_with(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), config.connect(NoTls))
         .await
-        .context("connecting to the local PostgreSQL timed out")??;
+        .context("connecting to PostgreSQL timed out")??;
     tokio::spawn(conn);
     Ok(client)
 }

@@ -154,6 +154,23 @@ impl PgNode {
         Some(s)
     }
 
+    /// The primary as superuser, for raftpg's own SQL (tokio-postgres reads no pgpass
+    /// file, so the password is set here).
+    pub fn primary_superuser_client(&self, state: &ClusterState) -> Option<tokio_postgres::Config> {
+        let u = self.upstream(state)?;
+        let mut c = tokio_postgres::Config::new();
+        c.host(&u.host)
+            .port(u.port)
+            .user(&self.superuser)
+            .dbname("postgres")
+            .application_name("raftpg")
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pw) = &self.superuser_password {
+            c.password(pw);
+        }
+        Some(c)
+    }
+
     /// postgresql.conf for `state`, streaming from `upstream` (or from nobody).
     pub fn render_conf(&self, state: &ClusterState, upstream: Option<&Upstream>) -> String {
         let sync: Vec<String> = state.sync_standbys.iter().cloned().collect();

@@ -272,9 +272,10 @@ impl Controldata {
         self.state == "shut down"
     }
 
-    /// The server was last a standby (stopped cleanly or not while in recovery).
+    /// The server was last a standby (stopped cleanly or not while in recovery). A primary
+    /// that crashed during crash recovery says "in crash recovery": not a standby.
     pub fn was_standby(&self) -> bool {
-        self.state.contains("recovery")
+        matches!(self.state.as_str(), "shut down in recovery" | "in archive recovery")
     }
 }
 
@@ -292,5 +293,10 @@ mod tests {
         assert_eq!(c.timeline, Some(3));
         assert!(c.was_standby());
         assert!(!Controldata::parse("Database cluster state: in production").was_standby());
+        assert!(Controldata::parse("Database cluster state: in archive recovery").was_standby());
+        assert!(
+            !Controldata::parse("Database cluster state: in crash recovery").was_standby(),
+            "a primary that crashed while recovering from a crash is no standby"
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct Cluster {
     pub base: u16,
     pub n: u16,
     pub(crate) procs: Vec<Option<Child>>,
+    /// The superuser's password: PostgreSQL authenticates TCP clients with scram-sha-256,
+    /// as in production.
+    pub password: String,
 }
 
 /// Logs one line that introduces a phase of a test.
@@ -61,6 +64,7 @@ impl Cluster {
         }
         // PostgreSQL runs as the `postgres` OS user under root: it must enter the directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let secrets = raftpg::demo::Secrets::ensure(dir.path()).expect("generate passwords");
         for k in 1..=n {
             let node_dir = dir.path().join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir).unwrap();
@@ -75,6 +79,7 @@ impl Cluster {
             base,
             n,
             procs: (0..n).map(|_| None).collect(),
+            password: secrets.superuser_password,
         };
         for k in 1..=n {
             c.start_node(k);

@@ -20,14 +20,19 @@ impl Cluster {
 
     pub fn pg_conninfo(&self, k: u16) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
-            self.pg_port(k)
+            "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=2",
+            self.pg_port(k),
+            self.password
         )
     }
 
     /// The libpq multi-host string that finds the primary.
     pub fn libpq(&self) -> String {
-        raftpg::demo::libpq_string(self.base, self.n) + " connect_timeout=1 load_balance_hosts=random"
+        format!(
+            "{} password={} connect_timeout=1 load_balance_hosts=random",
+            raftpg::demo::libpq_string(self.base, self.n),
+            self.password
+        )
     }
 
     pub fn postmaster_pid(&self, k: u16) -> Option<i32> {
