@@ -272,8 +272,8 @@ async fn streaming_standbys(base: u16, nodes: u16, password: &str) -> Result<(u1
             .password(password)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2));
-        let Ok(Ok((client, conn))) = tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls))
-        .await
+        let Ok(Ok((client, conn))) =
+            tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls)).await
         else {
             continue;
         };

@@ -26,6 +26,18 @@ pub const DRIFT_PERMILLE: u64 = 100;
 /// Added to the controller's deadline for scheduling delays and the fence itself.
 pub const MARGIN_MS: u64 = 200;
 
+/// The oldest observation of PostgreSQL a renewal may rest on: half a lease. A primary
+/// that hangs right after a good observation is then fenced within
+/// `lease_ms / 2 + lease_ms` on its own clock (by the expiry of the last renewal).
+pub fn observation_max_age_ms(lease_ms: u64) -> u64 {
+    lease_ms / 2
+}
+
+/// Whether an observation `age` old may still back a renewal.
+pub fn observation_fresh(age: Duration, lease_ms: u64) -> bool {
+    age.as_millis() <= u128::from(observation_max_age_ms(lease_ms))
+}
+
 /// How long after its last renewal the controller may treat the lease as expired.
 pub fn controller_deadline(lease_ms: u64) -> Duration {
     Duration::from_millis(lease_ms + lease_ms * DRIFT_PERMILLE / 1000 + MARGIN_MS)

@@ -62,8 +62,14 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         connect_line.starts_with(&format!("PGPASSFILE={} psql \"", pgpass.display())),
         "{connect_line}"
     );
-    assert!(connect_line.contains("target_session_attrs=read-write"), "{connect_line}");
-    assert!(!connect_line.contains("password="), "the password stays in the file: {connect_line}");
+    assert!(
+        connect_line.contains("target_session_attrs=read-write"),
+        "{connect_line}"
+    );
+    assert!(
+        !connect_line.contains("password="),
+        "the password stays in the file: {connect_line}"
+    );
     let mode = std::fs::metadata(&pgpass).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "libpq ignores a pgpass file others can read");
 
@@ -78,7 +84,11 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         .env("PATH", path)
         .output()
         .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "psql failed: {said}");
     assert!(said.contains("scram-sha-256"), "{said}");
     let hba = std::fs::read_to_string(demo_dir.join("n1/pgdata/pg_hba.conf")).unwrap();

@@ -257,7 +257,9 @@ impl Agent {
         match tokio::time::timeout(REWIND_TIMEOUT, checkpoint).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("cannot run the CHECKPOINT on {primary} that pg_rewind needs first: {e:#}"),
-            Err(_) => bail!("the CHECKPOINT on {primary} that pg_rewind needs first did not finish within {REWIND_TIMEOUT:?}"),
+            Err(_) => {
+                bail!("the CHECKPOINT on {primary} that pg_rewind needs first did not finish within {REWIND_TIMEOUT:?}")
+            }
         }
         tracing::info!("pg_rewind onto {primary}");
         match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {

@@ -10,9 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
 use nix::time::{clock_gettime, ClockId};
-use nix::unistd::{getppid, Pid};
+use nix::unistd::getppid;
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -106,19 +105,14 @@ pub fn run(lease_file: &Path, data_dir: &Path) {
 }
 
 fn fence(data_dir: &Path) {
-    let Some(pid) = crate::postgres::read_postmaster_pid(data_dir) else {
-        return;
-    };
-    let pid = Pid::from_raw(pid);
-    if kill(pid, Signal::SIGQUIT).is_err() {
-        return;
-    }
-    eprintln!("raftpg fence-keeper: lease expired without renewal: stopped the postmaster {pid} (immediate shutdown)");
-    for _ in 0..50 {
-        std::thread::sleep(POLL);
-        if kill(pid, None).is_err() {
-            return;
+    use crate::postgres::kill::{stop_now, Stopped, FENCE_GRACE};
+    match stop_now(data_dir, FENCE_GRACE) {
+        Stopped::NotRunning => {}
+        Stopped::Immediate => {
+            eprintln!("raftpg fence-keeper: lease expired without renewal: stopped PostgreSQL (immediate shutdown)")
         }
+        Stopped::Killed { processes } => eprintln!(
+            "raftpg fence-keeper: lease expired without renewal and PostgreSQL did not stop on SIGQUIT: killed {processes} processes"
+        ),
     }
-    let _ = kill(pid, Signal::SIGKILL);
 }

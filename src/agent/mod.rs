@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::decide::agent::{decide, wanted, AgentInput, Decision, LeaseView, Local, Wanted};
+use crate::decide::agent::{decide, wanted, Action, AgentInput, Decision, LeaseView, Local, Wanted};
 use crate::decide::controller::{PgRole, Report};
 use crate::lease::Holder;
 use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
@@ -29,13 +29,17 @@ pub use pgfiles::PgNode;
 /// Tick when nothing happened; a tick that acted is followed at once by another.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 const BUSY_TICK: Duration = Duration::from_millis(20);
-const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A local query takes milliseconds; past this the server counts as hung (`Unknown`).
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the lease task sends next: the last report and whether to renew.
 #[derive(Clone, Debug)]
 struct Outbox {
     report: Report,
     renew: bool,
+    /// When the observation behind `renew` started: a renewal rests on a fresh one only
+    /// (`lease::observation_fresh`), so a hung PostgreSQL or a stuck agent lets it lapse.
+    observed_at: Option<Instant>,
 }
 
 pub struct Agent {
@@ -56,6 +60,11 @@ pub struct Agent {
     /// The restart / re-clone requests (counters in the state) already carried out.
     restarts_done: u64,
     reinits_done: u64,
+    /// As primary, the last observation that told running from not was `Unknown`.
+    unproven: bool,
+    /// The generation in which this node, as primary, lost its lease while its
+    /// PostgreSQL could not prove a commit: it hung, and was (or is being) fenced.
+    fenced_hung: Option<u64>,
 }
 
 /// Starts the agent and its lease task on `node`.
@@ -74,6 +83,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
             pending_restart: false,
         },
         renew: false,
+        observed_at: None,
     }));
     // Requests made before this process started are served by its fresh start.
     let (restarts_done, reinits_done) = node.state().state.requests_of(&pg.me);
@@ -90,6 +100,8 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         failures: 0,
         restarts_done,
         reinits_done,
+        unproven: false,
+        fenced_hung: None,
     };
     node.spawn(lease_loop(
         node.clone(),
@@ -135,6 +147,7 @@ impl Agent {
     async fn tick(&mut self) -> Result<bool, ()> {
         let applied = self.node.state();
         let state = applied.state.clone();
+        let observed_at = Instant::now();
         let local = self.observe_local().await;
         let now = Instant::now();
         let role = wanted(&state, &self.pg.me);
@@ -142,6 +155,17 @@ impl Agent {
             self.holder.clear();
         }
         self.track_times(&role, &local, now);
+        let lease = self.holder.view(state.generation, now, state.ha.lease_ms);
+        if role == Wanted::Primary {
+            match local {
+                Local::Unknown(_) => self.unproven = true,
+                Local::Primary(_) => self.unproven = false,
+                _ => {}
+            }
+            if self.unproven && lease == LeaseView::Expired {
+                self.fenced_hung = Some(state.generation);
+            }
+        }
         let upstream = self.pg.upstream(&state);
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
@@ -149,15 +173,16 @@ impl Agent {
             me: &self.pg.me,
             state: &state,
             local: &local,
-            lease: self.holder.view(state.generation, now, state.ha.lease_ms),
+            lease,
             down_ms: elapsed_ms(self.down_since, now),
             not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
             gate_lsn: self.gate_lsn,
             want_conninfo: want_conninfo.as_deref(),
             restart_requested: requested.0 > self.restarts_done,
             reinit_requested: requested.1 > self.reinits_done,
+            fenced_hung: self.fenced_hung == Some(state.generation),
         });
-        self.publish(&state, &local, &decision);
+        self.publish(&state, &local, &decision, observed_at);
         let mut acted = false;
         for action in &decision.actions {
             let current = self.node.state().state;
@@ -187,8 +212,7 @@ impl Agent {
         Ok(acted)
     }
 
-    fn needs_lease(&self, action: &crate::decide::agent::Action) -> bool {
-        use crate::decide::agent::Action;
+    fn needs_lease(&self, action: &Action) -> bool {
         matches!(action, Action::StartPrimary { .. } | Action::Promote | Action::OpenGate)
     }
 
@@ -208,7 +232,7 @@ impl Agent {
     }
 
     /// Logs a changed reason and hands the report to the lease task.
-    fn publish(&mut self, state: &crate::cluster::ClusterState, local: &Local, d: &Decision) {
+    fn publish(&mut self, state: &crate::cluster::ClusterState, local: &Local, d: &Decision, observed_at: Instant) {
         if d.reason != self.last_reason {
             tracing::info!(generation = state.generation, "{}", d.reason);
             self.last_reason = d.reason.clone();
@@ -266,6 +290,7 @@ impl Agent {
             || (state.pending.is_some() && out.report.lsn != report.lsn);
         out.report = report;
         out.renew = d.renew_lease;
+        out.observed_at = Some(observed_at);
         drop(out);
         if urgent {
             self.wake_reporter.notify_one();
@@ -310,13 +335,17 @@ pub fn postmaster_alive(pg: &PgNode) -> bool {
     )
 }
 
-/// Stops PostgreSQL at once: pg_ctl's immediate mode, SIGKILL if that fails.
+/// Stops PostgreSQL at once: an immediate shutdown, SIGKILL for whatever is still
+/// alive (a frozen postmaster or backends) after `FENCE_GRACE`.
 pub async fn fence(pg: &PgNode) {
-    if let Err(e) = pg.ctl.stop(StopMode::Immediate, Duration::from_secs(3)).await {
-        if let Some(pid) = pg.ctl.postmaster_pid() {
-            tracing::error!("immediate stop failed ({e}): killing the postmaster {pid}");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    use crate::postgres::kill::{stop_now, Stopped, FENCE_GRACE};
+    let data_dir = pg.ctl.data_dir.clone();
+    match tokio::task::spawn_blocking(move || stop_now(&data_dir, FENCE_GRACE)).await {
+        Ok(Stopped::Killed { processes }) => {
+            tracing::error!("PostgreSQL did not stop on SIGQUIT within {FENCE_GRACE:?}: killed {processes} processes")
         }
+        Ok(_) => {}
+        Err(e) => tracing::error!("the fence task failed: {e}"),
     }
 }
 
@@ -372,7 +401,15 @@ async fn lease_loop(
         if Instant::now() >= next_send {
             let (report, renew) = {
                 let o = outbox.lock().unwrap_or_else(|p| p.into_inner());
-                (o.report.clone(), o.renew)
+                let age = o.observed_at.map(|t| Instant::now().saturating_duration_since(t));
+                let fresh = age.is_some_and(|a| crate::lease::observation_fresh(a, lease_ms));
+                if o.renew && !fresh {
+                    tracing::warn!(
+                        "not renewing the lease: the last observation of PostgreSQL is {age:?} old (limit {} ms)",
+                        crate::lease::observation_max_age_ms(lease_ms)
+                    );
+                }
+                (o.report.clone(), o.renew && fresh)
             };
             let until_expiry = holder
                 .expiry(report.generation)

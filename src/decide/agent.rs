@@ -60,6 +60,9 @@ pub struct AgentInput<'a> {
     pub restart_requested: bool,
     /// `ctl reinit` asked for a re-clone this agent has not done yet.
     pub reinit_requested: bool,
+    /// This node, primary of the applied generation, stopped its PostgreSQL because it
+    /// hung (it could not prove a commit before its lease ran out).
+    pub fenced_hung: bool,
 }
 
 /// One PostgreSQL action. Executed in order; a failure skips the rest.
@@ -239,13 +242,30 @@ fn primary(i: &AgentInput) -> Decision {
     let bound = i.state.ha.primary_restart_timeout_ms;
     let tl = i.state.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0);
     let g = i.state.generation;
-    if i.lease == LeaseView::Expired && !paused {
+    if i.fenced_hung && !paused {
+        // Restarting a PostgreSQL that hung in place would race the failover the
+        // controller is about to start, and a hung disk would hang it again.
         return match i.local {
             Local::Primary(_) | Local::Unknown(_) => Decision::new(
+                vec![Action::Fence],
+                format!("my PostgreSQL hung and lost the lease of generation {g}: stopping it, not renewing"),
+            ),
+            _ => Decision::idle(format!(
+                "my PostgreSQL hung and was stopped: not renewing my lease as primary of generation {g}, so a standby is promoted"
+            )),
+        };
+    }
+    if i.lease == LeaseView::Expired && !paused {
+        return match i.local {
+            Local::Primary(_) => Decision::new(
                 vec![Action::Fence],
                 format!("my lease as primary of generation {g} expired: fencing my PostgreSQL"),
             )
             .renewing(),
+            Local::Unknown(_) => Decision::new(
+                vec![Action::Fence],
+                format!("my lease as primary of generation {g} expired and PostgreSQL does not answer: fencing it"),
+            ),
             _ if i.down_ms > bound => Decision::idle(format!(
                 "PostgreSQL has been down {} ms (bound {bound} ms): letting the lease lapse so a standby is promoted",
                 i.down_ms
@@ -264,6 +284,9 @@ fn primary(i: &AgentInput) -> Decision {
             )
             .renewing(),
             Local::Primary(_) => Decision::idle("restart requested: waiting for my lease").renewing(),
+            Local::Unknown(e) => Decision::idle(format!(
+                "restart requested, but I cannot prove my PostgreSQL commits ({e}): not renewing my lease"
+            )),
             _ => Decision::new(
                 vec![Action::RestartDone],
                 "restart requested while PostgreSQL is not running: starting it is enough",
@@ -329,10 +352,11 @@ fn primary(i: &AgentInput) -> Decision {
         Local::NoData => {
             Decision::idle("I am the recorded primary but have no data directory: letting the lease lapse")
         }
+        // Only a commit proves a primary healthy: without one the lease is not renewed,
+        // and it fences PostgreSQL when it runs out.
         Local::Unknown(e) => Decision::idle(format!(
-            "cannot observe my PostgreSQL ({e}): keeping the lease while it may recover"
-        ))
-        .renewing(),
+            "cannot prove my PostgreSQL commits ({e}): not renewing my lease, which fences it if this lasts"
+        )),
     }
 }
 
@@ -392,6 +416,12 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
             d
         }
         Local::Standby(_) => Decision::idle("waiting for the walreceiver to stop"),
+        // A hung standby would hold the failover hostage: its final report is needed.
+        // Stopped, it is started in recovery without streaming and reports what it holds.
+        Local::Unknown(e) => Decision::new(
+            vec![Action::Fence],
+            format!("failover under generation {g} and my PostgreSQL does not answer ({e}): stopping it to report my final position"),
+        ),
         Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
             vec![Action::StartStandby],
             "a primary change is under way: starting in recovery, not streaming, to report my position",

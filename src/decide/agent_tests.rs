@@ -177,6 +177,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         want_conninfo: Some(WANT),
         restart_requested: false,
         reinit_requested: false,
+        fenced_hung: false,
     }
 }
 
@@ -405,7 +406,12 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    for (restart, reinit) in [(false, false), (true, false), (false, true)] {
+                                    for (restart, reinit, fenced_hung) in [
+                                        (false, false, false),
+                                        (true, false, false),
+                                        (false, true, false),
+                                        (false, false, true),
+                                    ] {
                                         let i = AgentInput {
                                             me,
                                             state: &state,
@@ -417,6 +423,7 @@ fn sweep_safety_invariants() {
                                             want_conninfo: want,
                                             restart_requested: restart,
                                             reinit_requested: reinit,
+                                            fenced_hung,
                                         };
                                         check(&i, &decide(&i), name);
                                         cases += 1;
@@ -509,6 +516,18 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             Action::Clone | Action::Rewind => assert!(matches!(role, Wanted::Standby(_)), "{}", ctx()),
             _ => {}
         }
+    }
+    // Only a proven commit renews a primary's lease; one that hung and was stopped renews
+    // nothing, so the controller fails over instead of racing a restart in place.
+    if role == Wanted::Primary && matches!(i.local, Local::Unknown(_)) {
+        assert!(!d.renew_lease, "renewed on an unobservable PostgreSQL: {}", ctx());
+    }
+    if role == Wanted::Primary && i.fenced_hung && i.lease == LeaseView::Expired && !i.state.paused {
+        assert!(!d.renew_lease, "a hung primary asked for its lease back: {}", ctx());
+    }
+    // During a failover a hung standby is stopped, so it can give its final report.
+    if role == Wanted::Fenced && matches!(i.local, Local::Unknown(_)) && !draining {
+        assert_eq!(d.actions, [Action::Fence], "{}", ctx());
     }
     // Only the primary asks for the lease; only a fenced standby reports a final position.
     if d.renew_lease {

@@ -7,6 +7,7 @@
 pub mod bin;
 pub mod conf;
 pub mod ctl;
+pub mod kill;
 pub mod observe;
 
 pub use bin::{PgBinaries, RunAs};

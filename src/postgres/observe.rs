@@ -72,6 +72,10 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     (SELECT timeline_id FROM pg_control_checkpoint()),
     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')";
 
+/// The write probe: commits a transaction that has an xid, so its commit record is
+/// written and flushed (the session runs with synchronous_commit = local).
+const WRITE_PROBE: &str = "SET synchronous_commit = local; SELECT txid_current()";
+
 /// The WAL segment files in pg_wal; asked only of a standby with no walreceiver.
 const WAL_SEGMENTS: &str = "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
 
@@ -130,6 +134,13 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         }
         _ => None,
     };
+    // A primary proves it can commit: a transaction with an xid writes and flushes a
+    // commit record. The connection runs it with synchronous_commit = local, so a
+    // missing standby is not mistaken for a hung primary; a hung disk or a frozen
+    // backend makes the observation time out, and `Unknown` renews no lease.
+    if !in_recovery {
+        client.batch_execute(WRITE_PROBE).await?;
+    }
     drop(client);
     let _ = conn.await;
     let replication = rows?

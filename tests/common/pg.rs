@@ -43,6 +43,38 @@ impl Cluster {
         self.procs[(k - 1) as usize].as_ref().map(|c| c.id() as i32)
     }
 
+    /// The postmaster of node `k` and every process it forked (backends, walsenders, ...).
+    pub fn pg_processes(&self, k: u16) -> Vec<i32> {
+        let Some(pm) = self.postmaster_pid(k) else {
+            return Vec::new();
+        };
+        let mut pids = vec![pm];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Freezes node `k`'s PostgreSQL (SIGSTOP to the postmaster and all its processes),
+    /// as a hung server looks; raftpg keeps running. Returns the frozen pids.
+    pub fn freeze_pg(&self, k: u16) -> Vec<i32> {
+        let pids = self.pg_processes(k);
+        assert!(!pids.is_empty(), "n{k} runs no PostgreSQL to freeze");
+        for pid in &pids {
+            signal(*pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+        pids
+    }
+
     /// kill -9 of the postmaster only (raftpg lives).
     pub fn kill9_postmaster(&self, k: u16) {
         if let Some(pid) = self.postmaster_pid(k) {
@@ -142,6 +174,15 @@ async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
         .ok()?;
     tokio::spawn(conn);
     Some(client)
+}
+
+/// Whether `pid` still runs (stopped counts; a zombie does not).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// One acknowledged insert: which id, when the client saw COMMIT, and which server took it.

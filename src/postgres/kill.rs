@@ -1,0 +1,150 @@
+//! Stopping a PostgreSQL instance at once, even a frozen one.
+//!
+//! Fencing must end within the lease's margin (`lease::MARGIN_MS` plus the drift
+//! allowance), also when the postmaster or its backends are stopped (SIGSTOP), hung,
+//! or the postmaster alone is frozen while its backends still serve clients. An
+//! immediate shutdown (SIGQUIT, what `pg_ctl stop -m immediate` sends) is tried first;
+//! whatever is still alive after `grace` is killed with SIGKILL, the backends before
+//! the postmaster (once the postmaster is gone they are re-parented and can no longer
+//! be found). SIGKILL ends a stopped process too.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::read_postmaster_pid;
+
+/// How long a fenced instance gets to shut down on SIGQUIT before it is killed. The
+/// controller's deadline leaves `lease * drift + MARGIN_MS` (400 ms by default) past the
+/// holder's expiry, and a healthy immediate shutdown takes a few tens of milliseconds.
+pub const FENCE_GRACE: Duration = Duration::from_millis(150);
+const POLL: Duration = Duration::from_millis(5);
+/// How long a SIGKILLed process may take to disappear before we stop waiting.
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// How an instance was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// No postmaster ran.
+    NotRunning,
+    /// It shut down on SIGQUIT within the grace period.
+    Immediate,
+    /// It did not: the postmaster and `n` of its processes were SIGKILLed.
+    Killed { processes: usize },
+}
+
+/// Stops the instance of `data_dir` now: SIGQUIT, then SIGKILL for everything
+/// still alive after `grace`. Blocking; returns once the postmaster is gone (or
+/// after `KILL_WAIT` more, if the kernel is slow to reap it).
+pub fn stop_now(data_dir: &Path, grace: Duration) -> Stopped {
+    let Some(pid) = read_postmaster_pid(data_dir).map(Pid::from_raw) else {
+        return Stopped::NotRunning;
+    };
+    if kill(pid, Signal::SIGQUIT).is_err() {
+        return Stopped::NotRunning;
+    }
+    if wait_gone(pid, grace) {
+        return Stopped::Immediate;
+    }
+    let children = children_of(pid);
+    for c in &children {
+        let _ = kill(*c, Signal::SIGKILL);
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    wait_gone(pid, KILL_WAIT);
+    Stopped::Killed {
+        processes: children.len() + 1,
+    }
+}
+
+/// Waits up to `within` for `pid` to exit (or become a zombie); true if it did.
+fn wait_gone(pid: Pid, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if !alive(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Running (stopped counts) and not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_fields(&stat).is_some_and(|(state, _)| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// (state, parent pid) from the text of `/proc/PID/stat`; the command name may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn stat_fields(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Every process whose parent is `parent`.
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| stat_fields(&s))
+                .is_some_and(|(_, ppid)| ppid == parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        let stat = "4242 (postgres: n1: walsender (x) 127.0.0.1) T 4200 4200 4200 0 -1";
+        assert_eq!(stat_fields(stat), Some(('T', 4200)));
+        assert_eq!(stat_fields("garbage"), None);
+    }
+
+    #[test]
+    fn a_stopped_process_and_its_children_are_killed() {
+        // A stand-in postmaster: a shell with a child, both frozen; SIGQUIT cannot end them.
+        let dir = tempfile::tempdir().unwrap();
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(sh.id() as i32);
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{pid}\n")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children_of(pid).is_empty() {
+            assert!(Instant::now() < deadline, "the child never started");
+            std::thread::sleep(POLL);
+        }
+        let child = children_of(pid)[0];
+        kill(child, Signal::SIGSTOP).unwrap();
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let stopped = stop_now(dir.path(), Duration::from_millis(100));
+        assert_eq!(stopped, Stopped::Killed { processes: 2 });
+        let _ = sh.wait();
+        assert!(!alive(child), "the frozen child outlived the fence");
+    }
+
+    #[test]
+    fn no_pid_file_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(stop_now(dir.path(), Duration::from_millis(10)), Stopped::NotRunning);
+    }
+}

@@ -1,0 +1,126 @@
+//! L2: the failures real clusters have, on three `raftpg run` processes with real
+//! PostgreSQL (scram-sha-256 and password files, as in production).
+//!
+//! A hung PostgreSQL is frozen with SIGSTOP (the postmaster and every process it
+//! forked) while raftpg keeps running. Each test ends by checking that every
+//! acknowledged write is on every node. The bounds these failures are held to
+//! are measured by `cargo bench --bench failover`, not timed here.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::{alive, Writer};
+use common::{phase, Cluster};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+const FORM: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(30);
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+async fn check_no_loss(c: &Cluster, writer: Writer) {
+    c.wait_streaming(2, FORM).await;
+    let nodes: Vec<u16> = (1..=c.n).collect();
+    c.assert_no_loss(writer, &nodes, FORM).await;
+}
+
+/// When every one of `pids` is gone.
+fn all_gone_at(pids: Vec<i32>) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        while pids.iter().any(|p| alive(*p)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Instant::now()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_killed_before_another_node_takes_writes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(27600, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+
+    phase(&format!(
+        "SIGSTOP of n{old}'s postmaster and all its processes; raftpg lives"
+    ));
+    let frozen = c.freeze_pg(old);
+    let froze = Instant::now();
+    let gone = all_gone_at(frozen.clone());
+    let old_port = c.pg_port(old) as i32;
+    let first = w.wait_ack_after(froze, Some(old_port), FAILOVER).await;
+    let killed = tokio::time::timeout(FAILOVER, gone)
+        .await
+        .expect("the frozen processes were never killed")
+        .unwrap();
+    phase(&format!(
+        "{} frozen processes killed {:?} after the freeze; port {} acknowledged a write {:?} after it",
+        frozen.len(),
+        killed - froze,
+        first.port,
+        first.at - froze
+    ));
+    assert!(
+        killed < first.at,
+        "the frozen PostgreSQL must be dead before another node acknowledges a write"
+    );
+    let log = c.log_of(old);
+    assert!(log.contains("cannot prove my PostgreSQL commits"), "{log}");
+    assert!(log.contains("killed"), "the hung instance was SIGKILLed: {log}");
+
+    phase("the controller failed over on the lapsed lease, not a restart in place");
+    let other = if old == 1 { 2 } else { 1 };
+    let s = c.status(other).await.unwrap();
+    assert_eq!(s.generation, 2);
+    let last = s.history.last().unwrap();
+    assert_eq!(last.from, format!("n{old}"));
+    assert!(last.reason.contains("lease"), "{}", last.reason);
+
+    phase(&format!("n{old} rejoins by rewind; nothing acknowledged is lost"));
+    c.wait_for(&format!("n{old} to stream on timeline 2"), FORM, || async {
+        let row = c
+            .query_one(old, "SELECT received_tli FROM pg_stat_wal_receiver")
+            .await?;
+        (row.get::<_, i32>(0) == 2).then_some(())
+    })
+    .await;
+    check_no_loss(&c, w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_standby_does_not_hold_a_failover_hostage() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(27700, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let hung = if old == 3 { 2 } else { 3 };
+
+    phase(&format!(
+        "n{hung}'s PostgreSQL frozen (its raftpg lives), then kill -9 of the primary n{old}"
+    ));
+    let frozen = c.freeze_pg(hung);
+    let old_port = c.pg_port(old) as i32;
+    c.kill9(old);
+    c.kill9_postmaster(old);
+    let killed = Instant::now();
+    // ANY 1 of two standbys: the controller needs both final reports, the frozen one's too.
+    let first = w.wait_ack_after(killed, Some(old_port), FAILOVER).await;
+    phase(&format!(
+        "port {} acknowledged a write {:?} after the kill",
+        first.port,
+        first.at - killed
+    ));
+    assert!(frozen.iter().all(|p| !alive(*p)), "the frozen standby was stopped");
+    let log = c.log_of(hung);
+    assert!(log.contains("does not answer"), "{log}");
+
+    phase(&format!(
+        "n{old} comes back; all three stream; nothing acknowledged is lost"
+    ));
+    c.start_node(old);
+    check_no_loss(&c, w).await;
+}
