@@ -124,3 +124,59 @@ async fn a_frozen_standby_does_not_hold_a_failover_hostage() {
     c.start_node(old);
     check_no_loss(&c, w).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(27800, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let target = if old == 1 { 2 } else { 1 };
+    let other = 6 - old - target;
+    c.wait_switchover_target(target, FORM).await;
+
+    phase(&format!(
+        "switchover n{old} -> n{target}; n{target} is killed as soon as the switchover is committed"
+    ));
+    let endpoints = c.endpoints();
+    let to = format!("n{target}");
+    let ctl = std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .args(["ctl", "--endpoints", &endpoints, "switchover", "--to", &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run raftpg ctl")
+    });
+    c.wait_for("the switchover to be pending", FAILOVER, || async {
+        let s = c.status(other).await?;
+        s.pending.contains("switchover").then_some(())
+    })
+    .await;
+    c.kill9(target);
+    c.kill9_postmaster(target);
+    let killed = Instant::now();
+    let out = ctl.join().unwrap();
+    eprintln!(
+        "ctl switchover said: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    phase(&format!("n{other} holds everything n{old} wrote and is promoted instead"));
+    let first = w.wait_ack_after(killed, Some(c.pg_port(old) as i32), FAILOVER).await;
+    assert_eq!(first.port, c.pg_port(other) as i32);
+    let s = c.status(other).await.unwrap();
+    let last = s.history.last().unwrap();
+    assert_eq!(last.to, format!("n{other}"), "{last:?}");
+    // Not the fallback that turns a stalled switchover into a failover after 2 leases.
+    assert_eq!(last.kind, "switchover", "{last:?}");
+
+    phase(&format!("n{target} comes back; nothing acknowledged is lost"));
+    c.start_node(target);
+    check_no_loss(&c, w).await;
+    assert!(
+        c.log_of(old).contains("without a rewind"),
+        "the old primary stopped cleanly and follows without pg_rewind"
+    );
+}

@@ -347,8 +347,12 @@ fn begin(
 fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     let pending = state.pending.as_ref().ok_or(Rejection::NothingPending)?;
+    // Once a switchover's old primary has stopped cleanly, any standby that received past
+    // its shutdown checkpoint holds every write it acknowledged: the controller may promote
+    // such a standby when the target stopped too.
+    let drained_switchover = pending.kind == PendingKind::Switchover && pending.stop_lsn.is_some();
     if let Some(to) = &pending.to {
-        if to != node {
+        if to != node && !drained_switchover {
             return Err(Rejection::NotEligible {
                 node: node.to_string(),
                 why: format!("the pending change targets {to}"),

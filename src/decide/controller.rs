@@ -235,13 +235,16 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
     let from = p.from.as_deref().unwrap_or("?");
     let timeout = switchover_timeout_ms(s.ha.lease_ms);
     if let Some(stop) = p.stop_lsn {
-        let caught_up = i
-            .reports
-            .get(to)
-            .filter(|r| r.generation == s.generation)
-            .and_then(|r| r.lsn)
-            .is_some_and(|l| l > stop);
-        if caught_up {
+        // A standby of this generation that has received past the shutdown checkpoint
+        // holds everything the old primary wrote, acknowledged or not.
+        let past = |n: &str| {
+            i.reports
+                .get(n)
+                .filter(|r| r.generation == s.generation && r.pg == PgRole::Standby)
+                .and_then(|r| r.lsn)
+                .filter(|l| *l > stop)
+        };
+        if past(to).is_some() {
             return act(
                 ControllerAction::Propose(Command::Promote {
                     generation: s.generation,
@@ -252,6 +255,36 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
                     lsn(stop)
                 ),
             );
+        }
+        // The target may have stopped just after the switchover began (its last report
+        // can look streaming for a while): after a lease without it, or at once when it
+        // says it is not a standby, another standby that holds everything will do.
+        let target_down = i
+            .reports
+            .get(to)
+            .filter(|r| r.generation == s.generation)
+            .is_none_or(|r| r.pg != PgRole::Standby);
+        if target_down || i.pending_ms > s.ha.lease_ms {
+            let other = s
+                .members
+                .values()
+                .filter(|m| m.name != to && p.from.as_deref() != Some(m.name.as_str()))
+                .filter(|m| !m.tags.nofailover && i.voters.contains(&m.name))
+                .filter_map(|m| Some((past(&m.name)?, m)))
+                .max_by_key(|(l, m)| (*l, std::cmp::Reverse(m.id)));
+            if let Some((_, m)) = other {
+                return act(
+                    ControllerAction::Propose(Command::Promote {
+                        generation: s.generation,
+                        node: m.name.clone(),
+                    }),
+                    format!(
+                        "{to} has not received {from}'s WAL up to {} (down or behind); {} has: promoting it instead",
+                        lsn(stop),
+                        m.name
+                    ),
+                );
+            }
         }
     }
     if i.pending_ms > timeout {

@@ -112,6 +112,105 @@ fn switchover_promotes_the_target_once_it_has_the_shutdown_checkpoint() {
     );
 }
 
+/// `switching_over()` with n1 stopped cleanly at 500.
+fn drained() -> ClusterState {
+    let mut s = switching_over();
+    apply(
+        &mut s,
+        &Command::SwitchoverStopped {
+            generation: 2,
+            node: "n1".into(),
+            lsn: 500,
+        },
+    )
+    .unwrap();
+    s
+}
+
+fn promote(node: &str) -> Option<ControllerAction> {
+    Some(ControllerAction::Propose(Command::Promote {
+        generation: 2,
+        node: node.into(),
+    }))
+}
+
+#[test]
+fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everything() {
+    let s = drained();
+    let none = BTreeMap::new();
+    let all = voters();
+    let at = |pending_ms| ControllerInput {
+        me: "n3",
+        state: &s,
+        reports: &none,
+        lease_expired_ms: None,
+        voters: &all,
+        pending_ms,
+        now_unix_ms: 0,
+    };
+    // n2 (the target) still looks like a standby, behind; n3 has received past 500.
+    let reports = BTreeMap::from([
+        ("n2".to_string(), standby_at(2, 400)),
+        ("n3".to_string(), standby_at(2, 600)),
+    ]);
+    let d = decide(&ControllerInput {
+        reports: &reports,
+        ..at(0)
+    });
+    assert_eq!(d.action, None, "the target gets a lease to catch up: {}", d.reason);
+    let d = decide(&ControllerInput {
+        reports: &reports,
+        ..at(s.ha.lease_ms + 1)
+    });
+    assert_eq!(d.action, promote("n3"), "{}", d.reason);
+    assert!(d.reason.contains("instead"), "{}", d.reason);
+    // A target that reports itself stopped is not waited for.
+    let stopped = BTreeMap::from([
+        ("n2".to_string(), report(2, PgRole::Stopped, None)),
+        ("n3".to_string(), standby_at(2, 600)),
+    ]);
+    let d = decide(&ControllerInput {
+        reports: &stopped,
+        ..at(0)
+    });
+    assert_eq!(d.action, promote("n3"), "{}", d.reason);
+    // ... and the state accepts it: the old primary's WAL is all on n3.
+    let mut applied = s.clone();
+    apply(&mut applied, &Command::Promote { generation: 2, node: "n3".into() }).unwrap();
+    assert_eq!(applied.pending.unwrap().candidate.as_deref(), Some("n3"));
+}
+
+#[test]
+fn a_switchover_never_promotes_a_standby_short_of_the_shutdown_checkpoint() {
+    let s = drained();
+    for (n2, n3) in [(400, 500), (400, 450), (100, 100)] {
+        for pending_ms in [0, s.ha.lease_ms + 1] {
+            let reports = BTreeMap::from([
+                ("n2".to_string(), report(2, PgRole::Stopped, None)),
+                ("n3".to_string(), standby_at(2, n3)),
+                ("n1".to_string(), standby_at(2, n2)),
+            ]);
+            let d = decide(&ControllerInput {
+                me: "n3",
+                state: &s,
+                reports: &reports,
+                lease_expired_ms: None,
+                voters: &voters(),
+                pending_ms,
+                now_unix_ms: 0,
+            });
+            assert_eq!(d.action, None, "n3 at {n3}, stop at 500: {}", d.reason);
+        }
+    }
+    // Before the old primary stopped, only the target may promote, whoever is ahead.
+    let early = switching_over();
+    let reports = BTreeMap::from([("n3".to_string(), standby_at(2, 900))]);
+    let d = decide_with("n3", &early, &reports, None);
+    assert_eq!(d.action, None, "{}", d.reason);
+    let mut refused = early.clone();
+    assert!(apply(&mut refused, &Command::Promote { generation: 2, node: "n3".into() }).is_err());
+}
+
 #[test]
 fn a_stalled_switchover_becomes_a_failover() {
     let s = switching_over();
