@@ -163,7 +163,9 @@ async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    phase(&format!("n{other} holds everything n{old} wrote and is promoted instead"));
+    phase(&format!(
+        "n{other} holds everything n{old} wrote and is promoted instead"
+    ));
     let first = w.wait_ack_after(killed, Some(c.pg_port(old) as i32), FAILOVER).await;
     assert_eq!(first.port, c.pg_port(other) as i32);
     let s = c.status(other).await.unwrap();

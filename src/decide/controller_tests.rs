@@ -176,7 +176,14 @@ fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everyth
     assert_eq!(d.action, promote("n3"), "{}", d.reason);
     // ... and the state accepts it: the old primary's WAL is all on n3.
     let mut applied = s.clone();
-    apply(&mut applied, &Command::Promote { generation: 2, node: "n3".into() }).unwrap();
+    apply(
+        &mut applied,
+        &Command::Promote {
+            generation: 2,
+            node: "n3".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(applied.pending.unwrap().candidate.as_deref(), Some("n3"));
 }
 
@@ -208,7 +215,14 @@ fn a_switchover_never_promotes_a_standby_short_of_the_shutdown_checkpoint() {
     let d = decide_with("n3", &early, &reports, None);
     assert_eq!(d.action, None, "{}", d.reason);
     let mut refused = early.clone();
-    assert!(apply(&mut refused, &Command::Promote { generation: 2, node: "n3".into() }).is_err());
+    assert!(apply(
+        &mut refused,
+        &Command::Promote {
+            generation: 2,
+            node: "n3".into()
+        }
+    )
+    .is_err());
 }
 
 #[test]
