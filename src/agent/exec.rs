@@ -69,6 +69,10 @@ impl Agent {
             }
             Action::RestartDone => {
                 self.restarts_done = state.requests_of(&pg.me).0;
+                // An operator's restart is the way back for a primary that hung and that
+                // no failover replaced.
+                self.fenced_hung = None;
+                self.unproven = false;
                 tracing::info!("requested restart done");
             }
             Action::ReinitDone => {

@@ -325,14 +325,12 @@ fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
     since.map_or(0, |s| now.saturating_duration_since(s).as_millis() as u64)
 }
 
-/// Whether the postmaster named in postmaster.pid runs.
+/// Whether the postmaster named in postmaster.pid runs (a killed one that nobody has
+/// reaped yet, a zombie, does not).
 pub fn postmaster_alive(pg: &PgNode) -> bool {
-    pg.ctl.postmaster_pid().is_some_and(
-        |pid| match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(()) => true,
-            Err(e) => e == nix::errno::Errno::EPERM,
-        },
-    )
+    pg.ctl
+        .postmaster_pid()
+        .is_some_and(|pid| crate::postgres::kill::alive(nix::unistd::Pid::from_raw(pid)))
 }
 
 /// Stops PostgreSQL at once: an immediate shutdown, SIGKILL for whatever is still

@@ -242,7 +242,7 @@ fn primary(i: &AgentInput) -> Decision {
     let bound = i.state.ha.primary_restart_timeout_ms;
     let tl = i.state.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0);
     let g = i.state.generation;
-    if i.fenced_hung && !paused {
+    if i.fenced_hung && !paused && !i.restart_requested {
         // Restarting a PostgreSQL that hung in place would race the failover the
         // controller is about to start, and a hung disk would hang it again.
         return match i.local {
@@ -536,6 +536,14 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
         ),
         Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => {
             Decision::new(vec![Action::Reconfigure], format!("following the new primary {p}"))
+        }
+        // Started on its own timeline to give a final report: only a restart lets it
+        // follow the new one (recovery_target_timeline takes effect at start).
+        Local::Standby(pg) if pg.timeline_pinned && !pg.streaming() && pg.timeline.is_some_and(|t| t < p_tl) => {
+            Decision::new(
+                vec![Action::Stop, Action::StartStandby],
+                format!("started on my own timeline for a final report: restarting to follow {p} on timeline {p_tl}"),
+            )
         }
         Local::Standby(pg) if pg.streaming() => Decision::new(
             vec![Action::Reconfigure],

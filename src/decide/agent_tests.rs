@@ -131,6 +131,7 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
         slots: vec!["raftpg_n2".into(), "raftpg_n3".into()],
         sync_names: String::new(),
         pending_restart: vec![],
+        timeline_pinned: false,
     }
 }
 
@@ -162,7 +163,37 @@ fn locals() -> Vec<Local> {
         Local::Standby(pg(true, "", None)),
         Local::Standby(pg(true, "", Some("stopping"))),
         Local::Unknown("connection refused".into()),
+        Local::Standby(PgState {
+            timeline_pinned: true,
+            ..pg(true, WANT, None)
+        }),
     ]
+}
+
+#[test]
+fn a_standby_pinned_to_its_timeline_for_a_final_report_restarts_to_follow_the_new_one() {
+    let mut s = three_members(&boot("n1"));
+    s.primary.as_mut().unwrap().timeline = Some(2);
+    let pinned = Local::Standby(PgState {
+        timeline_pinned: true,
+        ..pg(true, WANT, None)
+    });
+    let d = decide(&input("n3", &s, &pinned, LeaseView::Expired));
+    assert_eq!(d.actions, [Action::Stop, Action::StartStandby], "{}", d.reason);
+    // Streaming, or on the primary's timeline already: nothing to restart for.
+    let streaming = Local::Standby(PgState {
+        timeline_pinned: true,
+        ..pg(true, WANT, Some("streaming"))
+    });
+    assert_eq!(
+        decide(&input("n3", &s, &streaming, LeaseView::Expired)).actions,
+        [Action::Reconfigure]
+    );
+    s.primary.as_mut().unwrap().timeline = Some(1);
+    assert_eq!(
+        decide(&input("n3", &s, &pinned, LeaseView::Expired)).actions,
+        [Action::Reconfigure]
+    );
 }
 
 fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: LeaseView) -> AgentInput<'a> {
@@ -522,7 +553,12 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     if role == Wanted::Primary && matches!(i.local, Local::Unknown(_)) {
         assert!(!d.renew_lease, "renewed on an unobservable PostgreSQL: {}", ctx());
     }
-    if role == Wanted::Primary && i.fenced_hung && i.lease == LeaseView::Expired && !i.state.paused {
+    if role == Wanted::Primary
+        && i.fenced_hung
+        && i.lease == LeaseView::Expired
+        && !i.state.paused
+        && !i.restart_requested
+    {
         assert!(!d.renew_lease, "a hung primary asked for its lease back: {}", ctx());
     }
     // During a failover a hung standby is stopped, so it can give its final report.

@@ -53,10 +53,32 @@ pub fn stop_now(data_dir: &Path, grace: Duration) -> Stopped {
         let _ = kill(*c, Signal::SIGKILL);
     }
     let _ = kill(pid, Signal::SIGKILL);
-    wait_gone(pid, KILL_WAIT);
+    // A killed postmaster leaves its lock file. Until whoever inherited it reaps it, a
+    // zombie with that pid makes the next start believe it still runs ("Is another
+    // postmaster running?"); a zombie holds no shared memory, so the lock goes now.
+    if wait_gone(pid, KILL_WAIT) && read_postmaster_pid(data_dir) == Some(pid.as_raw()) {
+        remove_locks(data_dir, pid);
+    }
     Stopped::Killed {
         processes: children.len() + 1,
     }
+}
+
+/// Removes the lock files of the dead postmaster `pid`: `postmaster.pid`, and the Unix
+/// socket's `.s.PGSQL.<port>.lock` it names (line 4: port, line 5: socket directory).
+fn remove_locks(data_dir: &Path, pid: Pid) {
+    let pid_file = data_dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if let (Some(port), Some(dir)) = (lines.get(3), lines.get(4)) {
+        let socket_lock = Path::new(dir.trim()).join(format!(".s.PGSQL.{}.lock", port.trim()));
+        let names_pid = std::fs::read_to_string(&socket_lock)
+            .is_ok_and(|l| l.lines().next().map(str::trim) == Some(pid.to_string().as_str()));
+        if names_pid {
+            let _ = std::fs::remove_file(socket_lock);
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// Waits up to `within` for `pid` to exit (or become a zombie); true if it did.
@@ -127,7 +149,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(sh.id() as i32);
-        std::fs::write(dir.path().join("postmaster.pid"), format!("{pid}\n")).unwrap();
+        let socket_lock = dir.path().join(".s.PGSQL.5432.lock");
+        std::fs::write(&socket_lock, format!("{pid}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{pid}\n{0}\n0\n5432\n{0}\n", dir.path().display()),
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while children_of(pid).is_empty() {
             assert!(Instant::now() < deadline, "the child never started");
@@ -136,8 +164,24 @@ mod tests {
         let child = children_of(pid)[0];
         kill(child, Signal::SIGSTOP).unwrap();
         kill(pid, Signal::SIGSTOP).unwrap();
+        // A signal takes effect when its target next runs: until both show as stopped a
+        // SIGQUIT could still be taken first and end them.
+        for p in [child, pid] {
+            while stat_fields(&std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap())
+                .map(|(state, _)| state)
+                != Some('T')
+            {
+                assert!(Instant::now() < deadline, "{p} never stopped");
+                std::thread::sleep(POLL);
+            }
+        }
         let stopped = stop_now(dir.path(), Duration::from_millis(100));
         assert_eq!(stopped, Stopped::Killed { processes: 2 });
+        assert!(
+            !dir.path().join("postmaster.pid").exists(),
+            "the dead postmaster's lock file is gone"
+        );
+        assert!(!socket_lock.exists(), "and so is its socket's");
         let _ = sh.wait();
         assert!(!alive(child), "the frozen child outlived the fence");
     }

@@ -35,6 +35,9 @@ pub struct PgState {
     pub sync_names: String,
     /// Parameters changed in the configuration that need a restart to take effect.
     pub pending_restart: Vec<String>,
+    /// Standby: started with `recovery_target_timeline = current` (to report its own
+    /// position during a failover); it cannot follow a new timeline until restarted.
+    pub timeline_pinned: bool,
 }
 
 impl PgState {
@@ -70,7 +73,8 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     -- recovery_target_timeline is raftpg's own, and matters only when recovery starts.
     ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart AND name <> 'recovery_target_timeline' ORDER BY 1),
     (SELECT timeline_id FROM pg_control_checkpoint()),
-    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')";
+    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+    (SELECT setting = 'current' FROM pg_settings WHERE name = 'recovery_target_timeline')";
 
 /// The write probe: commits a transaction that has an xid, so its commit record is
 /// written and flushed (the session runs with synchronous_commit = local).
@@ -171,6 +175,7 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
         slots: row.get(8),
         sync_names: row.get(9),
         pending_restart: row.get(10),
+        timeline_pinned: in_recovery && row.get::<_, Option<bool>>(13) == Some(true),
     })
 }
 
