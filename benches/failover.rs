@@ -1,11 +1,17 @@
 //! Unplanned failover time on the demo's configuration: three `raftpg run`
-//! processes with real PostgreSQL on loopback, default settings. Each run kills
-//! the primary's raftpg and postmaster together (kill -9) and measures, from
-//! the kill to the first write the background writer sees acknowledged by
-//! another node. Every acknowledged id is then checked on every node, and the
-//! killed node is brought back (rewound) before the next run.
+//! processes with real PostgreSQL on loopback (scram-sha-256), default settings.
+//! Three faults, each measured from the fault to the first write the background
+//! writer sees acknowledged by another node:
+//! - `kill`: kill -9 of the primary's raftpg and postmaster together;
+//! - `freeze-primary`: SIGSTOP of the primary's postmaster and every process it
+//!   forked, raftpg alive (a hung PostgreSQL);
+//! - `freeze-standby`: one standby's PostgreSQL frozen that way, then `kill`.
 //!
-//! `cargo bench --bench failover` (RUNS=N, default 7). Prints every run, the median and the max.
+//! Every acknowledged id is checked on every node at the end; faulted nodes are
+//! brought back (rewound) between runs.
+//!
+//! `cargo bench --bench failover` (RUNS=N per fault, default 5; FAULTS=kill,freeze-primary,...).
+//! Prints every run, then the median and the max per fault.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,41 +22,68 @@ use common::pg::Writer;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(120);
+const FAULTS: [&str; 3] = ["kill", "freeze-primary", "freeze-standby"];
 
 fn main() {
-    let runs = common::count_from_env("RUNS", 7);
+    let runs = common::count_from_env("RUNS", 5);
+    let faults: Vec<String> = std::env::var("FAULTS")
+        .map(|f| f.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| FAULTS.map(String::from).to_vec());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = common::Cluster::start(29400, 3, "");
         c.wait_streaming(2, WAIT).await;
         let w = Writer::start(&c.libpq()).await;
-        let mut samples = Vec::new();
-        for run in 1..=runs {
-            let primary = c.wait_streaming(2, WAIT).await;
-            w.wait_ack_after(Instant::now(), None, WAIT).await;
-            let port = c.pg_port(primary) as i32;
-            c.kill9(primary);
-            c.kill9_postmaster(primary);
-            let killed = Instant::now();
-            let first = w.wait_ack_after(killed, Some(port), WAIT).await;
-            let took = first.at - killed;
-            println!(
-                "run {run}: killed n{primary}; first write acknowledged by port {} after {took:.2?}",
-                first.port
-            );
-            samples.push(took);
-            c.start_node(primary);
+        let mut results = Vec::new();
+        for fault in &faults {
+            let mut samples = Vec::new();
+            for run in 1..=runs {
+                let primary = c.wait_streaming(2, WAIT).await;
+                w.wait_ack_after(Instant::now(), None, WAIT).await;
+                let port = c.pg_port(primary) as i32;
+                let standby = if primary == 3 { 2 } else { 3 };
+                let faulted_at = match fault.as_str() {
+                    "kill" => {
+                        c.kill9(primary);
+                        c.kill9_postmaster(primary);
+                        Instant::now()
+                    }
+                    "freeze-primary" => {
+                        c.freeze_pg(primary);
+                        Instant::now()
+                    }
+                    "freeze-standby" => {
+                        c.freeze_pg(standby);
+                        c.kill9(primary);
+                        c.kill9_postmaster(primary);
+                        Instant::now()
+                    }
+                    other => panic!("unknown fault {other}: use one of {FAULTS:?}"),
+                };
+                let first = w.wait_ack_after(faulted_at, Some(port), WAIT).await;
+                let took = first.at - faulted_at;
+                println!(
+                    "{fault} run {run}: primary n{primary}; first write acknowledged by port {} after {took:.2?}",
+                    first.port
+                );
+                samples.push(took);
+                if fault != "freeze-primary" {
+                    c.start_node(primary);
+                }
+            }
+            results.push((fault.clone(), samples));
         }
         c.wait_streaming(2, WAIT).await;
         let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
-        let ids: Vec<i64> = acks.iter().map(|a| a.id).collect();
-        common::print_median_max(
-            "unplanned failover (kill -9 of the primary node -> first acknowledged write)",
-            samples,
-        );
+        for (fault, samples) in results {
+            common::print_median_max(
+                &format!("unplanned failover, {fault} -> first acknowledged write"),
+                samples,
+            );
+        }
         println!(
             "acknowledged writes: {} all present on every node; unknown outcomes: {}",
-            ids.len(),
+            acks.len(),
             unknown.len()
         );
     });
