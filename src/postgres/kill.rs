@@ -167,8 +167,7 @@ mod tests {
         // A signal takes effect when its target next runs: until both show as stopped a
         // SIGQUIT could still be taken first and end them.
         for p in [child, pid] {
-            while stat_fields(&std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap())
-                .map(|(state, _)| state)
+            while stat_fields(&std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap()).map(|(state, _)| state)
                 != Some('T')
             {
                 assert!(Instant::now() < deadline, "{p} never stopped");
