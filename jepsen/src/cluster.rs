@@ -19,7 +19,7 @@ const HTTP_PORT: u16 = 8008;
 /// The superuser's and replication role's password on the suite's private bridge. The
 /// nodes authenticate with scram-sha-256 and password files, as production does; the
 /// value itself guards nothing.
-const PASSWORD: &str = "raftpg-jepsen-password";
+pub const PASSWORD: &str = "raftpg-jepsen-password";
 
 pub fn name(k: u16) -> String {
     format!("n{k}")

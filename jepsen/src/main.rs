@@ -25,7 +25,7 @@ enum Cmd {
     List,
     /// Removes whatever a crashed run left: processes, namespaces, links, cgroups.
     Sweep,
-    /// One scenario: exit 0 when valid, 1 when a checker found an anomaly.
+    /// One scenario: exit 0 when valid, 1 when a checker found an anomaly or the run was vacuous.
     Run {
         #[arg(long)]
         scenario: String,
@@ -127,7 +127,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let v = run::run(&opts).await?;
             suite::print_anomalies(&v);
-            Ok(if v.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if v.valid && !v.vacuous {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Suite {
             tier,

@@ -425,7 +425,10 @@ fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u6
         })
         .collect();
     let hits = starts.len() - missed.len();
-    let vacuous = hits == 0 || (opts.scenario != "chaos" && !missed.is_empty());
+    let counts = checker::counts(&history);
+    // Checkers that saw no acknowledged operation prove nothing, whatever they say.
+    let nothing_acknowledged = counts.ok == 0;
+    let vacuous = hits == 0 || (opts.scenario != "chaos" && !missed.is_empty()) || nothing_acknowledged;
     let valid = checkers.iter().all(|c| c.status != "invalid");
     Verdict {
         scenario: opts.scenario.clone(),
@@ -433,7 +436,13 @@ fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u6
         valid,
         vacuous,
         vacuous_reason: (vacuous || !missed.is_empty()).then(|| {
-            if starts.is_empty() {
+            if nothing_acknowledged {
+                let first = history.ops.iter().find_map(|o| o.error.clone());
+                format!(
+                    "no operation was acknowledged, so nothing was checked (first client error: {})",
+                    first.as_deref().unwrap_or("none recorded")
+                )
+            } else if starts.is_empty() {
                 "no fault started".to_string()
             } else {
                 missed.join("; ")
@@ -442,7 +451,7 @@ fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u6
         checkers,
         failovers: checker::failovers(&history),
         recovery_ms,
-        counts: checker::counts(&history),
+        counts,
         duration_ms: t0.elapsed().as_millis() as u64,
         dir: opts.out.display().to_string(),
     }

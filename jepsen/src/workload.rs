@@ -299,8 +299,9 @@ async fn open(n: u16, process: u32, writable: bool) -> anyhow::Result<Conn> {
     let ports = vec![PG_PORT.to_string(); order.len()].join(",");
     let attrs = if writable { "read-write" } else { "any" };
     let info = format!(
-        "host={} port={ports} user=postgres dbname=postgres connect_timeout=1 target_session_attrs={attrs}",
-        hosts.join(",")
+        "host={} port={ports} user=postgres password={} dbname=postgres connect_timeout=1 target_session_attrs={attrs}",
+        hosts.join(","),
+        crate::cluster::PASSWORD
     );
     let (client, conn) = tokio_postgres::connect(&info, NoTls).await?;
     tokio::spawn(conn);
