@@ -273,6 +273,18 @@ impl Agent {
                 Ok(())
             }
             Err(e) if pg.reclone_on_rewind_failure => {
+                // A source that went away mid-rewind says nothing about the local data,
+                // and a clone from it would fail too: keep the data and retry the rewind.
+                let answers = async {
+                    connect_with(&client).await?.batch_execute("SELECT 1").await?;
+                    anyhow::Ok(())
+                };
+                if let Err(why) = tokio::time::timeout(Duration::from_secs(5), answers)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+                {
+                    bail!("pg_rewind onto {primary} failed ({e}) and {primary} does not answer ({why:#}): keeping the local data, retrying later");
+                }
                 tracing::error!(
                     "pg_rewind onto {primary} failed ({e}); RE-CLONING this node from {primary}: its local data is discarded \
                      (set postgres.reclone_on_rewind_failure = false to keep it and repair by hand)"

@@ -23,6 +23,7 @@ use crate::lease::Holder;
 use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
 use crate::postgres::conf::conninfo;
+use crate::postgres::ctl::Controldata;
 use crate::postgres::{observe, Observation, StopMode};
 pub use pgfiles::PgNode;
 
@@ -169,6 +170,10 @@ impl Agent {
         let upstream = self.pg.upstream(&state);
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
+        let wal_end = match (&role, &local) {
+            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() => self.wal_end(c).await,
+            _ => None,
+        };
         let decision = decide(&AgentInput {
             me: &self.pg.me,
             state: &state,
@@ -181,6 +186,7 @@ impl Agent {
             restart_requested: requested.0 > self.restarts_done,
             reinit_requested: requested.1 > self.reinits_done,
             fenced_hung: self.fenced_hung == Some(state.generation),
+            wal_end,
         });
         self.publish(&state, &local, &decision, observed_at);
         let mut acted = false;
@@ -308,6 +314,18 @@ impl Agent {
             Observation::Unknown(_) => Local::Stopped {
                 control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
             },
+        }
+    }
+
+    /// Where the stopped standby's WAL ends on disk, for its final report.
+    async fn wal_end(&self, control: &Controldata) -> Option<(u64, u32)> {
+        let seg_size = control.wal_segment_size?;
+        match self.pg.ctl.wal_end(seg_size, Duration::from_secs(10)).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::warn!("cannot read where my WAL ends on disk ({e}): starting in recovery to report instead");
+                None
+            }
         }
     }
 

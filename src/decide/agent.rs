@@ -63,6 +63,9 @@ pub struct AgentInput<'a> {
     /// This node, primary of the applied generation, stopped its PostgreSQL because it
     /// hung (it could not prove a commit before its lease ran out).
     pub fenced_hung: bool,
+    /// During a primary change, a stopped standby's database: where its WAL on disk ends
+    /// (`(lsn, timeline)`, read with pg_waldump), when that could be read.
+    pub wal_end: Option<(u64, u32)>,
 }
 
 /// One PostgreSQL action. Executed in order; a failure skips the rest.
@@ -387,6 +390,17 @@ fn candidate(i: &AgentInput) -> Decision {
     }
 }
 
+/// The final report of a member that holds no acknowledged write of the fenced
+/// generation: timeline 0, which counts towards the reports needed and is never promoted.
+fn holds_nothing(g: u64, why: &str) -> Decision {
+    let mut d = Decision::idle(format!(
+        "{why}: reporting that I hold no acknowledged write of generation {} and cannot be promoted",
+        g - 1
+    ));
+    d.final_position = Some((0, 0));
+    d
+}
+
 /// A change is pending and this node is not its candidate; `old_primary`: it was the primary.
 fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
     if let Some((to, stop_lsn)) = switchover_draining(i.state) {
@@ -405,6 +419,9 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
             vec![Action::StopStreaming],
             format!("failover under generation {g}: stopping streaming from the fenced primary"),
         ),
+        Local::Standby(pg) if pg.walreceiver.is_none() && pg.timeline.is_none() => {
+            Decision::idle("stopped streaming; waiting to read my timeline before I report my final position")
+        }
         Local::Standby(pg) if pg.walreceiver.is_none() => {
             let flushed = pg.receive_lsn.max(pg.replay_lsn).unwrap_or(0);
             let tl = pg.timeline.unwrap_or(0);
@@ -422,9 +439,30 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
             vec![Action::Fence],
             format!("failover under generation {g} and my PostgreSQL does not answer ({e}): stopping it to report my final position"),
         ),
-        Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
-            vec![Action::StartStandby],
-            "a primary change is under way: starting in recovery, not streaming, to report my position",
+        // What a standby flushed is on its disk: read there, the report needs no start
+        // (which waits forever for a standby that needs WAL it cannot get to be consistent).
+        Local::Stopped { control: Some(c) } if c.was_standby() => match i.wal_end {
+            Some((flushed, tl)) if tl > 0 => {
+                let mut d = Decision::idle(format!(
+                    "stopped; final position {} on timeline {tl}, read from my WAL on disk, waiting for the controller",
+                    lsn(flushed)
+                ));
+                d.final_position = Some((flushed, tl));
+                d
+            }
+            _ => Decision::new(
+                vec![Action::StartStandby],
+                "a primary change is under way: starting in recovery, not streaming, to report my position",
+            ),
+        },
+        // Only a WAL receiver acknowledges a commit. A member with no database, or whose
+        // database is not a standby's (a rewind or clone that failed part-way, an old
+        // primary of an earlier generation), streamed nothing from the fenced primary that
+        // it still holds: it says so, or the failover would wait for it forever.
+        Local::NoData if !old_primary => holds_nothing(g, "I have no database"),
+        Local::Stopped { control: Some(c) } if !old_primary => holds_nothing(
+            g,
+            &format!("my stopped database is not a standby's ({})", c.state),
         ),
         _ => Decision::idle(format!("waiting for the primary change of generation {g} to finish")),
     }

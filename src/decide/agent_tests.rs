@@ -143,6 +143,7 @@ fn locals() -> Vec<Local> {
         timeline: Some(1),
         checkpoint_lsn: Some(0x500),
         system_identifier: Some(9),
+        wal_segment_size: Some(16 << 20),
     };
     vec![
         Local::NoData,
@@ -163,6 +164,10 @@ fn locals() -> Vec<Local> {
         Local::Standby(pg(true, "", None)),
         Local::Standby(pg(true, "", Some("stopping"))),
         Local::Unknown("connection refused".into()),
+        Local::Standby(PgState {
+            timeline: None,
+            ..pg(true, "", None)
+        }),
         Local::Standby(PgState {
             timeline_pinned: true,
             ..pg(true, WANT, None)
@@ -209,6 +214,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         restart_requested: false,
         reinit_requested: false,
         fenced_hung: false,
+        wal_end: None,
     }
 }
 
@@ -260,6 +266,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
             timeline: Some(1),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
         }),
     };
     let mut i = input("n1", &s, &crashed, LeaseView::Held);
@@ -388,6 +395,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             timeline: Some(1),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
         }),
     };
     let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
@@ -398,6 +406,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             timeline: Some(1),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
         }),
     };
     assert_eq!(
@@ -437,11 +446,12 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    for (restart, reinit, fenced_hung) in [
-                                        (false, false, false),
-                                        (true, false, false),
-                                        (false, true, false),
-                                        (false, false, true),
+                                    for (restart, reinit, fenced_hung, wal_end) in [
+                                        (false, false, false, None),
+                                        (true, false, false, None),
+                                        (false, true, false, None),
+                                        (false, false, true, None),
+                                        (false, false, false, Some((0x600, 1))),
                                     ] {
                                         let i = AgentInput {
                                             me,
@@ -455,6 +465,7 @@ fn sweep_safety_invariants() {
                                             restart_requested: restart,
                                             reinit_requested: reinit,
                                             fenced_hung,
+                                            wal_end,
                                         };
                                         check(&i, &decide(&i), name);
                                         cases += 1;
@@ -573,6 +584,39 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         assert!(matches!(role, Wanted::Fenced | Wanted::OldPrimary), "{}", ctx());
         assert!(i.state.pending.is_some());
     }
+    // A real position comes only from a standby that stopped streaming; "I hold nothing"
+    // (timeline 0) only from a member without a standby's database, never the old primary.
+    match d.final_position {
+        Some((_, 0)) => {
+            assert_eq!(role, Wanted::Fenced, "{}", ctx());
+            assert!(
+                match i.local {
+                    Local::NoData => true,
+                    Local::Stopped { control: Some(c) } => !c.was_standby(),
+                    _ => false,
+                },
+                "{}",
+                ctx()
+            );
+        }
+        Some(at) => assert!(
+            matches!(i.local, Local::Standby(pg) if pg.walreceiver.is_none() && pg.timeline.is_some())
+                || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_standby() && i.wal_end == Some(at)),
+            "{}",
+            ctx()
+        ),
+        None => {}
+    }
+    // During a failover every member but the old primary acts or reports: none waits
+    // forever (a standby waits only for its receiver to stop, a database it cannot read
+    // waits for the operator).
+    if role == Wanted::Fenced && !draining && !i.state.paused && d.actions.is_empty() {
+        assert!(
+            d.final_position.is_some() || matches!(i.local, Local::Standby(_) | Local::Stopped { control: None }),
+            "a member waits forever during a failover: {}",
+            ctx()
+        );
+    }
 }
 
 fn named_state(name: &str) -> ClusterState {
@@ -586,6 +630,7 @@ fn stopped(state: &str, timeline: u32, checkpoint: u64) -> Local {
             timeline: Some(timeline),
             checkpoint_lsn: Some(checkpoint),
             system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
         }),
     }
 }
@@ -684,4 +729,45 @@ fn restart_and_reinit_requests() {
         [Action::Fence],
         "an expired lease wins over a restart"
     );
+}
+
+/// Found by the partition suite: the old primary of an earlier generation was rewinding
+/// when the next failover began; the rewind and then the clone failed, leaving no
+/// database, and the controller waited for its final report forever.
+#[test]
+fn a_member_without_a_standby_database_reports_that_it_holds_nothing() {
+    let s = named_state("failover from n2");
+    for local in [
+        Local::NoData,
+        stopped("in production", 1, 0x500),
+        stopped("shut down", 1, 0x500),
+    ] {
+        let d = decide(&input("n1", &s, &local, LeaseView::Expired));
+        assert_eq!(d.final_position, Some((0, 0)), "{local:?}: {d:?}");
+        assert!(d.actions.is_empty(), "{local:?}: {d:?}");
+    }
+    // The old primary itself is not a standby of the fenced generation: it reports nothing.
+    let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Expired));
+    assert_eq!(d.final_position, None, "{d:?}");
+    // A standby's stopped database is started in recovery and reports its real position.
+    let d = decide(&input(
+        "n1",
+        &s,
+        &stopped("shut down in recovery", 1, 0x500),
+        LeaseView::Expired,
+    ));
+    assert_eq!(d.actions, [Action::StartStandby]);
+}
+
+/// A stopped standby reports the end of the WAL on its disk instead of starting: a
+/// rewound standby that needs WAL to become consistent would never answer.
+#[test]
+fn a_stopped_standby_reports_the_wal_on_its_disk() {
+    let s = named_state("failover from n2");
+    let local = stopped("shut down in recovery", 1, 0x500);
+    let mut i = input("n1", &s, &local, LeaseView::Expired);
+    i.wal_end = Some((0x4038240, 2));
+    let d = decide(&i);
+    assert_eq!(d.final_position, Some((0x4038240, 2)), "{d:?}");
+    assert!(d.actions.is_empty());
 }

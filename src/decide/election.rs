@@ -16,6 +16,8 @@ use crate::cluster::{SyncConfig, SyncMode, Tags};
 pub struct FinalReport {
     /// Last WAL position flushed to its disk.
     pub flush_lsn: u64,
+    /// 0: the member holds no acknowledged write (no database, or not a standby's): the
+    /// report counts towards those needed, and the member is never promoted.
     pub timeline: u32,
     pub tags: Tags,
 }
@@ -107,7 +109,10 @@ pub fn elect(input: &ElectionInput) -> Election {
         (SyncMode::Off, None) => best_lsn,
     };
     let eligible = |n: &str, r: &FinalReport| {
-        r.flush_lsn >= floor && r.timeline == best_tli && (!r.tags.nofailover || input.requested == Some(n))
+        r.timeline > 0
+            && r.flush_lsn >= floor
+            && r.timeline == best_tli
+            && (!r.tags.nofailover || input.requested == Some(n))
     };
     if let Some(to) = input.requested {
         return match input.standbys.get(to) {
@@ -143,6 +148,9 @@ pub fn elect(input: &ElectionInput) -> Election {
                 r.tags.failover_priority,
                 reported.len()
             ),
+        },
+        None if best_tli == 0 => Election::Refuse {
+            reason: "every member that reported holds no database that streamed from the old primary: none can be promoted".into(),
         },
         None => Election::Refuse {
             reason: format!(

@@ -149,6 +149,22 @@ fn a_standby_on_an_older_timeline_is_not_promoted() {
 }
 
 #[test]
+fn a_member_without_a_database_counts_but_is_never_promoted() {
+    let nothing = Some(FinalReport {
+        flush_lsn: 0,
+        timeline: 0,
+        tags: Tags::default(),
+    });
+    let e = elect(&quorum(&[("n2", nothing.clone()), ("n3", report(40))]));
+    assert_eq!(promoted(&e), Some("n3"), "{e:?}");
+    let e = elect(&quorum(&[("n2", nothing.clone()), ("n3", nothing.clone())]));
+    assert!(matches!(&e, Election::Refuse { .. }), "{e:?}");
+    let mut input = quorum(&[("n2", nothing), ("n3", None)]);
+    input.requested = Some("n2");
+    assert!(matches!(elect(&input), Election::Wait { .. }));
+}
+
+#[test]
 fn lsn_prints_like_postgres() {
     assert_eq!(lsn(0x3_0000_0060), "3/60");
 }
@@ -160,12 +176,13 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
     for n in 2..=4usize {
         let members = n + 1; // the standbys and the old primary
         let k = members / 2;
-        let combos = 3usize.pow(n as u32) * (1 << n) * (1 << n);
+        let combos = 4usize.pow(n as u32) * (1 << n) * (1 << n);
         for c in 0..combos {
             let (mut x, mut flush, mut reported, mut nofail) = (c, vec![], vec![], vec![]);
             for _ in 0..n {
-                flush.push(10 * (1 + (x % 3) as u64));
-                x /= 3;
+                // 0: no database (or not a standby's), reported as timeline 0.
+                flush.push(10 * (x % 4) as u64);
+                x /= 4;
             }
             for _ in 0..n {
                 reported.push(x % 2 == 1);
@@ -183,7 +200,7 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
                 .map(|i| {
                     let r = FinalReport {
                         flush_lsn: flush[i],
-                        timeline: 1,
+                        timeline: u32::from(flush[i] > 0),
                         tags: Tags {
                             nofailover: nofail[i],
                             failover_priority: 0,
@@ -199,6 +216,7 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
                 let i = names.iter().position(|x| *x == node).unwrap();
                 assert!(reported[i], "Unknown member promoted: {standbys:?}");
                 assert!(!nofail[i], "nofailover member promoted: {standbys:?}");
+                assert!(flush[i] > 0, "member without a database promoted: {standbys:?}");
                 assert!(
                     flush[i] >= acked,
                     "acknowledged commit {acked} lost by promoting {node}: {standbys:?}"
@@ -206,7 +224,7 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
             }
             // Liveness: everyone reported and an eligible member holds the maximum: someone is promoted.
             let max = *flush.iter().max().unwrap();
-            let eligible_max = (0..n).any(|i| flush[i] == max && !nofail[i]);
+            let eligible_max = max > 0 && (0..n).any(|i| flush[i] == max && !nofail[i]);
             if reported.iter().all(|r| *r) && eligible_max {
                 assert!(
                     promoted(&e).is_some(),

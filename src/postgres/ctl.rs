@@ -175,6 +175,42 @@ impl PgCtl {
         Ok(Controldata::parse(&out))
     }
 
+    /// Where the valid WAL in the (stopped) data directory's `pg_wal` ends, on the newest
+    /// timeline it holds: `(lsn, timeline)`, read with pg_waldump. This is what a standby
+    /// flushed, so what it can have acknowledged; `None` when no valid record was found.
+    pub async fn wal_end(&self, seg_size: u64, timeout: Duration) -> Result<Option<(u64, u32)>, PgError> {
+        let dir = self.data_dir.join("pg_wal");
+        let mut segments: Vec<(u32, u64)> = std::fs::read_dir(&dir)?
+            .filter_map(|e| segment_of(e.ok()?.file_name().to_str()?, seg_size))
+            .collect();
+        segments.sort_unstable();
+        let Some(&(tli, _)) = segments.last() else {
+            return Ok(None);
+        };
+        // The newest files may be recycled ones, named ahead of the WAL: go back until
+        // a segment holds a valid record, and read from there to the end.
+        let deadline = tokio::time::Instant::now() + timeout;
+        for &(_, segno) in segments.iter().rev().filter(|(t, _)| *t == tli).take(64) {
+            let mut cmd = self.command("pg_waldump");
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-t")
+                .arg(tli.to_string())
+                .arg("-s")
+                .arg(crate::decide::election::lsn(segno * seg_size));
+            let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
+                .await
+                .map_err(|_| PgError::Timeout {
+                    what: "pg_waldump".into(),
+                    secs: timeout.as_secs(),
+                })??;
+            if let Some(end) = last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size) {
+                return Ok(Some((end, tli)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The postmaster's pid from `postmaster.pid`, if the file exists.
     pub fn postmaster_pid(&self) -> Option<i32> {
         read_postmaster_pid(&self.data_dir)
@@ -228,6 +264,53 @@ impl PgCtl {
     }
 }
 
+/// `(timeline, segment number)` of a WAL segment file name (24 hex digits).
+pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || seg_size == 0 {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..], 16).ok()?;
+    Some((tli, log * (0x1_0000_0000 / seg_size) + seg))
+}
+
+/// Where the last record pg_waldump printed ends (its next record would start there):
+/// its start plus its total length, the page headers it crosses, aligned to 8 bytes.
+pub fn last_record_end(waldump: &str, seg_size: u64) -> Option<u64> {
+    let (start, len) = waldump.lines().rev().find_map(|l| {
+        let len = l.split("len (rec/tot):").nth(1)?.split(',').next()?;
+        let len: u64 = len.split('/').nth(1)?.trim().parse().ok()?;
+        let at = l.split(" lsn: ").nth(1)?.split(',').next()?;
+        Some((crate::postgres::parse_lsn(at.trim())?, len))
+    })?;
+    Some(record_end(start, len, seg_size))
+}
+
+/// The end of a WAL record of `len` bytes starting at `start` (XLOG_BLCKSZ pages, a
+/// short page header on each page, a long one on the first page of a segment).
+pub fn record_end(start: u64, len: u64, seg_size: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SHORT_HEADER: u64 = 24;
+    const LONG_HEADER: u64 = 40;
+    let (mut pos, mut left) = (start, len);
+    loop {
+        let page_end = (pos / PAGE + 1) * PAGE;
+        if left <= page_end - pos {
+            pos += left;
+            break;
+        }
+        left -= page_end - pos;
+        let header = if seg_size > 0 && page_end % seg_size == 0 {
+            LONG_HEADER
+        } else {
+            SHORT_HEADER
+        };
+        pos = page_end + header;
+    }
+    (pos + 7) & !7
+}
+
 /// The last `n` lines of `text`, joined with " / " (for one-line error messages).
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().rev().take(n).collect();
@@ -250,6 +333,8 @@ pub struct Controldata {
     pub system_identifier: Option<u64>,
     /// Start of the latest checkpoint record (after a clean shutdown: the last record).
     pub checkpoint_lsn: Option<u64>,
+    /// "Bytes per WAL segment".
+    pub wal_segment_size: Option<u64>,
 }
 
 impl Controldata {
@@ -264,6 +349,7 @@ impl Controldata {
             timeline: field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok()),
             system_identifier: field("Database system identifier").and_then(|v| v.parse().ok()),
             checkpoint_lsn: field("Latest checkpoint location").and_then(|v| crate::postgres::parse_lsn(&v)),
+            wal_segment_size: field("Bytes per WAL segment").and_then(|v| v.parse().ok()),
         }
     }
 
@@ -282,6 +368,26 @@ impl Controldata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_of_the_last_record_pg_waldump_printed() {
+        // pg_waldump on a standby of the partition suite, which then said
+        // "invalid record length at 0/4038240": that is where its WAL ends.
+        let out = "rmgr: Transaction len (rec/tot):     34/    34, tx:        782, lsn: 0/040381F0, prev 0/040381C8, desc: COMMIT\n\
+                   rmgr: Transaction len (rec/tot):     34/    34, tx:        783, lsn: 0/04038218, prev 0/040381F0, desc: COMMIT 2026-12-02\n";
+        assert_eq!(last_record_end(out, 16 << 20), Some(0x0403_8240));
+        assert_eq!(
+            last_record_end("pg_waldump: error: could not find a valid record", 16 << 20),
+            None
+        );
+        // Crossing a page adds its short header, crossing into a segment the long one.
+        assert_eq!(record_end(8192 - 16, 32, 16 << 20), 8192 + 24 + 16);
+        assert_eq!(record_end((16 << 20) - 16, 32, 16 << 20), (16 << 20) + 40 + 16);
+        assert_eq!(record_end(8192 - 16, 16, 16 << 20), 8192, "ends at the page boundary");
+        assert_eq!(segment_of("000000020000000100000003", 16 << 20), Some((2, 256 + 3)));
+        assert_eq!(segment_of("00000002.history", 16 << 20), None);
+        assert_eq!(segment_of("000000020000000000000004.partial", 16 << 20), None);
+    }
 
     #[test]
     fn controldata_fields() {
