@@ -52,7 +52,33 @@ async fn initdb_start_observe_stop_a_real_postgres() {
     tokio::spawn(conn);
     let row = client.query_one("SHOW data_checksums", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "on");
+    client
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10000)")
+        .await
+        .unwrap();
+    let flushed: u64 = client
+        .query_one("SELECT pg_current_wal_flush_lsn()", &[])
+        .await
+        .unwrap()
+        .get::<_, tokio_postgres::types::PgLsn>(0)
+        .into();
     drop(client);
+
+    eprintln!("=== immediate stop: the WAL on disk ends where the last commit flushed");
+    pg.stop(StopMode::Immediate, T).await.expect("immediate stop");
+    let control = pg.controldata(T).await.expect("pg_controldata");
+    let seg = control
+        .wal_segment_size
+        .expect("pg_controldata names the WAL segment size");
+    assert_eq!(seg, 16 << 20);
+    let (end, tli) = pg.wal_end(seg, T).await.unwrap().expect("a valid record on disk");
+    assert_eq!(tli, 1);
+    // Nothing but a background record (a standby snapshot) may follow the commit.
+    assert!(
+        end >= flushed && end - flushed < 8192,
+        "WAL ends at {end:X}, the commit flushed to {flushed:X}"
+    );
+    pg.start(T).await.expect("start after the immediate stop");
 
     eprintln!("=== fast stop, then nothing answers");
     pg.stop(StopMode::Fast, T).await.expect("stop");
