@@ -41,7 +41,7 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Every scenario of a tier: smoke (four, one seed) or full (all, three seeds).
+    /// Every scenario of a tier: smoke (five, one seed) or full (all, three seeds).
     Suite {
         #[arg(long, value_enum)]
         tier: Tier,

@@ -30,7 +30,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("kill-primary-raftpg", "kill -9 of the primary's raftpg; its PostgreSQL keeps running", false),
     sc("kill-primary-node", "kill -9 of every process of the primary's node", true),
     sc("pause-primary-raftpg", "SIGSTOP of the primary's raftpg", true),
-    sc("pause-primary-pg", "SIGSTOP of the primary's postmaster and every backend", false),
+    sc("pause-primary-pg", "SIGSTOP of the primary's postmaster and every backend: must fail over", true),
     sc("pause-primary-node", "the primary's whole node frozen (cgroup freezer)", false),
     sc("kill-standby", "kill -9 of every process of one standby's node", false),
     sc("pause-standby", "one standby's whole node frozen", false),
@@ -369,6 +369,7 @@ mod tests {
                 "isolate-primary",
                 "kill-primary-node",
                 "pause-primary-raftpg",
+                "pause-primary-pg",
                 "zombie-straddle"
             ]
         );

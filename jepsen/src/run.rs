@@ -397,6 +397,9 @@ pub fn parse_history_file(file_name: &str, text: &str) -> Vec<Fork> {
 fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u64>, t0: Instant) -> Verdict {
     let history = rec.history();
     let mut checkers = checker::check_all(&history);
+    if checker::MUST_FAIL_OVER.contains(&opts.scenario.as_str()) {
+        checkers.push(checker::failover_required(&history));
+    }
     checkers.push(CheckerResult {
         name: "convergence".into(),
         status: if converged { "valid" } else { "invalid" }.into(),

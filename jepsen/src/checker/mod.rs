@@ -78,6 +78,59 @@ pub fn failovers(h: &History) -> Vec<Failover> {
         .collect()
 }
 
+/// Scenarios whose fault leaves no primary that can take writes while it lasts, so raftpg
+/// must fail over inside the fault window (a hung primary, DESIGN and issue 10, item 1).
+pub const MUST_FAIL_OVER: &[&str] = &["pause-primary-pg"];
+
+/// For the scenarios of [`MUST_FAIL_OVER`]: every fault that hit the primary is followed,
+/// before it is healed, by a write acknowledged on a newer timeline.
+pub fn failover_required(h: &History) -> CheckerResult {
+    const NAME: &str = "failover-required";
+    let found = failovers(h);
+    let starts: Vec<&NemesisEvent> = h
+        .nemesis
+        .iter()
+        .filter(|n| n.action == NemesisAction::Start && n.hit)
+        .collect();
+    let mut anomalies = Vec::new();
+    let mut times = Vec::new();
+    for start in &starts {
+        let healed = h
+            .nemesis
+            .iter()
+            .find(|n| n.action == NemesisAction::Stop && n.time_ns >= start.time_ns)
+            .map_or(u64::MAX, |n| n.time_ns);
+        match found
+            .iter()
+            .find(|f| f.fault_ns == start.time_ns && f.first_write_ns <= healed)
+        {
+            Some(f) => times.push(format!("{:.2} s", f.ms as f64 / 1000.0)),
+            None => anomalies.push(anomaly(
+                NAME,
+                "no-failover",
+                format!(
+                    "{} on {} at {}: no other node took a write before the heal at {}; a primary that cannot commit must be failed over",
+                    start.fault,
+                    start.targets.join(", "),
+                    secs(start.time_ns),
+                    if healed == u64::MAX { "the end".into() } else { secs(healed) }
+                ),
+                vec![],
+            )),
+        }
+    }
+    if starts.is_empty() {
+        return finish_with(NAME, "unknown", "no fault hit the primary".into(), anomalies);
+    }
+    let summary = format!(
+        "{} of {} faults failed over before the heal ({})",
+        times.len(),
+        starts.len(),
+        times.join(", ")
+    );
+    finish(NAME, summary, anomalies)
+}
+
 fn about_primary(n: &NemesisEvent) -> bool {
     n.intended == "primary" || n.fault.contains("primary")
 }
@@ -213,6 +266,31 @@ mod tests {
         assert_eq!(failovers(&h).len(), 1);
         h.probes.clear();
         assert!(failovers(&h).is_empty());
+    }
+
+    #[test]
+    fn failover_required_wants_a_write_on_a_new_timeline_before_each_heal() {
+        let heal = |time_ns| NemesisEvent {
+            action: NemesisAction::Stop,
+            ..fault(time_ns, "primary", true)
+        };
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, S), "n1", 1),
+            on(set_add(2, Outcome::Ok, 5 * S), "n2", 2),
+        ];
+        let mut h = history(ops, vec![]);
+        h.nemesis = vec![fault(2 * S, "primary", true), heal(8 * S)];
+        let r = failover_required(&h);
+        assert_eq!(r.status, "valid", "{r:?}");
+        assert!(r.summary.contains("1 of 1"), "{r:?}");
+        // The new primary's first write came only after the heal: no failover in time.
+        h.nemesis[1] = heal(4 * S);
+        let r = failover_required(&h);
+        assert_eq!(r.status, "invalid", "{r:?}");
+        assert_eq!(r.anomalies[0].kind, "no-failover");
+        // Nothing hit: unknown, never valid.
+        h.nemesis = vec![fault(2 * S, "primary", false)];
+        assert_eq!(failover_required(&h).status, "unknown");
     }
 
     #[test]
