@@ -5,7 +5,10 @@
 //! - `kill`: kill -9 of the primary's raftpg and postmaster together;
 //! - `freeze-primary`: SIGSTOP of the primary's postmaster and every process it
 //!   forked, raftpg alive (a hung PostgreSQL);
-//! - `freeze-standby`: one standby's PostgreSQL frozen that way, then `kill`.
+//! - `freeze-standby`: one standby's PostgreSQL frozen that way, then `kill`;
+//! - `freeze-raft-leader`: SIGSTOP of the Raft leader's raftpg (a standby's node): no
+//!   failover should follow, so this one measures the longest gap between acknowledged
+//!   writes in the 6 s after the freeze, all on the primary.
 //!
 //! Every acknowledged id is checked on every node at the end; faulted nodes are
 //! brought back (rewound) between runs.
@@ -22,7 +25,7 @@ use common::pg::Writer;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(120);
-const FAULTS: [&str; 3] = ["kill", "freeze-primary", "freeze-standby"];
+const FAULTS: [&str; 4] = ["kill", "freeze-primary", "freeze-standby", "freeze-raft-leader"];
 
 fn main() {
     let runs = common::count_from_env("RUNS", 5);
@@ -42,6 +45,12 @@ fn main() {
                 w.wait_ack_after(Instant::now(), None, WAIT).await;
                 let port = c.pg_port(primary) as i32;
                 let standby = if primary == 3 { 2 } else { 3 };
+                if fault == "freeze-raft-leader" {
+                    let gap = freeze_raft_leader(&c, &w, primary).await;
+                    println!("{fault} run {run}: primary n{primary}; longest write gap {gap:.2?}, no failover");
+                    samples.push(gap);
+                    continue;
+                }
                 let faulted_at = match fault.as_str() {
                     "kill" => {
                         c.kill9(primary);
@@ -76,10 +85,12 @@ fn main() {
         c.wait_streaming(2, WAIT).await;
         let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
         for (fault, samples) in results {
-            common::print_median_max(
-                &format!("unplanned failover, {fault} -> first acknowledged write"),
-                samples,
-            );
+            let what = if fault == "freeze-raft-leader" {
+                format!("{fault}: longest gap between acknowledged writes")
+            } else {
+                format!("unplanned failover, {fault} -> first acknowledged write")
+            };
+            common::print_median_max(&what, samples);
         }
         println!(
             "acknowledged writes: {} all present on every node; unknown outcomes: {}",
@@ -87,4 +98,42 @@ fn main() {
             unknown.len()
         );
     });
+}
+
+/// Freezes the Raft leader's raftpg (once leadership is off the primary) for 6 s and
+/// returns the longest gap between acknowledged writes meanwhile; asserts that the
+/// primary kept its PostgreSQL and its generation.
+async fn freeze_raft_leader(c: &common::Cluster, w: &Writer, primary: u16) -> Duration {
+    use nix::sys::signal::Signal;
+    let leader: u16 = c
+        .wait_for("the Raft leadership to move off the primary", WAIT, || async {
+            let s = c.status(primary).await?;
+            let l: u16 = s.raft_leader.strip_prefix('n')?.parse().ok()?;
+            (l != primary).then_some(l)
+        })
+        .await;
+    let generation = c.status(primary).await.unwrap().generation;
+    let postmaster = c.postmaster_pid(primary);
+    let port = c.pg_port(primary) as i32;
+    c.signal_raftpg(leader, Signal::SIGSTOP);
+    let froze = Instant::now();
+    let (mut last, mut longest) = (froze, Duration::ZERO);
+    while last < froze + Duration::from_secs(6) {
+        let a = w.wait_ack_after(last, None, WAIT).await;
+        assert_eq!(a.port, port, "writes moved off the primary");
+        longest = longest.max(a.at.saturating_duration_since(last));
+        last = a.at;
+    }
+    c.signal_raftpg(leader, Signal::SIGCONT);
+    assert_eq!(
+        c.postmaster_pid(primary),
+        postmaster,
+        "the primary's PostgreSQL restarted"
+    );
+    assert_eq!(
+        c.status(primary).await.unwrap().generation,
+        generation,
+        "a failover happened"
+    );
+    longest
 }

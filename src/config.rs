@@ -13,9 +13,13 @@ use crate::cluster::{Member, Tags};
 
 /// Raft heartbeat. Fast enough that a follower notices a dead leader in well under a second.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
-/// Election timeout range. Five heartbeats at least, so one lost packet does not start an election.
-pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// Election timeout range. openraft starts an election only after the leader's lease
+/// (`election_timeout_max`) plus the election timeout without a heartbeat: 0.8-1 s, eight
+/// heartbeats at least, so lost packets do not start one. That keeps an election inside
+/// the primary's lease (2 s, renewed every 0.5 s, so at least 1.5 s left when the Raft
+/// leader is lost): the renewal reaches the new leader before the lease runs out.
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 500;
 /// Build a snapshot after this many applied entries; the log before it is purged.
 pub const DEFAULT_SNAPSHOT_AFTER_LOGS: u64 = 5_000;
 /// Entries kept behind the snapshot so a briefly absent follower catches up from the log.

@@ -182,3 +182,67 @@ async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
         "the old primary stopped cleanly and follows without pg_rewind"
     );
 }
+
+/// Issue 10 item 3: losing the Raft leader, when it is not the primary, costs no
+/// PostgreSQL restart and no failover. The leader's raftpg is frozen (SIGSTOP): like an
+/// isolated node, it accepts connections and never answers. The primary's renewals must
+/// reach the new leader inside the lease. The write gap is measured by the failover bench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_raft_leader_costs_no_restart_and_no_failover() {
+    use nix::sys::signal::Signal;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(27900, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    let primary_name = format!("n{primary}");
+    // The controller hands Raft leadership to a standby.
+    let leader: u16 = c
+        .wait_for("the Raft leadership to move off the primary", FORM, || async {
+            let s = c.status(primary).await?;
+            let l: u16 = s.raft_leader.strip_prefix('n')?.parse().ok()?;
+            (l != primary).then_some(l)
+        })
+        .await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let postmaster = c.postmaster_pid(primary);
+
+    phase(&format!(
+        "SIGSTOP of the Raft leader n{leader}'s raftpg (primary {primary_name})"
+    ));
+    c.signal_raftpg(leader, Signal::SIGSTOP);
+    let froze = Instant::now();
+    let new_leader = c
+        .wait_for("a new Raft leader", FAILOVER, || async {
+            let s = c.status(primary).await?;
+            (!s.raft_leader.is_empty() && s.raft_leader != format!("n{leader}")).then_some(s.raft_leader)
+        })
+        .await;
+    // Three leases after the freeze: a lapsed lease would have fenced the primary by now.
+    let port = c.pg_port(primary) as i32;
+    let mut last = froze;
+    let mut longest = Duration::ZERO;
+    while last < froze + Duration::from_secs(6) {
+        let a = w.wait_ack_after(last, None, FAILOVER).await;
+        assert_eq!(a.port, port, "writes stay on the primary");
+        longest = longest.max(a.at.saturating_duration_since(last));
+        last = a.at;
+    }
+    phase(&format!(
+        "new Raft leader {new_leader}; the longest write gap in the 6 s after the freeze was {longest:?}"
+    ));
+    c.signal_raftpg(leader, Signal::SIGCONT);
+
+    assert_eq!(
+        c.postmaster_pid(primary),
+        postmaster,
+        "the primary's PostgreSQL was restarted"
+    );
+    let log = c.log_of(primary);
+    assert!(
+        !log.contains("lease expired without renewal"),
+        "the primary lost its lease to a Raft election: {log}"
+    );
+    let s = c.status(primary).await.unwrap();
+    assert_eq!(s.generation, 1, "no failover");
+    check_no_loss(&c, w).await;
+}

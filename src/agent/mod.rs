@@ -14,6 +14,7 @@ pub mod pgfiles;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -387,6 +388,7 @@ async fn lease_loop(
     };
     let mut next_send = Instant::now();
     loop {
+        let known_leader = node.metrics().current_leader;
         let state = node.state().state;
         let lease_ms = state.ha.lease_ms;
         let interval = Duration::from_millis((lease_ms / 4).max(50));
@@ -403,6 +405,8 @@ async fn lease_loop(
                 return;
             }
             _ = wake.notified() => next_send = Instant::now(),
+            // A new Raft leader gets the renewal at once: an election must fit in the lease.
+            _ = leader_moves_from(&node, known_leader) => next_send = Instant::now(),
             _ = tokio::time::sleep_until(next_send) => {}
             _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {}
         }
@@ -436,12 +440,30 @@ async fn lease_loop(
                 report,
                 renew,
             };
-            send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
-            next_send = Instant::now() + interval;
+            let delivered = send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
+            // Until a leader answers, try again soon rather than a whole interval later.
+            next_send = Instant::now() + if delivered { interval } else { interval.min(RETRY) };
         }
     }
 }
 
+/// How soon a report that reached no leader is sent again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Resolves once this node's Raft leader is no longer `leader` (never if Raft stopped).
+async fn leader_moves_from(node: &Node, leader: Option<u64>) {
+    let mut rx = node.raft.metrics();
+    loop {
+        if rx.borrow_watched().current_leader != leader {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Sends one report (and renewal) to the Raft leader: true if a leader accepted it.
 async fn send_report(
     node: &Node,
     client: &mut ReportClient,
@@ -449,29 +471,39 @@ async fn send_report(
     req: ReportRequest,
     timeout: Duration,
     lease_ms: u64,
-) {
+) -> bool {
     let sent = Instant::now();
     let Some(leader) = node.metrics().current_leader else {
-        return;
+        return false;
     };
     let reply = if leader == node.id() {
         Ok(report::handle(&node.raft, &node.sm, &node.book, req.clone()).await)
     } else {
         match node.state().state.member_by_id(leader) {
-            Some(m) => client.send(&m.raft_addr, &req, timeout).await,
+            // An isolated leader never answers: give up on it as soon as another is known.
+            Some(m) => tokio::select! {
+                r = client.send(&m.raft_addr, &req, timeout) => r,
+                _ = leader_moves_from(node, Some(leader)) => Err("the Raft leader changed".to_string()),
+            },
             None => Err(format!("Raft leader {leader} is not a known member")),
         }
     };
-    match reply {
+    let delivered = match reply {
         Ok(ReportReply::Accepted { lease_granted, view }) => {
             if lease_granted {
                 holder.granted(req.report.generation, sent, lease_ms);
             }
             node.local.set_view(view);
+            // A renewal a new leader could not grant yet (its leadership unconfirmed) is retried soon.
+            lease_granted || !req.renew
         }
-        Ok(ReportReply::NotLeader { .. }) => {}
-        Err(e) => tracing::debug!("report to the Raft leader failed: {e}"),
-    }
+        Ok(ReportReply::NotLeader { .. }) => false,
+        Err(e) => {
+            tracing::debug!("report to the Raft leader failed: {e}");
+            false
+        }
+    };
     node.local
         .set_lease(holder.expiry(req.report.generation).map(|e| (req.report.generation, e)));
+    delivered
 }
