@@ -246,3 +246,48 @@ async fn a_frozen_raft_leader_costs_no_restart_and_no_failover() {
     assert_eq!(s.generation, 1, "no failover");
     check_no_loss(&c, w).await;
 }
+
+/// Issue 10 item 2, the WAL receiver alone: a standby whose PostgreSQL answers but whose
+/// WAL receiver hangs (SIGSTOP) is stopped once the receiver has had its chance to exit,
+/// and reports from disk, so the failover does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_wal_receiver_does_not_hold_a_failover_hostage() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(28000, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let hung = if old == 1 { 2 } else { 1 };
+    let receiver: i32 = c
+        .wait_for("the standby's WAL receiver", FORM, || async {
+            let row = c.query_one(hung, "SELECT pid FROM pg_stat_wal_receiver").await?;
+            row.get::<_, Option<i32>>(0)
+        })
+        .await;
+
+    phase(&format!(
+        "SIGSTOP of n{hung}'s WAL receiver (pid {receiver}), then kill -9 of the primary n{old}"
+    ));
+    kill(Pid::from_raw(receiver), Signal::SIGSTOP).unwrap();
+    let old_port = c.pg_port(old) as i32;
+    c.kill9(old);
+    c.kill9_postmaster(old);
+    let killed = Instant::now();
+    let first = w.wait_ack_after(killed, Some(old_port), FAILOVER).await;
+    phase(&format!(
+        "port {} acknowledged a write {:?} after the kill",
+        first.port,
+        first.at - killed
+    ));
+    let _ = kill(Pid::from_raw(receiver), Signal::SIGCONT);
+    let log = c.log_of(hung);
+    assert!(
+        log.contains("my WAL receiver has not stopped"),
+        "n{hung} stopped its PostgreSQL because of the hung receiver: {log}"
+    );
+    assert!(!alive(receiver), "the hung WAL receiver was killed");
+    c.start_node(old);
+    check_no_loss(&c, w).await;
+}

@@ -67,6 +67,9 @@ pub struct Agent {
     /// The generation in which this node, as primary, lost its lease while its
     /// PostgreSQL could not prove a commit: it hung, and was (or is being) fenced.
     fenced_hung: Option<u64>,
+    /// Since when the WAL receiver has kept running after streaming was stopped for a
+    /// primary change.
+    lingering_since: Option<Instant>,
 }
 
 /// Starts the agent and its lease task on `node`.
@@ -104,6 +107,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         reinits_done,
         unproven: false,
         fenced_hung: None,
+        lingering_since: None,
     };
     node.spawn(lease_loop(
         node.clone(),
@@ -188,6 +192,7 @@ impl Agent {
             reinit_requested: requested.1 > self.reinits_done,
             fenced_hung: self.fenced_hung == Some(state.generation),
             wal_end,
+            receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
         });
         self.publish(&state, &local, &decision, observed_at);
         let mut acted = false;
@@ -236,6 +241,14 @@ impl Agent {
         if !matches!(local, Local::Primary(_)) {
             self.gate_lsn = None;
         }
+        let stopping = matches!(role, Wanted::Fenced | Wanted::OldPrimary);
+        let lingering =
+            matches!(local, Local::Standby(pg) if pg.primary_conninfo.is_empty() && pg.walreceiver.is_some());
+        self.lingering_since = if stopping && lingering {
+            self.lingering_since.or(Some(now))
+        } else {
+            None
+        };
     }
 
     /// Logs a changed reason and hands the report to the lease task.

@@ -66,7 +66,14 @@ pub struct AgentInput<'a> {
     /// During a primary change, a stopped standby's database: where its WAL on disk ends
     /// (`(lsn, timeline)`, read with pg_waldump), when that could be read.
     pub wal_end: Option<(u64, u32)>,
+    /// During a primary change: how long the WAL receiver has kept running since this
+    /// standby stopped following (its `primary_conninfo` emptied).
+    pub receiver_lingering_ms: u64,
 }
+
+/// A WAL receiver told to stop exits within milliseconds; one that has not after this long
+/// is hung, and would hold the failover hostage: PostgreSQL is stopped instead.
+pub const RECEIVER_STOP_MS: u64 = 1_000;
 
 /// One PostgreSQL action. Executed in order; a failure skips the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -432,6 +439,13 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
             d.final_position = Some((flushed, tl));
             d
         }
+        Local::Standby(_) if i.receiver_lingering_ms > RECEIVER_STOP_MS => Decision::new(
+            vec![Action::Fence],
+            format!(
+                "failover under generation {g}: my WAL receiver has not stopped in {} ms: stopping PostgreSQL to report my final position from disk",
+                i.receiver_lingering_ms
+            ),
+        ),
         Local::Standby(_) => Decision::idle("waiting for the walreceiver to stop"),
         // A hung standby would hold the failover hostage: its final report is needed.
         // Stopped, it is started in recovery without streaming and reports what it holds.

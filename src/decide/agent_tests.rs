@@ -215,6 +215,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         reinit_requested: false,
         fenced_hung: false,
         wal_end: None,
+        receiver_lingering_ms: 0,
     }
 }
 
@@ -446,12 +447,13 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    for (restart, reinit, fenced_hung, wal_end) in [
-                                        (false, false, false, None),
-                                        (true, false, false, None),
-                                        (false, true, false, None),
-                                        (false, false, true, None),
-                                        (false, false, false, Some((0x600, 1))),
+                                    for (restart, reinit, fenced_hung, wal_end, lingering) in [
+                                        (false, false, false, None, 0),
+                                        (true, false, false, None, 0),
+                                        (false, true, false, None, 0),
+                                        (false, false, true, None, 0),
+                                        (false, false, false, Some((0x600, 1)), 0),
+                                        (false, false, false, None, RECEIVER_STOP_MS + 1),
                                     ] {
                                         let i = AgentInput {
                                             me,
@@ -466,6 +468,7 @@ fn sweep_safety_invariants() {
                                             reinit_requested: reinit,
                                             fenced_hung,
                                             wal_end,
+                                            receiver_lingering_ms: lingering,
                                         };
                                         check(&i, &decide(&i), name);
                                         cases += 1;
@@ -611,8 +614,13 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     // forever (a standby waits only for its receiver to stop, a database it cannot read
     // waits for the operator).
     if role == Wanted::Fenced && !draining && !i.state.paused && d.actions.is_empty() {
+        let waits_briefly = match i.local {
+            // Only for the receiver to stop (within a bound) or to read its timeline.
+            Local::Standby(pg) => i.receiver_lingering_ms <= RECEIVER_STOP_MS || pg.walreceiver.is_none(),
+            _ => false,
+        };
         assert!(
-            d.final_position.is_some() || matches!(i.local, Local::Standby(_) | Local::Stopped { control: None }),
+            d.final_position.is_some() || waits_briefly || matches!(i.local, Local::Stopped { control: None }),
             "a member waits forever during a failover: {}",
             ctx()
         );
@@ -770,4 +778,16 @@ fn a_stopped_standby_reports_the_wal_on_its_disk() {
     let d = decide(&i);
     assert_eq!(d.final_position, Some((0x4038240, 2)), "{d:?}");
     assert!(d.actions.is_empty());
+}
+
+/// Found by the partition suite (promote-laggard): a WAL receiver that hangs must not
+/// hold the failover hostage once it has had its chance to stop.
+#[test]
+fn a_hung_wal_receiver_is_stopped_with_postgres_after_a_bound() {
+    let s = named_state("failover from n2");
+    let local = Local::Standby(pg(true, "", Some("streaming")));
+    let mut i = input("n1", &s, &local, LeaseView::Expired);
+    assert!(decide(&i).actions.is_empty(), "waits for the receiver at first");
+    i.receiver_lingering_ms = RECEIVER_STOP_MS + 1;
+    assert_eq!(decide(&i).actions, [Action::Fence]);
 }
