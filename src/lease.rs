@@ -43,6 +43,22 @@ pub fn controller_deadline(lease_ms: u64) -> Duration {
     Duration::from_millis(lease_ms + lease_ms * DRIFT_PERMILLE / 1000 + MARGIN_MS)
 }
 
+/// Why a Raft election may not fit inside the primary's lease, or `None` when it does.
+/// A renewal comes every `lease_ms / 4`, so at least three quarters of the lease are left
+/// when the Raft leader is lost; openraft elects a new one after the old leader's lease
+/// (`election_timeout_max`) plus an election timeout (at most the same again).
+pub fn election_outlasts_lease(lease_ms: u64, election_timeout_max_ms: u64) -> Option<String> {
+    let election = 2 * election_timeout_max_ms;
+    let left = lease_ms * 3 / 4;
+    (election >= left).then(|| {
+        format!(
+            "a Raft election can take {election} ms (2 x raft.election_timeout_max_ms) but the primary has only \
+             {left} ms of its {lease_ms} ms lease left when the Raft leader is lost: losing the Raft leader will \
+             restart the primary's PostgreSQL; lower raft.election_timeout_max_ms or raise ha.lease_ms"
+        )
+    })
+}
+
 /// The agent's side: until when this node may act as primary.
 #[derive(Clone)]
 pub struct Holder(Arc<Mutex<HolderInner>>);
@@ -215,6 +231,18 @@ mod tests {
             generation,
             timeline: Some(1),
         }
+    }
+
+    #[test]
+    fn an_election_must_fit_in_the_lease_left_at_a_renewal() {
+        assert_eq!(election_outlasts_lease(2_000, 500), None, "the defaults fit");
+        assert_eq!(election_outlasts_lease(2_000, 749), None);
+        let why = election_outlasts_lease(2_000, 750).expect("1.5 s of election in 1.5 s of lease");
+        assert!(why.contains("raft.election_timeout_max_ms"), "{why}");
+        assert!(
+            election_outlasts_lease(2_000, 1_000).is_some(),
+            "the old defaults did not fit"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -400,10 +400,17 @@ async fn lease_loop(
         }
     };
     let mut next_send = Instant::now();
+    let mut checked_lease_ms = 0;
     loop {
         let known_leader = node.metrics().current_leader;
         let state = node.state().state;
         let lease_ms = state.ha.lease_ms;
+        if lease_ms != checked_lease_ms {
+            checked_lease_ms = lease_ms;
+            if let Some(why) = crate::lease::election_outlasts_lease(lease_ms, node.cfg.raft.election_timeout_max_ms) {
+                tracing::warn!("{why}");
+            }
+        }
         let interval = Duration::from_millis((lease_ms / 4).max(50));
         let expiry = holder.expiry(state.generation).filter(|e| Some(*e) != fenced_expiry);
         let far = Instant::now() + Duration::from_secs(3600);
