@@ -139,10 +139,20 @@ impl Agent {
                         IDLE_TICK
                     }
                 }
-                // A failing action is retried after 0.5, 1, 2, 4, then every 8 s.
+                // A failing action is retried after 0.5, 1, 2, 4, then every 8 s; the
+                // primary's sooner, because only a fresh observation renews its lease: a
+                // restart in place that failed once (a killed postmaster not reaped yet)
+                // must not cost the lease while it waits.
                 Err(()) => {
                     self.failures = (self.failures + 1).min(5);
-                    IDLE_TICK * 2u32.pow(self.failures)
+                    let backoff = IDLE_TICK * 2u32.pow(self.failures);
+                    let state = self.node.state().state;
+                    if wanted(&state, &self.pg.me) == Wanted::Primary {
+                        let fresh = crate::lease::observation_max_age_ms(state.ha.lease_ms) / 2;
+                        backoff.min(Duration::from_millis(fresh.max(50)))
+                    } else {
+                        backoff
+                    }
                 }
             };
         }
