@@ -29,6 +29,18 @@ impl ClusterView {
         self.lease_remaining_ms = self.lease_remaining_ms.map(|l| l.saturating_sub(ms));
         self
     }
+
+    /// A new leader's view holds only the reports it received since its election: a
+    /// member missing from it keeps its entry from `older` (already aged) while that is
+    /// at most `keep_ms` old, so a leader change does not blank out what is known.
+    pub fn filled_from(mut self, older: ClusterView, keep_ms: u64) -> ClusterView {
+        for (name, (age, report)) in older.reports {
+            if age <= keep_ms {
+                self.reports.entry(name).or_insert((age, report));
+            }
+        }
+        self
+    }
 }
 
 /// Raft membership as the answering node knows it.
@@ -237,6 +249,28 @@ pub fn health(check: Check, i: &HealthInput) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_new_leaders_partial_view_keeps_recent_reports_of_the_others() {
+        let report = |lsn| report(1, PgRole::Standby, true, lsn);
+        let older = ClusterView {
+            reports: [
+                ("n1".to_string(), (100, report(1))),
+                ("n2".to_string(), (6_000, report(2))),
+            ]
+            .into(),
+            lease_remaining_ms: None,
+        };
+        let new = ClusterView {
+            reports: [("n3".to_string(), (0, report(3)))].into(),
+            lease_remaining_ms: Some(1_000),
+        };
+        let v = new.filled_from(older, 5_000);
+        let names: Vec<&str> = v.reports.keys().map(String::as_str).collect();
+        assert_eq!(names, ["n1", "n3"], "n2's report is too old to keep");
+        assert_eq!(v.reports["n1"].0, 100);
+        assert_eq!(v.lease_remaining_ms, Some(1_000));
+    }
+
     use super::*;
     use crate::cluster::testing::bootstrapped;
 

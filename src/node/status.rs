@@ -14,6 +14,9 @@ use crate::cluster::PendingKind;
 use crate::decide::controller::Report;
 use crate::decide::view::ClusterView;
 
+/// How long a member's report outlives its absence from a new Raft leader's view.
+const KEEP_MISSING_MS: u64 = 5_000;
+
 #[derive(Clone, Default)]
 pub struct LocalStatus(Arc<Mutex<Inner>>);
 
@@ -68,7 +71,12 @@ impl LocalStatus {
     }
 
     pub fn set_view(&self, view: ClusterView) {
-        self.lock().view = Some((Instant::now(), view));
+        let mut i = self.lock();
+        let view = match i.view.take() {
+            Some((at, old)) => view.filled_from(old.aged(at.elapsed().as_millis() as u64), KEEP_MISSING_MS),
+            None => view,
+        };
+        i.view = Some((Instant::now(), view));
     }
 
     /// Forgets the leader's view: this node's leadership changed.
