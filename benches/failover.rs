@@ -105,25 +105,12 @@ fn main() {
 /// primary kept its PostgreSQL and its generation.
 async fn freeze_raft_leader(c: &common::Cluster, w: &Writer, primary: u16) -> Duration {
     use nix::sys::signal::Signal;
-    let leader: u16 = c
-        .wait_for("the Raft leadership to move off the primary", WAIT, || async {
-            let s = c.status(primary).await?;
-            let l: u16 = s.raft_leader.strip_prefix('n')?.parse().ok()?;
-            (l != primary).then_some(l)
-        })
-        .await;
+    let leader = c.wait_raft_leader_off(primary, WAIT).await;
     let generation = c.status(primary).await.unwrap().generation;
     let postmaster = c.postmaster_pid(primary);
     let port = c.pg_port(primary) as i32;
     c.signal_raftpg(leader, Signal::SIGSTOP);
-    let froze = Instant::now();
-    let (mut last, mut longest) = (froze, Duration::ZERO);
-    while last < froze + Duration::from_secs(6) {
-        let a = w.wait_ack_after(last, None, WAIT).await;
-        assert_eq!(a.port, port, "writes moved off the primary");
-        longest = longest.max(a.at.saturating_duration_since(last));
-        last = a.at;
-    }
+    let longest = w.longest_gap(Instant::now(), Duration::from_secs(6), port, WAIT).await;
     c.signal_raftpg(leader, Signal::SIGCONT);
     assert_eq!(
         c.postmaster_pid(primary),

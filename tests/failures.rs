@@ -194,14 +194,7 @@ async fn a_frozen_raft_leader_costs_no_restart_and_no_failover() {
     let c = Cluster::start(27900, 3, "");
     let primary = c.wait_streaming(2, FORM).await;
     let primary_name = format!("n{primary}");
-    // The controller hands Raft leadership to a standby.
-    let leader: u16 = c
-        .wait_for("the Raft leadership to move off the primary", FORM, || async {
-            let s = c.status(primary).await?;
-            let l: u16 = s.raft_leader.strip_prefix('n')?.parse().ok()?;
-            (l != primary).then_some(l)
-        })
-        .await;
+    let leader = c.wait_raft_leader_off(primary, FORM).await;
     let w = Writer::start(&c.libpq()).await;
     w.wait_ack_after(Instant::now(), None, FAILOVER).await;
     let postmaster = c.postmaster_pid(primary);
@@ -219,14 +212,7 @@ async fn a_frozen_raft_leader_costs_no_restart_and_no_failover() {
         .await;
     // Three leases after the freeze: a lapsed lease would have fenced the primary by now.
     let port = c.pg_port(primary) as i32;
-    let mut last = froze;
-    let mut longest = Duration::ZERO;
-    while last < froze + Duration::from_secs(6) {
-        let a = w.wait_ack_after(last, None, FAILOVER).await;
-        assert_eq!(a.port, port, "writes stay on the primary");
-        longest = longest.max(a.at.saturating_duration_since(last));
-        last = a.at;
-    }
+    let longest = w.longest_gap(froze, Duration::from_secs(6), port, FAILOVER).await;
     phase(&format!(
         "new Raft leader {new_leader}; the longest write gap in the 6 s after the freeze was {longest:?}"
     ));

@@ -70,6 +70,8 @@ pub struct Agent {
     /// Since when the WAL receiver has kept running after streaming was stopped for a
     /// primary change.
     lingering_since: Option<Instant>,
+    /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
+    wal_end_read: Option<(u64, Option<(u64, u32)>)>,
 }
 
 /// Starts the agent and its lease task on `node`.
@@ -108,6 +110,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         unproven: false,
         fenced_hung: None,
         lingering_since: None,
+        wal_end_read: None,
     };
     node.spawn(lease_loop(
         node.clone(),
@@ -185,9 +188,20 @@ impl Agent {
         let upstream = self.pg.upstream(&state);
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
+        // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
         let wal_end = match (&role, &local) {
-            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() => self.wal_end(c).await,
-            _ => None,
+            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() => match self.wal_end_read {
+                Some((g, end)) if g == state.generation => end,
+                _ => {
+                    let end = self.wal_end(c).await;
+                    self.wal_end_read = Some((state.generation, end));
+                    end
+                }
+            },
+            _ => {
+                self.wal_end_read = None;
+                None
+            }
         };
         let decision = decide(&AgentInput {
             me: &self.pg.me,

@@ -205,6 +205,17 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until `primary` sees a Raft leader other than itself (the controller hands
+    /// leadership to a standby) and returns its number.
+    pub async fn wait_raft_leader_off(&self, primary: u16, timeout: Duration) -> u16 {
+        self.wait_for("the Raft leadership to move off the primary", timeout, || async {
+            let s = self.status(primary).await?;
+            let l: u16 = s.raft_leader.strip_prefix('n')?.parse().ok()?;
+            (l != primary).then_some(l)
+        })
+        .await
+    }
+
     pub async fn wait_leader_seen_by(&self, k: u16, timeout: Duration) -> String {
         self.wait_for(&format!("n{k} to see a Raft leader"), timeout, || async {
             let s = self.status(k).await?;

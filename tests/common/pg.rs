@@ -263,6 +263,19 @@ impl Writer {
         }
     }
 
+    /// Follows the acknowledgements from `from` until `span` later and returns the longest
+    /// gap between two of them; every one must come from `port`.
+    pub async fn longest_gap(&self, from: Instant, span: Duration, port: i32, timeout: Duration) -> Duration {
+        let (mut last, mut longest) = (from, Duration::ZERO);
+        while last < from + span {
+            let a = self.wait_ack_after(last, None, timeout).await;
+            assert_eq!(a.port, port, "writes moved off port {port}");
+            longest = longest.max(a.at.saturating_duration_since(last));
+            last = a.at;
+        }
+        longest
+    }
+
     pub async fn stop(self) -> (Vec<Ack>, Vec<i64>) {
         self.stop.send_replace(true);
         let _ = self.task.await;
