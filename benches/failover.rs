@@ -8,7 +8,12 @@
 //! - `freeze-standby`: one standby's PostgreSQL frozen that way, then `kill`;
 //! - `freeze-raft-leader`: SIGSTOP of the Raft leader's raftpg (a standby's node): no
 //!   failover should follow, so this one measures the longest gap between acknowledged
-//!   writes in the 6 s after the freeze, all on the primary.
+//!   writes in the 6 s after the freeze, all on the primary;
+//! - `rolling-restart`: SIGUSR2 to every node's raftpg in turn, the primary's last
+//!   (raftpg executes itself again and leaves PostgreSQL running, as an upgrade does):
+//!   no failover and no PostgreSQL restart should follow, so this one too measures the
+//!   longest gap between acknowledged writes, from the first signal to 6 s after the
+//!   last node is back.
 //!
 //! Every acknowledged id is checked on every node at the end; faulted nodes are
 //! brought back (rewound) between runs.
@@ -25,7 +30,13 @@ use common::pg::Writer;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(120);
-const FAULTS: [&str; 4] = ["kill", "freeze-primary", "freeze-standby", "freeze-raft-leader"];
+const FAULTS: [&str; 5] = [
+    "kill",
+    "freeze-primary",
+    "freeze-standby",
+    "freeze-raft-leader",
+    "rolling-restart",
+];
 
 fn main() {
     let runs = common::count_from_env("RUNS", 5);
@@ -47,6 +58,12 @@ fn main() {
                 let standby = if primary == 3 { 2 } else { 3 };
                 if fault == "freeze-raft-leader" {
                     let gap = freeze_raft_leader(&c, &w, primary).await;
+                    println!("{fault} run {run}: primary n{primary}; longest write gap {gap:.2?}, no failover");
+                    samples.push(gap);
+                    continue;
+                }
+                if fault == "rolling-restart" {
+                    let gap = rolling_restart(&c, &w, primary).await;
                     println!("{fault} run {run}: primary n{primary}; longest write gap {gap:.2?}, no failover");
                     samples.push(gap);
                     continue;
@@ -85,7 +102,7 @@ fn main() {
         c.wait_streaming(2, WAIT).await;
         let (acks, unknown) = c.assert_no_loss(w, &[1, 2, 3], WAIT).await;
         for (fault, samples) in results {
-            let what = if fault == "freeze-raft-leader" {
+            let what = if fault == "freeze-raft-leader" || fault == "rolling-restart" {
                 format!("{fault}: longest gap between acknowledged writes")
             } else {
                 format!("unplanned failover, {fault} -> first acknowledged write")
@@ -116,6 +133,40 @@ async fn freeze_raft_leader(c: &common::Cluster, w: &Writer, primary: u16) -> Du
         c.postmaster_pid(primary),
         postmaster,
         "the primary's PostgreSQL restarted"
+    );
+    assert_eq!(
+        c.status(primary).await.unwrap().generation,
+        generation,
+        "a failover happened"
+    );
+    longest
+}
+
+/// SIGUSR2 to every node's raftpg in turn, the primary's last, each once the one before
+/// is back; returns the longest gap between acknowledged writes, from the first signal
+/// to 6 s after the last node is back. Asserts no PostgreSQL restart and no failover.
+async fn rolling_restart(c: &common::Cluster, w: &Writer, primary: u16) -> Duration {
+    use nix::sys::signal::Signal;
+    let generation = c.status(primary).await.unwrap().generation;
+    let postmasters: Vec<Option<i32>> = (1..=3).map(|k| c.postmaster_pid(k)).collect();
+    let port = c.pg_port(primary) as i32;
+    let began = Instant::now();
+    for k in (1..=3).filter(|k| *k != primary).chain([primary]) {
+        let before = c.log_of(k).matches("raftpg node started").count();
+        c.signal_raftpg(k, Signal::SIGUSR2);
+        c.wait_for(&format!("n{k}'s raftpg to start again"), WAIT, || async {
+            (c.log_of(k).matches("raftpg node started").count() > before).then_some(())
+        })
+        .await;
+        c.wait_leader_seen_by(k, WAIT).await;
+        c.wait_streaming(2, WAIT).await;
+    }
+    let span = began.elapsed() + Duration::from_secs(6);
+    let longest = w.longest_gap(began, span, port, WAIT).await;
+    assert_eq!(
+        (1..=3).map(|k| c.postmaster_pid(k)).collect::<Vec<_>>(),
+        postmasters,
+        "a PostgreSQL restarted"
     );
     assert_eq!(
         c.status(primary).await.unwrap().generation,

@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one node in the foreground until SIGTERM or SIGINT.
+    /// Run one node in the foreground until SIGTERM or SIGINT (which stop its PostgreSQL
+    /// too). SIGUSR2 restarts raftpg in place, from the binary now on disk, and leaves
+    /// PostgreSQL running: an upgrade or a rolling restart.
     Run {
         /// The node's configuration file (TOML).
         #[arg(long)]
@@ -65,17 +67,22 @@ fn main() -> ExitCode {
             }
             Cmd::Demo(args) => {
                 logging::init(cli.log_format, None);
-                demo::run(args).await
+                demo::run(args).await.map(|()| Stop::Exit)
             }
             Cmd::Ctl(args) => {
                 logging::init(cli.log_format, Some("warn"));
-                ctl::run(args).await
+                ctl::run(args).await.map(|()| Stop::Exit)
             }
             Cmd::FenceKeeper { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stop::Exit) => ExitCode::SUCCESS,
+        Ok(Stop::Restart) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            eprintln!("raftpg: {:#}", reexec());
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("raftpg: {e:#}");
             ExitCode::FAILURE
@@ -83,21 +90,54 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&config)?;
-    let node = Node::start(cfg).await?;
-    let signal = wait_for_signal().await?;
-    tracing::info!("{signal} received: stopping");
-    node.shutdown().await;
-    Ok(())
+/// How `raftpg run` ends.
+enum Stop {
+    /// Stopped, PostgreSQL included.
+    Exit,
+    /// Stopped for a restart of raftpg alone: execute the binary again, in this process.
+    Restart,
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
+    let cfg = Config::load(&config)?;
+    // Listen before starting, so that a signal sent as soon as the node answers is not lost.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let node = Node::start(cfg).await?;
+    let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    })
+        _ = usr2.recv() => {
+            tracing::info!("SIGUSR2 received: restarting raftpg in place; PostgreSQL keeps running");
+            node.shutdown_for_restart().await;
+            return Ok(Stop::Restart);
+        }
+    };
+    tracing::info!("{signal} received: stopping");
+    node.shutdown().await;
+    Ok(Stop::Exit)
+}
+
+/// Executes the raftpg binary now on disk with the same arguments, in this process
+/// (same pid, so a service manager sees no restart). Returns only on failure.
+fn reexec() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return anyhow::anyhow!("cannot find my own binary to restart: {e}"),
+    };
+    // After an upgrade replaced the binary, /proc/self/exe names the old, deleted file.
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!(
+        "cannot restart from {}: {err}; PostgreSQL still runs and is fenced when its lease ends unless raftpg is started again",
+        exe.display()
+    )
 }

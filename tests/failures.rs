@@ -277,3 +277,102 @@ async fn a_hung_wal_receiver_does_not_hold_a_failover_hostage() {
     c.start_node(old);
     check_no_loss(&c, w).await;
 }
+
+/// Issue 10 item 7: a rolling restart of raftpg itself, as an upgrade does. Every node in
+/// turn, the primary's last, gets SIGUSR2 (raftpg executes its binary again in place and
+/// leaves PostgreSQL running); then the primary's raftpg is killed (-9) and started again
+/// at once, as a crash under a service manager would. Each new process finds the lease
+/// its predecessor left armed, keeps its PostgreSQL, and renews: no failover, no
+/// PostgreSQL restart, nothing lost. The write gap is measured by the failover bench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_raftpg_restarts_no_postgres_and_fails_nothing_over() {
+    use nix::sys::signal::Signal;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(28800, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let postmasters: Vec<Option<i32>> = (1..=3).map(|k| c.postmaster_pid(k)).collect();
+    let raftpg_pids: Vec<Option<i32>> = (1..=3).map(|k| c.raftpg_pid(k)).collect();
+    let began = Instant::now();
+
+    let order: Vec<u16> = (1..=3).filter(|k| *k != primary).chain([primary]).collect();
+    for k in order {
+        let before = starts(&c, k);
+        phase(&format!("SIGUSR2 to n{k}'s raftpg (primary n{primary})"));
+        c.signal_raftpg(k, Signal::SIGUSR2);
+        c.wait_for(&format!("n{k}'s raftpg to start again"), FAILOVER, || async {
+            (starts(&c, k) > before).then_some(())
+        })
+        .await;
+        c.wait_leader_seen_by(k, FAILOVER).await;
+        assert_eq!(c.wait_streaming(2, FORM).await, primary, "the primary moved");
+    }
+    assert_eq!(
+        (1..=3).map(|k| c.raftpg_pid(k)).collect::<Vec<_>>(),
+        raftpg_pids,
+        "SIGUSR2 restarts raftpg in place, under the same pid"
+    );
+
+    phase(&format!(
+        "kill -9 of the primary n{primary}'s raftpg, started again at once"
+    ));
+    let before = starts(&c, primary);
+    c.kill9(primary);
+    c.start_node(primary);
+    c.wait_for("the primary's raftpg to start again", FAILOVER, || async {
+        (starts(&c, primary) > before).then_some(())
+    })
+    .await;
+    c.wait_leader_seen_by(primary, FAILOVER).await;
+    assert_eq!(c.wait_streaming(2, FORM).await, primary, "the primary moved");
+    // Three leases past the kill: a lease left to lapse would have fenced the primary by now.
+    let port = c.pg_port(primary) as i32;
+    let span = began.elapsed() + Duration::from_secs(6);
+    let longest = w.longest_gap(began, span, port, FAILOVER).await;
+    phase(&format!("the longest write gap on the primary was {longest:?}"));
+
+    assert_eq!(
+        (1..=3).map(|k| c.postmaster_pid(k)).collect::<Vec<_>>(),
+        postmasters,
+        "a PostgreSQL was restarted"
+    );
+    for k in 1..=3 {
+        let log = c.log_of(k);
+        assert!(
+            !log.contains("lease expired without renewal") && !log.contains("stopping PostgreSQL"),
+            "n{k} stopped or fenced its PostgreSQL: {log}"
+        );
+        assert!(
+            log.contains("PostgreSQL keeps running"),
+            "n{k} did not restart in place: {log}"
+        );
+    }
+    let s = c.status(primary).await.unwrap();
+    assert_eq!(s.generation, 1, "no failover");
+    // Each new raftpg's fence keeper took over; the ones before it exited.
+    let dir = c.dir.path().to_string_lossy().to_string();
+    c.wait_for("one fence keeper per node", FAILOVER, || async {
+        (fence_keepers(&dir) == 3).then_some(())
+    })
+    .await;
+    check_no_loss(&c, w).await;
+}
+
+/// How many fence keepers run for the cluster in `dir`.
+fn fence_keepers(dir: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("fence-keeper") && c.contains(dir))
+        .count()
+}
+
+/// How many times node `k`'s raftpg started, by its log.
+fn starts(c: &Cluster, k: u16) -> usize {
+    c.log_of(k).matches("raftpg node started").count()
+}

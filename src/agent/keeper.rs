@@ -1,11 +1,18 @@
 //! The fence keeper: a small separate process (`raftpg fence-keeper`) that
 //! fences PostgreSQL when the primary's lease runs out, even if raftpg itself is
-//! frozen (SIGSTOP) or killed. raftpg writes the lease expiry, as a
+//! frozen (SIGSTOP), killed, or restarting. raftpg writes the lease expiry, as a
 //! CLOCK_MONOTONIC time shared by all processes of the machine, to a file; the
 //! keeper reads it every 20 ms and stops the postmaster (SIGQUIT: immediate
 //! shutdown, then SIGKILL) once it has passed. "0" means disarmed (not the
-//! primary, or paused). When raftpg is gone the keeper fences a lease that is
-//! still armed once it expires, then exits.
+//! primary, or paused).
+//!
+//! The file reads `EXPIRY OWNER`, the owner being the pid of the keeper in
+//! charge. A raftpg that starts (after an upgrade, a crash or a restart) keeps an
+//! expiry it finds still ahead, so a lease granted to the process before it stays
+//! guarded until it ends or the new process renews it; the keeper it then starts
+//! takes over, and the previous keeper exits when it sees another owner. When
+//! raftpg is gone and nobody took over, the keeper fences a lease that is still
+//! armed once it expires, then exits.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,15 +28,68 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// The lease file's content: the expiry (0: disarmed) and the keeper in charge, if named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseFile {
+    pub expiry_ns: u64,
+    pub owner: Option<u32>,
+}
+
+impl LeaseFile {
+    pub fn parse(text: &str) -> LeaseFile {
+        let mut words = text.split_whitespace();
+        LeaseFile {
+            expiry_ns: words.next().and_then(|w| w.parse().ok()).unwrap_or(0),
+            owner: words.next().and_then(|w| w.parse().ok()),
+        }
+    }
+
+    pub fn read(path: &Path) -> LeaseFile {
+        LeaseFile::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    fn render(&self) -> String {
+        match self.owner {
+            Some(o) => format!("{} {o}\n", self.expiry_ns),
+            None => format!("{}\n", self.expiry_ns),
+        }
+    }
+}
+
+/// What a new raftpg keeps from the lease file it finds: an expiry still ahead of `now`.
+pub fn inherited_expiry(found: LeaseFile, now_ns: u64) -> Option<u64> {
+    (found.expiry_ns > now_ns).then_some(found.expiry_ns)
+}
+
+/// What the keeper writes: its own lease, or the inherited one while that is later
+/// and not over; nothing while the cluster is paused.
+pub fn armed_until(own_ns: Option<u64>, inherited_ns: Option<u64>, now_ns: u64, paused: bool) -> u64 {
+    if paused {
+        return 0;
+    }
+    let inherited = inherited_ns.filter(|i| *i > now_ns);
+    own_ns.into_iter().chain(inherited).max().unwrap_or(0)
+}
+
 /// raftpg's side: the running keeper and its lease file.
 pub struct Keeper {
     file: PathBuf,
     child: std::process::Child,
     written: Option<u64>,
+    /// A lease granted to an earlier raftpg on this machine, still guarded.
+    inherited: Option<u64>,
 }
 
 impl Keeper {
     pub fn spawn(lease_file: &Path, data_dir: &Path) -> anyhow::Result<Keeper> {
+        let found = LeaseFile::read(lease_file);
+        let inherited = inherited_expiry(found, monotonic_ns());
+        if let Some(e) = inherited {
+            tracing::info!(
+                "an earlier raftpg left a lease armed for {} ms more: PostgreSQL stays guarded until I renew it",
+                e.saturating_sub(monotonic_ns()) / 1_000_000
+            );
+        }
         let mut k = Keeper {
             file: lease_file.to_path_buf(),
             child: std::process::Command::new(std::env::current_exe()?)
@@ -41,17 +101,26 @@ impl Keeper {
                 .stdin(std::process::Stdio::null())
                 .spawn()?,
             written: None,
+            inherited,
         };
-        k.write(0)?;
+        k.write(inherited.unwrap_or(0))?;
+        if let Some(old) = found.owner.filter(|o| *o != k.child.id()) {
+            reap_in_background(old);
+        }
         Ok(k)
     }
 
     /// Arms the keeper until `expiry` (a tokio instant of this process), or disarms it.
-    pub fn set(&mut self, expiry: Option<tokio::time::Instant>) {
-        let ns = expiry.map_or(0, |e| {
+    pub fn set(&mut self, expiry: Option<tokio::time::Instant>, paused: bool) {
+        let now = monotonic_ns();
+        let own = expiry.map(|e| {
             let left = e.saturating_duration_since(tokio::time::Instant::now());
-            (monotonic_ns() + left.as_nanos() as u64).max(1)
+            (now + left.as_nanos() as u64).max(1)
         });
+        if paused || self.inherited.is_some_and(|i| i <= now) {
+            self.inherited = None;
+        }
+        let ns = armed_until(own, self.inherited, now, paused);
         // Renewals move the expiry by whole intervals; sub-millisecond jitter is not worth a write.
         if self
             .written
@@ -69,29 +138,57 @@ impl Keeper {
 
     fn write(&mut self, ns: u64) -> std::io::Result<()> {
         let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{ns}\n"))?;
+        let content = LeaseFile {
+            expiry_ns: ns,
+            owner: Some(self.child.id()),
+        };
+        std::fs::write(&tmp, content.render())?;
         std::fs::rename(&tmp, &self.file)?;
         self.written = Some(ns);
         Ok(())
     }
 
-    /// Disarms and stops the keeper (clean shutdown of raftpg).
+    /// Disarms and stops the keeper (clean shutdown of raftpg, PostgreSQL stopped).
     pub fn stop(mut self) {
         let _ = self.write(0);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Leaves the keeper running and armed (raftpg restarts, PostgreSQL keeps running):
+    /// it fences a lease that the next raftpg does not renew in time.
+    pub fn leave_armed(self) {
+        tracing::info!(
+            "the fence keeper (pid {}) keeps guarding PostgreSQL until the next raftpg renews the lease",
+            self.child.id()
+        );
+    }
+}
+
+/// Collects the exit status of an earlier keeper that was this process's child (after
+/// a re-exec in place), so that it does not stay a zombie; anyone else's is not ours.
+fn reap_in_background(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    std::thread::spawn(move || {
+        let _ = nix::sys::wait::waitpid(pid, None);
+    });
 }
 
 /// The keeper process's main loop.
 pub fn run(lease_file: &Path, data_dir: &Path) {
     let parent = getppid();
+    let me = std::process::id();
+    let mut in_charge = false;
     let mut fenced_for = 0;
     loop {
-        let expiry: u64 = std::fs::read_to_string(lease_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let file = LeaseFile::read(lease_file);
+        match file.owner {
+            Some(o) if o == me => in_charge = true,
+            // A keeper started by a newer raftpg took over this lease file.
+            Some(_) if in_charge => return,
+            _ => {}
+        }
+        let expiry = file.expiry_ns;
         let now = monotonic_ns();
         if expiry != 0 && now >= expiry && expiry != fenced_for {
             fenced_for = expiry;
@@ -114,5 +211,71 @@ fn fence(data_dir: &Path) {
         Stopped::Killed { processes } => eprintln!(
             "raftpg fence-keeper: lease expired without renewal and PostgreSQL did not stop on SIGQUIT: killed {processes} processes"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_file_reads_with_or_without_an_owner() {
+        assert_eq!(
+            LeaseFile::parse("123 45\n"),
+            LeaseFile {
+                expiry_ns: 123,
+                owner: Some(45)
+            }
+        );
+        assert_eq!(
+            LeaseFile::parse("123\n"),
+            LeaseFile {
+                expiry_ns: 123,
+                owner: None
+            }
+        );
+        assert_eq!(
+            LeaseFile::parse(""),
+            LeaseFile {
+                expiry_ns: 0,
+                owner: None
+            }
+        );
+        assert_eq!(LeaseFile::parse("garbage").expiry_ns, 0);
+        let f = LeaseFile {
+            expiry_ns: 9,
+            owner: Some(7),
+        };
+        assert_eq!(LeaseFile::parse(&f.render()), f);
+    }
+
+    #[test]
+    fn only_a_lease_still_ahead_is_inherited() {
+        let file = |e| LeaseFile {
+            expiry_ns: e,
+            owner: Some(1),
+        };
+        assert_eq!(inherited_expiry(file(0), 100), None);
+        assert_eq!(inherited_expiry(file(99), 100), None);
+        assert_eq!(inherited_expiry(file(100), 100), None);
+        assert_eq!(inherited_expiry(file(101), 100), Some(101));
+    }
+
+    #[test]
+    fn the_keeper_is_armed_until_the_later_of_both_leases_unless_paused() {
+        let now = 1_000;
+        for own in [None, Some(500), Some(1_500), Some(3_000)] {
+            for inherited in [None, Some(900), Some(1_000), Some(2_000)] {
+                let armed = armed_until(own, inherited, now, false);
+                let live_inherited = inherited.filter(|i| *i > now);
+                // Never shorter than either live lease: an inherited one is still guarded.
+                assert!(own.is_none_or(|o| armed >= o), "{own:?} {inherited:?}");
+                assert!(live_inherited.is_none_or(|i| armed >= i), "{own:?} {inherited:?}");
+                // Never longer than what was granted.
+                assert!(armed == 0 || Some(armed) == own || Some(armed) == live_inherited);
+                assert_eq!(armed == 0, own.is_none() && live_inherited.is_none());
+                assert_eq!(armed_until(own, inherited, now, true), 0);
+            }
+        }
     }
 }

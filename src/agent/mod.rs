@@ -159,7 +159,11 @@ impl Agent {
                 }
             };
         }
-        self.stop_postgres().await;
+        if self.node.leaves_postgres_running() {
+            tracing::info!("raftpg restarts: PostgreSQL keeps running");
+        } else {
+            self.stop_postgres().await;
+        }
     }
 
     /// One observe → decide → execute round: Ok(true) if it acted, Err if an action failed.
@@ -439,12 +443,16 @@ async fn lease_loop(
         let expiry = holder.expiry(state.generation).filter(|e| Some(*e) != fenced_expiry);
         let far = Instant::now() + Duration::from_secs(3600);
         if let Some(k) = keeper.as_mut() {
-            k.set(expiry.filter(|_| !state.paused));
+            k.set(expiry, state.paused);
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => {
                 if let Some(k) = keeper.take() {
-                    k.stop();
+                    if node.leaves_postgres_running() {
+                        k.leave_armed();
+                    } else {
+                        k.stop();
+                    }
                 }
                 return;
             }

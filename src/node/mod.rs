@@ -54,6 +54,8 @@ pub struct Node {
     /// This node's own report, lease, and the leader's view of the members.
     pub local: status::LocalStatus,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
+    /// Set when raftpg stops for a restart of itself: PostgreSQL keeps running.
+    leave_postgres: Arc<std::sync::atomic::AtomicBool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -89,6 +91,7 @@ impl Node {
             book: Book::default(),
             local: status::LocalStatus::default(),
             stop_tx: Arc::new(stop_tx),
+            leave_postgres: Arc::default(),
             tasks: Arc::default(),
         };
 
@@ -205,8 +208,70 @@ impl Node {
         propose::propose_as_leader(&self.raft, cmd, timeout).await
     }
 
-    /// Stops background tasks (the agent stops PostgreSQL), servers and Raft.
-    /// Durable state is already on disk.
+    /// Whether this stop leaves PostgreSQL running (a restart of raftpg itself).
+    pub fn leaves_postgres_running(&self) -> bool {
+        self.leave_postgres.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops raftpg but not PostgreSQL, for a restart of raftpg itself (an upgrade).
+    /// Raft leadership goes to another voter first, so that the primary's next renewal
+    /// finds a leader at once; the fence keeper stays armed with the current lease, so
+    /// PostgreSQL is fenced if the next raftpg does not renew it in time.
+    pub async fn shutdown_for_restart(&self) {
+        self.leave_postgres.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.hand_over_leadership().await;
+        self.shutdown().await;
+    }
+
+    async fn hand_over_leadership(&self) {
+        let me = self.id();
+        let m = self.metrics();
+        if m.current_leader != Some(me) {
+            return;
+        }
+        let state = self.state().state;
+        let primary = state.primary.as_ref().map(|p| p.node.clone());
+        let voters: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != me)
+            .collect();
+        // The controller keeps the Raft leader off the primary's node: so does this.
+        let to = voters
+            .iter()
+            .copied()
+            .find(|v| {
+                state
+                    .members
+                    .values()
+                    .any(|mb| mb.id == *v && Some(&mb.name) != primary.as_ref())
+            })
+            .or_else(|| voters.first().copied());
+        let Some(to) = to else { return };
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!("cannot hand Raft leadership to node {to} before restarting: {e}");
+            return;
+        }
+        let wait = Duration::from_millis(2 * self.cfg.raft.election_timeout_max_ms);
+        match self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some_and(|l| l != me), "leadership handed over")
+            .await
+        {
+            Ok(m) => tracing::info!(
+                "Raft leadership handed to node {:?} before restarting",
+                m.current_leader
+            ),
+            Err(e) => {
+                tracing::warn!("Raft leadership not handed over before restarting ({e}): the others elect a leader")
+            }
+        }
+    }
+
+    /// Stops background tasks (the agent stops PostgreSQL unless raftpg restarts),
+    /// servers and Raft. Durable state is already on disk.
     pub async fn shutdown(&self) {
         self.stop_tx.send_replace(true);
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
