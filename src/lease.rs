@@ -68,6 +68,9 @@ struct HolderInner {
     acquiring: Option<(u64, Instant)>,
     /// (generation, expiry) of the last granted renewal.
     lease: Option<(u64, Instant)>,
+    /// The longest time between the sending of two consecutive granted renewals of one
+    /// generation since this process started: how close a busy machine came to the lease.
+    longest_gap: Duration,
 }
 
 impl Holder {
@@ -75,6 +78,7 @@ impl Holder {
         Holder(Arc::new(Mutex::new(HolderInner {
             acquiring: None,
             lease: None,
+            longest_gap: Duration::ZERO,
         })))
     }
 
@@ -86,6 +90,10 @@ impl Holder {
     pub fn granted(&self, generation: u64, sent: Instant, lease_ms: u64) {
         let expiry = sent + Duration::from_millis(lease_ms);
         let mut h = self.lock();
+        if let Some((_, e)) = h.lease.filter(|(g, _)| *g == generation) {
+            let previous = e - Duration::from_millis(lease_ms);
+            h.longest_gap = h.longest_gap.max(sent.saturating_duration_since(previous));
+        }
         let keep = h.lease.is_some_and(|(g, e)| g == generation && e >= expiry);
         if !keep {
             h.lease = Some((generation, expiry));
@@ -112,6 +120,11 @@ impl Holder {
     /// Expiry of the lease for `generation`, if one was granted.
     pub fn expiry(&self, generation: u64) -> Option<Instant> {
         self.lock().lease.filter(|(g, _)| *g == generation).map(|(_, e)| e)
+    }
+
+    /// The longest time between two consecutive renewals of one generation so far.
+    pub fn longest_gap(&self) -> Duration {
+        self.lock().longest_gap
     }
 
     /// Forgets the lease (the node is no longer the primary).
@@ -275,6 +288,26 @@ mod tests {
             LeaseView::Expired,
             "never granted within a lease"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_gap_between_renewals_is_kept_per_generation() {
+        let h = Holder::new();
+        let t0 = Instant::now();
+        h.granted(1, t0, 2000);
+        assert_eq!(h.longest_gap(), Duration::ZERO, "one renewal has no gap");
+        h.granted(1, t0 + Duration::from_millis(500), 2000);
+        h.granted(1, t0 + Duration::from_millis(1700), 2000);
+        h.granted(1, t0 + Duration::from_millis(2100), 2000);
+        assert_eq!(h.longest_gap(), Duration::from_millis(1200));
+        // A new generation starts over: the time between generations is no gap.
+        h.granted(2, t0 + Duration::from_millis(9000), 2000);
+        assert_eq!(h.longest_gap(), Duration::from_millis(1200));
+        h.granted(2, t0 + Duration::from_millis(10_500), 2000);
+        assert_eq!(h.longest_gap(), Duration::from_millis(1500));
+        // A late answer to an earlier send moves nothing back.
+        h.granted(2, t0 + Duration::from_millis(10_000), 2000);
+        assert_eq!(h.longest_gap(), Duration::from_millis(1500));
     }
 
     #[tokio::test(start_paused = true)]

@@ -376,3 +376,143 @@ fn fence_keepers(dir: &str) -> usize {
 fn starts(c: &Cluster, k: u16) -> usize {
     c.log_of(k).matches("raftpg node started").count()
 }
+
+/// A tmpfs mounted on each node's PGDATA (so that one node's disk can fill), unmounted
+/// when dropped.
+struct SmallDisks(Vec<std::path::PathBuf>);
+
+impl SmallDisks {
+    fn mount(c: &Cluster, size_mb: u64) -> SmallDisks {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts a small filesystem for each node's PGDATA: run it as root, as .ci/run does"
+        );
+        // PostgreSQL runs as the `postgres` OS user under root.
+        let owner = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("the postgres OS user (installed with PostgreSQL)");
+        let mut mounted = SmallDisks(Vec::new());
+        for k in 1..=c.n {
+            let dir = c.dir.path().join(format!("n{k}/pgdata"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size_mb}m,mode=0700,uid={},gid={}", owner.uid, owner.gid))
+                .arg("tmpfs")
+                .arg(&dir)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "cannot mount a tmpfs on {}", dir.display());
+            mounted.0.push(dir);
+        }
+        mounted
+    }
+}
+
+impl Drop for SmallDisks {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::process::Command::new("umount").arg("-l").arg(dir).status();
+        }
+    }
+}
+
+/// Fills the filesystem of `path` until `leave` bytes are free, with a file `path/ballast`.
+fn fill_disk(path: &std::path::Path, leave: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let ballast = path.join("ballast");
+    let free = raftpg::postgres::free_bytes(path).unwrap();
+    let mut f = std::fs::File::create(&ballast).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = free.saturating_sub(leave);
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+    ballast
+}
+
+/// Issue 10 item 8: the primary's pg_wal fills up (each node's PGDATA is a small
+/// filesystem; the primary's is filled but for 6 MB) and PostgreSQL stops (PANIC). raftpg
+/// does not restart it (it would stop again), lets its lease go, and says why in the log
+/// and `ctl list`; a standby takes over within `primary_restart_timeout_ms` plus the
+/// lease. Once space is freed, the old primary rewinds and follows, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pg_wal_fails_over_without_a_restart_loop_and_says_why() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Dropped after the cluster, whose drop stops the postmasters it finds in PGDATA.
+    let _disks: SmallDisks;
+    let mut c = Cluster::configured(31400, 3, "");
+    _disks = SmallDisks::mount(&c, 192);
+    for k in 1..=3 {
+        c.start_node(k);
+    }
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let starts_as_primary = |c: &Cluster| c.log_of(old).matches("starting PostgreSQL as primary").count();
+    let started_before = starts_as_primary(&c);
+    let postmaster = c.postmaster_pid(old).unwrap();
+
+    phase(&format!(
+        "filling n{old}'s PGDATA filesystem but for 6 MB, then writing WAL"
+    ));
+    let ballast = fill_disk(&c.dir.path().join(format!("n{old}/pgdata")), 6 << 20);
+    // WAL only (a message record), no table: a table that cannot grow is an ERROR, a
+    // WAL segment that cannot be created a PANIC.
+    let filler = common::pg::connect(&c.pg_conninfo(old)).await.unwrap();
+    let mut failed = None;
+    for _ in 0..40 {
+        let ten_mb = "SELECT pg_logical_emit_message(false, 'fill', repeat('x', 1048576)) FROM generate_series(1, 10)";
+        if let Err(e) = filler.batch_execute(ten_mb).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("400 MB of WAL fitted in a 192 MB filesystem");
+    let why = failed
+        .as_db_error()
+        .map_or(failed.to_string(), |e| e.message().to_string());
+    phase(&format!("the WAL writer failed: {why}"));
+    c.wait_for("the primary's PostgreSQL to stop", FAILOVER, || async {
+        (!alive(postmaster)).then_some(())
+    })
+    .await;
+    let died = Instant::now();
+    let first_new = w.wait_ack_after(died, Some(c.pg_port(old) as i32), FAILOVER).await;
+    phase(&format!(
+        "PostgreSQL on n{old} stopped; port {} acknowledged a write {:?} later",
+        first_new.port,
+        first_new.at - died
+    ));
+    let why = c
+        .wait_for("ctl list to say why the old primary is down", FAILOVER, || async {
+            let out = c.ctl_ok(&["list"]);
+            out.lines()
+                .any(|l| l.starts_with(&format!("n{old} is ")) && l.contains("is full"))
+                .then_some(out)
+        })
+        .await;
+    phase(&format!("ctl list:\n{why}"));
+    assert!(c.log_of(old).contains("pg_wal"), "the log does not say pg_wal is full");
+    assert_eq!(
+        starts_as_primary(&c),
+        started_before,
+        "raftpg restarted a PostgreSQL whose pg_wal is full"
+    );
+    assert!(c.status(first_new_node(&c, first_new.port)).await.unwrap().generation > 1);
+
+    phase("freeing the space: the old primary rewinds and follows");
+    std::fs::remove_file(&ballast).unwrap();
+    let new_primary = c.wait_streaming(2, FORM).await;
+    assert_ne!(new_primary, old);
+    drop(filler);
+    check_no_loss(&c, w).await;
+}
+
+/// The node whose PostgreSQL listens on `port`.
+fn first_new_node(c: &Cluster, port: i32) -> u16 {
+    (1..=c.n).find(|k| c.pg_port(*k) as i32 == port).expect("a node's port")
+}

@@ -207,6 +207,11 @@ impl Agent {
                 None
             }
         };
+        let disk_full = match &local {
+            Local::Stopped { control } => self.disk_full(control.as_ref().and_then(|c| c.wal_segment_size)),
+            Local::NoData => self.disk_full(None),
+            _ => None,
+        };
         let decision = decide(&AgentInput {
             me: &self.pg.me,
             state: &state,
@@ -221,6 +226,7 @@ impl Agent {
             fenced_hung: self.fenced_hung == Some(state.generation),
             wal_end,
             receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
+            disk_full: disk_full.as_deref(),
         });
         self.publish(&state, &local, &decision, observed_at);
         let mut acted = false;
@@ -357,6 +363,19 @@ impl Agent {
                 control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
             },
         }
+    }
+
+    /// Why a stopped PostgreSQL has no room to start, if so: less than one WAL segment
+    /// (`seg`, 16 MB when not known) free on the filesystem of pg_wal or of PGDATA.
+    fn disk_full(&self, seg: Option<u64>) -> Option<String> {
+        let need = seg.unwrap_or(16 << 20);
+        let data = &self.pg.ctl.data_dir;
+        [("pg_wal", data.join("pg_wal")), ("PGDATA", data.clone())]
+            .into_iter()
+            .find_map(|(what, path)| {
+                let free = crate::postgres::free_bytes(&path).ok()?;
+                (free < need).then(|| crate::postgres::no_room(what, &path, free, need))
+            })
     }
 
     /// Where the stopped standby's WAL ends on disk, for its final report.
@@ -557,5 +576,6 @@ async fn send_report(
     };
     node.local
         .set_lease(holder.expiry(req.report.generation).map(|e| (req.report.generation, e)));
+    node.local.set_longest_renewal_gap(holder.longest_gap());
     delivered
 }

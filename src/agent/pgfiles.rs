@@ -211,10 +211,26 @@ impl PgNode {
     }
 
     /// An empty PGDATA owned by the PostgreSQL user, mode 0700 (removing what was there).
+    /// The directory itself stays: it may be a mount point, which cannot be removed.
     pub fn empty_data_dir(&self) -> anyhow::Result<()> {
         let d = &self.ctl.data_dir;
-        if d.exists() {
-            std::fs::remove_dir_all(d).with_context(|| format!("cannot empty {}", d.display()))?;
+        match std::fs::read_dir(d) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.with_context(|| format!("cannot list {}", d.display()))?;
+                    let path = entry.path();
+                    // A symlink (pg_wal elsewhere) is removed, not followed.
+                    let removed = if entry.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed
+                        .with_context(|| format!("cannot empty {}: cannot remove {}", d.display(), path.display()))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot empty {}", d.display())),
         }
         std::fs::create_dir_all(d)?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;

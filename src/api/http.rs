@@ -157,6 +157,7 @@ async fn metrics(State(node): State<Node>) -> Response {
         failovers: s.count_changes(crate::cluster::ChangeKind::Failover),
         switchovers: s.count_changes(crate::cluster::ChangeKind::Switchover),
         lease_remaining_s: lease.map(|d| d.as_secs_f64()),
+        renewal_gap_max_s: node.local.longest_renewal_gap().map(|d| d.as_secs_f64()),
         last_failover_s: last_failover.map(|d| d.as_secs_f64()),
         last_switchover_s: last_switchover.map(|d| d.as_secs_f64()),
         raft_term: raft.current_term,
@@ -179,6 +180,7 @@ pub struct MetricsInput<'a> {
     pub failovers: u64,
     pub switchovers: u64,
     pub lease_remaining_s: Option<f64>,
+    pub renewal_gap_max_s: Option<f64>,
     pub last_failover_s: Option<f64>,
     pub last_switchover_s: Option<f64>,
     pub raft_term: u64,
@@ -253,6 +255,12 @@ pub fn render_metrics(m: &MetricsInput) -> String {
         "gauge",
         "Time left on this node's primary lease (absent when it holds none).",
         m.lease_remaining_s.map(me).unwrap_or_default(),
+    );
+    family(
+        "raftpg_lease_renewal_gap_max_seconds",
+        "gauge",
+        "Longest time between two renewals of this node's primary lease since raftpg started (renewals come every lease/4).",
+        m.renewal_gap_max_s.map(me).unwrap_or_default(),
     );
     family(
         "raftpg_pending_restart",

@@ -109,6 +109,19 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         })
         .collect();
     out += &table(&header, &rows);
+    // A member that is not running or streaming says why, in its own words.
+    for m in s
+        .member_status
+        .iter()
+        .filter(|m| !matches!(m.state.as_str(), "running" | "streaming"))
+    {
+        let why = if m.reason.is_empty() {
+            "no report from its raftpg"
+        } else {
+            &m.reason
+        };
+        out += &format!("{} is {}: {why}\n", m.name, m.state);
+    }
     if !s.pending.is_empty() {
         out += &format!("In progress: {}\n", s.pending);
     }
@@ -206,4 +219,47 @@ pub fn history_json(entries: &[pb::HistoryEntry]) -> serde_json::Value {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str, state: &str, reason: &str) -> pb::MemberStatus {
+        pb::MemberStatus {
+            name: name.into(),
+            role: role.into(),
+            state: state.into(),
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_table_says_why_a_member_is_unhealthy() {
+        let mut s = pb::ClusterStatus {
+            cluster: "c".into(),
+            member_status: vec![
+                member("n1", "primary", "running", "I am the primary"),
+                member("n2", "replica", "streaming", "streaming from n1"),
+            ],
+            ..Default::default()
+        };
+        let healthy = render_table(&s);
+        assert!(!healthy.contains(" is "), "{healthy}");
+        s.member_status.push(member(
+            "n3",
+            "replica",
+            "stopped",
+            "PostgreSQL is down and the filesystem of pg_wal (/d/pg_wal) is full",
+        ));
+        s.member_status.push(member("n4", "replica", "unknown", ""));
+        let out = render_table(&s);
+        assert!(
+            out.contains("n3 is stopped: PostgreSQL is down and the filesystem of pg_wal (/d/pg_wal) is full\n"),
+            "{out}"
+        );
+        assert!(out.contains("n4 is unknown: no report from its raftpg\n"), "{out}");
+        assert!(!out.contains("n1 is"), "{out}");
+    }
 }

@@ -69,6 +69,9 @@ pub struct AgentInput<'a> {
     /// During a primary change: how long the WAL receiver has kept running since this
     /// standby stopped following (its `primary_conninfo` emptied).
     pub receiver_lingering_ms: u64,
+    /// PostgreSQL is down and has no room to start: where and how full (less than one WAL
+    /// segment free where pg_wal or PGDATA lives).
+    pub disk_full: Option<&'a str>,
 }
 
 /// A WAL receiver told to stop exits within milliseconds; one that has not after this long
@@ -264,6 +267,14 @@ fn primary(i: &AgentInput) -> Decision {
                 "my PostgreSQL hung and was stopped: not renewing my lease as primary of generation {g}, so a standby is promoted"
             )),
         };
+    }
+    if let (Some(full), Local::Stopped { .. } | Local::NoData, false) = (i.disk_full, i.local, paused) {
+        // A full pg_wal stopped it and would stop it again at once: waiting for the
+        // restart bound only lengthens the outage, and restarts would loop.
+        return Decision::idle(format!(
+            "PostgreSQL is down and {full}: not restarting it, and not renewing my lease as primary of \
+             generation {g}, so a standby is promoted; free space there and I rejoin as a standby"
+        ));
     }
     if i.lease == LeaseView::Expired && !paused {
         return match i.local {
@@ -562,6 +573,12 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
             )
         }
         _ => {}
+    }
+    if let (Some(full), Local::Stopped { .. } | Local::NoData) = (i.disk_full, i.local) {
+        return Decision::idle(format!(
+            "PostgreSQL is down and {full}: not starting, rewinding or cloning it, which would only fail \
+             again; free space there and I follow {p}"
+        ));
     }
     match i.local {
         Local::NoData => Decision::new(

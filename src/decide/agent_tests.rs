@@ -216,6 +216,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         fenced_hung: false,
         wal_end: None,
         receiver_lingering_ms: 0,
+        disk_full: None,
     }
 }
 
@@ -447,13 +448,17 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    for (restart, reinit, fenced_hung, wal_end, lingering) in [
-                                        (false, false, false, None, 0),
-                                        (true, false, false, None, 0),
-                                        (false, true, false, None, 0),
-                                        (false, false, true, None, 0),
-                                        (false, false, false, Some((0x600, 1)), 0),
-                                        (false, false, false, None, RECEIVER_STOP_MS + 1),
+                                    for (restart, reinit, fenced_hung, wal_end, lingering, disk_full) in [
+                                        (false, false, false, None, 0, None),
+                                        (true, false, false, None, 0, None),
+                                        (false, true, false, None, 0, None),
+                                        (false, false, true, None, 0, None),
+                                        (false, false, false, Some((0x600, 1)), 0, None),
+                                        (false, false, false, None, RECEIVER_STOP_MS + 1, None),
+                                        (false, false, false, None, 0, Some(FULL)),
+                                        (true, false, false, None, 0, Some(FULL)),
+                                        (false, true, false, None, 0, Some(FULL)),
+                                        (false, false, false, Some((0x600, 1)), 0, Some(FULL)),
                                     ] {
                                         let i = AgentInput {
                                             me,
@@ -469,6 +474,7 @@ fn sweep_safety_invariants() {
                                             fenced_hung,
                                             wal_end,
                                             receiver_lingering_ms: lingering,
+                                            disk_full,
                                         };
                                         check(&i, &decide(&i), name);
                                         cases += 1;
@@ -579,6 +585,26 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     if role == Wanted::Fenced && matches!(i.local, Local::Unknown(_)) && !draining {
         assert_eq!(d.actions, [Action::Fence], "{}", ctx());
     }
+    // A full disk: a stopped PostgreSQL is not started, rewound or cloned (it would only
+    // fail again, in a loop), and a primary lets its lease go so that a standby takes over.
+    // A re-clone, which discards the data first, is still done when asked for.
+    let down = matches!(i.local, Local::Stopped { .. } | Local::NoData);
+    if i.disk_full.is_some() && down && !i.state.paused && !i.reinit_requested {
+        if matches!(role, Wanted::Primary | Wanted::Standby(_)) {
+            assert!(
+                !d.actions.iter().any(|a| matches!(
+                    a,
+                    Action::StartPrimary { .. } | Action::StartStandby | Action::Rewind | Action::Clone
+                )),
+                "started on a full disk: {}",
+                ctx()
+            );
+        }
+        if role == Wanted::Primary {
+            assert!(!d.renew_lease, "kept the lease on a full disk: {}", ctx());
+            assert!(d.reason.contains(FULL), "{}", ctx());
+        }
+    }
     // Only the primary asks for the lease; only a fenced standby reports a final position.
     if d.renew_lease {
         assert_eq!(role, Wanted::Primary, "{}", ctx());
@@ -625,6 +651,46 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             ctx()
         );
     }
+}
+
+const FULL: &str = "the filesystem of pg_wal (/data/pg_wal) is full: 3.0 MB free, less than one 16 MB WAL segment";
+
+/// Issue 10 item 8: a primary whose pg_wal filled up is not restarted (it would stop
+/// again at once) and stops renewing its lease, saying why; once failed over, it does
+/// not rewind or start either, until there is room again.
+#[test]
+fn a_full_disk_stops_the_restarts_and_lets_the_lease_go() {
+    let s = named_state("n1 primary");
+    let crashed = stopped("in production", 1, 0x100);
+    let mut i = input("n1", &s, &crashed, LeaseView::Held);
+    i.disk_full = Some(FULL);
+    let d = decide(&i);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(!d.renew_lease);
+    assert!(
+        d.reason.contains(FULL) && d.reason.contains("a standby is promoted"),
+        "{}",
+        d.reason
+    );
+    // With room again it restarts in place under its lease, as after any crash.
+    i.disk_full = None;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Reconfigure, Action::StartPrimary { gated: true }]
+    );
+    // Failed over: the old primary waits for room instead of rewinding in a loop.
+    let s = named_state("after switchover to n2");
+    let mut i = input("n1", &s, &crashed, LeaseView::Expired);
+    i.disk_full = Some(FULL);
+    let d = decide(&i);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(
+        d.reason.contains(FULL) && d.reason.contains("follow n2"),
+        "{}",
+        d.reason
+    );
+    i.disk_full = None;
+    assert_eq!(decide(&i).actions, [Action::Rewind, Action::StartStandby]);
 }
 
 fn named_state(name: &str) -> ClusterState {

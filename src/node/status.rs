@@ -29,6 +29,8 @@ struct Inner {
     view: Option<(Instant, ClusterView)>,
     last_failover: Option<Duration>,
     last_switchover: Option<Duration>,
+    /// The longest time between two renewals of this node's primary lease.
+    longest_renewal_gap: Option<Duration>,
 }
 
 /// This node's own PostgreSQL as its agent last saw it.
@@ -62,6 +64,17 @@ impl LocalStatus {
 
     pub fn set_lease(&self, lease: Option<(u64, Instant)>) {
         self.lock().lease = lease;
+    }
+
+    pub fn set_longest_renewal_gap(&self, gap: Duration) {
+        if !gap.is_zero() {
+            self.lock().longest_renewal_gap = Some(gap);
+        }
+    }
+
+    /// The longest time between two renewals of this node's primary lease, once renewed twice.
+    pub fn longest_renewal_gap(&self) -> Option<Duration> {
+        self.lock().longest_renewal_gap
     }
 
     /// Time left on this node's lease as primary of `generation`.

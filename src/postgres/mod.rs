@@ -15,6 +15,25 @@ pub use ctl::{read_postmaster_pid, Controldata, PgCtl, StopMode};
 pub use observe::{observe, Observation, PgState, Replica};
 
 /// An LSN as PostgreSQL prints it (`X/Y`, hexadecimal).
+/// Bytes an unprivileged user may still write on the filesystem that holds `path`, or
+/// would hold it (the nearest existing ancestor: a data directory not created yet).
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let existing = path.ancestors().find(|a| a.exists()).unwrap_or(path);
+    let s = nix::sys::statvfs::statvfs(existing).map_err(std::io::Error::from)?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// How a filesystem too full for PostgreSQL is described, in the log and `ctl list`.
+pub fn no_room(what: &str, path: &std::path::Path, free: u64, need: u64) -> String {
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    format!(
+        "the filesystem of {what} ({}) is full: {:.1} MB free, less than one {:.0} MB WAL segment",
+        path.display(),
+        mb(free),
+        mb(need)
+    )
+}
+
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.trim().split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)

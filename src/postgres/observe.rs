@@ -95,12 +95,11 @@ pub fn timeline_of_wal(names: &[String], lsn: u64, seg_size: u64) -> Option<u32>
         return None;
     }
     let segno = (lsn - 1) / seg_size;
-    let per_id = 0x1_0000_0000 / seg_size;
-    let want = format!("{:08X}{:08X}", segno / per_id, segno % per_id);
     names
         .iter()
-        .filter(|n| n.len() == 24 && n[8..] == want)
-        .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
+        .filter_map(|n| crate::postgres::ctl::segment_of(n, seg_size))
+        .filter(|(_, s)| *s == segno)
+        .map(|(tli, _)| tli)
         .max()
 }
 

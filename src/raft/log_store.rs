@@ -107,7 +107,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.put_meta(VOTE, vote)?;
-        self.store.sync()?;
+        self.store.sync_off_runtime().await?;
         self.store.write_guard(&encode(vote))
     }
 
@@ -133,7 +133,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&key(entry.log_id.index), encode(&entry));
         }
         self.store.log.apply_batch(batch).map_err(to_io)?;
-        let result = self.store.sync();
+        let result = self.store.sync_off_runtime().await;
         let ret = result
             .as_ref()
             .map(|_| ())
@@ -150,20 +150,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.store.log.apply_batch(batch).map_err(to_io)?;
-        self.store.sync()
+        self.store.sync_off_runtime().await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // Record the purge point first: a crash in between leaves entries that are merely unused.
         self.put_meta(LAST_PURGED, &log_id)?;
-        self.store.sync()?;
+        self.store.sync_off_runtime().await?;
         let mut batch = sled::Batch::default();
         for item in self.store.log.range(..=key(log_id.index)) {
             let (k, _) = item.map_err(to_io)?;
             batch.remove(k);
         }
         self.store.log.apply_batch(batch).map_err(to_io)?;
-        self.store.sync()
+        self.store.sync_off_runtime().await
     }
 }
 

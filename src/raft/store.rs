@@ -91,6 +91,16 @@ impl Store {
         self.db.flush().map_err(to_io)?;
         self.data_file.sync_data()
     }
+
+    /// `sync` on a blocking thread: an fdatasync on a busy disk can take long, and must
+    /// not hold one of the runtime's few workers (the lease renewals run there).
+    pub async fn sync_off_runtime(&self) -> io::Result<()> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(format!("the sync task failed: {e}"))),
+        }
+    }
 }
 
 impl Store {

@@ -56,6 +56,15 @@ pub fn print_median_max(label: &str, mut samples: Vec<Duration>) {
 impl Cluster {
     /// Writes configs for `n` nodes with `extra` TOML appended and starts them all.
     pub fn start(base: u16, n: u16, extra: &str) -> Cluster {
+        let mut c = Cluster::configured(base, n, extra);
+        for k in 1..=n {
+            c.start_node(k);
+        }
+        c
+    }
+
+    /// Writes configs for `n` nodes with `extra` TOML appended; starts none.
+    pub fn configured(base: u16, n: u16, extra: &str) -> Cluster {
         let mut dir = tempfile::tempdir().expect("temp dir");
         // RAFTPG_TEST_KEEP=1 keeps the directory (configs, logs, PGDATA) for a post-mortem.
         if std::env::var_os("RAFTPG_TEST_KEEP").is_some() {
@@ -74,17 +83,13 @@ impl Cluster {
             )
             .unwrap();
         }
-        let mut c = Cluster {
+        Cluster {
             dir,
             base,
             n,
             procs: (0..n).map(|_| None).collect(),
             password: secrets.superuser_password,
-        };
-        for k in 1..=n {
-            c.start_node(k);
         }
-        c
     }
 
     pub fn config_path(&self, k: u16) -> PathBuf {

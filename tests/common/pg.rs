@@ -167,7 +167,7 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
+pub async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
     let (client, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(conninfo, NoTls))
         .await
         .ok()?
