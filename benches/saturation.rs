@@ -41,9 +41,11 @@ async fn run_phase(pgbench: &std::path::Path, phase: &str, loops: usize, base: u
     let c = common::Cluster::start(base, 3, "");
     let primary = c.wait_streaming(2, WAIT).await;
     let generation = c.status(primary).await.unwrap().generation;
-    let conninfo = c.libpq();
+    // What an application uses: the multi-host string, the password from the environment.
+    let conninfo = raftpg::demo::libpq_string(c.base, c.n);
     let init = Command::new(pgbench)
         .args(["-i", "-q", "-s", "10", &conninfo])
+        .env("PGPASSWORD", &c.password)
         .stdout(Stdio::null())
         .output()
         .expect("run pgbench -i");
@@ -64,6 +66,7 @@ async fn run_phase(pgbench: &std::path::Path, phase: &str, loops: usize, base: u
     let out = tokio::task::spawn_blocking({
         let pgbench = pgbench.to_path_buf();
         let conninfo = conninfo.clone();
+        let password = c.password.clone();
         move || {
             Command::new(pgbench)
                 .args([
@@ -77,6 +80,7 @@ async fn run_phase(pgbench: &std::path::Path, phase: &str, loops: usize, base: u
                     "60",
                     &conninfo,
                 ])
+                .env("PGPASSWORD", password)
                 .output()
                 .expect("run pgbench")
         }
