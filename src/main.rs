@@ -105,6 +105,9 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    // After a restart in place they were blocked across the exec (see `reexec`): one
+    // sent meanwhile is pending, and handled now.
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None);
     let node = Node::start(cfg).await?;
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -120,10 +123,23 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     Ok(Stop::Exit)
 }
 
+/// The signals `raftpg run` handles.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR2] {
+        set.add(s);
+    }
+    set
+}
+
 /// Executes the raftpg binary now on disk with the same arguments, in this process
 /// (same pid, so a service manager sees no restart). Returns only on failure.
 fn reexec() -> anyhow::Error {
     use std::os::unix::process::CommandExt;
+    // Until the new process listens for them, these would end it at once (their default
+    // action): blocked, they stay pending across the exec and it handles them.
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None);
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return anyhow::anyhow!("cannot find my own binary to restart: {e}"),

@@ -88,3 +88,73 @@ async fn initdb_start_observe_stop_a_real_postgres() {
         Observation::Unknown(_)
     ));
 }
+
+/// Issue 14 item 1: the agent's observations reuse one backend instead of forking one per
+/// tick; a server that restarts is observed `Unknown` once and then reconnected, and a
+/// frozen one is `Unknown` within the deadline, its connection dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_reuse_one_connection_and_drop_it_on_failure() {
+    use raftpg::postgres::Observer;
+    let bins = PgBinaries::find(None).expect("PostgreSQL must be installed for this test (.ci/run installs it)");
+    let run_as = RunAs::for_current_process("postgres").expect("an OS user for PostgreSQL");
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(u) = &run_as {
+        u.chown(dir.path()).unwrap();
+    }
+    let pg = PgCtl {
+        bins,
+        run_as,
+        data_dir: dir.path().join("pgdata"),
+        socket_dir: dir.path().to_path_buf(),
+        listen_addresses: "127.0.0.1".into(),
+        port: 26002,
+        log_file: dir.path().join("postgres.log"),
+    };
+    let conninfo = format!("host={} port=26002 user=postgres dbname=postgres", dir.path().display());
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+
+    let (checker, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let others = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    let backends = || async {
+        let rows = checker.query(others, &[]).await.unwrap();
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<i32>>()
+    };
+
+    let mut observer = Observer::default();
+    assert!(matches!(observer.observe(&conninfo, T).await, Observation::Up(_)));
+    let first = backends().await;
+    assert_eq!(first.len(), 1, "one backend for the observer: {first:?}");
+    for _ in 0..5 {
+        assert!(matches!(observer.observe(&conninfo, T).await, Observation::Up(_)));
+    }
+    assert_eq!(backends().await, first, "the observations forked new backends");
+
+    eprintln!("=== a restart: Unknown once (the old connection is gone), then a new one");
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    assert!(matches!(observer.observe(&conninfo, T).await, Observation::Unknown(_)));
+    assert!(!observer.connected());
+    pg.start(T).await.expect("start again");
+    assert!(matches!(observer.observe(&conninfo, T).await, Observation::Up(_)));
+    assert!(observer.connected());
+
+    eprintln!("=== a frozen server: Unknown within the deadline, the connection dropped");
+    // The observer's own backend stops answering (SIGSTOP), as in a hung server.
+    let (checker, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = checker.query(others, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let backend = nix::unistd::Pid::from_raw(rows[0].get::<_, i32>(0));
+    nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let observed = observer.observe(&conninfo, Duration::from_millis(500)).await;
+    nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGCONT).unwrap();
+    drop(checker);
+    assert!(
+        matches!(&observed, Observation::Unknown(e) if e.contains("no answer")),
+        "{observed:?}"
+    );
+    assert!(!observer.connected());
+    assert!(matches!(observer.observe(&conninfo, T).await, Observation::Up(_)));
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+}

@@ -241,7 +241,7 @@ impl Agent {
     }
 
     /// pg_rewind onto the primary; on failure re-clone if configured, loudly.
-    async fn rewind(&self, state: &ClusterState) -> anyhow::Result<()> {
+    async fn rewind(&mut self, state: &ClusterState) -> anyhow::Result<()> {
         let pg = &self.pg;
         let source = pg
             .primary_superuser_conninfo(state)
@@ -266,10 +266,33 @@ impl Agent {
             }
         }
         tracing::info!("pg_rewind onto {primary}");
-        match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
+        let rewound = match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
+            // The first time, "nothing to undo" is believed. The second time in one
+            // generation, after the standby again could not follow for a while, it is not:
+            // the old primary stopped in the middle of a record that crosses into a WAL
+            // segment it never wrote (a full pg_wal does that), this standby received its
+            // first part, past the new timeline's fork point, and asks the new primary for
+            // WAL from beyond that point. pg_rewind looks only at complete records.
+            Ok(out) if out.contains("no rewind required") && self.noop_rewind == Some(state.generation) => {
+                Err(crate::postgres::PgError::Failed {
+                    what: "pg_rewind".into(),
+                    status: "no rewind required, a second time".into(),
+                    output: format!(
+                        "yet this standby still cannot follow {primary}: its WAL holds part of a record past \
+                         the point where {primary}'s timeline forked"
+                    ),
+                })
+            }
+            other => other,
+        };
+        let pg = &self.pg;
+        match rewound {
             Ok(out) => {
                 let summary = out.lines().last().unwrap_or("").to_string();
                 tracing::info!("pg_rewind done: {summary}");
+                if out.contains("no rewind required") {
+                    self.noop_rewind = Some(state.generation);
+                }
                 Ok(())
             }
             Err(e) if pg.reclone_on_rewind_failure => {

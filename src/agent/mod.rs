@@ -25,7 +25,7 @@ use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
 use crate::postgres::conf::conninfo;
 use crate::postgres::ctl::Controldata;
-use crate::postgres::{observe, Observation, StopMode};
+use crate::postgres::{Observation, Observer, StopMode};
 pub use pgfiles::PgNode;
 
 /// Tick when nothing happened; a tick that acted is followed at once by another.
@@ -72,6 +72,10 @@ pub struct Agent {
     lingering_since: Option<Instant>,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
     wal_end_read: Option<(u64, Option<(u64, u32)>)>,
+    /// One persistent local connection for the observations.
+    observer: Observer,
+    /// The generation in which pg_rewind last found nothing to undo.
+    noop_rewind: Option<u64>,
 }
 
 /// Starts the agent and its lease task on `node`.
@@ -111,6 +115,8 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         fenced_hung: None,
         lingering_since: None,
         wal_end_read: None,
+        observer: Observer::default(),
+        noop_rewind: None,
     };
     node.spawn(lease_loop(
         node.clone(),
@@ -248,7 +254,14 @@ impl Agent {
                 }
             }
             match self.execute(action, &state).await {
-                Ok(did) => acted |= did,
+                Ok(did) => {
+                    acted |= did;
+                    // A standby just (re)started gets a whole DIVERGED_AFTER_MS to stream
+                    // before it is judged diverged again.
+                    if *action == Action::StartStandby {
+                        self.not_streaming_since = None;
+                    }
+                }
                 Err(e) => {
                     tracing::error!("{action:?} failed: {e:#}");
                     return Err(());
@@ -351,11 +364,12 @@ impl Agent {
         }
     }
 
-    async fn observe_local(&self) -> Local {
+    async fn observe_local(&mut self) -> Local {
         if !self.pg.ctl.has_data() {
+            self.observer = Observer::default();
             return Local::NoData;
         }
-        match observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await {
+        match self.observer.observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await {
             Observation::Up(s) if s.in_recovery => Local::Standby(s),
             Observation::Up(s) => Local::Primary(s),
             Observation::Unknown(e) if postmaster_alive(&self.pg) => Local::Unknown(e),

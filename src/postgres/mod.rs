@@ -12,7 +12,7 @@ pub mod observe;
 
 pub use bin::{PgBinaries, RunAs};
 pub use ctl::{read_postmaster_pid, Controldata, PgCtl, StopMode};
-pub use observe::{observe, Observation, PgState, Replica};
+pub use observe::{observe, Observation, Observer, PgState, Replica};
 
 /// An LSN as PostgreSQL prints it (`X/Y`, hexadecimal).
 /// Bytes an unprivileged user may still write on the filesystem that holds `path`, or

@@ -103,18 +103,65 @@ pub fn timeline_of_wal(names: &[String], lsn: u64, seg_size: u64) -> Option<u32>
         .max()
 }
 
-/// Observes the server at `conninfo` (libpq key=value form) within `timeout`.
+/// Observes the server at `conninfo` (libpq key=value form) within `timeout`, on a
+/// connection of its own.
 pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
-    match tokio::time::timeout(timeout, observe_inner(conninfo)).await {
-        Ok(Ok(state)) => Observation::Up(state),
-        Ok(Err(e)) => Observation::Unknown(e.to_string()),
-        Err(_) => Observation::Unknown(format!("no answer within {timeout:?}")),
+    Observer::default().observe(conninfo, timeout).await
+}
+
+/// The agent's observations over one persistent connection: a backend for the life of
+/// the server, not a fork and an authentication every tick. An error or a timeout closes
+/// it (a query stuck in a hung server is abandoned with it), that observation is
+/// `Unknown`, never healthy, and the next one connects again.
+#[derive(Default)]
+pub struct Observer {
+    session: Option<Session>,
+}
+
+struct Session {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closes the socket even when a query is stuck: the server sees the client go.
+        self.connection.abort();
     }
 }
 
-async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
-    let conn = tokio::spawn(connection);
+impl Observer {
+    pub async fn observe(&mut self, conninfo: &str, timeout: Duration) -> Observation {
+        let result = tokio::time::timeout(timeout, self.observe_within(conninfo)).await;
+        let why = match result {
+            Ok(Ok(state)) => return Observation::Up(state),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        self.session = None;
+        Observation::Unknown(why)
+    }
+
+    /// Whether a connection is open (for tests: observations reuse it).
+    pub fn connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.client.is_closed())
+    }
+
+    async fn observe_within(&mut self, conninfo: &str) -> Result<PgState, tokio_postgres::Error> {
+        if !self.connected() {
+            self.session = None;
+            let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+            let connection = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            self.session = Some(Session { client, connection });
+        }
+        let client = &self.session.as_ref().expect("connected above").client;
+        query_state(client).await
+    }
+}
+
+async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_postgres::Error> {
     let row = client.query_one(QUERY, &[]).await;
     let rows = client.query(REPLICATION, &[]).await;
     let row = row?;
@@ -144,8 +191,6 @@ async fn observe_inner(conninfo: &str) -> Result<PgState, tokio_postgres::Error>
     if !in_recovery {
         client.batch_execute(WRITE_PROBE).await?;
     }
-    drop(client);
-    let _ = conn.await;
     let replication = rows?
         .iter()
         .map(|r| Replica {
