@@ -6,8 +6,9 @@
 //! shutdown, then SIGKILL) once it has passed. "0" means disarmed (not the
 //! primary, or paused).
 //!
-//! The file reads `EXPIRY OWNER`, the owner being the pid of the keeper in
-//! charge. A raftpg that starts (after an upgrade, a crash or a restart) keeps an
+//! The file reads `EXPIRY OWNER BOOT`: the owner is the pid of the keeper in charge,
+//! BOOT the kernel's boot id (CLOCK_MONOTONIC restarts at boot, so an expiry written
+//! before a reboot means nothing after it). A raftpg that starts (after an upgrade, a crash or a restart) keeps an
 //! expiry it finds still ahead, so a lease granted to the process before it stays
 //! guarded until it ends or the new process renews it; the keeper it then starts
 //! takes over, and the previous keeper exits when it sees another owner. When
@@ -28,11 +29,21 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// The lease file's content: the expiry (0: disarmed) and the keeper in charge, if named.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernel's id of this boot, if it can be read.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+}
+
+/// The lease file's content: the expiry (0: disarmed), the keeper in charge and the
+/// boot it was written in, when named.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseFile {
     pub expiry_ns: u64,
     pub owner: Option<u32>,
+    pub boot: Option<String>,
 }
 
 impl LeaseFile {
@@ -41,6 +52,7 @@ impl LeaseFile {
         LeaseFile {
             expiry_ns: words.next().and_then(|w| w.parse().ok()).unwrap_or(0),
             owner: words.next().and_then(|w| w.parse().ok()),
+            boot: words.next().map(str::to_string),
         }
     }
 
@@ -49,16 +61,22 @@ impl LeaseFile {
     }
 
     fn render(&self) -> String {
-        match self.owner {
-            Some(o) => format!("{} {o}\n", self.expiry_ns),
-            None => format!("{}\n", self.expiry_ns),
+        let mut out = self.expiry_ns.to_string();
+        if let Some(o) = self.owner {
+            out += &format!(" {o}");
+            if let Some(b) = &self.boot {
+                out += &format!(" {b}");
+            }
         }
+        out + "\n"
     }
 }
 
-/// What a new raftpg keeps from the lease file it finds: an expiry still ahead of `now`.
-pub fn inherited_expiry(found: LeaseFile, now_ns: u64) -> Option<u64> {
-    (found.expiry_ns > now_ns).then_some(found.expiry_ns)
+/// What a new raftpg keeps from the lease file it finds: an expiry still ahead of `now`,
+/// written in this boot (`boot`); nothing from a file that does not say which boot.
+pub fn inherited_expiry(found: &LeaseFile, now_ns: u64, boot: Option<&str>) -> Option<u64> {
+    let same_boot = boot.is_some() && found.boot.as_deref() == boot;
+    (same_boot && found.expiry_ns > now_ns).then_some(found.expiry_ns)
 }
 
 /// What the keeper writes: its own lease, or the inherited one while that is later
@@ -78,12 +96,14 @@ pub struct Keeper {
     written: Option<u64>,
     /// A lease granted to an earlier raftpg on this machine, still guarded.
     inherited: Option<u64>,
+    boot: Option<String>,
 }
 
 impl Keeper {
     pub fn spawn(lease_file: &Path, data_dir: &Path) -> anyhow::Result<Keeper> {
         let found = LeaseFile::read(lease_file);
-        let inherited = inherited_expiry(found, monotonic_ns());
+        let boot = boot_id();
+        let inherited = inherited_expiry(&found, monotonic_ns(), boot.as_deref());
         if let Some(e) = inherited {
             tracing::info!(
                 "an earlier raftpg left a lease armed for {} ms more: PostgreSQL stays guarded until I renew it",
@@ -102,6 +122,7 @@ impl Keeper {
                 .spawn()?,
             written: None,
             inherited,
+            boot,
         };
         k.write(inherited.unwrap_or(0))?;
         if let Some(old) = found.owner.filter(|o| *o != k.child.id()) {
@@ -141,6 +162,7 @@ impl Keeper {
         let content = LeaseFile {
             expiry_ns: ns,
             owner: Some(self.child.id()),
+            boot: self.boot.clone(),
         };
         std::fs::write(&tmp, content.render())?;
         std::fs::rename(&tmp, &self.file)?;
@@ -218,47 +240,47 @@ fn fence(data_dir: &Path) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_lease_file_reads_with_or_without_an_owner() {
-        assert_eq!(
-            LeaseFile::parse("123 45\n"),
-            LeaseFile {
-                expiry_ns: 123,
-                owner: Some(45)
-            }
-        );
-        assert_eq!(
-            LeaseFile::parse("123\n"),
-            LeaseFile {
-                expiry_ns: 123,
-                owner: None
-            }
-        );
-        assert_eq!(
-            LeaseFile::parse(""),
-            LeaseFile {
-                expiry_ns: 0,
-                owner: None
-            }
-        );
-        assert_eq!(LeaseFile::parse("garbage").expiry_ns, 0);
-        let f = LeaseFile {
-            expiry_ns: 9,
-            owner: Some(7),
-        };
-        assert_eq!(LeaseFile::parse(&f.render()), f);
+    fn file(expiry_ns: u64, owner: Option<u32>, boot: Option<&str>) -> LeaseFile {
+        LeaseFile {
+            expiry_ns,
+            owner,
+            boot: boot.map(String::from),
+        }
     }
 
     #[test]
-    fn only_a_lease_still_ahead_is_inherited() {
-        let file = |e| LeaseFile {
-            expiry_ns: e,
-            owner: Some(1),
-        };
-        assert_eq!(inherited_expiry(file(0), 100), None);
-        assert_eq!(inherited_expiry(file(99), 100), None);
-        assert_eq!(inherited_expiry(file(100), 100), None);
-        assert_eq!(inherited_expiry(file(101), 100), Some(101));
+    fn the_lease_file_reads_with_or_without_an_owner_and_a_boot() {
+        assert_eq!(LeaseFile::parse("123 45 b-1\n"), file(123, Some(45), Some("b-1")));
+        assert_eq!(LeaseFile::parse("123 45\n"), file(123, Some(45), None));
+        assert_eq!(LeaseFile::parse("123\n"), file(123, None, None));
+        assert_eq!(LeaseFile::parse(""), file(0, None, None));
+        assert_eq!(LeaseFile::parse("garbage").expiry_ns, 0);
+        for f in [
+            file(9, Some(7), Some("b-1")),
+            file(9, Some(7), None),
+            file(0, None, None),
+        ] {
+            assert_eq!(LeaseFile::parse(&f.render()), f);
+        }
+    }
+
+    #[test]
+    fn only_a_lease_still_ahead_and_of_this_boot_is_inherited() {
+        let this = Some("b-1");
+        let at = |e| file(e, Some(1), this);
+        assert_eq!(inherited_expiry(&at(0), 100, this), None);
+        assert_eq!(inherited_expiry(&at(99), 100, this), None);
+        assert_eq!(inherited_expiry(&at(100), 100, this), None);
+        assert_eq!(inherited_expiry(&at(101), 100, this), Some(101));
+        // CLOCK_MONOTONIC restarted at boot: an expiry from another boot means nothing.
+        assert_eq!(inherited_expiry(&file(101, Some(1), Some("b-0")), 100, this), None);
+        assert_eq!(inherited_expiry(&file(101, Some(1), None), 100, this), None);
+        assert_eq!(inherited_expiry(&at(101), 100, None), None);
+    }
+
+    #[test]
+    fn this_boot_has_an_id() {
+        assert!(boot_id().is_some_and(|b| b.len() >= 16), "{:?}", boot_id());
     }
 
     #[test]

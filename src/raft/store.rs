@@ -94,9 +94,13 @@ impl Store {
 
     /// `sync` on a blocking thread: an fdatasync on a busy disk can take long, and must
     /// not hold one of the runtime's few workers (the lease renewals run there).
+    /// Outside a tokio runtime (a plain executor) it syncs in place.
     pub async fn sync_off_runtime(&self) -> io::Result<()> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.sync();
+        };
         let store = self.clone();
-        match tokio::task::spawn_blocking(move || store.sync()).await {
+        match runtime.spawn_blocking(move || store.sync()).await {
             Ok(result) => result,
             Err(e) => Err(io::Error::other(format!("the sync task failed: {e}"))),
         }
