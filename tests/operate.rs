@@ -20,14 +20,20 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 async fn formed(base: u16) -> (Cluster, u16) {
     let c = Cluster::start(base, 3, "");
     let primary = c.wait_streaming(2, FORM).await;
-    // Member reports reach every node with the lease renewals.
-    c.wait_for("every member reported as running or streaming", FORM, || async {
-        let s = c.status(1).await?;
-        let ok = s.member_status.len() == 3
-            && s.member_status
-                .iter()
-                .all(|m| m.state == "running" || m.state == "streaming");
-        ok.then_some(())
+    // Member reports reach every node with the lease renewals: each node's own view
+    // (which its HTTP checks answer from) must show every member up, standbys' lag known.
+    c.wait_for("every node to see every member running or streaming", FORM, || async {
+        for k in 1..=3 {
+            let s = c.status(k).await?;
+            let ok = s.member_status.len() == 3
+                && s.member_status
+                    .iter()
+                    .all(|m| m.state == "running" || (m.state == "streaming" && m.lag_bytes.is_some()));
+            if !ok {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
     (c, primary)
