@@ -152,10 +152,10 @@ async fn rolling_restart(c: &common::Cluster, w: &Writer, primary: u16) -> Durat
     let port = c.pg_port(primary) as i32;
     let began = Instant::now();
     for k in (1..=3).filter(|k| *k != primary).chain([primary]) {
-        let before = c.log_of(k).matches("raftpg node started").count();
+        let before = c.raftpg_starts(k);
         c.signal_raftpg(k, Signal::SIGUSR2);
         c.wait_for(&format!("n{k}'s raftpg to start again"), WAIT, || async {
-            (c.log_of(k).matches("raftpg node started").count() > before).then_some(())
+            (c.raftpg_starts(k) > before).then_some(())
         })
         .await;
         c.wait_leader_seen_by(k, WAIT).await;

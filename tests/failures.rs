@@ -298,11 +298,11 @@ async fn a_rolling_restart_of_raftpg_restarts_no_postgres_and_fails_nothing_over
 
     let order: Vec<u16> = (1..=3).filter(|k| *k != primary).chain([primary]).collect();
     for k in order {
-        let before = starts(&c, k);
+        let before = c.raftpg_starts(k);
         phase(&format!("SIGUSR2 to n{k}'s raftpg (primary n{primary})"));
         c.signal_raftpg(k, Signal::SIGUSR2);
         c.wait_for(&format!("n{k}'s raftpg to start again"), FAILOVER, || async {
-            (starts(&c, k) > before).then_some(())
+            (c.raftpg_starts(k) > before).then_some(())
         })
         .await;
         c.wait_leader_seen_by(k, FAILOVER).await;
@@ -317,11 +317,11 @@ async fn a_rolling_restart_of_raftpg_restarts_no_postgres_and_fails_nothing_over
     phase(&format!(
         "kill -9 of the primary n{primary}'s raftpg, started again at once"
     ));
-    let before = starts(&c, primary);
+    let before = c.raftpg_starts(primary);
     c.kill9(primary);
     c.start_node(primary);
     c.wait_for("the primary's raftpg to start again", FAILOVER, || async {
-        (starts(&c, primary) > before).then_some(())
+        (c.raftpg_starts(primary) > before).then_some(())
     })
     .await;
     c.wait_leader_seen_by(primary, FAILOVER).await;
@@ -370,11 +370,6 @@ fn fence_keepers(dir: &str) -> usize {
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains("fence-keeper") && c.contains(dir))
         .count()
-}
-
-/// How many times node `k`'s raftpg started, by its log.
-fn starts(c: &Cluster, k: u16) -> usize {
-    c.log_of(k).matches("raftpg node started").count()
 }
 
 /// A tmpfs mounted on each node's PGDATA (so that one node's disk can fill), unmounted

@@ -8,8 +8,9 @@ use raftpg::postgres::{observe, Observation, PgBinaries, PgCtl, RunAs, StopMode}
 
 const T: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn initdb_start_observe_stop_a_real_postgres() {
+/// A PgCtl for a PostgreSQL in a new temporary directory on `port` (not initialised),
+/// and the conninfo of its Unix socket. As root, the `postgres` OS user runs it.
+fn local_pg(port: u16) -> (tempfile::TempDir, PgCtl, String) {
     let bins = PgBinaries::find(None).expect("PostgreSQL must be installed for this test (.ci/run installs it)");
     let run_as = RunAs::for_current_process("postgres").expect("an OS user for PostgreSQL");
     let dir = tempfile::tempdir().unwrap();
@@ -22,10 +23,19 @@ async fn initdb_start_observe_stop_a_real_postgres() {
         data_dir: dir.path().join("pgdata"),
         socket_dir: dir.path().to_path_buf(),
         listen_addresses: "127.0.0.1".into(),
-        port: 26001,
+        port,
         log_file: dir.path().join("postgres.log"),
     };
-    let conninfo = format!("host={} port=26001 user=postgres dbname=postgres", dir.path().display());
+    let conninfo = format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        dir.path().display()
+    );
+    (dir, pg, conninfo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initdb_start_observe_stop_a_real_postgres() {
+    let (_dir, pg, conninfo) = local_pg(26001);
 
     eprintln!("=== initdb with data checksums");
     pg.initdb("postgres", T).await.expect("initdb");
@@ -95,22 +105,7 @@ async fn initdb_start_observe_stop_a_real_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observations_reuse_one_connection_and_drop_it_on_failure() {
     use raftpg::postgres::Observer;
-    let bins = PgBinaries::find(None).expect("PostgreSQL must be installed for this test (.ci/run installs it)");
-    let run_as = RunAs::for_current_process("postgres").expect("an OS user for PostgreSQL");
-    let dir = tempfile::tempdir().unwrap();
-    if let Some(u) = &run_as {
-        u.chown(dir.path()).unwrap();
-    }
-    let pg = PgCtl {
-        bins,
-        run_as,
-        data_dir: dir.path().join("pgdata"),
-        socket_dir: dir.path().to_path_buf(),
-        listen_addresses: "127.0.0.1".into(),
-        port: 26002,
-        log_file: dir.path().join("postgres.log"),
-    };
-    let conninfo = format!("host={} port=26002 user=postgres dbname=postgres", dir.path().display());
+    let (_dir, pg, conninfo) = local_pg(26002);
     pg.initdb("postgres", T).await.expect("initdb");
     pg.start(T).await.expect("start");
 

@@ -242,6 +242,11 @@ impl Cluster {
         c.set_config(req).await.map(|r| r.into_inner().revision)
     }
 
+    /// How many times node `k`'s raftpg started, by its log.
+    pub fn raftpg_starts(&self, k: u16) -> usize {
+        self.log_of(k).matches("raftpg node started").count()
+    }
+
     pub fn log_of(&self, k: u16) -> String {
         std::fs::read_to_string(self.log_path(k)).unwrap_or_default()
     }
