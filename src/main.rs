@@ -117,6 +117,16 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
             node.shutdown_for_restart().await;
             return Ok(Stop::Restart);
         }
+        // A task that died would leave this node half-working (a stale report renewed, a
+        // controller gone): stop as a crash would, so that the lease lapses, the fence
+        // keeper fences PostgreSQL, and another node takes over.
+        why = node.failed() => {
+            node.shutdown_for_restart().await;
+            anyhow::bail!(
+                "stopped because {why}; PostgreSQL is fenced by the keeper when its lease ends; \
+                 this is a bug: please report it with the log, then start raftpg again"
+            );
+        }
     };
     tracing::info!("{signal} received: stopping");
     node.shutdown().await;

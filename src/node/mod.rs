@@ -57,6 +57,8 @@ pub struct Node {
     /// Set when raftpg stops for a restart of itself: PostgreSQL keeps running.
     leave_postgres: Arc<std::sync::atomic::AtomicBool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    /// Set when a background task panicked: the node must stop (`Node::failed`).
+    failure: Arc<tokio_watch::Sender<Option<String>>>,
 }
 
 impl Node {
@@ -93,6 +95,7 @@ impl Node {
             stop_tx: Arc::new(stop_tx),
             leave_postgres: Arc::default(),
             tasks: Arc::default(),
+            failure: Arc::new(tokio_watch::channel(None).0),
         };
 
         let raft_svc = RaftServiceServer::new(RaftServer {
@@ -104,36 +107,46 @@ impl Node {
             book: node.book.clone(),
         })
         .max_decoding_message_size(64 << 20);
-        node.spawn(serve(
-            Server::builder().add_service(raft_svc),
-            raft_listener,
-            stop_rx.clone(),
-            "raft",
-        ));
+        node.spawn(
+            "raft server",
+            serve(
+                Server::builder().add_service(raft_svc),
+                raft_listener,
+                stop_rx.clone(),
+                "raft",
+            ),
+        );
         let control = ControlGrpc::new(ControlServer { node: node.clone() });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the gRPC reflection service")?;
-        node.spawn(serve(
-            Server::builder().add_service(control).add_service(reflection),
-            grpc_listener,
-            stop_rx.clone(),
-            "grpc",
-        ));
-        node.spawn(crate::api::http::serve(node.clone(), http_listener, stop_rx.clone()));
-        node.spawn(init::ensure_initialized(
-            raft.clone(),
-            cfg.clone(),
-            rpc_timeout,
-            stop_rx.clone(),
-        ));
-        node.spawn(watch::log_role_changes(node.clone(), stop_rx.clone()));
-        node.spawn(watch::leader_duties(node.clone(), stop_rx.clone()));
-        node.spawn(status::time_primary_changes(node.clone(), stop_rx.clone()));
+        node.spawn(
+            "control server",
+            serve(
+                Server::builder().add_service(control).add_service(reflection),
+                grpc_listener,
+                stop_rx.clone(),
+                "grpc",
+            ),
+        );
+        node.spawn(
+            "http server",
+            crate::api::http::serve(node.clone(), http_listener, stop_rx.clone()),
+        );
+        node.spawn(
+            "initialisation",
+            init::ensure_initialized(raft.clone(), cfg.clone(), rpc_timeout, stop_rx.clone()),
+        );
+        node.spawn("role log", watch::log_role_changes(node.clone(), stop_rx.clone()));
+        node.spawn("leader duties", watch::leader_duties(node.clone(), stop_rx.clone()));
+        node.spawn(
+            "primary change timer",
+            status::time_primary_changes(node.clone(), stop_rx.clone()),
+        );
         if cfg.postgres.manage {
             let pg = crate::agent::PgNode::prepare(&cfg)?;
-            node.spawn(crate::controller::run(node.clone(), stop_rx.clone()));
+            node.spawn("controller", crate::controller::run(node.clone(), stop_rx.clone()));
             crate::agent::spawn(&node, pg, stop_rx);
         }
         tracing::info!(
@@ -143,8 +156,22 @@ impl Node {
         Ok(node)
     }
 
-    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tasks.lock().expect("tasks lock").push(tokio::spawn(fut));
+    /// Runs a background task under supervision: if it panics, `failed` resolves and the
+    /// node must stop. A node that went on without its agent or lease task would keep a
+    /// stale report alive; stopped, its lease lapses and the fence keeper fences PostgreSQL.
+    pub(crate) fn spawn(&self, name: &'static str, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let watcher = supervise(name, tokio::spawn(fut), self.failure.clone());
+        self.tasks.lock().expect("tasks lock").push(watcher);
+    }
+
+    /// Resolves when a background task has panicked, with what happened.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.subscribe();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => return std::future::pending().await,
+        };
+        why
     }
 
     pub fn id(&self) -> u64 {
@@ -285,6 +312,35 @@ impl Node {
     }
 }
 
+/// Waits for `task`; a panic is logged and published on `failure`.
+fn supervise(
+    name: &'static str,
+    task: JoinHandle<()>,
+    failure: Arc<tokio_watch::Sender<Option<String>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Err(e) = task.await else { return };
+        if !e.is_panic() {
+            return;
+        }
+        let payload = e.into_panic();
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        let why = format!("the {name} task panicked: {what}");
+        tracing::error!("{why}: stopping raftpg, so that its lease lapses and the fence keeper fences PostgreSQL");
+        failure.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why);
+            }
+            first
+        });
+    })
+}
+
 fn openraft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
     let r = &cfg.raft;
     let c = openraft::Config {
@@ -316,5 +372,29 @@ async fn serve(router: Router, listener: TcpListener, mut stop: tokio_watch::Rec
         .await;
     if let Err(e) = result {
         tracing::error!("{what} server failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_once_with_its_name_and_message() {
+        let (tx, mut rx) = tokio_watch::channel(None);
+        let failure = Arc::new(tx);
+        let quiet = supervise("quiet", tokio::spawn(async {}), failure.clone());
+        quiet.await.expect("the watcher ends");
+        assert_eq!(*rx.borrow_and_update(), None, "a task that returns is no failure");
+        let first = supervise("agent", tokio::spawn(async { panic!("boom {}", 1) }), failure.clone());
+        first.await.expect("the watcher ends");
+        let second = supervise("lease", tokio::spawn(async { panic!("later") }), failure.clone());
+        second.await.expect("the watcher ends");
+        let why = rx.borrow_and_update().clone();
+        assert_eq!(
+            why.as_deref(),
+            Some("the agent task panicked: boom 1"),
+            "the first failure is kept"
+        );
     }
 }
