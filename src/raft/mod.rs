@@ -12,3 +12,6 @@ pub mod store;
 pub mod types;
 
 pub use types::*;
+
+#[cfg(test)]
+mod golden_tests;

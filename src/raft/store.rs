@@ -21,7 +21,18 @@ pub enum StoreOpenError {
     Corrupt { path: PathBuf, detail: String },
     #[error("cannot open the Raft store at {path}: {source}. Check that the directory exists and is writable")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "the Raft store at {path} has format {found}, written by a newer raftpg; this raftpg reads formats up to \
+         {supported}. Run the newer raftpg on this node: downgrading a node is not supported (README, \"Upgrading raftpg\")"
+    )]
+    Newer { path: PathBuf, found: u32, supported: u32 },
 }
+
+/// The encoding of stored records and of messages between nodes (postcard, golden-tested
+/// in `raft::golden_tests`). Raised only by a change that an older raftpg cannot read; a
+/// node refuses to open a store of a newer format.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &str = "format";
 
 /// The opened database, its trees and the file to fdatasync.
 #[derive(Clone)]
@@ -68,6 +79,7 @@ impl Store {
             })
         };
         let (meta, log, snapshot) = (tree("meta")?, tree("log")?, tree("snapshot")?);
+        check_format(&meta, dir)?;
         let data_file = File::open(dir.join("db")).map_err(io_err)?;
         if created {
             // The directory entry of a new store must survive a crash too.
@@ -132,9 +144,64 @@ impl Store {
     }
 }
 
+/// Records the format of a new store (or of one from before formats were recorded, which
+/// is format 1) and refuses one of a newer format.
+fn check_format(meta: &sled::Tree, dir: &Path) -> Result<(), StoreOpenError> {
+    let corrupt = |detail: String| StoreOpenError::Corrupt {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    match meta.get(FORMAT_KEY).map_err(|e| corrupt(e.to_string()))? {
+        None => {
+            meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                .map_err(|e| corrupt(e.to_string()))?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| corrupt(format!("the store format is {} bytes long, not 4", bytes.len())))?;
+            if found > FORMAT_VERSION {
+                return Err(StoreOpenError::Newer {
+                    path: dir.to_path_buf(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
 pub fn to_io(e: sled::Error) -> io::Error {
     match e {
         sled::Error::Io(e) => e,
         other => io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_records_its_format_and_refuses_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        let store = Store::open(&path).unwrap();
+        let recorded = store.meta.get(FORMAT_KEY).unwrap().unwrap();
+        assert_eq!(recorded.as_ref(), FORMAT_VERSION.to_be_bytes());
+        store
+            .meta
+            .insert(FORMAT_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let err = Store::open(&path).err().expect("a newer format is refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("newer raftpg") && msg.contains(&format!("format {}", FORMAT_VERSION + 1)),
+            "{msg}"
+        );
     }
 }
