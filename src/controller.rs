@@ -32,8 +32,10 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
     let mut last_transfer: Option<Instant> = None;
-    // (generation, first seen) of the pending change, for the switchover timeout.
-    let mut pending_since: Option<(u64, Instant)> = None;
+    // What the controller's timer runs for, and since when: the pending change and its
+    // candidate (the switchover timeout runs from the change, a candidate's from its
+    // promotion), or the member chosen to bootstrap.
+    let mut pending_since: Option<((u64, Option<String>), Instant)> = None;
     let mut changes = node.subscribe();
     loop {
         tokio::select! {
@@ -67,10 +69,15 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
             _ => None,
         };
-        pending_since = match (&state.pending, pending_since) {
+        let watched = match (&state.pending, &state.primary) {
+            (Some(p), _) => Some((state.generation, p.candidate.clone())),
+            (None, None) if state.system_identifier.is_none() => state.bootstrap_node.clone().map(|b| (0, Some(b))),
+            _ => None,
+        };
+        pending_since = match (watched, pending_since) {
             (None, _) => None,
-            (Some(_), Some((g, at))) if g == state.generation => Some((g, at)),
-            (Some(_), _) => Some((state.generation, now)),
+            (Some(w), Some((was, at))) if w == was => Some((was, at)),
+            (Some(w), _) => Some((w, now)),
         };
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<String> = membership
@@ -83,7 +90,9 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             reports: &reports,
             lease_expired_ms,
             voters: &voters,
-            pending_ms: pending_since.map_or(0, |(_, at)| now.duration_since(at).as_millis() as u64),
+            pending_ms: pending_since
+                .as_ref()
+                .map_or(0, |(_, at)| now.duration_since(*at).as_millis() as u64),
             now_unix_ms: now_unix_ms(),
         });
         if decision.reason != last_reason {

@@ -18,3 +18,4 @@ pub mod node;
 pub mod pb;
 pub mod postgres;
 pub mod raft;
+pub mod sim;

@@ -23,9 +23,16 @@ impl Agent {
         match action {
             Action::Initdb => {
                 tracing::info!("initdb into {}", pg.ctl.data_dir.display());
+                let marker = &pg.initdb_marker;
+                std::fs::write(
+                    marker,
+                    "initdb started; a database found with this file is incomplete\n",
+                )
+                .with_context(|| format!("cannot write {}", marker.display()))?;
                 pg.empty_data_dir()?;
                 pg.ctl.initdb(&pg.superuser, Duration::from_secs(120)).await?;
                 pg.write_conf(state, None, false)?;
+                std::fs::remove_file(marker).with_context(|| format!("cannot remove {}", marker.display()))?;
             }
             Action::StartPrimary { gated } => {
                 pg.set_standby_signal(false)?;
@@ -120,7 +127,14 @@ impl Agent {
                 };
                 self.propose(cmd).await?;
             }
-            Action::Clone => self.clone_from_primary(state).await?,
+            Action::Clone => {
+                self.clone_from_primary(state).await?;
+                // A clone replaced whatever a partial initdb left.
+                if pg.initdb_marker.exists() {
+                    std::fs::remove_file(&pg.initdb_marker)
+                        .with_context(|| format!("cannot remove {}", pg.initdb_marker.display()))?;
+                }
+            }
             Action::Rewind => self.rewind(state).await?,
             Action::StartStandby => {
                 let upstream = pg.upstream(state);
@@ -148,6 +162,10 @@ impl Agent {
     async fn bootstrap(&self) -> anyhow::Result<()> {
         let pg = &self.pg;
         let client = connect(&pg.local_conninfo()).await?;
+        // The first primary runs its quorum from the start (`sync_config_for`), and no
+        // standby can connect before the replication role exists: these commits are
+        // raftpg's own and wait for no standby.
+        client.batch_execute("SET synchronous_commit = local").await?;
         let role = &pg.replication_user;
         let exists = client
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])

@@ -118,15 +118,18 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         observer: Observer::default(),
         noop_rewind: None,
     };
-    node.spawn(lease_loop(
-        node.clone(),
-        agent.pg.clone(),
-        agent.holder.clone(),
-        agent.outbox.clone(),
-        agent.wake_reporter.clone(),
-        stop.clone(),
-    ));
-    node.spawn(agent.run(stop));
+    node.spawn(
+        "lease",
+        lease_loop(
+            node.clone(),
+            agent.pg.clone(),
+            agent.holder.clone(),
+            agent.outbox.clone(),
+            agent.wake_reporter.clone(),
+            stop.clone(),
+        ),
+    );
+    node.spawn("agent", agent.run(stop));
 }
 
 impl Agent {
@@ -200,14 +203,16 @@ impl Agent {
         let requested = state.requests_of(&self.pg.me);
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
         let wal_end = match (&role, &local) {
-            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() => match self.wal_end_read {
-                Some((g, end)) if g == state.generation => end,
-                _ => {
-                    let end = self.wal_end(c).await;
-                    self.wal_end_read = Some((state.generation, end));
-                    end
+            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() || c.was_primary() => {
+                match self.wal_end_read {
+                    Some((g, end)) if g == state.generation => end,
+                    _ => {
+                        let end = self.wal_end(c).await;
+                        self.wal_end_read = Some((state.generation, end));
+                        end
+                    }
                 }
-            },
+            }
             _ => {
                 self.wal_end_read = None;
                 None
@@ -365,7 +370,9 @@ impl Agent {
     }
 
     async fn observe_local(&mut self) -> Local {
-        if !self.pg.ctl.has_data() {
+        // A partial initdb (raftpg died during it) is no database: it is made again, or,
+        // on a member that does not bootstrap, replaced by a clone.
+        if !self.pg.ctl.has_data() || self.pg.initdb_marker.exists() {
             self.observer = Observer::default();
             return Local::NoData;
         }

@@ -27,6 +27,9 @@ pub struct PgNode {
     pub node_parameters: std::collections::BTreeMap<String, String>,
     pub reclone_on_rewind_failure: bool,
     pub start_timeout: Duration,
+    /// Present while initdb runs: a database found with it is a partial initdb (raftpg
+    /// died during it) and counts as no database, to be made again.
+    pub initdb_marker: PathBuf,
 }
 
 impl PgNode {
@@ -85,6 +88,7 @@ impl PgNode {
             replication_password,
             node_parameters: p.parameters.clone(),
             reclone_on_rewind_failure: p.reclone_on_rewind_failure,
+            initdb_marker: base.join("initdb.incomplete"),
             start_timeout: Duration::from_secs(p.start_timeout_s),
         };
         node.write_passfile(&base.join("pgpass"))?;
@@ -173,8 +177,9 @@ impl PgNode {
 
     /// postgresql.conf for `state`, streaming from `upstream` (or from nobody).
     pub fn render_conf(&self, state: &ClusterState, upstream: Option<&Upstream>) -> String {
-        let sync: Vec<String> = state.sync_standbys.iter().cloned().collect();
-        let sync_names = conf::sync_standby_names(state.sync_quorum(), &sync);
+        let want = state.sync_config_for(&self.me);
+        let sync: Vec<String> = want.standbys.into_iter().collect();
+        let sync_names = conf::sync_standby_names(want.k, &sync);
         conf::render_postgresql_conf(&ConfInputs {
             port: self.ctl.port,
             listen_addresses: &self.ctl.listen_addresses,

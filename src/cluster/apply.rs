@@ -54,19 +54,27 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
         return Err(Rejection::NotInitialized);
     }
     let sync_before = state.sync_config();
+    let was_pending = state.pending.is_some();
+    let had_candidate = state.pending.as_ref().is_some_and(|p| p.candidate.is_some());
     let message = apply_inner(state, cmd)?;
-    // The primary may still run the configuration it had: keep it until it confirms the new one.
-    let new_primary = matches!(
-        cmd,
-        Command::Bootstrap { .. } | Command::Promote { .. } | Command::RecordTimeline { .. }
-    );
-    if new_primary {
-        state.sync_unconfirmed.clear();
-    } else if state.sync_config() != sync_before
-        && state.primary.is_some()
-        && !state.sync_unconfirmed.contains(&sync_before)
-    {
-        state.sync_unconfirmed.push(sync_before);
+    match cmd {
+        // A new primary runs the current configuration from its first commit on.
+        Command::Bootstrap { .. } => state.sync_unconfirmed.clear(),
+        Command::RecordTimeline { .. } if was_pending => state.sync_unconfirmed.clear(),
+        // The candidate may never record its timeline and be replaced (`BeginFailover`):
+        // the configuration the fenced primary ran is kept, last, for the next election.
+        Command::Promote { .. } if !had_candidate => {
+            state.sync_unconfirmed.retain(|c| *c != sync_before);
+            state.sync_unconfirmed.push(sync_before);
+        }
+        // The primary may still run the configuration it had: keep it until it confirms the new one.
+        _ if state.sync_config() != sync_before
+            && state.primary.is_some()
+            && !state.sync_unconfirmed.contains(&sync_before) =>
+        {
+            state.sync_unconfirmed.push(sync_before)
+        }
+        _ => {}
     }
     state.revision += 1;
     Ok(Applied {
@@ -106,31 +114,8 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             forced,
             reason,
         } => {
-            check_generation(state, *generation)?;
-            if let Some(to) = to {
-                known(state, to)?;
-            }
-            // A change whose candidate is not chosen yet may be superseded: a switchover
-            // whose old primary did not stop cleanly in time, a requested target that
-            // lacks acknowledged writes, or a forced failover out of a stuck one.
-            let stalled = state.pending.take_if(|p| p.candidate.is_none());
-            if let Some(p) = &stalled {
-                state.primary = p.from.as_ref().map(|f| Primary {
-                    node: f.clone(),
-                    generation: state.generation,
-                    timeline: None,
-                });
-            }
-            match begin(state, PendingKind::Failover, to.clone(), *forced, reason) {
-                Ok(m) => m,
-                Err(e) => {
-                    if stalled.is_some() {
-                        state.pending = stalled;
-                        state.primary = None;
-                    }
-                    return Err(e);
-                }
-            }
+            let saved = state.clone();
+            begin_failover(state, *generation, to.as_ref(), *forced, reason).inspect_err(|_| *state = saved)?
         }
         Command::BeginSwitchover { generation, to, reason } => {
             check_generation(state, *generation)?;
@@ -277,6 +262,11 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     not_primary_or_target(state, name)?;
     state.members.remove(name);
     state.sync_standbys.remove(name);
+    // A member chosen to run initdb that is removed is chosen no more: the controller
+    // chooses another (issue 11: the cluster waited for it forever).
+    if state.bootstrap_node.as_deref() == Some(name) {
+        state.bootstrap_node = None;
+    }
     state.restarts.remove(name);
     state.reinits.remove(name);
     Ok(format!("member {name} removed"))
@@ -344,9 +334,66 @@ fn begin(
     ))
 }
 
+/// Whether the candidate of the pending change can have acknowledged no commit before it
+/// records its timeline, so that it may be replaced. In quorum mode with `k >= 1` it runs
+/// `ANY k (...)` from before its promotion (rendered from the state in which it is the
+/// candidate), and no standby streams from it until `RecordTimeline` names it primary:
+/// every commit it takes waits for standbys that never come. `synchronous_mode` cannot
+/// change while a change is pending, and the set only shrinks (`RemoveMember`), so a `k`
+/// of at least 1 now was at least 1 since the promotion. Asynchronous mode has no such
+/// bound: the candidate may have taken writes alone, and only `failover --force`, from an
+/// operator who knows its PostgreSQL is down, replaces it.
+pub fn candidate_acknowledged_nothing(state: &ClusterState) -> bool {
+    state.ha.synchronous_mode == super::SyncMode::Quorum && state.sync_quorum() >= 1
+}
+
+/// Fences the current generation and starts a failover under the next one. A change in
+/// progress may be superseded: one whose candidate is not chosen yet (a switchover whose old
+/// primary did not stop cleanly in time, a requested target that lacks acknowledged writes,
+/// a forced failover out of a stuck one), or one whose candidate never recorded its
+/// timeline (it died or hung mid-promotion) when it acknowledged nothing, or when forced.
+fn begin_failover(
+    state: &mut ClusterState,
+    generation: u64,
+    to: Option<&String>,
+    forced: bool,
+    reason: &str,
+) -> Result<String, Rejection> {
+    check_generation(state, generation)?;
+    if let Some(to) = to {
+        known(state, to)?;
+    }
+    let safe = forced || candidate_acknowledged_nothing(state);
+    if let Some(p) = state.pending.take_if(|p| p.candidate.is_none() || safe) {
+        if p.candidate.is_some() {
+            // Back to the configuration the fenced primary ran (kept last by `Promote`):
+            // the candidate's own acknowledged nothing, so only that one must be covered.
+            if let Some(c) = state.sync_unconfirmed.pop() {
+                state.sync_standbys = c.standbys;
+            }
+        }
+        state.primary = p.from.as_ref().map(|f| Primary {
+            node: f.clone(),
+            generation: state.generation,
+            timeline: None,
+        });
+    }
+    begin(state, PendingKind::Failover, to.cloned(), forced, reason)
+}
+
 fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     let pending = state.pending.as_ref().ok_or(Rejection::NothingPending)?;
+    match pending.candidate.as_deref() {
+        Some(c) if c == node => return Ok(format!("{node} was already told to promote")),
+        Some(c) => {
+            return Err(Rejection::NotEligible {
+                node: node.to_string(),
+                why: format!("{c} was already told to promote under generation {generation}"),
+            })
+        }
+        None => {}
+    }
     // Once a switchover's old primary has stopped cleanly, any standby that received past
     // its shutdown checkpoint holds every write it acknowledged: the controller may promote
     // such a standby when the target stopped too.
@@ -422,6 +469,14 @@ fn record_timeline(
 }
 
 fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Result<String, Rejection> {
+    if key == "synchronous_mode" && state.pending.is_some() {
+        // The election, and the replacement of a stuck candidate, rest on the mode the
+        // fenced primary and the candidate ran.
+        return Err(Rejection::BadConfig(
+            "synchronous_mode cannot change while a failover or switchover is in progress: wait for it (`raftpg ctl list`)"
+                .into(),
+        ));
+    }
     if let Some(name) = key.strip_prefix("postgresql.parameters.") {
         let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if !valid {

@@ -257,8 +257,15 @@ fn stale_generation_is_rejected_everywhere() {
     }
 }
 
+fn promote(generation: u64, node: &str) -> Command {
+    Command::Promote {
+        generation,
+        node: node.into(),
+    }
+}
+
 #[test]
-fn a_second_failover_supersedes_one_without_candidate_only() {
+fn a_second_failover_supersedes_one_without_candidate() {
     let mut s = bootstrapped();
     apply(&mut s, &failover(1)).unwrap();
     apply(&mut s, &failover(2)).unwrap();
@@ -268,15 +275,155 @@ fn a_second_failover_supersedes_one_without_candidate_only() {
         (3, Some("n1")),
         "the old primary is kept"
     );
+}
+
+/// Issue 11's first dead end: a candidate that died between `Promote` and `RecordTimeline`
+/// left the failover pending forever. In quorum mode it acknowledged nothing (no standby
+/// streams from it before `RecordTimeline`), so a failover replaces it; the configuration
+/// the fenced primary ran comes back, so the next election covers its commits again.
+#[test]
+fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
+    let mut s = five_members();
+    let fenced_config = s.sync_config();
+    assert_eq!((fenced_config.standbys.len(), fenced_config.k), (4, 2));
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    assert_eq!(s.sync_standbys, ["n1", "n3", "n4", "n5"].map(String::from).into());
+    assert_eq!(
+        s.sync_unconfirmed.last(),
+        Some(&fenced_config),
+        "kept for a replacement"
+    );
+    assert!(candidate_acknowledged_nothing(&s));
+    // A retried Promote changes nothing; another candidate is refused.
+    let before = s.clone();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    assert_eq!(
+        (&s.sync_unconfirmed, &s.sync_standbys),
+        (&before.sync_unconfirmed, &before.sync_standbys)
+    );
+    assert!(
+        matches!(rejected(&mut s, promote(2, "n3")), Rejection::NotEligible { why, .. } if why.contains("n2 was already"))
+    );
+    // The controller replaces it.
+    apply(&mut s, &failover(2)).unwrap();
+    let p = s.pending.clone().unwrap();
+    assert_eq!((s.generation, p.from.as_deref(), p.candidate), (3, Some("n1"), None));
+    assert_eq!(
+        s.sync_config(),
+        fenced_config,
+        "the fenced primary's configuration is current again"
+    );
+    // The old candidate's late record is stale; it may now be removed or re-cloned.
+    let late = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: None,
+        parent_timeline: None,
+    };
+    assert!(matches!(rejected(&mut s, late), Rejection::StaleGeneration { .. }));
+    apply(&mut s, &Command::Reinit { node: "n2".into() }).unwrap();
+    // The new candidate completes; its record ends the unconfirmed configurations.
+    apply(&mut s, &promote(3, "n3")).unwrap();
     apply(
         &mut s,
-        &Command::Promote {
+        &Command::RecordTimeline {
             generation: 3,
-            node: "n2".into(),
+            node: "n3".into(),
+            timeline: 2,
+            switch_lsn: None,
+            parent_timeline: Some(1),
         },
     )
     .unwrap();
-    assert_eq!(rejected(&mut s, failover(3)), Rejection::AlreadyPending);
+    assert_eq!(s.primary_name(), Some("n3"));
+    assert!(s.sync_unconfirmed.is_empty());
+    assert_eq!(s.history.last().unwrap().from.as_deref(), Some("n1"));
+}
+
+#[test]
+fn in_asynchronous_mode_only_a_forced_failover_replaces_a_candidate() {
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "synchronous_mode".into(),
+            value: Some("off".into()),
+        },
+    )
+    .unwrap();
+    apply(&mut s, &failover(1)).unwrap();
+    // The mode the election and the replacement rest on is fixed until the change ends.
+    let quorum = Command::SetConfig {
+        key: "synchronous_mode".into(),
+        value: Some("quorum".into()),
+    };
+    assert!(matches!(rejected(&mut s, quorum), Rejection::BadConfig(m) if m.contains("in progress")));
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    assert!(
+        !candidate_acknowledged_nothing(&s),
+        "k = 0: it may have taken writes alone"
+    );
+    assert_eq!(rejected(&mut s, failover(2)), Rejection::AlreadyPending);
+    let forced = Command::BeginFailover {
+        generation: 2,
+        to: Some("n3".into()),
+        forced: true,
+        reason: "operator: n2 is down".into(),
+    };
+    apply(&mut s, &forced).unwrap();
+    let p = s.pending.clone().unwrap();
+    assert_eq!((s.generation, p.to.as_deref(), p.forced), (3, Some("n3"), true));
+}
+
+/// A retried `RecordTimeline` must not forget a configuration the primary has not confirmed.
+#[test]
+fn a_retried_record_keeps_unconfirmed_configurations() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    let record = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: None,
+        parent_timeline: Some(1),
+    };
+    apply(&mut s, &record).unwrap();
+    let set = Command::SetSyncStandbys {
+        generation: 2,
+        standbys: vec!["n3".into()],
+    };
+    apply(&mut s, &set).unwrap();
+    assert_eq!(s.sync_unconfirmed.len(), 1);
+    apply(&mut s, &record).unwrap();
+    assert_eq!(s.sync_unconfirmed.len(), 1, "still unconfirmed");
+}
+
+fn five_members() -> ClusterState {
+    let mut s = bootstrapped();
+    for (name, id) in [("n4", 4), ("n5", 5)] {
+        apply(
+            &mut s,
+            &Command::AddMember {
+                member: member(name, id),
+            },
+        )
+        .unwrap();
+    }
+    let standbys = vec!["n2".into(), "n3".into(), "n4".into(), "n5".into()];
+    apply(
+        &mut s,
+        &Command::SetSyncStandbys {
+            generation: 1,
+            standbys,
+        },
+    )
+    .unwrap();
+    let config = s.sync_config();
+    apply(&mut s, &Command::ConfirmSync { generation: 1, config }).unwrap();
+    s
 }
 
 #[test]

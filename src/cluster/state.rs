@@ -203,6 +203,25 @@ impl ClusterState {
         }
     }
 
+    /// The synchronous configuration `me`'s PostgreSQL must run: the current one, or, for
+    /// the member chosen to bootstrap, the one `Bootstrap` will record. Otherwise the first
+    /// primary would run without a quorum between its first start and its next
+    /// reconfiguration, and a write it acknowledged then could be on no standby (the
+    /// simulation found this).
+    pub fn sync_config_for(&self, me: &str) -> SyncConfig {
+        let bootstrapping =
+            self.primary.is_none() && self.system_identifier.is_none() && self.bootstrap_node.as_deref() == Some(me);
+        if !bootstrapping {
+            return self.sync_config();
+        }
+        let standbys = self.others(me);
+        let k = match self.ha.synchronous_mode {
+            super::SyncMode::Quorum => standbys.len().div_ceil(2),
+            super::SyncMode::Off => 0,
+        };
+        SyncConfig { standbys, k }
+    }
+
     /// Every member except `name`: the sync set of `name` as primary.
     pub fn others(&self, name: &str) -> BTreeSet<String> {
         self.members.keys().filter(|m| *m != name).cloned().collect()

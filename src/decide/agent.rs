@@ -63,8 +63,8 @@ pub struct AgentInput<'a> {
     /// This node, primary of the applied generation, stopped its PostgreSQL because it
     /// hung (it could not prove a commit before its lease ran out).
     pub fenced_hung: bool,
-    /// During a primary change, a stopped standby's database: where its WAL on disk ends
-    /// (`(lsn, timeline)`, read with pg_waldump), when that could be read.
+    /// During a primary change, a stopped standby's or primary's database: where its WAL
+    /// on disk ends (`(lsn, timeline)`, read with pg_waldump), when that could be read.
     pub wal_end: Option<(u64, u32)>,
     /// During a primary change: how long the WAL receiver has kept running since this
     /// standby stopped following (its `primary_conninfo` emptied).
@@ -408,6 +408,13 @@ fn candidate(i: &AgentInput) -> Decision {
     }
 }
 
+/// This stopped database's WAL ends on a timeline the history does not record: it was
+/// promoted as a candidate that was then replaced.
+fn promoted_unrecorded(i: &AgentInput) -> bool {
+    let recorded = i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0);
+    i.wal_end.is_some_and(|(_, tl)| tl > recorded)
+}
+
 /// The final report of a member that holds no acknowledged write of the fenced
 /// generation: timeline 0, which counts towards the reports needed and is never promoted.
 fn holds_nothing(g: u64, why: &str) -> Decision {
@@ -480,6 +487,20 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
                 "a primary change is under way: starting in recovery, not streaming, to report my position",
             ),
         },
+        // A candidate replaced before it recorded its timeline (it died or hung right after
+        // pg_promote) holds what it received as a standby, so every acknowledged write it
+        // had: its WAL ends on a timeline newer than any the history records, which no
+        // other database can (an old primary or a half-done rewind is on a recorded one).
+        Local::Stopped { control: Some(_) } if !old_primary && promoted_unrecorded(i) => {
+            let (flushed, tl) = i.wal_end.expect("checked by promoted_unrecorded");
+            let mut d = Decision::idle(format!(
+                "stopped after a promotion that was never recorded; final position {} on timeline {tl}, read from my \
+                 WAL on disk, waiting for the controller",
+                lsn(flushed)
+            ));
+            d.final_position = Some((flushed, tl));
+            d
+        }
         // Only a WAL receiver acknowledges a commit. A member with no database, or whose
         // database is not a standby's (a rewind or clone that failed part-way, an old
         // primary of an earlier generation), streamed nothing from the fenced primary that

@@ -613,7 +613,8 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         assert!(matches!(role, Wanted::Fenced | Wanted::OldPrimary), "{}", ctx());
         assert!(i.state.pending.is_some());
     }
-    // A real position comes only from a standby that stopped streaming; "I hold nothing"
+    // A real position comes only from a standby that stopped streaming, or from a database
+    // whose WAL is on a timeline no one recorded (a replaced candidate); "I hold nothing"
     // (timeline 0) only from a member without a standby's database, never the old primary.
     match d.final_position {
         Some((_, 0)) => {
@@ -630,7 +631,9 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         }
         Some(at) => assert!(
             matches!(i.local, Local::Standby(pg) if pg.walreceiver.is_none() && pg.timeline.is_some())
-                || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_standby() && i.wal_end == Some(at)),
+                || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_standby() && i.wal_end == Some(at))
+                || matches!(i.local, Local::Stopped { control: Some(_) } if i.wal_end == Some(at)
+                    && at.1 > i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0)),
             "{}",
             ctx()
         ),
@@ -823,6 +826,21 @@ fn a_member_without_a_standby_database_reports_that_it_holds_nothing() {
     // The old primary itself is not a standby of the fenced generation: it reports nothing.
     let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Expired));
     assert_eq!(d.final_position, None, "{d:?}");
+    // A replaced candidate's database, promoted to a timeline the history does not record,
+    // holds what it received as a standby: it reports where its WAL ends (found by the
+    // simulation, seed 593: it said "nothing", and a standby without an acknowledged
+    // write was promoted).
+    let promoted = stopped("in production", 1, 0x500);
+    let mut i = input("n1", &s, &promoted, LeaseView::Expired);
+    let recorded = s.history.iter().map(|h| h.timeline).max().unwrap_or(0);
+    i.wal_end = Some((0x600, recorded + 1));
+    assert_eq!(decide(&i).final_position, Some((0x600, recorded + 1)));
+    i.wal_end = Some((0x600, recorded));
+    assert_eq!(
+        decide(&i).final_position,
+        Some((0, 0)),
+        "on a recorded timeline: an old primary"
+    );
     // A standby's stopped database is started in recovery and reports its real position.
     let d = decide(&input(
         "n1",

@@ -56,7 +56,9 @@ pub struct ControllerInput<'a> {
     pub lease_expired_ms: Option<u64>,
     /// Members that are Raft voters (learners never join the synchronous set).
     pub voters: &'a BTreeSet<String>,
-    /// How long this leader has seen the current pending change.
+    /// How long this leader has seen the current pending change (since its candidate was
+    /// told to promote, once there is one), or, before the first primary, the current
+    /// choice of the member that bootstraps.
     pub pending_ms: u64,
     /// Wall clock, for scheduled switchovers only (never for safety).
     pub now_unix_ms: u64,
@@ -102,7 +104,7 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     }
     if let Some(p) = &s.pending {
         return match &p.candidate {
-            Some(c) => idle(format!("waiting for {c} to promote and record its timeline")),
+            Some(c) => promoting(i, c),
             None if p.kind == PendingKind::Switchover => switchover(i),
             None => choose_candidate(i),
         };
@@ -311,17 +313,95 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
     }
 }
 
+/// How long a candidate told to promote may take to record its timeline before another
+/// is chosen, when it is silent or reports a PostgreSQL that cannot promote (down, no
+/// data, unobservable). One that reports progress (in recovery, or promoted) gets
+/// `CANDIDATE_PROGRESS_FACTOR` times longer: pg_promote first replays what it received.
+pub fn candidate_timeout_ms(lease_ms: u64) -> u64 {
+    2 * lease_ms + 1_000
+}
+pub const CANDIDATE_PROGRESS_FACTOR: u64 = 4;
+
+/// A candidate was told to promote: wait for its `RecordTimeline`, or replace it when it
+/// died or hung mid-promotion and it acknowledged nothing (`apply::candidate_acknowledged_nothing`).
+fn promoting(i: &ControllerInput, c: &str) -> ControllerDecision {
+    let s = i.state;
+    let report = i.reports.get(c).filter(|r| r.generation == s.generation);
+    let progressing = report.is_some_and(|r| matches!(r.pg, PgRole::Primary | PgRole::Standby));
+    let factor = if progressing { CANDIDATE_PROGRESS_FACTOR } else { 1 };
+    let limit = candidate_timeout_ms(s.ha.lease_ms) * factor;
+    if i.pending_ms <= limit {
+        return idle(format!("waiting for {c} to promote and record its timeline"));
+    }
+    let how = match report {
+        None => "sends no report".to_string(),
+        Some(r) => format!("reports its PostgreSQL {:?}: {}", r.pg, r.reason),
+    };
+    if !crate::cluster::candidate_acknowledged_nothing(s) {
+        return idle(format!(
+            "{c} was told to promote {} ms ago and {how}; in asynchronous mode it may have accepted writes alone, \
+             so it is not replaced automatically: once its PostgreSQL is surely down, run \
+             `raftpg ctl failover --force --to NAME`",
+            i.pending_ms
+        ));
+    }
+    act(
+        ControllerAction::Propose(Command::BeginFailover {
+            generation: s.generation,
+            to: None,
+            forced: false,
+            reason: format!(
+                "{c} was told to promote {} ms ago and has not recorded its timeline ({how}); it acknowledged \
+                 nothing, as no standby streams from it before then: choosing another candidate",
+                i.pending_ms
+            ),
+        }),
+        format!("{c} did not finish its promotion ({how}): replacing it"),
+    )
+}
+
 fn bootstrap(i: &ControllerInput) -> ControllerDecision {
     let s = i.state;
+    let with_empty_data = |m: &&crate::cluster::Member| {
+        !m.tags.nofailover && i.reports.get(&m.name).is_some_and(|r| r.pg == PgRole::NoData)
+    };
     if let Some(b) = &s.bootstrap_node {
-        return idle(format!("waiting for {b} to bootstrap"));
+        // initdb, the first start and `Bootstrap` take seconds. A chosen member that is
+        // silent (it died during initdb), or that reports a PostgreSQL neither empty nor
+        // running, is replaced by another with an empty data directory. Another database
+        // it may have made is never recorded: `Bootstrap` comes only from the chosen member,
+        // and as a standby of the recorded primary it is fenced and re-cloned.
+        let report = i.reports.get(b);
+        let progressing = report.is_some_and(|r| matches!(r.pg, PgRole::NoData | PgRole::Primary));
+        let factor = if progressing { CANDIDATE_PROGRESS_FACTOR } else { 1 };
+        if i.pending_ms <= candidate_timeout_ms(s.ha.lease_ms) * factor {
+            return idle(format!("waiting for {b} to bootstrap"));
+        }
+        let how = match report {
+            None => "sends no report".to_string(),
+            Some(r) => format!("reports its PostgreSQL {:?}: {}", r.pg, r.reason),
+        };
+        let other = s
+            .members
+            .values()
+            .filter(|m| m.name != *b)
+            .filter(with_empty_data)
+            .min_by_key(|m| m.id);
+        return match other {
+            Some(m) => act(
+                ControllerAction::Propose(Command::ChooseBootstrap { node: m.name.clone() }),
+                format!(
+                    "{b} has not bootstrapped in {} ms ({how}): {} has an empty data directory and bootstraps instead",
+                    i.pending_ms, m.name
+                ),
+            ),
+            None => idle(format!(
+                "{b} has not bootstrapped in {} ms ({how}), and no other member without nofailover reports an empty data directory",
+                i.pending_ms
+            )),
+        };
     }
-    let chosen = s
-        .members
-        .values()
-        .filter(|m| !m.tags.nofailover)
-        .filter(|m| i.reports.get(&m.name).is_some_and(|r| r.pg == PgRole::NoData))
-        .min_by_key(|m| m.id);
+    let chosen = s.members.values().filter(with_empty_data).min_by_key(|m| m.id);
     match chosen {
         Some(m) => act(
             ControllerAction::Propose(Command::ChooseBootstrap { node: m.name.clone() }),
@@ -372,6 +452,35 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         requested: p.to.as_deref(),
         forced: p.forced,
     };
+    // Every other member holds no database that streamed from the old primary (each said
+    // so in its final report): promoting any of them would lose every write the old primary
+    // acknowledged, but the old primary itself, fenced and stopped, holds them all. It is
+    // promoted again under the new generation (found by the simulation, seed 626: a primary
+    // down past `primary_restart_timeout_ms` let its lease lapse while no standby could
+    // take over, and the cluster waited forever).
+    let none_holds_anything = input
+        .standbys
+        .values()
+        .all(|r| r.as_ref().is_some_and(|r| r.timeline == 0));
+    let from_stopped = p.from.as_ref().filter(|f| {
+        i.reports
+            .get(*f)
+            .is_some_and(|r| r.generation == s.generation && r.pg == PgRole::Stopped)
+    });
+    if let (true, Some(from), false) = (none_holds_anything, from_stopped, p.forced) {
+        if p.to.is_none() && s.member(from).is_some_and(|m| !m.tags.nofailover) {
+            return act(
+                ControllerAction::Propose(Command::Promote {
+                    generation: s.generation,
+                    node: from.clone(),
+                }),
+                format!(
+                    "no other member holds a database that streamed from {from}; {from} is stopped and holds every \
+                     write it acknowledged: promoting it again"
+                ),
+            );
+        }
+    }
     match elect(&input) {
         Election::Promote { node, reason } => act(
             ControllerAction::Propose(Command::Promote {

@@ -462,3 +462,171 @@ fn sweep_promotion_never_loses_an_acknowledged_write() {
         }
     }
 }
+
+fn decide_after(s: &ClusterState, reports: &BTreeMap<String, Report>, pending_ms: u64) -> ControllerDecision {
+    decide(&ControllerInput {
+        me: "n3",
+        state: s,
+        reports,
+        lease_expired_ms: None,
+        voters: &voters(),
+        pending_ms,
+        now_unix_ms: 0,
+    })
+}
+
+fn promoting_n2(mode: &str) -> ClusterState {
+    let mut s = booted();
+    let set = Command::SetConfig {
+        key: "synchronous_mode".into(),
+        value: Some(mode.into()),
+    };
+    apply(&mut s, &set).unwrap();
+    let begin = Command::BeginFailover {
+        generation: 1,
+        to: None,
+        forced: false,
+        reason: "lease".into(),
+    };
+    apply(&mut s, &begin).unwrap();
+    apply(
+        &mut s,
+        &Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+    )
+    .unwrap();
+    s
+}
+
+/// Issue 11's first dead end, at the controller: a candidate that died mid-promotion is
+/// replaced after `candidate_timeout_ms`; one that reports progress gets longer.
+#[test]
+fn a_candidate_that_does_not_finish_its_promotion_is_replaced_in_quorum_mode() {
+    let s = promoting_n2("quorum");
+    let limit = candidate_timeout_ms(s.ha.lease_ms);
+    let silent = BTreeMap::new();
+    assert_eq!(decide_after(&s, &silent, limit).action, None, "not before the limit");
+    let d = decide_after(&s, &silent, limit + 1);
+    let Some(ControllerAction::Propose(cmd @ Command::BeginFailover { generation: 2, .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    let mut after = s.clone();
+    apply(&mut after, cmd).unwrap();
+    let p = after.pending.as_ref().unwrap();
+    assert_eq!(
+        (after.generation, p.candidate.as_deref(), p.from.as_deref()),
+        (3, None, Some("n1"))
+    );
+    // The replacement's election needs the fenced primary's quorum again.
+    let d = decide_after(&after, &silent, 0);
+    assert!(d.reason.contains("waiting for"), "{}", d.reason);
+
+    // A candidate that is replaying or promoted gets CANDIDATE_PROGRESS_FACTOR times longer;
+    // one whose PostgreSQL cannot promote does not.
+    for (pg, wait) in [
+        (PgRole::Standby, limit * CANDIDATE_PROGRESS_FACTOR),
+        (PgRole::Primary, limit * CANDIDATE_PROGRESS_FACTOR),
+        (PgRole::Stopped, limit),
+        (PgRole::NoData, limit),
+        (PgRole::Unknown, limit),
+    ] {
+        let reports = BTreeMap::from([("n2".to_string(), report(2, pg, None))]);
+        assert_eq!(decide_after(&s, &reports, wait).action, None, "{pg:?}");
+        assert!(
+            matches!(
+                decide_after(&s, &reports, wait + 1).action,
+                Some(ControllerAction::Propose(Command::BeginFailover { .. }))
+            ),
+            "{pg:?}"
+        );
+    }
+    // A report from another generation is no progress.
+    let old = BTreeMap::from([("n2".to_string(), report(1, PgRole::Standby, None))]);
+    assert!(decide_after(&s, &old, limit + 1).action.is_some());
+}
+
+#[test]
+fn in_asynchronous_mode_a_stuck_candidate_waits_for_the_operator() {
+    let s = promoting_n2("off");
+    let d = decide_after(&s, &BTreeMap::new(), 10 * candidate_timeout_ms(s.ha.lease_ms));
+    assert_eq!(d.action, None);
+    assert!(d.reason.contains("failover --force"), "{}", d.reason);
+}
+
+/// Issue 11's second dead end: a member chosen to bootstrap that died during initdb
+/// stalled the cluster forever. Another member with an empty data directory takes over.
+#[test]
+fn a_member_chosen_to_bootstrap_that_does_not_is_replaced() {
+    let s = three_members(&[Command::ChooseBootstrap { node: "n1".into() }]);
+    let limit = candidate_timeout_ms(s.ha.lease_ms);
+    let empty = |g| report(g, PgRole::NoData, None);
+    let others = BTreeMap::from([("n2".to_string(), empty(0)), ("n3".to_string(), empty(0))]);
+    assert_eq!(decide_after(&s, &others, limit).action, None, "not before the limit");
+    assert_eq!(
+        decide_after(&s, &others, limit + 1).action,
+        Some(ControllerAction::Propose(Command::ChooseBootstrap {
+            node: "n2".into()
+        })),
+        "silent: replaced by the lowest id with an empty data directory"
+    );
+    // Running initdb (still empty) or started: given longer. Stuck otherwise.
+    for (pg, wait) in [
+        (PgRole::NoData, limit * CANDIDATE_PROGRESS_FACTOR),
+        (PgRole::Primary, limit * CANDIDATE_PROGRESS_FACTOR),
+        (PgRole::Stopped, limit),
+        (PgRole::Unknown, limit),
+    ] {
+        let mut reports = others.clone();
+        reports.insert("n1".into(), report(0, pg, None));
+        assert_eq!(decide_after(&s, &reports, wait).action, None, "{pg:?}");
+        assert!(decide_after(&s, &reports, wait + 1).action.is_some(), "{pg:?}");
+    }
+    // Nobody else can: it waits, and says so.
+    let d = decide_after(&s, &BTreeMap::new(), 10 * limit);
+    assert_eq!(d.action, None);
+    assert!(d.reason.contains("no other member"), "{}", d.reason);
+    // Removing the chosen member clears the choice at once.
+    let mut removed = s.clone();
+    apply(&mut removed, &Command::RemoveMember { name: "n1".into() }).unwrap();
+    assert_eq!(removed.bootstrap_node, None);
+    assert_eq!(
+        decide_after(&removed, &others, 0).action,
+        Some(ControllerAction::Propose(Command::ChooseBootstrap {
+            node: "n2".into()
+        }))
+    );
+}
+
+/// Found by the simulation (seed 626): the primary was down past its restart bound and
+/// let its lease lapse, but every other member held a database that never streamed from
+/// it. The old primary, stopped with all it acknowledged, is promoted again.
+#[test]
+fn when_no_other_member_holds_anything_the_stopped_old_primary_is_promoted_again() {
+    let s = failing_over();
+    let nothing = |g| report(g, PgRole::Stopped, Some((0, 0)));
+    let mut reports = BTreeMap::from([("n2".to_string(), nothing(2)), ("n3".to_string(), nothing(2))]);
+    assert_eq!(
+        decide_with("n2", &s, &reports, None).action,
+        None,
+        "n1 has not reported yet"
+    );
+    reports.insert("n1".into(), report(2, PgRole::Stopped, None));
+    assert_eq!(
+        decide_with("n2", &s, &reports, None).action,
+        Some(ControllerAction::Propose(Command::Promote {
+            generation: 2,
+            node: "n1".into()
+        }))
+    );
+    // Not while another member may hold its writes, nor while it may still run.
+    reports.insert("n3".into(), report(2, PgRole::Standby, Some((100, 1))));
+    assert!(!matches!(
+        decide_with("n2", &s, &reports, None).action,
+        Some(ControllerAction::Propose(Command::Promote { ref node, .. })) if node == "n1"
+    ));
+    reports.insert("n3".into(), nothing(2));
+    reports.insert("n1".into(), report(2, PgRole::Unknown, None));
+    assert_eq!(decide_with("n2", &s, &reports, None).action, None);
+}

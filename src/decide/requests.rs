@@ -102,10 +102,13 @@ pub fn switchover(state: &ClusterState, rows: &[MemberRow], to: &str, from: Opti
 pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool) -> Result<Option<String>, Refusal> {
     let target = member(state, rows, to)?;
     not_paused(state)?;
-    if state.pending.as_ref().is_some_and(|p| p.candidate.is_some()) {
-        return Err(Refusal::Precondition(
-            "a promotion is already under way: wait for it (`raftpg ctl list`)".into(),
-        ));
+    let candidate = state.pending.as_ref().and_then(|p| p.candidate.as_deref());
+    if let Some(c) = candidate.filter(|_| !force && !crate::cluster::candidate_acknowledged_nothing(state)) {
+        return Err(Refusal::Precondition(format!(
+            "{c} was told to promote and has not recorded its timeline; in asynchronous mode it may have \
+             accepted writes alone: wait for it (`raftpg ctl list`), or, once its PostgreSQL is surely down, \
+             add --force"
+        )));
     }
     if state.primary_name() == Some(to) && state.pending.is_none() {
         return Err(Refusal::Precondition(format!("{to} is already the primary")));
@@ -231,6 +234,42 @@ mod tests {
             failover(&s, &rows(), "n1", true),
             Err(Refusal::Precondition(_))
         ));
+    }
+
+    /// A candidate that never finishes its promotion can be replaced by an operator: at
+    /// once in quorum mode (it acknowledged nothing), only with --force in async mode.
+    #[test]
+    fn a_failover_may_replace_a_stuck_candidate() {
+        use crate::cluster::{apply, Command};
+        for (mode, plain_ok) in [("quorum", true), ("off", false)] {
+            let mut s = booted();
+            let set = Command::SetConfig {
+                key: "synchronous_mode".into(),
+                value: Some(mode.into()),
+            };
+            apply(&mut s, &set).unwrap();
+            let begin = Command::BeginFailover {
+                generation: 1,
+                to: None,
+                forced: false,
+                reason: "lease".into(),
+            };
+            apply(&mut s, &begin).unwrap();
+            apply(
+                &mut s,
+                &Command::Promote {
+                    generation: 2,
+                    node: "n2".into(),
+                },
+            )
+            .unwrap();
+            let plain = failover(&s, &rows(), "n3", false);
+            assert_eq!(plain.is_ok(), plain_ok, "{mode}: {plain:?}");
+            if !plain_ok {
+                assert!(matches!(plain, Err(Refusal::Precondition(m)) if m.contains("--force")));
+            }
+            assert!(failover(&s, &rows(), "n3", true).is_ok(), "{mode}");
+        }
     }
 
     #[test]

@@ -358,6 +358,11 @@ impl Controldata {
         self.state == "shut down"
     }
 
+    /// The server was last a primary, stopped cleanly or not.
+    pub fn was_primary(&self) -> bool {
+        matches!(self.state.as_str(), "shut down" | "in production")
+    }
+
     /// The server was last a standby (stopped cleanly or not while in recovery). A primary
     /// that crashed during crash recovery says "in crash recovery": not a standby.
     pub fn was_standby(&self) -> bool {

@@ -1,0 +1,1358 @@
+//! A deterministic simulation of the composed protocol: every node's real agent decisions
+//! (`decide::agent`), the real controller (`decide::controller`, with the real election)
+//! and the real replicated state (`cluster::apply`), over a model of PostgreSQL, of Raft
+//! and of the network, under random faults. Seeded, single-threaded, no I/O and no clock:
+//! the same seed gives the same run, and a failing seed prints the trace that replays it.
+//!
+//! What is modelled, and how:
+//! - **Time** advances in steps of `STEP_MS`; each node's clock runs at its own rate (up
+//!   to 5 % fast or slow, inside the 10 % the lease assumes).
+//! - **Raft** is one linearizable log: a proposal commits at once if its node reaches the
+//!   leader; the leader is a live node in a group holding a majority, and a new one is
+//!   elected `ELECTION_MS` after the old one is lost. Nodes cut off from the leader keep
+//!   deciding on the state they last applied.
+//! - **The lease** mirrors `lease::Holder` (send time + lease on the holder's clock), the
+//!   leader's `lease::Book` (deadline `controller_deadline`, restarted with each tenure)
+//!   and the fence keeper (armed with the last expiry, surviving a raftpg restart).
+//! - **PostgreSQL** (`FakePg`): WAL as a list of records with their timeline, a timeline
+//!   counter, clean or crashed stops, standby or primary control data, streaming (a standby
+//!   receives while its WAL is a prefix of its upstream's), `ANY k` quorum commit with
+//!   acknowledgements only once `k` listed standbys flushed, promote, pg_rewind (back to the
+//!   common prefix), pg_basebackup, crash and freeze.
+//! - **Clients** write to every node whose own view names it primary and whose PostgreSQL
+//!   runs as one, as clients behind Patroni-style health checks do.
+//!
+//! Not modelled: openraft itself (elections, terms, log replication), the gRPC transport,
+//! the effects code in `agent/` (actions are carried out by the model below), message
+//! delays within a step, disk-full, pauses, switchovers and membership changes.
+//!
+//! Invariants, checked after every step:
+//! - acknowledgements never go back to an older primary: the epoch (the generation under
+//!   which the acknowledging PostgreSQL became primary) never decreases, and one epoch has
+//!   one node;
+//! - a promotion starts from a WAL that holds every acknowledged write;
+//! - when a PostgreSQL promotes, no PostgreSQL that held a lease still runs as primary.
+//!
+//! Liveness: once every fault heals, a primary is recorded, writable, and acknowledges a
+//! write within `LIVENESS_BOUND_MS`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::cluster::{apply, ClusterState, Command, Member, Tags};
+use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
+use crate::decide::controller::{decide as controller_decide, ControllerAction, ControllerInput, PgRole, Report};
+use crate::lease::controller_deadline;
+use crate::postgres::{conf, Controldata, PgState, Replica};
+
+/// One simulated step.
+pub const STEP_MS: u64 = 50;
+/// A lost Raft leader is replaced after this long.
+pub const ELECTION_MS: u64 = 1_000;
+/// Once all faults heal, a primary acknowledges a write within this long. The worst case,
+/// term by term: an election (1 s); the old lease's controller deadline (2.4 s); final
+/// reports; a candidate that does not finish replaced after `4 x (2 x lease + 1 s)` = 20 s;
+/// a diverged standby rewound after 5 s; with margin for two such rounds.
+pub const LIVENESS_BOUND_MS: u64 = 60_000;
+/// Reports older than this do not count (as `controller::REPORT_MAX_AGE`).
+const REPORT_MAX_AGE_MS: u64 = 2_000;
+
+/// A deliberately broken protocol, to show that the invariants catch it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    #[default]
+    None,
+    /// The controller fences the primary as soon as one renewal is late, without waiting
+    /// for its lease to run out.
+    NoLeaseWait,
+    /// The controller promotes on any one final report, ignoring the quorum the old
+    /// primary ran.
+    IgnoreQuorum,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub nodes: usize,
+    /// Steps with faults, before everything heals.
+    pub fault_steps: u64,
+    /// Faults per thousand steps.
+    pub fault_rate: u64,
+    pub mutation: Mutation,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            fault_steps: 1_200,
+            fault_rate: 25,
+            mutation: Mutation::None,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    /// The first broken invariant, if any.
+    pub violation: Option<String>,
+    /// Time from the heal to the first acknowledged write.
+    pub recovery_ms: Option<u64>,
+    pub acked: usize,
+    pub failovers: u64,
+    /// The last events, to replay the failure by hand.
+    pub trace: Vec<String>,
+}
+
+impl Outcome {
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "seed {}: {} (acknowledged {}, failovers {}, recovery {:?} ms)\n",
+            self.seed,
+            self.violation.as_deref().unwrap_or("ok"),
+            self.acked,
+            self.failovers,
+            self.recovery_ms
+        );
+        for line in &self.trace {
+            let _ = writeln!(out, "  {line}");
+        }
+        out
+    }
+}
+
+/// splitmix64: small, fast, and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn per_mille(&mut self, p: u64) -> bool {
+        self.below(1000) < p
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Down,
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Data {
+    /// (timeline, write id) per record; an LSN is `BASE_LSN + position`.
+    wal: Vec<(u32, u64)>,
+    timeline: u32,
+    /// Stopped cleanly (a checkpoint ends the WAL).
+    clean: bool,
+    /// Last ran in recovery.
+    was_standby: bool,
+    system: u64,
+}
+
+const BASE_LSN: u64 = 0x100;
+
+fn lsn_of(len: usize) -> u64 {
+    BASE_LSN + len as u64
+}
+
+#[derive(Clone, Debug)]
+struct FakePg {
+    data: Option<Data>,
+    run: Run,
+    frozen: bool,
+    /// `primary_conninfo`: the node a standby follows.
+    upstream: Option<usize>,
+    /// Rendered `ANY k (names)`.
+    sync: (Vec<String>, usize),
+    /// Started in recovery on its own timeline (for a final report).
+    pinned: bool,
+    /// Streaming from `upstream` in the last step.
+    streaming: bool,
+    /// The generation under which it became primary.
+    epoch: u64,
+    /// It held a lease as the recorded primary of this epoch.
+    leased: bool,
+}
+
+impl FakePg {
+    fn empty() -> FakePg {
+        FakePg {
+            data: None,
+            run: Run::Down,
+            frozen: false,
+            upstream: None,
+            sync: (Vec::new(), 0),
+            pinned: false,
+            streaming: false,
+            epoch: 0,
+            leased: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.wal.len())
+    }
+
+    fn stop(&mut self, clean: bool) {
+        if self.run == Run::Down {
+            return;
+        }
+        let was_standby = self.run == Run::Standby;
+        if let Some(d) = self.data.as_mut() {
+            d.clean = clean;
+            d.was_standby = was_standby;
+        }
+        self.run = Run::Down;
+        self.frozen = false;
+        self.streaming = false;
+        self.leased = false;
+    }
+}
+
+/// The agent's and lease task's memory: lost when raftpg restarts.
+#[derive(Clone, Debug, Default)]
+struct AgentMemory {
+    /// (generation, expiry on the local clock) of the last granted renewal.
+    lease: Option<(u64, u64)>,
+    /// (generation, since on the local clock): acquiring.
+    acquiring: Option<(u64, u64)>,
+    down_since: Option<u64>,
+    not_streaming_since: Option<u64>,
+    lingering_since: Option<u64>,
+    unproven: bool,
+    fenced_hung: Option<u64>,
+    restarts_done: u64,
+    reinits_done: u64,
+    next_report: u64,
+    fenced_expiry: Option<u64>,
+    report: Option<(Report, bool)>,
+}
+
+#[derive(Clone, Debug)]
+struct SimNode {
+    name: String,
+    /// The raftpg process runs.
+    alive: bool,
+    /// The machine runs (PostgreSQL and the fence keeper with it).
+    host_up: bool,
+    /// Clock rate in thousandths.
+    rate: u64,
+    group: u8,
+    applied: ClusterState,
+    pg: FakePg,
+    mem: AgentMemory,
+    /// The fence keeper's expiry (local clock); survives a raftpg restart.
+    keeper: Option<u64>,
+}
+
+impl SimNode {
+    fn local(&self, now: u64) -> u64 {
+        now * self.rate / 1000
+    }
+}
+
+/// The Raft leader's volatile memory (`lease::Book` and the controller's timer).
+#[derive(Clone, Debug, Default)]
+struct LeaderMemory {
+    reports: BTreeMap<String, (u64, Report)>,
+    /// (primary, generation, leader-local time of the last grant or the tenure's start).
+    clock: Option<(String, u64, u64)>,
+    watched: Option<((u64, Option<String>), u64)>,
+}
+
+struct Ack {
+    node: usize,
+    epoch: u64,
+    id: u64,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    state: ClusterState,
+    nodes: Vec<SimNode>,
+    leader: Option<usize>,
+    leaderless_since: u64,
+    book: LeaderMemory,
+    next_id: u64,
+    /// Writes waiting for their quorum: (node, epoch, id, position).
+    waiting: Vec<(usize, u64, u64, usize)>,
+    acks: Vec<Ack>,
+    acked_ids: BTreeSet<u64>,
+    trace: Vec<String>,
+    last_line: String,
+    violation: Option<String>,
+    failovers: u64,
+    seed: u64,
+}
+
+const TRACE_KEEP: usize = 400;
+
+impl Sim {
+    pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut rng = Rng(seed);
+        let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+        let members: Vec<Member> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Member {
+                name: n.clone(),
+                id: i as u64 + 1,
+                raft_addr: format!("{n}:5433"),
+                grpc_addr: format!("{n}:5434"),
+                pg_addr: format!("{n}:5432"),
+                http_addr: format!("{n}:8008"),
+                tags: Tags::default(),
+            })
+            .collect();
+        let mut state = ClusterState::default();
+        apply(&mut state, &Command::Init { members }).expect("a fresh state takes Init");
+        let nodes = names
+            .iter()
+            .map(|n| SimNode {
+                name: n.clone(),
+                alive: true,
+                host_up: true,
+                rate: 950 + rng.below(101),
+                group: 0,
+                applied: state.clone(),
+                pg: FakePg::empty(),
+                mem: AgentMemory::default(),
+                keeper: None,
+            })
+            .collect();
+        Sim {
+            cfg,
+            rng,
+            now: 0,
+            state,
+            nodes,
+            leader: None,
+            leaderless_since: 0,
+            book: LeaderMemory::default(),
+            next_id: 1,
+            waiting: Vec::new(),
+            acks: Vec::new(),
+            acked_ids: BTreeSet::new(),
+            trace: Vec::new(),
+            last_line: String::new(),
+            violation: None,
+            failovers: 0,
+            seed,
+        }
+    }
+
+    fn log(&mut self, what: String) {
+        // A retry that fails the same way each step says nothing new.
+        if self.last_line == what {
+            return;
+        }
+        self.last_line = what.clone();
+        if self.trace.len() >= TRACE_KEEP {
+            self.trace.remove(0);
+        }
+        self.trace.push(format!("{:>7} ms  {what}", self.now));
+    }
+
+    fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.log(format!("VIOLATION: {what}"));
+            self.violation = Some(what);
+        }
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        let (x, y) = (&self.nodes[a], &self.nodes[b]);
+        x.host_up && y.host_up && x.group == y.group
+    }
+
+    /// The node reaches the Raft leader (and so can commit and apply).
+    fn reaches_leader(&self, i: usize) -> bool {
+        self.nodes[i].alive && self.leader.is_some_and(|l| self.connected(i, l))
+    }
+
+    fn propose(&mut self, i: usize, cmd: Command) -> Result<(), String> {
+        if !self.reaches_leader(i) {
+            return Err("no Raft leader reachable".into());
+        }
+        let name = self.nodes[i].name.clone();
+        self.commit(cmd, &name)
+    }
+
+    fn commit(&mut self, cmd: Command, by: &str) -> Result<(), String> {
+        let line = cmd.to_string();
+        match apply(&mut self.state, &cmd) {
+            Ok(_) => {
+                if matches!(cmd, Command::BeginFailover { .. }) {
+                    self.failovers += 1;
+                }
+                self.log(format!("{by}: commit {line}"));
+                self.sync_applied();
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Every node that reaches the leader applies the latest state.
+    fn sync_applied(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.reaches_leader(i) {
+                self.nodes[i].applied = self.state.clone();
+            }
+        }
+    }
+
+    pub fn run(mut self) -> Outcome {
+        let seed = self.seed;
+        for _ in 0..self.cfg.fault_steps {
+            if self.rng.per_mille(self.cfg.fault_rate) {
+                self.fault();
+            }
+            self.step(true);
+            if self.violation.is_some() {
+                break;
+            }
+        }
+        let mut recovery_ms = None;
+        if self.violation.is_none() {
+            self.heal();
+            let healed_at = self.now;
+            let acked_before = self.acks.len();
+            while self.now - healed_at <= LIVENESS_BOUND_MS && self.violation.is_none() {
+                self.step(true);
+                if self.acks.len() > acked_before && self.state.pending.is_none() {
+                    recovery_ms = Some(self.now - healed_at);
+                    break;
+                }
+            }
+            if recovery_ms.is_none() {
+                let why = format!(
+                    "liveness: no acknowledged write within {LIVENESS_BOUND_MS} ms of the heal; state: primary {:?}, pending {:?}",
+                    self.state.primary, self.state.pending
+                );
+                let nodes: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{}: pg {:?} frozen {} len {} reason: {}",
+                            n.name,
+                            n.pg.run,
+                            n.pg.frozen,
+                            n.pg.len(),
+                            n.mem.report.as_ref().map_or("", |(r, _)| r.reason.as_str())
+                        )
+                    })
+                    .collect();
+                for n in nodes {
+                    self.log(n);
+                }
+                self.violate(why);
+            }
+        }
+        Outcome {
+            seed,
+            violation: self.violation,
+            recovery_ms,
+            acked: self.acks.len(),
+            failovers: self.failovers,
+            trace: self.trace,
+        }
+    }
+
+    fn heal(&mut self) {
+        self.log("heal: every node and host up, PostgreSQL unfrozen, network whole".into());
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].host_up {
+                self.start_host(i);
+            }
+            if !self.nodes[i].alive {
+                self.start_raftpg(i);
+            }
+            let n = &mut self.nodes[i];
+            n.pg.frozen = false;
+            n.group = 0;
+        }
+    }
+
+    fn fault(&mut self) {
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let name = self.nodes[i].name.clone();
+        match self.rng.below(7) {
+            0 if self.nodes[i].alive => {
+                self.log(format!(
+                    "fault: kill raftpg on {name} (PostgreSQL and the fence keeper keep running)"
+                ));
+                self.nodes[i].alive = false;
+            }
+            0 if self.nodes[i].host_up => {
+                self.log(format!("fault: restart raftpg on {name}"));
+                self.start_raftpg(i);
+            }
+            1 if self.nodes[i].host_up => {
+                self.log(format!("fault: crash the host of {name}"));
+                let n = &mut self.nodes[i];
+                n.alive = false;
+                n.host_up = false;
+                n.pg.stop(false);
+                n.keeper = None;
+            }
+            1 => {
+                self.log(format!("fault: {name}'s host comes back"));
+                self.start_host(i);
+            }
+            2 | 3 if self.nodes[i].pg.run != Run::Down => {
+                let frozen = !self.nodes[i].pg.frozen;
+                self.log(format!(
+                    "fault: {} {name}'s PostgreSQL",
+                    if frozen { "freeze" } else { "thaw" }
+                ));
+                self.nodes[i].pg.frozen = frozen;
+            }
+            4 | 5 => {
+                for n in self.nodes.iter_mut() {
+                    n.group = 0;
+                }
+                let cut = self.rng.below(self.nodes.len() as u64) as usize;
+                self.nodes[cut].group = 1;
+                if self.rng.per_mille(300) {
+                    let other = self.rng.below(self.nodes.len() as u64) as usize;
+                    self.nodes[other].group = 1;
+                }
+                let groups: Vec<String> = self.nodes.iter().map(|n| format!("{}:{}", n.name, n.group)).collect();
+                self.log(format!("fault: partition {}", groups.join(" ")));
+            }
+            _ => {
+                self.log("fault: the network heals".into());
+                for n in self.nodes.iter_mut() {
+                    n.group = 0;
+                }
+            }
+        }
+    }
+
+    fn start_host(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.host_up = true;
+        n.pg.frozen = false;
+        self.start_raftpg(i);
+    }
+
+    fn start_raftpg(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.alive = true;
+        n.mem = AgentMemory {
+            next_report: self.now,
+            ..AgentMemory::default()
+        };
+    }
+
+    /// One step of everything.
+    fn step(&mut self, clients: bool) {
+        self.now += STEP_MS;
+        self.raft();
+        self.sync_applied();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                self.agent(i);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                self.lease_loop(i);
+            }
+            self.keeper(i);
+        }
+        if let Some(l) = self.leader {
+            self.controller(l);
+        }
+        self.stream();
+        if clients {
+            self.clients();
+        }
+        self.acknowledge();
+        self.check();
+    }
+
+    fn raft(&mut self) {
+        let n = self.nodes.len();
+        let majority = n / 2 + 1;
+        let group_size = |s: &Sim, i: usize| (0..n).filter(|&j| s.nodes[j].alive && s.connected(i, j)).count();
+        if let Some(l) = self.leader {
+            if !self.nodes[l].alive || group_size(self, l) < majority {
+                self.log(format!("raft: leader {} lost", self.nodes[l].name));
+                self.leader = None;
+                self.leaderless_since = self.now;
+            }
+        }
+        if self.leader.is_none() && self.now - self.leaderless_since >= ELECTION_MS {
+            let able: Vec<usize> = (0..n)
+                .filter(|&i| self.nodes[i].alive && group_size(self, i) >= majority)
+                .collect();
+            if !able.is_empty() {
+                let l = able[self.rng.below(able.len() as u64) as usize];
+                self.leader = Some(l);
+                let local = self.nodes[l].local(self.now);
+                self.book = LeaderMemory {
+                    clock: self
+                        .state
+                        .primary
+                        .as_ref()
+                        .map(|p| (p.node.clone(), p.generation, local)),
+                    ..LeaderMemory::default()
+                };
+                self.log(format!("raft: {} elected leader", self.nodes[l].name));
+            }
+        }
+    }
+
+    /// What the node's PostgreSQL looks like.
+    fn observe(&self, i: usize) -> Local {
+        let n = &self.nodes[i];
+        let Some(d) = &n.pg.data else {
+            return Local::NoData;
+        };
+        if n.pg.frozen {
+            return Local::Unknown("timeout: PostgreSQL does not answer".into());
+        }
+        let conninfo =
+            n.pg.upstream
+                .map(|u| format!("host={}", self.nodes[u].name))
+                .unwrap_or_default();
+        match n.pg.run {
+            Run::Down => Local::Stopped {
+                control: Some(Controldata {
+                    state: match (d.clean, d.was_standby) {
+                        (true, true) => "shut down in recovery",
+                        (true, false) => "shut down",
+                        (false, true) => "in archive recovery",
+                        (false, false) => "in production",
+                    }
+                    .into(),
+                    timeline: Some(d.timeline),
+                    system_identifier: Some(d.system),
+                    checkpoint_lsn: Some(lsn_of(d.wal.len())),
+                    wal_segment_size: Some(16 << 20),
+                }),
+            },
+            Run::Primary => {
+                let replication = (0..self.nodes.len())
+                    .filter(|&j| self.nodes[j].pg.streaming && self.nodes[j].pg.upstream == Some(i))
+                    .map(|j| Replica {
+                        application_name: self.nodes[j].name.clone(),
+                        state: "streaming".into(),
+                        sync_state: "quorum".into(),
+                        flush_lsn: Some(lsn_of(self.nodes[j].pg.len())),
+                    })
+                    .collect();
+                Local::Primary(PgState {
+                    in_recovery: false,
+                    timeline: Some(d.timeline),
+                    write_lsn: Some(lsn_of(d.wal.len())),
+                    receive_lsn: None,
+                    replay_lsn: None,
+                    walreceiver: None,
+                    primary_conninfo: String::new(),
+                    replication,
+                    slots: self.nodes.iter().map(|m| conf::slot_name(&m.name)).collect(),
+                    sync_names: conf::sync_standby_names(n.pg.sync.1, &n.pg.sync.0),
+                    pending_restart: Vec::new(),
+                    timeline_pinned: false,
+                })
+            }
+            Run::Standby => Local::Standby(PgState {
+                in_recovery: true,
+                timeline: Some(d.timeline),
+                write_lsn: None,
+                receive_lsn: Some(lsn_of(d.wal.len())),
+                replay_lsn: Some(lsn_of(d.wal.len())),
+                walreceiver: match (n.pg.streaming, n.pg.upstream) {
+                    (true, _) => Some("streaming".into()),
+                    (false, Some(_)) => Some("waiting".into()),
+                    (false, None) => None,
+                },
+                primary_conninfo: conninfo,
+                replication: Vec::new(),
+                slots: Vec::new(),
+                sync_names: String::new(),
+                pending_restart: Vec::new(),
+                timeline_pinned: n.pg.pinned,
+            }),
+        }
+    }
+
+    fn holder_view(&mut self, i: usize, generation: u64, lease_ms: u64) -> LeaseView {
+        let local = self.nodes[i].local(self.now);
+        let m = &mut self.nodes[i].mem;
+        if m.acquiring.is_none_or(|(g, _)| g != generation) {
+            m.acquiring = Some((generation, local));
+        }
+        let since = m.acquiring.map_or(local, |(_, s)| s);
+        match m.lease {
+            Some((g, e)) if g == generation && local < e => LeaseView::Held,
+            Some((g, _)) if g == generation => LeaseView::Expired,
+            _ if local < since + lease_ms => LeaseView::Acquiring,
+            _ => LeaseView::Expired,
+        }
+    }
+
+    fn agent(&mut self, i: usize) {
+        let state = self.nodes[i].applied.clone();
+        let me = self.nodes[i].name.clone();
+        let local = self.observe(i);
+        let now = self.now;
+        let role = wanted(&state, &me);
+        if role != Wanted::Primary {
+            let m = &mut self.nodes[i].mem;
+            m.lease = None;
+            m.acquiring = None;
+        }
+        {
+            let m = &mut self.nodes[i].mem;
+            let up = matches!(local, Local::Primary(_) | Local::Standby(_));
+            m.down_since = if up { None } else { m.down_since.or(Some(now)) };
+            let streaming = matches!(&local, Local::Standby(pg) if pg.streaming());
+            let following = matches!(role, Wanted::Standby(_)) && matches!(local, Local::Standby(_));
+            m.not_streaming_since = if following && !streaming {
+                m.not_streaming_since.or(Some(now))
+            } else {
+                None
+            };
+            let stopping = matches!(role, Wanted::Fenced | Wanted::OldPrimary);
+            let lingering =
+                matches!(&local, Local::Standby(pg) if pg.primary_conninfo.is_empty() && pg.walreceiver.is_some());
+            m.lingering_since = if stopping && lingering {
+                m.lingering_since.or(Some(now))
+            } else {
+                None
+            };
+        }
+        let lease = self.holder_view(i, state.generation, state.ha.lease_ms);
+        if role == Wanted::Primary {
+            let m = &mut self.nodes[i].mem;
+            match local {
+                Local::Unknown(_) => m.unproven = true,
+                Local::Primary(_) => m.unproven = false,
+                _ => {}
+            }
+            if m.unproven && lease == LeaseView::Expired {
+                m.fenced_hung = Some(state.generation);
+            }
+        }
+        let want_conninfo = match &role {
+            Wanted::Standby(p) if *p != me => Some(format!("host={p}")),
+            _ => None,
+        };
+        let wal_end = match (&role, &local, &self.nodes[i].pg.data) {
+            (Wanted::Fenced, Local::Stopped { control: Some(c) }, Some(d)) if c.was_standby() || c.was_primary() => {
+                Some((lsn_of(d.wal.len()), d.timeline))
+            }
+            _ => None,
+        };
+        let requested = state.requests_of(&me);
+        let m = &self.nodes[i].mem;
+        let since = |t: Option<u64>| t.map_or(0, |t| now - t);
+        let decision = agent_decide(&AgentInput {
+            me: &me,
+            state: &state,
+            local: &local,
+            lease,
+            down_ms: since(m.down_since),
+            not_streaming_ms: since(m.not_streaming_since),
+            gate_lsn: None,
+            want_conninfo: want_conninfo.as_deref(),
+            restart_requested: requested.0 > m.restarts_done,
+            reinit_requested: requested.1 > m.reinits_done,
+            fenced_hung: m.fenced_hung == Some(state.generation),
+            wal_end,
+            receiver_lingering_ms: since(m.lingering_since),
+            disk_full: None,
+        });
+        let report = self.report_of(&state, &local, &decision.reason, decision.final_position, i);
+        self.nodes[i].mem.report = Some((report, decision.renew_lease));
+        for action in &decision.actions {
+            let current = self.nodes[i].applied.clone();
+            if current.generation != state.generation || wanted(&current, &me) != role {
+                break;
+            }
+            if role == Wanted::Primary
+                && matches!(action, Action::StartPrimary { .. } | Action::Promote | Action::OpenGate)
+                && self.holder_view(i, state.generation, state.ha.lease_ms) != LeaseView::Held
+                && !current.paused
+            {
+                break;
+            }
+            match self.execute(i, action, &state, &role) {
+                Ok(()) => {
+                    if *action == Action::StartStandby {
+                        self.nodes[i].mem.not_streaming_since = None;
+                    }
+                }
+                Err(e) => {
+                    self.log(format!("{me}: {action:?} failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn report_of(
+        &self,
+        state: &ClusterState,
+        local: &Local,
+        reason: &str,
+        final_position: Option<(u64, u32)>,
+        i: usize,
+    ) -> Report {
+        let (pg, streaming, timeline, lsn) = match local {
+            Local::NoData => (PgRole::NoData, false, None, None),
+            Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
+            Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
+            Local::Standby(s) => (
+                PgRole::Standby,
+                s.streaming(),
+                s.timeline,
+                s.receive_lsn.max(s.replay_lsn),
+            ),
+            Local::Unknown(_) => (PgRole::Unknown, false, None, None),
+        };
+        let sync_applied = match local {
+            Local::Primary(s) => {
+                let want = state.sync_config();
+                let names: Vec<String> = want.standbys.iter().cloned().collect();
+                (s.sync_names == conf::sync_standby_names(want.k, &names)).then_some(want)
+            }
+            _ => None,
+        };
+        let standby_flush = match local {
+            Local::Primary(s) => s
+                .replication
+                .iter()
+                .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let _ = i;
+        Report {
+            generation: state.generation,
+            pg,
+            streaming,
+            timeline,
+            lsn,
+            standby_flush,
+            final_position,
+            reason: reason.to_string(),
+            sync_applied,
+            pending_restart: false,
+        }
+    }
+
+    fn upstream_of(&self, role: &Wanted) -> Option<usize> {
+        match role {
+            Wanted::Standby(p) => self.nodes.iter().position(|n| n.name == *p),
+            _ => None,
+        }
+    }
+
+    fn render(&mut self, i: usize, state: &ClusterState, role: &Wanted) {
+        let upstream = self.upstream_of(role);
+        let name = self.nodes[i].name.clone();
+        let pg = &mut self.nodes[i].pg;
+        if pg.run == Run::Standby && pg.upstream != upstream {
+            pg.streaming = false;
+        }
+        pg.upstream = upstream;
+        if matches!(role, Wanted::Primary | Wanted::Candidate | Wanted::Bootstrap) {
+            let c = state.sync_config_for(&name);
+            pg.sync = (c.standbys.into_iter().collect(), c.k);
+        }
+    }
+
+    fn execute(&mut self, i: usize, action: &Action, state: &ClusterState, role: &Wanted) -> Result<(), String> {
+        let me = self.nodes[i].name.clone();
+        let frozen = self.nodes[i].pg.frozen;
+        if frozen && !matches!(action, Action::Fence) && !is_proposal(action) {
+            return Err("PostgreSQL does not answer".into());
+        }
+        match action {
+            Action::Initdb => {
+                let system = 1 + self.rng.below(1 << 20);
+                let pg = &mut self.nodes[i].pg;
+                pg.data = Some(Data {
+                    wal: Vec::new(),
+                    timeline: 1,
+                    clean: true,
+                    was_standby: false,
+                    system,
+                });
+                pg.run = Run::Down;
+            }
+            Action::StartPrimary { .. } => {
+                if self.nodes[i].pg.data.is_none() {
+                    return Err("no data directory".into());
+                }
+                self.render(i, state, role);
+                let pg = &mut self.nodes[i].pg;
+                if pg.run == Run::Down {
+                    pg.run = Run::Primary;
+                    pg.upstream = None;
+                    pg.streaming = false;
+                    // The first primary (bootstrap) or a crash restart in place.
+                    if pg.epoch == 0 || state.primary_name() == Some(me.as_str()) {
+                        pg.epoch = state.generation.max(1);
+                    }
+                    pg.leased = role == &Wanted::Primary;
+                }
+            }
+            Action::ProposeBootstrap => {
+                let system = self.nodes[i].pg.data.as_ref().map_or(0, |d| d.system);
+                if self.nodes[i].pg.run != Run::Primary {
+                    return Err("not running as primary".into());
+                }
+                self.propose(
+                    i,
+                    Command::Bootstrap {
+                        node: me.clone(),
+                        system_identifier: system,
+                    },
+                )?;
+                self.nodes[i].pg.epoch = 1;
+            }
+            Action::Fence => {
+                self.nodes[i].pg.stop(false);
+            }
+            Action::CleanStop => {
+                if self.nodes[i].pg.run == Run::Primary {
+                    // A fast shutdown sends all WAL to the connected standbys first.
+                    self.stream();
+                }
+                self.nodes[i].pg.stop(true);
+            }
+            Action::ReportStopped { lsn } => {
+                self.propose(
+                    i,
+                    Command::SwitchoverStopped {
+                        generation: state.generation,
+                        node: me.clone(),
+                        lsn: *lsn,
+                    },
+                )?;
+            }
+            Action::RestartDone => self.nodes[i].mem.restarts_done = state.requests_of(&me).0,
+            Action::ReinitDone => self.nodes[i].mem.reinits_done = state.requests_of(&me).1,
+            Action::Stop => self.nodes[i].pg.stop(true),
+            Action::Reconfigure => self.render(i, state, role),
+            Action::StopStreaming => {
+                let pg = &mut self.nodes[i].pg;
+                pg.upstream = None;
+                pg.streaming = false;
+            }
+            Action::EnsureSlots | Action::OpenGate => {}
+            Action::Promote => {
+                let pg = &self.nodes[i].pg;
+                if pg.run != Run::Standby {
+                    return Err("not in recovery".into());
+                }
+                self.promoted(i, state.generation);
+            }
+            Action::RecordTimeline { timeline, .. } => {
+                self.propose(
+                    i,
+                    Command::RecordTimeline {
+                        generation: state.generation,
+                        node: me.clone(),
+                        timeline: *timeline,
+                        switch_lsn: None,
+                        parent_timeline: None,
+                    },
+                )?;
+            }
+            Action::Clone => {
+                let p = self.upstream_of(role).ok_or("no primary to clone from")?;
+                let source = self.source(i, p)?;
+                let pg = &mut self.nodes[i].pg;
+                pg.data = Some(Data {
+                    was_standby: true,
+                    clean: true,
+                    ..source
+                });
+                pg.run = Run::Down;
+            }
+            Action::Rewind => {
+                let p = self.upstream_of(role).ok_or("no primary to rewind onto")?;
+                let source = self.source(i, p)?;
+                let pg = &mut self.nodes[i].pg;
+                if pg.run != Run::Down {
+                    return Err("pg_rewind needs a stopped server".into());
+                }
+                let mine = pg.data.take().ok_or("no data directory")?;
+                let common = if mine.system == source.system {
+                    mine.wal.iter().zip(&source.wal).take_while(|(a, b)| a == b).count()
+                } else {
+                    // Another database: pg_rewind fails, and the member is re-cloned.
+                    source.wal.len()
+                };
+                pg.data = Some(Data {
+                    wal: source.wal[..common].to_vec(),
+                    timeline: source.timeline,
+                    clean: true,
+                    was_standby: true,
+                    system: source.system,
+                });
+            }
+            Action::StartStandby => {
+                if self.nodes[i].pg.data.is_none() {
+                    return Err("no data directory".into());
+                }
+                self.render(i, state, role);
+                let pinned = !matches!(role, Wanted::Standby(_));
+                let pg = &mut self.nodes[i].pg;
+                if pg.run == Run::Down {
+                    pg.run = Run::Standby;
+                    pg.pinned = pinned;
+                    pg.streaming = false;
+                    pg.leased = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data a clone or rewind copies from `p`, if `i` can reach it.
+    fn source(&self, i: usize, p: usize) -> Result<Data, String> {
+        let src = &self.nodes[p].pg;
+        if !self.connected(i, p) || src.run != Run::Primary || src.frozen {
+            return Err(format!("{} is not reachable as a running primary", self.nodes[p].name));
+        }
+        src.data.clone().ok_or_else(|| "the source has no data".into())
+    }
+
+    /// `i`'s PostgreSQL ends recovery under `generation`.
+    fn promoted(&mut self, i: usize, generation: u64) {
+        let name = self.nodes[i].name.clone();
+        // Every acknowledged write must be in the WAL the new primary starts from.
+        let wal: BTreeSet<u64> = self.nodes[i]
+            .pg
+            .data
+            .as_ref()
+            .map(|d| d.wal.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default();
+        if let Some(lost) = self.acked_ids.iter().find(|id| !wal.contains(id)) {
+            self.violate(format!(
+                "{name} promotes under generation {generation} without acknowledged write {lost}"
+            ));
+        }
+        // The lease: no PostgreSQL that held one may still run as primary.
+        for j in 0..self.nodes.len() {
+            let o = &self.nodes[j].pg;
+            if j != i && o.run == Run::Primary && o.leased {
+                let other = self.nodes[j].name.clone();
+                self.violate(format!(
+                    "{name} promotes under generation {generation} while {other} (primary of generation {}, with a lease) still runs",
+                    o.epoch
+                ));
+            }
+        }
+        let pg = &mut self.nodes[i].pg;
+        let d = pg.data.as_mut().expect("a standby has data");
+        let top = d.wal.iter().map(|(t, _)| *t).max().unwrap_or(1).max(d.timeline);
+        d.timeline = top + 1;
+        d.was_standby = false;
+        pg.run = Run::Primary;
+        pg.upstream = None;
+        pg.streaming = false;
+        pg.pinned = false;
+        pg.epoch = generation;
+        pg.leased = false;
+        self.log(format!(
+            "{name}: promoted to timeline {} under generation {generation}",
+            top + 1
+        ));
+    }
+
+    fn lease_loop(&mut self, i: usize) {
+        let local = self.nodes[i].local(self.now);
+        let generation = self.nodes[i].applied.generation;
+        let paused = self.nodes[i].applied.paused;
+        let lease_ms = self.nodes[i].applied.ha.lease_ms;
+        let n = &mut self.nodes[i];
+        let expiry = n.mem.lease.filter(|(g, _)| *g == generation).map(|(_, e)| e);
+        // The keeper is armed with the lease (and, after a restart, what the last one left).
+        n.keeper = match (expiry, n.keeper) {
+            (Some(e), Some(k)) => Some(e.max(k)),
+            (Some(e), None) => Some(e),
+            (None, k) => k.filter(|k| *k > local),
+        };
+        if let Some(e) = expiry.filter(|e| local >= *e && n.mem.fenced_expiry != Some(*e)) {
+            n.mem.fenced_expiry = Some(e);
+            if !paused && n.pg.run != Run::Down {
+                let name = n.name.clone();
+                n.pg.stop(false);
+                self.log(format!("{name}: lease expired: fenced PostgreSQL"));
+            }
+        }
+        let n = &mut self.nodes[i];
+        if self.now < n.mem.next_report {
+            return;
+        }
+        let Some((report, renew)) = n.mem.report.clone() else {
+            return;
+        };
+        if !self.reaches_leader(i) {
+            self.nodes[i].mem.next_report = self.now + 100;
+            return;
+        }
+        let name = self.nodes[i].name.clone();
+        self.book.reports.insert(name.clone(), (self.now, report.clone()));
+        let granted = renew
+            && self.state.pending.is_none()
+            && self.state.generation == report.generation
+            && self.state.primary_name() == Some(name.as_str());
+        if granted {
+            let l = self.leader.expect("reached");
+            let leader_local = self.nodes[l].local(self.now);
+            match &mut self.book.clock {
+                Some((n, g, at)) if *n == name && *g == report.generation => *at = (*at).max(leader_local),
+                c => *c = Some((name.clone(), report.generation, leader_local)),
+            }
+            let n = &mut self.nodes[i];
+            let e = local + lease_ms;
+            if !n.mem.lease.is_some_and(|(g, old)| g == report.generation && old >= e) {
+                n.mem.lease = Some((report.generation, e));
+            }
+            if n.pg.run == Run::Primary && n.pg.epoch == report.generation {
+                n.pg.leased = true;
+            }
+        }
+        self.nodes[i].mem.next_report = self.now + (lease_ms / 4).max(50);
+    }
+
+    /// The fence keeper, alive with its host whatever raftpg does.
+    fn keeper(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let local = n.local(self.now);
+        if !n.host_up || n.applied.paused {
+            return;
+        }
+        if let Some(k) = n.keeper.filter(|k| local >= *k) {
+            n.keeper = None;
+            if n.pg.run != Run::Down {
+                let name = n.name.clone();
+                n.pg.stop(false);
+                self.log(format!("{name}: the fence keeper fenced PostgreSQL (expiry {k})"));
+            }
+        }
+    }
+
+    fn controller(&mut self, l: usize) {
+        let leader_local = self.nodes[l].local(self.now);
+        let s = self.state.clone();
+        let max_age = REPORT_MAX_AGE_MS.max(s.ha.lease_ms);
+        let reports: BTreeMap<String, Report> = self
+            .book
+            .reports
+            .iter()
+            .filter(|(_, (at, _))| self.now - *at <= max_age)
+            .map(|(n, (_, r))| (n.clone(), r.clone()))
+            .collect();
+        let lease_expired_ms = match (&s.primary, s.paused) {
+            (Some(p), false) => {
+                let since = match &self.book.clock {
+                    Some((n, g, at)) if *n == p.node && *g == p.generation => *at,
+                    _ => {
+                        self.book.clock = Some((p.node.clone(), p.generation, leader_local));
+                        leader_local
+                    }
+                };
+                let silent = leader_local - since;
+                let deadline = match self.cfg.mutation {
+                    Mutation::NoLeaseWait => s.ha.lease_ms / 4 + STEP_MS,
+                    _ => controller_deadline(s.ha.lease_ms).as_millis() as u64,
+                };
+                (silent > deadline).then_some(silent)
+            }
+            _ => None,
+        };
+        let watched = match (&s.pending, &s.primary) {
+            (Some(p), _) => Some((s.generation, p.candidate.clone())),
+            (None, None) if s.system_identifier.is_none() => s.bootstrap_node.clone().map(|b| (0, Some(b))),
+            _ => None,
+        };
+        self.book.watched = match (watched, self.book.watched.take()) {
+            (None, _) => None,
+            (Some(w), Some((was, at))) if w == was => Some((was, at)),
+            (Some(w), _) => Some((w, self.now)),
+        };
+        let pending_ms = self.book.watched.as_ref().map_or(0, |(_, at)| self.now - at);
+        let voters: BTreeSet<String> = s.members.keys().cloned().collect();
+        let mut seen = s.clone();
+        if self.cfg.mutation == Mutation::IgnoreQuorum && seen.pending.is_some() {
+            seen.sync_standbys.clear();
+            seen.sync_unconfirmed.clear();
+        }
+        let me = self.nodes[l].name.clone();
+        let d = controller_decide(&ControllerInput {
+            me: &me,
+            state: &seen,
+            reports: &reports,
+            lease_expired_ms,
+            voters: &voters,
+            pending_ms,
+            now_unix_ms: 0,
+        });
+        if let Some(ControllerAction::Propose(cmd)) = d.action {
+            let _ = self.commit(cmd, &format!("controller on {me}"));
+        }
+    }
+
+    /// Standbys receive from their upstream while their WAL is a prefix of its WAL.
+    fn stream(&mut self) {
+        for i in 0..self.nodes.len() {
+            let pg = &self.nodes[i].pg;
+            let Some(p) = pg.upstream.filter(|_| pg.run == Run::Standby && !pg.frozen) else {
+                self.nodes[i].pg.streaming = false;
+                continue;
+            };
+            let src = &self.nodes[p].pg;
+            let ok = self.connected(i, p) && src.run == Run::Primary && !src.frozen;
+            let (Some(mine), Some(theirs)) = (&pg.data, &src.data) else {
+                self.nodes[i].pg.streaming = false;
+                continue;
+            };
+            let follows = ok
+                && mine.system == theirs.system
+                && mine.wal.len() <= theirs.wal.len()
+                && mine.wal[..] == theirs.wal[..mine.wal.len()]
+                && (!pg.pinned || mine.timeline == theirs.timeline);
+            if follows {
+                let (wal, timeline) = (theirs.wal.clone(), theirs.timeline);
+                let pg = &mut self.nodes[i].pg;
+                let d = pg.data.as_mut().expect("checked");
+                d.wal = wal;
+                d.timeline = timeline;
+                pg.streaming = true;
+            } else {
+                self.nodes[i].pg.streaming = false;
+            }
+        }
+    }
+
+    fn clients(&mut self) {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            let believes = n.alive && n.applied.primary_name() == Some(n.name.as_str()) && n.applied.pending.is_none();
+            if !believes || n.pg.run != Run::Primary || n.pg.frozen || !self.rng.per_mille(500) {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let pg = &mut self.nodes[i].pg;
+            let d = pg.data.as_mut().expect("a primary has data");
+            d.wal.push((d.timeline, id));
+            self.waiting.push((i, pg.epoch, id, d.wal.len()));
+        }
+    }
+
+    /// A write is acknowledged once `k` of the standbys its primary lists have flushed it.
+    fn acknowledge(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (i, epoch, id, pos) in waiting {
+            let pg = &self.nodes[i].pg;
+            let intact = pg
+                .data
+                .as_ref()
+                .is_some_and(|d| d.wal.get(pos - 1).is_some_and(|r| r.1 == id));
+            if pg.run != Run::Primary || pg.epoch != epoch || !intact {
+                continue; // outcome unknown to the client: never acknowledged
+            }
+            if pg.frozen {
+                self.waiting.push((i, epoch, id, pos));
+                continue;
+            }
+            let (names, k) = &pg.sync;
+            let flushed = self
+                .nodes
+                .iter()
+                .filter(|s| names.contains(&s.name) && s.pg.streaming && s.pg.upstream == Some(i) && s.pg.len() >= pos)
+                .count();
+            if flushed >= *k {
+                self.record_ack(i, epoch, id);
+            } else {
+                self.waiting.push((i, epoch, id, pos));
+            }
+        }
+    }
+
+    fn record_ack(&mut self, node: usize, epoch: u64, id: u64) {
+        if let Some(last) = self.acks.last() {
+            if epoch < last.epoch || (epoch == last.epoch && node != last.node) {
+                let (a, b) = (self.nodes[last.node].name.clone(), self.nodes[node].name.clone());
+                self.violate(format!(
+                    "split brain: {b} acknowledged write {id} as primary of generation {epoch} after {a} acknowledged write {} as primary of generation {}",
+                    last.id, last.epoch
+                ));
+            }
+        }
+        self.acks.push(Ack { node, epoch, id });
+        self.acked_ids.insert(id);
+    }
+
+    /// The recorded primary, running, holds every acknowledged write.
+    fn check(&mut self) {
+        let Some(p) = self.state.primary.clone().filter(|p| p.timeline.is_some()) else {
+            return;
+        };
+        let Some(i) = self.nodes.iter().position(|n| n.name == p.node) else {
+            return;
+        };
+        let pg = &self.nodes[i].pg;
+        if pg.run != Run::Primary || pg.epoch != p.generation {
+            return;
+        }
+        let wal: BTreeSet<u64> = pg
+            .data
+            .as_ref()
+            .map(|d| d.wal.iter().map(|r| r.1).collect())
+            .unwrap_or_default();
+        if let Some(lost) = self.acked_ids.iter().find(|id| !wal.contains(id)).copied() {
+            self.violate(format!(
+                "{} is the primary of generation {} without acknowledged write {lost}",
+                p.node, p.generation
+            ));
+        }
+    }
+}
+
+fn is_proposal(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::ProposeBootstrap
+            | Action::RecordTimeline { .. }
+            | Action::ReportStopped { .. }
+            | Action::RestartDone
+            | Action::ReinitDone
+    )
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, cfg: &SimConfig) -> Outcome {
+    Sim::new(seed, cfg.clone()).run()
+}
+
+#[cfg(test)]
+mod tests;
