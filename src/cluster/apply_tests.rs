@@ -707,3 +707,26 @@ fn switchover_stop_restart_reinit_and_sync_confirmation() {
     apply(&mut s, &stop("n1")).unwrap();
     assert_eq!(s.pending.as_ref().unwrap().stop_lsn, Some(0x500));
 }
+
+/// Found by the simulation (seed 844): the member chosen to bootstrap started with the
+/// synchronous configuration of a state without a primary (none), so the first primary
+/// acknowledged writes on no standby until its next reconfiguration.
+#[test]
+fn the_member_chosen_to_bootstrap_runs_the_quorum_that_bootstrap_records() {
+    let mut s = initialized();
+    apply(&mut s, &Command::ChooseBootstrap { node: "n1".into() }).unwrap();
+    assert_eq!(s.sync_config().k, 0, "nothing recorded yet");
+    let before = s.sync_config_for("n1");
+    assert_eq!((before.standbys.len(), before.k), (2, 1));
+    assert_eq!(s.sync_config_for("n2"), s.sync_config(), "only the chosen member");
+    apply(
+        &mut s,
+        &Command::Bootstrap {
+            node: "n1".into(),
+            system_identifier: 7,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.sync_config(), before, "what it ran is what Bootstrap records");
+    assert_eq!(s.sync_config_for("n1"), before);
+}
