@@ -369,7 +369,18 @@ fn begin_failover(
             // Back to the configuration the fenced primary ran (kept last by `Promote`):
             // the candidate's own acknowledged nothing, so only that one must be covered.
             if let Some(c) = state.sync_unconfirmed.pop() {
-                state.sync_standbys = c.standbys;
+                // A member removed since keeps counting through the original configuration
+                // (kept unconfirmed), but is no longer in the set (found by the sweep).
+                let members = &state.members;
+                state.sync_standbys = c
+                    .standbys
+                    .iter()
+                    .filter(|n| members.contains_key(*n))
+                    .cloned()
+                    .collect();
+                if state.sync_config() != c {
+                    state.sync_unconfirmed.push(c);
+                }
             }
         }
         state.primary = p.from.as_ref().map(|f| Primary {

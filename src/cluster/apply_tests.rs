@@ -730,3 +730,19 @@ fn the_member_chosen_to_bootstrap_runs_the_quorum_that_bootstrap_records() {
     assert_eq!(s.sync_config(), before, "what it ran is what Bootstrap records");
     assert_eq!(s.sync_config_for("n1"), before);
 }
+
+/// Found by the property sweep: a member removed after the candidate was told to promote
+/// came back into the sync set when the candidate was replaced.
+#[test]
+fn replacing_a_candidate_does_not_bring_back_a_removed_member() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n1")).unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
+    apply(&mut s, &failover(2)).unwrap();
+    assert!(!s.sync_standbys.contains("n2"));
+    assert!(
+        s.sync_unconfirmed.iter().any(|c| c.standbys.contains("n2")),
+        "the fenced primary's configuration still counts"
+    );
+}
