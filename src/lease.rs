@@ -109,12 +109,7 @@ impl Holder {
             h.acquiring = Some((generation, now));
         }
         let since = h.acquiring.map_or(now, |(_, s)| s);
-        match h.lease {
-            Some((g, e)) if g == generation && now < e => LeaseView::Held,
-            Some((g, _)) if g == generation => LeaseView::Expired,
-            _ if now < since + Duration::from_millis(lease_ms) => LeaseView::Acquiring,
-            _ => LeaseView::Expired,
-        }
+        crate::decide::report::lease_view(h.lease, generation, now, since + Duration::from_millis(lease_ms))
     }
 
     /// Expiry of the lease for `generation`, if one was granted.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use raftpg::config::Config;
 use raftpg::logging::{self, LogFormat};
-use raftpg::{ctl, demo, node::Node};
+use raftpg::{ctl, demo};
 
 #[derive(Parser)]
 #[command(
@@ -108,7 +108,7 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     // After a restart in place they were blocked across the exec (see `reexec`): one
     // sent meanwhile is pending, and handled now.
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None);
-    let node = Node::start(cfg).await?;
+    let node = raftpg::app::start(cfg).await?;
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -34,7 +34,7 @@ async fn grow_to_four_members_then_remove_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for k in 1..=3 {
-        nodes.push(Node::start(config(dir.path(), k, 3)).await.unwrap());
+        nodes.push(raftpg::app::start(config(dir.path(), k, 3)).await.unwrap());
     }
     eprintln!("=== three nodes form a group");
     until("a leader with the state initialised", || {
@@ -49,7 +49,7 @@ async fn grow_to_four_members_then_remove_one() {
     assert!(matches!(err, MembershipError::NotLeader(Some(_))), "{err}");
 
     eprintln!("=== n4 starts pristine and does not initialise a group of its own");
-    let n4 = Node::start(config(dir.path(), 4, 4)).await.unwrap();
+    let n4 = raftpg::app::start(config(dir.path(), 4, 4)).await.unwrap();
     let me4 = config(dir.path(), 4, 4).me().to_member();
     lead.add_learner(me4).await.expect("add learner");
     until("n4 receives the replicated state", || {

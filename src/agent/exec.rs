@@ -127,15 +127,15 @@ impl Agent {
                 };
                 self.propose(cmd).await?;
             }
-            Action::Clone => {
-                self.clone_from_primary(state).await?;
+            Action::Clone { from } => {
+                self.clone_from(state, from).await?;
                 // A clone replaced whatever a partial initdb left.
                 if pg.initdb_marker.exists() {
                     std::fs::remove_file(&pg.initdb_marker)
                         .with_context(|| format!("cannot remove {}", pg.initdb_marker.display()))?;
                 }
             }
-            Action::Rewind => self.rewind(state).await?,
+            Action::Rewind { source } => self.rewind(state, source).await?,
             Action::StartStandby => {
                 let upstream = pg.upstream(state);
                 pg.set_standby_signal(true)?;
@@ -246,9 +246,11 @@ impl Agent {
         Ok(created)
     }
 
-    async fn clone_from_primary(&self, state: &ClusterState) -> anyhow::Result<()> {
+    async fn clone_from(&self, state: &ClusterState, from: &str) -> anyhow::Result<()> {
         let pg = &self.pg;
-        let up = pg.upstream(state).context("no primary to clone from")?;
+        let up = pg
+            .upstream_to(state, from)
+            .with_context(|| format!("{from} is not a member to clone from"))?;
         tracing::info!("cloning from {}:{} with pg_basebackup", up.host, up.port);
         pg.empty_data_dir()?;
         pg.ctl
@@ -259,18 +261,17 @@ impl Agent {
     }
 
     /// pg_rewind onto the primary; on failure re-clone if configured, loudly.
-    async fn rewind(&mut self, state: &ClusterState) -> anyhow::Result<()> {
+    async fn rewind(&mut self, state: &ClusterState, primary: &str) -> anyhow::Result<()> {
         let pg = &self.pg;
         let source = pg
-            .primary_superuser_conninfo(state)
-            .context("no primary to rewind onto")?;
-        let primary = state.primary_name().unwrap_or("?").to_string();
+            .superuser_conninfo(state, primary)
+            .with_context(|| format!("{primary} is not a member to rewind onto"))?;
         // A just-promoted primary's control file names its new timeline only after a
         // checkpoint; without one pg_rewind wrongly finds "no rewind required" and the
         // node stays diverged. So no CHECKPOINT, no rewind: the action fails and is retried.
         let client = pg
-            .primary_superuser_client(state)
-            .context("no primary to rewind onto")?;
+            .superuser_client(state, primary)
+            .with_context(|| format!("{primary} is not a member to rewind onto"))?;
         let checkpoint = async {
             let c = connect_with(&client).await?;
             c.batch_execute("CHECKPOINT").await?;
@@ -330,7 +331,7 @@ impl Agent {
                     "pg_rewind onto {primary} failed ({e}); RE-CLONING this node from {primary}: its local data is discarded \
                      (set postgres.reclone_on_rewind_failure = false to keep it and repair by hand)"
                 );
-                self.clone_from_primary(state).await
+                self.clone_from(state, primary).await
             }
             Err(e) => bail!(
                 "pg_rewind onto {primary} failed ({e}) and postgres.reclone_on_rewind_failure is off: \

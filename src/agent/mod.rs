@@ -309,48 +309,7 @@ impl Agent {
             tracing::info!(generation = state.generation, "{}", d.reason);
             self.last_reason = d.reason.clone();
         }
-        let (pg, streaming, timeline, lsn) = match local {
-            Local::NoData => (PgRole::NoData, false, None, None),
-            Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
-            Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
-            Local::Standby(s) => (
-                PgRole::Standby,
-                s.streaming(),
-                s.timeline,
-                s.receive_lsn.max(s.replay_lsn),
-            ),
-            Local::Unknown(_) => (PgRole::Unknown, false, None, None),
-        };
-        let (sync_applied, pending_restart) = match local {
-            Local::Primary(s) => {
-                let want = state.sync_config();
-                let names: Vec<String> = want.standbys.iter().cloned().collect();
-                let runs = s.sync_names == crate::postgres::conf::sync_standby_names(want.k, &names);
-                (runs.then_some(want), !s.pending_restart.is_empty())
-            }
-            Local::Standby(s) => (None, !s.pending_restart.is_empty()),
-            _ => (None, false),
-        };
-        let standby_flush = match local {
-            Local::Primary(s) => s
-                .replication
-                .iter()
-                .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
-                .collect(),
-            _ => Default::default(),
-        };
-        let report = Report {
-            generation: state.generation,
-            pg,
-            streaming,
-            timeline,
-            lsn,
-            standby_flush,
-            final_position: d.final_position,
-            reason: d.reason.clone(),
-            sync_applied,
-            pending_restart,
-        };
+        let report = crate::decide::report::derive(state, local, d);
         self.node.local.set_own(report.clone(), self.gate_lsn.is_some());
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let urgent = out.report.final_position != report.final_position

@@ -134,7 +134,12 @@ impl PgNode {
             return None;
         }
         let primary = state.primary.as_ref().filter(|p| p.node != self.me)?;
-        let member = state.member(&primary.node)?;
+        self.upstream_to(state, &primary.node)
+    }
+
+    /// Member `name`'s PostgreSQL, reached as this node's replication user.
+    pub fn upstream_to(&self, state: &ClusterState, name: &str) -> Option<Upstream> {
+        let member = state.member(name)?;
         let (host, port) = member.pg_addr.rsplit_once(':')?;
         Some(Upstream {
             host: host.to_string(),
@@ -146,8 +151,8 @@ impl PgNode {
     }
 
     /// Connection string to the primary as superuser (pg_rewind's source).
-    pub fn primary_superuser_conninfo(&self, state: &ClusterState) -> Option<String> {
-        let u = self.upstream(state)?;
+    pub fn superuser_conninfo(&self, state: &ClusterState, name: &str) -> Option<String> {
+        let u = self.upstream_to(state, name)?;
         let mut s = format!(
             "host={} port={} user={} dbname=postgres connect_timeout=5",
             u.host, u.port, self.superuser
@@ -160,8 +165,8 @@ impl PgNode {
 
     /// The primary as superuser, for raftpg's own SQL (tokio-postgres reads no pgpass
     /// file, so the password is set here).
-    pub fn primary_superuser_client(&self, state: &ClusterState) -> Option<tokio_postgres::Config> {
-        let u = self.upstream(state)?;
+    pub fn superuser_client(&self, state: &ClusterState, name: &str) -> Option<tokio_postgres::Config> {
+        let u = self.upstream_to(state, name)?;
         let mut c = tokio_postgres::Config::new();
         c.host(&u.host)
             .port(u.port)

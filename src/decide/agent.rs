@@ -119,10 +119,15 @@ pub enum Action {
         timeline: u32,
         write_lsn: Option<u64>,
     },
-    /// pg_basebackup from the primary into an empty PGDATA.
-    Clone,
-    /// pg_rewind onto the primary's timeline (re-clone on failure if configured).
-    Rewind,
+    /// pg_basebackup from member `from` (the primary) into an empty PGDATA.
+    Clone {
+        from: String,
+    },
+    /// pg_rewind onto member `source`'s timeline (the primary); re-clone from it on
+    /// failure if configured.
+    Rewind {
+        source: String,
+    },
     /// Write standby.signal and the configuration, then start.
     StartStandby,
 }
@@ -575,7 +580,11 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
                 Local::Standby(_) | Local::Unknown(_) => vec![Action::Fence],
                 _ => vec![],
             };
-            actions.extend([Action::Clone, Action::StartStandby, Action::ReinitDone]);
+            actions.extend([
+                Action::Clone { from: p.to_string() },
+                Action::StartStandby,
+                Action::ReinitDone,
+            ]);
             return Decision::new(
                 actions,
                 format!("re-clone requested: discarding my data and cloning from {p}"),
@@ -603,7 +612,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
     }
     match i.local {
         Local::NoData => Decision::new(
-            vec![Action::Clone, Action::StartStandby],
+            vec![Action::Clone { from: p.to_string() }, Action::StartStandby],
             format!("no data directory: cloning from {p}"),
         ),
         Local::Stopped { control: Some(c) } if c.was_standby() => {
@@ -614,7 +623,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
             format!("stopped cleanly before the switchover: following {p} on timeline {p_tl} without a rewind"),
         ),
         Local::Stopped { .. } => Decision::new(
-            vec![Action::Rewind, Action::StartStandby],
+            vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
             format!("was a primary or crashed: rewinding onto {p}'s timeline {p_tl}, then following it"),
         ),
         Local::Primary(_) if i.state.paused => Decision::idle(format!(
@@ -641,7 +650,11 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
         ),
         Local::Standby(pg) if i.not_streaming_ms >= DIVERGED_AFTER_MS && pg.timeline.is_some_and(|t| t < p_tl) => {
             Decision::new(
-                vec![Action::Stop, Action::Rewind, Action::StartStandby],
+                vec![
+                    Action::Stop,
+                    Action::Rewind { source: p.to_string() },
+                    Action::StartStandby,
+                ],
                 format!(
                     "not streaming from {p} for {} ms and on timeline {} < {p_tl}: diverged, rewinding",
                     i.not_streaming_ms,

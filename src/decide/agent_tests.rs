@@ -241,7 +241,7 @@ fn fresh_chosen_node_bootstraps_and_others_wait() {
 fn standby_without_data_clones_then_starts() {
     let s = three_members(&boot("n1"));
     let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Acquiring));
-    assert_eq!(d.actions, [Action::Clone, Action::StartStandby]);
+    assert_eq!(d.actions, [Action::Clone { from: "n1".into() }, Action::StartStandby]);
     assert_eq!(d.reason, "no data directory: cloning from n1");
 }
 
@@ -401,7 +401,10 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         }),
     };
     let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
-    assert_eq!(d.actions, [Action::Rewind, Action::StartStandby]);
+    assert_eq!(
+        d.actions,
+        [Action::Rewind { source: "n1".into() }, Action::StartStandby]
+    );
     let clean_standby = Local::Stopped {
         control: Some(Controldata {
             state: "shut down in recovery".into(),
@@ -420,7 +423,14 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     let local = Local::Standby(diverged);
     let mut i = input("n3", &s, &local, LeaseView::Expired);
     i.not_streaming_ms = DIVERGED_AFTER_MS;
-    assert_eq!(decide(&i).actions, [Action::Stop, Action::Rewind, Action::StartStandby]);
+    assert_eq!(
+        decide(&i).actions,
+        [
+            Action::Stop,
+            Action::Rewind { source: "n1".into() },
+            Action::StartStandby
+        ]
+    );
 }
 
 #[test]
@@ -564,7 +574,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
                 assert!(draining && role == Wanted::OldPrimary, "{}", ctx())
             }
             Action::StopStreaming => assert!(!draining, "{}", ctx()),
-            Action::Clone | Action::Rewind => assert!(matches!(role, Wanted::Standby(_)), "{}", ctx()),
+            Action::Clone { .. } | Action::Rewind { .. } => assert!(matches!(role, Wanted::Standby(_)), "{}", ctx()),
             _ => {}
         }
     }
@@ -594,7 +604,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             assert!(
                 !d.actions.iter().any(|a| matches!(
                     a,
-                    Action::StartPrimary { .. } | Action::StartStandby | Action::Rewind | Action::Clone
+                    Action::StartPrimary { .. } | Action::StartStandby | Action::Rewind { .. } | Action::Clone { .. }
                 )),
                 "started on a full disk: {}",
                 ctx()
@@ -693,7 +703,10 @@ fn a_full_disk_stops_the_restarts_and_lets_the_lease_go() {
         d.reason
     );
     i.disk_full = None;
-    assert_eq!(decide(&i).actions, [Action::Rewind, Action::StartStandby]);
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
+    );
 }
 
 fn named_state(name: &str) -> ClusterState {
@@ -764,16 +777,16 @@ fn old_primary_follows_without_rewind_only_when_its_wal_ends_before_the_fork() {
     let past_fork = stopped("shut down", 1, 0x700);
     assert_eq!(
         decide(&input("n1", &s, &past_fork, LeaseView::Expired)).actions,
-        [Action::Rewind, Action::StartStandby]
+        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
     );
     let crashed = stopped("in production", 1, 0x500);
     assert_eq!(
         decide(&input("n1", &s, &crashed, LeaseView::Expired)).actions,
-        [Action::Rewind, Action::StartStandby]
+        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
     );
     assert_eq!(
         decide(&input("n3", &s, &clean, LeaseView::Expired)).actions,
-        [Action::Rewind, Action::StartStandby],
+        [Action::Rewind { source: "n2".into() }, Action::StartStandby],
         "n3 was not the old primary: nothing says its WAL ends before the fork"
     );
 }
@@ -791,7 +804,12 @@ fn restart_and_reinit_requests() {
     i.reinit_requested = true;
     assert_eq!(
         decide(&i).actions,
-        [Action::Fence, Action::Clone, Action::StartStandby, Action::ReinitDone]
+        [
+            Action::Fence,
+            Action::Clone { from: "n1".into() },
+            Action::StartStandby,
+            Action::ReinitDone
+        ]
     );
     let primary = Local::Primary(pg(false, "", None));
     let mut i = input("n1", &s, &primary, LeaseView::Held);

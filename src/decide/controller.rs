@@ -8,42 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, PendingKind, SyncConfig, SyncMode};
+use crate::cluster::{ClusterState, Command, PendingKind, SyncMode};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
-
-/// What an agent last said about its PostgreSQL.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Report {
-    /// The generation of the agent's applied state when it reported.
-    pub generation: u64,
-    pub pg: PgRole,
-    /// A standby streaming from the current primary.
-    pub streaming: bool,
-    pub timeline: Option<u32>,
-    /// Primary: write position; standby: flushed (received) position.
-    pub lsn: Option<u64>,
-    /// Primary: each connected standby's flush position (`pg_stat_replication`),
-    /// observed together with `lsn`, so that lag needs no second report.
-    pub standby_flush: BTreeMap<String, u64>,
-    /// After streaming from the fenced primary stopped: (flush LSN, timeline), under `generation`.
-    pub final_position: Option<(u64, u32)>,
-    /// The agent's last decision, for `ctl list`.
-    pub reason: String,
-    /// Primary: the synchronous configuration PostgreSQL runs, when it is the applied one.
-    pub sync_applied: Option<SyncConfig>,
-    /// PostgreSQL has parameters changed that take effect only after a restart.
-    pub pending_restart: bool,
-}
-
-/// The local PostgreSQL as its agent saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum PgRole {
-    NoData,
-    Stopped,
-    Primary,
-    Standby,
-    Unknown,
-}
+pub use crate::protocol::{PgRole, Report};
 
 #[derive(Clone, Debug)]
 pub struct ControllerInput<'a> {

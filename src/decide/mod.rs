@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod controller;
 pub mod election;
+pub mod report;
 pub mod requests;
 pub mod view;

@@ -3,45 +3,14 @@
 //! Pure: ages and the lease come in as numbers. `ctl list`, `/cluster` and `/metrics` all
 //! read these rows, so they never disagree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cluster::ClusterState;
 use crate::decide::agent::{wanted, Wanted};
-use crate::decide::controller::{PgRole, Report};
-
-/// The Raft leader's picture of the agents, as it hands it to every reporting node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterView {
-    /// Last report per member, with its age in milliseconds when the view was made.
-    pub reports: BTreeMap<String, (u64, Report)>,
-    /// Milliseconds until the controller may treat the primary's lease as lapsed.
-    pub lease_remaining_ms: Option<u64>,
-}
-
-impl ClusterView {
-    /// The same view `ms` milliseconds later.
-    pub fn aged(mut self, ms: u64) -> ClusterView {
-        for (age, _) in self.reports.values_mut() {
-            *age += ms;
-        }
-        self.lease_remaining_ms = self.lease_remaining_ms.map(|l| l.saturating_sub(ms));
-        self
-    }
-
-    /// A new leader's view holds only the reports it received since its election: a
-    /// member missing from it keeps its entry from `older` (already aged) while that is
-    /// at most `keep_ms` old, so a leader change does not blank out what is known.
-    pub fn filled_from(mut self, older: ClusterView, keep_ms: u64) -> ClusterView {
-        for (name, (age, report)) in older.reports {
-            if age <= keep_ms {
-                self.reports.entry(name).or_insert((age, report));
-            }
-        }
-        self
-    }
-}
+pub use crate::protocol::ClusterView;
+use crate::protocol::{PgRole, Report};
 
 /// Raft membership as the answering node knows it.
 #[derive(Clone, Debug, Default)]
@@ -273,6 +242,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::testing::bootstrapped;
+    use std::collections::BTreeMap;
 
     fn report(generation: u64, pg: PgRole, streaming: bool, lsn: u64) -> Report {
         Report {

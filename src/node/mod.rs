@@ -1,8 +1,10 @@
 //! One raftpg node: its Raft group member, its servers, and its background tasks.
 //!
-//! `Node::start` opens the store, starts openraft and both gRPC servers, and
+//! `Node::start` opens the store, starts openraft and its gRPC server, and
 //! spawns the tasks that initialise the group once, log role changes and carry
-//! out the Raft leader's duties. `Node::shutdown` stops all of it.
+//! out the Raft leader's duties. `app::start` adds the control API, the HTTP
+//! server, the controller and the agent, so this module depends on none of them.
+//! `Node::shutdown` stops all of it.
 
 mod init;
 mod membership;
@@ -26,11 +28,9 @@ pub use init::{should_initialize, PeerInit};
 pub use membership::MembershipError;
 pub use propose::{Committed, ProposeError};
 
-use crate::api::grpc::ControlServer;
 use crate::cluster::Command;
 use crate::config::Config;
 use crate::lease::Book;
-use crate::pb::control::control_server::ControlServer as ControlGrpc;
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -62,7 +62,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node: store, Raft, servers, background tasks.
+    /// Starts the Raft member: store, Raft, its server, initialisation and watchers.
+    /// `app::start` adds the control API, the HTTP server, the controller and the agent.
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let me = cfg.me().clone();
         let store = Store::open(&cfg.raft_dir())?;
@@ -82,8 +83,6 @@ impl Node {
         .context("cannot start Raft")?;
 
         let raft_listener = bind(&me.raft, "members[].raft").await?;
-        let grpc_listener = bind(&me.grpc, "members[].grpc").await?;
-        let http_listener = bind(&me.http, "members[].http").await?;
         let (stop_tx, stop_rx) = tokio_watch::channel(false);
         let node = Node {
             raft: raft.clone(),
@@ -116,24 +115,6 @@ impl Node {
                 "raft",
             ),
         );
-        let control = ControlGrpc::new(ControlServer { node: node.clone() });
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("cannot build the gRPC reflection service")?;
-        node.spawn(
-            "control server",
-            serve(
-                Server::builder().add_service(control).add_service(reflection),
-                grpc_listener,
-                stop_rx.clone(),
-                "grpc",
-            ),
-        );
-        node.spawn(
-            "http server",
-            crate::api::http::serve(node.clone(), http_listener, stop_rx.clone()),
-        );
         node.spawn(
             "initialisation",
             init::ensure_initialized(raft.clone(), cfg.clone(), rpc_timeout, stop_rx.clone()),
@@ -144,15 +125,6 @@ impl Node {
             "primary change timer",
             status::time_primary_changes(node.clone(), stop_rx.clone()),
         );
-        if cfg.postgres.manage {
-            let pg = crate::agent::PgNode::prepare(&cfg)?;
-            node.spawn("controller", crate::controller::run(node.clone(), stop_rx.clone()));
-            crate::agent::spawn(&node, pg, stop_rx);
-        }
-        tracing::info!(
-            node = %me.name, id = me.id, raft = %me.raft, grpc = %me.grpc, cluster = %cfg.cluster.name,
-            "raftpg node started"
-        );
         Ok(node)
     }
 
@@ -162,6 +134,11 @@ impl Node {
     pub(crate) fn spawn(&self, name: &'static str, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         let watcher = supervise(name, tokio::spawn(fut), self.failure.clone());
         self.tasks.lock().expect("tasks lock").push(watcher);
+    }
+
+    /// Follows the stop request (true once `shutdown` began), for tasks started outside.
+    pub(crate) fn stop_signal(&self) -> tokio_watch::Receiver<bool> {
+        self.stop_tx.subscribe()
     }
 
     /// Resolves when a background task has panicked, with what happened.
@@ -357,13 +334,18 @@ fn openraft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
     c.validate().context("invalid [raft] settings")
 }
 
-async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({key}): is another process using the port, or is the address not on this machine?"))
 }
 
-async fn serve(router: Router, listener: TcpListener, mut stop: tokio_watch::Receiver<bool>, what: &'static str) {
+pub(crate) async fn serve(
+    router: Router,
+    listener: TcpListener,
+    mut stop: tokio_watch::Receiver<bool>,
+    what: &'static str,
+) {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = router
         .serve_with_incoming_shutdown(incoming, async move {

@@ -9,38 +9,17 @@
 use std::time::Duration;
 
 use openraft::ReadPolicy;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::decide::controller::Report;
-use crate::decide::view::ClusterView;
 use crate::lease::Book;
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftMessage;
+pub use crate::protocol::{ReportReply, ReportRequest};
 use crate::raft::codec::{decode, encode};
 use crate::raft::network::channel;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::Raft;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReportRequest {
-    pub node: String,
-    pub report: Report,
-    /// Renew this node's primary lease for `report.generation`.
-    pub renew: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ReportReply {
-    Accepted {
-        lease_granted: bool,
-        /// Every member's last report, so any node can answer status and health checks.
-        view: ClusterView,
-    },
-    /// Not the Raft leader; `leader` is who this node believes is.
-    NotLeader { leader: Option<u64> },
-}
 
 /// The leader's handler (called over gRPC or in-process).
 pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequest) -> ReportReply {
@@ -64,9 +43,7 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
         };
     }
     let state = sm.current().state;
-    let granted = state.pending.is_none()
-        && state.generation == req.report.generation
-        && state.primary.as_ref().is_some_and(|p| p.node == req.node);
+    let granted = crate::decide::report::grants_renewal(&state, &req.node, req.report.generation);
     if granted {
         book.granted(&req.node, req.report.generation, Instant::now());
     }

@@ -11,9 +11,11 @@
 //!   leader; the leader is a live node in a group holding a majority, and a new one is
 //!   elected `ELECTION_MS` after the old one is lost. Nodes cut off from the leader keep
 //!   deciding on the state they last applied.
-//! - **The lease** mirrors `lease::Holder` (send time + lease on the holder's clock), the
-//!   leader's `lease::Book` (deadline `controller_deadline`, restarted with each tenure)
-//!   and the fence keeper (armed with the last expiry, surviving a raftpg restart).
+//! - **The lease**: the holder's view and the leader's grant rule are the real ones
+//!   (`decide::report`); the leader's clock mirrors `lease::Book` (deadline
+//!   `controller_deadline`, restarted with each tenure) and the fence keeper is armed with
+//!   the last expiry and survives a raftpg restart.
+//! - **Reports** are the real ones (`decide::report::derive`).
 //! - **PostgreSQL** (`FakePg`): WAL as a list of records with their timeline, a timeline
 //!   counter, clean or crashed stops, standby or primary control data, streaming (a standby
 //!   receives while its WAL is a prefix of its upstream's), `ANY k` quorum commit with
@@ -41,7 +43,8 @@ use std::fmt::Write as _;
 
 use crate::cluster::{apply, ClusterState, Command, Member, Tags};
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
-use crate::decide::controller::{decide as controller_decide, ControllerAction, ControllerInput, PgRole, Report};
+use crate::decide::controller::{decide as controller_decide, ControllerAction, ControllerInput, Report};
+use crate::decide::report::{derive, grants_renewal, lease_view};
 use crate::lease::controller_deadline;
 use crate::postgres::{conf, Controldata, PgState, Replica};
 
@@ -703,12 +706,7 @@ impl Sim {
             m.acquiring = Some((generation, local));
         }
         let since = m.acquiring.map_or(local, |(_, s)| s);
-        match m.lease {
-            Some((g, e)) if g == generation && local < e => LeaseView::Held,
-            Some((g, _)) if g == generation => LeaseView::Expired,
-            _ if local < since + lease_ms => LeaseView::Acquiring,
-            _ => LeaseView::Expired,
-        }
+        lease_view(m.lease, generation, local, since + lease_ms)
     }
 
     fn agent(&mut self, i: usize) {
@@ -783,7 +781,7 @@ impl Sim {
             receiver_lingering_ms: since(m.lingering_since),
             disk_full: None,
         });
-        let report = self.report_of(&state, &local, &decision.reason, decision.final_position, i);
+        let report = derive(&state, &local, &decision);
         self.nodes[i].mem.report = Some((report, decision.renew_lease));
         for action in &decision.actions {
             let current = self.nodes[i].applied.clone();
@@ -808,57 +806,6 @@ impl Sim {
                     break;
                 }
             }
-        }
-    }
-
-    fn report_of(
-        &self,
-        state: &ClusterState,
-        local: &Local,
-        reason: &str,
-        final_position: Option<(u64, u32)>,
-        i: usize,
-    ) -> Report {
-        let (pg, streaming, timeline, lsn) = match local {
-            Local::NoData => (PgRole::NoData, false, None, None),
-            Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
-            Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
-            Local::Standby(s) => (
-                PgRole::Standby,
-                s.streaming(),
-                s.timeline,
-                s.receive_lsn.max(s.replay_lsn),
-            ),
-            Local::Unknown(_) => (PgRole::Unknown, false, None, None),
-        };
-        let sync_applied = match local {
-            Local::Primary(s) => {
-                let want = state.sync_config();
-                let names: Vec<String> = want.standbys.iter().cloned().collect();
-                (s.sync_names == conf::sync_standby_names(want.k, &names)).then_some(want)
-            }
-            _ => None,
-        };
-        let standby_flush = match local {
-            Local::Primary(s) => s
-                .replication
-                .iter()
-                .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
-        let _ = i;
-        Report {
-            generation: state.generation,
-            pg,
-            streaming,
-            timeline,
-            lsn,
-            standby_flush,
-            final_position,
-            reason: reason.to_string(),
-            sync_applied,
-            pending_restart: false,
         }
     }
 
@@ -982,8 +929,8 @@ impl Sim {
                     },
                 )?;
             }
-            Action::Clone => {
-                let p = self.upstream_of(role).ok_or("no primary to clone from")?;
+            Action::Clone { from } => {
+                let p = self.index_of(from)?;
                 let source = self.source(i, p)?;
                 let pg = &mut self.nodes[i].pg;
                 pg.data = Some(Data {
@@ -993,8 +940,8 @@ impl Sim {
                 });
                 pg.run = Run::Down;
             }
-            Action::Rewind => {
-                let p = self.upstream_of(role).ok_or("no primary to rewind onto")?;
+            Action::Rewind { source } => {
+                let p = self.index_of(source)?;
                 let source = self.source(i, p)?;
                 let pg = &mut self.nodes[i].pg;
                 if pg.run != Run::Down {
@@ -1031,6 +978,13 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize, String> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| format!("{name} is not a node"))
     }
 
     /// The data a clone or rewind copies from `p`, if `i` can reach it.
@@ -1119,10 +1073,7 @@ impl Sim {
         }
         let name = self.nodes[i].name.clone();
         self.book.reports.insert(name.clone(), (self.now, report.clone()));
-        let granted = renew
-            && self.state.pending.is_none()
-            && self.state.generation == report.generation
-            && self.state.primary_name() == Some(name.as_str());
+        let granted = renew && grants_renewal(&self.state, &name, report.generation);
         if granted {
             let l = self.leader.expect("reached");
             let leader_local = self.nodes[l].local(self.now);

@@ -1,0 +1,195 @@
+//! The protocol between the agents and the Raft leader, as pure rules: the report an agent
+//! sends, derived from what it observed and decided; whether the leader grants its lease
+//! renewal; and the lease as the holder counts it. The effects code (`agent`, `node::report`,
+//! `lease::Holder`) and the simulation (`sim`) both call these, so they cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::ClusterState;
+use crate::decide::agent::{Decision, LeaseView, Local};
+use crate::decide::controller::{PgRole, Report};
+use crate::postgres::conf;
+
+/// The report for this tick: the role and position PostgreSQL showed, the decision's final
+/// position and reason, and, on a primary, whether it runs the state's synchronous
+/// configuration (so the controller may confirm it).
+pub fn derive(state: &ClusterState, local: &Local, d: &Decision) -> Report {
+    let (pg, streaming, timeline, lsn) = match local {
+        Local::NoData => (PgRole::NoData, false, None, None),
+        Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
+        Local::Primary(s) => (PgRole::Primary, false, s.timeline, s.write_lsn),
+        Local::Standby(s) => (
+            PgRole::Standby,
+            s.streaming(),
+            s.timeline,
+            s.receive_lsn.max(s.replay_lsn),
+        ),
+        Local::Unknown(_) => (PgRole::Unknown, false, None, None),
+    };
+    let (sync_applied, pending_restart) = match local {
+        Local::Primary(s) => {
+            let want = state.sync_config();
+            let names: Vec<String> = want.standbys.iter().cloned().collect();
+            let runs = s.sync_names == conf::sync_standby_names(want.k, &names);
+            (runs.then_some(want), !s.pending_restart.is_empty())
+        }
+        Local::Standby(s) => (None, !s.pending_restart.is_empty()),
+        _ => (None, false),
+    };
+    let standby_flush: BTreeMap<String, u64> = match local {
+        Local::Primary(s) => s
+            .replication
+            .iter()
+            .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Report {
+        generation: state.generation,
+        pg,
+        streaming,
+        timeline,
+        lsn,
+        standby_flush,
+        final_position: d.final_position,
+        reason: d.reason.clone(),
+        sync_applied,
+        pending_restart,
+    }
+}
+
+/// Whether the Raft leader, once it has confirmed its leadership, grants `node`'s renewal
+/// for `generation`: only to the recorded primary of that generation, with no change
+/// pending. A renewal granted under an older generation, or during a failover, would let a
+/// fenced primary run on.
+pub fn grants_renewal(state: &ClusterState, node: &str, generation: u64) -> bool {
+    state.pending.is_none() && state.generation == generation && state.primary.as_ref().is_some_and(|p| p.node == node)
+}
+
+/// The lease for `generation` as its holder counts it at `now`, on its own clock:
+/// `granted` is the (generation, expiry) of its last granted renewal; until
+/// `acquiring_until` (one lease after it first saw itself primary of `generation`) a
+/// node without a grant is still acquiring.
+pub fn lease_view<T: Ord>(granted: Option<(u64, T)>, generation: u64, now: T, acquiring_until: T) -> LeaseView {
+    match granted {
+        Some((g, e)) if g == generation && now < e => LeaseView::Held,
+        Some((g, _)) if g == generation => LeaseView::Expired,
+        _ if now < acquiring_until => LeaseView::Acquiring,
+        _ => LeaseView::Expired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testing::bootstrapped;
+    use crate::cluster::{apply, Command};
+    use crate::postgres::{Controldata, PgState, Replica};
+
+    fn decision() -> Decision {
+        Decision {
+            actions: Vec::new(),
+            renew_lease: false,
+            final_position: Some((0x500, 1)),
+            reason: "why".into(),
+        }
+    }
+
+    fn pg(in_recovery: bool) -> PgState {
+        PgState {
+            in_recovery,
+            timeline: Some(1),
+            write_lsn: (!in_recovery).then_some(0x900),
+            receive_lsn: in_recovery.then_some(0x700),
+            replay_lsn: in_recovery.then_some(0x600),
+            walreceiver: in_recovery.then(|| "streaming".to_string()),
+            primary_conninfo: String::new(),
+            replication: vec![Replica {
+                application_name: "n2".into(),
+                state: "streaming".into(),
+                sync_state: "quorum".into(),
+                flush_lsn: Some(0x880),
+            }],
+            slots: Vec::new(),
+            sync_names: String::new(),
+            pending_restart: vec!["shared_buffers".into()],
+            timeline_pinned: false,
+        }
+    }
+
+    #[test]
+    fn a_report_says_what_postgres_showed_and_what_was_decided() {
+        let s = bootstrapped("n1");
+        let d = decision();
+        let mut primary = pg(false);
+        let r = derive(&s, &Local::Primary(primary.clone()), &d);
+        assert_eq!((r.pg, r.lsn, r.generation), (PgRole::Primary, Some(0x900), 1));
+        assert_eq!(r.standby_flush, BTreeMap::from([("n2".to_string(), 0x880)]));
+        assert_eq!(r.sync_applied, None, "it does not run ANY 1 (n2, n3) yet");
+        assert!(r.pending_restart);
+        assert_eq!((r.final_position, r.reason.as_str()), (Some((0x500, 1)), "why"));
+        primary.sync_names = "ANY 1 (\"n2\", \"n3\")".into();
+        let r = derive(&s, &Local::Primary(primary), &d);
+        assert_eq!(r.sync_applied, Some(s.sync_config()));
+
+        let r = derive(&s, &Local::Standby(pg(true)), &d);
+        assert_eq!((r.pg, r.streaming, r.lsn), (PgRole::Standby, true, Some(0x700)));
+        assert!(r.standby_flush.is_empty() && r.sync_applied.is_none());
+
+        let stopped = Local::Stopped {
+            control: Some(Controldata {
+                timeline: Some(3),
+                ..Controldata::default()
+            }),
+        };
+        let r = derive(&s, &stopped, &d);
+        assert_eq!((r.pg, r.timeline, r.lsn), (PgRole::Stopped, Some(3), None));
+        for (local, role) in [
+            (Local::NoData, PgRole::NoData),
+            (Local::Unknown("x".into()), PgRole::Unknown),
+        ] {
+            let r = derive(&s, &local, &d);
+            assert_eq!((r.pg, r.timeline, r.lsn, r.streaming), (role, None, None, false));
+        }
+    }
+
+    #[test]
+    fn only_the_recorded_primary_of_the_generation_is_granted_and_never_during_a_change() {
+        let mut s = bootstrapped("n1");
+        assert!(grants_renewal(&s, "n1", 1));
+        assert!(!grants_renewal(&s, "n2", 1), "not the primary");
+        assert!(!grants_renewal(&s, "n1", 0), "an older generation");
+        let begin = Command::BeginFailover {
+            generation: 1,
+            to: None,
+            forced: false,
+            reason: "r".into(),
+        };
+        apply(&mut s, &begin).unwrap();
+        for (node, g) in [("n1", 1), ("n1", 2), ("n2", 2)] {
+            assert!(!grants_renewal(&s, node, g), "{node} {g}: a change is pending");
+        }
+    }
+
+    #[test]
+    fn the_lease_is_held_until_its_expiry_and_acquired_for_one_lease() {
+        use LeaseView::*;
+        // (granted, generation, now, acquiring_until) -> view
+        let table = [
+            (Some((1, 100)), 1, 99, 0, Held),
+            (Some((1, 100)), 1, 100, 0, Expired),
+            (Some((1, 100)), 1, 100, 500, Expired),
+            (Some((1, 100)), 2, 50, 60, Acquiring),
+            (Some((1, 100)), 2, 60, 60, Expired),
+            (None, 1, 10, 60, Acquiring),
+            (None, 1, 60, 60, Expired),
+        ];
+        for (granted, g, now, until, want) in table {
+            assert_eq!(
+                lease_view(granted, g, now, until),
+                want,
+                "{granted:?} {g} {now} {until}"
+            );
+        }
+    }
+}
