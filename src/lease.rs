@@ -68,6 +68,10 @@ struct HolderInner {
     acquiring: Option<(u64, Instant)>,
     /// (generation, expiry) of the last granted renewal.
     lease: Option<(u64, Instant)>,
+    /// (generation, expiry) of the lease an earlier raftpg on this machine held, when this
+    /// one started: acquiring never outlasts it (the controller's clock runs from that
+    /// process's last grant, not from this start).
+    inherited: Option<(u64, Instant)>,
     /// The longest time between the sending of two consecutive granted renewals of one
     /// generation since this process started: how close a busy machine came to the lease.
     longest_gap: Duration,
@@ -78,12 +82,19 @@ impl Holder {
         Holder(Arc::new(Mutex::new(HolderInner {
             acquiring: None,
             lease: None,
+            inherited: None,
             longest_gap: Duration::ZERO,
         })))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HolderInner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This process started while an earlier one's lease for `generation` ran until
+    /// `expiry` (the fence keeper's file): acquiring ends there at the latest.
+    pub fn inherit(&self, generation: u64, expiry: Instant) {
+        self.lock().inherited = Some((generation, expiry));
     }
 
     /// A renewal sent at `sent` was granted under `generation`.
@@ -108,13 +119,25 @@ impl Holder {
         if h.acquiring.is_none_or(|(g, _)| g != generation) {
             h.acquiring = Some((generation, now));
         }
-        let since = h.acquiring.map_or(now, |(_, s)| s);
-        crate::decide::report::lease_view(h.lease, generation, now, since + Duration::from_millis(lease_ms))
+        let until = h.acquiring_until(generation, lease_ms).unwrap_or(now);
+        crate::decide::report::lease_view(h.lease, generation, now, until)
     }
 
     /// Expiry of the lease for `generation`, if one was granted.
     pub fn expiry(&self, generation: u64) -> Option<Instant> {
         self.lock().lease.filter(|(g, _)| *g == generation).map(|(_, e)| e)
+    }
+
+    /// Until when PostgreSQL may run as primary of `generation`: the expiry of the last
+    /// granted renewal, or, before the first grant, the end of the acquiring period (the
+    /// agent lets a primary run while it acquires, so the fence keeper must guard that too:
+    /// otherwise a raftpg that died before its first grant left PostgreSQL unguarded).
+    pub fn guarded_until(&self, generation: u64, lease_ms: u64) -> Option<Instant> {
+        let h = self.lock();
+        match h.lease {
+            Some((g, e)) if g == generation => Some(e),
+            _ => h.acquiring_until(generation, lease_ms),
+        }
     }
 
     /// The longest time between two consecutive renewals of one generation so far.
@@ -127,6 +150,19 @@ impl Holder {
         let mut h = self.lock();
         h.lease = None;
         h.acquiring = None;
+    }
+}
+
+impl HolderInner {
+    /// The end of the acquiring period for `generation`: one lease after this node first
+    /// saw itself primary of it, and never after an inherited lease of it.
+    fn acquiring_until(&self, generation: u64, lease_ms: u64) -> Option<Instant> {
+        let (g, since) = self.acquiring.filter(|(g, _)| *g == generation)?;
+        let until = since + Duration::from_millis(lease_ms);
+        Some(match self.inherited {
+            Some((ig, e)) if ig == g => until.min(e),
+            _ => until,
+        })
     }
 }
 
@@ -277,12 +313,37 @@ mod tests {
             LeaseView::Acquiring,
             "a new generation starts acquiring"
         );
+        let acquiring_end = h.guarded_until(2, 2000).expect("acquiring is guarded");
         tokio::time::advance(Duration::from_millis(2000)).await;
         assert_eq!(
             h.view(2, Instant::now(), 2000),
             LeaseView::Expired,
             "never granted within a lease"
         );
+        assert!(acquiring_end <= Instant::now(), "the keeper fences when acquiring ends");
+        assert_eq!(h.guarded_until(3, 2000), None, "a generation never seen");
+    }
+
+    /// Found by the simulation (seed 2509): a raftpg restarted on the primary acquired for a
+    /// whole lease from its start, past the controller's deadline, which runs from the
+    /// previous process's last grant. Acquiring now ends with the inherited lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_holder_acquires_no_longer_than_the_lease_it_inherited() {
+        let h = Holder::new();
+        let inherited = Instant::now() + Duration::from_millis(600);
+        h.inherit(4, inherited);
+        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Acquiring);
+        assert_eq!(h.guarded_until(4, 2000), Some(inherited));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Expired);
+        // Another generation acquires for a whole lease, and a grant holds as usual.
+        assert_eq!(h.view(5, Instant::now(), 2000), LeaseView::Acquiring);
+        assert_eq!(
+            h.guarded_until(5, 2000),
+            Some(Instant::now() + Duration::from_millis(2000))
+        );
+        h.granted(4, Instant::now(), 2000);
+        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Held);
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,21 +72,23 @@ impl LeaseFile {
     }
 }
 
-/// What a new raftpg keeps from the lease file it finds: an expiry still ahead of `now`,
-/// written in this boot (`boot`); nothing from a file that does not say which boot.
-pub fn inherited_expiry(found: &LeaseFile, now_ns: u64, boot: Option<&str>) -> Option<u64> {
+/// What a new raftpg keeps from the lease file it finds: any expiry written in this boot
+/// (`boot`), even one already past, so that its keeper fences at once a PostgreSQL the old
+/// keeper may not have fenced before it saw the new owner; nothing from a file that does
+/// not say which boot (CLOCK_MONOTONIC restarts at boot).
+pub fn inherited_expiry(found: &LeaseFile, boot: Option<&str>) -> Option<u64> {
     let same_boot = boot.is_some() && found.boot.as_deref() == boot;
-    (same_boot && found.expiry_ns > now_ns).then_some(found.expiry_ns)
+    (same_boot && found.expiry_ns > 0).then_some(found.expiry_ns)
 }
 
-/// What the keeper writes: its own lease, or the inherited one while that is later
-/// and not over; nothing while the cluster is paused.
-pub fn armed_until(own_ns: Option<u64>, inherited_ns: Option<u64>, now_ns: u64, paused: bool) -> u64 {
+/// What the keeper writes: the later of its own lease and the inherited one, even once
+/// that is over (the keeper fences when it sees an expiry passed; dropping it first would
+/// leave a PostgreSQL without a lease unguarded); nothing while the cluster is paused.
+pub fn armed_until(own_ns: Option<u64>, inherited_ns: Option<u64>, paused: bool) -> u64 {
     if paused {
         return 0;
     }
-    let inherited = inherited_ns.filter(|i| *i > now_ns);
-    own_ns.into_iter().chain(inherited).max().unwrap_or(0)
+    own_ns.into_iter().chain(inherited_ns).max().unwrap_or(0)
 }
 
 /// raftpg's side: the running keeper and its lease file.
@@ -103,7 +105,7 @@ impl Keeper {
     pub fn spawn(lease_file: &Path, data_dir: &Path) -> anyhow::Result<Keeper> {
         let found = LeaseFile::read(lease_file);
         let boot = boot_id();
-        let inherited = inherited_expiry(&found, monotonic_ns(), boot.as_deref());
+        let inherited = inherited_expiry(&found, boot.as_deref());
         if let Some(e) = inherited {
             tracing::info!(
                 "an earlier raftpg left a lease armed for {} ms more: PostgreSQL stays guarded until I renew it",
@@ -138,10 +140,11 @@ impl Keeper {
             let left = e.saturating_duration_since(tokio::time::Instant::now());
             (now + left.as_nanos() as u64).max(1)
         });
-        if paused || self.inherited.is_some_and(|i| i <= now) {
+        // The inherited expiry stands until this raftpg holds a later lease of its own.
+        if paused || self.inherited.is_some_and(|i| own.is_some_and(|o| o >= i)) {
             self.inherited = None;
         }
-        let ns = armed_until(own, self.inherited, now, paused);
+        let ns = armed_until(own, self.inherited, paused);
         // Renewals move the expiry by whole intervals; sub-millisecond jitter is not worth a write.
         if self
             .written
@@ -265,17 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lease_still_ahead_and_of_this_boot_is_inherited() {
+    fn any_lease_of_this_boot_is_inherited_even_one_that_ran_out() {
         let this = Some("b-1");
         let at = |e| file(e, Some(1), this);
-        assert_eq!(inherited_expiry(&at(0), 100, this), None);
-        assert_eq!(inherited_expiry(&at(99), 100, this), None);
-        assert_eq!(inherited_expiry(&at(100), 100, this), None);
-        assert_eq!(inherited_expiry(&at(101), 100, this), Some(101));
+        assert_eq!(inherited_expiry(&at(0), this), None, "disarmed");
+        // Found by the simulation (seed 2509): a lease that ran out while raftpg restarted
+        // was dropped, and the PostgreSQL it guarded ran on as primary during a failover.
+        assert_eq!(inherited_expiry(&at(99), this), Some(99));
+        assert_eq!(inherited_expiry(&at(101), this), Some(101));
         // CLOCK_MONOTONIC restarted at boot: an expiry from another boot means nothing.
-        assert_eq!(inherited_expiry(&file(101, Some(1), Some("b-0")), 100, this), None);
-        assert_eq!(inherited_expiry(&file(101, Some(1), None), 100, this), None);
-        assert_eq!(inherited_expiry(&at(101), 100, None), None);
+        assert_eq!(inherited_expiry(&file(101, Some(1), Some("b-0")), this), None);
+        assert_eq!(inherited_expiry(&file(101, Some(1), None), this), None);
+        assert_eq!(inherited_expiry(&at(101), None), None);
     }
 
     #[test]
@@ -285,18 +289,17 @@ mod tests {
 
     #[test]
     fn the_keeper_is_armed_until_the_later_of_both_leases_unless_paused() {
-        let now = 1_000;
         for own in [None, Some(500), Some(1_500), Some(3_000)] {
             for inherited in [None, Some(900), Some(1_000), Some(2_000)] {
-                let armed = armed_until(own, inherited, now, false);
-                let live_inherited = inherited.filter(|i| *i > now);
-                // Never shorter than either live lease: an inherited one is still guarded.
+                let armed = armed_until(own, inherited, false);
+                // Never shorter than either lease, even one already over: the keeper
+                // fences when it sees an expiry passed.
                 assert!(own.is_none_or(|o| armed >= o), "{own:?} {inherited:?}");
-                assert!(live_inherited.is_none_or(|i| armed >= i), "{own:?} {inherited:?}");
+                assert!(inherited.is_none_or(|i| armed >= i), "{own:?} {inherited:?}");
                 // Never longer than what was granted.
-                assert!(armed == 0 || Some(armed) == own || Some(armed) == live_inherited);
-                assert_eq!(armed == 0, own.is_none() && live_inherited.is_none());
-                assert_eq!(armed_until(own, inherited, now, true), 0);
+                assert!(armed == 0 || Some(armed) == own || Some(armed) == inherited);
+                assert_eq!(armed == 0, own.is_none() && inherited.is_none());
+                assert_eq!(armed_until(own, inherited, true), 0);
             }
         }
     }

@@ -98,10 +98,18 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
     }));
     // Requests made before this process started are served by its fresh start.
     let (restarts_done, reinits_done) = node.state().state.requests_of(&pg.me);
+    // An earlier raftpg on this machine may have held the primary's lease: this process
+    // acquires no longer than that lease runs (the fence keeper fences at its end).
+    let holder = Holder::new();
+    let found = keeper::LeaseFile::read(&pg.ctl.socket_dir.join("lease"));
+    if let Some(expiry_ns) = keeper::inherited_expiry(&found, keeper::boot_id().as_deref()) {
+        let left = Duration::from_nanos(expiry_ns.saturating_sub(keeper::monotonic_ns()));
+        holder.inherit(node.state().state.generation, Instant::now() + left);
+    }
     let agent = Agent {
         node: node.clone(),
         pg,
-        holder: Holder::new(),
+        holder,
         outbox,
         wake_reporter: Arc::new(Notify::new()),
         down_since: None,
@@ -187,7 +195,12 @@ impl Agent {
             self.holder.clear();
         }
         self.track_times(&role, &local, now);
-        let lease = self.holder.view(state.generation, now, state.ha.lease_ms);
+        // Only a primary holds or acquires a lease (the table reads it for no other role);
+        // starting the acquiring clock for others would arm their fence keeper.
+        let lease = match role {
+            Wanted::Primary => self.holder.view(state.generation, now, state.ha.lease_ms),
+            _ => LeaseView::Expired,
+        };
         if role == Wanted::Primary {
             match local {
                 Local::Unknown(_) => self.unproven = true,
@@ -439,7 +452,9 @@ async fn lease_loop(
             }
         }
         let interval = Duration::from_millis((lease_ms / 4).max(50));
-        let expiry = holder.expiry(state.generation).filter(|e| Some(*e) != fenced_expiry);
+        let expiry = holder
+            .guarded_until(state.generation, lease_ms)
+            .filter(|e| Some(*e) != fenced_expiry);
         let far = Instant::now() + Duration::from_secs(3600);
         if let Some(k) = keeper.as_mut() {
             k.set(expiry, state.paused);

@@ -232,6 +232,8 @@ struct AgentMemory {
     lease: Option<(u64, u64)>,
     /// (generation, since on the local clock): acquiring.
     acquiring: Option<(u64, u64)>,
+    /// (generation, expiry) of the lease the last raftpg left armed (`Holder::inherit`).
+    inherited: Option<(u64, u64)>,
     down_since: Option<u64>,
     not_streaming_since: Option<u64>,
     lingering_since: Option<u64>,
@@ -259,6 +261,10 @@ struct SimNode {
     mem: AgentMemory,
     /// The fence keeper's expiry (local clock); survives a raftpg restart.
     keeper: Option<u64>,
+    /// The expiry a restarted raftpg found armed (`keeper::inherited_expiry`).
+    inherited: Option<u64>,
+    /// The expiry the keeper last fenced for.
+    keeper_fenced: Option<u64>,
 }
 
 impl SimNode {
@@ -336,6 +342,8 @@ impl Sim {
                 pg: FakePg::empty(),
                 mem: AgentMemory::default(),
                 keeper: None,
+                inherited: None,
+                keeper_fenced: None,
             })
             .collect();
         Sim {
@@ -514,6 +522,7 @@ impl Sim {
                 n.host_up = false;
                 n.pg.stop(false);
                 n.keeper = None;
+                n.inherited = None;
             }
             1 => {
                 self.log(format!("fault: {name}'s host comes back"));
@@ -559,8 +568,10 @@ impl Sim {
     fn start_raftpg(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.alive = true;
+        n.inherited = n.keeper;
         n.mem = AgentMemory {
             next_report: self.now,
+            inherited: n.keeper.map(|k| (n.applied.generation, k)),
             ..AgentMemory::default()
         };
     }
@@ -705,8 +716,12 @@ impl Sim {
         if m.acquiring.is_none_or(|(g, _)| g != generation) {
             m.acquiring = Some((generation, local));
         }
-        let since = m.acquiring.map_or(local, |(_, s)| s);
-        lease_view(m.lease, generation, local, since + lease_ms)
+        lease_view(
+            m.lease,
+            generation,
+            local,
+            acquiring_until(m, generation, lease_ms).unwrap_or(local),
+        )
     }
 
     fn agent(&mut self, i: usize) {
@@ -740,7 +755,10 @@ impl Sim {
                 None
             };
         }
-        let lease = self.holder_view(i, state.generation, state.ha.lease_ms);
+        let lease = match role {
+            Wanted::Primary => self.holder_view(i, state.generation, state.ha.lease_ms),
+            _ => LeaseView::Expired,
+        };
         if role == Wanted::Primary {
             let m = &mut self.nodes[i].mem;
             match local {
@@ -1045,12 +1063,21 @@ impl Sim {
         let paused = self.nodes[i].applied.paused;
         let lease_ms = self.nodes[i].applied.ha.lease_ms;
         let n = &mut self.nodes[i];
-        let expiry = n.mem.lease.filter(|(g, _)| *g == generation).map(|(_, e)| e);
+        // As `lease::Holder::guarded_until`: the granted lease, or the acquiring period.
+        let expiry = match n.mem.lease {
+            Some((g, e)) if g == generation => Some(e),
+            _ => acquiring_until(&n.mem, generation, lease_ms),
+        };
         // The keeper is armed with the lease (and, after a restart, what the last one left).
-        n.keeper = match (expiry, n.keeper) {
-            (Some(e), Some(k)) => Some(e.max(k)),
-            (Some(e), None) => Some(e),
-            (None, k) => k.filter(|k| *k > local),
+        // As `keeper::Keeper::set`: the later of its own lease and the inherited one, which
+        // stands (even once over) until a later lease of its own is granted.
+        if paused || n.inherited.is_some_and(|h| expiry.is_some_and(|e| e >= h)) {
+            n.inherited = None;
+        }
+        n.keeper = if paused {
+            None
+        } else {
+            expiry.into_iter().chain(n.inherited).max()
         };
         if let Some(e) = expiry.filter(|e| local >= *e && n.mem.fenced_expiry != Some(*e)) {
             n.mem.fenced_expiry = Some(e);
@@ -1100,8 +1127,8 @@ impl Sim {
         if !n.host_up || n.applied.paused {
             return;
         }
-        if let Some(k) = n.keeper.filter(|k| local >= *k) {
-            n.keeper = None;
+        if let Some(k) = n.keeper.filter(|k| local >= *k && n.keeper_fenced != Some(*k)) {
+            n.keeper_fenced = Some(k);
             if n.pg.run != Run::Down {
                 let name = n.name.clone();
                 n.pg.stop(false);
@@ -1287,6 +1314,16 @@ impl Sim {
             ));
         }
     }
+}
+
+/// As `lease::Holder`: one lease after the node first saw itself primary of `generation`,
+/// never after a lease of it that an earlier raftpg left.
+fn acquiring_until(m: &AgentMemory, generation: u64, lease_ms: u64) -> Option<u64> {
+    let (g, since) = m.acquiring.filter(|(g, _)| *g == generation)?;
+    Some(match m.inherited {
+        Some((ig, e)) if ig == g => (since + lease_ms).min(e),
+        _ => since + lease_ms,
+    })
 }
 
 fn is_proposal(a: &Action) -> bool {

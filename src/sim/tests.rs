@@ -72,10 +72,12 @@ fn promoting_without_enough_final_reports_is_caught() {
 
 /// The seeds that found the bugs fixed with the simulation (each also has a table test
 /// in the pure core): 844, the first primary ran without a quorum; 593, a replaced
-/// candidate said it held nothing; 626, the stopped old primary was never promoted again.
+/// candidate said it held nothing; 626, the stopped old primary was never promoted again;
+/// 2509, a restarted raftpg dropped the lease it inherited; 2848, a new primary's first
+/// lease was not guarded by the fence keeper.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for seed in [844, 593, 626] {
+    for seed in [844, 593, 626, 2509, 2848] {
         let o = run(seed, &SimConfig::default());
         assert!(o.violation.is_none(), "{}", o.report());
         assert!(o.recovery_ms.is_some(), "{}", o.report());
