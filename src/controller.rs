@@ -32,9 +32,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
     let mut last_transfer: Option<Instant> = None;
-    // What the controller's timer runs for, and since when: the pending change and its
-    // candidate (the switchover timeout runs from the change, a candidate's from its
-    // promotion), or the member chosen to bootstrap.
+    // What the controller's timer runs for (`timer_key`), and since when.
     let mut pending_since: Option<((u64, Option<String>), Instant)> = None;
     let mut changes = node.subscribe();
     loop {
@@ -69,12 +67,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
             _ => None,
         };
-        let watched = match (&state.pending, &state.primary) {
-            (Some(p), _) => Some((state.generation, p.candidate.clone())),
-            (None, None) if state.system_identifier.is_none() => state.bootstrap_node.clone().map(|b| (0, Some(b))),
-            _ => None,
-        };
-        pending_since = match (watched, pending_since) {
+        pending_since = match (crate::decide::controller::timer_key(&state), pending_since) {
             (None, _) => None,
             (Some(w), Some((was, at))) if w == was => Some((was, at)),
             (Some(w), _) => Some((w, now)),

@@ -154,14 +154,9 @@ impl Holder {
 }
 
 impl HolderInner {
-    /// The end of the acquiring period for `generation`: one lease after this node first
-    /// saw itself primary of it, and never after an inherited lease of it.
     fn acquiring_until(&self, generation: u64, lease_ms: u64) -> Option<Instant> {
-        let (g, since) = self.acquiring.filter(|(g, _)| *g == generation)?;
-        let until = since + Duration::from_millis(lease_ms);
-        Some(match self.inherited {
-            Some((ig, e)) if ig == g => until.min(e),
-            _ => until,
+        crate::decide::report::acquiring_until(self.acquiring, self.inherited, generation, |since| {
+            since + Duration::from_millis(lease_ms)
         })
     }
 }

@@ -81,6 +81,13 @@ pub fn inherited_expiry(found: &LeaseFile, boot: Option<&str>) -> Option<u64> {
     (same_boot && found.expiry_ns > 0).then_some(found.expiry_ns)
 }
 
+/// The inherited expiry stands, even once over, until this raftpg holds a lease of its own
+/// at least as long, or the cluster is paused.
+pub fn still_inherited(inherited_ns: Option<u64>, own_ns: Option<u64>, paused: bool) -> Option<u64> {
+    let superseded = inherited_ns.is_some_and(|i| own_ns.is_some_and(|o| o >= i));
+    inherited_ns.filter(|_| !paused && !superseded)
+}
+
 /// What the keeper writes: the later of its own lease and the inherited one, even once
 /// that is over (the keeper fences when it sees an expiry passed; dropping it first would
 /// leave a PostgreSQL without a lease unguarded); nothing while the cluster is paused.
@@ -140,10 +147,7 @@ impl Keeper {
             let left = e.saturating_duration_since(tokio::time::Instant::now());
             (now + left.as_nanos() as u64).max(1)
         });
-        // The inherited expiry stands until this raftpg holds a later lease of its own.
-        if paused || self.inherited.is_some_and(|i| own.is_some_and(|o| o >= i)) {
-            self.inherited = None;
-        }
+        self.inherited = still_inherited(self.inherited, own, paused);
         let ns = armed_until(own, self.inherited, paused);
         // Renewals move the expiry by whole intervals; sub-millisecond jitter is not worth a write.
         if self

@@ -38,3 +38,29 @@ pub fn bootstrapped(primary: &str) -> ClusterState {
         },
     ])
 }
+
+/// n1 primary with `synchronous_mode = mode`, then a failover whose candidate n2 was told
+/// to promote (generation 2) and has not recorded its timeline.
+pub fn promoting_n2(mode: &str) -> ClusterState {
+    let mut s = bootstrapped("n1");
+    let cmds = [
+        Command::SetConfig {
+            key: "synchronous_mode".into(),
+            value: Some(mode.into()),
+        },
+        Command::BeginFailover {
+            generation: 1,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+        Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+    ];
+    for c in &cmds {
+        apply(&mut s, c).unwrap();
+    }
+    s
+}

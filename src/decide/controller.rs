@@ -289,20 +289,39 @@ pub fn candidate_timeout_ms(lease_ms: u64) -> u64 {
 }
 pub const CANDIDATE_PROGRESS_FACTOR: u64 = 4;
 
+/// Whether a member chosen for a step (promotion, bootstrap) has had its time, given its
+/// `report`: `candidate_timeout_ms`, or `CANDIDATE_PROGRESS_FACTOR` times that while it
+/// reports one of the `progress` roles. `Some` says how it looks, for the reason.
+fn stalled(i: &ControllerInput, report: Option<&Report>, progress: &[PgRole]) -> Option<String> {
+    let progressing = report.is_some_and(|r| progress.contains(&r.pg));
+    let factor = if progressing { CANDIDATE_PROGRESS_FACTOR } else { 1 };
+    if i.pending_ms <= candidate_timeout_ms(i.state.ha.lease_ms) * factor {
+        return None;
+    }
+    Some(match report {
+        None => "sends no report".to_string(),
+        Some(r) => format!("reports its PostgreSQL {:?}: {}", r.pg, r.reason),
+    })
+}
+
+/// What the controller's timer (`ControllerInput::pending_ms`) runs for: the pending change
+/// and its candidate (a switchover's timeout runs from the change, a candidate's from its
+/// promotion), or, before the first primary, the member chosen to bootstrap.
+pub fn timer_key(s: &ClusterState) -> Option<(u64, Option<String>)> {
+    match (&s.pending, &s.primary) {
+        (Some(p), _) => Some((s.generation, p.candidate.clone())),
+        (None, None) if s.system_identifier.is_none() => s.bootstrap_node.clone().map(|b| (0, Some(b))),
+        _ => None,
+    }
+}
+
 /// A candidate was told to promote: wait for its `RecordTimeline`, or replace it when it
 /// died or hung mid-promotion and it acknowledged nothing (`apply::candidate_acknowledged_nothing`).
 fn promoting(i: &ControllerInput, c: &str) -> ControllerDecision {
     let s = i.state;
     let report = i.reports.get(c).filter(|r| r.generation == s.generation);
-    let progressing = report.is_some_and(|r| matches!(r.pg, PgRole::Primary | PgRole::Standby));
-    let factor = if progressing { CANDIDATE_PROGRESS_FACTOR } else { 1 };
-    let limit = candidate_timeout_ms(s.ha.lease_ms) * factor;
-    if i.pending_ms <= limit {
+    let Some(how) = stalled(i, report, &[PgRole::Primary, PgRole::Standby]) else {
         return idle(format!("waiting for {c} to promote and record its timeline"));
-    }
-    let how = match report {
-        None => "sends no report".to_string(),
-        Some(r) => format!("reports its PostgreSQL {:?}: {}", r.pg, r.reason),
     };
     if !crate::cluster::candidate_acknowledged_nothing(s) {
         return idle(format!(
@@ -338,15 +357,8 @@ fn bootstrap(i: &ControllerInput) -> ControllerDecision {
         // running, is replaced by another with an empty data directory. Another database
         // it may have made is never recorded: `Bootstrap` comes only from the chosen member,
         // and as a standby of the recorded primary it is fenced and re-cloned.
-        let report = i.reports.get(b);
-        let progressing = report.is_some_and(|r| matches!(r.pg, PgRole::NoData | PgRole::Primary));
-        let factor = if progressing { CANDIDATE_PROGRESS_FACTOR } else { 1 };
-        if i.pending_ms <= candidate_timeout_ms(s.ha.lease_ms) * factor {
+        let Some(how) = stalled(i, i.reports.get(b), &[PgRole::NoData, PgRole::Primary]) else {
             return idle(format!("waiting for {b} to bootstrap"));
-        }
-        let how = match report {
-            None => "sends no report".to_string(),
-            Some(r) => format!("reports its PostgreSQL {:?}: {}", r.pg, r.reason),
         };
         let other = s
             .members

@@ -1,7 +1,7 @@
 //! The controller's decisions: table tests, then a sweep over report sets.
 
 use super::*;
-use crate::cluster::testing::{bootstrapped, three_members};
+use crate::cluster::testing::{bootstrapped, promoting_n2, three_members};
 use crate::cluster::{apply, PendingKind, SyncMode};
 
 fn booted() -> ClusterState {
@@ -473,31 +473,6 @@ fn decide_after(s: &ClusterState, reports: &BTreeMap<String, Report>, pending_ms
         pending_ms,
         now_unix_ms: 0,
     })
-}
-
-fn promoting_n2(mode: &str) -> ClusterState {
-    let mut s = booted();
-    let set = Command::SetConfig {
-        key: "synchronous_mode".into(),
-        value: Some(mode.into()),
-    };
-    apply(&mut s, &set).unwrap();
-    let begin = Command::BeginFailover {
-        generation: 1,
-        to: None,
-        forced: false,
-        reason: "lease".into(),
-    };
-    apply(&mut s, &begin).unwrap();
-    apply(
-        &mut s,
-        &Command::Promote {
-            generation: 2,
-            node: "n2".into(),
-        },
-    )
-    .unwrap();
-    s
 }
 
 /// Issue 11's first dead end, at the controller: a candidate that died mid-promotion is

@@ -79,6 +79,24 @@ pub fn lease_view<T: Ord>(granted: Option<(u64, T)>, generation: u64, now: T, ac
     }
 }
 
+/// The end of the acquiring period for `generation`: `lease_end(since)` after the holder
+/// first saw itself primary of it (`acquiring`), and never after a lease of it that an
+/// earlier raftpg on this machine left (`inherited`): the controller's clock runs from
+/// that process's last grant.
+pub fn acquiring_until<T: Ord + Copy>(
+    acquiring: Option<(u64, T)>,
+    inherited: Option<(u64, T)>,
+    generation: u64,
+    lease_end: impl Fn(T) -> T,
+) -> Option<T> {
+    let (g, since) = acquiring.filter(|(g, _)| *g == generation)?;
+    let until = lease_end(since);
+    Some(match inherited {
+        Some((ig, e)) if ig == g => until.min(e),
+        _ => until,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

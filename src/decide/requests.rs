@@ -240,29 +240,8 @@ mod tests {
     /// once in quorum mode (it acknowledged nothing), only with --force in async mode.
     #[test]
     fn a_failover_may_replace_a_stuck_candidate() {
-        use crate::cluster::{apply, Command};
         for (mode, plain_ok) in [("quorum", true), ("off", false)] {
-            let mut s = booted();
-            let set = Command::SetConfig {
-                key: "synchronous_mode".into(),
-                value: Some(mode.into()),
-            };
-            apply(&mut s, &set).unwrap();
-            let begin = Command::BeginFailover {
-                generation: 1,
-                to: None,
-                forced: false,
-                reason: "lease".into(),
-            };
-            apply(&mut s, &begin).unwrap();
-            apply(
-                &mut s,
-                &Command::Promote {
-                    generation: 2,
-                    node: "n2".into(),
-                },
-            )
-            .unwrap();
+            let s = crate::cluster::testing::promoting_n2(mode);
             let plain = failover(&s, &rows(), "n3", false);
             assert_eq!(plain.is_ok(), plain_ok, "{mode}: {plain:?}");
             if !plain_ok {

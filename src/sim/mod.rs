@@ -41,9 +41,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use crate::agent::keeper::{armed_until, still_inherited};
 use crate::cluster::{apply, ClusterState, Command, Member, Tags};
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
-use crate::decide::controller::{decide as controller_decide, ControllerAction, ControllerInput, Report};
+use crate::decide::controller::{decide as controller_decide, timer_key, ControllerAction, ControllerInput, Report};
 use crate::decide::report::{derive, grants_renewal, lease_view};
 use crate::lease::controller_deadline;
 use crate::postgres::{conf, Controldata, PgState, Replica};
@@ -1069,16 +1070,10 @@ impl Sim {
             _ => acquiring_until(&n.mem, generation, lease_ms),
         };
         // The keeper is armed with the lease (and, after a restart, what the last one left).
-        // As `keeper::Keeper::set`: the later of its own lease and the inherited one, which
+        // The real keeper's rules: the later of its own lease and the inherited one, which
         // stands (even once over) until a later lease of its own is granted.
-        if paused || n.inherited.is_some_and(|h| expiry.is_some_and(|e| e >= h)) {
-            n.inherited = None;
-        }
-        n.keeper = if paused {
-            None
-        } else {
-            expiry.into_iter().chain(n.inherited).max()
-        };
+        n.inherited = still_inherited(n.inherited, expiry, paused);
+        n.keeper = Some(armed_until(expiry, n.inherited, paused)).filter(|k| *k != 0);
         if let Some(e) = expiry.filter(|e| local >= *e && n.mem.fenced_expiry != Some(*e)) {
             n.mem.fenced_expiry = Some(e);
             if !paused && n.pg.run != Run::Down {
@@ -1166,12 +1161,7 @@ impl Sim {
             }
             _ => None,
         };
-        let watched = match (&s.pending, &s.primary) {
-            (Some(p), _) => Some((s.generation, p.candidate.clone())),
-            (None, None) if s.system_identifier.is_none() => s.bootstrap_node.clone().map(|b| (0, Some(b))),
-            _ => None,
-        };
-        self.book.watched = match (watched, self.book.watched.take()) {
+        self.book.watched = match (timer_key(&s), self.book.watched.take()) {
             (None, _) => None,
             (Some(w), Some((was, at))) if w == was => Some((was, at)),
             (Some(w), _) => Some((w, self.now)),
@@ -1316,14 +1306,9 @@ impl Sim {
     }
 }
 
-/// As `lease::Holder`: one lease after the node first saw itself primary of `generation`,
-/// never after a lease of it that an earlier raftpg left.
+/// As `lease::Holder`, with the same rule (`decide::report::acquiring_until`).
 fn acquiring_until(m: &AgentMemory, generation: u64, lease_ms: u64) -> Option<u64> {
-    let (g, since) = m.acquiring.filter(|(g, _)| *g == generation)?;
-    Some(match m.inherited {
-        Some((ig, e)) if ig == g => (since + lease_ms).min(e),
-        _ => since + lease_ms,
-    })
+    crate::decide::report::acquiring_until(m.acquiring, m.inherited, generation, |since| since + lease_ms)
 }
 
 fn is_proposal(a: &Action) -> bool {
