@@ -106,6 +106,13 @@ impl Agent {
                 self.gate_lsn = None;
             }
             Action::Promote => {
+                // Timelines other members took must not be taken again.
+                for (tl, text) in crate::postgres::recorded_histories(&state.history) {
+                    let path = pg.ctl.data_dir.join("pg_wal").join(format!("{tl:08X}.history"));
+                    if !path.exists() {
+                        pg.write_file(&path, &text)?;
+                    }
+                }
                 pg.write_conf(state, None, false)?;
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
                 tracing::info!(generation = state.generation, "promoting PostgreSQL");
@@ -129,10 +136,11 @@ impl Agent {
             }
             Action::Clone { from } => {
                 self.clone_from(state, from).await?;
-                // A clone replaced whatever a partial initdb left.
-                if pg.initdb_marker.exists() {
-                    std::fs::remove_file(&pg.initdb_marker)
-                        .with_context(|| format!("cannot remove {}", pg.initdb_marker.display()))?;
+                // A clone replaced whatever a partial initdb or rewind left.
+                for marker in [&pg.initdb_marker, &pg.rewind_marker] {
+                    if marker.exists() {
+                        std::fs::remove_file(marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+                    }
                 }
             }
             Action::Rewind { source } => self.rewind(state, source).await?,
@@ -285,6 +293,12 @@ impl Agent {
             }
         }
         tracing::info!("pg_rewind onto {primary}");
+        let marker = &pg.rewind_marker;
+        std::fs::write(
+            marker,
+            "pg_rewind started; until it succeeds the data directory may be part rewound\n",
+        )
+        .with_context(|| format!("cannot write {}", marker.display()))?;
         let rewound = match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
             // The first time, "nothing to undo" is believed. The second time in one
             // generation, after the standby again could not follow for a while, it is not:
@@ -307,6 +321,8 @@ impl Agent {
         let pg = &self.pg;
         match rewound {
             Ok(out) => {
+                std::fs::remove_file(&pg.rewind_marker)
+                    .with_context(|| format!("cannot remove {}", pg.rewind_marker.display()))?;
                 let summary = out.lines().last().unwrap_or("").to_string();
                 tracing::info!("pg_rewind done: {summary}");
                 if out.contains("no rewind required") {

@@ -215,8 +215,12 @@ impl Agent {
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
+        // After a failed pg_rewind the WAL on disk may be part the source's: not reported.
+        let rewinding = self.pg.rewind_marker.exists();
         let wal_end = match (&role, &local) {
-            (Wanted::Fenced, Local::Stopped { control: Some(c) }) if c.was_standby() || c.was_primary() => {
+            (Wanted::Fenced, Local::Stopped { control: Some(c) })
+                if !rewinding && (c.was_standby() || c.was_primary()) =>
+            {
                 match self.wal_end_read {
                     Some((g, end)) if g == state.generation => end,
                     _ => {

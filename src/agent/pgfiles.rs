@@ -30,6 +30,9 @@ pub struct PgNode {
     /// Present while initdb runs: a database found with it is a partial initdb (raftpg
     /// died during it) and counts as no database, to be made again.
     pub initdb_marker: PathBuf,
+    /// Present while pg_rewind runs, and after one that failed: pg_rewind writes the control
+    /// file last, so a database found with it may be part rewound though it reads as before.
+    pub rewind_marker: PathBuf,
 }
 
 impl PgNode {
@@ -89,6 +92,7 @@ impl PgNode {
             node_parameters: p.parameters.clone(),
             reclone_on_rewind_failure: p.reclone_on_rewind_failure,
             initdb_marker: base.join("initdb.incomplete"),
+            rewind_marker: base.join("rewind.incomplete"),
             start_timeout: Duration::from_secs(p.start_timeout_s),
         };
         node.write_passfile(&base.join("pgpass"))?;

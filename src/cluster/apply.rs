@@ -60,7 +60,13 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
     match cmd {
         // A new primary runs the current configuration from its first commit on.
         Command::Bootstrap { .. } => state.sync_unconfirmed.clear(),
-        Command::RecordTimeline { .. } if was_pending => state.sync_unconfirmed.clear(),
+        // The writes acknowledged before the new timeline forked are on the new primary
+        // (elected holding them) and on the old one (it wrote them), and on no other member
+        // for sure until the new primary's standbys stream past the fork: the next election
+        // must find one of the two, until the controller confirms that they did.
+        Command::RecordTimeline { .. } if was_pending => {
+            state.sync_unconfirmed = fork_holders(state).into_iter().collect();
+        }
         // The candidate may never record its timeline and be replaced (`BeginFailover`):
         // the configuration the fenced primary ran is kept, last, for the next election.
         Command::Promote { .. } if !had_candidate => {
@@ -332,6 +338,25 @@ fn begin(
         from.as_deref().unwrap_or("none"),
         state.generation
     ))
+}
+
+/// The members that hold every write acknowledged before the current primary's timeline
+/// forked: the new primary and the old one (when it is still a member), as `ANY n` of those
+/// `n`, so that one real report of either covers them (`decide::election`). `None` when
+/// commits are not acknowledged by standbys (asynchronous mode) or there is no such change.
+pub fn fork_holders(state: &ClusterState) -> Option<super::SyncConfig> {
+    if state.sync_quorum() == 0 {
+        return None;
+    }
+    let last = state.history.last().filter(|h| h.kind != ChangeKind::Bootstrap)?;
+    let standbys: std::collections::BTreeSet<String> = std::iter::once(last.to.clone())
+        .chain(last.from.clone())
+        .filter(|n| state.members.contains_key(n))
+        .collect();
+    Some(super::SyncConfig {
+        k: standbys.len(),
+        standbys,
+    })
 }
 
 /// Whether the candidate of the pending change can have acknowledged no commit before it

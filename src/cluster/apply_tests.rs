@@ -324,7 +324,8 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     };
     assert!(matches!(rejected(&mut s, late), Rejection::StaleGeneration { .. }));
     apply(&mut s, &Command::Reinit { node: "n2".into() }).unwrap();
-    // The new candidate completes; its record ends the unconfirmed configurations.
+    // The new candidate completes; its record replaces the unconfirmed configurations by
+    // the holders of the writes before its fork.
     apply(&mut s, &promote(3, "n3")).unwrap();
     apply(
         &mut s,
@@ -338,7 +339,7 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     )
     .unwrap();
     assert_eq!(s.primary_name(), Some("n3"));
-    assert!(s.sync_unconfirmed.is_empty());
+    assert_eq!(s.sync_unconfirmed, [sync(2, &["n1", "n3"])]);
     assert_eq!(s.history.last().unwrap().from.as_deref(), Some("n1"));
 }
 
@@ -396,9 +397,65 @@ fn a_retried_record_keeps_unconfirmed_configurations() {
         standbys: vec!["n3".into()],
     };
     apply(&mut s, &set).unwrap();
-    assert_eq!(s.sync_unconfirmed.len(), 1);
+    assert_eq!(
+        s.sync_unconfirmed.len(),
+        2,
+        "the fork holders and n2's first configuration"
+    );
     apply(&mut s, &record).unwrap();
-    assert_eq!(s.sync_unconfirmed.len(), 1, "still unconfirmed");
+    assert_eq!(s.sync_unconfirmed.len(), 2, "still unconfirmed");
+}
+
+fn sync(k: usize, standbys: &[&str]) -> crate::cluster::SyncConfig {
+    crate::cluster::SyncConfig {
+        standbys: standbys.iter().map(|n| n.to_string()).collect(),
+        k,
+    }
+}
+
+/// Seed 7206: until the new primary's standbys stream past its fork, the writes acknowledged
+/// before it are on the new and the old primary only. The record keeps them as `ANY 2` of the
+/// two; only `ConfirmSync` (proposed once k standbys flushed past the fork) ends that.
+#[test]
+fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
+    let record = |node: &str, g| Command::RecordTimeline {
+        generation: g,
+        node: node.into(),
+        timeline: g as u32,
+        switch_lsn: Some("0/3000060".into()),
+        parent_timeline: Some(g as u32 - 1),
+    };
+    let mut s = bootstrapped();
+    assert!(crate::cluster::fork_holders(&s).is_none(), "a bootstrap forks nothing");
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    apply(&mut s, &record("n2", 2)).unwrap();
+    assert_eq!(s.sync_unconfirmed, [sync(2, &["n1", "n2"])]);
+    let confirm = Command::ConfirmSync {
+        generation: 2,
+        config: s.sync_config(),
+    };
+    apply(&mut s, &confirm).unwrap();
+    assert!(s.sync_unconfirmed.is_empty());
+
+    // An old primary removed since is no holder any more.
+    apply(&mut s, &failover(2)).unwrap();
+    apply(&mut s, &promote(3, "n3")).unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
+    apply(&mut s, &record("n3", 3)).unwrap();
+    assert_eq!(s.sync_unconfirmed, [sync(1, &["n3"])]);
+
+    // Asynchronous mode acknowledges nothing through standbys: nothing to keep.
+    let mut s = bootstrapped();
+    let off = Command::SetConfig {
+        key: "synchronous_mode".into(),
+        value: Some("off".into()),
+    };
+    apply(&mut s, &off).unwrap();
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    apply(&mut s, &record("n2", 2)).unwrap();
+    assert!(s.sync_unconfirmed.is_empty());
 }
 
 fn five_members() -> ClusterState {

@@ -11,7 +11,7 @@ mod state;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use apply::{apply, candidate_acknowledged_nothing, Applied, Rejection};
+pub use apply::{apply, candidate_acknowledged_nothing, fork_holders, Applied, Rejection};
 pub use command::Command;
 pub use config::{parse_bytes, HaConfig, SyncMode, CONFIG_KEYS, DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES};
 pub use state::{

@@ -64,7 +64,8 @@ pub struct AgentInput<'a> {
     /// hung (it could not prove a commit before its lease ran out).
     pub fenced_hung: bool,
     /// During a primary change, a stopped standby's or primary's database: where its WAL
-    /// on disk ends (`(lsn, timeline)`, read with pg_waldump), when that could be read.
+    /// on disk ends (`(lsn, timeline)`, read with pg_waldump), when that could be read;
+    /// never after a pg_rewind that did not finish (the directory may be part rewound).
     pub wal_end: Option<(u64, u32)>,
     /// During a primary change: how long the WAL receiver has kept running since this
     /// standby stopped following (its `primary_conninfo` emptied).
@@ -420,6 +421,22 @@ fn promoted_unrecorded(i: &AgentInput) -> bool {
     i.wal_end.is_some_and(|(_, tl)| tl > recorded)
 }
 
+/// This node was the primary before the fenced one: it is the old primary of the last
+/// recorded change, that change made the fenced primary primary, and this node's WAL ends
+/// on an older timeline than the fenced primary's (the fenced primary may have promoted
+/// twice, after a restart, so its parent is not always this node's timeline). A database
+/// still a primary's since then was neither rewound nor cloned.
+fn preceded_the_fenced(i: &AgentInput) -> bool {
+    let Some(last) = i.state.history.last() else {
+        return false;
+    };
+    let fenced = i.state.pending.as_ref().and_then(|p| p.from.as_deref());
+    last.from.as_deref() == Some(i.me)
+        && last.to != i.me
+        && fenced == Some(last.to.as_str())
+        && i.wal_end.is_some_and(|(_, tl)| tl > 0 && tl < last.timeline)
+}
+
 /// The final report of a member that holds no acknowledged write of the fenced
 /// generation: timeline 0, which counts towards the reports needed and is never promoted.
 fn holds_nothing(g: u64, why: &str) -> Decision {
@@ -501,6 +518,21 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
             let mut d = Decision::idle(format!(
                 "stopped after a promotion that was never recorded; final position {} on timeline {tl}, read from my \
                  WAL on disk, waiting for the controller",
+                lsn(flushed)
+            ));
+            d.final_position = Some((flushed, tl));
+            d
+        }
+        // The old primary of the change that made the fenced primary primary, its database
+        // still as it stopped (a failed rewind leaves `rewind.incomplete`, which reads as no
+        // data): it holds every write it acknowledged, and the fenced primary's standbys may
+        // not have streamed them yet (`cluster::fork_holders`; seed 7206).
+        Local::Stopped { control: Some(c) } if !old_primary && c.was_primary() && preceded_the_fenced(i) => {
+            let (flushed, tl) = i.wal_end.expect("checked by preceded_the_fenced");
+            let mut d = Decision::idle(format!(
+                "stopped as the primary before {}; final position {} on timeline {tl}, read from my WAL on \
+                 disk, waiting for the controller",
+                i.state.pending.as_ref().and_then(|p| p.from.as_deref()).unwrap_or("?"),
                 lsn(flushed)
             ));
             d.final_position = Some((flushed, tl));

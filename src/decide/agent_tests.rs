@@ -97,7 +97,27 @@ fn states() -> Vec<(&'static str, ClusterState)> {
         ),
         (
             "after switchover to n2",
-            three_members(&[boot("n1"), vec![switchover, stopped, promote("n2"), recorded]].concat()),
+            three_members(&[boot("n1"), vec![switchover, stopped, promote("n2"), recorded.clone()]].concat()),
+        ),
+        (
+            "failover from n2 after n1",
+            three_members(
+                &[
+                    boot("n1"),
+                    vec![
+                        failover(),
+                        promote("n2"),
+                        recorded,
+                        Command::BeginFailover {
+                            generation: 2,
+                            to: None,
+                            forced: false,
+                            reason: "lease expired".into(),
+                        },
+                    ],
+                ]
+                .concat(),
+            ),
         ),
     ]);
     let paused: Vec<_> = out
@@ -643,7 +663,9 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             matches!(i.local, Local::Standby(pg) if pg.walreceiver.is_none() && pg.timeline.is_some())
                 || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_standby() && i.wal_end == Some(at))
                 || matches!(i.local, Local::Stopped { control: Some(_) } if i.wal_end == Some(at)
-                    && at.1 > i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0)),
+                    && at.1 > i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0))
+                || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_primary() && i.wal_end == Some(at)
+                    && i.state.history.last().is_some_and(|h| h.from.as_deref() == Some(i.me) && at.1 < h.timeline)),
             "{}",
             ctx()
         ),
@@ -892,4 +914,31 @@ fn a_hung_wal_receiver_is_stopped_with_postgres_after_a_bound() {
     assert!(decide(&i).actions.is_empty(), "waits for the receiver at first");
     i.receiver_lingering_ms = RECEIVER_STOP_MS + 1;
     assert_eq!(decide(&i).actions, [Action::Fence]);
+}
+
+/// Seed 7206: n1 was primary before n2, which was elected holding n1's acknowledged writes
+/// and then failed before its standbys streamed past its fork. n1's database, stopped as a
+/// primary's and not rewound since, holds those writes: it reports where its WAL ends, and
+/// not that it holds nothing. Rewound part-way (no WAL end read), or on n2's timeline, it
+/// does not.
+#[test]
+fn the_primary_before_the_fenced_one_reports_the_wal_it_wrote() {
+    let s = named_state("failover from n2 after n1");
+    for state in ["in production", "shut down"] {
+        let local = stopped(state, 1, 0x500);
+        let mut i = input("n1", &s, &local, LeaseView::Expired);
+        i.wal_end = Some((0x700, 1));
+        let d = decide(&i);
+        assert_eq!(d.final_position, Some((0x700, 1)), "{state}: {d:?}");
+        assert!(d.actions.is_empty(), "{d:?}");
+        i.wal_end = None;
+        assert_eq!(decide(&i).final_position, Some((0, 0)), "{state}: part rewound");
+        i.wal_end = Some((0x700, 2));
+        assert_eq!(decide(&i).final_position, Some((0, 0)), "{state}: on n2's timeline");
+    }
+    // n3 was never primary: its stopped primary's database (a failed clone's) holds nothing.
+    let local = stopped("in production", 1, 0x500);
+    let mut i = input("n3", &s, &local, LeaseView::Expired);
+    i.wal_end = Some((0x700, 1));
+    assert_eq!(decide(&i).final_position, Some((0, 0)));
 }

@@ -95,19 +95,19 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     }
     let current = |r: &&Report| r.generation == s.generation;
     if !s.sync_unconfirmed.is_empty() {
-        let applied = i
-            .reports
-            .get(&primary.node)
-            .filter(current)
-            .and_then(|r| r.sync_applied.as_ref());
+        let report = i.reports.get(&primary.node).filter(current);
+        let applied = report.and_then(|r| r.sync_applied.as_ref());
         return match applied {
-            Some(c) if *c == s.sync_config() => act(
-                ControllerAction::Propose(Command::ConfirmSync {
-                    generation: s.generation,
-                    config: c.clone(),
-                }),
-                format!("{} runs the new synchronous configuration: confirming it", primary.node),
-            ),
+            Some(c) if *c == s.sync_config() => match behind_fork(s, report.map(|r| &r.standby_flush)) {
+                Some(why) => idle(why),
+                None => act(
+                    ControllerAction::Propose(Command::ConfirmSync {
+                        generation: s.generation,
+                        config: c.clone(),
+                    }),
+                    format!("{} runs the new synchronous configuration: confirming it", primary.node),
+                ),
+            },
             _ => idle(format!(
                 "waiting for {} to apply the new synchronous configuration",
                 primary.node
@@ -155,6 +155,37 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         "{} is the primary of generation {} and holds its lease",
         primary.node, s.generation
     ))
+}
+
+/// Why the primary's configuration cannot be confirmed yet although it runs it: fewer than
+/// `k` of its synchronous standbys have flushed past the point where its timeline forked
+/// (`flushed`: its `pg_stat_replication`). Until then the writes acknowledged before the fork
+/// may be on the new and the old primary only (`cluster::fork_holders`), and confirming
+/// would let the next election forget them (found by the simulation: seed 7206).
+/// `None` when nothing is behind, or the fork is not known (recorded before it was kept).
+pub fn behind_fork(s: &ClusterState, flushed: Option<&BTreeMap<String, u64>>) -> Option<String> {
+    let primary = s.primary.as_ref()?;
+    let last = s
+        .history
+        .last()
+        .filter(|h| h.to == primary.node && h.generation == primary.generation)?;
+    let fork = last.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn)?;
+    let k = s.sync_quorum();
+    let past = s
+        .sync_standbys
+        .iter()
+        .filter(|n| flushed.and_then(|f| f.get(*n)).is_some_and(|l| *l >= fork))
+        .count();
+    (past < k).then(|| {
+        format!(
+            "{past} of the {k} synchronous standbys needed have flushed past {}, where {}'s timeline {} forked: \
+             until then the next failover must find {}'s or the old primary's WAL",
+            lsn(fork),
+            primary.node,
+            last.timeline,
+            primary.node
+        )
+    })
 }
 
 /// A scheduled switchover whose time has come.
@@ -428,6 +459,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             .collect(),
         last_primary_lsn,
         maximum_lag_bytes: s.ha.maximum_lag_on_failover_bytes,
+        old_primary: p.from.as_deref(),
         requested: p.to.as_deref(),
         forced: p.forced,
     };

@@ -605,3 +605,56 @@ fn when_no_other_member_holds_anything_the_stopped_old_primary_is_promoted_again
     reports.insert("n1".into(), report(2, PgRole::Unknown, None));
     assert_eq!(decide_with("n2", &s, &reports, None).action, None);
 }
+
+/// Seed 7206: n2, elected holding n1's acknowledged writes, runs its configuration, but its
+/// configuration is confirmed (forgetting that n1 and n2 alone may hold those writes) only
+/// once k = 1 of its synchronous standbys flushed past the fork of its timeline.
+#[test]
+fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
+    let mut s = failing_over();
+    apply(
+        &mut s,
+        &Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+    )
+    .unwrap();
+    let record = Command::RecordTimeline {
+        generation: 2,
+        node: "n2".into(),
+        timeline: 2,
+        switch_lsn: Some("0/500".into()),
+        parent_timeline: Some(1),
+    };
+    apply(&mut s, &record).unwrap();
+    assert_eq!(s.sync_unconfirmed.len(), 1, "the fork holders");
+    let mut primary = report(2, PgRole::Primary, None);
+    primary.sync_applied = Some(s.sync_config());
+    let confirm = |flushed: &[(&str, u64)]| {
+        let mut p = primary.clone();
+        p.standby_flush = flushed.iter().map(|(n, l)| (n.to_string(), *l)).collect();
+        decide_with("n3", &s, &BTreeMap::from([("n2".to_string(), p)]), None)
+    };
+    for flushed in [
+        &[][..],
+        &[("n3", 0x4FF)],
+        &[("n1", 0x4FF), ("n3", 0x100)],
+        &[("n4", 0x900)],
+    ] {
+        let d = confirm(flushed);
+        assert_eq!(d.action, None, "{flushed:?}");
+        assert!(
+            d.reason.contains("0 of the 1") && d.reason.contains("0/500"),
+            "{}",
+            d.reason
+        );
+    }
+    for flushed in [&[("n3", 0x500)][..], &[("n1", 0x900), ("n3", 0x10)]] {
+        let d = confirm(flushed);
+        assert!(
+            matches!(d.action, Some(ControllerAction::Propose(Command::ConfirmSync { .. }))),
+            "{flushed:?}: {d:?}"
+        );
+    }
+}

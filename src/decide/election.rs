@@ -34,6 +34,9 @@ pub struct ElectionInput<'a> {
     /// Async mode: the old primary's last known write position, and the allowed lag.
     pub last_primary_lsn: Option<u64>,
     pub maximum_lag_bytes: u64,
+    /// The fenced primary. A configuration that names it is `cluster::fork_holders`: members
+    /// that each hold every write acknowledged before its timeline forked.
+    pub old_primary: Option<&'a str>,
     /// Manual failover target; with `forced`, promoted whatever it may lose.
     pub requested: Option<&'a str>,
     pub forced: bool,
@@ -59,14 +62,19 @@ pub enum Election {
 /// Whether the final reports are enough for a promotion that cannot lose an acknowledged
 /// commit: for every `ANY k (S)` the old primary may have run, `|S| - k + 1` members of
 /// `S` reported (any such group holds each commit that `k` members of `S` acknowledged).
+/// A member that reports holding nothing (timeline 0) counts: it lost no data during the
+/// fenced generation, so it never acknowledged a commit of it. Not so in a configuration
+/// of fork holders (it names the fenced primary, which a configuration it ran never does):
+/// they held those writes, so only a real report counts there.
 /// `Err` names who is still missing.
 fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(), String> {
-    let has = |n: &str| reported.iter().any(|(r, _)| *r == n);
     if reported.is_empty() {
         let all: Vec<&str> = input.standbys.keys().copied().collect();
         return Err(format!("no final report yet; waiting for [{}]", all.join(", ")));
     }
     for q in input.quorums.iter().filter(|q| q.k > 0) {
+        let holders = input.old_primary.is_some_and(|o| q.standbys.contains(o));
+        let has = |n: &str| reported.iter().any(|(r, f)| *r == n && (f.timeline > 0 || !holders));
         let needed = (q.standbys.len() + 1).saturating_sub(q.k);
         let have = q.standbys.iter().filter(|n| has(n)).count();
         if have < needed {

@@ -22,6 +22,7 @@ fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> 
         }],
         last_primary_lsn: None,
         maximum_lag_bytes: 0,
+        old_primary: None,
         requested: None,
         forced: false,
     }
@@ -56,6 +57,39 @@ fn five_nodes_need_three_of_four() {
         ("d", None),
     ]));
     assert_eq!(promoted(&e), Some("c"));
+}
+
+/// Seed 7206: n1 acknowledged a write on n3 only; n3 was elected, recorded its timeline
+/// and died before n2 streamed from it. The writes before n3's fork are on n1 and n3 only
+/// (`ANY 2 (n1, n3)`): n2, behind, must not be promoted on its own report or on n1 saying
+/// it holds nothing; n1's real report (its WAL, on the parent timeline) is enough.
+#[test]
+fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
+    let holders = |n1: Option<FinalReport>| {
+        let mut i = quorum(&[("n1", n1), ("n2", report(20))]);
+        i.old_primary = Some("n3");
+        i.quorums.push(SyncConfig {
+            standbys: ["n1", "n3"].map(String::from).into(),
+            k: 2,
+        });
+        i
+    };
+    let nothing = Some(FinalReport {
+        flush_lsn: 0,
+        timeline: 0,
+        tags: Tags::default(),
+    });
+    let e = elect(&holders(nothing.clone()));
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.contains("[n1, n3]")),
+        "{e:?}"
+    );
+    assert!(matches!(elect(&holders(None)), Election::Wait { .. }));
+    assert_eq!(promoted(&elect(&holders(report(30)))), Some("n1"));
+    // The same nothing still counts in an ordinary configuration the fenced primary ran.
+    let mut plain = holders(nothing);
+    plain.quorums.pop();
+    assert_eq!(promoted(&elect(&plain)), Some("n2"));
 }
 
 #[test]

@@ -58,6 +58,40 @@ pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
     timeline_switches(text).last().copied()
 }
 
+/// The history files a member must have in `pg_wal` before it promotes, so that PostgreSQL,
+/// which takes one more than the newest timeline whose history file it finds, never takes a
+/// timeline another member already took (a collision lets pg_rewind find "no rewind
+/// required" between two diverged databases). One file per recorded timeline: its content
+/// as the recorded chain of forks gives it, or, where a fork is not known, only a comment
+/// (PostgreSQL only looks for the file). Pairs of (timeline, file text).
+pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(u32, String)> {
+    let lines = |mut tl: u32| -> Option<String> {
+        let mut out = Vec::new();
+        while tl > 1 {
+            let h = history.iter().rev().find(|h| h.timeline == tl)?;
+            let (parent, switch) = (h.parent_timeline.filter(|p| *p < tl)?, h.switch_lsn.as_deref()?);
+            out.push(format!(
+                "{parent}\t{switch}\t{} of generation {} to {}",
+                h.kind.as_str(),
+                h.generation,
+                h.to
+            ));
+            tl = parent;
+        }
+        out.reverse();
+        Some(out.join("\n") + "\n")
+    };
+    let newest = history.iter().map(|h| h.timeline).max().unwrap_or(1);
+    (2..=newest)
+        .map(|tl| {
+            let text = lines(tl).unwrap_or_else(|| {
+                format!("# timeline {tl} was taken by a member of this raftpg cluster; its forks are not recorded\n")
+            });
+            (tl, text)
+        })
+        .collect()
+}
+
 /// A failure of a PostgreSQL action, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -102,5 +136,33 @@ mod tests {
             timeline_switches(history).len(),
             history.lines().filter(|l| !l.trim().is_empty()).count()
         );
+    }
+
+    #[test]
+    fn recorded_timelines_become_history_files_postgres_reads_back() {
+        use crate::cluster::{ChangeKind, HistoryEntry};
+        let entry = |timeline, parent, switch: Option<&str>| HistoryEntry {
+            kind: ChangeKind::Failover,
+            timeline,
+            parent_timeline: parent,
+            switch_lsn: switch.map(String::from),
+            reason: "r".into(),
+            from: None,
+            to: "n2".into(),
+            generation: timeline as u64,
+        };
+        assert!(recorded_histories(&[]).is_empty());
+        let history = [
+            entry(1, None, None),
+            entry(2, Some(1), Some("0/3000060")),
+            entry(3, None, None),
+            entry(4, Some(2), Some("0/5000128")),
+        ];
+        let files = recorded_histories(&history);
+        assert_eq!(files.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(timeline_switches(&files[0].1), [(1, 0x300_0060)]);
+        assert!(timeline_switches(&files[1].1).is_empty(), "{}", files[1].1);
+        assert!(files[1].1.starts_with('#'));
+        assert_eq!(timeline_switches(&files[2].1), [(1, 0x300_0060), (2, 0x500_0128)]);
     }
 }

@@ -159,6 +159,8 @@ struct Data {
     /// (timeline, write id) per record; an LSN is `BASE_LSN + position`.
     wal: Vec<(u32, u64)>,
     timeline: u32,
+    /// Where the timeline forked, as its history file says: (parent timeline, WAL length).
+    fork: Option<(u32, usize)>,
     /// Stopped cleanly (a checkpoint ends the WAL).
     clean: bool,
     /// Last ran in recovery.
@@ -862,6 +864,7 @@ impl Sim {
                 pg.data = Some(Data {
                     wal: Vec::new(),
                     timeline: 1,
+                    fork: None,
                     clean: true,
                     was_standby: false,
                     system,
@@ -934,17 +937,19 @@ impl Sim {
                 if pg.run != Run::Standby {
                     return Err("not in recovery".into());
                 }
-                self.promoted(i, state.generation);
+                let recorded = state.history.iter().map(|h| h.timeline).max().unwrap_or(1);
+                self.promoted(i, state.generation, recorded);
             }
             Action::RecordTimeline { timeline, .. } => {
+                let fork = self.nodes[i].pg.data.as_ref().and_then(|d| d.fork);
                 self.propose(
                     i,
                     Command::RecordTimeline {
                         generation: state.generation,
                         node: me.clone(),
                         timeline: *timeline,
-                        switch_lsn: None,
-                        parent_timeline: None,
+                        switch_lsn: fork.map(|(_, len)| crate::decide::election::lsn(lsn_of(len))),
+                        parent_timeline: fork.map(|(p, _)| p),
                     },
                 )?;
             }
@@ -976,6 +981,7 @@ impl Sim {
                 pg.data = Some(Data {
                     wal: source.wal[..common].to_vec(),
                     timeline: source.timeline,
+                    fork: source.fork,
                     clean: true,
                     was_standby: true,
                     system: source.system,
@@ -1016,7 +1022,9 @@ impl Sim {
     }
 
     /// `i`'s PostgreSQL ends recovery under `generation`.
-    fn promoted(&mut self, i: usize, generation: u64) {
+    /// `recorded`: the newest timeline the history records; the agent puts its history file
+    /// in place first, so PostgreSQL takes a newer one.
+    fn promoted(&mut self, i: usize, generation: u64, recorded: u32) {
         let name = self.nodes[i].name.clone();
         // Every acknowledged write must be in the WAL the new primary starts from.
         let wal: BTreeSet<u64> = self.nodes[i]
@@ -1043,7 +1051,15 @@ impl Sim {
         }
         let pg = &mut self.nodes[i].pg;
         let d = pg.data.as_mut().expect("a standby has data");
-        let top = d.wal.iter().map(|(t, _)| *t).max().unwrap_or(1).max(d.timeline);
+        let top = d
+            .wal
+            .iter()
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(1)
+            .max(d.timeline)
+            .max(recorded);
+        d.fork = Some((d.timeline, d.wal.len()));
         d.timeline = top + 1;
         d.was_standby = false;
         pg.run = Run::Primary;
