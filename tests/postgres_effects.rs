@@ -153,3 +153,62 @@ async fn observations_reuse_one_connection_and_drop_it_on_failure() {
     assert!(matches!(observer.observe(&conninfo, T).await, Observation::Up(_)));
     pg.stop(StopMode::Fast, T).await.expect("stop");
 }
+
+/// A member that promotes never takes a timeline another member took: with the recorded
+/// timelines' history files in its pg_wal (`recorded_histories`, put there by the agent
+/// before `pg_promote`), PostgreSQL, still on timeline 1, takes timeline 4 and not 2. Its
+/// own history file then forks from timeline 1, so pg_rewind finds the divergence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_takes_a_timeline_no_member_took() {
+    use raftpg::cluster::{ChangeKind, HistoryEntry};
+    let (dir, pg, conninfo) = local_pg(26003);
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    let entry = |timeline, parent: Option<u32>, switch: Option<&str>| HistoryEntry {
+        kind: ChangeKind::Failover,
+        timeline,
+        parent_timeline: parent,
+        switch_lsn: switch.map(String::from),
+        reason: "test".into(),
+        from: None,
+        to: "other".into(),
+        generation: timeline as u64,
+    };
+    let history = [
+        entry(1, None, None),
+        entry(2, Some(1), Some("0/1000000")),
+        entry(3, None, None),
+    ];
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        if let Some(u) = &pg.run_as {
+            u.chown(&path).unwrap();
+        }
+    };
+    for (tl, text) in raftpg::postgres::recorded_histories(&history) {
+        write(pg.data_dir.join("pg_wal").join(format!("{tl:08X}.history")), &text);
+    }
+    write(pg.data_dir.join("standby.signal"), "");
+    let conf = pg.data_dir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap() + "\nrecovery_target_timeline = 'current'\n";
+    write(conf, &text);
+    pg.start(T).await.expect("start in recovery");
+    pg.promote(T).await.expect("promote");
+    let timeline = async {
+        loop {
+            if let Observation::Up(s) = observe(&conninfo, Duration::from_secs(5)).await {
+                if !s.in_recovery {
+                    return s.timeline;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let timeline = tokio::time::timeout(T, timeline).await.expect("promoted within a minute");
+    assert_eq!(timeline, Some(4), "{}", pg.log_tail(20));
+    let own = std::fs::read_to_string(pg.data_dir.join("pg_wal/00000004.history")).unwrap();
+    assert_eq!(raftpg::postgres::parse_timeline_history(&own).map(|(p, _)| p), Some(1));
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    drop(dir);
+}
