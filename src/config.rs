@@ -160,7 +160,7 @@ impl PostgresSection {
             return err("start_timeout_s", "must be 1 or more".into());
         }
         for name in self.parameters.keys() {
-            if crate::postgres::conf::MANAGED.contains(&name.as_str()) {
+            if crate::cluster::params::is_managed(name) {
                 return err(
                     &format!("parameters.{name}"),
                     format!("{name} is managed by raftpg and cannot be set here"),
@@ -348,17 +348,7 @@ impl Config {
         let mut addrs = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
             let at = |f: &str| format!("members[{i}].{f}");
-            if m.name.is_empty()
-                || !m
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return err(
-                    &at("name"),
-                    format!("'{}' is not a valid name: use letters, digits, '-' or '_'", m.name),
-                );
-            }
+            crate::cluster::params::check_member_name(&m.name).map_err(|p| (at("name"), p))?;
             if !names.insert(m.name.clone()) {
                 return err(
                     &at("name"),

@@ -186,6 +186,26 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     assert!(c.log_of(primary).contains("without a rewind"));
     check_no_loss(&c, w, &[1, 2, 3]).await;
 
+    phase("config set refuses what would run commands, load code or name files, in any case");
+    for (kv, says) in [
+        (
+            "postgresql.parameters.archive_command=touch /tmp/raftpg-pwned",
+            "runs a shell command",
+        ),
+        (
+            "postgresql.parameters.ARCHIVE_COMMAND=touch /tmp/raftpg-pwned",
+            "runs a shell command",
+        ),
+        ("postgresql.parameters.include=/etc/passwd", "names a file"),
+        ("postgresql.parameters.shared_preload_libraries=evil", "loads code"),
+        ("postgresql.parameters.Hba_File=/tmp/hba", "raftpg sets it itself"),
+        ("postgresql.parameters.synchronous_commit=local", "quorum"),
+    ] {
+        c.ctl_fails(&["config", "set", kv], says);
+    }
+    let shown = c.ctl_ok(&["config", "show"]);
+    assert!(!shown.to_ascii_lowercase().contains("archive_command"), "{shown}");
+
     phase("a parameter that needs a restart shows as pending until `ctl restart`");
     c.ctl_ok(&["config", "set", "postgresql.parameters.max_locks_per_transaction=128"]);
     c.wait_for("every member to show a pending restart", CHANGE, || async {

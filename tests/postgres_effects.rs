@@ -205,7 +205,9 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let timeline = tokio::time::timeout(T, timeline).await.expect("promoted within a minute");
+    let timeline = tokio::time::timeout(T, timeline)
+        .await
+        .expect("promoted within a minute");
     assert_eq!(timeline, Some(4), "{}", pg.log_tail(20));
     let own = std::fs::read_to_string(pg.data_dir.join("pg_wal/00000004.history")).unwrap();
     assert_eq!(raftpg::postgres::parse_timeline_history(&own).map(|(p, _)| p), Some(1));

@@ -63,6 +63,16 @@ impl PgNode {
         let read = |f: &Option<PathBuf>, key: &str| -> anyhow::Result<Option<String>> {
             f.as_ref()
                 .map(|path| {
+                    if let Ok(meta) = std::fs::metadata(path) {
+                        if meta.permissions().mode() & 0o077 != 0 {
+                            tracing::warn!(
+                                "postgres.{key}: {} is readable by others than its owner (mode {:o}): run `chmod 600 {}`",
+                                path.display(),
+                                meta.permissions().mode() & 0o777,
+                                path.display()
+                            );
+                        }
+                    }
                     std::fs::read_to_string(path)
                         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                         .with_context(|| format!("postgres.{key}: cannot read {}", path.display()))
@@ -262,13 +272,63 @@ impl PgNode {
         Ok(true)
     }
 
-    /// Writes a file PostgreSQL reads: mode 0600, owned by its OS user.
+    /// Writes a file PostgreSQL reads (`write_private`), owned by its OS user.
     pub fn write_file(&self, path: &Path, content: &str) -> anyhow::Result<()> {
-        std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        if let Some(u) = &self.ctl.run_as {
-            u.chown(path)?;
+        write_private(path, content, self.ctl.run_as.as_ref())
+    }
+}
+
+/// Writes `content` to `path`: mode 0600 from its creation, owned by `owner` if given,
+/// replaced atomically, and never through a symlink (PGDATA belongs to the postgres user,
+/// and raftpg may run as root). The content goes to a fresh file opened with O_NOFOLLOW and
+/// O_EXCL, then renamed over `path`: a rename replaces a link, it does not follow it.
+pub fn write_private(path: &Path, content: &str, owner: Option<&RunAs>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().context("a file path has a name")?.to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.raftpg-new"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()))
         }
-        Ok(())
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(content.as_bytes())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Some(u) = owner {
+        u.chown(&tmp)?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_file_replaces_a_symlink_and_never_writes_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let path = dir.path().join("pgpass");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        // A planted temporary file (a link too) is removed, not followed.
+        std::os::unix::fs::symlink(&target, dir.path().join(".pgpass.raftpg-new")).unwrap();
+        write_private(&path, "secret", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret");
+        write_private(&path, "again", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "again");
     }
 }

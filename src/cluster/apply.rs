@@ -234,6 +234,7 @@ fn init(state: &mut ClusterState, members: &[Member]) -> Result<String, Rejectio
 }
 
 fn add_member(state: &mut ClusterState, m: &Member) -> Result<String, Rejection> {
+    super::params::check_member_name(&m.name).map_err(Rejection::BadConfig)?;
     if let Some(existing) = state.members.get(&m.name) {
         // Idempotent: a retried add of the same member is accepted.
         if existing == m {
@@ -514,16 +515,19 @@ fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Resul
         ));
     }
     if let Some(name) = key.strip_prefix("postgresql.parameters.") {
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !valid {
+        let name = super::params::check_parameter(name, value).map_err(Rejection::BadConfig)?;
+        let full = state.parameters.len() >= super::params::MAX_PARAMETERS && !state.parameters.contains_key(&name);
+        if value.is_some() && full {
             return Err(Rejection::BadConfig(format!(
-                "'{name}' is not a PostgreSQL parameter name"
+                "the cluster already sets {} PostgreSQL parameters, the most it keeps: reset one first",
+                super::params::MAX_PARAMETERS
             )));
         }
-        match value {
-            Some(v) => state.parameters.insert(name.to_string(), v.to_string()),
-            None => state.parameters.remove(name),
-        };
+        // One entry per name as PostgreSQL reads it (an older raftpg kept the case given).
+        state.parameters.retain(|k, _| !k.eq_ignore_ascii_case(&name));
+        if let Some(v) = value {
+            state.parameters.insert(name, v.to_string());
+        }
     } else {
         state.ha.set(key, value).map_err(Rejection::BadConfig)?;
     }

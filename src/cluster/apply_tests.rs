@@ -638,6 +638,55 @@ fn pause_resume_and_config() {
     ));
 }
 
+/// Issue 12: a committed `SetConfig` reaches every node's postgresql.conf, so the state
+/// itself refuses what runs commands, loads code or names files, whoever proposed it and
+/// whatever the case of the name; names are kept as PostgreSQL reads them.
+#[test]
+fn the_state_refuses_parameters_outside_the_sandbox_and_hostile_member_names() {
+    let mut s = bootstrapped();
+    let set = |k: &str, v: Option<&str>| Command::SetConfig {
+        key: format!("postgresql.parameters.{k}"),
+        value: v.map(str::to_string),
+    };
+    for name in [
+        "archive_command",
+        "ARCHIVE_COMMAND",
+        "include",
+        "shared_preload_libraries",
+        "hba_file",
+    ] {
+        let before = s.clone();
+        assert!(
+            matches!(rejected(&mut s, set(name, Some("x"))), Rejection::BadConfig(m) if m.contains("cannot be set")),
+            "{name}"
+        );
+        assert_eq!(s, before);
+    }
+    apply(&mut s, &set("Work_Mem", Some("8MB"))).unwrap();
+    apply(&mut s, &set("WORK_MEM", Some("16MB"))).unwrap();
+    assert_eq!(s.parameters, [("work_mem".to_string(), "16MB".to_string())].into());
+    // A state written before the sandbox may hold a refused name: it can still be reset.
+    s.parameters.insert("Archive_Command".into(), "x".into());
+    apply(&mut s, &set("archive_command", None)).unwrap();
+    assert!(!s.parameters.keys().any(|k| k.eq_ignore_ascii_case("archive_command")));
+    // The number of parameters is bounded.
+    for i in s.parameters.len()..crate::cluster::params::MAX_PARAMETERS {
+        apply(&mut s, &set(&format!("x.p{i}"), Some("1"))).unwrap();
+    }
+    assert!(matches!(rejected(&mut s, set("x.more", Some("1"))), Rejection::BadConfig(m) if m.contains("reset one")));
+    apply(&mut s, &set("x.p150", Some("2"))).unwrap();
+
+    for name in ["a\"b", "x/../y", "", "a\nb"] {
+        let add = Command::AddMember {
+            member: member(name, 9),
+        };
+        assert!(
+            matches!(rejected(&mut s, add), Rejection::BadConfig(m) if m.contains("not a valid member name")),
+            "{name:?}"
+        );
+    }
+}
+
 fn arb_command() -> impl Strategy<Value = Command> {
     let name = prop::sample::select(vec!["n1", "n2", "n3", "n4", "nx"]).prop_map(str::to_string);
     let generation = 0u64..5;

@@ -7,6 +7,7 @@
 mod apply;
 mod command;
 mod config;
+pub mod params;
 mod state;
 #[cfg(test)]
 pub(crate) mod testing;

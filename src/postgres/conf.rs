@@ -9,17 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Parameters raftpg sets itself; neither node nor cluster config may override them.
-pub const MANAGED: [&str; 8] = [
-    "port",
-    "listen_addresses",
-    "unix_socket_directories",
-    "hba_file",
-    "primary_conninfo",
-    "primary_slot_name",
-    "synchronous_standby_names",
-    "recovery_target_timeline",
-];
+pub use crate::cluster::params::MANAGED;
 
 /// Production defaults; cluster-wide parameters, then this node's, override them.
 pub const DEFAULTS: [(&str, &str); 16] = [
@@ -73,10 +63,21 @@ pub struct ConfInputs<'a> {
 /// The whole `postgresql.conf`.
 pub fn render_postgresql_conf(i: &ConfInputs) -> String {
     let mut params: BTreeMap<&str, String> = DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    for (k, v) in i.cluster_parameters.iter().chain(i.node_parameters) {
-        if !MANAGED.contains(&k.as_str()) {
-            params.insert(k.as_str(), v.clone());
+    // Names as PostgreSQL reads them (case-insensitive); the sandbox applies again to a
+    // state written before it existed, and a node's own file may set anything not managed.
+    let mut own: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in i.cluster_parameters {
+        if let Ok(name) = crate::cluster::params::check_parameter(k, Some(v)) {
+            own.insert(name, v.clone());
         }
+    }
+    for (k, v) in i.node_parameters {
+        if !crate::cluster::params::is_managed(k) {
+            own.insert(k.to_ascii_lowercase(), v.clone());
+        }
+    }
+    for (k, v) in &own {
+        params.insert(k.as_str(), v.clone());
     }
     let mut out = String::from(
         "# Written by raftpg before every start: edits here are lost.\n\
@@ -126,16 +127,49 @@ pub fn sync_standby_names(k: usize, standbys: &[String]) -> String {
     if k == 0 || standbys.is_empty() {
         return String::new();
     }
-    let names: Vec<String> = standbys.iter().map(|s| format!("\"{s}\"")).collect();
+    // A double quote inside a quoted name is doubled, as PostgreSQL reads it (member names
+    // cannot hold one; this keeps a name from breaking out even if one did).
+    let names: Vec<String> = standbys
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+        .collect();
     format!("ANY {} ({})", k.min(standbys.len()), names.join(", "))
 }
 
 /// Prefix of the replication slots raftpg owns (and drops when their member leaves).
 pub const SLOT_PREFIX: &str = "raftpg_";
 
-/// The physical slot kept for `member` on the primary: `raftpg_` + lower case, `-` as `_`.
+/// The physical slot kept for `member` on the primary. Slot names allow only `[a-z0-9_]`
+/// and 63 bytes, and must not collide: `db-1`, `db_1` and `DB_1` are three members.
+/// - A name of lower-case letters, digits and single hyphens keeps the form raftpg always
+///   gave it: `raftpg_` + the name with `-` as `_` (`db-1` → `raftpg_db_1`). Such a slot
+///   never holds `__`.
+/// - Any other name (upper case, `_`, `--`, long) gets `raftpg_` + its lower-case form with
+///   `-` as `_`, cut to 38 bytes, + `__` + 16 hex digits of a hash of the exact name. These
+///   always hold `__`, so the two forms never meet, and the hash tells apart names that read
+///   the same in lower case.
 pub fn slot_name(member: &str) -> String {
-    format!("{SLOT_PREFIX}{}", member.to_ascii_lowercase().replace('-', "_"))
+    let plain = member.len() + SLOT_PREFIX.len() <= 63
+        && !member.contains("--")
+        && member
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let folded: String = member
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '_',
+        })
+        .collect();
+    if plain {
+        return format!("{SLOT_PREFIX}{folded}");
+    }
+    // FNV-1a, 64 bits: stable across releases and platforms (the slot must keep its name).
+    let hash = member.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let cut: String = folded.chars().take(38).collect();
+    format!("{SLOT_PREFIX}{cut}__{hash:016x}")
 }
 
 /// libpq key=value string of an upstream.
@@ -203,7 +237,49 @@ mod tests {
         let c = conninfo(&upstream());
         assert!(c.starts_with("host=10.0.0.1 port=5432 user=replicator application_name=db-2 "));
         assert!(c.ends_with("passfile='/var/lib/raftpg/pg pass'"), "{c}");
-        assert_eq!(slot_name("DB-2"), "raftpg_db_2");
+        assert_eq!(slot_name("db-2"), "raftpg_db_2");
+    }
+
+    #[test]
+    fn slot_names_never_collide_and_fit_postgres() {
+        let names = [
+            "n1",
+            "db-1",
+            "db_1",
+            "DB_1",
+            "DB-1",
+            "db--1",
+            "db__1",
+            "Db_1",
+            "a",
+            "A",
+            &"x".repeat(56),
+            &"x".repeat(57),
+            &"x".repeat(63),
+            &"X".repeat(63),
+        ];
+        let slots: std::collections::BTreeSet<String> = names.iter().map(|n| slot_name(n)).collect();
+        assert_eq!(slots.len(), names.len(), "{slots:?}");
+        for s in &slots {
+            assert!(s.len() <= 63, "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{s}"
+            );
+            assert!(s.starts_with(SLOT_PREFIX));
+        }
+        // The names raftpg always derived the same way keep their slot.
+        assert_eq!(slot_name("n1"), "raftpg_n1");
+        assert_eq!(slot_name("pg-node-1"), "raftpg_pg_node_1");
+        // The hash is FNV-1a 64 of the exact name, fixed here so a slot keeps its name.
+        assert_eq!(slot_name("A"), "raftpg_a__af63fc4c860222ec");
+    }
+
+    #[test]
+    fn a_quote_in_a_standby_name_cannot_break_out() {
+        let names = vec!["a\"b".to_string()];
+        assert_eq!(sync_standby_names(1, &names), "ANY 1 (\"a\"\"b\")");
     }
 
     #[test]
