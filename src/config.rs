@@ -385,7 +385,34 @@ impl Config {
             );
         }
         self.raft.validate()?;
-        self.postgres.validate()
+        self.postgres.validate()?;
+        self.trust_only_on_loopback()
+    }
+
+    /// `host_auth = "trust"` lets anyone who reaches PostgreSQL connect as any role, the
+    /// superuser included: accepted only while PostgreSQL listens on loopback alone.
+    fn trust_only_on_loopback(&self) -> Result<(), (String, String)> {
+        if self.postgres.host_auth != "trust" {
+            return Ok(());
+        }
+        let host_of_me = self.me().pg.rsplit_once(':').map_or("", |(h, _)| h);
+        let listen = self.postgres.listen_addresses.as_deref().unwrap_or(host_of_me);
+        let loopback = |a: &str| {
+            let a = a.trim().trim_start_matches('[').trim_end_matches(']');
+            a == "localhost" || a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        match listen.split(',').find(|a| !loopback(a)) {
+            None => Ok(()),
+            Some(a) => Err((
+                "postgres.host_auth".into(),
+                format!(
+                    "\"trust\" would let anyone who reaches {} connect to PostgreSQL as any role, the superuser \
+                     included; it is accepted only when PostgreSQL listens on loopback alone. Use \"scram-sha-256\" \
+                     with superuser_password_file and replication_password_file",
+                    a.trim()
+                ),
+            )),
+        }
     }
 
     /// This node's entry in the member list (validated to exist).

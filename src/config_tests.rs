@@ -57,6 +57,23 @@ fn password_files_are_required_unless_trust() {
     assert!(e.problem.contains("mode 0600"), "{e}");
     let trusted = GOOD.replace("[postgres]\n", "[postgres]\nhost_auth = \"trust\"\n");
     Config::parse(&trusted, "test.toml").expect("trust needs no password");
+    // Issue 12: trust only where nobody else can connect.
+    for listen in ["10.0.0.1", "127.0.0.1, 10.0.0.1", "*", "0.0.0.0"] {
+        let open = trusted.replace(
+            "[postgres]\n",
+            &format!("[postgres]\nlisten_addresses = \"{listen}\"\n"),
+        );
+        let e = error_of(&open);
+        assert_eq!(e.key, "postgres.host_auth", "{listen}");
+        assert!(
+            e.problem.contains("scram-sha-256") && e.problem.contains("loopback"),
+            "{e}"
+        );
+    }
+    let local = trusted.replace("[postgres]\n", "[postgres]\nlisten_addresses = \"localhost, ::1\"\n");
+    Config::parse(&local, "test.toml").expect("trust on loopback");
+    let remote = trusted.replace("pg = \"127.0.0.1:15401\"", "pg = \"10.0.0.1:15401\"");
+    assert_eq!(error_of(&remote).key, "postgres.host_auth");
     let e = error_of(&GOOD.replace("[postgres]\n", "[postgres]\nhost_auth = \"password\"\n"));
     assert_eq!(e.key, "postgres.host_auth");
     assert!(e.problem.contains("scram-sha-256"), "{e}");

@@ -184,13 +184,15 @@ impl Agent {
                 .batch_execute(&format!("CREATE ROLE \"{role}\" WITH REPLICATION LOGIN"))
                 .await?;
         }
-        // Passwords travel in SQL, never in logs; literals are escaped by quote_literal.
+        // Passwords reach PostgreSQL as SCRAM verifiers made here, never in plain text (a
+        // statement can be logged, or seen in pg_stat_activity); quote_literal escapes them.
         for (user, pw) in [
             (role, &pg.replication_password),
             (&pg.superuser, &pg.superuser_password),
         ] {
             if let Some(pw) = pw {
-                let lit: String = client.query_one("SELECT quote_literal($1)", &[pw]).await?.get(0);
+                let verifier = postgres_protocol::password::scram_sha_256(pw.as_bytes());
+                let lit: String = client.query_one("SELECT quote_literal($1)", &[&verifier]).await?.get(0);
                 client
                     .batch_execute(&format!("ALTER ROLE \"{user}\" PASSWORD {lit}"))
                     .await?;
