@@ -3,11 +3,10 @@
 //! the agent. Composed here, so that `node` depends on none of them.
 
 use anyhow::Context;
-use tonic::transport::Server;
 
 use crate::api::grpc::ControlServer;
 use crate::config::Config;
-use crate::node::{bind, serve, Node};
+use crate::node::{bind, serve, server_builder, Node};
 use crate::pb::control::control_server::ControlServer as ControlGrpc;
 
 /// Starts everything; a port in use, missing PostgreSQL binaries or a bad directory are
@@ -16,9 +15,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
     let me = cfg.me().clone();
     let grpc_listener = bind(&me.grpc, "members[].grpc").await?;
     let http_listener = bind(&me.http, "members[].http").await?;
+    // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .context("cannot build the gRPC reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .context("cannot build the gRPC reflection service")?;
     let pg = match cfg.postgres.manage {
         true => Some(crate::agent::PgNode::prepare(&cfg)?),
@@ -30,7 +34,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
     node.spawn(
         "control server",
         serve(
-            Server::builder().add_service(control).add_service(reflection),
+            server_builder(node.tls.as_ref())?
+                .add_service(control)
+                .add_service(reflection)
+                .add_service(reflection_v1alpha),
             grpc_listener,
             stop.clone(),
             "grpc",
@@ -43,6 +50,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
     if let Some(pg) = pg {
         node.spawn("controller", crate::controller::run(node.clone(), stop.clone()));
         crate::agent::spawn(&node, pg, stop);
+    }
+    if cfg.tls.is_none() {
+        let on = [&me.raft, &me.grpc, &me.http].map(|a| a.as_str()).join(", ");
+        match cfg.insecure {
+            true => tracing::warn!(
+                "insecure = true and no [tls]: the Raft, control and HTTP ports ({on}) are plaintext and \
+                 unauthenticated; anyone who reaches them controls the cluster"
+            ),
+            false => tracing::info!("no [tls]: listening on loopback only ({on}), plaintext"),
+        }
     }
     tracing::info!(
         node = %me.name, id = me.id, raft = %me.raft, grpc = %me.grpc, cluster = %cfg.cluster.name,

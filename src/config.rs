@@ -32,6 +32,10 @@ pub const DEFAULT_CLUSTER_NAME: &str = "raftpg";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Without `[tls]`, listening on an address other than loopback needs this: every port
+    /// is then plaintext and unauthenticated.
+    #[serde(default)]
+    pub insecure: bool,
     pub node: NodeSection,
     #[serde(default)]
     pub cluster: ClusterSection,
@@ -42,6 +46,8 @@ pub struct Config {
     pub raft: RaftSection,
     #[serde(default)]
     pub postgres: PostgresSection,
+    /// Mutual TLS for the Raft and control ports (and the HTTP port with `http = true`).
+    pub tls: Option<crate::tls::TlsSection>,
 }
 
 /// Default OS user for PostgreSQL when raftpg runs as root.
@@ -291,6 +297,11 @@ impl Config {
             }
         };
         abs(&mut self.node.data_dir);
+        if let Some(t) = &mut self.tls {
+            abs(&mut t.ca_file);
+            abs(&mut t.cert_file);
+            abs(&mut t.key_file);
+        }
         let pg = &mut self.postgres;
         for p in [
             &mut pg.bin_dir,
@@ -386,7 +397,33 @@ impl Config {
         }
         self.raft.validate()?;
         self.postgres.validate()?;
-        self.trust_only_on_loopback()
+        self.trust_only_on_loopback()?;
+        self.plaintext_only_on_purpose()
+    }
+
+    /// Without `[tls]`, anyone who reaches a port controls the cluster: accepted on
+    /// loopback, elsewhere only with `insecure = true`.
+    fn plaintext_only_on_purpose(&self) -> Result<(), (String, String)> {
+        if self.tls.is_some() || self.insecure {
+            return Ok(());
+        }
+        let me = self.me();
+        for (key, addr) in [("raft", &me.raft), ("grpc", &me.grpc), ("http", &me.http)] {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            if !is_loopback(host) {
+                return Err((
+                    "tls".into(),
+                    format!(
+                        "no [tls] section, and this node would listen on {addr} (members[].{key} of '{}'), which is not \
+                         loopback: anyone who reaches it could control the cluster. Add [tls] with ca_file, cert_file \
+                         and key_file (make them with raftpg tls), or set insecure = true at the top of the file to run \
+                         plaintext on purpose",
+                        me.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `host_auth = "trust"` lets anyone who reaches PostgreSQL connect as any role, the
@@ -397,11 +434,7 @@ impl Config {
         }
         let host_of_me = self.me().pg.rsplit_once(':').map_or("", |(h, _)| h);
         let listen = self.postgres.listen_addresses.as_deref().unwrap_or(host_of_me);
-        let loopback = |a: &str| {
-            let a = a.trim().trim_start_matches('[').trim_end_matches(']');
-            a == "localhost" || a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        };
-        match listen.split(',').find(|a| !loopback(a)) {
+        match listen.split(',').find(|a| !is_loopback(a)) {
             None => Ok(()),
             Some(a) => Err((
                 "postgres.host_auth".into(),
@@ -536,3 +569,9 @@ fn toml_error_key(e: &toml::de::Error) -> String {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// Is `host` (a name or an IP, IPv6 possibly in brackets) loopback?
+pub fn is_loopback(host: &str) -> bool {
+    let a = host.trim().trim_start_matches('[').trim_end_matches(']');
+    a == "localhost" || a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

@@ -188,3 +188,34 @@ fn relative_paths_are_made_absolute_against_the_start_directory() {
         Some(Path::new("/etc/raftpg/replication.password"))
     );
 }
+
+#[test]
+fn plaintext_off_loopback_only_on_purpose() {
+    // Issue 12: without [tls], a node that listens beyond loopback is refused...
+    for (from, to) in [
+        ("raft = \"127.0.0.1:15501\"", "raft = \"10.0.0.1:15501\""),
+        ("grpc = \"127.0.0.1:15601\"", "grpc = \"0.0.0.0:15601\""),
+        ("http = \"127.0.0.1:15701\"", "http = \"192.168.1.5:15701\""),
+    ] {
+        let open = GOOD.replace(from, to);
+        let e = error_of(&open);
+        assert_eq!(e.key, "tls", "{to}");
+        assert!(
+            e.problem.contains("insecure = true") && e.problem.contains("raftpg tls"),
+            "{e}"
+        );
+        // ...unless the operator says so, or configures TLS.
+        Config::parse(&format!("insecure = true\n{open}"), "test.toml").expect("insecure on purpose");
+        let tls = format!("{open}\n[tls]\nca_file = \"ca.crt\"\ncert_file = \"n1.crt\"\nkey_file = \"n1.key\"\n");
+        let c = Config::parse(&tls, "test.toml").expect("TLS");
+        assert_eq!(c.tls.unwrap().cert_file, std::path::PathBuf::from("n1.crt"));
+    }
+    // Another member's address is not this node's listener.
+    Config::parse(
+        &GOOD.replace("raft = \"127.0.0.1:15502\"", "raft = \"10.0.0.2:15502\""),
+        "test.toml",
+    )
+    .expect("only this node's listeners count");
+    let e = error_of(&GOOD.replace("[postgres]\n", "[tls]\nca_file = \"ca.crt\"\n\n[postgres]\n"));
+    assert!(e.problem.contains("cert_file"), "{e}");
+}

@@ -34,6 +34,9 @@ pub struct DemoArgs {
     /// Base port P (node k: PostgreSQL P+k, Raft P+100+k, gRPC P+200+k, HTTP P+300+k).
     #[arg(long, default_value_t = 15400)]
     pub base_port: u16,
+    /// Plaintext instead of mutual TLS (loopback only; for comparing the cost of TLS).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Ports of node `k` (1-based).
@@ -84,6 +87,93 @@ impl Secrets {
     }
 }
 
+/// The certificates of a loopback cluster in `DIR/tls/`, made once and kept across runs:
+/// the CA, one node certificate per member (`nK`), an admin and a read-only client.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+    pub reader_cert: PathBuf,
+    pub reader_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads or makes the certificates of an `n`-node cluster under `dir/tls`.
+    pub fn ensure(dir: &Path, n: u16) -> anyhow::Result<TlsFiles> {
+        use crate::tls::{make, Role};
+        let tls_dir = dir.join("tls");
+        fs::create_dir_all(&tls_dir).with_context(|| format!("cannot create {}", tls_dir.display()))?;
+        let (ca_crt, _) = make::paths(&tls_dir, "ca");
+        let ca = match ca_crt.exists() {
+            true => make::read_ca(&tls_dir)?,
+            false => {
+                let ca = make::ca("raftpg-demo")?;
+                make::write(&tls_dir, "ca", &ca, true)?;
+                ca
+            }
+        };
+        let loopback = ["127.0.0.1".parse().expect("an IP")];
+        let leaf = |stem: &str, name: &str, role: Role| -> anyhow::Result<(PathBuf, PathBuf)> {
+            let (crt, key) = make::paths(&tls_dir, stem);
+            if !(crt.exists() && key.exists()) {
+                let dns = ["localhost".to_string()];
+                let (dns, ips): (&[String], &[std::net::IpAddr]) = match role {
+                    Role::Node => (&dns, &loopback),
+                    _ => (&[], &[]),
+                };
+                make::write(&tls_dir, stem, &make::leaf(&ca, name, role, dns, ips)?, true)?;
+            }
+            Ok((crt, key))
+        };
+        for k in 1..=n {
+            leaf(&format!("n{k}"), &format!("n{k}"), Role::Node)?;
+        }
+        let (admin_cert, admin_key) = leaf("admin", "admin", Role::Admin)?;
+        let (reader_cert, reader_key) = leaf("reader", "reader", Role::ReadOnly)?;
+        Ok(TlsFiles {
+            dir: tls_dir,
+            ca: ca_crt,
+            admin_cert,
+            admin_key,
+            reader_cert,
+            reader_key,
+        })
+    }
+
+    /// The `[tls]` section of node `k`.
+    pub fn section(&self, k: u16) -> String {
+        let (crt, key) = crate::tls::make::paths(&self.dir, &format!("n{k}"));
+        format!(
+            "
+[tls]
+ca_file = \"{}\"
+cert_file = \"{}\"
+key_file = \"{}\"
+",
+            self.ca.display(),
+            crt.display(),
+            key.display()
+        )
+    }
+
+    /// `RAFTPG_CACERT=… RAFTPG_CERT=… RAFTPG_KEY=…` for an admin.
+    pub fn admin_env(&self) -> String {
+        format!(
+            "RAFTPG_CACERT={} RAFTPG_CERT={} RAFTPG_KEY={}",
+            self.ca.display(),
+            self.admin_cert.display(),
+            self.admin_key.display()
+        )
+    }
+
+    /// The TLS settings of the admin client.
+    pub fn admin_client(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        crate::tls::Tls::client_from_files(&self.ca, Some(&self.admin_cert), Some(&self.admin_key))
+    }
+}
+
 /// The superuser's and the replication role's password files of a loopback cluster in `dir`.
 fn password_files(dir: &Path) -> (PathBuf, PathBuf) {
     let secrets = dir.join("secrets");
@@ -122,9 +212,10 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
 }
 
 /// The TOML configuration of node `k` of an `n`-node loopback cluster, with scram-sha-256
-/// and the password files of `Secrets::ensure(dir)`. `extra` is appended right after the
-/// `[postgres]` header: its first keys belong to that section.
-pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> String {
+/// and the password files of `Secrets::ensure(dir)`, and mutual TLS with `tls`
+/// (`TlsFiles::ensure(dir, n)`). `extra` is appended right after the `[postgres]` header:
+/// its first keys belong to that section.
+pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, tls: Option<&TlsFiles>, extra: &str) -> String {
     let mut out = format!(
         "# Written by `raftpg demo`.\n[node]\nname = \"n{k}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-demo\"\n",
         dir.join(format!("n{k}")).display()
@@ -135,6 +226,9 @@ pub fn render_config(dir: &Path, k: u16, n: u16, base: u16, extra: &str) -> Stri
             "\n[[members]]\nname = \"n{i}\"\nid = {i}\nraft = \"127.0.0.1:{}\"\ngrpc = \"127.0.0.1:{}\"\npg = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
             p.raft, p.grpc, p.pg, p.http
         );
+    }
+    if let Some(t) = tls {
+        out += &t.section(k);
     }
     let (superuser_file, replication_file) = password_files(dir);
     out + &format!(
@@ -158,13 +252,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = fs::canonicalize(&args.dir)?;
     let exe = std::env::current_exe().context("cannot find the raftpg executable")?;
     let secrets = Secrets::ensure(&dir)?;
+    let tls = match args.insecure {
+        true => None,
+        false => Some(TlsFiles::ensure(&dir, args.nodes)?),
+    };
     let mut children = Vec::new();
     let mut nodes_json = Vec::new();
     for k in 1..=args.nodes {
         let node_dir = dir.join(format!("n{k}"));
         fs::create_dir_all(&node_dir)?;
         let config = node_dir.join("raftpg.toml");
-        fs::write(&config, render_config(&dir, k, args.nodes, args.base_port, ""))?;
+        fs::write(
+            &config,
+            render_config(&dir, k, args.nodes, args.base_port, tls.as_ref(), ""),
+        )?;
         let child = spawn_node(&exe, &config, &node_dir)?;
         let pid = child.id().unwrap_or(0);
         fs::write(node_dir.join("raftpg.pid"), format!("{pid}\n"))?;
@@ -177,15 +278,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }));
         children.push((format!("n{k}"), child));
     }
-    fs::write(
-        dir.join("cluster.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes_json, "pgpass": secrets.pgpass }))?,
-    )?;
+    let mut cluster = serde_json::json!({ "nodes": nodes_json, "pgpass": secrets.pgpass });
+    if let Some(t) = &tls {
+        cluster["tls"] = serde_json::json!({
+            "ca": t.ca, "admin_cert": t.admin_cert, "admin_key": t.admin_key,
+            "reader_cert": t.reader_cert, "reader_key": t.reader_key,
+        });
+    }
+    fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&cluster)?)?;
+    let client_tls = tls.as_ref().map(TlsFiles::admin_client).transpose()?;
     let endpoints: Vec<String> = (1..=args.nodes)
         .map(|k| format!("127.0.0.1:{}", ports(args.base_port, k).grpc))
         .collect();
     let endpoints = endpoints.join(",");
-    match wait_ready(&endpoints, args.base_port, args.nodes, &secrets.superuser_password).await {
+    match wait_ready(
+        &endpoints,
+        client_tls.as_ref(),
+        args.base_port,
+        args.nodes,
+        &secrets.superuser_password,
+    )
+    .await
+    {
         Ok(table) => {
             println!("{table}");
             println!(
@@ -193,7 +307,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 secrets.pgpass.display(),
                 libpq_string(args.base_port, args.nodes)
             );
-            println!("Control it:  RAFTPG_ENDPOINTS={endpoints} raftpg ctl list");
+            let env = tls.as_ref().map(|t| format!(" {}", t.admin_env())).unwrap_or_default();
+            println!("Control it:  RAFTPG_ENDPOINTS={endpoints}{env} raftpg ctl list");
             println!("Node logs:   {}/nK/raftpg.log", dir.display());
             println!("Stop it:     Ctrl-C");
         }
@@ -234,13 +349,19 @@ pub fn libpq_string(base: u16, nodes: u16) -> String {
 
 /// Waits for one primary with N-1 streaming standbys (asked of PostgreSQL itself);
 /// returns the member table.
-async fn wait_ready(endpoints: &str, base: u16, nodes: u16, password: &str) -> anyhow::Result<String> {
+async fn wait_ready(
+    endpoints: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+    base: u16,
+    nodes: u16,
+    password: &str,
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no node answered yet");
     while Instant::now() < deadline {
         match streaming_standbys(base, nodes, password).await {
             Ok((primary, n)) if n + 1 == nodes as usize => {
-                let mut c = ctl::connect(endpoints).await?;
+                let mut c = ctl::connect(endpoints, tls).await?;
                 let s = c.status(StatusRequest {}).await?.into_inner();
                 // The table shows the agents' reports: wait until they say the same.
                 let reported = s.member_status.len() == nodes as usize

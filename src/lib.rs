@@ -22,3 +22,4 @@ pub mod postgres;
 pub mod protocol;
 pub mod raft;
 pub mod sim;
+pub mod tls;

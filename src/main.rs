@@ -36,6 +36,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Control a running cluster over gRPC.
     Ctl(ctl::CtlArgs),
+    /// Make certificates for a cluster without a PKI: a CA, node and client certificates.
+    #[command(subcommand)]
+    Tls(TlsCmd),
     /// Internal: the process that fences PostgreSQL when raftpg cannot (started by `run`).
     #[command(hide = true)]
     FenceKeeper {
@@ -46,8 +49,87 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// A new cluster CA: DIR/ca.crt and DIR/ca.key (keep the key off the nodes if you can).
+    Ca {
+        /// Directory for the files.
+        #[arg(long, default_value = "/etc/raftpg/tls")]
+        dir: PathBuf,
+        /// The cluster's name (cluster.name), recorded in the CA's subject.
+        #[arg(long, default_value = raftpg::config::DEFAULT_CLUSTER_NAME)]
+        cluster: String,
+        /// Replace existing files (every certificate the old CA issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// A node certificate for member NAME, signed by DIR/ca.*: DIR/NAME.crt and DIR/NAME.key.
+    Node {
+        /// The member's name (members[].name).
+        name: String,
+        /// A DNS name peers and clients use to reach this node (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// An IP address peers and clients use to reach this node (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long, default_value = "/etc/raftpg/tls")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// A control client certificate: DIR/NAME.crt and DIR/NAME.key.
+    Client {
+        /// Who holds it (a person or a tool).
+        name: String,
+        /// admin (every ctl command) or read-only (list, history, watch).
+        #[arg(long, value_parser = ["admin", "read-only"])]
+        role: String,
+        #[arg(long, default_value = "/etc/raftpg/tls")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn tls(cmd: TlsCmd) -> anyhow::Result<()> {
+    use raftpg::tls::{make, Role};
+    let (dir, stem, made, force) = match cmd {
+        TlsCmd::Ca { dir, cluster, force } => (dir, "ca".to_string(), make::ca(&cluster)?, force),
+        TlsCmd::Node {
+            name,
+            dns,
+            ip,
+            dir,
+            force,
+        } => {
+            let ca = make::read_ca(&dir)?;
+            let made = make::leaf(&ca, &name, Role::Node, &dns, &ip)?;
+            (dir, name, made, force)
+        }
+        TlsCmd::Client { name, role, dir, force } => {
+            let role = if role == "admin" { Role::Admin } else { Role::ReadOnly };
+            let ca = make::read_ca(&dir)?;
+            let made = make::leaf(&ca, &name, role, &[], &[])?;
+            (dir, name, made, force)
+        }
+    };
+    let (crt, key) = make::write(&dir, &stem, &made, force)?;
+    println!("wrote {} and {} (mode 0600)", crt.display(), key.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Tls(cmd) = cli.command {
+        return match tls(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("raftpg tls: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Cmd::FenceKeeper { lease_file, data_dir } = &cli.command {
         raftpg::agent::keeper::run(lease_file, data_dir);
         return ExitCode::SUCCESS;
@@ -73,7 +155,7 @@ fn main() -> ExitCode {
                 logging::init(cli.log_format, Some("warn"));
                 ctl::run(args).await.map(|()| Stop::Exit)
             }
-            Cmd::FenceKeeper { .. } => unreachable!("handled before the runtime starts"),
+            Cmd::FenceKeeper { .. } | Cmd::Tls(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

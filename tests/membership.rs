@@ -6,7 +6,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use raftpg::cluster::Command;
 use raftpg::config::Config;
-use raftpg::demo::render_config;
+use raftpg::demo::{render_config, TlsFiles};
 use raftpg::node::{MembershipError, Node};
 use tokio::time::Instant;
 
@@ -14,7 +14,14 @@ const BASE: u16 = 24000;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(dir: &std::path::Path, k: u16, n: u16) -> Config {
-    Config::parse(&render_config(dir, k, n, BASE, "manage = false\n"), &format!("n{k}")).unwrap()
+    let tls = TlsFiles::ensure(dir, 4).unwrap();
+    let mut cfg = Config::parse(
+        &render_config(dir, k, n, BASE, Some(&tls), "manage = false\n"),
+        &format!("n{k}"),
+    )
+    .unwrap();
+    cfg.resolve_paths(dir);
+    cfg
 }
 
 async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {

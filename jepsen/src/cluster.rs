@@ -52,6 +52,15 @@ impl Cluster {
         // another user in another directory.
         let dir = &std::path::absolute(dir)?;
         let raftpg = &std::path::absolute(raftpg)?;
+        // Mutual TLS as in production: each host's certificate names its member and its IP.
+        let tls_dir = dir.join("tls");
+        let ca = raftpg::tls::make::ca("raftpg-jepsen")?;
+        raftpg::tls::make::write(&tls_dir, "ca", &ca, true)?;
+        for k in 1..=n {
+            let ip = std::net::IpAddr::V4(hosts::ip(k));
+            let cert = raftpg::tls::make::leaf(&ca, &name(k), raftpg::tls::Role::Node, &[], &[ip])?;
+            raftpg::tls::make::write(&tls_dir, &name(k), &cert, true)?;
+        }
         for k in 1..=n {
             let node_dir = dir.join(name(k));
             fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
@@ -215,6 +224,7 @@ pub fn conninfo(k: u16, timeout_s: u64) -> String {
 }
 
 fn render_config(node_dir: &Path, k: u16, n: u16) -> String {
+    let tls = node_dir.parent().expect("a node dir is in the cluster dir").join("tls");
     let mut out = format!(
         "# Written by raftpg-jepsen.\n[node]\nname = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"raftpg-jepsen\"\n",
         name(k),
@@ -227,6 +237,13 @@ fn render_config(node_dir: &Path, k: u16, n: u16) -> String {
             name(i)
         );
     }
+    let (crt, key) = raftpg::tls::make::paths(&tls, &name(k));
+    out += &format!(
+        "\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        tls.join("ca.crt").display(),
+        crt.display(),
+        key.display()
+    );
     let password = node_dir.join("password");
     out + &format!(
         "\n[postgres]\nhost_auth = \"scram-sha-256\"\nsuperuser_password_file = \"{0}\"\nreplication_password_file = \"{0}\"\n",

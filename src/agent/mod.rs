@@ -433,7 +433,7 @@ async fn lease_loop(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = ReportClient::new();
+    let mut client = ReportClient::new(node.transport.clone());
     let mut fenced_expiry: Option<Instant> = None;
     let lease_file = pg.ctl.socket_dir.join("lease");
     let mut keeper = match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir) {

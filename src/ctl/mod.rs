@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::pb::control as pb;
 use crate::pb::control::control_client::ControlClient;
@@ -29,6 +29,15 @@ pub struct CtlArgs {
     /// Comma-separated gRPC endpoints (host:port); the first that answers is used.
     #[arg(long, env = "RAFTPG_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
     pub endpoints: String,
+    /// The cluster CA certificate (PEM): connect with TLS and accept only nodes it issued.
+    #[arg(long, env = "RAFTPG_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM, role admin or read-only), shown to the node.
+    #[arg(long, env = "RAFTPG_CERT", global = true, requires = "cacert")]
+    pub cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, env = "RAFTPG_KEY", global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Do not ask for confirmation (also skipped when stdin is not a terminal).
     #[arg(long, short = 'y', global = true)]
     pub yes: bool,
@@ -147,8 +156,21 @@ pub enum ConfigAction {
     },
 }
 
+impl CtlArgs {
+    /// The TLS settings from --cacert, --cert and --key (or RAFTPG_CACERT, RAFTPG_CERT,
+    /// RAFTPG_KEY); `None` for plaintext.
+    pub fn tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        match &self.cacert {
+            None => Ok(None),
+            Some(ca) => crate::tls::Tls::client_from_files(ca, self.cert.as_deref(), self.key.as_deref()).map(Some),
+        }
+    }
+}
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let mut c = connect(&args.endpoints).await?;
+    let tls = args.tls()?;
+    PLAINTEXT.store(tls.is_none(), std::sync::atomic::Ordering::Relaxed);
+    let mut c = connect(&args.endpoints, tls.as_ref()).await?;
     let yes = args.yes;
     match args.command {
         CtlCommand::List { json, verbose } => {
@@ -338,21 +360,21 @@ fn parse_at(text: &str) -> anyhow::Result<u64> {
     Ok(ms)
 }
 
-/// Connects to the first endpoint that accepts a connection.
-pub async fn connect(endpoints: &str) -> anyhow::Result<ControlClient<Channel>> {
+/// Connects to the first endpoint that accepts a connection (with TLS when `tls` is given).
+pub async fn connect(endpoints: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<ControlClient<Channel>> {
     let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
     if list.is_empty() {
         bail!("no endpoints given: pass --endpoints host:port[,host:port...] or set RAFTPG_ENDPOINTS");
     }
     let mut failures = Vec::new();
     for ep in &list {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
-            .with_context(|| format!("'{ep}' is not host:port"))?
+        let endpoint = crate::tls::endpoint(ep, tls)
+            .map_err(|e| anyhow!("'{ep}' is not host:port: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
         match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
             Ok(Ok(ch)) => return Ok(ControlClient::new(ch)),
-            Ok(Err(e)) => failures.push(format!("{ep}: {e}")),
+            Ok(Err(e)) => failures.push(format!("{ep}: {}", transport_error(&e, tls.is_some()))),
             Err(_) => failures.push(format!("{ep}: no answer within {CONNECT_TIMEOUT:?}")),
         }
     }
@@ -362,8 +384,50 @@ pub async fn connect(endpoints: &str) -> anyhow::Result<ControlClient<Channel>> 
     )
 }
 
+/// A connection error with its causes, and what to do about the usual TLS mistakes.
+fn transport_error(e: &(dyn std::error::Error + 'static), tls: bool) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "; the node's certificate is not from the CA given with --cacert (RAFTPG_CACERT)"
+    } else if text.contains("CertificateRequired") || text.contains("certificate required") {
+        "; the node requires a client certificate: pass --cert and --key (RAFTPG_CERT, RAFTPG_KEY)"
+    } else if text.contains("UnknownCA") || text.contains("unknown ca") || text.contains("BadCertificate") {
+        "; the node refused this client certificate: it is not from the cluster's CA"
+    } else if tls {
+        "; if the node closed the connection, it refused this client certificate (--cert, RAFTPG_CERT): \
+         it must come from the cluster's CA and carry a raftpg role"
+    } else if !tls {
+        "; if the cluster uses TLS, pass --cacert, --cert and --key (or RAFTPG_CACERT, RAFTPG_CERT, RAFTPG_KEY)"
+    } else {
+        ""
+    };
+    format!("{text}{hint}")
+}
+
+/// Set when ctl runs without --cacert: a TLS node then drops the connection.
+static PLAINTEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", s.message())
+    use std::error::Error as _;
+    let transport = matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+    );
+    let plaintext = PLAINTEXT.load(std::sync::atomic::Ordering::Relaxed);
+    match s.source() {
+        Some(src) if transport => anyhow!("{}: {}", s.message(), transport_error(src, !plaintext)),
+        _ if transport && plaintext => anyhow!(
+            "{}; the node closed the connection: if the cluster uses TLS, pass --cacert, --cert and --key \
+             (or RAFTPG_CACERT, RAFTPG_CERT, RAFTPG_KEY)",
+            s.message()
+        ),
+        _ => anyhow!("{}", s.message()),
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::ProbeRequest;
 use crate::raft::network::channel;
 use crate::raft::Raft;
+use crate::tls::Transport;
 
 /// How often a pristine node looks again for its peers.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
@@ -39,7 +40,13 @@ pub fn should_initialize(members: usize, peers: &[PeerInit]) -> bool {
 }
 
 /// Runs until this node's Raft store is initialised, by itself or by replication.
-pub async fn ensure_initialized(raft: Raft, cfg: Config, rpc_timeout: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn ensure_initialized(
+    raft: Raft,
+    cfg: Config,
+    transport: Transport,
+    rpc_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let voters: BTreeMap<u64, BasicNode> = cfg
         .members
         .iter()
@@ -61,8 +68,12 @@ pub async fn ensure_initialized(raft: Raft, cfg: Config, rpc_timeout: Duration, 
                 return;
             }
         }
-        let probes =
-            futures::future::join_all(peers.iter().map(|p| probe(&p.raft, &cfg.cluster.name, rpc_timeout))).await;
+        let probes = futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| probe(&transport, &p.raft, &cfg.cluster.name, rpc_timeout)),
+        )
+        .await;
         if should_initialize(cfg.members.len(), &probes) {
             tracing::info!(
                 members = cfg.members.len(),
@@ -93,14 +104,14 @@ pub async fn ensure_initialized(raft: Raft, cfg: Config, rpc_timeout: Duration, 
     }
 }
 
-async fn probe(addr: &str, cluster: &str, timeout: Duration) -> PeerInit {
-    let Ok(ch) = channel(addr, timeout) else {
+async fn probe(transport: &Transport, addr: &str, cluster: &str, timeout: Duration) -> PeerInit {
+    let Ok(ch) = channel(transport, addr, timeout) else {
         return PeerInit::Unreachable;
     };
     let req = ProbeRequest {
         cluster: cluster.to_string(),
     };
-    match RaftServiceClient::new(ch).probe(req).await {
+    match RaftServiceClient::new(ch).probe(transport.request(req)).await {
         Ok(r) if r.get_ref().initialized => PeerInit::Initialized,
         Ok(_) => PeerInit::Pristine,
         Err(s) if s.code() == tonic::Code::PermissionDenied => {

@@ -53,6 +53,10 @@ pub struct Node {
     pub book: Book,
     /// This node's own report, lease, and the leader's view of the members.
     pub local: status::LocalStatus,
+    /// How this node reaches its peers (TLS or plaintext, with its identity headers).
+    pub transport: crate::tls::Transport,
+    /// This node's TLS material, when `[tls]` is configured.
+    pub tls: Option<crate::tls::Tls>,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
     /// Set when raftpg stops for a restart of itself: PostgreSQL keeps running.
     leave_postgres: Arc<std::sync::atomic::AtomicBool>,
@@ -72,10 +76,18 @@ impl Node {
         let sm = StateMachine::open(store).context("cannot load the last Raft snapshot")?;
         let raft_cfg = openraft_config(&cfg)?;
         let rpc_timeout = Duration::from_millis(cfg.raft.rpc_timeout_ms);
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::Tls::load(t, &me.name)?),
+            None => None,
+        };
+        let transport = crate::tls::Transport::new(tls.as_ref(), &cfg.cluster.name, &me.name)?;
         let raft = Raft::new(
             me.id,
             Arc::new(raft_cfg),
-            Network { rpc_timeout },
+            Network {
+                rpc_timeout,
+                transport: transport.clone(),
+            },
             log_store,
             sm.clone(),
         )
@@ -91,6 +103,8 @@ impl Node {
             leader_contact: LeaderContact::default(),
             book: Book::default(),
             local: status::LocalStatus::default(),
+            transport: transport.clone(),
+            tls: tls.clone(),
             stop_tx: Arc::new(stop_tx),
             leave_postgres: Arc::default(),
             tasks: Arc::default(),
@@ -101,6 +115,7 @@ impl Node {
             raft: raft.clone(),
             node_id: me.id,
             cluster: cfg.cluster.name.clone(),
+            config_members: cfg.members.iter().map(|m| (m.name.clone(), m.id)).collect(),
             leader_contact: node.leader_contact.clone(),
             sm: sm.clone(),
             book: node.book.clone(),
@@ -109,7 +124,7 @@ impl Node {
         node.spawn(
             "raft server",
             serve(
-                Server::builder().add_service(raft_svc),
+                server_builder(tls.as_ref())?.add_service(raft_svc),
                 raft_listener,
                 stop_rx.clone(),
                 "raft",
@@ -117,7 +132,13 @@ impl Node {
         );
         node.spawn(
             "initialisation",
-            init::ensure_initialized(raft.clone(), cfg.clone(), rpc_timeout, stop_rx.clone()),
+            init::ensure_initialized(
+                raft.clone(),
+                cfg.clone(),
+                transport.clone(),
+                rpc_timeout,
+                stop_rx.clone(),
+            ),
         );
         node.spawn("role log", watch::log_role_changes(node.clone(), stop_rx.clone()));
         node.spawn("leader duties", watch::leader_duties(node.clone(), stop_rx.clone()));
@@ -204,7 +225,7 @@ impl Node {
 
     /// Proposes a command from this node; forwarded to the Raft leader if needed.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Committed, ProposeError> {
-        propose::propose(&self.raft, cmd, timeout, self.rpc_timeout()).await
+        propose::propose(&self.raft, &self.transport, cmd, timeout, self.rpc_timeout()).await
     }
 
     /// Proposes a command only while this node is the Raft leader (the controller's decisions).
@@ -332,6 +353,17 @@ fn openraft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
         ..Default::default()
     };
     c.validate().context("invalid [raft] settings")
+}
+
+/// A gRPC server builder with mutual TLS when it is configured.
+pub(crate) fn server_builder(tls: Option<&crate::tls::Tls>) -> anyhow::Result<Server> {
+    let b = Server::builder();
+    match tls {
+        Some(t) => b
+            .tls_config(t.server())
+            .context("cannot use the [tls] certificate and key: is the key the certificate's?"),
+        None => Ok(b),
+    }
 }
 
 pub(crate) async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {

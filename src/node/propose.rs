@@ -11,6 +11,7 @@ use crate::raft::codec::{decode, encode};
 use crate::raft::network::channel;
 use crate::raft::service::ForwardReply;
 use crate::raft::Raft;
+use crate::tls::Transport;
 
 /// Longest pause between two attempts while no leader is known.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(200);
@@ -59,6 +60,7 @@ pub enum ProposeError {
 /// idempotent or compare-and-set, so trying again is safe.
 pub async fn propose(
     raft: &Raft,
+    transport: &Transport,
     cmd: Command,
     timeout: Duration,
     rpc_timeout: Duration,
@@ -78,6 +80,7 @@ pub async fn propose(
                     (Some(id), Some(node)) if id != *raft.node_id() => {
                         last_leader = Some(format!("node {id} at {}", node.addr));
                         forward(
+                            transport,
                             &node.addr,
                             &cmd,
                             deadline.saturating_duration_since(Instant::now()).max(rpc_timeout),
@@ -132,10 +135,17 @@ fn finish(log_index: u64, result: Result<Applied, Rejection>) -> Result<Committe
 }
 
 /// One forwarding attempt; `None` means "try again" (leader moved or unreachable).
-async fn forward(addr: &str, cmd: &Command, rpc_timeout: Duration) -> Option<Result<Committed, ProposeError>> {
-    let ch = channel(addr, rpc_timeout).ok()?;
+async fn forward(
+    transport: &Transport,
+    addr: &str,
+    cmd: &Command,
+    rpc_timeout: Duration,
+) -> Option<Result<Committed, ProposeError>> {
+    let ch = channel(transport, addr, rpc_timeout).ok()?;
     let mut client = RaftServiceClient::new(ch);
-    let reply = client.forward(RaftMessage { payload: encode(cmd) }).await;
+    let reply = client
+        .forward(transport.request(RaftMessage { payload: encode(cmd) }))
+        .await;
     let reply = match reply {
         Ok(r) => r.into_inner(),
         Err(status) => {

@@ -20,6 +20,7 @@ use crate::raft::codec::{decode, encode};
 use crate::raft::network::channel;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::Raft;
+use crate::tls::Transport;
 
 /// The leader's handler (called over gRPC or in-process).
 pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequest) -> ReportReply {
@@ -55,22 +56,26 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
 
 /// The agent's side: sends to whoever leads, keeping one channel per address.
 pub struct ReportClient {
+    transport: Transport,
     cached: Option<(String, RaftServiceClient<Channel>)>,
 }
 
 impl ReportClient {
-    pub fn new() -> ReportClient {
-        ReportClient { cached: None }
+    pub fn new(transport: Transport) -> ReportClient {
+        ReportClient {
+            transport,
+            cached: None,
+        }
     }
 
     /// Sends `req` to the Raft leader at `addr` within `timeout`.
     pub async fn send(&mut self, addr: &str, req: &ReportRequest, timeout: Duration) -> Result<ReportReply, String> {
         if self.cached.as_ref().is_none_or(|(a, _)| a != addr) {
-            let ch = channel(addr, timeout)?;
+            let ch = channel(&self.transport, addr, timeout)?;
             self.cached = Some((addr.to_string(), RaftServiceClient::new(ch)));
         }
         let (_, client) = self.cached.as_mut().expect("set above");
-        let mut request = tonic::Request::new(RaftMessage { payload: encode(req) });
+        let mut request = self.transport.request(RaftMessage { payload: encode(req) });
         request.set_timeout(timeout);
         let reply = tokio::time::timeout(timeout, client.report(request))
             .await
@@ -80,11 +85,5 @@ impl ReportClient {
                 s.message().to_string()
             })?;
         decode(&reply.into_inner().payload, "report reply").map_err(|e| e.to_string())
-    }
-}
-
-impl Default for ReportClient {
-    fn default() -> Self {
-        ReportClient::new()
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use openraft::error::{NetworkError, ReplicationClosed, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::{AnyError, BasicNode, OptionalSend};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::Transport;
 
 use super::codec::{decode, encode};
 use super::types::*;
@@ -23,8 +25,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Builds a lazily connecting client for `addr` with connect and request deadlines.
-pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad address {addr}: {e}"))?;
+pub fn channel(transport: &Transport, addr: &str, timeout: Duration) -> Result<Channel, String> {
+    let endpoint = transport.endpoint(addr)?;
     Ok(endpoint
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -37,6 +39,7 @@ pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, String> {
 /// Creates one `Peer` per target node.
 pub struct Network {
     pub rpc_timeout: Duration,
+    pub transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -47,6 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             rpc_timeout: self.rpc_timeout,
+            transport: self.transport.clone(),
             client: None,
         }
     }
@@ -57,6 +61,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     rpc_timeout: Duration,
+    transport: Transport,
     client: Option<RaftServiceClient<Channel>>,
 }
 
@@ -81,7 +86,7 @@ fn from_status(target: NodeId, s: tonic::Status) -> RPCError {
 impl Peer {
     fn client(&mut self) -> Result<RaftServiceClient<Channel>, RPCError> {
         if self.client.is_none() {
-            let ch = channel(&self.addr, self.rpc_timeout).map_err(unreachable)?;
+            let ch = channel(&self.transport, &self.addr, self.rpc_timeout).map_err(unreachable)?;
             self.client = Some(RaftServiceClient::new(ch));
         }
         Ok(self.client.clone().expect("set above"))
@@ -92,11 +97,11 @@ impl Peer {
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
-        F: FnOnce(RaftServiceClient<Channel>, RaftMessage) -> Fut,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         let client = self.client()?;
-        let msg = RaftMessage { payload: encode(req) };
+        let msg = self.transport.request(RaftMessage { payload: encode(req) });
         let deadline = option.soft_ttl().min(self.rpc_timeout);
         let reply = tokio::time::timeout(deadline, f(client, msg))
             .await
@@ -154,7 +159,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())),
         }));
         let target = self.target;
-        let send = async move { client.install_snapshot(futures::stream::iter(chunks)).await };
+        let req = self.transport.request(futures::stream::iter(chunks));
+        let send = async move { client.install_snapshot(req).await };
         let deadline = option.hard_ttl();
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),

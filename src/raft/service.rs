@@ -23,6 +23,9 @@ pub struct RaftServer {
     pub raft: Raft,
     pub node_id: NodeId,
     pub cluster: String,
+    /// The members in this node's config file: who may speak before the replicated state
+    /// names the members (initialisation).
+    pub config_members: std::collections::BTreeMap<String, NodeId>,
     /// When an AppendEntries from a leader last arrived (heartbeats included).
     pub leader_contact: LeaderContact,
     pub sm: super::state_machine::StateMachine,
@@ -43,6 +46,9 @@ impl LeaderContact {
     }
 }
 
+/// The largest snapshot a node accepts (the replicated state is small: members, history).
+const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -55,20 +61,129 @@ fn payload<T: serde::de::DeserializeOwned>(req: Request<RaftMessage>) -> Result<
     decode(&req.into_inner().payload, "Raft request").map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// The node a vote names as its (would-be) leader.
+fn voter(vote: &Vote) -> NodeId {
+    use openraft::vote::RaftLeaderId;
+    *vote.leader_id().node_id()
+}
+
+/// The sender of a Raft request, from its certificate.
+struct Sender {
+    name: String,
+    /// Its node id when this node's state (or config, before the state names the
+    /// members) knows the name; `None` for a member this node has not learned of yet
+    /// (it lags behind the addition), which may then only claim an id no known member has.
+    id: Option<NodeId>,
+}
+
+impl RaftServer {
+    /// Who sent a request, checked: it names this cluster, and on a TLS listener it comes
+    /// from a node certificate of the cluster CA whose name is the claimed sender (the
+    /// `raftpg-member` header). `None` on a plaintext listener: nothing to check against.
+    fn sender<T>(&self, req: &Request<T>, what: &str) -> Result<Option<Sender>, Status> {
+        let header = |h: &str| req.metadata().get(h).and_then(|v| v.to_str().ok());
+        let cluster = header(crate::tls::CLUSTER_HEADER).unwrap_or("(none)");
+        if cluster != self.cluster {
+            tracing::warn!(%what, cluster, "refused a Raft request for another cluster");
+            return Err(Status::permission_denied(format!(
+                "this node belongs to cluster '{}', not '{cluster}': check cluster.name in both configs",
+                self.cluster
+            )));
+        }
+        let Some(peer) = crate::tls::peer_of(req)? else {
+            return Ok(None);
+        };
+        if peer.role != crate::tls::Role::Node {
+            return Err(refuse(
+                what,
+                &peer.name,
+                format!("{peer} is not a node certificate: only members speak Raft"),
+            ));
+        }
+        let claimed = header(crate::tls::MEMBER_HEADER).unwrap_or("(none)");
+        if claimed != peer.name {
+            return Err(refuse(
+                what,
+                &peer.name,
+                format!("it claims to come from '{claimed}' but the certificate is {peer}"),
+            ));
+        }
+        let id = self.known_ids().get(&peer.name).copied();
+        Ok(Some(Sender { name: peer.name, id }))
+    }
+
+    /// Member name → node id, as this node knows them: the replicated state, or the config
+    /// file before the state names the members.
+    fn known_ids(&self) -> std::collections::BTreeMap<String, NodeId> {
+        let state = self.sm.current().state;
+        match state.members.is_empty() {
+            true => self.config_members.clone(),
+            false => state.members.values().map(|m| (m.name.clone(), m.id)).collect(),
+        }
+    }
+
+    /// `sender`, and it must be a member this node knows (reports and forwarded proposals
+    /// go to the Raft leader, whose state is current).
+    fn member<T>(&self, req: &Request<T>, what: &str) -> Result<Option<String>, Status> {
+        match self.sender(req, what)? {
+            Some(Sender { name, id: None }) => Err(refuse(
+                what,
+                &name,
+                format!("'{name}' is not a current member of this cluster"),
+            )),
+            other => Ok(other.map(|s| s.name)),
+        }
+    }
+
+    /// Refuses a Raft message that claims to come from node `claimed` when its certificate
+    /// is another member's (or a member this node does not know yet claiming a known id).
+    fn check_claim(&self, sender: &Option<Sender>, claimed: NodeId, what: &str) -> Result<(), Status> {
+        let Some(s) = sender else { return Ok(()) };
+        let ok = match s.id {
+            Some(id) => id == claimed,
+            None => !self.known_ids().values().any(|id| *id == claimed),
+        };
+        match ok {
+            true => Ok(()),
+            false => Err(refuse(
+                what,
+                &s.name,
+                format!(
+                    "it claims to come from node {claimed} but the certificate is member '{}'{}",
+                    s.name,
+                    s.id.map(|id| format!(" (node {id})")).unwrap_or_default()
+                ),
+            )),
+        }
+    }
+}
+
+/// A refused request: logged, and answered PERMISSION_DENIED.
+fn refuse(what: &str, certificate: &str, why: String) -> Status {
+    tracing::warn!(%what, %certificate, "refused a Raft request: {why}");
+    Status::permission_denied(format!("{what} refused: {why}"))
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&req, "Vote")?;
         let rpc: VoteRequest = payload(req)?;
+        self.check_claim(&sender, voter(&rpc.vote), "Vote")?;
         reply(&self.raft.vote(rpc).await.map_err(internal)?)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&req, "PreVote")?;
         let rpc: VoteRequest = payload(req)?;
+        self.check_claim(&sender, voter(&rpc.vote), "PreVote")?;
         reply(&self.raft.pre_vote(rpc).await.map_err(internal)?)
     }
 
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&req, "AppendEntries")?;
         let rpc: AppendEntriesRequest = payload(req)?;
+        self.check_claim(&sender, voter(&rpc.vote), "AppendEntries")?;
         let resp = self.raft.append_entries(rpc).await.map_err(internal)?;
         if resp.is_success() {
             self.leader_contact.touch();
@@ -77,6 +192,7 @@ impl RaftService for RaftServer {
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&req, "InstallSnapshot")?;
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -89,9 +205,15 @@ impl RaftService for RaftServer {
         };
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&meta, "snapshot metadata").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_claim(&sender, voter(&vote), "InstallSnapshot")?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk?.chunk {
+                Some(snapshot_chunk::Chunk::Data(d)) if data.len() + d.len() > MAX_SNAPSHOT_BYTES => {
+                    return Err(Status::resource_exhausted(format!(
+                        "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes refused"
+                    )))
+                }
                 Some(snapshot_chunk::Chunk::Data(d)) => data.extend_from_slice(&d),
                 _ => return Err(Status::invalid_argument("only data chunks may follow the metadata")),
             }
@@ -107,11 +229,14 @@ impl RaftService for RaftServer {
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&req, "TransferLeader")?;
         let rpc: TransferLeaderRequest = payload(req)?;
+        self.check_claim(&sender, voter(rpc.from_leader()), "TransferLeader")?;
         reply(&self.raft.handle_transfer_leader(rpc).await.map_err(internal)?)
     }
 
     async fn probe(&self, req: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        self.sender(&req, "Probe")?;
         let asked_by = req.into_inner().cluster;
         if asked_by != self.cluster {
             return Err(Status::permission_denied(format!(
@@ -128,11 +253,24 @@ impl RaftService for RaftServer {
     }
 
     async fn report(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.member(&req, "Report")?;
         let rpc: crate::node::report::ReportRequest = payload(req)?;
+        if let Some(name) = &sender {
+            if *name != rpc.node {
+                tracing::warn!(certificate = %name, claimed = %rpc.node, "refused a report sent in another member's name");
+                return Err(Status::permission_denied(format!(
+                    "Report refused: it is sent as '{}' but the certificate is member '{name}'",
+                    rpc.node
+                )));
+            }
+        }
         reply(&crate::node::report::handle(&self.raft, &self.sm, &self.book, rpc).await)
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        if let Some(name) = self.member(&req, "Forward")? {
+            tracing::debug!(from = %name, "forwarded proposal");
+        }
         let cmd: Command = payload(req)?;
         match self.raft.client_write(cmd).await {
             Ok(resp) => reply(&ForwardReply::Committed {

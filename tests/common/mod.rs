@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use raftpg::ctl;
-use raftpg::demo::{ports, render_config};
+use raftpg::demo::{ports, render_config, TlsFiles};
 use raftpg::pb::control::control_client::ControlClient;
 use raftpg::pb::control::{ClusterStatus, SetConfigRequest, StatusRequest};
 use tokio::time::Instant;
@@ -30,6 +30,9 @@ pub struct Cluster {
     /// The superuser's password: PostgreSQL authenticates TCP clients with scram-sha-256,
     /// as in production.
     pub password: String,
+    /// Mutual TLS on every port, as in production (`None` only with RAFTPG_TEST_PLAINTEXT=1,
+    /// which the benches use to measure what TLS costs).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Logs one line that introduces a phase of a test.
@@ -74,12 +77,16 @@ impl Cluster {
         // PostgreSQL runs as the `postgres` OS user under root: it must enter the directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let secrets = raftpg::demo::Secrets::ensure(dir.path()).expect("generate passwords");
+        let tls = match std::env::var_os("RAFTPG_TEST_PLAINTEXT") {
+            Some(_) => None,
+            None => Some(TlsFiles::ensure(dir.path(), n).expect("make certificates")),
+        };
         for k in 1..=n {
             let node_dir = dir.path().join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             std::fs::write(
                 node_dir.join("raftpg.toml"),
-                render_config(dir.path(), k, n, base, extra),
+                render_config(dir.path(), k, n, base, tls.as_ref(), extra),
             )
             .unwrap();
         }
@@ -89,6 +96,7 @@ impl Cluster {
             n,
             procs: (0..n).map(|_| None).collect(),
             password: secrets.superuser_password,
+            tls,
         }
     }
 
@@ -156,7 +164,8 @@ impl Cluster {
     }
 
     pub async fn client(&self, k: u16) -> Option<ControlClient<Channel>> {
-        ctl::connect(&self.grpc_addr(k)).await.ok()
+        let tls = self.tls.as_ref().map(|t| t.admin_client().expect("admin certificate"));
+        ctl::connect(&self.grpc_addr(k), tls.as_ref()).await.ok()
     }
 
     pub async fn status(&self, k: u16) -> Option<ClusterStatus> {
@@ -266,9 +275,12 @@ impl Cluster {
     pub fn add_node(&mut self, k: u16, extra: &str) {
         let node_dir = self.dir.path().join(format!("n{k}"));
         std::fs::create_dir_all(&node_dir).unwrap();
+        if self.tls.is_some() {
+            self.tls = Some(TlsFiles::ensure(self.dir.path(), k).expect("make certificates"));
+        }
         std::fs::write(
             node_dir.join("raftpg.toml"),
-            render_config(self.dir.path(), k, k, self.base, extra),
+            render_config(self.dir.path(), k, k, self.base, self.tls.as_ref(), extra),
         )
         .unwrap();
         while self.procs.len() < k as usize {
@@ -284,12 +296,14 @@ impl Cluster {
     }
 
     pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .args(["ctl", "--endpoints", endpoints])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run raftpg ctl");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--endpoints", endpoints]);
+        if let Some(t) = &self.tls {
+            cmd.env("RAFTPG_CACERT", &t.ca)
+                .env("RAFTPG_CERT", &t.admin_cert)
+                .env("RAFTPG_KEY", &t.admin_key);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().expect("run raftpg ctl");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         eprintln!(

@@ -40,8 +40,10 @@ pub(super) async fn leader_client(node: &Node) -> Result<Option<ControlClient<Ch
             })
         }
     };
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(e.to_string()))?
+    let ch = node
+        .transport
+        .endpoint(&addr)
+        .map_err(Status::internal)?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await

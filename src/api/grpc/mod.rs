@@ -157,6 +157,7 @@ impl Control for ControlServer {
     }
 
     async fn switchover(&self, req: Request<pb::SwitchoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
+        crate::tls::require_admin(&req, "Switchover")?;
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a switchover needs a target: --to NAME"));
@@ -213,12 +214,14 @@ impl Control for ControlServer {
 
     async fn cancel_switchover(
         &self,
-        _: Request<pb::CancelSwitchoverRequest>,
+        req: Request<pb::CancelSwitchoverRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "CancelSwitchover")?;
         self.reply(Command::CancelScheduledSwitchover).await
     }
 
     async fn failover(&self, req: Request<pb::FailoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
+        crate::tls::require_admin(&req, "Failover")?;
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a failover needs a target: --to NAME"));
@@ -257,11 +260,13 @@ impl Control for ControlServer {
     }
 
     async fn restart(&self, req: Request<pb::RestartRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "Restart")?;
         let node = req.into_inner().member;
         self.reply(Command::Restart { node }).await
     }
 
     async fn reinit(&self, req: Request<pb::ReinitRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "Reinit")?;
         let name = req.into_inner().member;
         let s = self.node.state().state;
         requests::reinit(&s, &self.rows(&s), &name).map_err(refusal_status)?;
@@ -269,6 +274,7 @@ impl Control for ControlServer {
     }
 
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<ProgressStream>, Status> {
+        crate::tls::require_admin(&req, "AddMember")?;
         let req = req.into_inner();
         if let Some(mut leader) = leader_client(&self.node).await? {
             let upstream = leader.add_member(req).await?.into_inner();
@@ -328,6 +334,7 @@ impl Control for ControlServer {
     }
 
     async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "RemoveMember")?;
         let req = req.into_inner();
         let s = self.node.state().state;
         requests::remove(&s, &self.rows(&s), &req.member).map_err(refusal_status)?;
@@ -355,6 +362,7 @@ impl Control for ControlServer {
     }
 
     async fn set_config(&self, req: Request<pb::SetConfigRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "SetConfig")?;
         let req = req.into_inner();
         if req.key.trim().is_empty() {
             return Err(Status::invalid_argument("key is empty: write key=value"));
@@ -363,11 +371,13 @@ impl Control for ControlServer {
         self.reply(Command::SetConfig { key: req.key, value }).await
     }
 
-    async fn pause(&self, _: Request<pb::PauseRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn pause(&self, req: Request<pb::PauseRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "Pause")?;
         self.reply(Command::Pause).await
     }
 
-    async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        crate::tls::require_admin(&req, "Resume")?;
         self.reply(Command::Resume).await
     }
 }
