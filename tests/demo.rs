@@ -94,6 +94,36 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
     let hba = std::fs::read_to_string(demo_dir.join("n1/pgdata/pg_hba.conf")).unwrap();
     assert!(hba.contains("host all all all scram-sha-256"), "{hba}");
 
+    phase("the printed control line, run as printed, lists the members over mutual TLS");
+    let control_line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the demo printed how to control it");
+    let control = control_line
+        .strip_prefix("Control it:")
+        .expect("the line after Connect")
+        .trim()
+        .to_string();
+    for var in ["RAFTPG_ENDPOINTS=", "RAFTPG_CACERT=", "RAFTPG_CERT=", "RAFTPG_KEY="] {
+        assert!(control.contains(var), "{control}");
+    }
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap().display().to_string();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&control)
+        .env(
+            "PATH",
+            format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("n1") && said.contains("Primary"),
+        "{said}"
+    );
+    let config = std::fs::read_to_string(demo_dir.join("n1/raftpg.toml")).unwrap();
+    assert!(config.contains("[tls]"), "{config}");
+
     phase("cluster.json and pid files follow DESIGN §5");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(demo_dir.join("cluster.json")).unwrap()).unwrap();
@@ -108,6 +138,17 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         }
     }
     assert_eq!(json["pgpass"].as_str(), Some(pgpass.to_str().unwrap()));
+    for field in ["ca", "admin_cert", "admin_key", "reader_cert", "reader_key"] {
+        let path = json["tls"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("cluster.json lacks tls.{field}"));
+        assert!(std::path::Path::new(path).is_file(), "tls.{field}: {path}");
+    }
+    let key_mode = std::fs::metadata(json["tls"]["admin_key"].as_str().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "keys are private");
     let pids: Vec<i32> = (1..=3)
         .map(|k| {
             std::fs::read_to_string(demo_dir.join(format!("n{k}/raftpg.pid")))

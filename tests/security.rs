@@ -224,3 +224,57 @@ async fn every_attack_of_the_review_is_refused() {
     phase("the cluster still works");
     c.wait_leader_seen_by(1, FORM).await;
 }
+
+/// The Python interpreter with grpcio-reflection that `.ci/run` installs.
+fn python() -> std::path::PathBuf {
+    let p = match std::env::var_os("RAFTPG_TEST_PYTHON") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python"),
+    };
+    assert!(
+        p.exists(),
+        "{} is missing: run bash .ci/run (it installs grpcio-reflection into target/pyvenv), \
+         or set RAFTPG_TEST_PYTHON to a python with grpcio and grpcio-reflection",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_reflection_v1alpha_lists_with_admin_and_reads_with_read_only() {
+    let python = python();
+    let c = Cluster::start(26100, 3, RAFT_ONLY);
+    c.wait_leader_seen_by(1, FORM).await;
+    let tls = c.tls.clone().expect("tests run with TLS");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reflection_client.py");
+    let run = |cert: &std::path::Path, key: &std::path::Path, action: &[&str]| {
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(c.grpc_addr(1))
+            .args([&tls.ca, cert, key])
+            .args(action)
+            .output()
+            .expect("run python");
+        let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        eprintln!("$ reflection_client.py {}\n{said}", action.join(" "));
+        (out.status.success(), said)
+    };
+    phase("grpcio-reflection (v1alpha) lists the services with an admin certificate");
+    let (ok, said) = run(&tls.admin_cert, &tls.admin_key, &["list"]);
+    assert!(ok, "{said}");
+    for service in ["raftpg.control.v1.Control", "grpc.reflection.v1alpha.ServerReflection"] {
+        assert!(said.lines().any(|l| l == service), "{service} missing: {said}");
+    }
+    phase("a read-only certificate calls Status, found through reflection");
+    let (ok, said) = run(&tls.reader_cert, &tls.reader_key, &["call", "Status"]);
+    assert!(
+        ok && said.contains("n1") && said.contains("initialized: true"),
+        "{said}"
+    );
+    phase("and is denied Pause, with the role it needs");
+    let (ok, said) = run(&tls.reader_cert, &tls.reader_key, &["call", "Pause"]);
+    assert!(
+        ok && said.contains("DENIED") && said.contains("needs the admin role"),
+        "{said}"
+    );
+}
