@@ -29,6 +29,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         false => None,
     };
     let node = Node::start(cfg.clone()).await?;
+    let http_options = crate::api::http::Options::load(&cfg, node.tls.as_ref())?;
     let stop = node.stop_signal();
     let control = ControlGrpc::new(ControlServer { node: node.clone() });
     node.spawn(
@@ -45,7 +46,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
     );
     node.spawn(
         "http server",
-        crate::api::http::serve(node.clone(), http_listener, stop.clone()),
+        crate::api::http::serve(node.clone(), http_listener, http_options, stop.clone()),
     );
     if let Some(pg) = pg {
         node.spawn("controller", crate::controller::run(node.clone(), stop.clone()));

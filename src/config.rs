@@ -46,8 +46,24 @@ pub struct Config {
     pub raft: RaftSection,
     #[serde(default)]
     pub postgres: PostgresSection,
-    /// Mutual TLS for the Raft and control ports (and the HTTP port with `http = true`).
+    /// Mutual TLS for the Raft and control ports.
     pub tls: Option<crate::tls::TlsSection>,
+    /// The HTTP port: TLS, and basic authentication for `/cluster` and `/metrics`.
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[http]`: the health checks stay readable without credentials (HAProxy's checks work
+/// unchanged); `/cluster` and `/metrics` can require a user and password.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Serve HTTPS with this node's `[tls]` certificate (clients need no certificate).
+    pub tls: bool,
+    /// Basic authentication user for `/cluster` and `/metrics`.
+    pub username: Option<String>,
+    /// File holding that user's password (one line, mode 0600).
+    pub password_file: Option<PathBuf>,
 }
 
 /// Default OS user for PostgreSQL when raftpg runs as root.
@@ -297,6 +313,9 @@ impl Config {
             }
         };
         abs(&mut self.node.data_dir);
+        if let Some(p) = &mut self.http.password_file {
+            abs(p);
+        }
         if let Some(t) = &mut self.tls {
             abs(&mut t.ca_file);
             abs(&mut t.cert_file);
@@ -398,6 +417,23 @@ impl Config {
         self.raft.validate()?;
         self.postgres.validate()?;
         self.trust_only_on_loopback()?;
+        if self.http.tls && self.tls.is_none() {
+            return err(
+                "http.tls",
+                "needs the node's certificate: add a [tls] section (ca_file, cert_file, key_file)".into(),
+            );
+        }
+        match (&self.http.username, &self.http.password_file) {
+            (Some(u), Some(_)) if u.is_empty() || u.contains(':') => {
+                return err(
+                    "http.username",
+                    "must be non-empty and without ':' (basic authentication)".into(),
+                )
+            }
+            (Some(_), None) => return err("http.password_file", "is needed with http.username".into()),
+            (None, Some(_)) => return err("http.username", "is needed with http.password_file".into()),
+            _ => {}
+        }
         self.plaintext_only_on_purpose()
     }
 

@@ -219,3 +219,18 @@ fn plaintext_off_loopback_only_on_purpose() {
     let e = error_of(&GOOD.replace("[postgres]\n", "[tls]\nca_file = \"ca.crt\"\n\n[postgres]\n"));
     assert!(e.problem.contains("cert_file"), "{e}");
 }
+
+#[test]
+fn http_section_needs_its_parts() {
+    let with = |http: &str| GOOD.replace("[postgres]\n", &format!("{http}\n[postgres]\n"));
+    let e = error_of(&with("[http]\ntls = true\n"));
+    assert_eq!(e.key, "http.tls");
+    assert!(e.problem.contains("[tls]"), "{e}");
+    assert_eq!(error_of(&with("[http]\nusername = \"m\"\n")).key, "http.password_file");
+    assert_eq!(error_of(&with("[http]\npassword_file = \"/p\"\n")).key, "http.username");
+    assert_eq!(
+        error_of(&with("[http]\nusername = \"a:b\"\npassword_file = \"/p\"\n")).key,
+        "http.username"
+    );
+    Config::parse(&with("[http]\nusername = \"monitor\"\npassword_file = \"/p\"\n"), "t").unwrap();
+}

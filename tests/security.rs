@@ -278,3 +278,83 @@ async fn python_reflection_v1alpha_lists_with_admin_and_reads_with_read_only() {
         "{said}"
     );
 }
+
+/// One HTTPS/1.0 request, trusting `ca`, with optional basic credentials: (code, body).
+async fn https(addr: &str, ca: &std::path::Path, path: &str, basic: Option<&str>) -> (u16, String) {
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the HTTP port");
+    let auth = basic
+        .map(|b| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(b)
+            )
+        })
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_without_credentials_cluster_and_metrics_with_basic_auth_over_https() {
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("http.password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let extra = format!(
+        "manage = false\n\n[http]\ntls = true\nusername = \"monitor\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let c = Cluster::start(26200, 3, &extra);
+    c.wait_leader_seen_by(1, FORM).await;
+    let tls = c.tls.clone().expect("tests run with TLS");
+    let addr = format!("127.0.0.1:{}", ports(c.base, 1).http);
+
+    phase("health paths answer over HTTPS without credentials, and say only the role");
+    let (code, body) = https(&addr, &tls.ca, "/health", None).await;
+    assert!(code == 200 || code == 503, "{code} {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), ["role"], "{body}");
+
+    phase("/cluster and /metrics need the user and password");
+    for path in ["/cluster", "/metrics"] {
+        let (code, body) = https(&addr, &tls.ca, path, None).await;
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, _) = https(&addr, &tls.ca, path, Some("monitor:wrong")).await;
+        assert_eq!(code, 401, "{path} with a wrong password");
+        let (code, body) = https(&addr, &tls.ca, path, Some("monitor:s3cret")).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+
+    phase("plain HTTP gets no answer from the HTTPS port");
+    assert_eq!(c.http(1, "GET", "/health").await.map(|(code, _)| code), None);
+}

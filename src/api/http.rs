@@ -20,19 +20,158 @@ use crate::decide::election::lsn;
 use crate::decide::view::{self, health, Check, HealthInput, MemberRow};
 use crate::node::Node;
 
-pub async fn serve(node: Node, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let app = Router::new()
+/// How the HTTP port is served: `[http]` of the config, loaded.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// HTTPS with the node's certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Basic authentication for `/cluster` and `/metrics`: (user, password).
+    pub auth: Option<(String, String)>,
+}
+
+impl Options {
+    /// Reads `[http]`: the password file, and the node's certificate for HTTPS.
+    pub fn load(cfg: &crate::config::Config, tls: Option<&crate::tls::Tls>) -> anyhow::Result<Options> {
+        use anyhow::Context;
+        let tls = match (cfg.http.tls, tls) {
+            (true, Some(t)) => Some(t.http_acceptor()?),
+            _ => None,
+        };
+        let auth = match (&cfg.http.username, &cfg.http.password_file) {
+            (Some(user), Some(file)) => {
+                let pw = std::fs::read_to_string(file)
+                    .with_context(|| format!("http.password_file: cannot read {}", file.display()))?;
+                let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+                anyhow::ensure!(!pw.is_empty(), "http.password_file: {} is empty", file.display());
+                Some((user.clone(), pw))
+            }
+            _ => None,
+        };
+        Ok(Options { tls, auth })
+    }
+}
+
+pub async fn serve(node: Node, listener: TcpListener, options: Options, mut stop: watch::Receiver<bool>) {
+    let protected = Router::new()
         .route("/cluster", get(cluster))
         .route("/metrics", get(metrics))
-        .fallback(check)
-        .with_state(node);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        .layer(axum::middleware::from_fn_with_state(
+            options.auth.clone().map(std::sync::Arc::new),
+            basic_auth,
+        ));
+    let app = protected.fallback(check).with_state(node);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let result = match options.tls {
+        Some(acceptor) => {
+            axum::serve(TlsListener::new(listener, acceptor), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
     if let Err(e) = result {
         tracing::error!("http server failed: {e}");
+    }
+}
+
+/// Requires `Authorization: Basic` with the configured user and password, when set.
+async fn basic_auth(
+    State(auth): State<Option<std::sync::Arc<(String, String)>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(auth) = auth else {
+        return next.run(req).await;
+    };
+    use base64::Engine as _;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .unwrap_or_default();
+    let expected = format!("{}:{}", auth.0, auth.1);
+    if constant_time_eq(&given, expected.as_bytes()) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"raftpg\"")],
+        "this path needs the user and password of [http] in raftpg.toml\n",
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference (no timing hint of the password).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accepts TCP connections and hands over those whose TLS handshake completed, each
+/// handshake in its own task (with a deadline), so a slow client delays no other.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::io::Result<std::net::SocketAddr>,
+}
+
+/// The longest TLS handshake the HTTP port waits for.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl TlsListener {
+    fn new(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> TlsListener {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let local = listener.local_addr();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("http accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, "https handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%addr, "https handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
+                    }
+                });
+            }
+        });
+        TlsListener { rx, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 
@@ -73,18 +212,9 @@ async fn check(State(node): State<Node>, uri: Uri, Query(q): Query<HashMap<Strin
         max_lag,
     };
     let ok = health(check, &input);
-    let body = serde_json::json!({
-        "name": node.name(),
-        "role": me.map(|r| patroni_role(&r.role)),
-        "state": me.map(|r| r.state.clone()),
-        "timeline": me.and_then(|r| r.timeline),
-        "xlog_location": me.and_then(|r| r.lsn),
-        "lag": me.and_then(|r| r.lag_bytes),
-        "lease_remaining_ms": input.lease_remaining_ms,
-        "generation": state.generation,
-        "pause": state.paused,
-        "reason": own.as_ref().map(|o| o.report.reason.clone()),
-    });
+    // Readable without credentials (HAProxy's checks): the role only. `/cluster` and
+    // `/metrics` say the rest, behind [http] basic authentication when it is set.
+    let body = serde_json::json!({ "role": me.map(|r| patroni_role(&r.role)) });
     let code = if ok {
         StatusCode::OK
     } else {

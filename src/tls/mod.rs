@@ -136,6 +136,8 @@ pub fn require_admin<T>(req: &Request<T>, method: &str) -> Result<(), Status> {
 pub struct Tls {
     ca: Certificate,
     identity: Identity,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
     /// Who this node's certificate says it is.
     pub me: Peer,
 }
@@ -165,7 +167,9 @@ impl Tls {
         }
         Ok(Tls {
             ca: Certificate::from_pem(ca),
-            identity: Identity::from_pem(cert, key),
+            identity: Identity::from_pem(&cert, &key),
+            cert_pem: cert,
+            key_pem: key,
             me,
         })
     }
@@ -176,6 +180,27 @@ impl Tls {
             .identity(self.identity.clone())
             .client_ca_root(self.ca.clone())
             .client_auth_optional(false)
+    }
+
+    /// A TLS acceptor with this node's certificate and no client certificate asked for:
+    /// the HTTP port, whose health checks HAProxy must reach without credentials.
+    pub fn http_acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .context("tls.cert_file: unreadable PEM")?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).context("tls.key_file: unreadable PEM private key")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("tls: the key does not match the certificate")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
     /// The connecting side: the server must prove the address's name or IP with a CA
