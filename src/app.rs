@@ -31,7 +31,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
     let node = Node::start(cfg.clone()).await?;
     let http_options = crate::api::http::Options::load(&cfg, node.tls.as_ref())?;
     let stop = node.stop_signal();
-    let control = ControlGrpc::new(ControlServer { node: node.clone() });
+    // Control requests are small: names, a parameter, a reason.
+    let control = ControlGrpc::new(ControlServer { node: node.clone() }).max_decoding_message_size(1 << 20);
     node.spawn(
         "control server",
         serve(

@@ -182,6 +182,9 @@ enum Stop {
 
 async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
+    // raftpg's own files (Raft log, lease, keys it writes) are private; what PostgreSQL
+    // must reach gets its mode explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cfg = Config::load(&config)?;
     // Listen before starting, so that a signal sent as soon as the node answers is not lost.
     let mut term = signal(SignalKind::terminate())?;

@@ -45,9 +45,12 @@ impl PgNode {
         let socket_dir = base.join("run");
         let data_dir = cfg.pg_data();
         let log_file = base.join("postgresql.log");
-        for dir in [base.as_path(), socket_dir.as_path()] {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if !base.exists() {
+            std::fs::create_dir_all(base).with_context(|| format!("cannot create {}", base.display()))?;
+            // Under raftpg's umask 077; PostgreSQL's user must pass through to PGDATA.
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))?;
         }
+        std::fs::create_dir_all(&socket_dir).with_context(|| format!("cannot create {}", socket_dir.display()))?;
         std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
         if !log_file.exists() {
             std::fs::write(&log_file, "")?;

@@ -39,6 +39,9 @@ use crate::raft::state_machine::{AppliedState, StateMachine};
 use crate::raft::store::Store;
 use crate::raft::{Raft, RaftMetrics};
 
+/// The longest any Raft RPC may run on the server (a snapshot included: the state is small).
+const RAFT_SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default deadline for a proposal made through the control API.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -124,7 +127,10 @@ impl Node {
         node.spawn(
             "raft server",
             serve(
-                server_builder(tls.as_ref())?.add_service(raft_svc),
+                // Every Raft RPC has a deadline on the server too: a peer cannot hold one open.
+                server_builder(tls.as_ref())?
+                    .timeout(RAFT_SERVER_TIMEOUT)
+                    .add_service(raft_svc),
                 raft_listener,
                 stop_rx.clone(),
                 "raft",
@@ -357,10 +363,14 @@ fn openraft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 
 /// A gRPC server builder with mutual TLS when it is configured.
 pub(crate) fn server_builder(tls: Option<&crate::tls::Tls>) -> anyhow::Result<Server> {
-    let b = Server::builder();
+    // Bounds for what a client can hold: streams per connection, and a TLS handshake.
+    let b = Server::builder()
+        .concurrency_limit_per_connection(64)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     match tls {
         Some(t) => b
-            .tls_config(t.server())
+            .tls_config(t.server().timeout(Duration::from_secs(5)))
             .context("cannot use the [tls] certificate and key: is the key the certificate's?"),
         None => Ok(b),
     }

@@ -142,8 +142,10 @@ impl RunAs {
     }
 
     /// Gives `path` (and nothing above it) to this user, so PostgreSQL can own its directories.
+    /// Gives `path` to the PostgreSQL user; a symlink itself, never what it points to
+    /// (the directories it owns could hold a link to /etc/shadow).
     pub fn chown(&self, path: &Path) -> Result<(), PgError> {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
         Ok(())
     }
 }

@@ -42,13 +42,28 @@ pub fn stop_now(data_dir: &Path, grace: Duration) -> Stopped {
     let Some(pid) = read_postmaster_pid(data_dir).map(Pid::from_raw) else {
         return Stopped::NotRunning;
     };
+    // postmaster.pid is written by the PostgreSQL user: as root, signal only a process
+    // of the user that owns the data directory, never the pid it would like killed.
+    let Some(owner) = uid_of(data_dir) else {
+        return Stopped::NotRunning;
+    };
+    if process_uid(pid) != Some(owner) {
+        tracing::warn!(
+            %pid, data_dir = %data_dir.display(),
+            "postmaster.pid names a process that does not belong to the data directory's owner: not signalled"
+        );
+        return Stopped::NotRunning;
+    }
     if kill(pid, Signal::SIGQUIT).is_err() {
         return Stopped::NotRunning;
     }
     if wait_gone(pid, grace) {
         return Stopped::Immediate;
     }
-    let children = children_of(pid);
+    let children: Vec<Pid> = children_of(pid)
+        .into_iter()
+        .filter(|c| process_uid(*c) == Some(owner))
+        .collect();
     for c in &children {
         let _ = kill(*c, Signal::SIGKILL);
     }
@@ -95,6 +110,18 @@ fn wait_gone(pid: Pid, within: Duration) -> bool {
     }
 }
 
+/// The owner of a file or directory (not following a final symlink).
+fn uid_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.uid())
+}
+
+/// The real user of process `pid`.
+fn process_uid(pid: Pid) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
 /// Running (stopped counts) and not a zombie.
 pub fn alive(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -132,6 +159,24 @@ fn children_of(parent: Pid) -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_file_naming_another_users_process_is_not_signalled() {
+        // As root, a data directory owned by an unprivileged user whose postmaster.pid
+        // names a root process (pid 1 in an attack; a root child here).
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = victim.id();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{pid}\n")).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        assert_eq!(stop_now(dir.path(), Duration::from_millis(50)), Stopped::NotRunning);
+        assert!(alive(Pid::from_raw(pid as i32)), "the root process was not signalled");
+        let _ = victim.kill();
+        let _ = victim.wait();
+    }
 
     #[test]
     fn stat_fields_survive_odd_command_names() {
