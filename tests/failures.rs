@@ -139,15 +139,9 @@ async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
     phase(&format!(
         "switchover n{old} -> n{target}; n{target} is killed as soon as the switchover is committed"
     ));
-    let endpoints = c.endpoints();
-    let to = format!("n{target}");
-    let ctl = std::thread::spawn(move || {
-        std::process::Command::new(common::BIN)
-            .args(["ctl", "--endpoints", &endpoints, "switchover", "--to", &to])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run raftpg ctl")
-    });
+    let mut cmd = c.ctl_command(&c.endpoints());
+    cmd.args(["switchover", "--to", &format!("n{target}")]);
+    let ctl = std::thread::spawn(move || cmd.stdin(std::process::Stdio::null()).output().expect("run raftpg ctl"));
     c.wait_for("the switchover to be pending", FAILOVER, || async {
         let s = c.status(other).await?;
         s.pending.contains("switchover").then_some(())

@@ -171,8 +171,9 @@ async fn a_node_alone_cannot_commit_and_says_so() {
     c.kill9(2);
     c.kill9(3);
     phase("a command on n1 fails with a reason, through raftpg ctl");
-    let out = std::process::Command::new(common::BIN)
-        .args(["ctl", "--endpoints", &c.grpc_addr(1), "config", "set", "lease_ms=7000"])
+    let out = c
+        .ctl_command(&c.grpc_addr(1))
+        .args(["config", "set", "lease_ms=7000"])
         .output()
         .unwrap();
     assert!(!out.status.success(), "a lone node committed a command");

@@ -295,7 +295,8 @@ impl Cluster {
         self.ctl_at(&self.endpoints(), args)
     }
 
-    pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    /// `raftpg ctl --endpoints ENDPOINTS` with the admin certificate in its environment.
+    pub fn ctl_command(&self, endpoints: &str) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(["ctl", "--endpoints", endpoints]);
         if let Some(t) = &self.tls {
@@ -303,7 +304,16 @@ impl Cluster {
                 .env("RAFTPG_CERT", &t.admin_cert)
                 .env("RAFTPG_KEY", &t.admin_key);
         }
-        let out = cmd.args(args).stdin(Stdio::null()).output().expect("run raftpg ctl");
+        cmd
+    }
+
+    pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .ctl_command(endpoints)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run raftpg ctl");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         eprintln!(
