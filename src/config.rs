@@ -106,6 +106,9 @@ pub struct PostgresSection {
     pub start_timeout_s: u64,
     /// PostgreSQL parameters of this node only; cluster-wide ones live in the Raft state.
     pub parameters: BTreeMap<String, String>,
+    /// TLS for PostgreSQL with the node's `[tls]` certificate: `ssl = on`, `hostssl` rules
+    /// only, and replication, pg_rewind and pg_basebackup verify the cluster CA.
+    pub ssl: bool,
 }
 
 impl Default for PostgresSection {
@@ -124,6 +127,7 @@ impl Default for PostgresSection {
             reclone_on_rewind_failure: true,
             start_timeout_s: DEFAULT_START_TIMEOUT_S,
             parameters: BTreeMap::new(),
+            ssl: false,
         }
     }
 }
@@ -417,6 +421,12 @@ impl Config {
         self.raft.validate()?;
         self.postgres.validate()?;
         self.trust_only_on_loopback()?;
+        if self.postgres.ssl && self.tls.is_none() {
+            return err(
+                "postgres.ssl",
+                "needs the node's certificate: add a [tls] section (ca_file, cert_file, key_file)".into(),
+            );
+        }
         if self.http.tls && self.tls.is_none() {
             return err(
                 "http.tls",

@@ -234,3 +234,15 @@ fn http_section_needs_its_parts() {
     );
     Config::parse(&with("[http]\nusername = \"monitor\"\npassword_file = \"/p\"\n"), "t").unwrap();
 }
+
+#[test]
+fn postgres_ssl_needs_the_node_certificate() {
+    let e = error_of(&GOOD.replace("[postgres]\n", "[postgres]\nssl = true\n"));
+    assert_eq!(e.key, "postgres.ssl");
+    assert!(e.problem.contains("[tls]"), "{e}");
+    let with_tls = GOOD.replace(
+        "[postgres]\n",
+        "[tls]\nca_file = \"ca.crt\"\ncert_file = \"n1.crt\"\nkey_file = \"n1.key\"\n\n[postgres]\nssl = true\n",
+    );
+    assert!(Config::parse(&with_tls, "t").unwrap().postgres.ssl);
+}

@@ -25,6 +25,7 @@ fn local_pg(port: u16) -> (tempfile::TempDir, PgCtl, String) {
         listen_addresses: "127.0.0.1".into(),
         port,
         log_file: dir.path().join("postgres.log"),
+        ssl_root_cert: None,
     };
     let conninfo = format!(
         "host={} port={port} user=postgres dbname=postgres",

@@ -283,7 +283,7 @@ impl Agent {
             .superuser_client(state, primary)
             .with_context(|| format!("{primary} is not a member to rewind onto"))?;
         let checkpoint = async {
-            let c = connect_with(&client).await?;
+            let c = pg.connect_remote(&client).await?;
             c.batch_execute("CHECKPOINT").await?;
             anyhow::Ok(())
         };
@@ -336,7 +336,7 @@ impl Agent {
                 // A source that went away mid-rewind says nothing about the local data,
                 // and a clone from it would fail too: keep the data and retry the rewind.
                 let answers = async {
-                    connect_with(&client).await?.batch_execute("SELECT 1").await?;
+                    pg.connect_remote(&client).await?.batch_execute("SELECT 1").await?;
                     anyhow::Ok(())
                 };
                 if let Err(why) = tokio::time::timeout(Duration::from_secs(5), answers)

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::cluster::ClusterState;
 use crate::config::Config;
-use crate::postgres::conf::{self, ConfInputs, Upstream};
+use crate::postgres::conf::{self, ConfInputs, PgSsl, Upstream};
 use crate::postgres::{PgBinaries, PgCtl, RunAs};
 
 /// This node's PostgreSQL settings, resolved once at start.
@@ -24,6 +24,8 @@ pub struct PgNode {
     pub passfile: Option<PathBuf>,
     pub superuser_password: Option<String>,
     pub replication_password: Option<String>,
+    /// PostgreSQL's TLS files, with `postgres.ssl`.
+    pub ssl: Option<conf::PgSsl>,
     pub node_parameters: std::collections::BTreeMap<String, String>,
     pub reclone_on_rewind_failure: bool,
     pub start_timeout: Duration,
@@ -92,6 +94,7 @@ impl PgNode {
             listen_addresses: p.listen_addresses.clone().unwrap_or_else(|| host.to_string()),
             port,
             log_file,
+            ssl_root_cert: None,
         };
         let mut node = PgNode {
             me: me.name.clone(),
@@ -102,6 +105,7 @@ impl PgNode {
             passfile: None,
             superuser_password,
             replication_password,
+            ssl: None,
             node_parameters: p.parameters.clone(),
             reclone_on_rewind_failure: p.reclone_on_rewind_failure,
             initdb_marker: base.join("initdb.incomplete"),
@@ -109,7 +113,38 @@ impl PgNode {
             start_timeout: Duration::from_secs(p.start_timeout_s),
         };
         node.write_passfile(&base.join("pgpass"))?;
+        if let (true, Some(tls)) = (p.ssl, &cfg.tls) {
+            let ssl = node.write_ssl_files(&base.join("pgssl"), tls)?;
+            node.ctl.ssl_root_cert = Some(ssl.ca.clone());
+            node.ssl = Some(ssl);
+        }
         Ok(node)
+    }
+
+    /// Copies the node's `[tls]` files where PostgreSQL reads them: owned by its OS user,
+    /// mode 0600 (PostgreSQL refuses a key others can read), outside PGDATA (a clone must
+    /// not carry another node's key).
+    fn write_ssl_files(&self, dir: &Path, tls: &crate::tls::TlsSection) -> anyhow::Result<PgSsl> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(u) = &self.ctl.run_as {
+            u.chown(dir)?;
+        }
+        let ssl = PgSsl {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("root.crt"),
+        };
+        for (from, to, key) in [
+            (&tls.cert_file, &ssl.cert, "tls.cert_file"),
+            (&tls.key_file, &ssl.key, "tls.key_file"),
+            (&tls.ca_file, &ssl.ca, "tls.ca_file"),
+        ] {
+            let text =
+                std::fs::read_to_string(from).with_context(|| format!("{key}: cannot read {}", from.display()))?;
+            self.write_file(to, &text)?;
+        }
+        Ok(ssl)
     }
 
     fn write_passfile(&mut self, path: &Path) -> anyhow::Result<()> {
@@ -164,6 +199,7 @@ impl PgNode {
             user: self.replication_user.clone(),
             application_name: self.me.clone(),
             passfile: self.passfile.clone(),
+            ssl_root_cert: self.ssl.as_ref().map(|s| s.ca.clone()),
         })
     }
 
@@ -177,7 +213,31 @@ impl PgNode {
         if let Some(p) = &self.passfile {
             s += &format!(" passfile={}", p.display());
         }
+        if let Some(ssl) = &self.ssl {
+            s += &format!(" sslmode=verify-ca sslrootcert={}", ssl.ca.display());
+        }
         Some(s)
+    }
+
+    /// Connects to another member's PostgreSQL with `config`: over TLS verifying the cluster
+    /// CA when `postgres.ssl` is on, else plaintext.
+    pub async fn connect_remote(&self, config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+        let timeout = Duration::from_secs(5);
+        let Some(ssl) = &self.ssl else {
+            let (client, conn) = tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
+                .await
+                .context("connecting to PostgreSQL timed out")??;
+            tokio::spawn(conn);
+            return Ok(client);
+        };
+        let tls = crate::tls::pg::connector(&ssl.ca)?;
+        let mut config = config.clone();
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = tokio::time::timeout(timeout, config.connect(tls))
+            .await
+            .context("connecting to PostgreSQL timed out")??;
+        tokio::spawn(conn);
+        Ok(client)
     }
 
     /// The primary as superuser, for raftpg's own SQL (tokio-postgres reads no pgpass
@@ -210,12 +270,13 @@ impl PgNode {
             sync_names: &sync_names,
             cluster_parameters: &state.parameters,
             node_parameters: &self.node_parameters,
+            ssl: self.ssl.as_ref(),
         })
     }
 
     /// Writes postgresql.conf and pg_hba.conf; true if either changed.
     pub fn write_conf(&self, state: &ClusterState, upstream: Option<&Upstream>, gated: bool) -> anyhow::Result<bool> {
-        let hba = conf::render_hba(&self.host_auth, &self.replication_user, gated);
+        let hba = conf::render_hba(&self.host_auth, &self.replication_user, gated, self.ssl.is_some());
         let a = self.replace(
             &self.ctl.data_dir.join("postgresql.conf"),
             &self.render_conf(state, upstream),

@@ -35,6 +35,15 @@ pub const DEFAULTS: [(&str, &str); 16] = [
     ("logging_collector", "off"),
 ];
 
+/// PostgreSQL's TLS files (copies of the node's `[tls]` files, owned by its OS user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgSsl {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The cluster CA: what replication and pg_rewind connections verify the server with.
+    pub ca: PathBuf,
+}
+
 /// Where a standby streams from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -44,6 +53,8 @@ pub struct Upstream {
     /// This standby's member name: PostgreSQL's `application_name` and the slot it uses.
     pub application_name: String,
     pub passfile: Option<PathBuf>,
+    /// With PostgreSQL TLS: the CA the upstream's certificate must chain to.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 /// Everything `postgresql.conf` depends on.
@@ -58,6 +69,8 @@ pub struct ConfInputs<'a> {
     pub sync_names: &'a str,
     pub cluster_parameters: &'a BTreeMap<String, String>,
     pub node_parameters: &'a BTreeMap<String, String>,
+    /// `ssl = on` with these files.
+    pub ssl: Option<&'a PgSsl>,
 }
 
 /// The whole `postgresql.conf`.
@@ -84,7 +97,7 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
          # Change parameters with `raftpg ctl config set postgresql.parameters.NAME=VALUE`\n\
          # (whole cluster) or [postgres.parameters] in raftpg.toml (this node).\n\n",
     );
-    let managed = [
+    let mut managed = vec![
         ("port", i.port.to_string()),
         ("listen_addresses", i.listen_addresses.to_string()),
         ("unix_socket_directories", i.socket_dir.display().to_string()),
@@ -102,6 +115,16 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
             if i.upstream.is_some() { "latest" } else { "current" }.to_string(),
         ),
     ];
+    if let Some(s) = i.ssl {
+        managed.extend([
+            ("ssl", "on".to_string()),
+            ("ssl_cert_file", s.cert.display().to_string()),
+            ("ssl_key_file", s.key.display().to_string()),
+            ("ssl_ca_file", s.ca.display().to_string()),
+        ]);
+    }
+    // A later line wins in postgresql.conf: nothing may repeat a managed name.
+    params.retain(|k, _| !managed.iter().any(|(m, _)| m == k));
     for (k, v) in managed.iter().map(|(k, v)| (*k, v.clone())).chain(params) {
         let _ = writeln!(out, "{k} = {}", quote(&v));
     }
@@ -110,15 +133,17 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
 
 /// `pg_hba.conf`. `gated` refuses client connections (replication still allowed):
 /// a primary restarted after a crash serves nobody until a standby holds its WAL.
-pub fn render_hba(host_auth: &str, replication_user: &str, gated: bool) -> String {
+/// With `ssl`, TCP connections must use TLS (`hostssl`; a plaintext one matches no rule).
+pub fn render_hba(host_auth: &str, replication_user: &str, gated: bool, ssl: bool) -> String {
     let mut out = String::from("# Written by raftpg: edits here are lost.\n");
     out += "local all all trust\nlocal replication all trust\n";
+    let host = if ssl { "hostssl" } else { "host" };
     if gated {
         out += "# gated: no client connections until a standby holds this primary's WAL end\n";
-        out += "host all all all reject\n";
+        let _ = writeln!(out, "{host} all all all reject");
     }
-    let _ = writeln!(out, "host replication {replication_user} all {host_auth}");
-    let _ = writeln!(out, "host all all all {host_auth}");
+    let _ = writeln!(out, "{host} replication {replication_user} all {host_auth}");
+    let _ = writeln!(out, "{host} all all all {host_auth}");
     out
 }
 
@@ -185,6 +210,13 @@ pub fn conninfo(u: &Upstream) -> String {
     if let Some(p) = &u.passfile {
         let _ = write!(out, " passfile={}", libpq_value(&p.display().to_string()));
     }
+    if let Some(ca) = &u.ssl_root_cert {
+        let _ = write!(
+            out,
+            " sslmode=verify-ca sslrootcert={}",
+            libpq_value(&ca.display().to_string())
+        );
+    }
     out
 }
 
@@ -221,6 +253,7 @@ mod tests {
             user: "replicator".into(),
             application_name: "db-2".into(),
             passfile: Some(PathBuf::from("/var/lib/raftpg/pg pass")),
+            ssl_root_cert: None,
         }
     }
 
@@ -295,6 +328,7 @@ mod tests {
             sync_names: "ANY 1 (\"n1\")",
             cluster_parameters: &cluster,
             node_parameters: &node,
+            ssl: None,
         });
         assert!(conf.contains("port = '5433'"));
         assert!(!conf.contains("port = '1'"));
@@ -310,11 +344,43 @@ mod tests {
 
     #[test]
     fn gate_rejects_clients_but_not_replication() {
-        let open = render_hba("trust", "replicator", false);
-        let gated = render_hba("trust", "replicator", true);
+        let open = render_hba("trust", "replicator", false, false);
+        let gated = render_hba("trust", "replicator", true, false);
         assert!(!open.contains("reject"));
         let reject = gated.find("host all all all reject").unwrap();
         assert!(reject < gated.find("host all all all trust").unwrap());
+    }
+
+    #[test]
+    fn ssl_takes_tls_rules_and_managed_files() {
+        let hba = render_hba("scram-sha-256", "replicator", true, true);
+        assert!(!hba.contains("\nhost "), "no plaintext TCP rule: {hba}");
+        assert!(
+            hba.contains("hostssl replication replicator all scram-sha-256"),
+            "{hba}"
+        );
+        assert!(hba.contains("hostssl all all all reject"), "{hba}");
+        let ssl = PgSsl {
+            cert: "/s/server.crt".into(),
+            key: "/s/server.key".into(),
+            ca: "/s/root.crt".into(),
+        };
+        let cluster = BTreeMap::from([("ssl".to_string(), "off".to_string())]);
+        let mut u = upstream();
+        u.ssl_root_cert = Some(ssl.ca.clone());
+        let conf = render_postgresql_conf(&ConfInputs {
+            port: 5433,
+            listen_addresses: "127.0.0.1",
+            socket_dir: Path::new("/run/pg"),
+            upstream: Some(&u),
+            sync_names: "",
+            cluster_parameters: &cluster,
+            node_parameters: &BTreeMap::new(),
+            ssl: Some(&ssl),
+        });
+        assert!(conf.contains("ssl = 'on'") && !conf.contains("ssl = 'off'"), "{conf}");
+        assert!(conf.contains("ssl_key_file = '/s/server.key'"), "{conf}");
+        assert!(conf.contains("sslmode=verify-ca sslrootcert=/s/root.crt"), "{conf}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct PgCtl {
     pub port: u16,
     /// Server log written by pg_ctl (`-l`).
     pub log_file: PathBuf,
+    /// With PostgreSQL TLS: the cluster CA that the tools' connections verify servers with.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 impl PgCtl {
@@ -231,7 +233,16 @@ impl PgCtl {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(u) = &self.run_as {
-            cmd.uid(u.uid).gid(u.gid).env("USER", &u.name);
+            // HOME too: libpq looks for ~/.postgresql/postgresql.crt, and root's home is
+            // not the postgres user's to read (a TLS connection would fail on it).
+            cmd.uid(u.uid)
+                .gid(u.gid)
+                .env("USER", &u.name)
+                .env("HOME", &self.socket_dir);
+        }
+        if let Some(ca) = &self.ssl_root_cert {
+            // pg_basebackup and pg_rewind connect over TLS and check the server's certificate.
+            cmd.env("PGSSLMODE", "verify-ca").env("PGSSLROOTCERT", ca);
         }
         cmd
     }

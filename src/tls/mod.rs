@@ -329,3 +329,4 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
 }
 
 pub mod make;
+pub mod pg;

@@ -167,13 +167,28 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// The CA of the last cluster configured in this test binary: clients then use TLS when
+/// its PostgreSQL offers it (`postgres.ssl`), verifying the CA, and plaintext otherwise.
+pub static PG_CA: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
 pub async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(conninfo, NoTls))
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(conn);
-    Some(client)
+    let ca = PG_CA.lock().unwrap().clone();
+    let fut = async {
+        match ca {
+            Some(ca) => {
+                let tls = raftpg::tls::pg::connector(&ca).ok()?;
+                let (client, conn) = tokio_postgres::connect(conninfo, tls).await.ok()?;
+                tokio::spawn(conn);
+                Some(client)
+            }
+            None => {
+                let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.ok()?;
+                tokio::spawn(conn);
+                Some(client)
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), fut).await.ok()?
 }
 
 /// Whether `pid` still runs (stopped counts; a zombie does not).
