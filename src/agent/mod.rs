@@ -76,7 +76,12 @@ pub struct Agent {
     observer: Observer,
     /// The generation in which pg_rewind last found nothing to undo.
     noop_rewind: Option<u64>,
+    /// When the managed parameters were last checked against what PostgreSQL runs.
+    managed_checked: Option<Instant>,
 }
+
+/// How often the agent checks that PostgreSQL runs the values raftpg manages.
+const MANAGED_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts the agent and its lease task on `node`.
 pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
@@ -125,6 +130,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         wal_end_read: None,
         observer: Observer::default(),
         noop_rewind: None,
+        managed_checked: None,
     };
     node.spawn(
         "lease",
@@ -352,13 +358,48 @@ impl Agent {
             self.observer = Observer::default();
             return Local::NoData;
         }
-        match self.observer.observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await {
+        let observed = self.observer.observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await;
+        if matches!(observed, Observation::Up(_))
+            && self.managed_checked.is_none_or(|t| t.elapsed() >= MANAGED_CHECK_EVERY)
+        {
+            self.managed_checked = Some(Instant::now());
+            self.restore_managed().await;
+        }
+        match observed {
             Observation::Up(s) if s.in_recovery => Local::Standby(s),
             Observation::Up(s) => Local::Primary(s),
             Observation::Unknown(e) if postmaster_alive(&self.pg) => Local::Unknown(e),
             Observation::Unknown(_) => Local::Stopped {
                 control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
             },
+        }
+    }
+
+    /// Steady-state check that PostgreSQL runs what raftpg manages: a value set elsewhere
+    /// (`ALTER SYSTEM` writes postgresql.auto.conf, which PostgreSQL reads after raftpg's
+    /// postgresql.conf) could, e.g., empty `synchronous_standby_names` and let a failover
+    /// lose acknowledged writes. Such a setting is logged as an error and reset.
+    async fn restore_managed(&mut self) {
+        let found = match tokio::time::timeout(OBSERVE_TIMEOUT, self.observer.overridden_managed()).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return tracing::debug!("cannot check the managed parameters: {e}"),
+            Err(_) => return tracing::debug!("checking the managed parameters timed out"),
+        };
+        if found.is_empty() {
+            return;
+        }
+        for (name, value, file) in &found {
+            tracing::error!(
+                parameter = %name, %value, %file,
+                "{name} is set in {file}, overriding the value raftpg manages: resetting it (ALTER SYSTEM RESET) \
+                 and reloading; set PostgreSQL parameters with raftpg ctl config set or [postgres.parameters]"
+            );
+        }
+        let names: Vec<String> = found.into_iter().map(|(n, _, _)| n).collect();
+        match tokio::time::timeout(OBSERVE_TIMEOUT, self.observer.reset_parameters(&names)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot reset {}: {e}", names.join(", ")),
+            Err(_) => tracing::error!("resetting {} timed out", names.join(", ")),
         }
     }
 

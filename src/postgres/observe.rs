@@ -161,6 +161,53 @@ impl Observer {
     }
 }
 
+/// Parameters whose value PostgreSQL must take from raftpg's postgresql.conf: the managed
+/// ones, the TLS files, and the crash behaviour raftpg relies on.
+const CHECKED: [&str; 6] = [
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "restart_after_crash",
+    "synchronous_commit",
+];
+
+/// (name, value, file) of every checked parameter set by another configuration file;
+/// `synchronous_commit` only when it is weaker than `on` (a failover could lose writes).
+const OVERRIDDEN: &str = "SELECT name, setting, sourcefile FROM pg_settings \
+     WHERE name = ANY($1) AND source = 'configuration file' AND sourcefile IS NOT NULL \
+     AND sourcefile NOT LIKE '%/postgresql.conf' \
+     AND (name <> 'synchronous_commit' OR setting NOT IN ('on', 'remote_apply'))";
+
+impl Observer {
+    /// Checked parameters that a file other than raftpg's postgresql.conf sets.
+    pub async fn overridden_managed(&mut self) -> Result<Vec<(String, String, String)>, tokio_postgres::Error> {
+        let Some(s) = &self.session else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<&str> = crate::cluster::params::MANAGED
+            .iter()
+            .chain(CHECKED.iter())
+            .copied()
+            .collect();
+        let rows = s.client.query(OVERRIDDEN, &[&names]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// `ALTER SYSTEM RESET` of each parameter (one statement each: it cannot run in a
+    /// transaction block), then a reload.
+    pub async fn reset_parameters(&mut self, names: &[String]) -> Result<(), tokio_postgres::Error> {
+        let Some(s) = &self.session else {
+            return Ok(());
+        };
+        for name in names {
+            let ident = format!("\"{}\"", name.replace('"', "\"\""));
+            s.client.batch_execute(&format!("ALTER SYSTEM RESET {ident}")).await?;
+        }
+        s.client.batch_execute("SELECT pg_reload_conf()").await
+    }
+}
+
 async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_postgres::Error> {
     let row = client.query_one(QUERY, &[]).await;
     let rows = client.query(REPLICATION, &[]).await;
