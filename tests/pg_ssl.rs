@@ -46,8 +46,12 @@ async fn replication_rewind_and_clients_run_over_tls_verified_by_the_cluster_ca(
     assert!(conninfo.get::<_, String>(1).ends_with("root.crt"));
 
     phase("a managed value overridden with ALTER SYSTEM is found, logged and reset");
-    let sql = common::pg::connect(&c.pg_conninfo(old)).await.expect("connect over TLS");
-    sql.batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''").await.unwrap();
+    let sql = common::pg::connect(&c.pg_conninfo(old))
+        .await
+        .expect("connect over TLS");
+    sql.batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .await
+        .unwrap();
     sql.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     c.wait_for("raftpg to restore synchronous_standby_names", FORM, || async {
         let row = c.query_one(old, "SHOW synchronous_standby_names").await?;
@@ -59,7 +63,10 @@ async fn replication_rewind_and_clients_run_over_tls_verified_by_the_cluster_ca(
         "the override is logged"
     );
     let auto = sql
-        .query_one("SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(auto.get::<_, i64>(0), 0, "postgresql.auto.conf no longer sets it");

@@ -218,6 +218,26 @@ async fn every_attack_of_the_review_is_refused() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.message().contains("not a node certificate"), "{e}");
 
+    phase("a node certificate of no current member (a removed one) is refused by Raft and the control API");
+    let ca = make::read_ca(&tls.dir).unwrap();
+    let n9 = make::leaf(&ca, "n9", Role::Node, &[], &["127.0.0.1".parse().unwrap()]).unwrap();
+    make::write(&tls.dir, "n9", &n9, false).unwrap();
+    let (mut raft, as_n9) = raft_client(&c, "n9", "n9").await;
+    let e = raft.report(as_n9.request(report_as("n9"))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("not a current member"), "{e}");
+    let (n9_crt, n9_key) = make::paths(&tls.dir, "n9");
+    let (ok, _, err) = ctl_with(
+        &c,
+        &[
+            ("RAFTPG_CACERT", &tls.ca),
+            ("RAFTPG_CERT", &n9_crt),
+            ("RAFTPG_KEY", &n9_key),
+        ],
+        &["pause"],
+    );
+    assert!(!ok && err.contains("not a current member"), "{err}");
+
     phase("the refusals are logged on the node");
     let log = c.log_of(1);
     assert!(log.contains("refused"), "n1's log names the refusals");

@@ -127,7 +127,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let v = run::run(&opts).await?;
             suite::print_anomalies(&v);
-            Ok(if v.valid && !v.vacuous {
+            Ok(if v.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -35,10 +35,11 @@ width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}";
 
 /// The whole report for one run.
 pub fn render(h: &History, v: &Verdict) -> String {
-    let (word, class) = match (v.valid, v.vacuous) {
-        (false, _) => ("INVALID", "invalid"),
-        (true, true) => ("VACUOUS", "vacuous"),
-        (true, false) => ("VALID", "valid"),
+    let (word, class) = match (v.valid, v.vacuous, v.unknown()) {
+        (false, _, _) => ("INVALID", "invalid"),
+        (true, true, _) => ("VACUOUS", "vacuous"),
+        (true, false, true) => ("UNKNOWN", "unknown"),
+        (true, false, false) => ("VALID", "valid"),
     };
     let mut out = String::with_capacity(256 * 1024);
     _ = write!(
@@ -506,6 +507,7 @@ mod tests {
                 fail: 1,
                 info: 1,
             },
+            windows: vec![],
             duration_ms: 10_000,
             dir: "runs/x".into(),
         };

@@ -154,10 +154,13 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
             None => false,
         };
         let roles = Roles::of(&view, NODES, confirmed);
+        // The fault starts when it is applied, not when applying it returned (a kill waits
+        // for its processes to be gone; the clients see the fault before that).
+        let started_ns = rec.now_ns();
         let mut fault = nemesis::start(&opts.scenario, &roles, c, &mut rng)?;
-        let event = |action, fault: &nemesis::Fault| {
+        let event = |action, time_ns, fault: &nemesis::Fault| {
             Record::Nemesis(NemesisEvent {
-                time_ns: rec.now_ns(),
+                time_ns,
                 fault: fault.fault.clone(),
                 action,
                 targets: fault.targets.clone(),
@@ -166,7 +169,7 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
                 detail: fault.detail.clone(),
             })
         };
-        rec.record(event(NemesisAction::Start, &fault));
+        rec.record(event(NemesisAction::Start, started_ns, &fault));
         say(
             t0,
             &format!(
@@ -191,7 +194,7 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         }
         fault.heal(c)?;
         last_heal = Instant::now();
-        rec.record(event(NemesisAction::Stop, &fault));
+        rec.record(event(NemesisAction::Stop, rec.now_ns(), &fault));
         say(t0, &format!("healed {}", fault.fault));
         let view = wait_primary(c, Duration::from_secs(30)).await;
         say(
@@ -431,7 +434,25 @@ fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u6
     let counts = checker::counts(&history);
     // Checkers that saw no acknowledged operation prove nothing, whatever they say.
     let nothing_acknowledged = counts.ok == 0;
-    let vacuous = hits == 0 || (opts.scenario != "chaos" && !missed.is_empty()) || nothing_acknowledged;
+    let windows = checker::windows(&history);
+    // A fault on the primary that received no write while it lasted tested nothing about
+    // writes (the clients were elsewhere, or stuck).
+    let idle: Vec<String> = windows
+        .iter()
+        .filter(|w| w.hit && w.intended == "primary" && w.attempted == 0)
+        .map(|w| {
+            format!(
+                "{} at {:.1}s: its primary received no write",
+                w.fault,
+                w.start_ns as f64 / 1e9
+            )
+        })
+        .collect();
+    let vacuous = hits == 0
+        || (opts.scenario != "chaos" && !missed.is_empty())
+        || nothing_acknowledged
+        || (opts.scenario != "chaos" && !idle.is_empty());
+    let missed: Vec<String> = missed.into_iter().chain(idle).collect();
     let valid = checkers.iter().all(|c| c.status != "invalid");
     Verdict {
         scenario: opts.scenario.clone(),
@@ -455,6 +476,7 @@ fn judge(opts: &RunOpts, rec: &Recorder, converged: bool, recovery_ms: Option<u6
         failovers: checker::failovers(&history),
         recovery_ms,
         counts,
+        windows,
         duration_ms: t0.elapsed().as_millis() as u64,
         dir: opts.out.display().to_string(),
     }

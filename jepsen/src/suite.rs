@@ -48,17 +48,15 @@ pub async fn run(
         })
         .collect();
     std::fs::write(out.join("suite.json"), serde_json::to_string_pretty(&json)?)?;
-    // A vacuous run proved nothing: it is not a pass.
-    Ok(rows
-        .iter()
-        .all(|(_, _, r)| r.as_ref().is_ok_and(|v| v.valid && !v.vacuous)))
+    // A vacuous run proved nothing and an unknown one decided nothing: neither is a pass.
+    Ok(rows.iter().all(|(_, _, r)| r.as_ref().is_ok_and(Verdict::passed)))
 }
 
 /// The markdown table: scenario × seed, verdict, failover times, recovery.
 pub fn table(rows: &[(String, u64, Result<Verdict, String>)]) -> String {
     let mut out = String::from(
-        "| scenario | seed | verdict | failovers (fault → first write on the new primary) | recovery after heal | ops ok / fail / unknown |\n\
-         |---|---|---|---|---|---|\n",
+        "| scenario | seed | verdict | failovers (fault → first write on the new primary) | recovery after heal | ops ok / fail / unknown | writes on faulted nodes in fault windows (acknowledged / attempted) |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for (name, seed, r) in rows {
         let line = match r {
@@ -68,8 +66,13 @@ pub fn table(rows: &[(String, u64, Result<Verdict, String>)]) -> String {
                     .iter()
                     .map(|f| format!("{:.2} s", f.ms as f64 / 1000.0))
                     .collect();
+                let windows: Vec<String> = v
+                    .windows
+                    .iter()
+                    .map(|w| format!("{} / {}", w.acknowledged, w.attempted))
+                    .collect();
                 format!(
-                    "| {name} | {seed} | {} | {} | {} | {} / {} / {} |",
+                    "| {name} | {seed} | {} | {} | {} | {} / {} / {} | {} |",
                     v.word(),
                     if fo.is_empty() {
                         "none".to_string()
@@ -81,12 +84,17 @@ pub fn table(rows: &[(String, u64, Result<Verdict, String>)]) -> String {
                         .unwrap_or("never".into()),
                     v.counts.ok,
                     v.counts.fail,
-                    v.counts.info
+                    v.counts.info,
+                    if windows.is_empty() {
+                        "no window".to_string()
+                    } else {
+                        windows.join(", ")
+                    }
                 )
             }
             Err(e) => {
                 let first = e.lines().next().unwrap_or_default();
-                format!("| {name} | {seed} | ERROR: {} | | | |", first.replace('|', "/"))
+                format!("| {name} | {seed} | ERROR: {} | | | | |", first.replace('|', "/"))
             }
         };
         out += &line;

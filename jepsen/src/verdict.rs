@@ -27,6 +27,24 @@ pub struct CheckerResult {
     pub anomalies: Vec<Anomaly>,
 }
 
+/// One fault window and the writes its faulted nodes received while it lasted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub fault: String,
+    /// The role the fault was meant for, and whether its targets held it.
+    pub intended: String,
+    pub hit: bool,
+    pub targets: Vec<String>,
+    pub start_ns: u64,
+    /// When it healed (the end of the run if it never did).
+    pub end_ns: u64,
+    /// Writes that reached a faulted node's PostgreSQL while the window lasted (in flight
+    /// when it started, or started during it).
+    pub attempted: u64,
+    /// Of those, the ones acknowledged.
+    pub acknowledged: u64,
+}
+
 /// From a fault on the primary to the first write acknowledged by a new
 /// primary (a new timeline).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +84,9 @@ pub struct Verdict {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<u64>,
     pub counts: Counts,
+    /// Every fault window with the writes its targets received.
+    #[serde(default)]
+    pub windows: Vec<Window>,
     pub duration_ms: u64,
     /// Where the run's files are.
     pub dir: String,
@@ -76,12 +97,66 @@ impl Verdict {
         self.checkers.iter().flat_map(|c| c.anomalies.iter())
     }
 
-    /// valid, invalid or vacuous, as one word for tables.
+    /// A checker that could not decide (e.g. the linearizability search ran out of budget).
+    pub fn unknown(&self) -> bool {
+        self.checkers.iter().any(|c| c.status == "unknown")
+    }
+
+    /// The run proved its checks hold: valid, not vacuous, and no checker undecided.
+    /// `unknown` and vacuous are never a pass.
+    pub fn passed(&self) -> bool {
+        self.valid && !self.vacuous && !self.unknown()
+    }
+
+    /// INVALID, vacuous, unknown or valid, as one word for tables.
     pub fn word(&self) -> &'static str {
-        match (self.valid, self.vacuous) {
-            (false, _) => "INVALID",
-            (true, true) => "vacuous",
-            (true, false) => "valid",
+        match (self.valid, self.vacuous, self.unknown()) {
+            (false, _, _) => "INVALID",
+            (true, true, _) => "VACUOUS",
+            (true, false, true) => "UNKNOWN",
+            (true, false, false) => "valid",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(status: &str, vacuous: bool) -> Verdict {
+        Verdict {
+            scenario: "isolate-primary".into(),
+            seed: 1,
+            valid: status != "invalid",
+            vacuous,
+            vacuous_reason: None,
+            checkers: vec![CheckerResult {
+                name: "register".into(),
+                status: status.into(),
+                summary: String::new(),
+                anomalies: vec![],
+            }],
+            failovers: vec![],
+            recovery_ms: None,
+            counts: Counts::default(),
+            windows: vec![],
+            duration_ms: 0,
+            dir: String::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_and_vacuous_are_never_a_pass() {
+        assert!(verdict("valid", false).passed());
+        assert_eq!(verdict("valid", false).word(), "valid");
+        for (v, word) in [
+            (verdict("unknown", false), "UNKNOWN"),
+            (verdict("valid", true), "VACUOUS"),
+            (verdict("unknown", true), "VACUOUS"),
+            (verdict("invalid", false), "INVALID"),
+        ] {
+            assert!(!v.passed(), "{word}");
+            assert_eq!(v.word(), word);
         }
     }
 }

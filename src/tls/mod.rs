@@ -116,9 +116,17 @@ pub fn peer_of<T>(req: &Request<T>) -> Result<Option<Peer>, Status> {
     identity_of(leaf).map(Some).map_err(Status::permission_denied)
 }
 
-/// Refuses a control API call that needs an admin when the client is read-only.
-pub fn require_admin<T>(req: &Request<T>, method: &str) -> Result<(), Status> {
+/// Refuses a control API call that needs an admin when the client is read-only, or a
+/// node certificate whose member `is_member` does not know (a removed member).
+pub fn require_admin<T>(req: &Request<T>, method: &str, is_member: impl Fn(&str) -> bool) -> Result<(), Status> {
     match peer_of(req)? {
+        Some(p) if p.role == Role::Node && !is_member(&p.name) => {
+            tracing::warn!(client = %p.name, method, "refused: a node certificate of no current member");
+            Err(Status::permission_denied(format!(
+                "{method} refused: '{}' has a node certificate but is not a current member",
+                p.name
+            )))
+        }
         Some(p) if !p.role.is_admin() => {
             tracing::warn!(client = %p.name, method, "refused: a read-only certificate called a method that needs admin");
             Err(Status::permission_denied(format!(

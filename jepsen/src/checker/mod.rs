@@ -64,6 +64,51 @@ pub fn counts(h: &History) -> Counts {
     c
 }
 
+/// Every fault window (a start and the next stop of the same fault on the same nodes, or
+/// the end of the history) with the writes that reached a faulted node while it lasted:
+/// in flight when it started (a kill's victims) or started during it.
+pub fn windows(h: &History) -> Vec<crate::verdict::Window> {
+    let end = h
+        .ops
+        .iter()
+        .map(|o| o.end_ns)
+        .chain(h.nemesis.iter().map(|e| e.time_ns))
+        .max()
+        .unwrap_or(0);
+    h.nemesis
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.action == NemesisAction::Start)
+        .map(|(i, start)| {
+            let end_ns = h.nemesis[i + 1..]
+                .iter()
+                .find(|e| e.action == NemesisAction::Stop && e.fault == start.fault && e.targets == start.targets)
+                .map_or(end, |e| e.time_ns);
+            let writes = h.ops.iter().filter(|o| {
+                o.f.is_write()
+                    && o.start_ns < end_ns
+                    && o.end_ns >= start.time_ns
+                    && o.node.as_ref().is_some_and(|n| start.targets.contains(n))
+            });
+            let (mut attempted, mut acknowledged) = (0, 0);
+            for o in writes {
+                attempted += 1;
+                acknowledged += u64::from(o.outcome == Outcome::Ok);
+            }
+            crate::verdict::Window {
+                fault: start.fault.clone(),
+                intended: start.intended.clone(),
+                hit: start.hit,
+                targets: start.targets.clone(),
+                start_ns: start.time_ns,
+                end_ns,
+                attempted,
+                acknowledged,
+            }
+        })
+        .collect()
+}
+
 /// For every fault that hit the primary: the time from the fault to the first
 /// write acknowledged on a newer timeline than any write acknowledged before
 /// it. A fault after which no newer timeline acknowledged a write (the old
@@ -266,6 +311,33 @@ mod tests {
         assert_eq!(failovers(&h).len(), 1);
         h.probes.clear();
         assert!(failovers(&h).is_empty());
+    }
+
+    #[test]
+    fn a_window_counts_the_writes_its_faulted_node_received() {
+        let heal = |time_ns| NemesisEvent {
+            action: NemesisAction::Stop,
+            ..fault(time_ns, "primary", true)
+        };
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, S), "n1", 1),       // before the window
+            on(set_add(2, Outcome::Ok, 3 * S), "n1", 1),   // in it, acknowledged
+            on(set_add(3, Outcome::Info, 4 * S), "n1", 1), // in it, unknown
+            on(set_add(4, Outcome::Ok, 4 * S), "n2", 2),   // in it, another node
+            on(read(1, &[], 4 * S), "n1", 1),              // in it, not a write
+            on(set_add(5, Outcome::Ok, 9 * S), "n1", 1),   // after it
+        ];
+        let mut h = history(ops, vec![]);
+        h.nemesis = vec![fault(2 * S, "primary", true), heal(8 * S)];
+        let w = windows(&h);
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].attempted, w[0].acknowledged), (2, 1), "{w:?}");
+        assert_eq!((w[0].start_ns, w[0].end_ns), (2 * S, 8 * S));
+        // A window that never healed lasts to the end of the history.
+        h.nemesis.pop();
+        assert_eq!(windows(&h)[0].end_ns, 9 * S + 5, "the last operation's end");
+        h.ops.retain(|o| o.node.as_deref() != Some("n1"));
+        assert_eq!(windows(&h)[0].attempted, 0, "no write reached the faulted primary");
     }
 
     #[test]

@@ -71,6 +71,12 @@ fn membership_status(e: MembershipError) -> Status {
 }
 
 impl ControlServer {
+    /// Admin role required (a node certificate counts only for a current member).
+    fn admin<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        let state = self.node.state().state;
+        crate::tls::require_admin(req, method, |name| state.members.contains_key(name))
+    }
+
     async fn commit(&self, cmd: Command) -> Result<crate::node::Committed, Status> {
         self.node.propose(cmd, PROPOSE_TIMEOUT).await.map_err(propose_status)
     }
@@ -157,7 +163,7 @@ impl Control for ControlServer {
     }
 
     async fn switchover(&self, req: Request<pb::SwitchoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
-        crate::tls::require_admin(&req, "Switchover")?;
+        self.admin(&req, "Switchover")?;
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a switchover needs a target: --to NAME"));
@@ -216,12 +222,12 @@ impl Control for ControlServer {
         &self,
         req: Request<pb::CancelSwitchoverRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "CancelSwitchover")?;
+        self.admin(&req, "CancelSwitchover")?;
         self.reply(Command::CancelScheduledSwitchover).await
     }
 
     async fn failover(&self, req: Request<pb::FailoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
-        crate::tls::require_admin(&req, "Failover")?;
+        self.admin(&req, "Failover")?;
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a failover needs a target: --to NAME"));
@@ -260,13 +266,13 @@ impl Control for ControlServer {
     }
 
     async fn restart(&self, req: Request<pb::RestartRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "Restart")?;
+        self.admin(&req, "Restart")?;
         let node = req.into_inner().member;
         self.reply(Command::Restart { node }).await
     }
 
     async fn reinit(&self, req: Request<pb::ReinitRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "Reinit")?;
+        self.admin(&req, "Reinit")?;
         let name = req.into_inner().member;
         let s = self.node.state().state;
         requests::reinit(&s, &self.rows(&s), &name).map_err(refusal_status)?;
@@ -274,7 +280,7 @@ impl Control for ControlServer {
     }
 
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<ProgressStream>, Status> {
-        crate::tls::require_admin(&req, "AddMember")?;
+        self.admin(&req, "AddMember")?;
         let req = req.into_inner();
         if let Some(mut leader) = leader_client(&self.node).await? {
             let upstream = leader.add_member(req).await?.into_inner();
@@ -334,7 +340,7 @@ impl Control for ControlServer {
     }
 
     async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "RemoveMember")?;
+        self.admin(&req, "RemoveMember")?;
         let req = req.into_inner();
         let s = self.node.state().state;
         requests::remove(&s, &self.rows(&s), &req.member).map_err(refusal_status)?;
@@ -362,7 +368,7 @@ impl Control for ControlServer {
     }
 
     async fn set_config(&self, req: Request<pb::SetConfigRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "SetConfig")?;
+        self.admin(&req, "SetConfig")?;
         let req = req.into_inner();
         if req.key.trim().is_empty() {
             return Err(Status::invalid_argument("key is empty: write key=value"));
@@ -372,12 +378,12 @@ impl Control for ControlServer {
     }
 
     async fn pause(&self, req: Request<pb::PauseRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "Pause")?;
+        self.admin(&req, "Pause")?;
         self.reply(Command::Pause).await
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        crate::tls::require_admin(&req, "Resume")?;
+        self.admin(&req, "Resume")?;
         self.reply(Command::Resume).await
     }
 }
