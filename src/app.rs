@@ -24,6 +24,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build the gRPC reflection service")?;
+    for (key, path) in cfg.hooks.configured() {
+        use std::os::unix::fs::PermissionsExt;
+        let executable = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        anyhow::ensure!(
+            executable,
+            "hooks.{key}: {} is not an executable file: check the path, and chmod +x it",
+            path.display()
+        );
+    }
     let pg = match cfg.postgres.manage {
         true => Some(crate::agent::PgNode::prepare(&cfg)?),
         false => None,

@@ -51,6 +51,9 @@ pub struct Config {
     /// The HTTP port: TLS, and basic authentication for `/cluster` and `/metrics`.
     #[serde(default)]
     pub http: HttpSection,
+    /// Scripts run when the local PostgreSQL starts, stops or changes role.
+    #[serde(default)]
+    pub hooks: crate::agent::hooks::HooksSection,
 }
 
 /// `[http]`: the health checks stay readable without credentials (HAProxy's checks work
@@ -320,6 +323,16 @@ impl Config {
         if let Some(p) = &mut self.http.password_file {
             abs(p);
         }
+        for p in [
+            &mut self.hooks.on_start,
+            &mut self.hooks.on_stop,
+            &mut self.hooks.on_role_change,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
         if let Some(t) = &mut self.tls {
             abs(&mut t.ca_file);
             abs(&mut t.cert_file);
@@ -421,6 +434,9 @@ impl Config {
         self.raft.validate()?;
         self.postgres.validate()?;
         self.trust_only_on_loopback()?;
+        if self.hooks.timeout_s == 0 {
+            return err("hooks.timeout_s", "must be 1 or more (seconds)".into());
+        }
         if self.postgres.ssl && self.tls.is_none() {
             return err(
                 "postgres.ssl",

@@ -252,6 +252,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = fs::canonicalize(&args.dir)?;
     let exe = std::env::current_exe().context("cannot find the raftpg executable")?;
     let secrets = Secrets::ensure(&dir)?;
+    // Listen before the first node starts: a Ctrl-C while the cluster forms stops it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let tls = match args.insecure {
         true => None,
         false => Some(TlsFiles::ensure(&dir, args.nodes)?),
@@ -291,16 +295,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|k| format!("127.0.0.1:{}", ports(args.base_port, k).grpc))
         .collect();
     let endpoints = endpoints.join(",");
-    match wait_ready(
-        &endpoints,
-        client_tls.as_ref(),
-        args.base_port,
-        args.nodes,
-        &secrets.superuser_password,
-    )
-    .await
-    {
-        Ok(table) => {
+    let ready = tokio::select! {
+        r = wait_ready(&endpoints, client_tls.as_ref(), args.base_port, args.nodes, &secrets.superuser_password) => r,
+        _ = term.recv() => return stop_all(children, "SIGTERM while the cluster formed").await,
+        _ = int.recv() => return stop_all(children, "Ctrl-C while the cluster formed").await,
+    };
+    match ready {
+        Ok((table, primary)) => {
             println!("{table}");
             println!(
                 "Connect:     PGPASSFILE={} psql \"{}\"",
@@ -309,6 +310,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             );
             let env = tls.as_ref().map(|t| format!(" {}", t.admin_env())).unwrap_or_default();
             println!("Control it:  RAFTPG_ENDPOINTS={endpoints}{env} raftpg ctl list");
+            println!(
+                "Fail over:   kill -9 $(cat {0}/n{primary}/raftpg.pid) $(head -1 {0}/n{primary}/pgdata/postmaster.pid)   # n{primary} is the primary now",
+                dir.display()
+            );
             println!("Node logs:   {}/nK/raftpg.log", dir.display());
             println!("Stop it:     Ctrl-C");
         }
@@ -317,7 +322,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             dir.display()
         ),
     }
-    supervise(children).await
+    supervise(children, term, int).await
 }
 
 fn spawn_node(exe: &Path, config: &Path, node_dir: &Path) -> anyhow::Result<Child> {
@@ -325,16 +330,22 @@ fn spawn_node(exe: &Path, config: &Path, node_dir: &Path) -> anyhow::Result<Chil
         .create(true)
         .append(true)
         .open(node_dir.join("raftpg.log"))?;
-    Command::new(exe)
-        .arg("run")
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))
+        .process_group(0);
+    // A demo that dies, even by SIGKILL, takes its nodes along: each gets SIGTERM and
+    // stops its PostgreSQL. (Spawned from the thread that runs the demo to its end.)
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))
 }
 
 /// The libpq multi-host string that always reaches the primary.
@@ -348,14 +359,14 @@ pub fn libpq_string(base: u16, nodes: u16) -> String {
 }
 
 /// Waits for one primary with N-1 streaming standbys (asked of PostgreSQL itself);
-/// returns the member table.
+/// returns the member table and the primary's k.
 async fn wait_ready(
     endpoints: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
     base: u16,
     nodes: u16,
     password: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, u16)> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no node answered yet");
     while Instant::now() < deadline {
@@ -369,7 +380,7 @@ async fn wait_ready(
                         .iter()
                         .all(|m| m.state == "running" || m.state == "streaming");
                 if s.primary.is_some() && reported {
-                    return Ok(ctl::render_table(&s));
+                    return Ok((ctl::render_table(&s), primary));
                 }
                 last = format!("n{primary} streams to {n} standbys; waiting for the Raft state and reports to show it");
             }
@@ -414,10 +425,11 @@ async fn streaming_standbys(base: u16, nodes: u16, password: &str) -> Result<(u1
 }
 
 /// Stays in the foreground until SIGINT/SIGTERM, reporting nodes that exit; then stops all.
-async fn supervise(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+async fn supervise(
+    mut children: Vec<(String, Child)>,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     let mut exited = vec![false; children.len()];
     loop {
         tokio::select! {
@@ -435,7 +447,12 @@ async fn supervise(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("raftpg demo: stopping {} nodes", children.len());
+    stop_all(children, "stop requested").await
+}
+
+/// SIGTERM to every node (each stops its PostgreSQL), then waits for them.
+async fn stop_all(mut children: Vec<(String, Child)>, why: &str) -> anyhow::Result<()> {
+    eprintln!("raftpg demo: {why}: stopping {} nodes", children.len());
     for (_, child) in &children {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(

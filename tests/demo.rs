@@ -81,7 +81,7 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
         .arg(format!(
             "{connect_line} -v ON_ERROR_STOP=1 -w -c 'CREATE TABLE demo_check (id int)' -c 'INSERT INTO demo_check VALUES (1)' -c 'SHOW password_encryption'"
         ))
-        .env("PATH", path)
+        .env("PATH", &path)
         .output()
         .unwrap();
     let said = format!(
@@ -123,6 +123,30 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
     );
     let config = std::fs::read_to_string(demo_dir.join("n1/raftpg.toml")).unwrap();
     assert!(config.contains("[tls]"), "{config}");
+
+    phase("the printed failover line names the node that is primary now");
+    let failover_line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the demo printed how to try a failover");
+    let k: u16 = failover_line
+        .split("# n")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("{failover_line}"));
+    assert!(failover_line.contains(&format!("/n{k}/raftpg.pid")), "{failover_line}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "PGPASSFILE={} psql 'host=127.0.0.1 port={} user=postgres dbname=postgres' -tAc 'SELECT pg_is_in_recovery()'",
+            pgpass.display(),
+            BASE + k
+        ))
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.trim_end().ends_with('f'), "n{k} is the primary: {said}");
 
     phase("cluster.json and pid files follow DESIGN §5");
     let json: serde_json::Value =
@@ -177,4 +201,69 @@ async fn demo_prints_a_working_connection_string_and_stops_cleanly() {
     for pid in pids.iter().chain(&postmasters) {
         assert!(!alive(*pid), "process {pid} was left behind");
     }
+}
+
+/// Starts `raftpg demo` in `dir` and waits until every node's pid file exists (the nodes
+/// run, the cluster has not formed yet); returns the demo and the node pids.
+fn demo_starting(dir: &std::path::Path, base: u16) -> (std::process::Child, Vec<i32>) {
+    let child = Command::new(BIN)
+        .args(["demo", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids: Vec<i32> = (1..=3)
+            .filter_map(|k| std::fs::read_to_string(dir.join(format!("n{k}/raftpg.pid"))).ok())
+            .filter_map(|t| t.trim().parse().ok())
+            .collect();
+        if pids.len() == 3 {
+            break pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "the demo never started its nodes");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (child, pids)
+}
+
+/// Waits until none of `pids` runs.
+fn all_gone(pids: &[i32], within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn ctrl_c_while_the_cluster_forms_stops_it_and_sigkill_takes_the_nodes_along() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    phase("Ctrl-C as soon as the nodes run: the demo stops them and exits");
+    let (mut demo, pids) = demo_starting(&dir.path().join("a"), BASE + 10);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "the demo exited with {status}");
+    assert!(
+        all_gone(&pids, Duration::from_secs(5)),
+        "a node outlived the demo: {pids:?}"
+    );
+
+    phase("SIGKILL of the demo: its nodes get SIGTERM and stop");
+    let (mut demo, pids) = demo_starting(&dir.path().join("b"), BASE + 20);
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    assert!(
+        all_gone(&pids, Duration::from_secs(95)),
+        "a node outlived the killed demo: {pids:?}"
+    );
 }

@@ -78,6 +78,10 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     );
     let h = c.ctl_ok(&["history"]);
     assert!(h.contains("bootstrap"), "{h}");
+    let dsn = c.ctl_ok(&["dsn", &format!("n{primary}")]);
+    assert_eq!(dsn.trim(), format!("host=127.0.0.1 port={}", c.pg_port(primary)));
+    let all = c.ctl_ok(&["dsn"]);
+    assert!(all.contains("target_session_attrs=read-write"), "{all}");
 
     phase("error paths: unknown member, no endpoint, switchover to a stopped node");
     c.ctl_fails(&["switchover", "--to", "n9"], "unknown member 'n9'");

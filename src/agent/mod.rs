@@ -8,6 +8,7 @@
 //! runs out, whatever the main loop is doing.
 
 mod exec;
+pub mod hooks;
 pub mod keeper;
 pub mod pgfiles;
 
@@ -78,6 +79,8 @@ pub struct Agent {
     noop_rewind: Option<u64>,
     /// When the managed parameters were last checked against what PostgreSQL runs.
     managed_checked: Option<Instant>,
+    /// The operator's `[hooks]`, called as the local PostgreSQL starts, stops, changes role.
+    hooks: hooks::Hooks,
 }
 
 /// How often the agent checks that PostgreSQL runs the values raftpg manages.
@@ -131,6 +134,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         observer: Observer::default(),
         noop_rewind: None,
         managed_checked: None,
+        hooks: hooks::Hooks::start(&node.cfg.hooks, &node.cfg.cluster.name, &node.cfg.node.name),
     };
     node.spawn(
         "lease",
@@ -333,6 +337,7 @@ impl Agent {
             self.last_reason = d.reason.clone();
         }
         let report = crate::decide::report::derive(state, local, d);
+        self.hooks.observe(report.pg, state.generation, report.timeline);
         self.node.local.set_own(report.clone(), self.gate_lsn.is_some());
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let urgent = out.report.final_position != report.final_position

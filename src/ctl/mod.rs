@@ -56,6 +56,12 @@ pub enum CtlCommand {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// A libpq connection string: to member NAME, or (without NAME) one that always
+    /// reaches the primary (every member, target_session_attrs=read-write).
+    Dsn {
+        /// The member to connect to.
+        name: Option<String>,
+    },
     /// Timeline history: every change of primary.
     History {
         #[arg(long)]
@@ -183,6 +189,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     print!("{}", render_reasons(&s));
                 }
             }
+        }
+        CtlCommand::Dsn { name } => {
+            let s = status(&mut c).await?;
+            let addrs: Vec<(String, String)> = s.members.iter().map(|m| (m.name.clone(), m.pg_addr.clone())).collect();
+            println!("{}", dsn(&addrs, name.as_deref())?);
         }
         CtlCommand::History { json } => {
             let h = c
@@ -360,6 +371,42 @@ fn parse_at(text: &str) -> anyhow::Result<u64> {
     Ok(ms)
 }
 
+/// The libpq string for member `name` (host and port), or for the primary: every member's
+/// host and port with `target_session_attrs=read-write`. `members` are (name, host:port).
+pub fn dsn(members: &[(String, String)], name: Option<&str>) -> anyhow::Result<String> {
+    let split = |addr: &str| -> anyhow::Result<(String, String)> {
+        let (h, p) = addr.rsplit_once(':').with_context(|| format!("'{addr}' has no port"))?;
+        Ok((
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.to_string(),
+        ))
+    };
+    match name {
+        Some(n) => {
+            let (_, addr) = members.iter().find(|(m, _)| m == n).with_context(|| {
+                let all: Vec<&str> = members.iter().map(|(m, _)| m.as_str()).collect();
+                format!("unknown member '{n}' (members: {})", all.join(", "))
+            })?;
+            let (h, p) = split(addr)?;
+            Ok(format!("host={h} port={p}"))
+        }
+        None => {
+            let mut hosts = Vec::new();
+            let mut ports = Vec::new();
+            for (_, addr) in members {
+                let (h, p) = split(addr)?;
+                hosts.push(h);
+                ports.push(p);
+            }
+            Ok(format!(
+                "host={} port={} target_session_attrs=read-write",
+                hosts.join(","),
+                ports.join(",")
+            ))
+        }
+    }
+}
+
 /// Connects to the first endpoint that accepts a connection (with TLS when `tls` is given).
 pub async fn connect(endpoints: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<ControlClient<Channel>> {
     let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
@@ -433,6 +480,23 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dsn_names_a_member_or_every_member_for_the_primary() {
+        let m = |n: &str, a: &str| (n.to_string(), a.to_string());
+        let members = [
+            m("n1", "10.0.0.1:5432"),
+            m("n2", "10.0.0.2:5433"),
+            m("n3", "[::1]:5434"),
+        ];
+        assert_eq!(dsn(&members, Some("n2")).unwrap(), "host=10.0.0.2 port=5433");
+        assert_eq!(
+            dsn(&members, None).unwrap(),
+            "host=10.0.0.1,10.0.0.2,::1 port=5432,5433,5434 target_session_attrs=read-write"
+        );
+        let e = dsn(&members, Some("n9")).unwrap_err().to_string();
+        assert!(e.contains("unknown member 'n9'") && e.contains("n1, n2, n3"), "{e}");
+    }
 
     #[test]
     fn at_accepts_times_and_delays() {

@@ -8,7 +8,6 @@ use crate::cluster::{Applied, Command, Rejection};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftMessage;
 use crate::raft::codec::{decode, encode};
-use crate::raft::network::channel;
 use crate::raft::service::ForwardReply;
 use crate::raft::Raft;
 use crate::tls::Transport;
@@ -141,15 +140,21 @@ async fn forward(
     cmd: &Command,
     rpc_timeout: Duration,
 ) -> Option<Result<Committed, ProposeError>> {
-    let ch = channel(transport, addr, rpc_timeout).ok()?;
+    // One long-lived connection per leader address: a TLS handshake per proposal cost
+    // about 0.6 ms (commit_latency bench).
+    let ch = transport.shared_channel(addr).ok()?;
     let mut client = RaftServiceClient::new(ch);
-    let reply = client
-        .forward(transport.request(RaftMessage { payload: encode(cmd) }))
-        .await;
+    let mut req = transport.request(RaftMessage { payload: encode(cmd) });
+    req.set_timeout(rpc_timeout);
+    let reply = tokio::time::timeout(rpc_timeout, client.forward(req)).await;
     let reply = match reply {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => {
             tracing::debug!(%addr, %status, "forwarding to the Raft leader failed; retrying");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "forwarding to the Raft leader got no answer within {rpc_timeout:?}; retrying");
             return None;
         }
     };

@@ -286,6 +286,8 @@ pub struct Transport {
     tls: Option<Arc<ClientTlsConfig>>,
     cluster: MetadataValue<tonic::metadata::Ascii>,
     member: MetadataValue<tonic::metadata::Ascii>,
+    /// Long-lived channels by address, for calls made now and then (forwarding).
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
 }
 
 /// Header naming the cluster a Raft RPC is meant for.
@@ -302,6 +304,7 @@ impl Transport {
             tls: tls.map(|t| Arc::new(t.client())),
             cluster: header(cluster, "cluster name")?,
             member: header(member, "member name")?,
+            channels: Arc::default(),
         })
     }
 
@@ -313,6 +316,24 @@ impl Transport {
     /// The endpoint for `addr` (host:port), https when TLS is on.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
         endpoint(addr, self.tls.as_deref())
+    }
+
+    /// A lazily connecting channel to `addr` kept for the life of the node (it reconnects by
+    /// itself); callers bound each call with their own deadline.
+    pub fn shared_channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = self
+            .endpoint(addr)?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
     }
 
     /// Wraps a message with the cluster and sender headers.

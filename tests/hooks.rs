@@ -1,0 +1,81 @@
+//! Issue 15, hooks: real scripts called as the local PostgreSQL starts and changes role,
+//! with Patroni's arguments and raftpg's environment, their output in raftpg's log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::Writer;
+use common::{phase, Cluster};
+use tokio::time::Instant;
+
+const FORM: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_run_on_start_and_on_role_change_with_their_environment() {
+    let scripts = tempfile::tempdir().unwrap();
+    let log = scripts.path().join("calls");
+    let script = scripts.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"hello from $1\"\necho \"$RAFTPG_MEMBER $1 $2 $3 $RAFTPG_HOOK $RAFTPG_ROLE $RAFTPG_GENERATION $RAFTPG_TIMELINE $RAFTPG_CLUSTER\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "\n[hooks]\non_start = \"{0}\"\non_stop = \"{0}\"\non_role_change = \"{0}\"\ntimeout_s = 10\n",
+        script.display()
+    );
+    let mut c = Cluster::start(38000, 3, &extra);
+    let old = c.wait_streaming(2, FORM).await;
+    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    phase("every node's on_start ran with its role");
+    c.wait_for("three on_start calls", FORM, || async {
+        let text = calls();
+        (1..=3u16)
+            .all(|k| text.lines().any(|l| l.starts_with(&format!("n{k} on_start "))))
+            .then_some(())
+    })
+    .await;
+    let text = calls();
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "n{old} on_start primary raftpg-demo on_start primary 1 1 raftpg-demo"
+        ))),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains("on_start standby")).count() >= 2,
+        "{text}"
+    );
+    assert!(
+        c.log_of(old).contains("hello from on_start"),
+        "the hook's output is logged"
+    );
+
+    phase("kill -9 of the primary's node: the new primary's on_role_change runs, generation 2, timeline 2");
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    c.kill9(old);
+    c.kill9_postmaster(old);
+    let killed = Instant::now();
+    let first = w.wait_ack_after(killed, Some(c.pg_port(old) as i32), FAILOVER).await;
+    let new = (1..=3u16).find(|k| c.pg_port(*k) as i32 == first.port).unwrap();
+    c.wait_for("on_role_change on the new primary", FAILOVER, || async {
+        calls()
+            .lines()
+            .any(|l| {
+                l.starts_with(&format!(
+                    "n{new} on_role_change primary raftpg-demo on_role_change primary 2 2 "
+                ))
+            })
+            .then_some(())
+    })
+    .await;
+    let _ = w.stop().await;
+}
