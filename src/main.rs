@@ -190,11 +190,13 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut hup = signal(SignalKind::hangup())?;
     // After a restart in place they were blocked across the exec (see `reexec`): one
     // sent meanwhile is pending, and handled now.
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None);
-    let node = raftpg::app::start(cfg).await?;
-    let signal = tokio::select! {
+    let node = raftpg::app::start(cfg.clone()).await?;
+    let signal = loop {
+        break tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
         _ = usr2.recv() => {
@@ -202,6 +204,23 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
             node.shutdown_for_restart().await;
             return Ok(Stop::Restart);
         }
+        // Reload: a valid new file is applied by a restart of raftpg in place (every part
+        // of it, PostgreSQL untouched); a bad one is reported and the running one kept.
+        _ = hup.recv() => match reload_plan(&config, &cfg) {
+            Ok(changes) => {
+                tracing::info!(
+                    "SIGHUP: {} changed ({}); restarting raftpg in place to apply it, PostgreSQL keeps running",
+                    config.display(),
+                    changes.join("; ")
+                );
+                node.shutdown_for_restart().await;
+                return Ok(Stop::Restart);
+            }
+            Err(why) => {
+                tracing::error!("SIGHUP: {why}; the running configuration is kept");
+                continue;
+            }
+        },
         // A task that died would leave this node half-working (a stale report renewed, a
         // controller gone): stop as a crash would, so that the lease lapses, the fence
         // keeper fences PostgreSQL, and another node takes over.
@@ -212,17 +231,59 @@ async fn run(config: PathBuf) -> anyhow::Result<Stop> {
                  this is a bug: please report it with the log, then start raftpg again"
             );
         }
+        };
     };
     tracing::info!("{signal} received: stopping");
     node.shutdown().await;
     Ok(Stop::Exit)
 }
 
+/// What a reload of `path` would change against the `running` configuration, section by
+/// section; an error when the file is invalid or names another node. An unchanged file is
+/// no error: the restart in place also picks up a new binary (`systemctl reload` upgrades).
+fn reload_plan(path: &std::path::Path, running: &Config) -> Result<Vec<String>, String> {
+    let new = Config::load(path).map_err(|e| format!("the new file is not valid: {e}"))?;
+    if new.node.name != running.node.name || new.node.data_dir != running.node.data_dir {
+        return Err(format!(
+            "[node] name or data_dir changed ({} in {} → {} in {}): that is another node; stop raftpg and start it with the new file",
+            running.node.name,
+            running.node.data_dir.display(),
+            new.node.name,
+            new.node.data_dir.display()
+        ));
+    }
+    let section = |c: &Config, name: &str| match name {
+        "cluster" => format!("{:?}", c.cluster),
+        "members" => format!("{:?}", c.members),
+        "raft" => format!("{:?}", c.raft),
+        "postgres" => format!("{:?}", c.postgres),
+        "tls" => format!("{:?} {}", c.tls, c.insecure),
+        "http" => format!("{:?}", c.http),
+        _ => format!("{:?}", c.hooks),
+    };
+    let mut changes = Vec::new();
+    for name in ["cluster", "members", "raft", "postgres", "tls", "http", "hooks"] {
+        if section(&new, name) != section(running, name) {
+            changes.push(match name {
+                "members" => {
+                    "[[members]] (used only to form the cluster: change members with raftpg ctl member)".into()
+                }
+                "cluster" => "[cluster] (every node must name the same cluster)".into(),
+                other => format!("[{other}]"),
+            });
+        }
+    }
+    if changes.is_empty() {
+        changes.push("no section; a new binary on disk is picked up".into());
+    }
+    Ok(changes)
+}
+
 /// The signals `raftpg run` handles.
 fn stop_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR2] {
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR2, Signal::SIGHUP] {
         set.add(s);
     }
     set

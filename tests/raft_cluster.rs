@@ -223,3 +223,48 @@ fn run_with_a_bad_config_names_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:4") && stderr.contains("port"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_file_in_place_and_keeps_running_on_a_bad_one() {
+    use nix::sys::signal::Signal;
+    let c = Cluster::start(23500, 3, RAFT_ONLY);
+    formed(&c).await;
+    let path = c.config_path(1);
+    let good = std::fs::read_to_string(&path).unwrap();
+    let pid = c.raftpg_pid(1).unwrap();
+
+    phase("SIGHUP with a broken file: an error says why, the node keeps running as it was");
+    std::fs::write(&path, good.replace("[node]", "[node]\nbogus = 1")).unwrap();
+    c.signal_raftpg(1, Signal::SIGHUP);
+    c.wait_for("the reload error in n1's log", FORM, || async {
+        c.log_of(1).contains("SIGHUP: the new file is not valid").then_some(())
+    })
+    .await;
+    assert!(c.log_of(1).contains("bogus"), "the error names the key");
+    assert_eq!(c.raftpg_starts(1), 1, "no restart");
+    c.wait_leader_seen_by(1, FORM).await;
+
+    phase("SIGHUP with a changed [hooks] section: raftpg restarts in place, same pid");
+    std::fs::write(&path, format!("{good}\n[hooks]\ntimeout_s = 5\n")).unwrap();
+    c.signal_raftpg(1, Signal::SIGHUP);
+    c.wait_for("a second start of n1", FORM, || async {
+        (c.raftpg_starts(1) == 2).then_some(())
+    })
+    .await;
+    assert!(
+        c.log_of(1).contains("SIGHUP:") && c.log_of(1).contains("[hooks]"),
+        "the change is named"
+    );
+    assert_eq!(c.raftpg_pid(1), Some(pid));
+    assert!(common::pg::alive(pid), "the same process runs");
+    c.wait_leader_seen_by(1, FORM).await;
+
+    phase("SIGHUP with the file unchanged still restarts in place (a new binary is picked up)");
+    c.signal_raftpg(1, Signal::SIGHUP);
+    c.wait_for("a third start of n1", FORM, || async {
+        (c.raftpg_starts(1) == 3).then_some(())
+    })
+    .await;
+    assert!(c.log_of(1).contains("no section; a new binary on disk is picked up"));
+    c.wait_leader_seen_by(1, FORM).await;
+}
