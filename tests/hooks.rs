@@ -30,7 +30,7 @@ async fn hooks_run_on_start_and_on_role_change_with_their_environment() {
         "\n[hooks]\non_start = \"{0}\"\non_stop = \"{0}\"\non_role_change = \"{0}\"\ntimeout_s = 10\n",
         script.display()
     );
-    let mut c = Cluster::start(38000, 3, &extra);
+    let mut c = Cluster::start(19500, 3, &extra);
     let old = c.wait_streaming(2, FORM).await;
     let calls = || std::fs::read_to_string(&log).unwrap_or_default();
 

@@ -49,6 +49,11 @@ async fn grow_to_four_members_then_remove_one() {
     })
     .await;
     let lead = leader(&nodes).unwrap();
+    // The follower must know the members before it can refuse a change to one of them.
+    until("every node applied the initial state", || {
+        nodes.iter().all(|n| n.state().state.initialized)
+    })
+    .await;
 
     eprintln!("=== a follower refuses membership changes and names the leader");
     let follower = nodes.iter().find(|n| n.name() != lead.name()).unwrap();

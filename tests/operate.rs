@@ -219,9 +219,16 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     .await;
     let table = c.ctl_ok(&["list"]);
     assert!(table.contains("Pending restart"), "{table}");
-    for k in (1..=3).filter(|k| *k != target).chain([target]) {
-        c.ctl_ok(&["restart", &format!("n{k}")]);
-    }
+    let primary_now = c.wait_streaming(2, FORM).await;
+    let (ok, out, err) = c.ctl(&["--yes", "restart", "--pending"]);
+    assert!(ok, "{err}");
+    let order: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("restarting ")?.strip_suffix("..."))
+        .collect();
+    assert_eq!(order.len(), 3, "{err}");
+    assert_eq!(order[2], format!("n{primary_now}"), "the primary last: {err}");
+    assert_eq!(out.matches("runs again").count(), 3, "{out}");
     c.wait_for("the restarts to apply the parameter everywhere", FORM, || async {
         for k in 1..=3 {
             let v: String = c.query_one(k, "SHOW max_locks_per_transaction").await?.get(0);

@@ -16,7 +16,7 @@ const FAILOVER: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_rewind_and_clients_run_over_tls_verified_by_the_cluster_ca() {
-    let mut c = Cluster::start(37000, 3, "ssl = true\n");
+    let mut c = Cluster::start(19000, 3, "ssl = true\n");
     let old = c.wait_streaming(2, FORM).await;
 
     phase("both standbys stream over TLS; a plaintext TCP client is refused");

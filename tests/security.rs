@@ -263,7 +263,7 @@ fn python() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_reflection_v1alpha_lists_with_admin_and_reads_with_read_only() {
     let python = python();
-    let c = Cluster::start(36000, 3, RAFT_ONLY);
+    let c = Cluster::start(18000, 3, RAFT_ONLY);
     c.wait_leader_seen_by(1, FORM).await;
     let tls = c.tls.clone().expect("tests run with TLS");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reflection_client.py");
@@ -354,7 +354,7 @@ async fn http_health_without_credentials_cluster_and_metrics_with_basic_auth_ove
         "manage = false\n\n[http]\ntls = true\nusername = \"monitor\"\npassword_file = \"{}\"\n",
         pw.display()
     );
-    let c = Cluster::start(36500, 3, &extra);
+    let c = Cluster::start(18500, 3, &extra);
     c.wait_leader_seen_by(1, FORM).await;
     let tls = c.tls.clone().expect("tests run with TLS");
     let addr = format!("127.0.0.1:{}", ports(c.base, 1).http);

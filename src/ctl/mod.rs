@@ -94,8 +94,16 @@ pub enum CtlCommand {
     Pause,
     /// Resume automatic failover decisions.
     Resume,
-    /// Restart one member's PostgreSQL (for parameters that need it).
-    Restart { member: String },
+    /// Restart one member's PostgreSQL (for parameters that need it), or with `--pending`
+    /// every member whose parameters need it, one at a time, standbys first.
+    Restart {
+        #[arg(required_unless_present = "pending", conflicts_with = "pending")]
+        member: Option<String>,
+        /// Every member that shows a pending restart, standbys first, the primary last,
+        /// each once the one before runs again.
+        #[arg(long)]
+        pending: bool,
+    },
     /// Discard one standby's data and clone it again from the primary.
     Reinit { member: String },
     /// Add, remove or replace members.
@@ -247,10 +255,13 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Pause => println!("{}", reply(c.pause(pb::PauseRequest {}).await)?),
         CtlCommand::Resume => println!("{}", reply(c.resume(pb::ResumeRequest {}).await)?),
-        CtlCommand::Restart { member } => {
+        CtlCommand::Restart {
+            member: Some(member), ..
+        } => {
             confirm(yes, &format!("Restart PostgreSQL on {member}?"))?;
             println!("{}", reply(c.restart(pb::RestartRequest { member }).await)?);
         }
+        CtlCommand::Restart { member: None, .. } => restart_pending(&mut c, yes).await?,
         CtlCommand::Reinit { member } => {
             confirm(
                 yes,
@@ -371,6 +382,52 @@ fn parse_at(text: &str) -> anyhow::Result<u64> {
     Ok(ms)
 }
 
+/// Members with a pending restart in the order to restart them: standbys first (by name),
+/// the primary last.
+pub fn restart_order(members: &[pb::MemberStatus]) -> Vec<String> {
+    let mut pending: Vec<&pb::MemberStatus> = members.iter().filter(|m| m.pending_restart).collect();
+    pending.sort_by_key(|m| (m.role == "primary", m.name.clone()));
+    pending.into_iter().map(|m| m.name.clone()).collect()
+}
+
+/// `ctl restart --pending`: one member at a time, each waited for until it runs again
+/// with nothing pending.
+async fn restart_pending(c: &mut ControlClient<Channel>, yes: bool) -> anyhow::Result<()> {
+    const WAIT: Duration = Duration::from_secs(300);
+    let order = restart_order(&status(c).await?.member_status);
+    if order.is_empty() {
+        println!("no member has a pending restart");
+        return Ok(());
+    }
+    confirm(
+        yes,
+        &format!("Restart PostgreSQL on {}, in this order?", order.join(", ")),
+    )?;
+    for name in order {
+        eprintln!("restarting {name}...");
+        let msg = reply(c.restart(pb::RestartRequest { member: name.clone() }).await)?;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let s = status(c).await?;
+            let me = s.member_status.iter().find(|m| m.name == name);
+            if me.is_some_and(|m| !m.pending_restart && (m.state == "running" || m.state == "streaming")) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{name} did not run again without a pending restart within {WAIT:?} (now: {}); \
+                     the members after it were not restarted",
+                    me.map(|m| format!("{}, {}", m.state, m.reason))
+                        .unwrap_or_else(|| "no report".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!("{msg}; {name} runs again");
+    }
+    Ok(())
+}
+
 /// The libpq string for member `name` (host and port), or for the primary: every member's
 /// host and port with `target_session_attrs=read-write`. `members` are (name, host:port).
 pub fn dsn(members: &[(String, String)], name: Option<&str>) -> anyhow::Result<String> {
@@ -480,6 +537,24 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_restarts_go_standbys_first_primary_last() {
+        let m = |name: &str, role: &str, pending: bool| pb::MemberStatus {
+            name: name.into(),
+            role: role.into(),
+            pending_restart: pending,
+            ..Default::default()
+        };
+        let members = [
+            m("n1", "primary", true),
+            m("n3", "quorum_standby", true),
+            m("n2", "quorum_standby", true),
+            m("n4", "replica", false),
+        ];
+        assert_eq!(restart_order(&members), ["n2", "n3", "n1"]);
+        assert!(restart_order(&[m("n1", "primary", false)]).is_empty());
+    }
 
     #[test]
     fn dsn_names_a_member_or_every_member_for_the_primary() {
