@@ -18,7 +18,7 @@ fn main() {
     let window = common::count_from_env("WINDOW", 60) as u64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = common::Cluster::start(33400, 3, "");
+        let c = common::Cluster::start(16000, 3, "");
         c.wait_streaming(2, WAIT).await;
         // Let the start-up work (clones, slots, leadership moves) finish.
         tokio::time::sleep(Duration::from_secs(10)).await;

@@ -26,7 +26,7 @@ fn main() {
         .tool("pgbench");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut lines = Vec::new();
-    for (phase, loops, base) in [("bare machine", 0, 32400), ("with busy loops", busy, 32800)] {
+    for (phase, loops, base) in [("bare machine", 0, 16500), ("with busy loops", busy, 17000)] {
         let line = rt.block_on(run_phase(&pgbench, phase, loops, base, duration));
         println!("{line}");
         lines.push(line);
