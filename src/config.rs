@@ -437,17 +437,13 @@ impl Config {
         if self.hooks.timeout_s == 0 {
             return err("hooks.timeout_s", "must be 1 or more (seconds)".into());
         }
-        if self.postgres.ssl && self.tls.is_none() {
-            return err(
-                "postgres.ssl",
-                "needs the node's certificate: add a [tls] section (ca_file, cert_file, key_file)".into(),
-            );
-        }
-        if self.http.tls && self.tls.is_none() {
-            return err(
-                "http.tls",
-                "needs the node's certificate: add a [tls] section (ca_file, cert_file, key_file)".into(),
-            );
+        for (key, on) in [("postgres.ssl", self.postgres.ssl), ("http.tls", self.http.tls)] {
+            if on && self.tls.is_none() {
+                return err(
+                    key,
+                    "needs the node's certificate: add a [tls] section (ca_file, cert_file, key_file)".into(),
+                );
+            }
         }
         match (&self.http.username, &self.http.password_file) {
             (Some(u), Some(_)) if u.is_empty() || u.contains(':') => {
@@ -631,6 +627,23 @@ fn toml_error_key(e: &toml::de::Error) -> String {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// Warns when a secret named by config `key` (a password file, a private key) is readable by
+/// others than its owner.
+pub fn warn_if_readable(key: &str, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{key}: {} is readable by others than its owner (mode {:o}): run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+}
 
 /// Is `host` (a name or an IP, IPv6 possibly in brackets) loopback?
 pub fn is_loopback(host: &str) -> bool {

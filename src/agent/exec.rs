@@ -360,13 +360,5 @@ impl Agent {
 }
 
 async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
-    connect_with(&conninfo.parse()?).await
-}
-
-async fn connect_with(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), config.connect(NoTls))
-        .await
-        .context("connecting to PostgreSQL timed out")??;
-    tokio::spawn(conn);
-    Ok(client)
+    super::pgfiles::connect_within(&conninfo.parse()?, NoTls).await
 }

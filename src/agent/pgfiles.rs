@@ -68,16 +68,7 @@ impl PgNode {
         let read = |f: &Option<PathBuf>, key: &str| -> anyhow::Result<Option<String>> {
             f.as_ref()
                 .map(|path| {
-                    if let Ok(meta) = std::fs::metadata(path) {
-                        if meta.permissions().mode() & 0o077 != 0 {
-                            tracing::warn!(
-                                "postgres.{key}: {} is readable by others than its owner (mode {:o}): run `chmod 600 {}`",
-                                path.display(),
-                                meta.permissions().mode() & 0o777,
-                                path.display()
-                            );
-                        }
-                    }
+                    crate::config::warn_if_readable(&format!("postgres.{key}"), path);
                     std::fs::read_to_string(path)
                         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                         .with_context(|| format!("postgres.{key}: cannot read {}", path.display()))
@@ -222,22 +213,12 @@ impl PgNode {
     /// Connects to another member's PostgreSQL with `config`: over TLS verifying the cluster
     /// CA when `postgres.ssl` is on, else plaintext.
     pub async fn connect_remote(&self, config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
-        let timeout = Duration::from_secs(5);
         let Some(ssl) = &self.ssl else {
-            let (client, conn) = tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
-                .await
-                .context("connecting to PostgreSQL timed out")??;
-            tokio::spawn(conn);
-            return Ok(client);
+            return connect_within(config, tokio_postgres::NoTls).await;
         };
-        let tls = crate::tls::pg::connector(&ssl.ca)?;
         let mut config = config.clone();
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let (client, conn) = tokio::time::timeout(timeout, config.connect(tls))
-            .await
-            .context("connecting to PostgreSQL timed out")??;
-        tokio::spawn(conn);
-        Ok(client)
+        connect_within(&config, crate::tls::pg::connector(&ssl.ca)?).await
     }
 
     /// The primary as superuser, for raftpg's own SQL (tokio-postgres reads no pgpass
@@ -340,6 +321,22 @@ impl PgNode {
     pub fn write_file(&self, path: &Path, content: &str) -> anyhow::Result<()> {
         write_private(path, content, self.ctl.run_as.as_ref())
     }
+}
+
+/// Connects to PostgreSQL with `config` and `tls` within 5 s; the connection runs in a
+/// task of its own.
+pub async fn connect_within<T>(config: &tokio_postgres::Config, tls: T) -> anyhow::Result<tokio_postgres::Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), config.connect(tls))
+        .await
+        .context("connecting to PostgreSQL timed out")??;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// Writes `content` to `path`: mode 0600 from its creation, owned by `owner` if given,

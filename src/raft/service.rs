@@ -108,17 +108,26 @@ impl RaftServer {
                 format!("it claims to come from '{claimed}' but the certificate is {peer}"),
             ));
         }
-        let id = self.known_ids().get(&peer.name).copied();
+        let id = self.id_of(&peer.name);
         Ok(Some(Sender { name: peer.name, id }))
     }
 
-    /// Member name → node id, as this node knows them: the replicated state, or the config
-    /// file before the state names the members.
-    fn known_ids(&self) -> std::collections::BTreeMap<String, NodeId> {
+    /// The node id of member `name` as this node knows the members: the replicated state,
+    /// or the config file before the state names them. Looked up on every Raft RPC.
+    fn id_of(&self, name: &str) -> Option<NodeId> {
         let state = self.sm.current().state;
         match state.members.is_empty() {
-            true => self.config_members.clone(),
-            false => state.members.values().map(|m| (m.name.clone(), m.id)).collect(),
+            true => self.config_members.get(name).copied(),
+            false => state.members.get(name).map(|m| m.id),
+        }
+    }
+
+    /// Whether a member this node knows (as in `id_of`) has node id `id`.
+    fn id_is_known(&self, id: NodeId) -> bool {
+        let state = self.sm.current().state;
+        match state.members.is_empty() {
+            true => self.config_members.values().any(|i| *i == id),
+            false => state.members.values().any(|m| m.id == id),
         }
     }
 
@@ -141,7 +150,7 @@ impl RaftServer {
         let Some(s) = sender else { return Ok(()) };
         let ok = match s.id {
             Some(id) => id == claimed,
-            None => !self.known_ids().values().any(|id| *id == claimed),
+            None => !self.id_is_known(claimed),
         };
         match ok {
             true => Ok(()),

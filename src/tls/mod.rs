@@ -158,7 +158,7 @@ impl Tls {
         let ca = read("ca_file", &section.ca_file)?;
         let cert = read("cert_file", &section.cert_file)?;
         let key = read("key_file", &section.key_file)?;
-        warn_if_readable(&section.key_file);
+        crate::config::warn_if_readable("tls.key_file", &section.key_file);
         first_der(&ca).with_context(|| format!("tls.ca_file: {}", section.ca_file.display()))?;
         let der = first_der(&cert).with_context(|| format!("tls.cert_file: {}", section.cert_file.display()))?;
         if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
@@ -265,18 +265,6 @@ fn first_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
     p.parse_x509()
         .map_err(|e| anyhow::anyhow!("the PEM holds no readable X.509 certificate: {e}"))?;
     Ok(p.contents)
-}
-
-fn warn_if_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "the TLS private key is readable by group or others: chmod 600 it"
-            );
-        }
-    }
 }
 
 /// How a node connects to its peers: plaintext or mutual TLS, and the headers that
