@@ -215,12 +215,17 @@ pub struct ClusterSection {
     /// Cluster name; nodes of different clusters refuse to talk to each other.
     #[serde(default = "default_cluster_name")]
     pub name: String,
+    /// The member whose existing PostgreSQL database becomes the first primary (no initdb
+    /// anywhere); used only when the cluster forms.
+    #[serde(default)]
+    pub adopt: Option<String>,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
             name: default_cluster_name(),
+            adopt: None,
         }
     }
 }
@@ -428,6 +433,15 @@ impl Config {
                     "'{}' is not in the member list ({}): add a [[members]] entry for it or fix the name",
                     self.node.name,
                     names.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        if let Some(adopt) = self.cluster.adopt.as_ref().filter(|a| !names.contains(*a)) {
+            return err(
+                "cluster.adopt",
+                format!(
+                    "'{adopt}' is not in the member list ({}): name the member whose existing database becomes the primary",
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
                 ),
             );
         }

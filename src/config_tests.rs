@@ -246,3 +246,16 @@ fn postgres_ssl_needs_the_node_certificate() {
     );
     assert!(Config::parse(&with_tls, "t").unwrap().postgres.ssl);
 }
+
+#[test]
+fn adopt_must_name_a_member() {
+    let adopting = GOOD.replace(
+        "[[members]]\nname = \"n1\"",
+        "[cluster]\nadopt = \"n2\"\n\n[[members]]\nname = \"n1\"",
+    );
+    let c = Config::parse(&adopting, "test.toml").unwrap();
+    assert_eq!(c.cluster.adopt.as_deref(), Some("n2"));
+    let e = error_of(&adopting.replace("adopt = \"n2\"", "adopt = \"db9\""));
+    assert_eq!(e.key, "cluster.adopt");
+    assert!(e.problem.contains("'db9' is not in the member list (n1, n2)"), "{e}");
+}

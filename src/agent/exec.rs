@@ -46,7 +46,24 @@ impl Agent {
                     };
                 }
             }
-            Action::ProposeBootstrap => self.bootstrap().await?,
+            Action::ProposeBootstrap => {
+                let system_identifier = self.prepare_roles().await?;
+                self.propose(Command::Bootstrap {
+                    node: pg.me.clone(),
+                    system_identifier,
+                })
+                .await?;
+            }
+            Action::AdoptConfig => pg.adopt_files()?,
+            Action::ProposeAdopted { timeline } => {
+                let system_identifier = self.prepare_roles().await?;
+                self.propose(Command::Adopted {
+                    node: pg.me.clone(),
+                    system_identifier,
+                    timeline: *timeline,
+                })
+                .await?;
+            }
             Action::Fence => {
                 tracing::warn!("fencing PostgreSQL (immediate stop)");
                 fence(pg).await;
@@ -166,8 +183,9 @@ impl Agent {
         }
     }
 
-    /// Creates the replication role, sets passwords, and records this node as first primary.
-    async fn bootstrap(&self) -> anyhow::Result<()> {
+    /// Creates the replication role and sets the passwords of raftpg's roles (a new
+    /// database, or an adopted one); returns the system identifier.
+    async fn prepare_roles(&self) -> anyhow::Result<u64> {
         let pg = &self.pg;
         let client = connect(&pg.local_conninfo()).await?;
         // The first primary runs its quorum from the start (`sync_config_for`), and no
@@ -202,11 +220,7 @@ impl Agent {
             .query_one("SELECT system_identifier FROM pg_control_system()", &[])
             .await?
             .get(0);
-        self.propose(Command::Bootstrap {
-            node: pg.me.clone(),
-            system_identifier: sysid as u64,
-        })
-        .await
+        Ok(sysid as u64)
     }
 
     /// One physical slot per other member, so the primary keeps the WAL they still need.

@@ -265,6 +265,10 @@ impl Agent {
             wal_end,
             receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
             disk_full: disk_full.as_deref(),
+            foreign_conf: role == Wanted::Bootstrap
+                && state.adopt.as_deref() == Some(self.pg.me.as_str())
+                && self.pg.conf_is_foreign(),
+            adopt_configured: self.node.cfg.cluster.adopt.as_deref(),
         });
         self.publish(&state, &local, &decision, observed_at);
         let mut acted = false;

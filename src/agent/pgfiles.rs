@@ -243,6 +243,8 @@ impl PgNode {
         let want = state.sync_config_for(&self.me);
         let sync: Vec<String> = want.standbys.into_iter().collect();
         let sync_names = conf::sync_standby_names(want.k, &sync);
+        let base = self.ctl.data_dir.join(conf::BASE_CONF);
+        let hba = self.ctl.data_dir.join("pg_hba.conf");
         conf::render_postgresql_conf(&ConfInputs {
             port: self.ctl.port,
             listen_addresses: &self.ctl.listen_addresses,
@@ -252,7 +254,66 @@ impl PgNode {
             cluster_parameters: &state.parameters,
             node_parameters: &self.node_parameters,
             ssl: self.ssl.as_ref(),
+            base_conf: base.exists().then_some((base.as_path(), hba.as_path())),
         })
+    }
+
+    /// PGDATA's `postgresql.conf` exists and was not written by raftpg.
+    pub fn conf_is_foreign(&self) -> bool {
+        std::fs::read_to_string(self.ctl.data_dir.join("postgresql.conf"))
+            .is_ok_and(|text| !text.starts_with(conf::CONF_HEADER))
+    }
+
+    /// Takes over an adopted database's files (`Action::AdoptConfig`): its own
+    /// `postgresql.conf` becomes `postgresql.base.conf` (included by raftpg's), `pg_hba.conf`
+    /// and `postgresql.auto.conf` are saved as `*.before-raftpg`, the parameters raftpg
+    /// manages are taken out of `postgresql.auto.conf` (it is read after raftpg's file and
+    /// would win: a `primary_conninfo` there would stream from the old primary), and
+    /// `recovery.signal` goes (raftpg starts a standby with standby.signal).
+    pub fn adopt_files(&self) -> anyhow::Result<()> {
+        let d = &self.ctl.data_dir;
+        let conf = d.join("postgresql.conf");
+        if self.conf_is_foreign() {
+            let base = d.join(conf::BASE_CONF);
+            let to = if base.exists() {
+                d.join("postgresql.conf.before-raftpg")
+            } else {
+                base
+            };
+            std::fs::rename(&conf, &to)
+                .with_context(|| format!("cannot move {} to {}", conf.display(), to.display()))?;
+            tracing::info!("adopting: the database's own postgresql.conf is now {}", to.display());
+        }
+        let hba = d.join("pg_hba.conf");
+        let saved_hba = d.join("pg_hba.conf.before-raftpg");
+        if let Ok(text) = std::fs::read_to_string(&hba) {
+            if !text.starts_with("# Written by raftpg") && !saved_hba.exists() {
+                self.write_file(&saved_hba, &text)?;
+                tracing::info!(
+                    "adopting: the database's own pg_hba.conf is saved as {}",
+                    saved_hba.display()
+                );
+            }
+        }
+        let auto = d.join("postgresql.auto.conf");
+        if let Ok(text) = std::fs::read_to_string(&auto) {
+            let (kept, dropped) = conf::without_managed(&text);
+            if !dropped.is_empty() {
+                let saved = d.join("postgresql.auto.conf.before-raftpg");
+                self.write_file(&saved, &text)?;
+                self.write_file(&auto, &kept)?;
+                tracing::warn!(
+                    "adopting: removed {} from postgresql.auto.conf (raftpg manages them; the old file is {})",
+                    dropped.join(", "),
+                    saved.display()
+                );
+            }
+        }
+        let recovery = d.join("recovery.signal");
+        if recovery.exists() {
+            std::fs::remove_file(&recovery).with_context(|| format!("cannot remove {}", recovery.display()))?;
+        }
+        Ok(())
     }
 
     /// Writes postgresql.conf and pg_hba.conf; true if either changed.

@@ -50,7 +50,7 @@ pub enum Rejection {
 
 /// Applies `cmd` to `state`. On `Err`, `state` is unchanged.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejection> {
-    if !state.initialized && !matches!(cmd, Command::Init { .. }) {
+    if !state.initialized && !matches!(cmd, Command::Init { .. } | Command::InitAdopting { .. }) {
         return Err(Rejection::NotInitialized);
     }
     let sync_before = state.sync_config();
@@ -59,7 +59,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
     let message = apply_inner(state, cmd)?;
     match cmd {
         // A new primary runs the current configuration from its first commit on.
-        Command::Bootstrap { .. } => state.sync_unconfirmed.clear(),
+        Command::Bootstrap { .. } | Command::Adopted { .. } => state.sync_unconfirmed.clear(),
         // The writes acknowledged before the new timeline forked are on the new primary
         // (elected holding them) and on the old one (it wrote them), and on no other member
         // for sure until the new primary's standbys stream past the fork: the next election
@@ -107,6 +107,11 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             if state.system_identifier.is_some() || state.primary.is_some() {
                 return Err(Rejection::AlreadyBootstrapped);
             }
+            if let Some(a) = state.adopt.as_deref().filter(|a| a != node) {
+                return Err(Rejection::BadConfig(format!(
+                    "{node} cannot run initdb: the cluster adopts the existing database of {a}"
+                )));
+            }
             state.bootstrap_node = Some(node.clone());
             format!("{node} chosen to run initdb")
         }
@@ -114,6 +119,20 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             node,
             system_identifier,
         } => bootstrap(state, node, *system_identifier)?,
+        Command::InitAdopting { members, adopt } => {
+            if !members.iter().any(|m| m.name == *adopt) {
+                return Err(Rejection::UnknownMember(adopt.clone()));
+            }
+            let message = init(state, members)?;
+            state.adopt = Some(adopt.clone());
+            state.bootstrap_node = Some(adopt.clone());
+            format!("{message}; adopting the existing database of {adopt}")
+        }
+        Command::Adopted {
+            node,
+            system_identifier,
+            timeline,
+        } => adopted(state, node, *system_identifier, *timeline)?,
         Command::BeginFailover {
             generation,
             to,
@@ -267,6 +286,12 @@ fn not_primary_or_target(state: &ClusterState, name: &str) -> Result<(), Rejecti
 
 fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
     not_primary_or_target(state, name)?;
+    // Its database is the cluster's data: nobody else may bootstrap in its place.
+    if state.primary.is_none() && state.adopt.as_deref() == Some(name) {
+        return Err(Rejection::BadConfig(format!(
+            "{name} cannot be removed: the cluster adopts its existing database, which is not recorded yet"
+        )));
+    }
     state.members.remove(name);
     state.sync_standbys.remove(name);
     // A member chosen to run initdb that is removed is chosen no more: the controller
@@ -281,6 +306,11 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
 
 fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Result<String, Rejection> {
     known(state, node)?;
+    if let Some(a) = &state.adopt {
+        return Err(Rejection::BadConfig(format!(
+            "{node} cannot bootstrap a new database: the cluster adopts the existing database of {a}"
+        )));
+    }
     if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
         return Err(Rejection::AlreadyBootstrapped);
     }
@@ -309,6 +339,45 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
         generation: 1,
     });
     Ok(format!("{node} is the first primary (generation 1, timeline 1)"))
+}
+
+/// The first primary of an adopting cluster, on the timeline its database already runs.
+/// Its quorum starts empty (asynchronous): no other member has a copy yet, so a failover
+/// could promote nobody; each standby joins the quorum once it streams, as after `AddMember`.
+fn adopted(state: &mut ClusterState, node: &str, system_identifier: u64, timeline: u32) -> Result<String, Rejection> {
+    known(state, node)?;
+    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
+        return Err(Rejection::AlreadyBootstrapped);
+    }
+    if state.adopt.as_deref() != Some(node) {
+        return Err(Rejection::BadConfig(match &state.adopt {
+            Some(a) => format!("{node} cannot be adopted: the cluster adopts the database of {a}"),
+            None => format!(
+                "{node} cannot be adopted: the cluster was not initialised to adopt a database ([cluster] adopt)"
+            ),
+        }));
+    }
+    state.generation = 1;
+    state.sync_standbys.clear();
+    state.system_identifier = Some(system_identifier);
+    state.primary = Some(Primary {
+        node: node.to_string(),
+        generation: 1,
+        timeline: Some(timeline),
+    });
+    state.history.push(HistoryEntry {
+        kind: ChangeKind::Bootstrap,
+        parent_timeline: None,
+        timeline,
+        switch_lsn: None,
+        reason: format!("adopted the existing database of {node}"),
+        from: None,
+        to: node.to_string(),
+        generation: 1,
+    });
+    Ok(format!(
+        "{node} is the first primary, with its existing database (generation 1, timeline {timeline})"
+    ))
 }
 
 fn begin(

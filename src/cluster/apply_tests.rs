@@ -727,10 +727,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 parent_timeline: None,
             }
         }),
-        (generation, prop::collection::vec(name, 0..3))
+        (generation, prop::collection::vec(name.clone(), 0..3))
             .prop_map(|(generation, standbys)| Command::SetSyncStandbys { generation, standbys }),
         Just(Command::Pause),
         Just(Command::Resume),
+        name.clone().prop_map(|node| Command::ChooseBootstrap { node }),
+        (name, 1u32..5).prop_map(|(node, timeline)| Command::Adopted {
+            node,
+            system_identifier: 1,
+            timeline
+        }),
     ]
 }
 
@@ -762,6 +768,27 @@ proptest! {
             }
         }
         prop_assert_eq!(s.revision, accepted);
+    }
+
+    /// A cluster formed to adopt n1's database: whatever is proposed, nobody else becomes
+    /// the first primary, no initdb'd database is recorded, and n1 stays until it is recorded.
+    #[test]
+    fn an_adopting_cluster_only_ever_starts_from_the_adopted_database(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut s = crate::cluster::testing::adopting("n1", &[]);
+        for cmd in &cmds {
+            let before = s.clone();
+            let accepted = apply(&mut s, cmd).is_ok();
+            if accepted && before.primary.is_none() && s.primary.is_some() {
+                prop_assert!(matches!(cmd, Command::Adopted { node, .. } if node == "n1"), "{}", cmd);
+                prop_assert!(s.sync_standbys.is_empty());
+            }
+            prop_assert!(!(accepted && matches!(cmd, Command::Bootstrap { .. })), "{}", cmd);
+            if s.system_identifier.is_none() {
+                prop_assert!(s.members.contains_key("n1"));
+                prop_assert_eq!(s.bootstrap_node.as_deref(), Some("n1"));
+            }
+            prop_assert_eq!(s.adopt.as_deref(), Some("n1"));
+        }
     }
 }
 
@@ -851,4 +878,77 @@ fn replacing_a_candidate_does_not_bring_back_a_removed_member() {
         s.sync_unconfirmed.iter().any(|c| c.standbys.contains("n2")),
         "the fenced primary's configuration still counts"
     );
+}
+
+#[test]
+fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
+    use crate::cluster::testing::adopting;
+    let mut s = ClusterState::default();
+    let members = vec![member("n1", 1), member("n2", 2)];
+    assert_eq!(
+        rejected(
+            &mut s,
+            Command::InitAdopting {
+                members: members.clone(),
+                adopt: "n9".into()
+            }
+        ),
+        Rejection::UnknownMember("n9".into())
+    );
+    let mut s = adopting("n1", &[]);
+    assert_eq!(s.adopt.as_deref(), Some("n1"));
+    assert_eq!(s.bootstrap_node.as_deref(), Some("n1"));
+    // No initdb'd database, no other member, no removal of the adopted one.
+    for cmd in [
+        Command::Bootstrap {
+            node: "n1".into(),
+            system_identifier: 7,
+        },
+        Command::ChooseBootstrap { node: "n2".into() },
+        Command::RemoveMember { name: "n1".into() },
+        Command::Adopted {
+            node: "n2".into(),
+            system_identifier: 7,
+            timeline: 3,
+        },
+    ] {
+        assert!(matches!(rejected(&mut s, cmd), Rejection::BadConfig(_)));
+    }
+    // The adopted member's first start runs no quorum: nobody else has a copy yet.
+    assert_eq!(s.sync_config_for("n1"), crate::cluster::SyncConfig::default());
+    apply(
+        &mut s,
+        &Command::Adopted {
+            node: "n1".into(),
+            system_identifier: 7,
+            timeline: 3,
+        },
+    )
+    .unwrap();
+    let p = s.primary.clone().unwrap();
+    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n1", 1, Some(3)));
+    assert!(s.sync_standbys.is_empty());
+    assert_eq!(s.history.len(), 1);
+    assert_eq!(s.history[0].timeline, 3);
+    assert!(s.history[0].reason.contains("adopted"));
+    // Once: a second adoption is refused.
+    let again = Command::Adopted {
+        node: "n1".into(),
+        system_identifier: 7,
+        timeline: 4,
+    };
+    assert_eq!(rejected(&mut s, again), Rejection::AlreadyBootstrapped);
+    // A cluster formed without adopt cannot adopt.
+    let mut plain = initialized();
+    assert!(matches!(
+        rejected(
+            &mut plain,
+            Command::Adopted {
+                node: "n1".into(),
+                system_identifier: 7,
+                timeline: 3
+            }
+        ),
+        Rejection::BadConfig(_)
+    ));
 }

@@ -101,6 +101,20 @@ pub enum Command {
         key: String,
         value: Option<String>,
     },
+    /// `Init` for a cluster that adopts `adopt`'s existing database (`[cluster] adopt`):
+    /// that member is the only one that may become the first primary, and no member runs
+    /// initdb.
+    InitAdopting {
+        members: Vec<Member>,
+        adopt: String,
+    },
+    /// The first primary of an adopting cluster: its existing database, on the timeline
+    /// it already runs (not timeline 1). Generation 1, with no standby in the quorum yet.
+    Adopted {
+        node: String,
+        system_identifier: u64,
+        timeline: u32,
+    },
 }
 
 impl Command {
@@ -191,6 +205,22 @@ impl fmt::Display for Command {
             Command::Resume => write!(f, "resume"),
             Command::SetConfig { key, value: Some(v) } => write!(f, "set config {key}={v}"),
             Command::SetConfig { key, value: None } => write!(f, "reset config {key}"),
+            Command::InitAdopting { members, adopt } => {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                write!(
+                    f,
+                    "init members [{}], adopting the database of {adopt}",
+                    names.join(", ")
+                )
+            }
+            Command::Adopted {
+                node,
+                system_identifier,
+                timeline,
+            } => write!(
+                f,
+                "{node} adopted as primary on timeline {timeline} (system identifier {system_identifier})"
+            ),
         }
     }
 }

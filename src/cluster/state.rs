@@ -163,6 +163,10 @@ pub struct ClusterState {
     pub scheduled_switchover: Option<ScheduledSwitchover>,
     /// Counts every accepted command: a cheap "has anything changed" for watchers.
     pub revision: u64,
+    /// `[cluster] adopt`: the member whose existing database becomes the first primary
+    /// (no initdb anywhere). Kept after the adoption, as a record. The last field: a
+    /// snapshot written before it existed is read with `None` (`codec::decode_state`).
+    pub adopt: Option<String>,
 }
 
 impl ClusterState {
@@ -213,6 +217,11 @@ impl ClusterState {
             self.primary.is_none() && self.system_identifier.is_none() && self.bootstrap_node.as_deref() == Some(me);
         if !bootstrapping {
             return self.sync_config();
+        }
+        // An adopted database starts with no standby in its quorum: the others have no
+        // copy of it yet, and the set grows as each one streams (as after `AddMember`).
+        if self.adopt.as_deref() == Some(me) {
+            return SyncConfig::default();
         }
         let standbys = self.others(me);
         let k = match self.ha.synchronous_mode {

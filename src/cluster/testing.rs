@@ -16,6 +16,20 @@ pub fn member(name: &str, id: u64) -> Member {
 }
 
 /// A state initialised with members n1, n2, n3, then `cmds` applied (each must be accepted).
+/// Members n1, n2, n3, formed to adopt `adopt`'s existing database, then `cmds`.
+pub fn adopting(adopt: &str, cmds: &[Command]) -> ClusterState {
+    let mut s = ClusterState::default();
+    let init = Command::InitAdopting {
+        members: vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+        adopt: adopt.into(),
+    };
+    apply(&mut s, &init).unwrap();
+    for c in cmds {
+        apply(&mut s, c).unwrap();
+    }
+    s
+}
+
 pub fn three_members(cmds: &[Command]) -> ClusterState {
     let mut s = ClusterState::default();
     let init = Command::Init {

@@ -73,6 +73,11 @@ pub struct AgentInput<'a> {
     /// PostgreSQL is down and has no room to start: where and how full (less than one WAL
     /// segment free where pg_wal or PGDATA lives).
     pub disk_full: Option<&'a str>,
+    /// PGDATA's `postgresql.conf` was not written by raftpg (a database to adopt that
+    /// raftpg has not taken over yet). Read only while this node adopts.
+    pub foreign_conf: bool,
+    /// `[cluster] adopt` in this node's own configuration file.
+    pub adopt_configured: Option<&'a str>,
 }
 
 /// A WAL receiver told to stop exits within milliseconds; one that has not after this long
@@ -131,6 +136,16 @@ pub enum Action {
     },
     /// Write standby.signal and the configuration, then start.
     StartStandby,
+    /// Take over an existing database's files: its `postgresql.conf` is kept as
+    /// `postgresql.base.conf` (included first, raftpg's settings after it), `pg_hba.conf`
+    /// is saved aside, and the parameters raftpg manages are removed from
+    /// `postgresql.auto.conf` (saved aside first).
+    AdoptConfig,
+    /// Create roles and propose `Adopted`: this node's existing database is the first
+    /// primary, on `timeline`.
+    ProposeAdopted {
+        timeline: u32,
+    },
 }
 
 /// A decision: the actions, what to tell the Raft leader, and why.
@@ -209,9 +224,26 @@ pub fn wanted(state: &ClusterState, me: &str) -> Wanted {
 /// The transition table.
 pub fn decide(i: &AgentInput) -> Decision {
     let g = i.state.generation;
+    if let Some(a) = i
+        .adopt_configured
+        .filter(|a| i.state.initialized && i.state.adopt.as_deref() != Some(*a))
+    {
+        // Another node formed the cluster without [cluster] adopt: following its plan
+        // could clone over the database this file says to keep.
+        return Decision::idle(format!(
+            "raftpg.toml says [cluster] adopt = \"{a}\", but the cluster was formed {}: doing nothing to \
+             PostgreSQL; give every member the same [cluster] section, stop all nodes, clear their Raft stores \
+             (DATA_DIR/raft) and start them again",
+            match &i.state.adopt {
+                Some(other) => format!("to adopt {other}"),
+                None => "without adopting a database".to_string(),
+            }
+        ));
+    }
     match wanted(i.state, i.me) {
         Wanted::Uninitialized => Decision::idle("the cluster state is not initialised yet"),
         Wanted::NotMember => Decision::idle(format!("{} is not a member of the cluster: doing nothing", i.me)),
+        Wanted::Bootstrap if i.state.adopt.as_deref() == Some(i.me) => adopt(i),
         Wanted::Bootstrap => bootstrap(i),
         Wanted::AwaitBootstrap(None) => {
             Decision::idle("waiting for the Raft leader to choose the node that runs initdb")
@@ -253,6 +285,53 @@ fn bootstrap(i: &AgentInput) -> Decision {
         Local::Standby(_) | Local::Unknown(_) => {
             Decision::idle("chosen to bootstrap, but the local PostgreSQL is a standby or unobservable: waiting")
         }
+    }
+}
+
+/// This node's existing database becomes the first primary: stop a PostgreSQL raftpg did
+/// not start, take over its files, start it under raftpg (a standby is promoted to a new
+/// timeline, so a former sibling's WAL can never pass for its own), then record it with
+/// the timeline it runs.
+fn adopt(i: &AgentInput) -> Decision {
+    match i.local {
+        Local::NoData => Decision::idle(
+            "[cluster] adopt names me, but my PGDATA holds no database: not running initdb (that would start an \
+             empty cluster); point [postgres] data_dir at the database to adopt",
+        ),
+        Local::Unknown(e) if i.foreign_conf => Decision::new(
+            vec![Action::Stop],
+            format!(
+                "adopting: a PostgreSQL runs in PGDATA with its own configuration and does not answer raftpg ({e}): \
+                 stopping it cleanly to start it under raftpg"
+            ),
+        ),
+        Local::Unknown(e) => Decision::idle(format!(
+            "adopting: PostgreSQL runs under raftpg's configuration but does not answer ({e}); check that the role \
+             [postgres] superuser exists in the adopted database"
+        )),
+        Local::Primary(_) | Local::Standby(_) if i.foreign_conf => Decision::new(
+            vec![Action::Stop],
+            "adopting: stopping the running PostgreSQL cleanly (fast) to restart it under raftpg's configuration",
+        ),
+        Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
+            vec![Action::AdoptConfig, Action::StartStandby],
+            "adopting a standby whose primary is gone: starting it without a primary, to promote it",
+        ),
+        Local::Stopped { .. } => Decision::new(
+            vec![Action::AdoptConfig, Action::StartPrimary { gated: false }],
+            "adopting: starting the existing database as primary under raftpg's configuration",
+        ),
+        Local::Standby(_) => Decision::new(
+            vec![Action::Promote],
+            "adopting a standby: promoting it to a timeline of its own",
+        ),
+        Local::Primary(pg) => match pg.timeline {
+            Some(timeline) => Decision::new(
+                vec![Action::ProposeAdopted { timeline }],
+                format!("adopted: recording my database as the first primary, on timeline {timeline}"),
+            ),
+            None => Decision::idle("adopting: PostgreSQL runs as primary but its timeline cannot be read yet"),
+        },
     }
 }
 
@@ -647,6 +726,20 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
             vec![Action::Clone { from: p.to_string() }, Action::StartStandby],
             format!("no data directory: cloning from {p}"),
         ),
+        Local::Stopped { control: Some(c) }
+            if c.system_identifier.is_some()
+                && i.state.system_identifier.is_some()
+                && c.system_identifier != i.state.system_identifier =>
+        {
+            Decision::new(
+                vec![Action::Clone { from: p.to_string() }, Action::StartStandby],
+                format!(
+                    "my PGDATA holds another database (system identifier {}, the cluster's is {}): cloning from {p}",
+                    c.system_identifier.unwrap_or(0),
+                    i.state.system_identifier.unwrap_or(0)
+                ),
+            )
+        }
         Local::Stopped { control: Some(c) } if c.was_standby() => {
             Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
         }

@@ -3,7 +3,7 @@
 //! asserts the safety invariants of DESIGN §7 L0.
 
 use super::*;
-use crate::cluster::testing::three_members;
+use crate::cluster::testing::{adopting, three_members};
 use crate::cluster::{apply, Command};
 use crate::postgres::Replica;
 
@@ -120,6 +120,16 @@ fn states() -> Vec<(&'static str, ClusterState)> {
             ),
         ),
     ]);
+    let adopted = Command::Adopted {
+        node: "n1".into(),
+        system_identifier: 9,
+        timeline: 3,
+    };
+    out.extend([
+        ("adopting n1", adopting("n1", &[])),
+        ("adopted n1", adopting("n1", std::slice::from_ref(&adopted))),
+        ("failover from adopted n1", adopting("n1", &[adopted, failover()])),
+    ]);
     let paused: Vec<_> = out
         .iter()
         .filter(|(_, s)| s.initialized)
@@ -176,6 +186,13 @@ fn locals() -> Vec<Local> {
         },
         Local::Stopped {
             control: Some(ctl("shut down")),
+        },
+        // A database of another system (adoption: a member's old data).
+        Local::Stopped {
+            control: Some(Controldata {
+                system_identifier: Some(7),
+                ..ctl("shut down")
+            }),
         },
         Local::Primary(pg(false, "", None)),
         Local::Standby(pg(true, WANT, Some("streaming"))),
@@ -237,6 +254,8 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         wal_end: None,
         receiver_lingering_ms: 0,
         disk_full: None,
+        foreign_conf: false,
+        adopt_configured: None,
     }
 }
 
@@ -490,24 +509,28 @@ fn sweep_safety_invariants() {
                                         (false, true, false, None, 0, Some(FULL)),
                                         (false, false, false, Some((0x600, 1)), 0, Some(FULL)),
                                     ] {
-                                        let i = AgentInput {
-                                            me,
-                                            state: &state,
-                                            local: &local,
-                                            lease,
-                                            down_ms,
-                                            not_streaming_ms,
-                                            gate_lsn,
-                                            want_conninfo: want,
-                                            restart_requested: restart,
-                                            reinit_requested: reinit,
-                                            fenced_hung,
-                                            wal_end,
-                                            receiver_lingering_ms: lingering,
-                                            disk_full,
-                                        };
-                                        check(&i, &decide(&i), name);
-                                        cases += 1;
+                                        for foreign_conf in [false, true] {
+                                            let i = AgentInput {
+                                                me,
+                                                state: &state,
+                                                local: &local,
+                                                lease,
+                                                down_ms,
+                                                not_streaming_ms,
+                                                gate_lsn,
+                                                want_conninfo: want,
+                                                restart_requested: restart,
+                                                reinit_requested: reinit,
+                                                fenced_hung,
+                                                wal_end,
+                                                receiver_lingering_ms: lingering,
+                                                disk_full,
+                                                foreign_conf,
+                                                adopt_configured: None,
+                                            };
+                                            check(&i, &decide(&i), name);
+                                            cases += 1;
+                                        }
                                     }
                                 }
                             }
@@ -528,6 +551,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         )
     };
     let role = wanted(i.state, i.me);
+    let adopter = role == Wanted::Bootstrap && i.state.adopt.as_deref() == Some(i.me);
     assert!(!d.reason.is_empty(), "every decision has a reason: {}", ctx());
     // Unknown never leads to a promotion or a start as primary.
     if matches!(i.local, Local::Unknown(_)) {
@@ -543,7 +567,9 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         match a {
             // No promotion without the candidacy of the current generation, or the lease.
             Action::Promote => assert!(
-                role == Wanted::Candidate || (role == Wanted::Primary && i.lease == LeaseView::Held),
+                role == Wanted::Candidate
+                    || (role == Wanted::Primary && i.lease == LeaseView::Held)
+                    || (role == Wanted::Bootstrap && adopter),
                 "promotion without candidacy or lease: {}",
                 ctx()
             ),
@@ -554,7 +580,15 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
                 ctx()
             ),
             Action::RecordTimeline { .. } => assert_eq!(role, Wanted::Candidate, "{}", ctx()),
-            Action::ProposeBootstrap | Action::Initdb => assert_eq!(role, Wanted::Bootstrap, "{}", ctx()),
+            Action::ProposeBootstrap | Action::Initdb => {
+                assert_eq!(role, Wanted::Bootstrap, "{}", ctx());
+                assert!(
+                    i.state.adopt.is_none(),
+                    "initdb in a cluster that adopts a database: {}",
+                    ctx()
+                );
+            }
+            Action::AdoptConfig | Action::ProposeAdopted { .. } => assert!(adopter, "{}", ctx()),
             Action::OpenGate | Action::EnsureSlots => assert_eq!(role, Wanted::Primary, "{}", ctx()),
             _ => {}
         }
@@ -596,6 +630,17 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             Action::StopStreaming => assert!(!draining, "{}", ctx()),
             Action::Clone { .. } | Action::Rewind { .. } => assert!(matches!(role, Wanted::Standby(_)), "{}", ctx()),
             _ => {}
+        }
+        // A clone discards the data directory: only an empty one, another system's, or
+        // on request.
+        if let Action::Clone { .. } = a {
+            let other_system = matches!(i.local, Local::Stopped { control: Some(c) }
+                if c.system_identifier.is_some() && c.system_identifier != i.state.system_identifier);
+            assert!(
+                matches!(i.local, Local::NoData) || other_system || i.reinit_requested,
+                "{}",
+                ctx()
+            );
         }
     }
     // Only a proven commit renews a primary's lease; one that hung and was stopped renews
@@ -941,4 +986,100 @@ fn the_primary_before_the_fenced_one_reports_the_wal_it_wrote() {
     let mut i = input("n3", &s, &local, LeaseView::Expired);
     i.wal_end = Some((0x700, 1));
     assert_eq!(decide(&i).final_position, Some((0, 0)));
+}
+
+fn of_system(state: &str, system: u64) -> Local {
+    Local::Stopped {
+        control: Some(Controldata {
+            state: state.into(),
+            timeline: Some(2),
+            checkpoint_lsn: Some(0x500),
+            system_identifier: Some(system),
+            wal_segment_size: Some(16 << 20),
+        }),
+    }
+}
+
+#[test]
+fn the_adopted_member_takes_over_its_database_without_initdb() {
+    let s = adopting("n1", &[]);
+    let mut i = input("n1", &s, &Local::NoData, LeaseView::Acquiring);
+    // No database: never initdb, it would start an empty cluster.
+    let d = decide(&i);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(d.reason.contains("not running initdb"), "{}", d.reason);
+    // Running under its own configuration: stopped cleanly first.
+    let running = Local::Primary(pg(false, "", None));
+    i.local = &running;
+    i.foreign_conf = true;
+    assert_eq!(decide(&i).actions, [Action::Stop]);
+    let unreachable = Local::Unknown("password authentication failed".into());
+    i.local = &unreachable;
+    assert_eq!(decide(&i).actions, [Action::Stop]);
+    // Stopped: its files taken over, started as primary.
+    let primary = of_system("shut down", 9);
+    i.local = &primary;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::AdoptConfig, Action::StartPrimary { gated: false }]
+    );
+    // A standby whose primary is gone: started without one, then promoted.
+    let standby = of_system("shut down in recovery", 9);
+    i.local = &standby;
+    assert_eq!(decide(&i).actions, [Action::AdoptConfig, Action::StartStandby]);
+    i.foreign_conf = false;
+    let ours = Local::Standby(pg(true, "", None));
+    i.local = &ours;
+    assert_eq!(decide(&i).actions, [Action::Promote]);
+    // Running under raftpg as primary: recorded with the timeline it runs.
+    let mut on_3 = pg(false, "", None);
+    on_3.timeline = Some(3);
+    let adopted = Local::Primary(on_3);
+    i.local = &adopted;
+    assert_eq!(decide(&i).actions, [Action::ProposeAdopted { timeline: 3 }]);
+    // Under raftpg's configuration but unreachable: waits, never stops it in a loop.
+    i.local = &unreachable;
+    let d = decide(&i);
+    assert!(d.actions.is_empty(), "{d:?}");
+    // The others wait.
+    let d = decide(&input("n2", &s, &primary, LeaseView::Acquiring));
+    assert!(d.actions.is_empty(), "{d:?}");
+}
+
+#[test]
+fn after_adoption_members_clone_over_another_system_and_keep_their_own() {
+    let s = adopting(
+        "n1",
+        &[Command::Adopted {
+            node: "n1".into(),
+            system_identifier: 9,
+            timeline: 3,
+        }],
+    );
+    let foreign = of_system("shut down", 7);
+    assert_eq!(
+        decide(&input("n2", &s, &foreign, LeaseView::Expired)).actions,
+        [Action::Clone { from: "n1".into() }, Action::StartStandby]
+    );
+    // Same system, was a standby: kept, started, rewound only if it diverged.
+    let sibling = of_system("shut down in recovery", 9);
+    assert_eq!(
+        decide(&input("n3", &s, &sibling, LeaseView::Expired)).actions,
+        [Action::StartStandby]
+    );
+}
+
+#[test]
+fn a_node_configured_to_adopt_does_nothing_in_a_cluster_formed_without_it() {
+    let s = three_members(&boot("n2"));
+    let local = of_system("shut down", 7);
+    let mut i = input("n1", &s, &local, LeaseView::Expired);
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Clone { from: "n2".into() }, Action::StartStandby]
+    );
+    i.adopt_configured = Some("n1");
+    let d = decide(&i);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(d.reason.contains("adopt"), "{}", d.reason);
 }

@@ -382,6 +382,18 @@ fn bootstrap(i: &ControllerInput) -> ControllerDecision {
     let with_empty_data = |m: &&crate::cluster::Member| {
         !m.tags.nofailover && i.reports.get(&m.name).is_some_and(|r| r.pg == PgRole::NoData)
     };
+    if let Some(a) = &s.adopt {
+        // The adopted database is the cluster's data: nobody replaces its member, however
+        // long it takes (another member's initdb would start an empty cluster, and the
+        // adopted database would then be re-cloned away).
+        return idle(match stalled(i, i.reports.get(a), &[PgRole::Primary]) {
+            None => format!("waiting for {a} to adopt its existing database"),
+            Some(how) => format!(
+                "waiting for {a} to adopt its existing database ({} ms so far, {how}); no other member may take its place",
+                i.pending_ms
+            ),
+        });
+    }
     if let Some(b) = &s.bootstrap_node {
         // initdb, the first start and `Bootstrap` take seconds. A chosen member that is
         // silent (it died during initdb), or that reports a PostgreSQL neither empty nor

@@ -1,7 +1,7 @@
 //! The controller's decisions: table tests, then a sweep over report sets.
 
 use super::*;
-use crate::cluster::testing::{bootstrapped, promoting_n2, three_members};
+use crate::cluster::testing::{adopting, bootstrapped, promoting_n2, three_members};
 use crate::cluster::{apply, PendingKind, SyncMode};
 
 fn booted() -> ClusterState {
@@ -657,4 +657,25 @@ fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
             "{flushed:?}: {d:?}"
         );
     }
+}
+
+/// `[cluster] adopt`: the adopted member is never replaced, however long it takes and
+/// whoever has an empty data directory: another member's initdb would start an empty
+/// cluster and the adopted database would be cloned away.
+#[test]
+fn an_adopted_member_is_never_replaced_by_an_initdb() {
+    let s = adopting("n2", &[]);
+    let limit = candidate_timeout_ms(s.ha.lease_ms);
+    let empty = |g| report(g, PgRole::NoData, None);
+    let others = BTreeMap::from([("n1".to_string(), empty(0)), ("n3".to_string(), empty(0))]);
+    for pending_ms in [0, limit + 1, 100 * limit] {
+        let d = decide_after(&s, &others, pending_ms);
+        assert_eq!(d.action, None, "{pending_ms}: {}", d.reason);
+        assert!(d.reason.contains("waiting for n2 to adopt"), "{}", d.reason);
+    }
+    // The replicated state refuses it too.
+    let mut t = s.clone();
+    assert!(apply(&mut t, &Command::ChooseBootstrap { node: "n1".into() }).is_err());
+    assert!(apply(&mut t, &Command::RemoveMember { name: "n2".into() }).is_err());
+    assert_eq!(t, s);
 }

@@ -94,8 +94,13 @@ pub async fn leader_duties(node: Node, mut stop: watch::Receiver<bool>) {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
         let initialized = applied.borrow_and_update().state.initialized;
         if is_leader && !initialized {
-            let cmd = Command::Init {
-                members: node.cfg.initial_members(),
+            let members = node.cfg.initial_members();
+            let cmd = match &node.cfg.cluster.adopt {
+                Some(adopt) => Command::InitAdopting {
+                    members,
+                    adopt: adopt.clone(),
+                },
+                None => Command::Init { members },
             };
             match node.propose(cmd, PROPOSE_TIMEOUT).await {
                 Ok(c) => tracing::info!(

@@ -14,3 +14,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::i
         )
     })
 }
+
+/// The replicated state from a snapshot. Fields are only ever appended to `ClusterState`,
+/// each an `Option` or a collection (encoded `00` when empty): a snapshot written before
+/// the newest field existed ends early, and reads as if it ended with that `00`. An older
+/// node reading a newer snapshot ignores the trailing bytes (postcard stops at the end of
+/// the struct it knows).
+pub fn decode_state(bytes: &[u8], what: &str) -> Result<crate::cluster::ClusterState, std::io::Error> {
+    match postcard::from_bytes(bytes) {
+        Ok(s) => Ok(s),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let mut padded = bytes.to_vec();
+            padded.push(0);
+            decode(&padded, what)
+        }
+        Err(_) => decode(bytes, what),
+    }
+}

@@ -13,7 +13,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::sync::watch;
 
-use super::codec::{decode, encode};
+use super::codec::{decode, decode_state, encode};
 use super::store::{to_io, Store};
 use super::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::{apply, ClusterState, Command};
@@ -51,7 +51,7 @@ impl StateMachine {
             state: ClusterState::default(),
         };
         if let Some(snap) = read_snapshot(&store)? {
-            data.state = decode(&snap.snapshot, "snapshot data")?;
+            data.state = decode_state(&snap.snapshot, "snapshot data")?;
             data.last_applied = snap.meta.last_log_id;
             data.last_membership = snap.meta.last_membership;
         }
@@ -187,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
-        let state: ClusterState = decode(&snapshot, "received snapshot")?;
+        let state: ClusterState = decode_state(&snapshot, "received snapshot")?;
         self.persist_snapshot(meta, &snapshot)?;
         let view = {
             let mut d = self.lock();

@@ -801,6 +801,8 @@ impl Sim {
             wal_end,
             receiver_lingering_ms: since(m.lingering_since),
             disk_full: None,
+            foreign_conf: false,
+            adopt_configured: None,
         });
         let report = derive(&state, &local, &decision);
         self.nodes[i].mem.report = Some((report, decision.renew_lease));
@@ -1000,6 +1002,11 @@ impl Sim {
                     pg.streaming = false;
                     pg.leased = false;
                 }
+            }
+            // The simulated clusters form with initdb; adoption is tested on real
+            // PostgreSQL (tests/adopt.rs).
+            Action::AdoptConfig | Action::ProposeAdopted { .. } => {
+                return Err("adoption is not modelled".into());
             }
         }
         Ok(())
