@@ -268,3 +268,87 @@ async fn sighup_applies_a_valid_file_in_place_and_keeps_running_on_a_bad_one() {
     assert!(c.log_of(1).contains("no section; a new binary on disk is picked up"));
     c.wait_leader_seen_by(1, FORM).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_keys_commit_together_or_not_at_all_and_edit_config_applies_a_diff() {
+    let c = Cluster::start(24000, 3, RAFT_ONLY);
+    formed(&c).await;
+    // Wait until the state is initialised (config shows).
+    c.wait_for("the cluster state to be initialised", FORM, || async {
+        let s = c.status(1).await?;
+        s.config.contains_key("lease_ms").then_some(())
+    })
+    .await;
+    let revision = |s: &raftpg::pb::control::ClusterStatus| s.revision;
+
+    phase("ctl config set with two keys: one commit");
+    let before = c.status(1).await.unwrap();
+    c.ctl_ok(&["config", "set", "lease_ms=3000", "postgresql.parameters.work_mem=8MB"]);
+    let after = c.status(1).await.unwrap();
+    assert_eq!(revision(&after), revision(&before) + 1, "two keys, one command");
+    assert_eq!(after.config["lease_ms"], "3000");
+    assert_eq!(after.config["postgresql.parameters.work_mem"], "8MB");
+
+    phase("one refused key refuses them all");
+    c.ctl_fails(
+        &["config", "set", "lease_ms=4000", "postgresql.parameters.port=1"],
+        "port",
+    );
+    let s = c.status(1).await.unwrap();
+    assert_eq!(s.config["lease_ms"], "3000", "the first key was applied alone");
+    assert_eq!(revision(&s), revision(&after));
+
+    phase("ctl edit-config: an editor changes one key, resets one, adds one");
+    let editor = c.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nset -e\nsed -i -e 's/^lease_ms = .*/lease_ms = 3500/' -e '/^postgresql.parameters.work_mem/d' \"$1\"\n\
+         echo 'postgresql.parameters.max_locks_per_transaction = 128' >> \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c
+        .ctl_command(&c.endpoints())
+        .arg("edit-config")
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("-lease_ms = 3000\n+lease_ms = 3500"), "{stdout}");
+    assert!(stdout.contains("+postgresql.parameters.work_mem (reset)"), "{stdout}");
+    let edited = c.status(1).await.unwrap();
+    assert_eq!(revision(&edited), revision(&s) + 1, "one commit for the whole edit");
+    assert_eq!(edited.config["lease_ms"], "3500");
+    assert!(!edited.config.contains_key("postgresql.parameters.work_mem"));
+    assert_eq!(edited.config["postgresql.parameters.max_locks_per_transaction"], "128");
+
+    phase("an editor that changes nothing changes nothing; a broken line is named");
+    let out = c
+        .ctl_command(&c.endpoints())
+        .arg("edit-config")
+        .env("EDITOR", "true")
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no changes"));
+    std::fs::write(&editor, "#!/bin/sh\necho 'not a setting' >> \"$1\"\n").unwrap();
+    let out = c
+        .ctl_command(&c.endpoints())
+        .arg("edit-config")
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not key = value") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(revision(&c.status(1).await.unwrap()), revision(&edited));
+}

@@ -191,6 +191,23 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             "automatic failover resumed".into()
         }
         Command::SetConfig { key, value } => set_config(state, key, value.as_deref())?,
+        Command::SetConfigs { pairs } => {
+            if pairs.is_empty() {
+                return Err(Rejection::BadConfig("nothing to set".into()));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some((k, _)) = pairs.iter().find(|(k, _)| !seen.insert(k.to_ascii_lowercase())) {
+                return Err(Rejection::BadConfig(format!("{k} is set twice in one change")));
+            }
+            // All or nothing: each on a copy, kept only if every one is accepted.
+            let mut next = state.clone();
+            let mut messages = Vec::new();
+            for (k, v) in pairs {
+                messages.push(set_config(&mut next, k, v.as_deref())?);
+            }
+            *state = next;
+            messages.join("; ")
+        }
         Command::SwitchoverStopped { generation, node, lsn } => {
             check_generation(state, *generation)?;
             let p = state.pending.as_mut().ok_or(Rejection::NothingPending)?;
@@ -389,6 +406,11 @@ fn begin(
 ) -> Result<String, Rejection> {
     if state.pending.is_some() {
         return Err(Rejection::AlreadyPending);
+    }
+    // Before the first primary is recorded no database exists to fail over to: a promoted
+    // member would hold an empty or foreign one (found by the adoption sweep).
+    if state.system_identifier.is_none() {
+        return Err(Rejection::NoPrimary);
     }
     let from = state.primary.take().map(|p| p.node);
     state.generation += 1;

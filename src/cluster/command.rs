@@ -115,12 +115,17 @@ pub enum Command {
         system_identifier: u64,
         timeline: u32,
     },
+    /// Set several cluster-wide keys at once (`ctl config set a=1 b=2`, `ctl edit-config`):
+    /// all of them, or none.
+    SetConfigs {
+        pairs: Vec<(String, Option<String>)>,
+    },
 }
 
 impl Command {
     /// Whether the command changes who is (or will be) primary; logged at info.
     pub fn is_topology(&self) -> bool {
-        !matches!(self, Command::SetConfig { .. })
+        !matches!(self, Command::SetConfig { .. } | Command::SetConfigs { .. })
     }
 }
 
@@ -205,6 +210,16 @@ impl fmt::Display for Command {
             Command::Resume => write!(f, "resume"),
             Command::SetConfig { key, value: Some(v) } => write!(f, "set config {key}={v}"),
             Command::SetConfig { key, value: None } => write!(f, "reset config {key}"),
+            Command::SetConfigs { pairs } => {
+                let each: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => format!("{k}={v}"),
+                        None => format!("reset {k}"),
+                    })
+                    .collect();
+                write!(f, "set config {}", each.join(", "))
+            }
             Command::InitAdopting { members, adopt } => {
                 let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
                 write!(

@@ -4,6 +4,7 @@
 //! non-zero exit status. Commands that change the primary or discard data ask first
 //! when a person is at the terminal (skip with `--yes`).
 
+mod edit;
 mod render;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -116,6 +117,9 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Edit the cluster-wide configuration in $EDITOR (or $VISUAL, else vi); shows the
+    /// difference, asks, and applies every change in one commit.
+    EditConfig,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,10 +167,12 @@ pub enum MemberAction {
 pub enum ConfigAction {
     /// Print every key and value.
     Show,
-    /// Set KEY=VALUE (an empty value resets the key).
+    /// Set KEY=VALUE (an empty value resets the key); several are applied in one commit,
+    /// all of them or none.
     Set {
         /// KEY=VALUE, e.g. lease_ms=4000 or postgresql.parameters.work_mem=8MB
-        assignment: String,
+        #[arg(required = true)]
+        assignments: Vec<String>,
     },
 }
 
@@ -281,17 +287,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Config {
-            action: ConfigAction::Set { assignment },
+            action: ConfigAction::Set { assignments },
         } => {
-            let (key, value) = assignment
-                .split_once('=')
-                .ok_or_else(|| anyhow!("'{assignment}' is not KEY=VALUE"))?;
-            let req = pb::SetConfigRequest {
-                key: key.trim().to_string(),
-                value: value.trim().to_string(),
+            let mut settings = Vec::new();
+            for a in &assignments {
+                let (key, value) = a.split_once('=').ok_or_else(|| anyhow!("'{a}' is not KEY=VALUE"))?;
+                settings.push(pb::SetConfigRequest {
+                    key: key.trim().to_string(),
+                    value: value.trim().to_string(),
+                });
+            }
+            let answer = match settings.len() {
+                // One key: the call every release of raftpg answers.
+                1 => c.set_config(settings.remove(0)).await,
+                _ => c.set_configs(pb::SetConfigsRequest { settings }).await,
             };
-            println!("{}", reply(c.set_config(req).await)?);
+            println!("{}", reply(answer)?);
         }
+        CtlCommand::EditConfig => edit_config(&mut c, yes).await?,
     }
     Ok(())
 }
@@ -348,6 +361,52 @@ fn reply(r: Result<tonic::Response<pb::CommandReply>, tonic::Status>) -> anyhow:
 }
 
 /// Asks on the terminal; without one (scripts, tests) the command goes ahead.
+async fn edit_config(c: &mut ControlClient<Channel>, yes: bool) -> anyhow::Result<()> {
+    let before: std::collections::BTreeMap<String, String> = status(c).await?.config.into_iter().collect();
+    let file = tempfile::Builder::new()
+        .prefix("raftpg-config-")
+        .suffix(".conf")
+        .tempfile()
+        .context("cannot create a temporary file to edit")?;
+    std::fs::write(file.path(), edit::render(&before))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // Through the shell, as git does: EDITOR may carry arguments ("code --wait").
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("raftpg-edit-config")
+        .arg(file.path())
+        .status()
+        .with_context(|| format!("cannot run the editor '{editor}'"))?;
+    if !status.success() {
+        bail!("the editor '{editor}' failed ({status}): nothing was changed");
+    }
+    let text = std::fs::read_to_string(file.path())?;
+    if text.trim().is_empty() {
+        println!("the file was emptied: nothing was changed");
+        return Ok(());
+    }
+    let after = edit::parse(&text).map_err(|e| anyhow!("{e}: nothing was changed"))?;
+    let changes = edit::diff(&before, &after);
+    if changes.is_empty() {
+        println!("no changes");
+        return Ok(());
+    }
+    print!("{}", edit::show(&changes));
+    confirm(yes, &format!("Apply these {} changes in one commit?", changes.len()))?;
+    let settings = changes
+        .into_iter()
+        .map(|ch| pb::SetConfigRequest {
+            key: ch.key,
+            value: ch.after.unwrap_or_default(),
+        })
+        .collect();
+    println!("{}", reply(c.set_configs(pb::SetConfigsRequest { settings }).await)?);
+    Ok(())
+}
+
 fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
     if yes || !std::io::stdin().is_terminal() {
         return Ok(());

@@ -112,6 +112,9 @@ fn every_command() -> Vec<Command> {
             system_identifier: 7,
             timeline: 3,
         },
+        Command::SetConfigs {
+            pairs: vec![("lease_ms".into(), Some("2000".into())), ("ttl".into(), None)],
+        },
     ]
 }
 
@@ -160,6 +163,8 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "1401026e31010d31302e302e302e313a353433330d31302e302e302e313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002026e31",
     // Adopted
     "15026e310703",
+    // SetConfigs
+    "1602086c656173655f6d730104323030300374746c00",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -254,6 +259,7 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::SetConfig { .. } => 19,
         Command::InitAdopting { .. } => 20,
         Command::Adopted { .. } => 21,
+        Command::SetConfigs { .. } => 22,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

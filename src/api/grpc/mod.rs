@@ -377,6 +377,22 @@ impl Control for ControlServer {
         self.reply(Command::SetConfig { key: req.key, value }).await
     }
 
+    async fn set_configs(&self, req: Request<pb::SetConfigsRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        self.admin(&req, "SetConfigs")?;
+        let settings = req.into_inner().settings;
+        if let Some(bad) = settings.iter().find(|s| s.key.trim().is_empty()) {
+            return Err(Status::invalid_argument(format!(
+                "a key is empty (value '{}'): write key=value",
+                bad.value
+            )));
+        }
+        let pairs = settings
+            .into_iter()
+            .map(|s| (s.key, (!s.value.is_empty()).then_some(s.value)))
+            .collect();
+        self.reply(Command::SetConfigs { pairs }).await
+    }
+
     async fn pause(&self, req: Request<pb::PauseRequest>) -> Result<Response<pb::CommandReply>, Status> {
         self.admin(&req, "Pause")?;
         self.reply(Command::Pause).await
