@@ -82,6 +82,16 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     assert_eq!(dsn.trim(), format!("host=127.0.0.1 port={}", c.pg_port(primary)));
     let all = c.ctl_ok(&["dsn"]);
     assert!(all.contains("target_session_attrs=read-write"), "{all}");
+    let versions = c.ctl_ok(&["version"]);
+    for k in 1..=3 {
+        let line = versions
+            .lines()
+            .find(|l| l.contains(&format!("| n{k} ")))
+            .unwrap_or_else(|| panic!("no row for n{k}: {versions}"));
+        assert!(line.contains(env!("CARGO_PKG_VERSION")), "{line}");
+        assert!(line.contains("postgres (PostgreSQL) 15"), "{line}");
+        assert!(line.contains("| 15."), "the running server's version: {line}");
+    }
 
     phase("error paths: unknown member, no endpoint, switchover to a stopped node");
     c.ctl_fails(&["switchover", "--to", "n9"], "unknown member 'n9'");

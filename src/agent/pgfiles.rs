@@ -37,6 +37,27 @@ pub struct PgNode {
     pub rewind_marker: PathBuf,
 }
 
+/// raftpg's own connection to its node's PostgreSQL: the Unix socket in `socket_dir`.
+pub fn local_conninfo(socket_dir: &Path, port: u16, superuser: &str) -> String {
+    format!(
+        "host={} port={port} user={superuser} dbname=postgres connect_timeout=2 application_name=raftpg",
+        socket_dir.display(),
+    )
+}
+
+/// The same, from the configuration alone (`SOCKET_DIR` under `[node] data_dir`).
+pub fn local_conninfo_of(cfg: &Config) -> Option<String> {
+    let port = cfg.me().pg.rsplit_once(':')?.1.parse().ok()?;
+    Some(local_conninfo(
+        &cfg.node.data_dir.join(SOCKET_DIR),
+        port,
+        &cfg.postgres.superuser,
+    ))
+}
+
+/// PostgreSQL's Unix socket directory, under `[node] data_dir`.
+const SOCKET_DIR: &str = "run";
+
 impl PgNode {
     /// Resolves binaries, the OS user and directories; errors say how to fix them.
     pub fn prepare(cfg: &Config) -> anyhow::Result<PgNode> {
@@ -44,7 +65,7 @@ impl PgNode {
         let bins = PgBinaries::find(p.bin_dir.as_deref())?;
         let run_as = RunAs::for_current_process(&p.os_user)?;
         let base = &cfg.node.data_dir;
-        let socket_dir = base.join("run");
+        let socket_dir = base.join(SOCKET_DIR);
         let data_dir = cfg.pg_data();
         let log_file = base.join("postgresql.log");
         if !base.exists() {
@@ -156,12 +177,7 @@ impl PgNode {
 
     /// Local connection over the Unix socket (trusted), for observation and setup.
     pub fn local_conninfo(&self) -> String {
-        format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=2 application_name=raftpg",
-            self.ctl.socket_dir.display(),
-            self.ctl.port,
-            self.superuser
-        )
+        local_conninfo(&self.ctl.socket_dir, self.ctl.port, &self.superuser)
     }
 
     /// Where this node streams from while `state`'s primary is someone else.

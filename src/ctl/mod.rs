@@ -63,6 +63,8 @@ pub enum CtlCommand {
         /// The member to connect to.
         name: Option<String>,
     },
+    /// Every member's raftpg and PostgreSQL versions (asked of each member directly).
+    Version,
     /// Timeline history: every change of primary.
     History {
         #[arg(long)]
@@ -208,6 +210,22 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let s = status(&mut c).await?;
             let addrs: Vec<(String, String)> = s.members.iter().map(|m| (m.name.clone(), m.pg_addr.clone())).collect();
             println!("{}", dsn(&addrs, name.as_deref())?);
+        }
+        CtlCommand::Version => {
+            let s = status(&mut c).await?;
+            let mut rows = Vec::new();
+            for m in &s.members {
+                rows.push(match version_of(&m.grpc_addr, tls.as_ref()).await {
+                    Ok(v) => [m.name.clone(), v.raftpg, v.postgres, v.server],
+                    Err(e) => [
+                        m.name.clone(),
+                        format!("unreachable ({e})"),
+                        String::new(),
+                        String::new(),
+                    ],
+                });
+            }
+            print!("{}", render::version_table(&rows));
         }
         CtlCommand::History { json } => {
             let h = c
@@ -524,6 +542,15 @@ pub fn dsn(members: &[(String, String)], name: Option<&str>) -> anyhow::Result<S
 }
 
 /// Connects to the first endpoint that accepts a connection (with TLS when `tls` is given).
+/// One member's versions, asked at its own control address.
+async fn version_of(addr: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<pb::VersionReply> {
+    let mut c = connect(addr, tls).await?;
+    let v = tokio::time::timeout(CONNECT_TIMEOUT * 4, c.version(pb::VersionRequest {}))
+        .await
+        .map_err(|_| anyhow!("no answer within {:?}", CONNECT_TIMEOUT * 4))??;
+    Ok(v.into_inner())
+}
+
 pub async fn connect(endpoints: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<ControlClient<Channel>> {
     let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
     if list.is_empty() {

@@ -263,3 +263,20 @@ mod tests {
         assert!(!out.contains("n1 is"), "{out}");
     }
 }
+
+/// `ctl version`: one row per member (name, raftpg, PostgreSQL binaries, running server).
+pub fn version_table(rows: &[[String; 4]]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.to_vec();
+            for cell in r.iter_mut().skip(2) {
+                if cell.is_empty() {
+                    *cell = "-".into();
+                }
+            }
+            r
+        })
+        .collect();
+    table(&["Member", "raftpg", "PostgreSQL binaries", "Running server"], &rows)
+}

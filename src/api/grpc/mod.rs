@@ -157,6 +157,21 @@ impl Control for ControlServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionReply>, Status> {
+        let cfg = &self.node.cfg;
+        let (postgres, server) = if cfg.postgres.manage {
+            (binary_version(cfg).await, server_version(cfg).await)
+        } else {
+            (String::new(), String::new())
+        };
+        Ok(Response::new(pb::VersionReply {
+            member: cfg.me().name.clone(),
+            raftpg: env!("CARGO_PKG_VERSION").to_string(),
+            postgres,
+            server,
+        }))
+    }
+
     async fn history(&self, _: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
         let s = self.node.state().state;
         Ok(Response::new(pb::HistoryReply { entries: history(&s) }))
@@ -402,4 +417,38 @@ impl Control for ControlServer {
         self.admin(&req, "Resume")?;
         self.reply(Command::Resume).await
     }
+}
+
+/// `postgres --version` of the binaries this node runs ("" if it cannot be run).
+async fn binary_version(cfg: &crate::config::Config) -> String {
+    let Ok(bins) = crate::postgres::PgBinaries::find(cfg.postgres.bin_dir.as_deref()) else {
+        return String::new();
+    };
+    let run = tokio::process::Command::new(bins.dir.join("postgres"))
+        .arg("--version")
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), run).await {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The running server's `server_version` ("" if it does not answer within 2 s).
+async fn server_version(cfg: &crate::config::Config) -> String {
+    let Some(conninfo) = crate::agent::pgfiles::local_conninfo_of(cfg) else {
+        return String::new();
+    };
+    let ask = async {
+        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.ok()?;
+        let conn = tokio::spawn(conn);
+        let row = client.query_one("SHOW server_version", &[]).await.ok();
+        conn.abort();
+        row.map(|r| r.get::<_, String>(0))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
