@@ -221,6 +221,23 @@ pub fn history_json(entries: &[pb::HistoryEntry]) -> serde_json::Value {
         .collect()
 }
 
+/// `ctl version`: one row per member (name, raftpg, PostgreSQL binaries, running server).
+pub fn version_table(rows: &[[String; 4]]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.to_vec();
+            for cell in r.iter_mut().skip(2) {
+                if cell.is_empty() {
+                    *cell = "-".into();
+                }
+            }
+            r
+        })
+        .collect();
+    table(&["Member", "raftpg", "PostgreSQL binaries", "Running server"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,21 +279,4 @@ mod tests {
         assert!(out.contains("n4 is unknown: no report from its raftpg\n"), "{out}");
         assert!(!out.contains("n1 is"), "{out}");
     }
-}
-
-/// `ctl version`: one row per member (name, raftpg, PostgreSQL binaries, running server).
-pub fn version_table(rows: &[[String; 4]]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut r = r.to_vec();
-            for cell in r.iter_mut().skip(2) {
-                if cell.is_empty() {
-                    *cell = "-".into();
-                }
-            }
-            r
-        })
-        .collect();
-    table(&["Member", "raftpg", "PostgreSQL binaries", "Running server"], &rows)
 }
