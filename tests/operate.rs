@@ -93,6 +93,25 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
         assert!(line.contains("| 15."), "the running server's version: {line}");
     }
 
+    phase("--dry-run: the plan from the controller's own decision, nothing changed");
+    let generation = c.status(1).await.unwrap().generation;
+    let target = other_than(primary, &[]);
+    let plan = c.ctl_ok(&["failover", "--to", &format!("n{target}"), "--dry-run"]);
+    assert!(plan.contains("nothing was changed"), "{plan}");
+    assert!(plan.contains("would promote: n"), "{plan}");
+    assert!(plan.contains("waits for reports from: n"), "{plan}");
+    assert!(plan.contains("worst-case loss: none"), "{plan}");
+    let plan = c.ctl_ok(&["switchover", "--to", &format!("n{target}"), "--dry-run"]);
+    assert!(plan.contains(&format!("would promote: n{target}")), "{plan}");
+    assert!(
+        plan.contains(&format!("n{primary} checkpoints and stops cleanly")),
+        "{plan}"
+    );
+    c.ctl_fails(&["switchover", "--to", "n9", "--dry-run"], "unknown member 'n9'");
+    let s = c.status(1).await.unwrap();
+    assert_eq!(s.generation, generation, "a dry run changed the state");
+    assert_eq!(s.primary.unwrap().node, format!("n{primary}"));
+
     phase("error paths: unknown member, no endpoint, switchover to a stopped node");
     c.ctl_fails(&["switchover", "--to", "n9"], "unknown member 'n9'");
     c.ctl_fails(&["failover", "--to", "n9"], "unknown member 'n9'");

@@ -84,6 +84,10 @@ pub enum CtlCommand {
         /// Cancel a scheduled switchover.
         #[arg(long, conflicts_with_all = ["to", "from", "at"])]
         cancel: bool,
+        /// Change nothing: print the candidate, the reports it would wait for and the
+        /// worst-case loss, from the controller's own decision on the live state.
+        #[arg(long, conflicts_with_all = ["at", "cancel"])]
+        dry_run: bool,
     },
     /// Manual failover to a member, without a clean shutdown of the primary.
     Failover {
@@ -92,6 +96,10 @@ pub enum CtlCommand {
         /// Promote even if acknowledged writes may be lost.
         #[arg(long)]
         force: bool,
+        /// Change nothing: print the candidate, the reports it would wait for and the
+        /// worst-case loss, from the controller's own decision on the live state.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Stop automatic failover and fencing decisions.
     Pause,
@@ -246,6 +254,23 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .map_err(status_error)?;
             println!("{}", r.into_inner().message);
         }
+        CtlCommand::Switchover {
+            to,
+            from,
+            dry_run: true,
+            ..
+        } => {
+            let req = pb::SwitchoverRequest {
+                to: to.unwrap_or_default(),
+                from: from.unwrap_or_default(),
+                at_unix_ms: 0,
+                dry_run: true,
+            };
+            print!(
+                "{}",
+                c.switchover(req).await.map_err(status_error)?.into_inner().message
+            );
+        }
         CtlCommand::Switchover { to, from, at, .. } => {
             let to = to.unwrap_or_default();
             let at_unix_ms = at.as_deref().map(parse_at).transpose()?.unwrap_or(0);
@@ -258,11 +283,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 to,
                 from: from.unwrap_or_default(),
                 at_unix_ms,
+                dry_run: false,
             };
             let r = c.switchover(req).await.map_err(status_error)?.into_inner();
             println!("{}", r.message);
         }
-        CtlCommand::Failover { to, force } => {
+        CtlCommand::Failover {
+            to,
+            force,
+            dry_run: true,
+        } => {
+            let req = pb::FailoverRequest {
+                to,
+                force,
+                dry_run: true,
+            };
+            print!("{}", c.failover(req).await.map_err(status_error)?.into_inner().message);
+        }
+        CtlCommand::Failover { to, force, .. } => {
             let what = if force {
                 format!("FORCE a failover to {to}? Acknowledged writes {to} has not received will be LOST.")
             } else {
@@ -271,7 +309,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             confirm(yes, &what)?;
             eprintln!("failing over to {to}...");
             let r = c
-                .failover(pb::FailoverRequest { to, force })
+                .failover(pb::FailoverRequest {
+                    to,
+                    force,
+                    dry_run: false,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

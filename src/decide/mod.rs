@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod dry_run;
 pub mod election;
 pub mod report;
 pub mod requests;

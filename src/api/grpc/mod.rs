@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{ChangeKind, ClusterState, Command, Member, Pending, Rejection, ScheduledSwitchover, Tags};
+use crate::decide::dry_run;
 use crate::decide::election::lsn;
 use crate::decide::requests::{self, Refusal};
 use crate::decide::view::{self, MemberRow};
@@ -79,6 +80,35 @@ impl ControlServer {
 
     async fn commit(&self, cmd: Command) -> Result<crate::node::Committed, Status> {
         self.node.propose(cmd, PROPOSE_TIMEOUT).await.map_err(propose_status)
+    }
+
+    /// `--dry-run`: the controller's decisions on a copy of the state and of the reports
+    /// this node holds (the leader's own, or the view the leader last sent it).
+    fn dry_run(&self, s: &ClusterState, change: dry_run::Change) -> Result<Response<pb::ChangeReply>, Status> {
+        let max_age = 2_000.max(s.ha.lease_ms);
+        let reports = self
+            .node
+            .cluster_view()
+            .reports
+            .into_iter()
+            .filter(|(_, (age, _))| *age <= max_age)
+            .map(|(n, (_, r))| (n, r))
+            .collect();
+        let raft = self.node.raft_view();
+        let voters = raft
+            .voters
+            .iter()
+            .filter_map(|id| s.member_by_id(*id).map(|m| m.name.clone()))
+            .collect();
+        let leader = raft.leader.map(|id| s.label_of(id)).unwrap_or_default();
+        let plan = dry_run::plan(s, &reports, &voters, &leader, change).map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ChangeReply {
+            message: plan.render(change),
+            primary: plan.candidate.unwrap_or_default(),
+            timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0),
+            generation: s.generation,
+            took_ms: 0,
+        }))
     }
 
     async fn reply(&self, cmd: Command) -> Result<Response<pb::CommandReply>, Status> {
@@ -178,10 +208,19 @@ impl Control for ControlServer {
     }
 
     async fn switchover(&self, req: Request<pb::SwitchoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
-        self.admin(&req, "Switchover")?;
+        // A dry run changes nothing: the read-only role may ask for one.
+        if !req.get_ref().dry_run {
+            self.admin(&req, "Switchover")?;
+        }
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a switchover needs a target: --to NAME"));
+        }
+        if req.dry_run {
+            let s = self.node.state().state;
+            let from = (!req.from.is_empty()).then_some(req.from.as_str());
+            requests::switchover(&s, &self.rows(&s), &req.to, from).map_err(refusal_status)?;
+            return self.dry_run(&s, dry_run::Change::Switchover { to: &req.to });
         }
         let started = Instant::now();
         let s = self.node.state().state;
@@ -242,7 +281,9 @@ impl Control for ControlServer {
     }
 
     async fn failover(&self, req: Request<pb::FailoverRequest>) -> Result<Response<pb::ChangeReply>, Status> {
-        self.admin(&req, "Failover")?;
+        if !req.get_ref().dry_run {
+            self.admin(&req, "Failover")?;
+        }
         let req = req.into_inner();
         if req.to.trim().is_empty() {
             return Err(Status::invalid_argument("a failover needs a target: --to NAME"));
@@ -250,6 +291,15 @@ impl Control for ControlServer {
         let started = Instant::now();
         let s = self.node.state().state;
         let warning = requests::failover(&s, &self.rows(&s), &req.to, req.force).map_err(refusal_status)?;
+        if req.dry_run {
+            return self.dry_run(
+                &s,
+                dry_run::Change::Failover {
+                    to: &req.to,
+                    force: req.force,
+                },
+            );
+        }
         let reason = match &warning {
             Some(w) => w.clone(),
             None => format!("manual failover to {} requested", req.to),
