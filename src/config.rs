@@ -332,6 +332,7 @@ impl Config {
             &mut self.hooks.on_start,
             &mut self.hooks.on_stop,
             &mut self.hooks.on_role_change,
+            &mut self.hooks.pre_promote,
         ]
         .into_iter()
         .flatten()

@@ -79,3 +79,68 @@ async fn hooks_run_on_start_and_on_role_change_with_their_environment() {
     .await;
     let _ = w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_promote_vetoes_its_candidate_and_the_next_one_is_promoted() {
+    let scripts = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scripts.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let calls = scripts.path().join("calls");
+    let veto = scripts.path().join("veto");
+    let script = scripts.path().join("pre_promote.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$RAFTPG_MEMBER $1 $2 $RAFTPG_HOOK $RAFTPG_GENERATION\" >> {calls}\n\
+             if [ \"$RAFTPG_MEMBER\" = \"$(cat {veto} 2>/dev/null)\" ]; then echo 'pgbouncer on this host is down'; exit 3; fi\n",
+            calls = calls.display(),
+            veto = veto.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!("\n[hooks]\npre_promote = \"{}\"\ntimeout_s = 10\n", script.display());
+    let c = Cluster::start(24500, 3, &extra);
+    let old = c.wait_streaming(2, FORM).await;
+    let vetoed = (1..=3u16).find(|k| *k != old).unwrap();
+    let other = (1..=3u16).find(|k| *k != old && *k != vetoed).unwrap();
+    std::fs::write(&veto, format!("n{vetoed}")).unwrap();
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+
+    phase(&format!("ctl failover --to n{vetoed}, whose pre_promote exits 3"));
+    let out = c.ctl_ok(&["failover", "--to", &format!("n{vetoed}")]);
+    assert!(
+        out.contains(&format!(
+            "n{vetoed}'s pre_promote hook refused the promotion; n{other} was promoted instead"
+        )),
+        "{out}"
+    );
+    let s = c.status(other).await.unwrap();
+    assert_eq!(s.primary.as_ref().unwrap().node, format!("n{other}"));
+    let last = s.history.last().unwrap();
+    assert!(last.reason.contains("pre_promote"), "{}", last.reason);
+    let text = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == format!("n{vetoed} pre_promote primary pre_promote 2")),
+        "the vetoed candidate's hook ran with its generation: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("n{other} pre_promote primary pre_promote "))),
+        "the next candidate's hook ran too: {text}"
+    );
+    let log = c.log_of(vetoed);
+    assert!(
+        log.contains("pgbouncer on this host is down"),
+        "the hook's output is logged"
+    );
+    assert!(log.contains("pre_promote vetoed my promotion"), "the veto is logged");
+    let row = c.query_one(vetoed, "SELECT pg_is_in_recovery()").await.unwrap();
+    assert!(row.get::<_, bool>(0), "the vetoed candidate never promoted");
+
+    phase("nothing acknowledged is lost");
+    c.wait_streaming(2, FORM).await;
+    let nodes: Vec<u16> = (1..=3).collect();
+    c.assert_no_loss(w, &nodes, FORM).await;
+}

@@ -123,6 +123,24 @@ impl Agent {
                 self.gate_lsn = None;
             }
             Action::Promote => {
+                // A candidate's pre_promote may refuse: then it stays a standby and asks the
+                // controller for another candidate.
+                let candidate = state.pending.as_ref().and_then(|p| p.candidate.as_deref()) == Some(pg.me.as_str());
+                if candidate {
+                    let timeline = state.history.last().map(|h| h.timeline);
+                    if let Err(why) = self.hooks.pre_promote(state.generation, timeline).await {
+                        self.propose(Command::VetoCandidate {
+                            generation: state.generation,
+                            node: pg.me.clone(),
+                            reason: why.clone(),
+                        })
+                        .await?;
+                        bail!(
+                            "pre_promote vetoed my promotion under generation {}: {why}",
+                            state.generation
+                        );
+                    }
+                }
                 // Timelines other members took must not be taken again.
                 for (tl, text) in crate::postgres::recorded_histories(&state.history) {
                     let path = pg.ctl.data_dir.join("pg_wal").join(format!("{tl:08X}.history"));

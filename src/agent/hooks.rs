@@ -25,6 +25,10 @@ pub struct HooksSection {
     pub on_stop: Option<PathBuf>,
     /// After the running PostgreSQL became primary, or a standby.
     pub on_role_change: Option<PathBuf>,
+    /// Before this standby, chosen as the candidate of a failover or switchover, promotes.
+    /// On the failover path: a non-zero exit (or a timeout) vetoes this candidate, and the
+    /// controller chooses another.
+    pub pre_promote: Option<PathBuf>,
     /// The longest a hook may run before it is killed.
     pub timeout_s: u64,
 }
@@ -38,6 +42,7 @@ impl Default for HooksSection {
             on_start: None,
             on_stop: None,
             on_role_change: None,
+            pre_promote: None,
             timeout_s: DEFAULT_HOOK_TIMEOUT_S,
         }
     }
@@ -50,6 +55,7 @@ impl HooksSection {
             ("on_start", &self.on_start),
             ("on_stop", &self.on_stop),
             ("on_role_change", &self.on_role_change),
+            ("pre_promote", &self.pre_promote),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.as_ref().map(|p| (k, p)))
@@ -94,6 +100,8 @@ pub struct Hooks {
     section: HooksSection,
     last: Option<PgRole>,
     tx: Option<mpsc::UnboundedSender<Call>>,
+    cluster: String,
+    member: String,
 }
 
 impl Hooks {
@@ -109,7 +117,27 @@ impl Hooks {
             section: section.clone(),
             last: None,
             tx,
+            cluster: cluster.to_string(),
+            member: member.to_string(),
         }
+    }
+
+    /// `pre_promote`, run now and waited for (the candidate promotes only if it succeeds):
+    /// `Err` says why it refused. No hook configured: Ok.
+    pub async fn pre_promote(&self, generation: u64, timeline: Option<u32>) -> Result<(), String> {
+        let Some(path) = &self.section.pre_promote else {
+            return Ok(());
+        };
+        let call = Call {
+            hook: "pre_promote",
+            path: path.clone(),
+            role: "primary",
+            generation,
+            timeline,
+        };
+        let timeout = Duration::from_secs(self.section.timeout_s);
+        tracing::info!(hook = "pre_promote", path = %path.display(), generation, "running pre_promote before promoting");
+        run_one(&call, &self.cluster, &self.member, timeout).await
     }
 
     /// The local PostgreSQL as just observed.
@@ -139,14 +167,21 @@ impl Hooks {
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Call>, cluster: String, member: String, timeout: Duration) {
     while let Some(c) = rx.recv().await {
+        let _ = run_one(&c, &cluster, &member, timeout).await;
+    }
+}
+
+/// Runs one hook to its end (or its timeout), logging its output; `Err` says why it failed.
+async fn run_one(c: &Call, cluster: &str, member: &str, timeout: Duration) -> Result<(), String> {
+    {
         let mut cmd = tokio::process::Command::new(&c.path);
-        cmd.args([c.hook, c.role, cluster.as_str()])
+        cmd.args([c.hook, c.role, cluster])
             .env("RAFTPG_HOOK", c.hook)
             .env("RAFTPG_ROLE", c.role)
             .env("RAFTPG_GENERATION", c.generation.to_string())
             .env("RAFTPG_TIMELINE", c.timeline.map(|t| t.to_string()).unwrap_or_default())
-            .env("RAFTPG_CLUSTER", &cluster)
-            .env("RAFTPG_MEMBER", &member)
+            .env("RAFTPG_CLUSTER", cluster)
+            .env("RAFTPG_MEMBER", member)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let hook = c.hook;
@@ -155,7 +190,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Call>, cluster: String, member: Str
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(hook, %path, "hook did not run to its end: {e}");
-                continue;
+                return Err(format!("{path} did not run to its end: {e}"));
             }
         };
         for line in String::from_utf8_lossy(&output.stdout)
@@ -164,9 +199,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Call>, cluster: String, member: Str
         {
             tracing::info!(hook, "{line}");
         }
-        match output.status.success() {
-            true => tracing::info!(hook, %path, role = c.role, generation = c.generation, "hook done"),
-            false => tracing::error!(hook, %path, role = c.role, "hook failed: {}", output.status),
+        if output.status.success() {
+            tracing::info!(hook, %path, role = c.role, generation = c.generation, "hook done");
+            Ok(())
+        } else {
+            tracing::error!(hook, %path, role = c.role, "hook failed: {}", output.status);
+            Err(format!("{path} failed ({})", output.status))
         }
     }
 }

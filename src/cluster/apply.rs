@@ -140,7 +140,29 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             reason,
         } => {
             let saved = state.clone();
-            begin_failover(state, *generation, to.as_ref(), *forced, reason).inspect_err(|_| *state = saved)?
+            begin_failover(state, *generation, to.as_ref(), *forced, false, reason).inspect_err(|_| *state = saved)?
+        }
+        Command::VetoCandidate {
+            generation,
+            node,
+            reason,
+        } => {
+            let candidate = state.pending.as_ref().and_then(|p| p.candidate.as_deref());
+            if candidate != Some(node.as_str()) {
+                return Err(Rejection::NotEligible {
+                    node: node.clone(),
+                    why: "it is not the candidate of the change in progress".into(),
+                });
+            }
+            // It never promoted (it says so, and only a standby runs pre_promote): it
+            // acknowledged nothing, whatever the mode, so it is replaced like a candidate
+            // that died before promoting.
+            let saved = state.clone();
+            let why = format!("{node}'s pre_promote hook refused the promotion: {reason}");
+            let message =
+                begin_failover(state, *generation, None, false, true, &why).inspect_err(|_| *state = saved)?;
+            state.vetoed.insert(node.clone());
+            message
         }
         Command::BeginSwitchover { generation, to, reason } => {
             check_generation(state, *generation)?;
@@ -318,6 +340,7 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     }
     state.restarts.remove(name);
     state.reinits.remove(name);
+    state.vetoed.remove(name);
     Ok(format!("member {name} removed"))
 }
 
@@ -474,13 +497,17 @@ fn begin_failover(
     generation: u64,
     to: Option<&String>,
     forced: bool,
+    vetoed: bool,
     reason: &str,
 ) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     if let Some(to) = to {
         known(state, to)?;
+        // An operator who asks for this member again overrides its earlier veto (its
+        // hook runs again before it promotes).
+        state.vetoed.remove(to);
     }
-    let safe = forced || candidate_acknowledged_nothing(state);
+    let safe = forced || vetoed || candidate_acknowledged_nothing(state);
     if let Some(p) = state.pending.take_if(|p| p.candidate.is_none() || safe) {
         if p.candidate.is_some() {
             // Back to the configuration the fenced primary ran (kept last by `Promote`):
@@ -572,6 +599,7 @@ fn record_timeline(
         });
     }
     let pending = state.pending.take().expect("checked above");
+    state.vetoed.clear();
     state.primary = Some(Primary {
         node: node.to_string(),
         generation,

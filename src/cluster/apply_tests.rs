@@ -727,11 +727,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 parent_timeline: None,
             }
         }),
-        (generation, prop::collection::vec(name.clone(), 0..3))
+        (generation.clone(), prop::collection::vec(name.clone(), 0..3))
             .prop_map(|(generation, standbys)| Command::SetSyncStandbys { generation, standbys }),
         Just(Command::Pause),
         Just(Command::Resume),
         name.clone().prop_map(|node| Command::ChooseBootstrap { node }),
+        (generation, name.clone()).prop_map(|(generation, node)| Command::VetoCandidate {
+            generation,
+            node,
+            reason: "p".into()
+        }),
         (name, 1u32..5).prop_map(|(node, timeline)| Command::Adopted {
             node,
             system_identifier: 1,

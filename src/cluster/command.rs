@@ -120,6 +120,14 @@ pub enum Command {
     SetConfigs {
         pairs: Vec<(String, Option<String>)>,
     },
+    /// The candidate `node` of generation `generation`, still a standby, refuses to promote
+    /// (its `pre_promote` hook failed): the change starts again under the next generation,
+    /// without it.
+    VetoCandidate {
+        generation: u64,
+        node: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -220,6 +228,11 @@ impl fmt::Display for Command {
                     .collect();
                 write!(f, "set config {}", each.join(", "))
             }
+            Command::VetoCandidate {
+                generation,
+                node,
+                reason,
+            } => write!(f, "{node} refuses to promote under generation {generation}: {reason}"),
             Command::InitAdopting { members, adopt } => {
                 let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
                 write!(

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, PendingKind, SyncMode};
+use crate::cluster::{ClusterState, Command, PendingKind, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
 
@@ -269,7 +269,7 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
                 .members
                 .values()
                 .filter(|m| m.name != to && p.from.as_deref() != Some(m.name.as_str()))
-                .filter(|m| !m.tags.nofailover && i.voters.contains(&m.name))
+                .filter(|m| !m.tags.nofailover && !s.vetoed.contains(&m.name) && i.voters.contains(&m.name))
                 .filter_map(|m| Some((past(&m.name)?, m)))
                 .max_by_key(|(l, m)| (*l, std::cmp::Reverse(m.id)));
             if let Some((_, m)) = other {
@@ -452,7 +452,12 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
                 .map(|(flush_lsn, timeline)| FinalReport {
                     flush_lsn,
                     timeline,
-                    tags: m.tags.clone(),
+                    // A member whose pre_promote refused counts for the quorum and is
+                    // never chosen, as if tagged nofailover.
+                    tags: Tags {
+                        nofailover: m.tags.nofailover || s.vetoed.contains(&m.name),
+                        ..m.tags.clone()
+                    },
                 });
             (m.name.as_str(), report)
         })

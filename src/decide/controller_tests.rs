@@ -679,3 +679,108 @@ fn an_adopted_member_is_never_replaced_by_an_initdb() {
     assert!(apply(&mut t, &Command::RemoveMember { name: "n2".into() }).is_err());
     assert_eq!(t, s);
 }
+
+/// `pre_promote`: a candidate that refuses is replaced under the next generation, in
+/// either mode (it never promoted), and is never chosen again by the controller; its final
+/// report still counts for the quorum.
+#[test]
+fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again() {
+    for mode in ["quorum", "off"] {
+        let mut s = promoting_n2(mode);
+        let veto = Command::VetoCandidate {
+            generation: 2,
+            node: "n2".into(),
+            reason: "hook failed".into(),
+        };
+        apply(&mut s, &veto).unwrap();
+        let p = s.pending.clone().unwrap();
+        assert_eq!(
+            (s.generation, p.candidate, p.from.as_deref()),
+            (3, None, Some("n1")),
+            "{mode}"
+        );
+        assert!(s.vetoed.contains("n2"));
+        assert!(p.reason.contains("pre_promote"), "{}", p.reason);
+        // n2 is the most advanced, and reports; n3 holds everything too: n3 is chosen.
+        let reports = BTreeMap::from([
+            ("n2".to_string(), report(3, PgRole::Standby, Some((200, 1)))),
+            ("n3".to_string(), report(3, PgRole::Standby, Some((200, 1)))),
+        ]);
+        let d = decide_with("n3", &s, &reports, None);
+        assert_eq!(
+            d.action,
+            Some(ControllerAction::Propose(Command::Promote {
+                generation: 3,
+                node: "n3".into()
+            })),
+            "{mode}: {}",
+            d.reason
+        );
+        // If only n2 holds the acknowledged writes, nobody is promoted: it says why.
+        if mode == "quorum" {
+            let behind = BTreeMap::from([
+                ("n2".to_string(), report(3, PgRole::Standby, Some((200, 1)))),
+                ("n3".to_string(), report(3, PgRole::Standby, Some((100, 1)))),
+            ]);
+            let d = decide_with("n3", &s, &behind, None);
+            assert_eq!(d.action, None, "{}", d.reason);
+            assert!(d.reason.contains("pre_promote"), "{}", d.reason);
+        }
+        // Once a primary is recorded the veto is forgotten.
+        apply(
+            &mut s,
+            &Command::Promote {
+                generation: 3,
+                node: "n3".into(),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut s,
+            &Command::RecordTimeline {
+                generation: 3,
+                node: "n3".into(),
+                timeline: 2,
+                switch_lsn: None,
+                parent_timeline: None,
+            },
+        )
+        .unwrap();
+        assert!(s.vetoed.is_empty());
+    }
+}
+
+#[test]
+fn only_the_candidate_can_veto_and_an_operator_can_ask_for_a_vetoed_member_again() {
+    let mut s = promoting_n2("quorum");
+    for (generation, node) in [(2, "n3"), (1, "n2"), (2, "n1")] {
+        let cmd = Command::VetoCandidate {
+            generation,
+            node: node.into(),
+            reason: "r".into(),
+        };
+        let before = s.clone();
+        assert!(apply(&mut s, &cmd).is_err(), "{cmd}");
+        assert_eq!(s, before);
+    }
+    apply(
+        &mut s,
+        &Command::VetoCandidate {
+            generation: 2,
+            node: "n2".into(),
+            reason: "r".into(),
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        &Command::BeginFailover {
+            generation: 3,
+            to: Some("n2".into()),
+            forced: false,
+            reason: "operator".into(),
+        },
+    )
+    .unwrap();
+    assert!(!s.vetoed.contains("n2"), "the operator's request lifts the veto");
+}

@@ -162,7 +162,7 @@ pub fn elect(input: &ElectionInput) -> Election {
         },
         None => Election::Refuse {
             reason: format!(
-                "no eligible standby holds every acknowledged write ({} is needed; the most advanced is tagged nofailover or on another timeline)",
+                "no eligible standby holds every acknowledged write ({} is needed; the most advanced is tagged nofailover, was refused by its pre_promote hook, or is on another timeline)",
                 lsn(floor)
             ),
         },

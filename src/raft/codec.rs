@@ -15,6 +15,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::i
     })
 }
 
+/// Fields appended to `ClusterState` since snapshots were first versioned: `adopt`, `vetoed`.
+const APPENDED_STATE_FIELDS: usize = 2;
+
 /// The replicated state from a snapshot. Fields are only ever appended to `ClusterState`,
 /// each an `Option` or a collection (encoded `00` when empty): a snapshot written before
 /// the newest field existed ends early, and reads as if it ended with that `00`. An older
@@ -24,9 +27,15 @@ pub fn decode_state(bytes: &[u8], what: &str) -> Result<crate::cluster::ClusterS
     match postcard::from_bytes(bytes) {
         Ok(s) => Ok(s),
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            // One `00` per field appended since (each reads as `None` or empty).
             let mut padded = bytes.to_vec();
-            padded.push(0);
-            decode(&padded, what)
+            for _ in 0..APPENDED_STATE_FIELDS {
+                padded.push(0);
+                if let Ok(s) = postcard::from_bytes(&padded) {
+                    return Ok(s);
+                }
+            }
+            decode(bytes, what)
         }
         Err(_) => decode(bytes, what),
     }

@@ -115,6 +115,11 @@ fn every_command() -> Vec<Command> {
         Command::SetConfigs {
             pairs: vec![("lease_ms".into(), Some("2000".into())), ("ttl".into(), None)],
         },
+        Command::VetoCandidate {
+            generation: 2,
+            node: "n2".into(),
+            reason: "r".into(),
+        },
     ]
 }
 
@@ -165,6 +170,8 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "15026e310703",
     // SetConfigs
     "1602086c656173655f6d730104323030300374746c00",
+    // VetoCandidate
+    "1702026e320172",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -173,8 +180,8 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002000201026e310101026e3201",
     "01000001026e310001026e3200056c656173650000808040d00f904e0108776f726b5f6d656d03384d42010001000009",
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
-    // adopt: None (appended 2026-12-03)
-    "00",
+    // adopt: None, vetoed: {} (appended 2026-12-03)
+    "0000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -201,6 +208,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     let s = crate::raft::codec::decode_state(&old, "snapshot").unwrap();
     assert_eq!(s, busy_state());
     assert_eq!(s.adopt, None);
+    assert!(s.vetoed.is_empty());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,
@@ -260,6 +268,7 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::InitAdopting { .. } => 20,
         Command::Adopted { .. } => 21,
         Command::SetConfigs { .. } => 22,
+        Command::VetoCandidate { .. } => 23,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

@@ -317,6 +317,18 @@ impl Control for ControlServer {
                 "failed over to {} (timeline {}, generation {}) in {} ms",
                 r.primary, r.timeline, r.generation, r.took_ms
             )
+        } else if self
+            .node
+            .state()
+            .state
+            .history
+            .last()
+            .is_some_and(|h| h.reason.contains("pre_promote"))
+        {
+            format!(
+                "{}'s pre_promote hook refused the promotion; {} was promoted instead (timeline {}, generation {})",
+                req.to, r.primary, r.timeline, r.generation
+            )
         } else {
             format!(
                 "{} could not be promoted without losing acknowledged writes; {} was promoted instead (timeline {}, generation {})",
