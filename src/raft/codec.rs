@@ -28,14 +28,12 @@ pub fn decode_state(bytes: &[u8], what: &str) -> Result<crate::cluster::ClusterS
         Ok(s) => Ok(s),
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
             // One `00` per field appended since (each reads as `None` or empty).
-            let mut padded = bytes.to_vec();
-            for _ in 0..APPENDED_STATE_FIELDS {
-                padded.push(0);
-                if let Ok(s) = postcard::from_bytes(&padded) {
-                    return Ok(s);
-                }
-            }
-            decode(bytes, what)
+            (1..=APPENDED_STATE_FIELDS)
+                .find_map(|n| {
+                    let padded = [bytes, &[0u8; APPENDED_STATE_FIELDS][..n]].concat();
+                    postcard::from_bytes(&padded).ok()
+                })
+                .map_or_else(|| decode(bytes, what), Ok)
         }
         Err(_) => decode(bytes, what),
     }
