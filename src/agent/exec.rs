@@ -295,9 +295,32 @@ impl Agent {
             .with_context(|| format!("{from} is not a member to clone from"))?;
         tracing::info!("cloning from {}:{} with pg_basebackup", up.host, up.port);
         pg.empty_data_dir()?;
-        pg.ctl
-            .basebackup(&up.host, up.port, &up.user, pg.passfile.as_deref(), CLONE_TIMEOUT)
-            .await?;
+        // The progress reaches the Raft leader in this node's reports (`ctl list`, and the
+        // stream of `ctl member add`), and the log every 10 %.
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<crate::postgres::ctl::CloneProgress>);
+        let outbox = self.outbox.clone();
+        let wake = self.wake_reporter.clone();
+        let from = from.to_string();
+        let shown = tokio::spawn(async move {
+            let mut logged = None;
+            while rx.changed().await.is_ok() {
+                let Some(p) = *rx.borrow_and_update() else { continue };
+                let text = format!("{}{from}: {p}", crate::decide::report::CLONING);
+                if logged != Some(p.percent / 10) {
+                    logged = Some(p.percent / 10);
+                    tracing::info!("{text}");
+                }
+                outbox.lock().unwrap_or_else(|e| e.into_inner()).report.reason = text;
+                wake.notify_one();
+            }
+        });
+        let done = pg
+            .ctl
+            .basebackup(&up.host, up.port, &up.user, pg.passfile.as_deref(), CLONE_TIMEOUT, &tx)
+            .await;
+        drop(tx);
+        let _ = shown.await;
+        done?;
         tracing::info!("clone finished");
         Ok(())
     }

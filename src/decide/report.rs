@@ -6,6 +6,23 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::ClusterState;
+
+/// How a report's reason starts while its member clones (`cloning from n1: 45% (...)`):
+/// `ctl list` shows the state as `cloning 45%`.
+pub const CLONING: &str = "cloning from ";
+
+/// The state `ctl list` shows for a member whose reason says it clones.
+pub fn cloning_state(reason: &str) -> Option<String> {
+    let rest = reason.strip_prefix(CLONING)?;
+    let percent = rest
+        .split_once(": ")
+        .and_then(|(_, p)| p.split_whitespace().next())
+        .filter(|p| p.ends_with('%'));
+    Some(match percent {
+        Some(p) => format!("cloning {p}"),
+        None => "cloning".to_string(),
+    })
+}
 use crate::decide::agent::{Decision, LeaseView, Local};
 use crate::decide::controller::{PgRole, Report};
 use crate::postgres::conf;
@@ -99,6 +116,17 @@ pub fn acquiring_until<T: Ord + Copy>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cloning_member_shows_its_progress_as_its_state() {
+        assert_eq!(
+            cloning_state("cloning from n1: 45% (123 of 456 MB)").as_deref(),
+            Some("cloning 45%")
+        );
+        assert_eq!(cloning_state("cloning from n1").as_deref(), Some("cloning"));
+        assert_eq!(cloning_state("no data directory: cloning from n1"), None);
+    }
+
     use super::*;
     use crate::cluster::testing::bootstrapped;
     use crate::cluster::{apply, Command};

@@ -77,6 +77,9 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
             };
             let pg_state = match current.or(report.filter(|(a, _)| *a <= stale).map(|(_, r)| r)) {
                 None => "unknown".to_string(),
+                Some(r) if r.pg == PgRole::NoData && crate::decide::report::cloning_state(&r.reason).is_some() => {
+                    crate::decide::report::cloning_state(&r.reason).unwrap_or_default()
+                }
                 Some(r) => match r.pg {
                     PgRole::Primary => "running",
                     PgRole::Standby if r.streaming => "streaming",

@@ -135,7 +135,8 @@ impl PgCtl {
             .map(|_| ())
     }
 
-    /// Clones the primary at `host:port` into the (empty) data directory.
+    /// Clones the primary at `host:port` into the (empty) data directory. pg_basebackup's
+    /// progress (`--progress`, a line a second) goes to `progress` as it comes.
     pub async fn basebackup(
         &self,
         host: &str,
@@ -143,16 +144,64 @@ impl PgCtl {
         user: &str,
         passfile: Option<&Path>,
         timeout: Duration,
+        progress: &tokio::sync::watch::Sender<Option<CloneProgress>>,
     ) -> Result<(), PgError> {
+        use tokio::io::AsyncReadExt;
         let mut cmd = self.command("pg_basebackup");
         cmd.arg("-D")
             .arg(&self.data_dir)
             .args(["-h", host, "-p", &port.to_string(), "-U", user])
-            .args(["-X", "stream", "-c", "fast", "--no-password"]);
+            .args(["-X", "stream", "-c", "fast", "--no-password", "--progress"]);
         if let Some(p) = passfile {
             cmd.env("PGPASSFILE", p);
         }
-        self.run("pg_basebackup", cmd, timeout).await.map(|_| ())
+        let mut child = cmd.spawn()?;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let read = async {
+            // Lines end in '\n' (or '\r' on a terminal); the last ones are kept for an error.
+            let mut text = String::new();
+            let mut buf = [0u8; 4096];
+            let mut line = Vec::new();
+            loop {
+                let n = stderr.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                for &b in &buf[..n] {
+                    if b == b'\n' || b == b'\r' {
+                        let l = String::from_utf8_lossy(&line).to_string();
+                        if let Some(p) = CloneProgress::parse(&l) {
+                            progress.send_replace(Some(p));
+                        } else if !l.trim().is_empty() {
+                            text.push_str(&l);
+                            text.push('\n');
+                        }
+                        line.clear();
+                    } else {
+                        line.push(b);
+                    }
+                }
+            }
+            text.push_str(&String::from_utf8_lossy(&line));
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((status, text))
+        };
+        let (status, text) = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| PgError::Timeout {
+                what: "pg_basebackup".into(),
+                secs: timeout.as_secs(),
+            })??;
+        if status.success() {
+            return Ok(());
+        }
+        Err(PgError::Failed {
+            what: "pg_basebackup".into(),
+            status: status
+                .code()
+                .map_or("killed by a signal".into(), |c| format!("exit status {c}")),
+            output: last_lines(&text, 5),
+        })
     }
 
     /// Rewinds the (stopped) data directory onto the timeline of `source` (libpq string).
@@ -275,6 +324,40 @@ impl PgCtl {
     }
 }
 
+/// One line of `pg_basebackup --progress`: `1234/56789 kB (2%), 0/1 tablespace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloneProgress {
+    pub done_kb: u64,
+    pub total_kb: u64,
+    pub percent: u32,
+}
+
+impl CloneProgress {
+    pub fn parse(line: &str) -> Option<CloneProgress> {
+        let line = line.trim();
+        let (sizes, rest) = line.split_once(" kB (")?;
+        let (done, total) = sizes.split_once('/')?;
+        let percent = rest.split_once('%')?.0;
+        Some(CloneProgress {
+            done_kb: done.trim().parse().ok()?,
+            total_kb: total.trim().parse().ok()?,
+            percent: percent.trim().parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for CloneProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}% ({} of {} MB)",
+            self.percent,
+            self.done_kb / 1024,
+            self.total_kb.div_ceil(1024)
+        )
+    }
+}
+
 /// `(timeline, segment number)` of a WAL segment file name (24 hex digits).
 pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
     if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || seg_size == 0 {
@@ -384,6 +467,18 @@ impl Controldata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basebackup_progress_lines_are_read() {
+        let p = CloneProgress::parse("   31079/2100461 kB (1%), 0/1 tablespace").unwrap();
+        assert_eq!((p.done_kb, p.total_kb, p.percent), (31079, 2100461, 1));
+        assert_eq!(p.to_string(), "1% (30 of 2052 MB)");
+        let p =
+            CloneProgress::parse("2100470/2100470 kB (100%), 1/1 tablespace (...pgdata/global/pg_control)").unwrap();
+        assert_eq!(p.percent, 100);
+        assert_eq!(CloneProgress::parse("pg_basebackup: error: connection failed"), None);
+        assert_eq!(CloneProgress::parse("waiting for checkpoint"), None);
+    }
 
     #[test]
     fn the_end_of_the_last_record_pg_waldump_printed() {

@@ -33,6 +33,11 @@ pub struct Cluster {
     /// Mutual TLS on every port, as in production (`None` only with RAFTPG_TEST_PLAINTEXT=1,
     /// which the benches use to measure what TLS costs).
     pub tls: Option<TlsFiles>,
+    /// The raftpg binary the nodes run (this build's, unless a test installed another).
+    pub bin: PathBuf,
+    /// Run the nodes as this OS user (through `setpriv`, which execs: the child is raftpg),
+    /// as the packaged unit does with `User=postgres`; `None`: as the test's own user.
+    pub os_user: Option<String>,
 }
 
 /// Logs one line that introduces a phase of a test.
@@ -98,7 +103,22 @@ impl Cluster {
             procs: (0..n).map(|_| None).collect(),
             password: secrets.superuser_password,
             tls,
+            bin: PathBuf::from(BIN),
+            os_user: None,
         }
+    }
+
+    /// From now on nodes run as `user`, who gets the whole cluster directory (configs,
+    /// password files, TLS keys, data), as an operator gives /etc/raftpg and /var/lib/raftpg
+    /// to raftpg's user.
+    pub fn run_as(&mut self, user: &str) {
+        let status = Command::new("chown")
+            .args(["-R", &format!("{user}:{user}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run chown");
+        assert!(status.success(), "chown -R {user} {}", self.dir.path().display());
+        self.os_user = Some(user.to_string());
     }
 
     pub fn config_path(&self, k: u16) -> PathBuf {
@@ -115,7 +135,20 @@ impl Cluster {
             .append(true)
             .open(self.log_path(k))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match &self.os_user {
+            Some(user) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+                    .arg(&self.bin);
+                // systemd's User= sets HOME and USER to that user's.
+                if let Ok(Some(u)) = nix::unistd::User::from_name(user) {
+                    c.env("HOME", u.dir).env("USER", user).env("LOGNAME", user);
+                }
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(self.config_path(k))
             .env("RUST_LOG", "info,openraft=error")
