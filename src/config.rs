@@ -54,6 +54,8 @@ pub struct Config {
     /// Scripts run when the local PostgreSQL starts, stops or changes role.
     #[serde(default)]
     pub hooks: crate::agent::hooks::HooksSection,
+    /// A floating IP that follows the primary's lease.
+    pub vip: Option<crate::agent::vip::VipSection>,
 }
 
 /// `[http]`: the health checks stay readable without credentials (HAProxy's checks work
@@ -449,6 +451,9 @@ impl Config {
         self.raft.validate()?;
         self.postgres.validate()?;
         self.trust_only_on_loopback()?;
+        if let Some(v) = &self.vip {
+            v.validate()?;
+        }
         if self.hooks.timeout_s == 0 {
             return err("hooks.timeout_s", "must be 1 or more (seconds)".into());
         }

@@ -46,6 +46,11 @@ enum Cmd {
         lease_file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// `[vip]`: the floating IP (ADDRESS/PREFIX) removed when the keeper fences.
+        #[arg(long, requires = "vip_interface")]
+        vip_address: Option<String>,
+        #[arg(long)]
+        vip_interface: Option<String>,
     },
 }
 
@@ -130,8 +135,18 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Cmd::FenceKeeper { lease_file, data_dir } = &cli.command {
-        raftpg::agent::keeper::run(lease_file, data_dir);
+    if let Cmd::FenceKeeper {
+        lease_file,
+        data_dir,
+        vip_address,
+        vip_interface,
+    } = &cli.command
+    {
+        let vip = vip_address
+            .clone()
+            .zip(vip_interface.clone())
+            .map(|(address, interface)| raftpg::agent::vip::VipSection { address, interface });
+        raftpg::agent::keeper::run(lease_file, data_dir, vip.as_ref());
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -259,10 +274,11 @@ fn reload_plan(path: &std::path::Path, running: &Config) -> Result<Vec<String>, 
         "postgres" => format!("{:?}", c.postgres),
         "tls" => format!("{:?} {}", c.tls, c.insecure),
         "http" => format!("{:?}", c.http),
+        "vip" => format!("{:?}", c.vip),
         _ => format!("{:?}", c.hooks),
     };
     let mut changes = Vec::new();
-    for name in ["cluster", "members", "raft", "postgres", "tls", "http", "hooks"] {
+    for name in ["cluster", "members", "raft", "postgres", "tls", "http", "hooks", "vip"] {
         if section(&new, name) != section(running, name) {
             changes.push(match name {
                 "members" => {

@@ -48,6 +48,11 @@ pub struct View {
 impl Cluster {
     /// Writes every node's configuration under `dir`; starts nothing.
     pub fn create(dir: &Path, n: u16, raftpg: &Path) -> anyhow::Result<Cluster> {
+        Cluster::create_with(dir, n, raftpg, "")
+    }
+
+    /// The same, with `extra` TOML appended to every node's configuration.
+    pub fn create_with(dir: &Path, n: u16, raftpg: &Path, extra: &str) -> anyhow::Result<Cluster> {
         // Every path a node sees is absolute: PostgreSQL's tools run as
         // another user in another directory.
         let dir = &std::path::absolute(dir)?;
@@ -64,7 +69,7 @@ impl Cluster {
         for k in 1..=n {
             let node_dir = dir.join(name(k));
             fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
-            fs::write(node_dir.join("raftpg.toml"), render_config(&node_dir, k, n))?;
+            fs::write(node_dir.join("raftpg.toml"), render_config(&node_dir, k, n) + extra)?;
             let password_file = node_dir.join("password");
             fs::write(&password_file, format!("{PASSWORD}\n"))?;
             fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600))?;

@@ -109,7 +109,11 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    pub fn spawn(lease_file: &Path, data_dir: &Path) -> anyhow::Result<Keeper> {
+    pub fn spawn(
+        lease_file: &Path,
+        data_dir: &Path,
+        vip: Option<&crate::agent::vip::VipSection>,
+    ) -> anyhow::Result<Keeper> {
         let found = LeaseFile::read(lease_file);
         let boot = boot_id();
         let inherited = inherited_expiry(&found, boot.as_deref());
@@ -119,16 +123,19 @@ impl Keeper {
                 e.saturating_sub(monotonic_ns()) / 1_000_000
             );
         }
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.arg("fence-keeper")
+            .arg("--lease-file")
+            .arg(lease_file)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(std::process::Stdio::null());
+        if let Some(v) = vip {
+            cmd.args(["--vip-address", &v.address, "--vip-interface", &v.interface]);
+        }
         let mut k = Keeper {
             file: lease_file.to_path_buf(),
-            child: std::process::Command::new(std::env::current_exe()?)
-                .arg("fence-keeper")
-                .arg("--lease-file")
-                .arg(lease_file)
-                .arg("--data-dir")
-                .arg(data_dir)
-                .stdin(std::process::Stdio::null())
-                .spawn()?,
+            child: cmd.spawn()?,
             written: None,
             inherited,
             boot,
@@ -204,7 +211,7 @@ fn reap_in_background(pid: u32) {
 }
 
 /// The keeper process's main loop.
-pub fn run(lease_file: &Path, data_dir: &Path) {
+pub fn run(lease_file: &Path, data_dir: &Path, vip: Option<&crate::agent::vip::VipSection>) {
     let parent = getppid();
     let me = std::process::id();
     let mut in_charge = false;
@@ -221,6 +228,10 @@ pub fn run(lease_file: &Path, data_dir: &Path) {
         let now = monotonic_ns();
         if expiry != 0 && now >= expiry && expiry != fenced_for {
             fenced_for = expiry;
+            // The floating IP first: it must be gone before another node may take it.
+            if let Some(v) = vip {
+                crate::agent::vip::release_now(v);
+            }
             fence(data_dir);
         }
         if getppid() != parent && (expiry == 0 || now >= expiry) {

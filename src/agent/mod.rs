@@ -11,6 +11,7 @@ mod exec;
 pub mod hooks;
 pub mod keeper;
 pub mod pgfiles;
+pub mod vip;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,6 +148,9 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
             stop.clone(),
         ),
     );
+    if let Some(v) = node.cfg.vip.clone() {
+        node.spawn("vip", vip::run(node.clone(), agent.holder.clone(), v, stop.clone()));
+    }
     node.spawn("agent", agent.run(stop));
 }
 
@@ -486,7 +490,7 @@ async fn lease_loop(
     let mut client = ReportClient::new(node.transport.clone());
     let mut fenced_expiry: Option<Instant> = None;
     let lease_file = pg.ctl.socket_dir.join("lease");
-    let mut keeper = match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir) {
+    let mut keeper = match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir, node.cfg.vip.as_ref()) {
         Ok(k) => Some(k),
         Err(e) => {
             tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");

@@ -103,7 +103,12 @@ impl PgNode {
             run_as,
             data_dir,
             socket_dir,
-            listen_addresses: p.listen_addresses.clone().unwrap_or_else(|| host.to_string()),
+            // With a floating IP PostgreSQL must also answer on it, and it comes and goes:
+            // listen on every address (pg_hba.conf still decides who gets in).
+            listen_addresses: p.listen_addresses.clone().unwrap_or_else(|| match cfg.vip {
+                Some(_) => "*".to_string(),
+                None => host.to_string(),
+            }),
             port,
             log_file,
             ssl_root_cert: None,
