@@ -16,7 +16,30 @@ use tokio::time::Instant;
 
 const FORM: Duration = Duration::from_secs(120);
 const FAILOVER: Duration = Duration::from_secs(30);
-const ROWS: i64 = 20_000;
+/// Rows in the adopted database (`ADOPT_ROWS` for a bigger measurement).
+fn rows() -> i64 {
+    common::count_from_env("ADOPT_ROWS", 20_000) as i64
+}
+
+/// Seconds between the first log line of `log` containing `from` and the first after it
+/// containing `to` (raftpg's log lines start with an RFC 3339 time).
+fn between(log: &str, from: &str, to: &str) -> Option<f64> {
+    let at = |line: &str| -> Option<f64> {
+        let t = line.split_whitespace().next()?;
+        let time = t.split('T').nth(1)?.trim_end_matches('Z');
+        let mut parts = time.split(':');
+        let (h, m, s): (f64, f64, f64) = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        );
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let mut lines = log.lines();
+    let start = lines.by_ref().find(|l| l.contains(from)).and_then(at)?;
+    let end = lines.find(|l| l.contains(to)).and_then(at)?;
+    Some(end - start)
+}
 
 fn bin(tool: &str) -> PathBuf {
     raftpg::postgres::PgBinaries::find(None)
@@ -108,6 +131,13 @@ fn adopt_in_configs(c: &Cluster, adopt: &str) {
     }
 }
 
+async fn psql_size(c: &Cluster) -> String {
+    c.query_one(1, "SELECT pg_size_pretty(pg_database_size('postgres'))")
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluster_and_fails_over() {
     let mut c = Cluster::configured(20000, 3, "");
@@ -141,7 +171,10 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
     psql(
         &pgdata,
         own_port,
-        &format!("CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {ROWS}) g"),
+        &format!(
+            "CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {}) g",
+            rows()
+        ),
     );
     // Left behind by pg_basebackup -R or repmgr: would stream from a primary that is gone.
     psql(
@@ -152,7 +185,8 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
     let tli = psql(&pgdata, own_port, "SELECT timeline_id FROM pg_control_checkpoint()");
     let sysid = psql(&pgdata, own_port, "SELECT system_identifier FROM pg_control_system()");
     phase(&format!(
-        "n1's database: {ROWS} rows, timeline {tli}, system {sysid}; running"
+        "n1's database: {} rows, timeline {tli}, system {sysid}; running",
+        rows()
     ));
 
     phase("n2 holds another system's database (stopped); n3's data directory is empty");
@@ -165,9 +199,16 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
     }
     let primary = c.wait_streaming(2, FORM).await;
     assert_eq!(primary, 1, "the adopted member is the first primary");
+    let size = psql_size(&c).await;
     phase(&format!(
-        "adopted and both standbys stream {:?} after raftpg started",
-        adopt_started.elapsed()
+        "adopted and both standbys stream {:?} after raftpg started ({} rows, database {size})",
+        adopt_started.elapsed(),
+        rows()
+    ));
+    let down = between(&c.log_of(1), "under raftpg", "adopted: recording my database");
+    phase(&format!(
+        "the adopted primary was down {:.2} s (clean stop to start under raftpg)",
+        down.expect("both steps are logged")
     ));
     let s = c.status(1).await.expect("status");
     let p = s.primary.as_ref().expect("a recorded primary");
@@ -188,7 +229,7 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
             .query_one(k, "SELECT count(*), sum(id) FROM kept")
             .await
             .expect("query");
-        assert_eq!(row.get::<_, i64>(0), ROWS, "n{k} holds every row");
+        assert_eq!(row.get::<_, i64>(0), rows(), "n{k} holds every row");
         let row = c
             .query_one(k, "SELECT system_identifier::text FROM pg_control_system()")
             .await
@@ -228,7 +269,7 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
     ));
     let survivor = (first.port - 20000) as u16;
     let row = c.query_one(survivor, "SELECT count(*) FROM kept").await.unwrap();
-    assert_eq!(row.get::<_, i64>(0), ROWS, "the new primary holds every adopted row");
+    assert_eq!(row.get::<_, i64>(0), rows(), "the new primary holds every adopted row");
 
     phase("n1 comes back and follows the new primary");
     c.start_node(1);
@@ -237,5 +278,5 @@ async fn a_running_standalone_postgres_on_timeline_2_becomes_a_three_node_cluste
     let nodes: Vec<u16> = (1..=3).collect();
     c.assert_no_loss(w, &nodes, FORM).await;
     let row = c.query_one(1, "SELECT count(*) FROM kept").await.unwrap();
-    assert_eq!(row.get::<_, i64>(0), ROWS);
+    assert_eq!(row.get::<_, i64>(0), rows());
 }
