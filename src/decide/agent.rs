@@ -313,6 +313,12 @@ fn adopt(i: &AgentInput) -> Decision {
             vec![Action::Stop],
             "adopting: stopping the running PostgreSQL cleanly (fast) to restart it under raftpg's configuration",
         ),
+        // Whether it was a standby decides between a promotion (a timeline of its own) and
+        // a plain start: never guessed.
+        Local::Stopped { control: None } => Decision::idle(
+            "adopting: pg_controldata cannot read the database's control file, so whether it was a primary or a \
+             standby is unknown: check PGDATA and [postgres] bin_dir (the same major version)",
+        ),
         Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
             vec![Action::AdoptConfig, Action::StartStandby],
             "adopting a standby whose primary is gone: starting it without a primary, to promote it",

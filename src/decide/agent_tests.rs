@@ -1023,6 +1023,11 @@ fn the_adopted_member_takes_over_its_database_without_initdb() {
         decide(&i).actions,
         [Action::AdoptConfig, Action::StartPrimary { gated: false }]
     );
+    // An unreadable control file: nothing is guessed.
+    let unreadable = Local::Stopped { control: None };
+    i.local = &unreadable;
+    let d = decide(&i);
+    assert!(d.actions.is_empty() && d.reason.contains("pg_controldata"), "{d:?}");
     // A standby whose primary is gone: started without one, then promoted.
     let standby = of_system("shut down in recovery", 9);
     i.local = &standby;
