@@ -77,18 +77,17 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
             };
             let pg_state = match current.or(report.filter(|(a, _)| *a <= stale).map(|(_, r)| r)) {
                 None => "unknown".to_string(),
-                Some(r) if r.pg == PgRole::NoData && crate::decide::report::cloning_state(&r.reason).is_some() => {
-                    crate::decide::report::cloning_state(&r.reason).unwrap_or_default()
-                }
                 Some(r) => match r.pg {
-                    PgRole::Primary => "running",
-                    PgRole::Standby if r.streaming => "streaming",
-                    PgRole::Standby => "in recovery",
-                    PgRole::Stopped => "stopped",
-                    PgRole::NoData => "no data",
-                    PgRole::Unknown => "unknown",
-                }
-                .to_string(),
+                    // A member that clones says how far it got (`cloning 45%`).
+                    PgRole::NoData => {
+                        crate::decide::report::cloning_state(&r.reason).unwrap_or_else(|| "no data".into())
+                    }
+                    PgRole::Primary => "running".into(),
+                    PgRole::Standby if r.streaming => "streaming".into(),
+                    PgRole::Standby => "in recovery".into(),
+                    PgRole::Stopped => "stopped".into(),
+                    PgRole::Unknown => "unknown".into(),
+                },
             };
             let lag_bytes = match (primary, current) {
                 (_, Some(_)) if state.primary_name() == Some(m.name.as_str()) => Some(0),

@@ -152,17 +152,20 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
     out
 }
 
+/// Parameters whose value PostgreSQL must take from raftpg's postgresql.conf besides the
+/// managed ones: the TLS files, and the crash and commit behaviour raftpg relies on.
+pub const CHECKED: [&str; 6] = [
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "restart_after_crash",
+    "synchronous_commit",
+];
+
 /// `postgresql.auto.conf` without the lines that set a parameter raftpg manages, or one it
 /// checks (`ssl*`, `restart_after_crash`, `synchronous_commit`): (kept text, dropped names).
 pub fn without_managed(auto_conf: &str) -> (String, Vec<String>) {
-    const ALSO: [&str; 6] = [
-        "ssl",
-        "ssl_cert_file",
-        "ssl_key_file",
-        "ssl_ca_file",
-        "restart_after_crash",
-        "synchronous_commit",
-    ];
     let mut kept = String::new();
     let mut dropped = Vec::new();
     for line in auto_conf.lines() {
@@ -172,7 +175,7 @@ pub fn without_managed(auto_conf: &str) -> (String, Vec<String>) {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if !name.starts_with('#') && (MANAGED.contains(&name.as_str()) || ALSO.contains(&name.as_str())) {
+        if !name.starts_with('#') && (MANAGED.contains(&name.as_str()) || CHECKED.contains(&name.as_str())) {
             dropped.push(name);
         } else {
             kept.push_str(line);

@@ -161,17 +161,6 @@ impl Observer {
     }
 }
 
-/// Parameters whose value PostgreSQL must take from raftpg's postgresql.conf: the managed
-/// ones, the TLS files, and the crash behaviour raftpg relies on.
-const CHECKED: [&str; 6] = [
-    "ssl",
-    "ssl_cert_file",
-    "ssl_key_file",
-    "ssl_ca_file",
-    "restart_after_crash",
-    "synchronous_commit",
-];
-
 /// (name, value, file) of every checked parameter set by another configuration file;
 /// `synchronous_commit` only when it is weaker than `on` (a failover could lose writes).
 const OVERRIDDEN: &str = "SELECT name, setting, sourcefile FROM pg_settings \
@@ -187,7 +176,7 @@ impl Observer {
         };
         let names: Vec<&str> = crate::cluster::params::MANAGED
             .iter()
-            .chain(CHECKED.iter())
+            .chain(crate::postgres::conf::CHECKED.iter())
             .copied()
             .collect();
         let rows = s.client.query(OVERRIDDEN, &[&names]).await?;
