@@ -107,8 +107,12 @@ async fn a_failing_pre_promote_vetoes_its_candidate_and_the_next_one_is_promoted
     let w = Writer::start(&c.libpq()).await;
     w.wait_ack_after(Instant::now(), None, FAILOVER).await;
 
-    phase(&format!("ctl failover --to n{vetoed}, whose pre_promote exits 3"));
-    let out = c.ctl_ok(&["failover", "--to", &format!("n{vetoed}")]);
+    // A switchover: the old primary stops cleanly after handing all its WAL to both
+    // standbys, so the other one holds everything too and may be promoted in its place. (In
+    // a failover the vetoed target can be the only member holding the last acknowledged
+    // write: the failover then waits for it, as the README says.)
+    phase(&format!("ctl switchover --to n{vetoed}, whose pre_promote exits 3"));
+    let out = c.ctl_ok(&["switchover", "--to", &format!("n{vetoed}")]);
     assert!(
         out.contains(&format!(
             "n{vetoed}'s pre_promote hook refused the promotion; n{other} was promoted instead"

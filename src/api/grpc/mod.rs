@@ -111,6 +111,17 @@ impl ControlServer {
         }))
     }
 
+    /// The last recorded change of primary went to another member because a candidate's
+    /// pre_promote hook refused (`VetoCandidate` names the hook in the reason).
+    fn last_change_vetoed(&self) -> bool {
+        self.node
+            .state()
+            .state
+            .history
+            .last()
+            .is_some_and(|h| h.reason.contains("pre_promote"))
+    }
+
     async fn reply(&self, cmd: Command) -> Result<Response<pb::CommandReply>, Status> {
         let c = self.commit(cmd).await?;
         Ok(Response::new(pb::CommandReply {
@@ -263,6 +274,11 @@ impl Control for ControlServer {
                 "switched over from {from_name} to {} (timeline {}, generation {}) in {} ms",
                 r.primary, r.timeline, r.generation, r.took_ms
             )
+        } else if self.last_change_vetoed() {
+            format!(
+                "{}'s pre_promote hook refused the promotion; {} was promoted instead (timeline {}, generation {})",
+                req.to, r.primary, r.timeline, r.generation
+            )
         } else {
             format!(
                 "the switchover stalled and became a failover: {} is the primary (timeline {}, generation {})",
@@ -317,14 +333,7 @@ impl Control for ControlServer {
                 "failed over to {} (timeline {}, generation {}) in {} ms",
                 r.primary, r.timeline, r.generation, r.took_ms
             )
-        } else if self
-            .node
-            .state()
-            .state
-            .history
-            .last()
-            .is_some_and(|h| h.reason.contains("pre_promote"))
-        {
+        } else if self.last_change_vetoed() {
             format!(
                 "{}'s pre_promote hook refused the promotion; {} was promoted instead (timeline {}, generation {})",
                 req.to, r.primary, r.timeline, r.generation
