@@ -129,10 +129,15 @@ pub fn sweep() -> anyhow::Result<Vec<String>> {
         else {
             continue;
         };
-        // Deleting a namespace deletes the peers of its veths: only what is still there.
-        if name.starts_with("rpj-") && sh("ip", &["link", "show", &name]).is_ok() {
-            sh("ip", &["link", "del", &name])?;
-            removed.push(format!("link {name}"));
+        // Deleting a namespace deletes the peers of its veths, but the kernel
+        // does it after `ip netns del` returns: a link listed here may be gone
+        // by the time it is deleted. Only a link that is still there is an error.
+        if name.starts_with("rpj-") {
+            match sh("ip", &["link", "del", &name]) {
+                Ok(_) => removed.push(format!("link {name}")),
+                Err(_) if sh("ip", &["link", "show", &name]).is_err() => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     for g in groups {
