@@ -2,7 +2,8 @@
 //! fences PostgreSQL when the primary's lease runs out, even if raftpg itself is
 //! frozen (SIGSTOP), killed, or restarting. raftpg writes the lease expiry, as a
 //! CLOCK_MONOTONIC time shared by all processes of the machine, to a file; the
-//! keeper reads it every 20 ms and stops the postmaster (SIGQUIT: immediate
+//! keeper reads it when that time comes (and at least every 100 ms, to see a new
+//! owner, a disarm or its parent gone) and stops the postmaster (SIGQUIT: immediate
 //! shutdown, then SIGKILL) once it has passed. "0" means disarmed (not the
 //! primary, or paused).
 //!
@@ -21,7 +22,11 @@ use std::time::Duration;
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::getppid;
 
-const POLL: Duration = Duration::from_millis(20);
+/// The longest sleep between two reads of the lease file. Renewals only move the expiry
+/// later, so the keeper wakes at the expiry it read; this bounds how late it sees an
+/// expiry moved earlier (a new lease acquired right after another), a new owner, or a
+/// parent gone. An idle keeper then wakes 10 times a second, not 50.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Now on CLOCK_MONOTONIC, in nanoseconds.
 pub fn monotonic_ns() -> u64 {
@@ -237,7 +242,16 @@ pub fn run(lease_file: &Path, data_dir: &Path, vip: Option<&crate::agent::vip::V
         if getppid() != parent && (expiry == 0 || now >= expiry) {
             return;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(until_next_read(expiry, now));
+    }
+}
+
+/// How long the keeper sleeps before it reads the lease file again: until the expiry it
+/// read, at most `MAX_SLEEP`.
+fn until_next_read(expiry_ns: u64, now_ns: u64) -> Duration {
+    match expiry_ns {
+        0 => MAX_SLEEP,
+        e => Duration::from_nanos(e.saturating_sub(now_ns)).clamp(Duration::from_millis(1), MAX_SLEEP),
     }
 }
 
@@ -264,6 +278,16 @@ mod tests {
             owner,
             boot: boot.map(String::from),
         }
+    }
+
+    #[test]
+    fn the_keeper_wakes_at_the_expiry_and_at_least_every_max_sleep() {
+        const MS: u64 = 1_000_000;
+        assert_eq!(until_next_read(0, 5 * MS), MAX_SLEEP);
+        assert_eq!(until_next_read(5_030 * MS, 5_000 * MS), Duration::from_millis(30));
+        assert_eq!(until_next_read(9_000 * MS, 5_000 * MS), MAX_SLEEP);
+        // Passed (fenced already, or about to be): read again soon, never spin.
+        assert_eq!(until_next_read(4_000 * MS, 5_000 * MS), Duration::from_millis(1));
     }
 
     #[test]

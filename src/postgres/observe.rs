@@ -70,15 +70,24 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     current_setting('primary_conninfo'),
     ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1),
     current_setting('synchronous_standby_names'),
-    -- recovery_target_timeline is raftpg's own, and matters only when recovery starts.
-    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart AND name <> 'recovery_target_timeline' ORDER BY 1),
     (SELECT timeline_id FROM pg_control_checkpoint()),
-    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
-    (SELECT setting = 'current' FROM pg_settings WHERE name = 'recovery_target_timeline')";
+    pg_size_bytes(current_setting('wal_segment_size')),
+    current_setting('recovery_target_timeline') = 'current'";
+
+/// Parameters changed in the configuration that need a restart. `pg_settings` builds
+/// every parameter's row, the most expensive part of an observation by far, and this
+/// changes only with a reload: asked every `PENDING_RESTART_EVERY`, not every tick.
+/// `recovery_target_timeline` is raftpg's own, and matters only when recovery starts.
+const PENDING_RESTART: &str = "SELECT coalesce(array_agg(name::text ORDER BY name), '{}') FROM pg_settings \
+     WHERE pending_restart AND name <> 'recovery_target_timeline'";
+const PENDING_RESTART_EVERY: Duration = Duration::from_secs(2);
+
+/// Run once per session: the write probe then commits locally (see `query_state`).
+const SESSION_SETUP: &str = "SET synchronous_commit = local";
 
 /// The write probe: commits a transaction that has an xid, so its commit record is
 /// written and flushed (the session runs with synchronous_commit = local).
-const WRITE_PROBE: &str = "SET synchronous_commit = local; SELECT txid_current()";
+const WRITE_PROBE: &str = "SELECT txid_current()";
 
 /// The WAL segment files in pg_wal; asked only of a standby with no walreceiver.
 const WAL_SEGMENTS: &str = "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
@@ -121,6 +130,10 @@ pub struct Observer {
 struct Session {
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
+    /// The statements of every tick, parsed and planned once per session.
+    statements: Statements,
+    /// The last answer to `PENDING_RESTART`, and when it was asked.
+    pending_restart: Option<(tokio::time::Instant, Vec<String>)>,
 }
 
 impl Drop for Session {
@@ -154,10 +167,29 @@ impl Observer {
             let connection = tokio::spawn(async move {
                 let _ = connection.await;
             });
-            self.session = Some(Session { client, connection });
+            client.batch_execute(SESSION_SETUP).await?;
+            let statements = Statements {
+                state: client.prepare(QUERY).await?,
+                replication: client.prepare(REPLICATION).await?,
+                write_probe: client.prepare(WRITE_PROBE).await?,
+            };
+            self.session = Some(Session {
+                client,
+                connection,
+                statements,
+                pending_restart: None,
+            });
         }
-        let client = &self.session.as_ref().expect("connected above").client;
-        query_state(client).await
+        let session = self.session.as_mut().expect("connected above");
+        let mut state = query_state(&session.client, &session.statements).await?;
+        let now = tokio::time::Instant::now();
+        let asked = match session.pending_restart.take() {
+            Some((at, names)) if now.saturating_duration_since(at) < PENDING_RESTART_EVERY => (at, names),
+            _ => (now, session.client.query_one(PENDING_RESTART, &[]).await?.get(0)),
+        };
+        state.pending_restart = asked.1.clone();
+        session.pending_restart = Some(asked);
+        Ok(state)
     }
 }
 
@@ -197,9 +229,17 @@ impl Observer {
     }
 }
 
-async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_postgres::Error> {
-    let row = client.query_one(QUERY, &[]).await;
-    let rows = client.query(REPLICATION, &[]).await;
+/// Prepared on connecting: an observation is then two or three round trips of bind and
+/// execute, with no parsing or planning in the server.
+struct Statements {
+    state: tokio_postgres::Statement,
+    replication: tokio_postgres::Statement,
+    write_probe: tokio_postgres::Statement,
+}
+
+async fn query_state(client: &tokio_postgres::Client, st: &Statements) -> Result<PgState, tokio_postgres::Error> {
+    let row = client.query_one(&st.state, &[]).await;
+    let rows = client.query(&st.replication, &[]).await;
     let row = row?;
     let received_tli: Option<i32> = row.get(5);
     let in_recovery: bool = row.get(0);
@@ -215,7 +255,7 @@ async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_p
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let seg_size = row.get::<_, Option<i64>>(12).and_then(|s| u64::try_from(s).ok());
+            let seg_size = row.get::<_, Option<i64>>(11).and_then(|s| u64::try_from(s).ok());
             seg_size.and_then(|size| timeline_of_wal(&names, at, size))
         }
         _ => None,
@@ -225,7 +265,7 @@ async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_p
     // missing standby is not mistaken for a hung primary; a hung disk or a frozen
     // backend makes the observation time out, and `Unknown` renews no lease.
     if !in_recovery {
-        client.batch_execute(WRITE_PROBE).await?;
+        client.query_one(&st.write_probe, &[]).await?;
     }
     let replication = rows?
         .iter()
@@ -238,7 +278,7 @@ async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_p
         .collect();
     let lsn = |i: usize| row.get::<_, Option<PgLsn>>(i).map(u64::from);
     let primary_tli: Option<i32> = row.get(2);
-    let checkpoint_tli: Option<i32> = row.get(11);
+    let checkpoint_tli: Option<i32> = row.get(10);
     let standby_tli = received_tli.and_then(|t| u32::try_from(t).ok()).or(wal_tli);
     Ok(PgState {
         in_recovery,
@@ -254,8 +294,8 @@ async fn query_state(client: &tokio_postgres::Client) -> Result<PgState, tokio_p
         replication,
         slots: row.get(8),
         sync_names: row.get(9),
-        pending_restart: row.get(10),
-        timeline_pinned: in_recovery && row.get::<_, Option<bool>>(13) == Some(true),
+        pending_restart: Vec::new(),
+        timeline_pinned: in_recovery && row.get::<_, Option<bool>>(12) == Some(true),
     })
 }
 
