@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -12,8 +13,11 @@ use tokio::time::Instant;
 use crate::decide::controller::{decide, ControllerAction, ControllerInput};
 use crate::node::{Node, ProposeError};
 
-/// Re-evaluate at least this often (the lease clock is checked here).
+/// On the Raft leader, re-evaluate at least this often (the lease clock is checked here).
 const TICK: Duration = Duration::from_millis(50);
+/// Elsewhere the controller has nothing to do: it wakes when the Raft role or the applied
+/// state changes, and at least this often.
+const FOLLOWER_TICK: Duration = Duration::from_secs(1);
 /// Reports older than this are ignored: that member is Unknown.
 const REPORT_MAX_AGE: Duration = Duration::from_millis(2_000);
 /// After handing leadership away, wait this long before trying again.
@@ -35,12 +39,17 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     // What the controller's timer runs for (`timer_key`), and since when.
     let mut pending_since: Option<((u64, Option<String>), Instant)> = None;
     let mut changes = node.subscribe();
+    let mut raft_metrics = node.raft.server_metrics();
+    let mut raft_stopped = false;
     loop {
+        let tick = if was_leader { TICK } else { FOLLOWER_TICK };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = node.book.changed.notified() => {}
             _ = changes.changed() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            // Once Raft stopped (an error), only the stop or the tick wakes it.
+            r = raft_metrics.changed(), if !was_leader && !raft_stopped => raft_stopped = r.is_err(),
+            _ = tokio::time::sleep(tick) => {}
         }
         let metrics = node.metrics();
         let leader = metrics.state == ServerState::Leader;

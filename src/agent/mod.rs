@@ -30,8 +30,19 @@ use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
 pub use pgfiles::PgNode;
 
-/// Tick when nothing happened; a tick that acted is followed at once by another.
-const IDLE_TICK: Duration = Duration::from_millis(250);
+/// Tick when nothing happened: once per renewal interval (`lease_ms / 4`, the lease
+/// task's period), at most every `IDLE_TICK_MAX`. Each tick's observation is then at most
+/// one interval old when a renewal rests on it, well inside `lease::observation_max_age_ms`
+/// (half a lease); changes of the applied state wake the agent at once, whatever the tick.
+/// A tick that acted is followed at once by another.
+const IDLE_TICK_MAX: Duration = Duration::from_millis(500);
+const IDLE_TICK_MIN: Duration = Duration::from_millis(50);
+/// A failing action's retries back off from twice this.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+
+fn idle_tick(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms / 4).clamp(IDLE_TICK_MIN, IDLE_TICK_MAX)
+}
 const BUSY_TICK: Duration = Duration::from_millis(20);
 /// A local query takes milliseconds; past this the server counts as hung (`Unknown`).
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -164,13 +175,14 @@ impl Agent {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(delay) => {}
             }
+            let idle = idle_tick(self.node.state().state.ha.lease_ms);
             delay = match self.tick().await {
                 Ok(acted) => {
                     self.failures = 0;
                     if acted {
                         BUSY_TICK
                     } else {
-                        IDLE_TICK
+                        idle
                     }
                 }
                 // A failing action is retried after 0.5, 1, 2, 4, then every 8 s; the
@@ -179,7 +191,7 @@ impl Agent {
                 // must not cost the lease while it waits.
                 Err(()) => {
                     self.failures = (self.failures + 1).min(5);
-                    let backoff = IDLE_TICK * 2u32.pow(self.failures);
+                    let backoff = RETRY_BASE * 2u32.pow(self.failures);
                     let state = self.node.state().state;
                     if wanted(&state, &self.pg.me) == Wanted::Primary {
                         let fresh = crate::lease::observation_max_age_ms(state.ha.lease_ms) / 2;
@@ -576,7 +588,7 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// Resolves once this node's Raft leader is no longer `leader` (never if Raft stopped).
 async fn leader_moves_from(node: &Node, leader: Option<u64>) {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
     loop {
         if rx.borrow_watched().current_leader != leader {
             return;

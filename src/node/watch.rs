@@ -15,15 +15,18 @@ use crate::cluster::Command;
 const NO_LEADER_REPEAT: Duration = Duration::from_secs(5);
 
 /// Logs each change of Raft role, term or leader, and warns while there is no leader.
+/// Wakes on a change of role or leader (`server_metrics`, not the full metrics that change
+/// with every heartbeat) and every second.
 pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
-    let mut metrics = node.raft.metrics();
+    let mut server = node.raft.server_metrics();
     let mut last: Option<(ServerState, Option<u64>)> = None;
     let no_leader_after = Duration::from_millis(node.cfg.raft.election_timeout_max_ms * 2);
     let mut leaderless_since: Option<Instant> = None;
     let mut warned_at: Option<Instant> = None;
     loop {
+        server.borrow_and_update();
         let (state, leader, term, quorum_acked) = {
-            let m = metrics.borrow_and_update();
+            let m = node.raft.metrics().borrow_watched().clone();
             (m.state, m.current_leader, m.current_term, m.last_quorum_acked)
         };
         if last != Some((state, leader)) {
@@ -57,7 +60,7 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = server.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(NO_LEADER_REPEAT / 5) => {}
             _ = stop.changed() => return,
         }
@@ -88,7 +91,7 @@ impl Contact {
 ///
 /// The controller of the PostgreSQL issue grows out of this loop.
 pub async fn leader_duties(node: Node, mut stop: watch::Receiver<bool>) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft.server_metrics();
     let mut applied = node.subscribe();
     loop {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
