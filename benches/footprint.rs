@@ -6,8 +6,9 @@
 //! the PostgreSQL server with every backend (those that came and went included: a parent's
 //! reaped children count in its own times); and the whole machine's busy time.
 //!
-//! `cargo bench --bench footprint` (WINDOW=seconds, ROUNDS=windows, default 1).
-//! Prints percentages of one core.
+//! `cargo bench --bench footprint` (WINDOW=seconds, ROUNDS=windows, default 1;
+//! EXTRA_CONFIG=TOML appended to every node's configuration, to measure other settings,
+//! for example `EXTRA_CONFIG=$'[raft]\nheartbeat_ms = 150'`). Prints percentages of one core.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -21,7 +22,11 @@ fn main() {
     let rounds = common::count_from_env("ROUNDS", 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = common::Cluster::start(16000, 3, "");
+        let extra = std::env::var("EXTRA_CONFIG").unwrap_or_default();
+        if !extra.is_empty() {
+            println!("every node's configuration ends with:\n{extra}");
+        }
+        let c = common::Cluster::start(16000, 3, &extra);
         c.wait_streaming(2, WAIT).await;
         // Let the start-up work (clones, slots, leadership moves) finish.
         tokio::time::sleep(Duration::from_secs(10)).await;

@@ -195,7 +195,12 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     let text = std::fs::read_to_string(&conf).unwrap() + "\nrecovery_target_timeline = 'current'\n";
     write(conf, &text);
     pg.start(T).await.expect("start in recovery");
+    let control = pg.data_dir.join("global/pg_control");
+    // DB_IN_ARCHIVE_RECOVERY, read from the file's head as promote() reads it.
+    assert_eq!(raftpg::postgres::ctl::control_state(&control), Some(5));
     pg.promote(T).await.expect("promote");
+    // promote() returns once the control file says DB_IN_PRODUCTION (as pg_ctl -w waits).
+    assert_eq!(raftpg::postgres::ctl::control_state(&control), Some(6));
     let timeline = async {
         loop {
             if let Observation::Up(s) = observe(&conninfo, Duration::from_secs(5)).await {
