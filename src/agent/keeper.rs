@@ -247,12 +247,13 @@ pub fn run(lease_file: &Path, data_dir: &Path, vip: Option<&crate::agent::vip::V
 }
 
 /// How long the keeper sleeps before it reads the lease file again: until the expiry it
-/// read, at most `MAX_SLEEP`.
+/// read, at most `MAX_SLEEP`. Disarmed, or past the expiry (fenced already: a frozen raftpg
+/// leaves that expiry in the file until it runs again), there is nothing to wait for.
 fn until_next_read(expiry_ns: u64, now_ns: u64) -> Duration {
-    match expiry_ns {
-        0 => MAX_SLEEP,
-        e => Duration::from_nanos(e.saturating_sub(now_ns)).clamp(Duration::from_millis(1), MAX_SLEEP),
+    if expiry_ns == 0 || expiry_ns <= now_ns {
+        return MAX_SLEEP;
     }
+    Duration::from_nanos(expiry_ns - now_ns).clamp(Duration::from_millis(1), MAX_SLEEP)
 }
 
 fn fence(data_dir: &Path) {
@@ -286,8 +287,10 @@ mod tests {
         assert_eq!(until_next_read(0, 5 * MS), MAX_SLEEP);
         assert_eq!(until_next_read(5_030 * MS, 5_000 * MS), Duration::from_millis(30));
         assert_eq!(until_next_read(9_000 * MS, 5_000 * MS), MAX_SLEEP);
-        // Passed (fenced already, or about to be): read again soon, never spin.
-        assert_eq!(until_next_read(4_000 * MS, 5_000 * MS), Duration::from_millis(1));
+        // Passed: fenced in this round already; a frozen raftpg does not make it spin.
+        assert_eq!(until_next_read(4_000 * MS, 5_000 * MS), MAX_SLEEP);
+        assert_eq!(until_next_read(5_000 * MS, 5_000 * MS), MAX_SLEEP);
+        assert_eq!(until_next_read(5_000 * MS + 10, 5_000 * MS), Duration::from_millis(1));
     }
 
     #[test]
