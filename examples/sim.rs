@@ -1,6 +1,6 @@
 //! A long simulation campaign, or the replay of one seed.
 //!
-//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3]
+//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1]
 //!     cargo run --release --example sim -- --seed 4242        # replay: prints the trace
 //!
 //! Exits 1 if any seed breaks an invariant; prints each failing seed with its trace.
@@ -25,10 +25,10 @@ fn main() -> ExitCode {
     if let Some(unknown) = args
         .iter()
         .enumerate()
-        .find(|(i, a)| i % 2 == 0 && !["--seeds", "--from", "--nodes", "--seed"].contains(&a.as_str()))
+        .find(|(i, a)| i % 2 == 0 && !["--seeds", "--from", "--nodes", "--seed", "--operator"].contains(&a.as_str()))
     {
         eprintln!(
-            "unknown argument {}; use --seeds N [--from S] [--nodes K], or --seed S",
+            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync), or --seed S",
             unknown.1
         );
         return ExitCode::from(2);
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     if let Some(n) = value("--nodes") {
         cfg.nodes = n as usize;
     }
+    cfg.operator = value("--operator").is_some_and(|v| v != 0);
     if let Some(seed) = value("--seed") {
         let o = run(seed, &cfg);
         print!("{}", o.report());

@@ -254,7 +254,10 @@ async fn cluster(State(node): State<Node>) -> Response {
                 "reason": r.reason,
                 "raft": r.raft,
                 "raft_leader": r.raft_leader,
-                "tags": { "nofailover": r.nofailover, "failover_priority": r.failover_priority },
+                "tags": {
+                    "nofailover": r.nofailover, "failover_priority": r.failover_priority,
+                    "nosync": r.nosync, "noloadbalance": r.noloadbalance,
+                },
             })
         })
         .collect();

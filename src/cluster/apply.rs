@@ -5,10 +5,12 @@
 //! outcomes of a replicated log (two controllers raced, a view was stale),
 //! not errors of the node.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 use super::command::Command;
-use super::state::{ChangeKind, ClusterState, HistoryEntry, Member, Pending, PendingKind, Primary};
+use super::state::{ChangeKind, ClusterState, Flag, HistoryEntry, Member, Pending, PendingKind, Primary, TagChange};
 
 /// What an accepted command did, for logs and replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +104,7 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
                 .tags = tags.clone();
             format!("tags of {name} set")
         }
+        Command::ChangeTags { name, changes } => change_tags(state, name, changes)?,
         Command::ChooseBootstrap { node } => {
             known(state, node)?;
             if state.system_identifier.is_some() || state.primary.is_some() {
@@ -323,6 +326,65 @@ fn not_primary_or_target(state: &ClusterState, name: &str) -> Result<(), Rejecti
     Ok(())
 }
 
+/// Applies `changes` to `name`'s tags, in order. `nosync` takes effect through the
+/// controller's next `SetSyncStandbys`, which keeps the configuration the primary ran
+/// until it confirms the new one, as for every other change of the sync set.
+fn change_tags(state: &mut ClusterState, name: &str, changes: &[TagChange]) -> Result<String, Rejection> {
+    known(state, name)?;
+    if changes.is_empty() {
+        return Err(Rejection::BadConfig(format!("no tag to change for {name}")));
+    }
+    let mut tags = state.members[name].tags.clone();
+    let mut flags = state.flags.get(name).cloned().unwrap_or_default();
+    for change in changes {
+        match change {
+            TagChange::NoFailover(v) => tags.nofailover = *v,
+            TagChange::FailoverPriority(v) => tags.failover_priority = *v,
+            TagChange::Flag(f, true) => {
+                flags.insert(*f);
+            }
+            TagChange::Flag(f, false) => {
+                flags.remove(f);
+            }
+        }
+    }
+    let mut all = state.flags.clone();
+    if flags.is_empty() {
+        all.remove(name);
+    } else {
+        all.insert(name.to_string(), flags);
+    }
+    enough_sync_candidates(&state.members, &all, &format!("tagging {name} nosync"))?;
+    state.flags = all;
+    state.members.get_mut(name).expect("known").tags = tags;
+    let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    Ok(format!("tags of {name} changed: {}", changes.join(" ")))
+}
+
+/// Once any member is tagged `nosync`, at least two members must not be: otherwise one of
+/// them as primary would have no synchronous standby, and in quorum mode would acknowledge
+/// writes that no other member holds.
+fn enough_sync_candidates(
+    members: &BTreeMap<String, Member>,
+    flags: &BTreeMap<String, BTreeSet<Flag>>,
+    what: &str,
+) -> Result<(), Rejection> {
+    let nosync: Vec<&str> = members
+        .keys()
+        .filter(|m| flags.get(*m).is_some_and(|f| f.contains(&Flag::NoSync)))
+        .map(String::as_str)
+        .collect();
+    let free = members.len() - nosync.len();
+    if nosync.is_empty() || free >= 2 {
+        return Ok(());
+    }
+    Err(Rejection::BadConfig(format!(
+        "{what} would leave {free} member(s) not tagged nosync: at least two are needed, so that every primary \
+         has a synchronous standby (tagged nosync: {}); clear nosync on another member first",
+        nosync.join(", ")
+    )))
+}
+
 fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejection> {
     not_primary_or_target(state, name)?;
     // Its database is the cluster's data: nobody else may bootstrap in its place.
@@ -331,8 +393,12 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
             "{name} cannot be removed: the cluster adopts its existing database, which is not recorded yet"
         )));
     }
+    let mut after = state.members.clone();
+    after.remove(name);
+    enough_sync_candidates(&after, &state.flags, &format!("removing {name}"))?;
     state.members.remove(name);
     state.sync_standbys.remove(name);
+    state.flags.remove(name);
     // A member chosen to run initdb that is removed is chosen no more: the controller
     // chooses another (issue 11: the cluster waited for it forever).
     if state.bootstrap_node.as_deref() == Some(name) {
@@ -361,7 +427,7 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
         });
     }
     state.generation = 1;
-    state.sync_standbys = state.others(node);
+    state.sync_standbys = state.sync_candidates(node);
     state.system_identifier = Some(system_identifier);
     state.primary = Some(Primary {
         node: node.to_string(),

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cluster::testing::{member, three_members};
-use crate::cluster::{state::Tags, SyncMode};
+use crate::cluster::{state::Tags, SyncConfig, SyncMode, TagChange};
 
 fn initialized() -> ClusterState {
     three_members(&[])
@@ -700,6 +700,17 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 failover_priority: 0
             }
         }),
+        (name.clone(), any::<bool>(), any::<bool>()).prop_map(|(name, flag, on)| Command::ChangeTags {
+            name,
+            changes: vec![TagChange::Flag(
+                if flag {
+                    crate::cluster::Flag::NoSync
+                } else {
+                    crate::cluster::Flag::NoLoadBalance
+                },
+                on
+            )],
+        }),
         name.clone().prop_map(|node| Command::Bootstrap {
             node,
             system_identifier: 1
@@ -771,6 +782,12 @@ proptest! {
                 prop_assert!(s.members.contains_key(sb));
                 prop_assert!(s.primary_name() != Some(sb.as_str()));
             }
+            // Tags belong to members, and nosync always leaves two members that may be
+            // synchronous standbys.
+            prop_assert!(s.flags.keys().all(|n| s.members.contains_key(n)));
+            prop_assert!(s.flags.values().all(|f| !f.is_empty()));
+            let nosync = s.members.keys().filter(|n| s.has_flag(n, crate::cluster::Flag::NoSync)).count();
+            prop_assert!(nosync == 0 || s.members.len() - nosync >= 2, "{:?}", s.flags);
         }
         prop_assert_eq!(s.revision, accepted);
     }
@@ -956,4 +973,144 @@ fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
         ),
         Rejection::BadConfig(_)
     ));
+}
+
+fn change_tags(name: &str, changes: &[TagChange]) -> Command {
+    Command::ChangeTags {
+        name: name.into(),
+        changes: changes.to_vec(),
+    }
+}
+
+#[test]
+fn tags_change_at_runtime_in_order_and_only_those_named() {
+    use crate::cluster::Flag::{NoLoadBalance, NoSync};
+    let mut s = bootstrapped();
+    assert!(matches!(
+        rejected(&mut s, change_tags("nx", &[TagChange::NoFailover(true)])),
+        Rejection::UnknownMember(_)
+    ));
+    assert!(matches!(
+        rejected(&mut s, change_tags("n2", &[])),
+        Rejection::BadConfig(_)
+    ));
+    let a = apply(
+        &mut s,
+        &change_tags(
+            "n2",
+            &[
+                TagChange::NoFailover(true),
+                TagChange::FailoverPriority(3),
+                TagChange::Flag(NoLoadBalance, true),
+                TagChange::Flag(NoSync, true),
+                TagChange::Flag(NoSync, false),
+            ],
+        ),
+    )
+    .unwrap();
+    assert!(a.message.contains("nofailover=true"), "{}", a.message);
+    let m = &s.members["n2"];
+    assert_eq!((m.tags.nofailover, m.tags.failover_priority), (true, 3));
+    assert!(
+        s.has_flag("n2", NoLoadBalance) && !s.has_flag("n2", NoSync),
+        "the last change wins"
+    );
+    // A change leaves the other tags alone; a member without flags has no entry.
+    apply(&mut s, &change_tags("n2", &[TagChange::Flag(NoLoadBalance, false)])).unwrap();
+    assert_eq!(
+        (s.members["n2"].tags.nofailover, s.members["n2"].tags.failover_priority),
+        (true, 3)
+    );
+    assert!(!s.flags.contains_key("n2"));
+    // nosync does not touch the sync set itself: the controller's SetSyncStandbys does,
+    // under the confirm-before-forget rule.
+    let sync = s.sync_standbys.clone();
+    apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
+    assert_eq!(s.sync_standbys, sync);
+    assert!(s.sync_unconfirmed.is_empty());
+}
+
+#[test]
+fn nosync_never_leaves_a_primary_without_a_synchronous_standby() {
+    use crate::cluster::Flag::NoSync;
+    let mut s = bootstrapped();
+    apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
+    // Two of three tagged: n1 or n2 as primary would have none.
+    let err = rejected(&mut s, change_tags("n2", &[TagChange::Flag(NoSync, true)]));
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("at least two") && m.contains("n3")),
+        "{err}"
+    );
+    // Removing one of the two untagged members would do the same.
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n4", 4),
+        },
+    )
+    .unwrap();
+    apply(&mut s, &change_tags("n4", &[TagChange::Flag(NoSync, true)])).unwrap();
+    let err = rejected(&mut s, Command::RemoveMember { name: "n2".into() });
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("removing n2")),
+        "{err}"
+    );
+    // A tagged member may go, and takes its tags with it.
+    apply(&mut s, &Command::RemoveMember { name: "n4".into() }).unwrap();
+    assert!(!s.flags.contains_key("n4"));
+    // Clearing is always allowed.
+    apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, false)])).unwrap();
+    assert!(s.flags.is_empty());
+}
+
+#[test]
+fn a_first_primary_never_counts_a_nosync_member_in_its_quorum() {
+    use crate::cluster::Flag::NoSync;
+    let mut s = initialized();
+    apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
+    apply(&mut s, &Command::ChooseBootstrap { node: "n1".into() }).unwrap();
+    let expected = SyncConfig {
+        standbys: ["n2".to_string()].into(),
+        k: 1,
+    };
+    assert_eq!(s.sync_config_for("n1"), expected, "the configuration before Bootstrap");
+    apply(
+        &mut s,
+        &Command::Bootstrap {
+            node: "n1".into(),
+            system_identifier: 7,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.sync_config(), expected);
+}
+
+#[test]
+fn tags_parse_as_an_operator_types_them() {
+    use crate::cluster::Flag::{NoLoadBalance, NoSync};
+    assert_eq!(TagChange::parse("nosync", "true"), Ok(TagChange::Flag(NoSync, true)));
+    assert_eq!(
+        TagChange::parse("NoLoadBalance", "off"),
+        Ok(TagChange::Flag(NoLoadBalance, false))
+    );
+    assert_eq!(TagChange::parse("nofailover", "1"), Ok(TagChange::NoFailover(true)));
+    assert_eq!(
+        TagChange::parse("failover_priority", "-2"),
+        Ok(TagChange::FailoverPriority(-2))
+    );
+    let err = TagChange::parse("nosync", "maybe").unwrap_err();
+    assert!(err.contains("true or false"), "{err}");
+    let err = TagChange::parse("failover_priority", "high").unwrap_err();
+    assert!(err.contains("whole number"), "{err}");
+    let err = TagChange::parse("replicatefrom", "n2").unwrap_err();
+    assert!(err.contains("unknown tag") && err.contains("noloadbalance"), "{err}");
+    for c in [
+        TagChange::Flag(NoSync, true),
+        TagChange::FailoverPriority(4),
+        TagChange::NoFailover(false),
+    ] {
+        let text = c.to_string();
+        let (k, v) = text.split_once('=').unwrap();
+        assert_eq!(TagChange::parse(k, v), Ok(c));
+    }
 }

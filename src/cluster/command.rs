@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Member, ScheduledSwitchover, SyncConfig, Tags};
+use super::state::{Member, ScheduledSwitchover, SyncConfig, TagChange, Tags};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -128,6 +128,11 @@ pub enum Command {
         node: String,
         reason: String,
     },
+    /// Change some of `name`'s tags (`ctl member tags`), in order; the others stay.
+    ChangeTags {
+        name: String,
+        changes: Vec<TagChange>,
+    },
 }
 
 impl Command {
@@ -151,6 +156,10 @@ impl fmt::Display for Command {
                 "set tags of {name}: nofailover={} failover_priority={}",
                 tags.nofailover, tags.failover_priority
             ),
+            Command::ChangeTags { name, changes } => {
+                let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                write!(f, "change tags of {name}: {}", changes.join(" "))
+            }
             Command::ChooseBootstrap { node } => write!(f, "choose {node} to run initdb"),
             Command::Bootstrap {
                 node,

@@ -16,6 +16,71 @@ pub struct Tags {
     pub failover_priority: i32,
 }
 
+/// A tag added after `Tags` was first stored, kept in `ClusterState::flags` so that older
+/// snapshots and log entries still decode. Variants are only ever appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Flag {
+    /// Never a synchronous standby: streams asynchronously and never counts in `ANY k`.
+    NoSync,
+    /// `/replica` and `/read-only` answer 503, so load balancers leave it out.
+    NoLoadBalance,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 2] = [Flag::NoSync, Flag::NoLoadBalance];
+
+    /// The name an operator types (`ctl member tags n2 nosync=true`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Flag::NoSync => "nosync",
+            Flag::NoLoadBalance => "noloadbalance",
+        }
+    }
+}
+
+/// One change of a member's tags (`ctl member tags`). Variants are only ever appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TagChange {
+    NoFailover(bool),
+    FailoverPriority(i32),
+    Flag(Flag, bool),
+}
+
+impl TagChange {
+    /// `key=value` as an operator types it; the error says what is accepted.
+    pub fn parse(key: &str, value: &str) -> Result<TagChange, String> {
+        let boolean = || match value.to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" => Ok(true),
+            "false" | "off" | "no" | "0" => Ok(false),
+            _ => Err(format!("{key}={value}: {key} is true or false")),
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "nofailover" => Ok(TagChange::NoFailover(boolean()?)),
+            "failover_priority" => value
+                .parse()
+                .map(TagChange::FailoverPriority)
+                .map_err(|_| format!("{key}={value}: failover_priority is a whole number (higher wins)")),
+            k => match Flag::ALL.into_iter().find(|f| f.key() == k) {
+                Some(f) => Ok(TagChange::Flag(f, boolean()?)),
+                None => Err(format!(
+                    "unknown tag '{key}': the tags are nofailover, failover_priority, {}",
+                    Flag::ALL.map(Flag::key).join(", ")
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TagChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TagChange::NoFailover(v) => write!(f, "nofailover={v}"),
+            TagChange::FailoverPriority(v) => write!(f, "failover_priority={v}"),
+            TagChange::Flag(flag, v) => write!(f, "{}={v}", flag.key()),
+        }
+    }
+}
+
 /// A cluster member: one raftpg process and its PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -171,6 +236,9 @@ pub struct ClusterState {
     /// chosen again by the controller until a primary is recorded (an operator's
     /// `failover --to` one of them lifts it). Appended after `adopt`.
     pub vetoed: BTreeSet<String>,
+    /// Tags added after `Member::tags` was first stored (`nosync`, `noloadbalance`), by
+    /// member; a member without any has no entry. Appended after `vetoed`.
+    pub flags: BTreeMap<String, BTreeSet<Flag>>,
 }
 
 impl ClusterState {
@@ -227,7 +295,7 @@ impl ClusterState {
         if self.adopt.as_deref() == Some(me) {
             return SyncConfig::default();
         }
-        let standbys = self.others(me);
+        let standbys = self.sync_candidates(me);
         let k = match self.ha.synchronous_mode {
             super::SyncMode::Quorum => standbys.len().div_ceil(2),
             super::SyncMode::Off => 0,
@@ -235,9 +303,24 @@ impl ClusterState {
         SyncConfig { standbys, k }
     }
 
-    /// Every member except `name`: the sync set of `name` as primary.
+    /// Every member except `name`.
     pub fn others(&self, name: &str) -> BTreeSet<String> {
         self.members.keys().filter(|m| *m != name).cloned().collect()
+    }
+
+    /// Whether `name` carries `flag`.
+    pub fn has_flag(&self, name: &str, flag: Flag) -> bool {
+        self.flags.get(name).is_some_and(|f| f.contains(&flag))
+    }
+
+    /// Every member except `name` that may be a synchronous standby (not tagged
+    /// `nosync`): the sync set of `name` as a new primary.
+    pub fn sync_candidates(&self, name: &str) -> BTreeSet<String> {
+        self.members
+            .keys()
+            .filter(|m| *m != name && !self.has_flag(m, Flag::NoSync))
+            .cloned()
+            .collect()
     }
 
     /// (restart, re-clone) requests made so far for `name` (`ctl restart` / `ctl reinit`).

@@ -164,6 +164,15 @@ pub enum MemberAction {
     Add(NewMember),
     /// Remove a member (not the primary).
     Remove { member: String },
+    /// Change a member's tags through Raft, in one commit: nofailover, failover_priority,
+    /// nosync (never a synchronous standby) and noloadbalance (/replica answers 503).
+    Tags {
+        /// The member whose tags change.
+        member: String,
+        /// KEY=VALUE, e.g. nosync=true failover_priority=2
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
     /// Remove a dead member and add its replacement.
     Replace {
         /// The member to remove.
@@ -377,6 +386,22 @@ async fn member(c: &mut ControlClient<Channel>, action: MemberAction, yes: bool)
             println!("{}", reply(c.remove_member(pb::RemoveMemberRequest { member }).await)?);
             Ok(())
         }
+        MemberAction::Tags { member, tags } => {
+            let tags = tags
+                .iter()
+                .map(|t| {
+                    let (key, value) = t
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("'{t}' is not KEY=VALUE (for example nosync=true)"))?;
+                    Ok(pb::SetConfigRequest {
+                        key: key.trim().to_string(),
+                        value: value.trim().to_string(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            println!("{}", reply(c.set_tags(pb::SetTagsRequest { member, tags }).await)?);
+            Ok(())
+        }
         MemberAction::Replace { old, new } => {
             confirm(yes, &format!("Remove {old} and add {} in its place?", new.name))?;
             println!(
@@ -399,6 +424,8 @@ async fn add(c: &mut ControlClient<Channel>, m: NewMember) -> anyhow::Result<()>
             http_addr: m.http,
             nofailover: m.nofailover,
             failover_priority: m.failover_priority,
+            nosync: false,
+            noloadbalance: false,
             raft_role: String::new(),
         }),
     };

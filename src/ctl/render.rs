@@ -62,6 +62,24 @@ fn lag_mb(m: &pb::MemberStatus) -> String {
     }
 }
 
+/// A member's tags as `ctl member tags` takes them; empty when it has none.
+pub fn tags_text(m: &pb::Member) -> String {
+    let mut out = Vec::new();
+    if m.nofailover {
+        out.push("nofailover".to_string());
+    }
+    if m.failover_priority != 0 {
+        out.push(format!("failover_priority={}", m.failover_priority));
+    }
+    if m.nosync {
+        out.push("nosync".into());
+    }
+    if m.noloadbalance {
+        out.push("noloadbalance".into());
+    }
+    out.join(" ")
+}
+
 /// A `patronictl list`-like table with a header line, and what is pending below it.
 pub fn render_table(s: &pb::ClusterStatus) -> String {
     let leader = if s.raft_leader.is_empty() {
@@ -80,6 +98,17 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
     let mut header = vec!["Member", "Host", "Role", "State", "TL", "Lag in MB", "Raft"];
     if pending_restart {
         header.push("Pending restart");
+    }
+    let tags = |name: &str| {
+        s.members
+            .iter()
+            .find(|x| x.name == name)
+            .map(tags_text)
+            .unwrap_or_default()
+    };
+    let any_tags = s.member_status.iter().any(|m| !tags(&m.name).is_empty());
+    if any_tags {
+        header.push("Tags");
     }
     let rows: Vec<Vec<String>> = s
         .member_status
@@ -104,6 +133,9 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
             ];
             if pending_restart {
                 row.push(if m.pending_restart { "*".into() } else { String::new() });
+            }
+            if any_tags {
+                row.push(tags(&m.name));
             }
             row
         })
@@ -184,6 +216,7 @@ pub fn status_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "name": m.name, "id": m.id, "raft_addr": m.raft_addr, "grpc_addr": m.grpc_addr,
                 "pg_addr": m.pg_addr, "http_addr": m.http_addr, "raft_role": m.raft_role,
                 "nofailover": m.nofailover, "failover_priority": m.failover_priority,
+                "nosync": m.nosync, "noloadbalance": m.noloadbalance,
                 "role": st.map(|x| x.role.clone()),
                 "state": st.map(|x| x.state.clone()),
                 "timeline": st.map(|x| x.timeline),

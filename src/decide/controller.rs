@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, PendingKind, SyncMode, Tags};
+use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncConfig, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
 
@@ -98,16 +98,18 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         let report = i.reports.get(&primary.node).filter(current);
         let applied = report.and_then(|r| r.sync_applied.as_ref());
         return match applied {
-            Some(c) if *c == s.sync_config() => match behind_fork(s, report.map(|r| &r.standby_flush)) {
-                Some(why) => idle(why),
-                None => act(
-                    ControllerAction::Propose(Command::ConfirmSync {
-                        generation: s.generation,
-                        config: c.clone(),
-                    }),
-                    format!("{} runs the new synchronous configuration: confirming it", primary.node),
-                ),
-            },
+            Some(c) if *c == s.sync_config() => {
+                match behind_fork(s, report.map(|r| &r.standby_flush)).or_else(|| not_carried_over(s, report)) {
+                    Some(why) => idle(why),
+                    None => act(
+                        ControllerAction::Propose(Command::ConfirmSync {
+                            generation: s.generation,
+                            config: c.clone(),
+                        }),
+                        format!("{} runs the new synchronous configuration: confirming it", primary.node),
+                    ),
+                }
+            }
             _ => idle(format!(
                 "waiting for {} to apply the new synchronous configuration",
                 primary.node
@@ -115,23 +117,43 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         };
     }
     // A member joins the set once it is a Raft voter and streams; one that left the
-    // membership leaves it. Members already in it stay while down: ANY k tolerates that.
+    // membership, or was tagged nosync, leaves it. Members already in it stay while down:
+    // ANY k tolerates that.
     let streaming = |n: &String| i.reports.get(n).filter(current).is_some_and(|r| r.streaming);
     let want_sync: BTreeSet<String> = match s.ha.synchronous_mode {
         SyncMode::Off => BTreeSet::new(),
-        SyncMode::Quorum => s
-            .others(&primary.node)
-            .into_iter()
-            .filter(|n| i.voters.contains(n) && (s.sync_standbys.contains(n) || streaming(n)))
-            .collect(),
+        SyncMode::Quorum => {
+            let want: BTreeSet<String> = s
+                .sync_candidates(&primary.node)
+                .into_iter()
+                .filter(|n| i.voters.contains(n) && (s.sync_standbys.contains(n) || streaming(n)))
+                .collect();
+            // A member tagged nosync stays until another can take its place: an empty set
+            // would let the primary acknowledge writes that no other member holds (the
+            // simulation found this: seed 197 with the operator).
+            if want.is_empty() {
+                s.sync_standbys
+                    .iter()
+                    .filter(|n| i.voters.contains(*n))
+                    .cloned()
+                    .collect()
+            } else {
+                want
+            }
+        }
     };
     if s.sync_standbys != want_sync {
+        let why = if s.sync_standbys.iter().any(|n| s.has_flag(n, Flag::NoSync)) {
+            "a member was tagged nosync: recording the new synchronous set"
+        } else {
+            "the voting members changed: recording the new synchronous set"
+        };
         return act(
             ControllerAction::Propose(Command::SetSyncStandbys {
                 generation: s.generation,
                 standbys: want_sync.into_iter().collect(),
             }),
-            "the voting members changed: recording the new synchronous set",
+            why,
         );
     }
     if let Some(d) = scheduled(i) {
@@ -184,6 +206,49 @@ pub fn behind_fork(s: &ClusterState, flushed: Option<&BTreeMap<String, u64>>) ->
             primary.node,
             last.timeline,
             primary.node
+        )
+    })
+}
+
+/// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
+/// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
+/// outside `new`, so at least `old.k - |old \ new|` are in it. (An election under `new`
+/// reads `|new| - new.k + 1` of its members, so it then finds one.)
+pub fn carried_by_construction(new: &SyncConfig, old: &SyncConfig) -> bool {
+    old.k == 0 || old.k.saturating_sub(old.standbys.difference(&new.standbys).count()) >= new.k
+}
+
+/// Why the primary's new configuration cannot be confirmed yet although it runs it: a
+/// configuration it ran before does not carry its acknowledged writes over by
+/// construction (`carried_by_construction`), and fewer than `k` of the new set have
+/// flushed past the primary's write position of the same report, which is past every
+/// write acknowledged before it ran the new one. Confirming earlier would let the next
+/// election read only members that never received such a write: the simulation found
+/// this with an operator tagging the one standby that held a write `nosync` while the
+/// other was frozen (`sim::tests::nosync_toggled_under_faults_keeps_the_invariants`, seed 98).
+pub fn not_carried_over(s: &ClusterState, report: Option<&Report>) -> Option<String> {
+    let new = s.sync_config();
+    if new.k == 0 || s.sync_unconfirmed.iter().all(|old| carried_by_construction(&new, old)) {
+        return None;
+    }
+    let primary = s.primary_name()?;
+    let Some(at) = report.and_then(|r| r.lsn) else {
+        return Some(format!(
+            "waiting for {primary}'s write position to confirm the new synchronous configuration"
+        ));
+    };
+    let flushed = report.map(|r| &r.standby_flush);
+    let past = new
+        .standbys
+        .iter()
+        .filter(|n| flushed.and_then(|f| f.get(*n)).is_some_and(|l| *l >= at))
+        .count();
+    (past < new.k).then(|| {
+        format!(
+            "{past} of the {} synchronous standbys needed have flushed {primary}'s position {}: until they do, \
+             a write acknowledged under the previous configuration may be on none of them",
+            new.k,
+            lsn(at)
         )
     })
 }

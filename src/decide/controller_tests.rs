@@ -291,6 +291,15 @@ fn a_learner_joins_the_sync_set_only_as_a_streaming_voter() {
     assert_eq!(input(&reports, &s).action, None, "waits for the primary to apply ANY 2");
     let mut primary = report(1, PgRole::Primary, None);
     primary.sync_applied = Some(s.sync_config());
+    // A write acknowledged under ANY 1 (n2, n3) may be on n3 alone, and an election under
+    // ANY 2 (n2, n3, n4) may read n2 and n4 only: confirmed once two of them have flushed
+    // the primary's position.
+    primary.standby_flush = [("n2".to_string(), 100), ("n3".to_string(), 99), ("n4".to_string(), 99)].into();
+    reports.insert("n1".into(), primary.clone());
+    let d = input(&reports, &s);
+    assert_eq!(d.action, None, "{d:?}");
+    assert!(d.reason.contains("1 of the 2"), "{}", d.reason);
+    primary.standby_flush.insert("n4".into(), 100);
     reports.insert("n1".into(), primary);
     let d = input(&reports, &s);
     let Some(ControllerAction::Propose(cmd @ Command::ConfirmSync { .. })) = &d.action else {
@@ -783,4 +792,160 @@ fn only_the_candidate_can_veto_and_an_operator_can_ask_for_a_vetoed_member_again
     )
     .unwrap();
     assert!(!s.vetoed.contains("n2"), "the operator's request lifts the veto");
+}
+
+/// `nosync` (issue 16): a tagged member leaves the synchronous set through the controller,
+/// the primary's old configuration is kept until it confirms the new one, a tagged member
+/// that streams is never added back, and clearing the tag brings it back.
+#[test]
+fn a_member_tagged_nosync_leaves_the_sync_set_confirmed_before_forgotten() {
+    use crate::cluster::{Flag, TagChange};
+    let mut s = booted();
+    let tag = |on| Command::ChangeTags {
+        name: "n3".into(),
+        changes: vec![TagChange::Flag(Flag::NoSync, on)],
+    };
+    apply(&mut s, &tag(true)).unwrap();
+    let mut reports = BTreeMap::from([
+        ("n2".to_string(), report(1, PgRole::Standby, None)),
+        ("n3".to_string(), report(1, PgRole::Standby, None)),
+    ]);
+    let old = s.sync_config();
+    let d = decide_with("n2", &s, &reports, None);
+    let Some(ControllerAction::Propose(cmd @ Command::SetSyncStandbys { standbys, .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    assert_eq!(standbys, &["n2".to_string()]);
+    assert!(d.reason.contains("nosync"), "{}", d.reason);
+    apply(&mut s, cmd).unwrap();
+    assert_eq!(s.sync_unconfirmed, [old], "ANY 1 (n2, n3) still counts");
+    let d = decide_with("n2", &s, &reports, None);
+    assert_eq!(d.action, None, "waits for the primary to run ANY 1 (n2): {d:?}");
+    // Confirmed only once n2 has flushed the primary's position: a write acknowledged
+    // under ANY 1 (n2, n3) may be on n3 alone.
+    let mut primary = report(1, PgRole::Primary, None);
+    primary.sync_applied = Some(s.sync_config());
+    primary.standby_flush = [("n2".to_string(), 90), ("n3".to_string(), 100)].into();
+    reports.insert("n1".into(), primary.clone());
+    let d = decide_with("n2", &s, &reports, None);
+    assert_eq!(d.action, None, "{d:?}");
+    primary.standby_flush.insert("n2".into(), 100);
+    reports.insert("n1".into(), primary.clone());
+    let d = decide_with("n2", &s, &reports, None);
+    let Some(ControllerAction::Propose(cmd @ Command::ConfirmSync { .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    apply(&mut s, cmd).unwrap();
+    assert!(s.sync_unconfirmed.is_empty());
+    // n3 streams, and stays out.
+    assert_eq!(decide_with("n2", &s, &reports, None).action, None);
+    apply(&mut s, &tag(false)).unwrap();
+    let d = decide_with("n2", &s, &reports, None);
+    let Some(ControllerAction::Propose(Command::SetSyncStandbys { standbys, .. })) = &d.action else {
+        panic!("{d:?}");
+    };
+    assert_eq!(standbys, &["n2".to_string(), "n3".to_string()]);
+}
+
+/// While ANY 1 (n2, n3) is unconfirmed after n3 was tagged nosync, an election needs the
+/// two reports that configuration needs: n2's alone could miss a write only n3 holds.
+#[test]
+fn a_failover_right_after_nosync_still_covers_the_configuration_the_primary_ran() {
+    use crate::cluster::{Flag, TagChange};
+    let mut s = booted();
+    for cmd in [
+        Command::ChangeTags {
+            name: "n3".into(),
+            changes: vec![TagChange::Flag(Flag::NoSync, true)],
+        },
+        Command::SetSyncStandbys {
+            generation: 1,
+            standbys: vec!["n2".into()],
+        },
+        Command::BeginFailover {
+            generation: 1,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+    ] {
+        apply(&mut s, &cmd).unwrap();
+    }
+    let only_n2 = BTreeMap::from([("n2".to_string(), report(2, PgRole::Standby, Some((500, 1))))]);
+    let d = decide_with("n2", &s, &only_n2, None);
+    assert_eq!(d.action, None, "{d:?}");
+    assert!(d.reason.contains("n3"), "{}", d.reason);
+    let mut both = only_n2.clone();
+    both.insert("n3".into(), report(2, PgRole::Standby, Some((600, 1))));
+    let d = decide_with("n2", &s, &both, None);
+    assert!(
+        matches!(&d.action, Some(ControllerAction::Propose(Command::Promote { node, .. })) if node == "n3"),
+        "n3 holds more: {d:?}"
+    );
+}
+
+/// Which earlier configurations carry their acknowledged writes into the new one by
+/// construction, checked against every (old, new) over three standbys by brute force:
+/// every holder set of `old` meets every set an election under `new` may read.
+#[test]
+fn carried_by_construction_matches_brute_force() {
+    let names = ["n2", "n3", "n4"];
+    let subsets: Vec<BTreeSet<String>> = (0u32..8)
+        .map(|m| {
+            (0..3)
+                .filter(|b| m & (1 << b) != 0)
+                .map(|b| names[b].to_string())
+                .collect()
+        })
+        .collect();
+    let configs: Vec<SyncConfig> = subsets
+        .iter()
+        .flat_map(|set| {
+            (0..=set.len()).map(move |k| SyncConfig {
+                standbys: set.clone(),
+                k,
+            })
+        })
+        .collect();
+    for old in &configs {
+        for new in configs.iter().filter(|c| c.k > 0) {
+            let holders = subsets
+                .iter()
+                .filter(|h| h.len() == old.k && h.is_subset(&old.standbys));
+            let reads: Vec<&BTreeSet<String>> = subsets
+                .iter()
+                .filter(|r| r.len() == new.standbys.len() - new.k + 1 && r.is_subset(&new.standbys))
+                .collect();
+            let brute = old.k == 0 || holders.clone().all(|h| reads.iter().all(|r| !r.is_disjoint(h)));
+            assert_eq!(carried_by_construction(new, old), brute, "{old:?} -> {new:?}");
+        }
+    }
+}
+
+/// A nosync tag never leaves a quorum-mode primary with an empty synchronous set: the
+/// tagged member stays while no other member can take its place.
+#[test]
+fn nosync_never_empties_the_sync_set() {
+    use crate::cluster::{Flag, TagChange};
+    let mut s = booted();
+    apply(
+        &mut s,
+        &Command::ChangeTags {
+            name: "n3".into(),
+            changes: vec![TagChange::Flag(Flag::NoSync, true)],
+        },
+    )
+    .unwrap();
+    s.sync_standbys = ["n3".to_string()].into();
+    // n2 is down (no report): n3 stays.
+    let reports = BTreeMap::from([("n3".to_string(), report(1, PgRole::Standby, None))]);
+    assert_eq!(decide_with("n2", &s, &reports, None).action, None);
+    // n2 streams: it replaces n3.
+    let mut reports = reports;
+    reports.insert("n2".into(), report(1, PgRole::Standby, None));
+    let d = decide_with("n2", &s, &reports, None);
+    assert!(
+        matches!(&d.action, Some(ControllerAction::Propose(Command::SetSyncStandbys { standbys, .. })) if standbys == &["n2".to_string()]),
+        "{d:?}"
+    );
 }

@@ -186,6 +186,8 @@ mod tests {
             raft_leader: false,
             nofailover: false,
             failover_priority: 0,
+            nosync: false,
+            noloadbalance: false,
         }
     }
 

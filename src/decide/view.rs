@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, Flag};
 use crate::decide::agent::{wanted, Wanted};
 pub use crate::protocol::ClusterView;
 use crate::protocol::{PgRole, Report};
@@ -46,6 +46,8 @@ pub struct MemberRow {
     pub raft_leader: bool,
     pub nofailover: bool,
     pub failover_priority: i32,
+    pub nosync: bool,
+    pub noloadbalance: bool,
 }
 
 /// Reports older than this describe a member that is not reporting: its state is unknown.
@@ -127,6 +129,8 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
                 raft_leader: raft.leader == Some(m.id),
                 nofailover: m.tags.nofailover,
                 failover_priority: m.tags.failover_priority,
+                nosync: state.has_flag(&m.name, Flag::NoSync),
+                noloadbalance: state.has_flag(&m.name, Flag::NoLoadBalance),
             }
         })
         .collect()
@@ -204,7 +208,10 @@ pub fn health(check: Check, i: &HealthInput) -> bool {
         None => true,
         Some(max) => i.lag_bytes.is_some_and(|l| l <= max),
     };
-    let replica = own.is_some_and(|r| r.pg == PgRole::Standby && r.streaming) && within_lag;
+    // `noloadbalance` keeps a standby out of every replica check, as in Patroni; the
+    // primary still answers `/read-only`.
+    let streaming = own.is_some_and(|r| r.pg == PgRole::Standby && r.streaming);
+    let replica = streaming && within_lag && !i.state.has_flag(i.me, Flag::NoLoadBalance);
     let sync = i.state.sync_standbys.contains(i.me);
     match check {
         Check::Primary => primary,
@@ -214,7 +221,7 @@ pub fn health(check: Check, i: &HealthInput) -> bool {
         Check::Async => replica && !sync,
         Check::Health => running,
         Check::Liveness => i.own.is_none_or(|(age, _)| age <= 10_000),
-        Check::Readiness => primary || replica,
+        Check::Readiness => primary || (streaming && within_lag),
     }
 }
 
@@ -391,6 +398,39 @@ mod tests {
             ..base("n2", &standby)
         };
         assert!(!health(Check::Replica, &stale) && !health(Check::Health, &stale));
+
+        // noloadbalance: out of every replica check, still healthy and ready; a primary
+        // tagged so still answers /read-only (as in Patroni).
+        let mut tagged = s.clone();
+        for n in ["n1", "n2"] {
+            crate::cluster::apply(
+                &mut tagged,
+                &crate::cluster::Command::ChangeTags {
+                    name: n.into(),
+                    changes: vec![crate::cluster::TagChange::Flag(Flag::NoLoadBalance, true)],
+                },
+            )
+            .unwrap();
+        }
+        let r = HealthInput {
+            state: &tagged,
+            ..base("n2", &standby)
+        };
+        assert_eq!(passing(&r), [Check::Health, Check::Liveness, Check::Readiness]);
+        let p = HealthInput {
+            state: &tagged,
+            ..base("n1", &primary)
+        };
+        assert_eq!(
+            passing(&p),
+            [
+                Check::Primary,
+                Check::ReadOnly,
+                Check::Health,
+                Check::Liveness,
+                Check::Readiness
+            ]
+        );
         assert_eq!(Check::from_path("/"), Some(Check::Primary));
         assert_eq!(Check::from_path("/read-only"), Some(Check::ReadOnly));
         assert_eq!(Check::from_path("/nope"), None);

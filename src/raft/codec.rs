@@ -15,8 +15,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::i
     })
 }
 
-/// Fields appended to `ClusterState` since snapshots were first versioned: `adopt`, `vetoed`.
-const APPENDED_STATE_FIELDS: usize = 2;
+/// Fields appended to `ClusterState` since snapshots were first versioned: `adopt`, `vetoed`,
+/// `flags`.
+const APPENDED_STATE_FIELDS: usize = 3;
 
 /// The replicated state from a snapshot. Fields are only ever appended to `ClusterState`,
 /// each an `Option` or a collection (encoded `00` when empty): a snapshot written before

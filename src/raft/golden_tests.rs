@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{apply, ClusterState, Command, Member, ScheduledSwitchover, SyncConfig, Tags};
+use crate::cluster::{apply, ClusterState, Command, Flag, Member, ScheduledSwitchover, SyncConfig, TagChange, Tags};
 use crate::decide::controller::{PgRole, Report};
 use crate::node::report::ReportRequest;
 use crate::raft::codec::{decode, encode};
@@ -120,6 +120,14 @@ fn every_command() -> Vec<Command> {
             node: "n2".into(),
             reason: "r".into(),
         },
+        Command::ChangeTags {
+            name: "n2".into(),
+            changes: vec![
+                TagChange::NoFailover(true),
+                TagChange::FailoverPriority(-1),
+                TagChange::Flag(Flag::NoLoadBalance, true),
+            ],
+        },
     ]
 }
 
@@ -172,6 +180,8 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "1602086c656173655f6d730104323030300374746c00",
     // VetoCandidate
     "1702026e320172",
+    // ChangeTags: n2, [NoFailover(true), FailoverPriority(-1), Flag(NoLoadBalance, true)]
+    "18026e320300010101020101",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -180,8 +190,8 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002000201026e310101026e3201",
     "01000001026e310001026e3200056c656173650000808040d00f904e0108776f726b5f6d656d03384d42010001000009",
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
-    // adopt: None, vetoed: {} (appended 2026-12-03)
-    "0000",
+    // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03)
+    "000000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -209,6 +219,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     assert_eq!(s, busy_state());
     assert_eq!(s.adopt, None);
     assert!(s.vetoed.is_empty());
+    assert!(s.flags.is_empty());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,
@@ -269,6 +280,7 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::Adopted { .. } => 21,
         Command::SetConfigs { .. } => 22,
         Command::VetoCandidate { .. } => 23,
+        Command::ChangeTags { .. } => 24,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

@@ -82,6 +82,9 @@ pub struct SimConfig {
     /// Faults per thousand steps.
     pub fault_rate: u64,
     pub mutation: Mutation,
+    /// An operator also tags members `nosync` and clears it again, between the faults.
+    /// Off by default, so that the seeds of the default run stay as they were.
+    pub operator: bool,
 }
 
 impl Default for SimConfig {
@@ -91,6 +94,7 @@ impl Default for SimConfig {
             fault_steps: 1_200,
             fault_rate: 25,
             mutation: Mutation::None,
+            operator: false,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Outcome {
     pub recovery_ms: Option<u64>,
     pub acked: usize,
     pub failovers: u64,
+    /// Accepted operator tag changes (`SimConfig::operator`).
+    pub tag_changes: u64,
     /// The last events, to replay the failure by hand.
     pub trace: Vec<String>,
 }
@@ -309,6 +315,7 @@ pub struct Sim {
     last_line: String,
     violation: Option<String>,
     failovers: u64,
+    tag_changes: u64,
     seed: u64,
 }
 
@@ -366,6 +373,7 @@ impl Sim {
             last_line: String::new(),
             violation: None,
             failovers: 0,
+            tag_changes: 0,
             seed,
         }
     }
@@ -485,6 +493,7 @@ impl Sim {
             recovery_ms,
             acked: self.acks.len(),
             failovers: self.failovers,
+            tag_changes: self.tag_changes,
             trace: self.trace,
         }
     }
@@ -507,7 +516,24 @@ impl Sim {
     fn fault(&mut self) {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let name = self.nodes[i].name.clone();
-        match self.rng.below(7) {
+        let kinds = if self.cfg.operator { 8 } else { 7 };
+        match self.rng.below(kinds) {
+            7 => {
+                let on = !self.state.has_flag(&name, crate::cluster::Flag::NoSync);
+                let cmd = Command::ChangeTags {
+                    name: name.clone(),
+                    changes: vec![crate::cluster::TagChange::Flag(crate::cluster::Flag::NoSync, on)],
+                };
+                // The operator's `ctl` reaches any node that reaches the leader.
+                let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
+                match via {
+                    Some(j) => match self.propose(j, cmd) {
+                        Ok(()) => self.tag_changes += 1,
+                        Err(e) => self.log(format!("operator: tagging {name} nosync={on} refused: {e}")),
+                    },
+                    None => self.log(format!("operator: no leader to tag {name} nosync={on}")),
+                }
+            }
             0 if self.nodes[i].alive => {
                 self.log(format!(
                     "fault: kill raftpg on {name} (PostgreSQL and the fence keeper keep running)"

@@ -88,6 +88,8 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
                 http_addr: x.http_addr.clone(),
                 nofailover: x.tags.nofailover,
                 failover_priority: x.tags.failover_priority,
+                nosync: s.has_flag(&x.name, Flag::NoSync),
+                noloadbalance: s.has_flag(&x.name, Flag::NoLoadBalance),
                 raft_role: rows
                     .iter()
                     .find(|r| r.name == x.name)

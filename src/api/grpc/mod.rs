@@ -15,7 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{ChangeKind, ClusterState, Command, Member, Pending, Rejection, ScheduledSwitchover, Tags};
+use crate::cluster::{
+    ChangeKind, ClusterState, Command, Flag, Member, Pending, Rejection, ScheduledSwitchover, TagChange, Tags,
+};
 use crate::decide::dry_run;
 use crate::decide::election::lsn;
 use crate::decide::requests::{self, Refusal};
@@ -487,6 +489,28 @@ impl Control for ControlServer {
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::CommandReply>, Status> {
         self.admin(&req, "Resume")?;
         self.reply(Command::Resume).await
+    }
+
+    async fn set_tags(&self, req: Request<pb::SetTagsRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        self.admin(&req, "SetTags")?;
+        let req = req.into_inner();
+        if req.tags.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "no tag given for {}: write key=value, for example nosync=true",
+                req.member
+            )));
+        }
+        let changes = req
+            .tags
+            .iter()
+            .map(|t| TagChange::parse(t.key.trim(), t.value.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        self.reply(Command::ChangeTags {
+            name: req.member,
+            changes,
+        })
+        .await
     }
 }
 
