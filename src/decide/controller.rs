@@ -94,28 +94,6 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         );
     }
     let current = |r: &&Report| r.generation == s.generation;
-    if !s.sync_unconfirmed.is_empty() {
-        let report = i.reports.get(&primary.node).filter(current);
-        let applied = report.and_then(|r| r.sync_applied.as_ref());
-        return match applied {
-            Some(c) if *c == s.sync_config() => {
-                match behind_fork(s, report.map(|r| &r.standby_flush)).or_else(|| not_carried_over(s, report)) {
-                    Some(why) => idle(why),
-                    None => act(
-                        ControllerAction::Propose(Command::ConfirmSync {
-                            generation: s.generation,
-                            config: c.clone(),
-                        }),
-                        format!("{} runs the new synchronous configuration: confirming it", primary.node),
-                    ),
-                }
-            }
-            _ => idle(format!(
-                "waiting for {} to apply the new synchronous configuration",
-                primary.node
-            )),
-        };
-    }
     // A member joins the set once it is a Raft voter and streams; one that left the
     // membership, or was tagged nosync, leaves it. Members already in it stay while down:
     // ANY k tolerates that.
@@ -155,6 +133,33 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
             }),
             why,
         );
+    }
+    // The set may change again before the primary confirms the previous change: every
+    // configuration it may run stays in `sync_unconfirmed` for the elections, and the
+    // confirmation below covers them all. Otherwise a new primary whose only synchronous
+    // standby is the dead old primary could never take in the member that would let it
+    // acknowledge writes (found by the nosync test on real PostgreSQL).
+    if !s.sync_unconfirmed.is_empty() {
+        let report = i.reports.get(&primary.node).filter(current);
+        let applied = report.and_then(|r| r.sync_applied.as_ref());
+        return match applied {
+            Some(c) if *c == s.sync_config() => {
+                match behind_fork(s, report.map(|r| &r.standby_flush)).or_else(|| not_carried_over(s, report)) {
+                    Some(why) => idle(why),
+                    None => act(
+                        ControllerAction::Propose(Command::ConfirmSync {
+                            generation: s.generation,
+                            config: c.clone(),
+                        }),
+                        format!("{} runs the new synchronous configuration: confirming it", primary.node),
+                    ),
+                }
+            }
+            _ => idle(format!(
+                "waiting for {} to apply the new synchronous configuration",
+                primary.node
+            )),
+        };
     }
     if let Some(d) = scheduled(i) {
         return d;
