@@ -63,7 +63,7 @@ async fn grow_to_four_members_then_remove_one() {
     eprintln!("=== n4 starts pristine and does not initialise a group of its own");
     let n4 = raftpg::app::start(config(dir.path(), 4, 4)).await.unwrap();
     let me4 = config(dir.path(), 4, 4).me().to_member();
-    lead.add_learner(me4).await.expect("add learner");
+    lead.add_learner(me4, false).await.expect("add learner");
     until("n4 receives the replicated state", || {
         n4.state().state.members.contains_key("n4")
     })

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use common::pg::Writer;
 use common::{phase, Cluster};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The tests run one at a time (three to five PostgreSQL servers each, on two cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const FORM: Duration = Duration::from_secs(90);
 const CHANGE: Duration = Duration::from_secs(30);
@@ -48,6 +53,7 @@ async fn wait_async(c: &Cluster, tagged: &str, timeout: Duration) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_at_runtime_shape_the_sync_set_and_the_replica_checks() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(32000, 3, "");
     let primary = c.wait_streaming(2, FORM).await;
     let writer = Writer::start(&c.libpq()).await;
@@ -120,7 +126,7 @@ async fn tags_at_runtime_shape_the_sync_set_and_the_replica_checks() {
     c.ctl_fails(&["member", "tags", "n9", "nosync=true"], "unknown member 'n9'");
 
     phase("failover: the other standby is promoted; its only synchronous standby is the dead old primary");
-    let killed = tokio::time::Instant::now();
+    let killed = Instant::now();
     c.kill9(primary);
     c.kill9_postmaster(primary);
     c.wait_for(&format!("{on} to be recorded as the new primary"), FORM, || async {
@@ -165,4 +171,119 @@ async fn tags_at_runtime_shape_the_sync_set_and_the_replica_checks() {
     let table = c.ctl_ok(&["list"]);
     assert!(!table.contains("Tags"), "no member has a tag: {table}");
     c.assert_no_loss(writer, &[1, 2, 3], FORM).await;
+}
+
+/// `ctl member add` arguments for node `k` of the cluster.
+fn member_args(c: &Cluster, k: u16) -> Vec<String> {
+    let p = raftpg::demo::ports(c.base, k);
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    [
+        "member",
+        "add",
+        "--name",
+        &format!("n{k}"),
+        "--id",
+        &k.to_string(),
+        "--raft",
+        &addr(p.raft),
+        "--grpc",
+        &addr(p.grpc),
+        "--pg",
+        &addr(p.pg),
+        "--http",
+        &addr(p.http),
+        "--replica",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_stay_outside_the_quorum_and_follow_every_primary() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(32400, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    let writer = Writer::start(&c.libpq()).await;
+
+    phase("add n4 and n5 as replicas: Raft learners, streaming asynchronously");
+    for k in [4, 5] {
+        c.add_node(k, "");
+        let args = member_args(&c, k);
+        let out = c.ctl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.contains(&format!("n{k} added as a replica")), "{out}");
+    }
+    c.wait_for(
+        "n4 and n5 to stream asynchronously, the voters in quorum",
+        CHANGE,
+        || async {
+            let (p, rows) = c.topology().await?;
+            let async_ = rows.iter().filter(|(_, st)| st == "async").count();
+            (p == primary
+                && rows.len() == 4
+                && async_ == 2
+                && rows.iter().all(|(a, st)| (st == "async") == (a == "n4" || a == "n5")))
+            .then_some(())
+        },
+    )
+    .await;
+    let s = c.status(primary).await.unwrap();
+    for m in &s.members {
+        let learner = m.name == "n4" || m.name == "n5";
+        assert_eq!(m.raft_role == "learner", learner, "{m:?}");
+        assert_eq!(m.replica, learner, "{m:?}");
+    }
+    assert_eq!(s.sync_standbys.len(), 2);
+    assert!(
+        !s.sync_standbys.iter().any(|n| n == "n4" || n == "n5"),
+        "{:?}",
+        s.sync_standbys
+    );
+    let table = c.ctl_ok(&["list"]);
+    assert!(table.contains("replica"), "{table}");
+
+    phase("a replica is promoted only by a forced failover; a switchover never");
+    c.ctl_fails(&["failover", "--to", "n4"], "replica outside the quorum");
+    c.ctl_fails(&["switchover", "--to", "n4"], "replica outside the quorum");
+    let plan = c.ctl_ok(&["failover", "--to", "n4", "--force", "--dry-run"]);
+    assert!(
+        plan.contains("worst-case loss: every acknowledged write n4 has not received"),
+        "{plan}"
+    );
+
+    phase("losing both replicas changes nothing for writes");
+    for k in [4, 5] {
+        c.kill9(k);
+        c.kill9_postmaster(k);
+    }
+    let since = Instant::now();
+    writer.wait_ack_after(since, None, CHANGE).await;
+
+    phase("then the primary dies: a voter is promoted, and the replicas follow it when back");
+    let killed = Instant::now();
+    c.kill9(primary);
+    c.kill9_postmaster(primary);
+    let ack = writer
+        .wait_ack_after(killed, Some(i32::from(c.pg_port(primary))), FORM)
+        .await;
+    let new_primary = (1..=3)
+        .find(|k| i32::from(c.pg_port(*k)) == ack.port)
+        .expect("a voter took the writes");
+    eprintln!("n{new_primary} took the writes {:?} after the kill", ack.at - killed);
+    for k in [primary, 4, 5] {
+        c.start_node(k);
+    }
+    c.wait_for(
+        "the replicas and the old primary to stream from the new primary",
+        FORM,
+        || async {
+            let (p, rows) = c.topology().await?;
+            let replicas_async = rows
+                .iter()
+                .filter(|(a, st)| (a == "n4" || a == "n5") && st == "async")
+                .count();
+            (p == new_primary && rows.len() == 4 && replicas_async == 2).then_some(())
+        },
+    )
+    .await;
+    c.assert_no_loss(writer, &[1, 2, 3, 4, 5], FORM).await;
 }

@@ -83,6 +83,8 @@ pub struct Agent {
     /// Since when the WAL receiver has kept running after streaming was stopped for a
     /// primary change.
     lingering_since: Option<Instant>,
+    /// Where this node, as primary, first saw its synchronous configuration run.
+    sync_seen: crate::decide::report::SyncSeen,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
     wal_end_read: Option<(u64, Option<(u64, u32)>)>,
     /// One persistent local connection for the observations.
@@ -142,6 +144,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         unproven: false,
         fenced_hung: None,
         lingering_since: None,
+        sync_seen: None,
         wal_end_read: None,
         observer: Observer::default(),
         noop_rewind: None,
@@ -175,7 +178,7 @@ impl Agent {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(delay) => {}
             }
-            let idle = idle_tick(self.node.state().state.ha.lease_ms);
+            let idle = idle_tick(changes.borrow().state.ha.lease_ms);
             delay = match self.tick().await {
                 Ok(acted) => {
                     self.failures = 0;
@@ -356,7 +359,7 @@ impl Agent {
             tracing::info!(generation = state.generation, "{}", d.reason);
             self.last_reason = d.reason.clone();
         }
-        let report = crate::decide::report::derive(state, local, d);
+        let report = crate::decide::report::derive(state, local, d, &mut self.sync_seen);
         self.hooks.observe(report.pg, state.generation, report.timeline);
         self.node.local.set_own(report.clone(), self.gate_lsn.is_some());
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());

@@ -105,6 +105,21 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             format!("tags of {name} set")
         }
         Command::ChangeTags { name, changes } => change_tags(state, name, changes)?,
+        Command::AddReplica { member } => {
+            if state.members.get(&member.name) == Some(member) && !state.has_flag(&member.name, Flag::Replica) {
+                return Err(Rejection::BadConfig(format!(
+                    "{} is already a member of the quorum: a voter cannot become a replica",
+                    member.name
+                )));
+            }
+            add_member(state, member)?;
+            state
+                .flags
+                .entry(member.name.clone())
+                .or_default()
+                .insert(Flag::Replica);
+            format!("replica {} added (outside the quorum)", member.name)
+        }
         Command::ChooseBootstrap { node } => {
             known(state, node)?;
             if state.system_identifier.is_some() || state.primary.is_some() {
@@ -374,7 +389,15 @@ fn enough_sync_candidates(
         .filter(|m| flags.get(*m).is_some_and(|f| f.contains(&Flag::NoSync)))
         .map(String::as_str)
         .collect();
-    let free = members.len() - nosync.len();
+    let replicas = members
+        .keys()
+        .filter(|m| {
+            flags
+                .get(*m)
+                .is_some_and(|f| f.contains(&Flag::Replica) && !f.contains(&Flag::NoSync))
+        })
+        .count();
+    let free = members.len() - nosync.len() - replicas;
     if nosync.is_empty() || free >= 2 {
         return Ok(());
     }
@@ -569,6 +592,13 @@ fn begin_failover(
     check_generation(state, generation)?;
     if let Some(to) = to {
         known(state, to)?;
+        if state.has_flag(to, Flag::Replica) && !forced {
+            return Err(Rejection::NotEligible {
+                node: to.clone(),
+                why: "it is a replica outside the quorum and may lack acknowledged writes: add --force to accept that"
+                    .into(),
+            });
+        }
         // An operator who asks for this member again overrides its earlier veto (its
         // hook runs again before it promotes).
         state.vetoed.remove(to);
@@ -744,6 +774,12 @@ fn eligible(state: &ClusterState, node: &str, forced: bool) -> Result<(), Reject
         return Err(Rejection::NotEligible {
             node: node.to_string(),
             why: "it is tagged nofailover".into(),
+        });
+    }
+    if state.has_flag(node, Flag::Replica) && !forced {
+        return Err(Rejection::NotEligible {
+            node: node.to_string(),
+            why: "it is a replica outside the quorum and may lack acknowledged writes: only a forced failover promotes it".into(),
         });
     }
     Ok(())

@@ -1114,3 +1114,71 @@ fn tags_parse_as_an_operator_types_them() {
         assert_eq!(TagChange::parse(k, v), Ok(c));
     }
 }
+
+#[test]
+fn a_replica_stays_outside_the_quorum_and_is_promoted_only_when_forced() {
+    use crate::cluster::Flag::{NoSync, Replica};
+    let mut s = bootstrapped();
+    let add = Command::AddReplica {
+        member: member("n4", 4),
+    };
+    let a = apply(&mut s, &add).unwrap();
+    assert!(a.message.contains("replica n4"), "{}", a.message);
+    assert!(s.has_flag("n4", Replica) && s.never_chosen("n4"));
+    apply(&mut s, &add).expect("a retried add is accepted");
+    // A member of the quorum cannot be re-added as a replica.
+    let err = rejected(
+        &mut s,
+        Command::AddReplica {
+            member: member("n2", 2),
+        },
+    );
+    assert!(matches!(&err, Rejection::BadConfig(m) if m.contains("voter")), "{err}");
+    assert!(!s.sync_candidates("n1").contains("n4"));
+    // A replica counts for nothing in the nosync rule: n3 nosync leaves n1 and n2.
+    apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
+    let err = rejected(&mut s, change_tags("n2", &[TagChange::Flag(NoSync, true)]));
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("at least two")),
+        "{err}"
+    );
+    // Never the target of a failover unless forced.
+    let to_replica = |forced| Command::BeginFailover {
+        generation: 1,
+        to: Some("n4".into()),
+        forced,
+        reason: "operator".into(),
+    };
+    assert!(matches!(
+        rejected(&mut s, to_replica(false)),
+        Rejection::NotEligible { .. }
+    ));
+    let mut forced = s.clone();
+    apply(&mut forced, &to_replica(true)).unwrap();
+    apply(
+        &mut forced,
+        &Command::Promote {
+            generation: 2,
+            node: "n4".into(),
+        },
+    )
+    .unwrap();
+    // Nor promoted by the controller's unforced choice.
+    apply(&mut s, &failover(1)).unwrap();
+    let err = rejected(
+        &mut s,
+        Command::Promote {
+            generation: 2,
+            node: "n4".into(),
+        },
+    );
+    assert!(
+        matches!(&err, Rejection::NotEligible { why, .. } if why.contains("replica")),
+        "{err}"
+    );
+    // Removed, it takes its flag with it.
+    let mut s = bootstrapped();
+    apply(&mut s, &add).unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n4".into() }).unwrap();
+    assert!(s.flags.is_empty());
+}

@@ -133,6 +133,11 @@ pub enum Command {
         name: String,
         changes: Vec<TagChange>,
     },
+    /// Record a new member that stays a replica (`ctl member add --replica`): a Raft
+    /// learner outside the quorum and the synchronous set, never promoted automatically.
+    AddReplica {
+        member: Member,
+    },
 }
 
 impl Command {
@@ -150,6 +155,7 @@ impl fmt::Display for Command {
                 write!(f, "init members [{}]", names.join(", "))
             }
             Command::AddMember { member } => write!(f, "add member {} (id {})", member.name, member.id),
+            Command::AddReplica { member } => write!(f, "add replica {} (id {})", member.name, member.id),
             Command::RemoveMember { name } => write!(f, "remove member {name}"),
             Command::SetTags { name, tags } => write!(
                 f,

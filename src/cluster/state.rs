@@ -24,6 +24,9 @@ pub enum Flag {
     NoSync,
     /// `/replica` and `/read-only` answer 503, so load balancers leave it out.
     NoLoadBalance,
+    /// Added with `ctl member add --replica`: a Raft learner for good, outside the quorum
+    /// and the synchronous set, never promoted by an automatic failover.
+    Replica,
 }
 
 impl Flag {
@@ -34,6 +37,7 @@ impl Flag {
         match self {
             Flag::NoSync => "nosync",
             Flag::NoLoadBalance => "noloadbalance",
+            Flag::Replica => "replica",
         }
     }
 }
@@ -60,6 +64,9 @@ impl TagChange {
                 .parse()
                 .map(TagChange::FailoverPriority)
                 .map_err(|_| format!("{key}={value}: failover_priority is a whole number (higher wins)")),
+            "replica" => Err(format!(
+                "{key}={value}: whether a member is a replica is chosen when it is added (`ctl member add --replica`)"
+            )),
             k => match Flag::ALL.into_iter().find(|f| f.key() == k) {
                 Some(f) => Ok(TagChange::Flag(f, boolean()?)),
                 None => Err(format!(
@@ -313,14 +320,20 @@ impl ClusterState {
         self.flags.get(name).is_some_and(|f| f.contains(&flag))
     }
 
-    /// Every member except `name` that may be a synchronous standby (not tagged
-    /// `nosync`): the sync set of `name` as a new primary.
+    /// Every member except `name` that may be a synchronous standby (neither tagged
+    /// `nosync` nor a replica): the sync set of `name` as a new primary.
     pub fn sync_candidates(&self, name: &str) -> BTreeSet<String> {
         self.members
             .keys()
-            .filter(|m| *m != name && !self.has_flag(m, Flag::NoSync))
+            .filter(|m| *m != name && !self.has_flag(m, Flag::NoSync) && !self.has_flag(m, Flag::Replica))
             .cloned()
             .collect()
+    }
+
+    /// Whether an automatic failover or switchover may never choose `name`: tagged
+    /// `nofailover`, or a replica outside the quorum.
+    pub fn never_chosen(&self, name: &str) -> bool {
+        self.member(name).is_some_and(|m| m.tags.nofailover) || self.has_flag(name, Flag::Replica)
     }
 
     /// (restart, re-clone) requests made so far for `name` (`ctl restart` / `ctl reinit`).

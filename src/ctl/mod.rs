@@ -156,6 +156,10 @@ pub struct NewMember {
     pub nofailover: bool,
     #[arg(long, default_value_t = 0)]
     pub failover_priority: i32,
+    /// Keep it a replica: a Raft learner outside the quorum and the synchronous set,
+    /// streaming asynchronously, never promoted by an automatic failover.
+    #[arg(long)]
+    pub replica: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,8 +430,10 @@ async fn add(c: &mut ControlClient<Channel>, m: NewMember) -> anyhow::Result<()>
             failover_priority: m.failover_priority,
             nosync: false,
             noloadbalance: false,
+            replica: false,
             raft_role: String::new(),
         }),
+        replica: m.replica,
     };
     let mut stream = c.add_member(req).await.map_err(status_error)?.into_inner();
     while let Some(p) = stream.message().await.map_err(status_error)? {

@@ -65,6 +65,9 @@ fn lag_mb(m: &pb::MemberStatus) -> String {
 /// A member's tags as `ctl member tags` takes them; empty when it has none.
 pub fn tags_text(m: &pb::Member) -> String {
     let mut out = Vec::new();
+    if m.replica {
+        out.push("replica".to_string());
+    }
     if m.nofailover {
         out.push("nofailover".to_string());
     }
@@ -216,7 +219,7 @@ pub fn status_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "name": m.name, "id": m.id, "raft_addr": m.raft_addr, "grpc_addr": m.grpc_addr,
                 "pg_addr": m.pg_addr, "http_addr": m.http_addr, "raft_role": m.raft_role,
                 "nofailover": m.nofailover, "failover_priority": m.failover_priority,
-                "nosync": m.nosync, "noloadbalance": m.noloadbalance,
+                "nosync": m.nosync, "noloadbalance": m.noloadbalance, "replica": m.replica,
                 "role": st.map(|x| x.role.clone()),
                 "state": st.map(|x| x.state.clone()),
                 "timeline": st.map(|x| x.timeline),

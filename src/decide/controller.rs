@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncConfig, SyncMode, Tags};
+use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
 
@@ -143,18 +143,16 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
         let report = i.reports.get(&primary.node).filter(current);
         let applied = report.and_then(|r| r.sync_applied.as_ref());
         return match applied {
-            Some(c) if *c == s.sync_config() => {
-                match behind_fork(s, report.map(|r| &r.standby_flush)).or_else(|| not_carried_over(s, report)) {
-                    Some(why) => idle(why),
-                    None => act(
-                        ControllerAction::Propose(Command::ConfirmSync {
-                            generation: s.generation,
-                            config: c.clone(),
-                        }),
-                        format!("{} runs the new synchronous configuration: confirming it", primary.node),
-                    ),
-                }
-            }
+            Some(c) if *c == s.sync_config() => match behind_fork(s, report.map(|r| &r.standby_flush)) {
+                Some(why) => idle(why),
+                None => act(
+                    ControllerAction::Propose(Command::ConfirmSync {
+                        generation: s.generation,
+                        config: c.clone(),
+                    }),
+                    format!("{} runs the new synchronous configuration: confirming it", primary.node),
+                ),
+            },
             _ => idle(format!(
                 "waiting for {} to apply the new synchronous configuration",
                 primary.node
@@ -211,49 +209,6 @@ pub fn behind_fork(s: &ClusterState, flushed: Option<&BTreeMap<String, u64>>) ->
             primary.node,
             last.timeline,
             primary.node
-        )
-    })
-}
-
-/// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
-/// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
-/// outside `new`, so at least `old.k - |old \ new|` are in it. (An election under `new`
-/// reads `|new| - new.k + 1` of its members, so it then finds one.)
-pub fn carried_by_construction(new: &SyncConfig, old: &SyncConfig) -> bool {
-    old.k == 0 || old.k.saturating_sub(old.standbys.difference(&new.standbys).count()) >= new.k
-}
-
-/// Why the primary's new configuration cannot be confirmed yet although it runs it: a
-/// configuration it ran before does not carry its acknowledged writes over by
-/// construction (`carried_by_construction`), and fewer than `k` of the new set have
-/// flushed past the primary's write position of the same report, which is past every
-/// write acknowledged before it ran the new one. Confirming earlier would let the next
-/// election read only members that never received such a write: the simulation found
-/// this with an operator tagging the one standby that held a write `nosync` while the
-/// other was frozen (`sim::tests::nosync_toggled_under_faults_keeps_the_invariants`, seed 98).
-pub fn not_carried_over(s: &ClusterState, report: Option<&Report>) -> Option<String> {
-    let new = s.sync_config();
-    if new.k == 0 || s.sync_unconfirmed.iter().all(|old| carried_by_construction(&new, old)) {
-        return None;
-    }
-    let primary = s.primary_name()?;
-    let Some(at) = report.and_then(|r| r.lsn) else {
-        return Some(format!(
-            "waiting for {primary}'s write position to confirm the new synchronous configuration"
-        ));
-    };
-    let flushed = report.map(|r| &r.standby_flush);
-    let past = new
-        .standbys
-        .iter()
-        .filter(|n| flushed.and_then(|f| f.get(*n)).is_some_and(|l| *l >= at))
-        .count();
-    (past < new.k).then(|| {
-        format!(
-            "{past} of the {} synchronous standbys needed have flushed {primary}'s position {}: until they do, \
-             a write acknowledged under the previous configuration may be on none of them",
-            new.k,
-            lsn(at)
         )
     })
 }
@@ -450,7 +405,7 @@ fn promoting(i: &ControllerInput, c: &str) -> ControllerDecision {
 fn bootstrap(i: &ControllerInput) -> ControllerDecision {
     let s = i.state;
     let with_empty_data = |m: &&crate::cluster::Member| {
-        !m.tags.nofailover && i.reports.get(&m.name).is_some_and(|r| r.pg == PgRole::NoData)
+        !s.never_chosen(&m.name) && i.reports.get(&m.name).is_some_and(|r| r.pg == PgRole::NoData)
     };
     if let Some(a) = &s.adopt {
         // The adopted database is the cluster's data: nobody replaces its member, however
@@ -513,6 +468,10 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         .members
         .values()
         .filter(|m| p.from.as_deref() != Some(m.name.as_str()))
+        // A replica holds no acknowledged write that a quorum member lacks: its WAL beyond
+        // theirs was never acknowledged, and must not raise the position a candidate needs.
+        // Only a forced failover to it reads its report.
+        .filter(|m| !s.has_flag(&m.name, Flag::Replica) || (p.forced && p.to.as_deref() == Some(m.name.as_str())))
         .map(|m| {
             let report = i
                 .reports
@@ -525,7 +484,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
                     // A member whose pre_promote refused counts for the quorum and is
                     // never chosen, as if tagged nofailover.
                     tags: Tags {
-                        nofailover: m.tags.nofailover || s.vetoed.contains(&m.name),
+                        nofailover: s.never_chosen(&m.name) || s.vetoed.contains(&m.name),
                         ..m.tags.clone()
                     },
                 });
@@ -566,7 +525,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             .is_some_and(|r| r.generation == s.generation && r.pg == PgRole::Stopped)
     });
     if let (true, Some(from), false) = (none_holds_anything, from_stopped, p.forced) {
-        if p.to.is_none() && s.member(from).is_some_and(|m| !m.tags.nofailover) {
+        if p.to.is_none() && s.member(from).is_some() && !s.never_chosen(from) {
             return act(
                 ControllerAction::Propose(Command::Promote {
                     generation: s.generation,

@@ -187,6 +187,10 @@ fn loss(
         Change::Switchover { .. } => {
             format!("none: {old} stops cleanly and {c} is promoted only once it holds all of {old}'s WAL")
         }
+        Change::Failover { force: true, .. } if state.has_flag(c, crate::cluster::Flag::Replica) => format!(
+            "every acknowledged write {c} has not received ({behind} bytes behind now): a replica streams \
+             asynchronously, outside the quorum"
+        ),
         Change::Failover { force: true, .. } if behind > 0 => format!(
             "up to {behind} bytes of WAL, acknowledged writes included: {c} is that far behind the most advanced member"
         ),

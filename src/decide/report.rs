@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, SyncConfig};
 
 /// How a report's reason starts while its member clones (`cloning from n1: 45% (...)`):
 /// `ctl list` shows the state as `cloning 45%`.
@@ -27,10 +27,62 @@ use crate::decide::agent::{Decision, LeaseView, Local};
 use crate::decide::controller::{PgRole, Report};
 use crate::postgres::conf;
 
+/// Where this node, as primary, first saw PostgreSQL run the state's synchronous
+/// configuration: (generation, configuration, its write position then). Kept by the agent
+/// from one tick to the next; every write acknowledged under an earlier configuration lies
+/// before that position.
+pub type SyncSeen = Option<(u64, SyncConfig, u64)>;
+
+/// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
+/// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
+/// outside `new`, so at least `old.k - |old \ new|` are in it. (An election under `new`
+/// reads `|new| - new.k + 1` of its members, so it then finds one.)
+pub fn carried_by_construction(new: &SyncConfig, old: &SyncConfig) -> bool {
+    old.k == 0 || old.k.saturating_sub(old.standbys.difference(&new.standbys).count()) >= new.k
+}
+
+/// The configuration a primary reports as applied (so that the controller may confirm it
+/// and forget the earlier ones): the state's, once PostgreSQL runs it *and* every write
+/// acknowledged under an earlier one is on `k` of its standbys. That holds by construction
+/// (`carried_by_construction`), or once `k` of them have flushed past the write position at
+/// which the primary was first seen running it (`seen`). Confirming on the first sight
+/// alone let an election read only members that never received such a write: the
+/// simulation found this with an operator tagging `nosync` the one standby that held a
+/// write while the other was frozen (seed 98 of `nosync_toggled_under_faults_keeps_the_invariants`).
+fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut SyncSeen) -> Option<SyncConfig> {
+    let want = state.sync_config();
+    let names: Vec<String> = want.standbys.iter().cloned().collect();
+    if pg.sync_names != conf::sync_standby_names(want.k, &names) {
+        *seen = None;
+        return None;
+    }
+    let at = match seen {
+        Some((g, c, at)) if *g == state.generation && *c == want => *at,
+        _ => {
+            *seen = Some((state.generation, want.clone(), pg.write_lsn?));
+            pg.write_lsn?
+        }
+    };
+    if want.k == 0
+        || state
+            .sync_unconfirmed
+            .iter()
+            .all(|old| carried_by_construction(&want, old))
+    {
+        return Some(want);
+    }
+    let past = pg
+        .replication
+        .iter()
+        .filter(|r| want.standbys.contains(&r.application_name) && r.flush_lsn.is_some_and(|f| f >= at))
+        .count();
+    (past >= want.k).then_some(want)
+}
+
 /// The report for this tick: the role and position PostgreSQL showed, the decision's final
 /// position and reason, and, on a primary, whether it runs the state's synchronous
-/// configuration (so the controller may confirm it).
-pub fn derive(state: &ClusterState, local: &Local, d: &Decision) -> Report {
+/// configuration with the earlier ones' writes carried over (so the controller may confirm it).
+pub fn derive(state: &ClusterState, local: &Local, d: &Decision, seen: &mut SyncSeen) -> Report {
     let (pg, streaming, timeline, lsn) = match local {
         Local::NoData => (PgRole::NoData, false, None, None),
         Local::Stopped { control } => (PgRole::Stopped, false, control.as_ref().and_then(|c| c.timeline), None),
@@ -43,13 +95,11 @@ pub fn derive(state: &ClusterState, local: &Local, d: &Decision) -> Report {
         ),
         Local::Unknown(_) => (PgRole::Unknown, false, None, None),
     };
+    if !matches!(local, Local::Primary(_)) {
+        *seen = None;
+    }
     let (sync_applied, pending_restart) = match local {
-        Local::Primary(s) => {
-            let want = state.sync_config();
-            let names: Vec<String> = want.standbys.iter().cloned().collect();
-            let runs = s.sync_names == conf::sync_standby_names(want.k, &names);
-            (runs.then_some(want), !s.pending_restart.is_empty())
-        }
+        Local::Primary(s) => (sync_applied(state, s, seen), !s.pending_restart.is_empty()),
         Local::Standby(s) => (None, !s.pending_restart.is_empty()),
         _ => (None, false),
     };
@@ -168,17 +218,17 @@ mod tests {
         let s = bootstrapped("n1");
         let d = decision();
         let mut primary = pg(false);
-        let r = derive(&s, &Local::Primary(primary.clone()), &d);
+        let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut None);
         assert_eq!((r.pg, r.lsn, r.generation), (PgRole::Primary, Some(0x900), 1));
         assert_eq!(r.standby_flush, BTreeMap::from([("n2".to_string(), 0x880)]));
         assert_eq!(r.sync_applied, None, "it does not run ANY 1 (n2, n3) yet");
         assert!(r.pending_restart);
         assert_eq!((r.final_position, r.reason.as_str()), (Some((0x500, 1)), "why"));
         primary.sync_names = "ANY 1 (\"n2\", \"n3\")".into();
-        let r = derive(&s, &Local::Primary(primary), &d);
+        let r = derive(&s, &Local::Primary(primary), &d, &mut None);
         assert_eq!(r.sync_applied, Some(s.sync_config()));
 
-        let r = derive(&s, &Local::Standby(pg(true)), &d);
+        let r = derive(&s, &Local::Standby(pg(true)), &d, &mut None);
         assert_eq!((r.pg, r.streaming, r.lsn), (PgRole::Standby, true, Some(0x700)));
         assert!(r.standby_flush.is_empty() && r.sync_applied.is_none());
 
@@ -188,13 +238,13 @@ mod tests {
                 ..Controldata::default()
             }),
         };
-        let r = derive(&s, &stopped, &d);
+        let r = derive(&s, &stopped, &d, &mut None);
         assert_eq!((r.pg, r.timeline, r.lsn), (PgRole::Stopped, Some(3), None));
         for (local, role) in [
             (Local::NoData, PgRole::NoData),
             (Local::Unknown("x".into()), PgRole::Unknown),
         ] {
-            let r = derive(&s, &local, &d);
+            let r = derive(&s, &local, &d, &mut None);
             assert_eq!((r.pg, r.timeline, r.lsn, r.streaming), (role, None, None, false));
         }
     }
@@ -237,5 +287,111 @@ mod tests {
                 "{granted:?} {g} {now} {until}"
             );
         }
+    }
+
+    /// Which earlier configurations carry their acknowledged writes into the new one by
+    /// construction, checked against every (old, new) over three standbys by brute force:
+    /// every holder set of `old` meets every set an election under `new` may read.
+    #[test]
+    fn carried_by_construction_matches_brute_force() {
+        let names = ["n2", "n3", "n4"];
+        use std::collections::BTreeSet;
+        let subsets: Vec<BTreeSet<String>> = (0u32..8)
+            .map(|m| {
+                (0..3)
+                    .filter(|b| m & (1 << b) != 0)
+                    .map(|b| names[b].to_string())
+                    .collect()
+            })
+            .collect();
+        let configs: Vec<SyncConfig> = subsets
+            .iter()
+            .flat_map(|set| {
+                (0..=set.len()).map(move |k| SyncConfig {
+                    standbys: set.clone(),
+                    k,
+                })
+            })
+            .collect();
+        for old in &configs {
+            for new in configs.iter().filter(|c| c.k > 0) {
+                let holders = subsets
+                    .iter()
+                    .filter(|h| h.len() == old.k && h.is_subset(&old.standbys));
+                let reads: Vec<&BTreeSet<String>> = subsets
+                    .iter()
+                    .filter(|r| r.len() == new.standbys.len() - new.k + 1 && r.is_subset(&new.standbys))
+                    .collect();
+                let brute = old.k == 0 || holders.clone().all(|h| reads.iter().all(|r| !r.is_disjoint(h)));
+                assert_eq!(carried_by_construction(new, old), brute, "{old:?} -> {new:?}");
+            }
+        }
+    }
+
+    /// After a member is tagged nosync (ANY 1 (n2, n3) to ANY 1 (n2), not carried over by
+    /// construction), the primary reports the new configuration as applied only once n2
+    /// has flushed past the write position at which it was first seen running it; that
+    /// position is kept across ticks, and forgotten when the node is no longer primary.
+    #[test]
+    fn a_primary_reports_a_new_configuration_once_the_old_ones_writes_are_on_it() {
+        use crate::cluster::{Command, Flag, TagChange};
+        let mut s = bootstrapped("n1");
+        for cmd in [
+            Command::ChangeTags {
+                name: "n3".into(),
+                changes: vec![TagChange::Flag(Flag::NoSync, true)],
+            },
+            Command::SetSyncStandbys {
+                generation: 1,
+                standbys: vec!["n2".into()],
+            },
+        ] {
+            apply(&mut s, &cmd).unwrap();
+        }
+        assert_eq!(s.sync_unconfirmed.len(), 1);
+        let d = decision();
+        let mut seen: SyncSeen = None;
+        let mut primary = pg(false);
+        primary.sync_names = "ANY 1 (\"n2\")".into();
+        primary.write_lsn = Some(0x900);
+        primary.replication[0].flush_lsn = Some(0x880);
+        let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
+        assert_eq!(r.sync_applied, None, "n2 has not flushed 0/900");
+        assert_eq!(seen, Some((1, s.sync_config(), 0x900)));
+        // Later writes move the primary on; n2 passing the first sight's position is enough.
+        primary.write_lsn = Some(0x2000);
+        primary.replication[0].flush_lsn = Some(0x900);
+        let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
+        assert_eq!(r.sync_applied, Some(s.sync_config()));
+        // Another member's flush does not count.
+        let mut other = primary.clone();
+        other.replication[0].application_name = "n3".into();
+        assert_eq!(derive(&s, &Local::Primary(other), &d, &mut seen).sync_applied, None);
+        // Not primary: forgotten, and a new sight starts from the then write position.
+        derive(&s, &Local::Standby(pg(true)), &d, &mut seen);
+        assert_eq!(seen, None);
+        assert_eq!(derive(&s, &Local::Primary(primary), &d, &mut seen).sync_applied, None);
+        assert_eq!(seen, Some((1, s.sync_config(), 0x2000)));
+        // Carried over by construction: at once.
+        let mut grown = bootstrapped("n1");
+        apply(
+            &mut grown,
+            &Command::SetSyncStandbys {
+                generation: 1,
+                standbys: vec!["n2".into()],
+            },
+        )
+        .unwrap();
+        grown.sync_unconfirmed = vec![SyncConfig {
+            standbys: ["n2".to_string()].into(),
+            k: 1,
+        }];
+        let mut p = pg(false);
+        p.sync_names = "ANY 1 (\"n2\")".into();
+        p.replication.clear();
+        assert_eq!(
+            derive(&grown, &Local::Primary(p), &d, &mut None).sync_applied,
+            Some(grown.sync_config())
+        );
     }
 }

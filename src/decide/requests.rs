@@ -95,6 +95,11 @@ pub fn switchover(state: &ClusterState, rows: &[MemberRow], to: &str, from: Opti
             "{to} is tagged nofailover and is never promoted"
         )));
     }
+    if target.replica {
+        return Err(Refusal::Precondition(format!(
+            "{to} is a replica outside the quorum: a switchover never promotes it (`failover --to {to} --force` does, and may lose acknowledged writes)"
+        )));
+    }
     healthy_standby(state, target).map_err(|why| Refusal::Precondition(format!("cannot switch over to {to}: {why}")))
 }
 
@@ -114,8 +119,21 @@ pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool)
         return Err(Refusal::Precondition(format!("{to} is already the primary")));
     }
     if force {
+        let why = if target.replica {
+            format!(
+                " (a replica streams asynchronously: it lags the primary by {})",
+                lag_words(target.lag_bytes)
+            )
+        } else {
+            String::new()
+        };
         return Ok(Some(format!(
-            "forced failover to {to}: acknowledged writes that {to} has not received are LOST"
+            "forced failover to {to}: acknowledged writes that {to} has not received are LOST{why}"
+        )));
+    }
+    if target.replica {
+        return Err(Refusal::Precondition(format!(
+            "{to} is a replica outside the quorum and may lack acknowledged writes; add --force to accept losing them"
         )));
     }
     if target.nofailover {
@@ -163,6 +181,14 @@ pub fn remove(state: &ClusterState, rows: &[MemberRow], name: &str) -> Result<()
     Ok(())
 }
 
+/// A replica's lag as the reply of a forced failover says it.
+fn lag_words(lag: Option<u64>) -> String {
+    match lag {
+        Some(b) => format!("{b} bytes at its last report"),
+        None => "an unknown amount".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +214,7 @@ mod tests {
             failover_priority: 0,
             nosync: false,
             noloadbalance: false,
+            replica: false,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct MemberRow {
     pub failover_priority: i32,
     pub nosync: bool,
     pub noloadbalance: bool,
+    /// Added as a replica: outside the quorum, never promoted automatically.
+    pub replica: bool,
 }
 
 /// Reports older than this describe a member that is not reporting: its state is unknown.
@@ -73,6 +75,7 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
                 Wanted::Primary => "primary",
                 Wanted::Candidate => "candidate",
                 Wanted::OldPrimary => "fenced",
+                _ if state.has_flag(&m.name, Flag::Replica) => "replica",
                 _ if !raft.voters.contains(&m.id) && raft.learners.contains(&m.id) => "learner",
                 _ if state.sync_standbys.contains(&m.name) => "quorum_standby",
                 _ => "replica",
@@ -131,6 +134,7 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
                 failover_priority: m.tags.failover_priority,
                 nosync: state.has_flag(&m.name, Flag::NoSync),
                 noloadbalance: state.has_flag(&m.name, Flag::NoLoadBalance),
+                replica: state.has_flag(&m.name, Flag::Replica),
             }
         })
         .collect()

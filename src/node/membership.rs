@@ -42,14 +42,20 @@ impl Node {
         }
     }
 
-    /// Records `member` and adds it as a Raft learner; returns once it has caught up with the log.
-    pub async fn add_learner(&self, member: Member) -> Result<(), MembershipError> {
+    /// Records `member` (as a replica that stays outside the quorum, with `replica`) and
+    /// adds it as a Raft learner; returns once it has caught up with the log.
+    pub async fn add_learner(&self, member: Member, replica: bool) -> Result<(), MembershipError> {
         let node = BasicNode::new(member.raft_addr.clone());
         self.raft
             .add_learner(member.id, node, true)
             .await
             .map_err(|e| self.raft_err(e))?;
-        self.propose(Command::AddMember { member }, PROPOSE_TIMEOUT).await?;
+        let cmd = if replica {
+            Command::AddReplica { member }
+        } else {
+            Command::AddMember { member }
+        };
+        self.propose(cmd, PROPOSE_TIMEOUT).await?;
         Ok(())
     }
 

@@ -26,7 +26,7 @@ pub async fn log_role_changes(node: Node, mut stop: watch::Receiver<bool>) {
     loop {
         server.borrow_and_update();
         let (state, leader, term, quorum_acked) = {
-            let m = node.raft.metrics().borrow_watched().clone();
+            let m = node.metrics();
             (m.state, m.current_leader, m.current_term, m.last_quorum_acked)
         };
         if last != Some((state, leader)) {

@@ -148,8 +148,9 @@ impl PgCtl {
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.command("pg_ctl");
         cmd.arg("promote").arg("-D").arg(&self.data_dir).arg("-W");
-        self.run("pg_ctl promote", cmd, timeout).await?;
+        // One deadline for the signal and the wait: `timeout` bounds the whole promotion.
         let deadline = tokio::time::Instant::now() + timeout;
+        self.run("pg_ctl promote", cmd, timeout).await?;
         let control = self.data_dir.join("global").join("pg_control");
         while control_state(&control) != Some(DB_IN_PRODUCTION) {
             if tokio::time::Instant::now() >= deadline {

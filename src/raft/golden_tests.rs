@@ -128,6 +128,7 @@ fn every_command() -> Vec<Command> {
                 TagChange::Flag(Flag::NoLoadBalance, true),
             ],
         },
+        Command::AddReplica { member: member() },
     ]
 }
 
@@ -182,6 +183,8 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "1702026e320172",
     // ChangeTags: n2, [NoFailover(true), FailoverPriority(-1), Flag(NoLoadBalance, true)]
     "18026e320300010101020101",
+    // AddReplica: the member of AddMember, under the next tag
+    "19026e31010d31302e302e302e313a353433330d31302e302e302e313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -281,6 +284,7 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::SetConfigs { .. } => 22,
         Command::VetoCandidate { .. } => 23,
         Command::ChangeTags { .. } => 24,
+        Command::AddReplica { .. } => 25,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

@@ -253,6 +253,7 @@ struct AgentMemory {
     next_report: u64,
     fenced_expiry: Option<u64>,
     report: Option<(Report, bool)>,
+    sync_seen: crate::decide::report::SyncSeen,
 }
 
 #[derive(Clone, Debug)]
@@ -830,7 +831,7 @@ impl Sim {
             foreign_conf: false,
             adopt_configured: None,
         });
-        let report = derive(&state, &local, &decision);
+        let report = derive(&state, &local, &decision, &mut self.nodes[i].mem.sync_seen);
         self.nodes[i].mem.report = Some((report, decision.renew_lease));
         for action in &decision.actions {
             let current = self.nodes[i].applied.clone();

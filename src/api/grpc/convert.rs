@@ -90,6 +90,7 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
                 failover_priority: x.tags.failover_priority,
                 nosync: s.has_flag(&x.name, Flag::NoSync),
                 noloadbalance: s.has_flag(&x.name, Flag::NoLoadBalance),
+                replica: s.has_flag(&x.name, Flag::Replica),
                 raft_role: rows
                     .iter()
                     .find(|r| r.name == x.name)

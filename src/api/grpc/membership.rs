@@ -102,9 +102,11 @@ pub(super) async fn forward_progress(
 }
 
 /// Learner → recorded member (its agent clones) → streaming → voter → synchronous set.
+/// A replica stops at streaming: it stays a learner, outside the quorum.
 pub(super) async fn add_member(
     node: &Node,
     member: Member,
+    replica: bool,
     tx: &mpsc::Sender<Result<pb::Progress, Status>>,
 ) -> Result<(), Step> {
     let say = |message: String, done: bool| {
@@ -120,7 +122,7 @@ pub(super) async fn add_member(
         false,
     )
     .await;
-    tokio::time::timeout(Duration::from_secs(60), node.add_learner(member))
+    tokio::time::timeout(Duration::from_secs(60), node.add_learner(member, replica))
         .await
         .map_err(|_| {
             Status::deadline_exceeded(format!(
@@ -151,6 +153,17 @@ pub(super) async fn add_member(
             return Err(Status::deadline_exceeded(format!("{name} did not start streaming: {last}")).into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if replica {
+        let _ = say(
+            format!(
+                "{name} added as a replica: it streams asynchronously, stays a Raft learner outside the quorum, \
+                 and is never promoted by an automatic failover"
+            ),
+            true,
+        )
+        .await;
+        return Ok(());
     }
     let _ = say(
         format!("{name} streams from the primary: making it a Raft voter"),

@@ -375,6 +375,7 @@ impl Control for ControlServer {
             return Ok(Response::new(Box::pin(upstream)));
         }
         let again = req.clone();
+        let replica = req.replica;
         let member = to_member(
             req.member
                 .ok_or_else(|| Status::invalid_argument("the member is missing"))?,
@@ -401,7 +402,7 @@ impl Control for ControlServer {
             // off the primary); every step is idempotent, so the new leader carries on.
             let mut attempts = 0;
             let result = loop {
-                match add_member(&node, member.clone(), &tx).await {
+                match add_member(&node, member.clone(), replica, &tx).await {
                     Ok(()) => break Ok(()),
                     Err(Step::Failed(e)) => break Err(e),
                     Err(Step::NotLeader) if attempts < 3 => {
