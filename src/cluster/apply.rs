@@ -94,7 +94,16 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
 fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Rejection> {
     let message = match cmd {
         Command::Init { members } => init(state, members)?,
-        Command::AddMember { member } => add_member(state, member)?,
+        Command::AddMember { member } => {
+            // A retried add of a replica without --replica would make it a Raft voter.
+            if state.has_flag(&member.name, Flag::Replica) {
+                return Err(Rejection::BadConfig(format!(
+                    "{} is a replica: add it with --replica, or remove it first to add it as a voter",
+                    member.name
+                )));
+            }
+            add_member(state, member)?
+        }
         Command::RemoveMember { name } => remove_member(state, name)?,
         Command::SetTags { name, tags } => {
             state
@@ -282,6 +291,14 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
         }
         Command::ScheduleSwitchover { switchover } => {
             known(state, &switchover.to)?;
+            // A switchover never promotes such a member: scheduled, it would be refused
+            // every tick when due, and hold up the controller.
+            if state.never_chosen(&switchover.to) {
+                return Err(Rejection::NotEligible {
+                    node: switchover.to.clone(),
+                    why: "it is tagged nofailover or is a replica: a switchover never promotes it".into(),
+                });
+            }
             if let Some(f) = &switchover.from {
                 known(state, f)?;
             }

@@ -1182,3 +1182,36 @@ fn a_replica_stays_outside_the_quorum_and_is_promoted_only_when_forced() {
     apply(&mut s, &Command::RemoveMember { name: "n4".into() }).unwrap();
     assert!(s.flags.is_empty());
 }
+
+#[test]
+fn a_replica_is_never_re_added_as_a_voter_nor_scheduled_for_a_switchover() {
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::AddReplica {
+            member: member("n4", 4),
+        },
+    )
+    .unwrap();
+    let err = rejected(
+        &mut s,
+        Command::AddMember {
+            member: member("n4", 4),
+        },
+    );
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("--replica")),
+        "{err}"
+    );
+    tag_nofailover(&mut s, "n3");
+    for to in ["n4", "n3"] {
+        let cmd = Command::ScheduleSwitchover {
+            switchover: crate::cluster::ScheduledSwitchover {
+                from: None,
+                to: to.into(),
+                at_unix_ms: 1,
+            },
+        };
+        assert!(matches!(rejected(&mut s, cmd), Rejection::NotEligible { .. }), "{to}");
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncMode, Tags};
+use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncConfig, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
 
@@ -120,7 +120,18 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
             }
         }
     };
-    if s.sync_standbys != want_sync {
+    // Never back to a configuration still unconfirmed: the primary's report that it runs
+    // that configuration could be one from before the last change, and confirming on it
+    // would forget the configuration it ran since (A -> B -> A; found by review). Such a
+    // change waits until the current one is confirmed (below).
+    let back = SyncConfig {
+        k: match s.ha.synchronous_mode {
+            SyncMode::Quorum => want_sync.len().div_ceil(2),
+            SyncMode::Off => 0,
+        },
+        standbys: want_sync.clone(),
+    };
+    if s.sync_standbys != want_sync && !s.sync_unconfirmed.contains(&back) {
         let why = if s.sync_standbys.iter().any(|n| s.has_flag(n, Flag::NoSync)) {
             "a member was tagged nosync: recording the new synchronous set"
         } else {

@@ -932,3 +932,48 @@ fn an_automatic_failover_never_promotes_a_replica() {
         "{d:?}"
     );
 }
+
+/// A -> B -> A: the set never returns to a configuration still unconfirmed, so a report
+/// from before the last change ("runs A") can never confirm A and forget B.
+#[test]
+fn the_sync_set_never_returns_to_a_configuration_still_unconfirmed() {
+    use crate::cluster::{Flag, TagChange};
+    let mut s = booted();
+    let a = s.sync_config();
+    let tag = |on| Command::ChangeTags {
+        name: "n3".into(),
+        changes: vec![TagChange::Flag(Flag::NoSync, on)],
+    };
+    apply(&mut s, &tag(true)).unwrap();
+    let mut reports = BTreeMap::from([
+        ("n2".to_string(), report(1, PgRole::Standby, None)),
+        ("n3".to_string(), report(1, PgRole::Standby, None)),
+    ]);
+    let Some(ControllerAction::Propose(cmd)) = decide_with("n2", &s, &reports, None).action else {
+        panic!("no SetSyncStandbys");
+    };
+    apply(&mut s, &cmd).unwrap();
+    assert_eq!(s.sync_unconfirmed, std::slice::from_ref(&a));
+    apply(&mut s, &tag(false)).unwrap();
+    // A stale report that the primary runs A: neither a change back to A nor a confirmation.
+    let mut stale = report(1, PgRole::Primary, None);
+    stale.sync_applied = Some(a.clone());
+    reports.insert("n1".into(), stale);
+    let d = decide_with("n2", &s, &reports, None);
+    assert_eq!(d.action, None, "{d:?}");
+    // The primary runs B: B is confirmed, and only then the set goes back to A.
+    let mut fresh = report(1, PgRole::Primary, None);
+    fresh.sync_applied = Some(s.sync_config());
+    reports.insert("n1".into(), fresh);
+    let Some(ControllerAction::Propose(cmd @ Command::ConfirmSync { .. })) =
+        decide_with("n2", &s, &reports, None).action
+    else {
+        panic!("B is not confirmed");
+    };
+    apply(&mut s, &cmd).unwrap();
+    let d = decide_with("n2", &s, &reports, None);
+    assert!(
+        matches!(&d.action, Some(ControllerAction::Propose(Command::SetSyncStandbys { standbys, .. })) if standbys.len() == 2),
+        "{d:?}"
+    );
+}

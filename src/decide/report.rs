@@ -382,12 +382,21 @@ mod tests {
             },
         )
         .unwrap();
+        // ANY 1 (n2) to ANY 1 (n2, n3): n2 holds every write the old one acknowledged.
         grown.sync_unconfirmed = vec![SyncConfig {
             standbys: ["n2".to_string()].into(),
             k: 1,
         }];
+        apply(
+            &mut grown,
+            &Command::SetSyncStandbys {
+                generation: 1,
+                standbys: vec!["n2".into(), "n3".into()],
+            },
+        )
+        .unwrap();
         let mut p = pg(false);
-        p.sync_names = "ANY 1 (\"n2\")".into();
+        p.sync_names = "ANY 1 (\"n2\", \"n3\")".into();
         p.replication.clear();
         assert_eq!(
             derive(&grown, &Local::Primary(p), &d, &mut None).sync_applied,
