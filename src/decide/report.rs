@@ -27,11 +27,14 @@ use crate::decide::agent::{Decision, LeaseView, Local};
 use crate::decide::controller::{PgRole, Report};
 use crate::postgres::conf;
 
-/// Where this node, as primary, first saw PostgreSQL run the state's synchronous
-/// configuration: (generation, configuration, its write position then). Kept by the agent
-/// from one tick to the next; every write acknowledged under an earlier configuration lies
-/// before that position.
-pub type SyncSeen = Option<(u64, SyncConfig, u64)>;
+/// Where this node, as primary, saw PostgreSQL run the state's synchronous configuration:
+/// (generation, configuration, its write position at the *second* observation that showed
+/// it, `None` after the first). Kept by the agent from one tick to the next. The first
+/// sight is only this session's view of the reload: a walsender may still release a commit
+/// under the old configuration a moment later. By the next observation every walsender has
+/// long taken the reload, so every write acknowledged under an earlier configuration lies
+/// before the position taken then.
+pub type SyncSeen = Option<(u64, SyncConfig, Option<u64>)>;
 
 /// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
 /// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
@@ -44,8 +47,8 @@ pub fn carried_by_construction(new: &SyncConfig, old: &SyncConfig) -> bool {
 /// The configuration a primary reports as applied (so that the controller may confirm it
 /// and forget the earlier ones): the state's, once PostgreSQL runs it *and* every write
 /// acknowledged under an earlier one is on `k` of its standbys. That holds by construction
-/// (`carried_by_construction`), or once `k` of them have flushed past the write position at
-/// which the primary was first seen running it (`seen`). Confirming on the first sight
+/// (`carried_by_construction`), or once `k` of them have flushed past the write position of
+/// the second observation that showed the primary running it (`seen`). Confirming on the first sight
 /// alone let an election read only members that never received such a write: the
 /// simulation found this with an operator tagging `nosync` the one standby that held a
 /// write while the other was frozen (seed 98 of `nosync_toggled_under_faults_keeps_the_invariants`).
@@ -56,19 +59,20 @@ fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut 
         *seen = None;
         return None;
     }
-    let at = match seen {
-        Some((g, c, at)) if *g == state.generation && *c == want => *at,
-        _ => {
-            *seen = Some((state.generation, want.clone(), pg.write_lsn?));
-            pg.write_lsn?
-        }
-    };
-    if want.k == 0
+    let carried = want.k == 0
         || state
             .sync_unconfirmed
             .iter()
-            .all(|old| carried_by_construction(&want, old))
-    {
+            .all(|old| carried_by_construction(&want, old));
+    let at = match seen {
+        Some((g, c, Some(at))) if *g == state.generation && *c == want => *at,
+        Some((g, c, at @ None)) if *g == state.generation && *c == want => *at.insert(pg.write_lsn?),
+        _ => {
+            *seen = Some((state.generation, want.clone(), None));
+            return carried.then_some(want);
+        }
+    };
+    if carried {
         return Some(want);
     }
     let past = pg
@@ -356,8 +360,11 @@ mod tests {
         primary.write_lsn = Some(0x900);
         primary.replication[0].flush_lsn = Some(0x880);
         let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
+        assert_eq!(r.sync_applied, None, "the first sight takes no position");
+        assert_eq!(seen, Some((1, s.sync_config(), None)));
+        let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
         assert_eq!(r.sync_applied, None, "n2 has not flushed 0/900");
-        assert_eq!(seen, Some((1, s.sync_config(), 0x900)));
+        assert_eq!(seen, Some((1, s.sync_config(), Some(0x900))));
         // Later writes move the primary on; n2 passing the first sight's position is enough.
         primary.write_lsn = Some(0x2000);
         primary.replication[0].flush_lsn = Some(0x900);
@@ -370,8 +377,13 @@ mod tests {
         // Not primary: forgotten, and a new sight starts from the then write position.
         derive(&s, &Local::Standby(pg(true)), &d, &mut seen);
         assert_eq!(seen, None);
+        assert_eq!(
+            derive(&s, &Local::Primary(primary.clone()), &d, &mut seen).sync_applied,
+            None
+        );
+        assert_eq!(seen, Some((1, s.sync_config(), None)));
         assert_eq!(derive(&s, &Local::Primary(primary), &d, &mut seen).sync_applied, None);
-        assert_eq!(seen, Some((1, s.sync_config(), 0x2000)));
+        assert_eq!(seen, Some((1, s.sync_config(), Some(0x2000))));
         // Carried over by construction: at once.
         let mut grown = bootstrapped("n1");
         apply(
