@@ -104,7 +104,7 @@ impl Agent {
                 tracing::info!("requested re-clone done");
             }
             Action::Reconfigure => {
-                let upstream = pg.upstream(state);
+                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
                 if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
                     tracing::info!("configuration changed: reloading PostgreSQL");
                     pg.ctl.reload(TOOL_TIMEOUT).await?;
@@ -180,7 +180,7 @@ impl Agent {
             }
             Action::Rewind { source } => self.rewind(state, source).await?,
             Action::StartStandby => {
-                let upstream = pg.upstream(state);
+                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
                 tracing::info!("starting PostgreSQL as a standby");
@@ -252,11 +252,8 @@ impl Agent {
             .await?;
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         let mut created = false;
-        let wanted: Vec<String> = state
-            .others(&self.pg.me)
-            .iter()
-            .map(|m| crate::postgres::conf::slot_name(m))
-            .collect();
+        let kept = state.slots_kept_by(&self.pg.me);
+        let wanted: Vec<String> = kept.iter().map(|m| crate::postgres::conf::slot_name(m)).collect();
         for slot in have
             .iter()
             .filter(|s| s.starts_with(crate::postgres::conf::SLOT_PREFIX))
@@ -270,12 +267,12 @@ impl Agent {
                     )
                     .await?;
                 if dropped > 0 {
-                    tracing::info!("dropped replication slot {slot}: its member left the cluster");
+                    tracing::info!("dropped replication slot {slot}: no member streams from this node through it");
                     created = true;
                 }
             }
         }
-        for name in state.others(&self.pg.me) {
+        for name in kept {
             let slot = crate::postgres::conf::slot_name(&name);
             if !have.contains(&slot) {
                 client

@@ -67,6 +67,9 @@ pub struct Agent {
     down_since: Option<Instant>,
     /// Since when this standby follows the primary without streaming.
     not_streaming_since: Option<Instant>,
+    /// Since when this cascading standby streams from the primary because its
+    /// `replicatefrom` upstream did not serve it (`decide::agent::cascade_falls_back`).
+    fallen_back_since: Option<Instant>,
     /// Crash gate: clients wait until a standby holds this LSN.
     gate_lsn: Option<u64>,
     last_reason: String,
@@ -136,6 +139,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         wake_reporter: Arc::new(Notify::new()),
         down_since: None,
         not_streaming_since: None,
+        fallen_back_since: None,
         gate_lsn: None,
         last_reason: String::new(),
         failures: 0,
@@ -240,7 +244,8 @@ impl Agent {
                 self.fenced_hung = Some(state.generation);
             }
         }
-        let upstream = self.pg.upstream(&state);
+        self.track_cascade(&state, now);
+        let upstream = self.pg.upstream(&state, self.fallen_back_since.is_some());
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
@@ -351,6 +356,40 @@ impl Agent {
         } else {
             None
         };
+    }
+
+    /// A cascading standby falls back to the primary when its upstream does not serve it,
+    /// and tries its upstream again later (`decide::agent::cascade_falls_back`).
+    fn track_cascade(&mut self, state: &crate::cluster::ClusterState, now: Instant) {
+        let cascading = state
+            .source_of(&self.pg.me)
+            .is_some_and(|s| Some(s) != state.primary_name());
+        let fallen_back_ms = self
+            .fallen_back_since
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        let falls_back = crate::decide::agent::cascade_falls_back(
+            cascading,
+            fallen_back_ms,
+            elapsed_ms(self.not_streaming_since, now),
+        );
+        if falls_back == self.fallen_back_since.is_some() {
+            return;
+        }
+        let upstream = state.replicates_from(&self.pg.me).unwrap_or("");
+        if falls_back {
+            tracing::warn!(
+                "not streaming from {upstream} (my replicatefrom) for {} ms: streaming from the primary instead",
+                crate::decide::agent::CASCADE_FALLBACK_MS
+            );
+            self.fallen_back_since = Some(now);
+        } else {
+            if cascading {
+                tracing::info!("trying my replicatefrom upstream {upstream} again");
+            }
+            self.fallen_back_since = None;
+        }
+        // The new source gets its own time to stream.
+        self.not_streaming_since = None;
     }
 
     /// Logs a changed reason and hands the report to the lease task.

@@ -193,12 +193,18 @@ impl PgNode {
         crate::postgres::parse_timeline_history(&text)
     }
 
-    pub fn upstream(&self, state: &ClusterState) -> Option<Upstream> {
+    /// Where this node streams from while it follows (`None` during a primary change):
+    /// its source by design (`ClusterState::source_of`), through the slot the source
+    /// keeps; or, for a cascading standby whose upstream did not serve it
+    /// (`fallen_back`), the primary, without a slot.
+    pub fn upstream(&self, state: &ClusterState, fallen_back: bool) -> Option<Upstream> {
         if state.pending.is_some() {
             return None;
         }
-        let primary = state.primary.as_ref().filter(|p| p.node != self.me)?;
-        self.upstream_to(state, &primary.node)
+        let (name, slot) = crate::decide::agent::stream_from(state, &self.me, fallen_back)?;
+        let mut u = self.upstream_to(state, name)?;
+        u.slot = slot;
+        Some(u)
     }
 
     /// Member `name`'s PostgreSQL, reached as this node's replication user.
@@ -212,6 +218,7 @@ impl PgNode {
             application_name: self.me.clone(),
             passfile: self.passfile.clone(),
             ssl_root_cert: self.ssl.as_ref().map(|s| s.ca.clone()),
+            slot: true,
         })
     }
 

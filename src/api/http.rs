@@ -256,7 +256,7 @@ async fn cluster(State(node): State<Node>) -> Response {
                 "raft_leader": r.raft_leader,
                 "tags": {
                     "nofailover": r.nofailover, "failover_priority": r.failover_priority,
-                    "nosync": r.nosync, "noloadbalance": r.noloadbalance, "replica": r.replica,
+                    "nosync": r.nosync, "noloadbalance": r.noloadbalance, "replica": r.replica, "replicatefrom": r.replicatefrom,
                 },
             })
         })

@@ -5,8 +5,6 @@
 //! outcomes of a replicated log (two controllers raced, a view was stale),
 //! not errors of the node.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::{Deserialize, Serialize};
 
 use super::command::Command;
@@ -366,8 +364,9 @@ fn change_tags(state: &mut ClusterState, name: &str, changes: &[TagChange]) -> R
     if changes.is_empty() {
         return Err(Rejection::BadConfig(format!("no tag to change for {name}")));
     }
-    let mut tags = state.members[name].tags.clone();
-    let mut flags = state.flags.get(name).cloned().unwrap_or_default();
+    let mut after = state.clone();
+    let mut flags = after.flags.remove(name).unwrap_or_default();
+    let tags = &mut after.members.get_mut(name).expect("known").tags;
     for change in changes {
         match change {
             TagChange::NoFailover(v) => tags.nofailover = *v,
@@ -378,50 +377,78 @@ fn change_tags(state: &mut ClusterState, name: &str, changes: &[TagChange]) -> R
             TagChange::Flag(f, false) => {
                 flags.remove(f);
             }
+            TagChange::ReplicateFrom(None) => {
+                after.upstreams.remove(name);
+            }
+            TagChange::ReplicateFrom(Some(u)) => {
+                after.upstreams.insert(name.to_string(), u.clone());
+            }
         }
     }
-    let mut all = state.flags.clone();
-    if flags.is_empty() {
-        all.remove(name);
-    } else {
-        all.insert(name.to_string(), flags);
+    if !flags.is_empty() {
+        after.flags.insert(name.to_string(), flags);
     }
-    enough_sync_candidates(&state.members, &all, &format!("tagging {name} nosync"))?;
-    state.flags = all;
-    state.members.get_mut(name).expect("known").tags = tags;
+    if let Some(u) = after.replicates_from(name) {
+        cascade_allowed(&after, name, u)?;
+    }
+    enough_sync_candidates(&after, &format!("changing the tags of {name}"))?;
+    *state = after;
     let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
     Ok(format!("tags of {name} changed: {}", changes.join(" ")))
 }
 
-/// Once any member is tagged `nosync`, at least two members must not be: otherwise one of
-/// them as primary would have no synchronous standby, and in quorum mode would acknowledge
-/// writes that no other member holds.
-fn enough_sync_candidates(
-    members: &BTreeMap<String, Member>,
-    flags: &BTreeMap<String, BTreeSet<Flag>>,
-    what: &str,
-) -> Result<(), Rejection> {
-    let nosync: Vec<&str> = members
+/// `name` may stream from `upstream`: another member, and no chain of `replicatefrom`
+/// tags leads back to `name` (a loop would leave every member in it streaming from
+/// nobody until each gave up and followed the primary).
+fn cascade_allowed(state: &ClusterState, name: &str, upstream: &str) -> Result<(), Rejection> {
+    if upstream == name {
+        return Err(Rejection::BadConfig(format!(
+            "replicatefrom={upstream}: {name} cannot stream from itself; name another standby, or clear the tag with replicatefrom="
+        )));
+    }
+    if !state.members.contains_key(upstream) {
+        return Err(Rejection::BadConfig(format!(
+            "replicatefrom={upstream}: no member is called {upstream} (members: {})",
+            state.members.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut chain = vec![name.to_string()];
+    let mut at = upstream;
+    loop {
+        chain.push(at.to_string());
+        if at == name {
+            return Err(Rejection::BadConfig(format!(
+                "replicatefrom={upstream}: the chain {} is a loop; clear replicatefrom on one of them first",
+                chain.join(" -> ")
+            )));
+        }
+        match state.replicates_from(at) {
+            Some(next) if chain.len() <= state.members.len() => at = next,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Once any member may not be a synchronous standby (tagged `nosync`, or cascading from
+/// another standby), at least two members must be able to: otherwise one of them as
+/// primary would have no synchronous standby, and in quorum mode would acknowledge writes
+/// that no other member holds. `after` is the state the change would leave.
+fn enough_sync_candidates(after: &ClusterState, what: &str) -> Result<(), Rejection> {
+    let excluded: Vec<&str> = after
+        .members
         .keys()
-        .filter(|m| flags.get(*m).is_some_and(|f| f.contains(&Flag::NoSync)))
+        .filter(|m| after.has_flag(m, Flag::NoSync) || after.upstreams.contains_key(*m))
         .map(String::as_str)
         .collect();
-    let replicas = members
-        .keys()
-        .filter(|m| {
-            flags
-                .get(*m)
-                .is_some_and(|f| f.contains(&Flag::Replica) && !f.contains(&Flag::NoSync))
-        })
-        .count();
-    let free = members.len() - nosync.len() - replicas;
-    if nosync.is_empty() || free >= 2 {
+    let free = after.members.keys().filter(|m| after.may_be_sync(m)).count();
+    if excluded.is_empty() || free >= 2 {
         return Ok(());
     }
     Err(Rejection::BadConfig(format!(
-        "{what} would leave {free} member(s) not tagged nosync: at least two are needed, so that every primary \
-         has a synchronous standby (tagged nosync: {}); clear nosync on another member first",
-        nosync.join(", ")
+        "{what} would leave {free} member(s) that may be synchronous standbys: at least two are needed, so that every \
+         primary has a synchronous standby (tagged nosync or replicatefrom: {}); clear nosync or replicatefrom on \
+         another member first",
+        excluded.join(", ")
     )))
 }
 
@@ -433,12 +460,18 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
             "{name} cannot be removed: the cluster adopts its existing database, which is not recorded yet"
         )));
     }
-    let mut after = state.members.clone();
-    after.remove(name);
-    enough_sync_candidates(&after, &state.flags, &format!("removing {name}"))?;
+    let mut after = state.clone();
+    after.members.remove(name);
+    after.flags.remove(name);
+    after.upstreams.remove(name);
+    // Who streamed from it follows the primary again (and would not cascade from a new
+    // member that happens to take the name).
+    after.upstreams.retain(|_, u| u != name);
+    enough_sync_candidates(&after, &format!("removing {name}"))?;
     state.members.remove(name);
     state.sync_standbys.remove(name);
-    state.flags.remove(name);
+    state.flags = after.flags;
+    state.upstreams = after.upstreams;
     // A member chosen to run initdb that is removed is chosen no more: the controller
     // chooses another (issue 11: the cluster waited for it forever).
     if state.bootstrap_node.as_deref() == Some(name) {

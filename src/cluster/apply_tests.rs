@@ -711,6 +711,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 on
             )],
         }),
+        (name.clone(), prop::option::of(name.clone())).prop_map(|(name, upstream)| Command::ChangeTags {
+            name,
+            changes: vec![TagChange::ReplicateFrom(upstream)],
+        }),
         name.clone().prop_map(|node| Command::Bootstrap {
             node,
             system_identifier: 1
@@ -786,8 +790,29 @@ proptest! {
             // synchronous standbys.
             prop_assert!(s.flags.keys().all(|n| s.members.contains_key(n)));
             prop_assert!(s.flags.values().all(|f| !f.is_empty()));
-            let nosync = s.members.keys().filter(|n| s.has_flag(n, crate::cluster::Flag::NoSync)).count();
-            prop_assert!(nosync == 0 || s.members.len() - nosync >= 2, "{:?}", s.flags);
+            let restricted = s.members.keys().filter(|n| s.has_flag(n, crate::cluster::Flag::NoSync) || s.upstreams.contains_key(*n)).count();
+            let free = s.members.keys().filter(|n| s.may_be_sync(n)).count();
+            prop_assert!(restricted == 0 || free >= 2, "{:?} {:?}", s.flags, s.upstreams);
+            // replicatefrom names another member, and no chain of them loops.
+            for (n, u) in &s.upstreams {
+                prop_assert!(s.members.contains_key(n) && s.members.contains_key(u) && n != u, "{:?}", s.upstreams);
+                let mut at = u.as_str();
+                for _ in 0..s.members.len() {
+                    prop_assert!(at != n.as_str(), "a loop through {n}: {:?}", s.upstreams);
+                    match s.replicates_from(at) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+            }
+            // Every standby has a source, and the primary keeps the slots of all that stream from it.
+            if let Some(p) = s.primary_name() {
+                for m in s.members.keys().filter(|m| *m != p) {
+                    let src = s.source_of(m).expect("a standby has a source");
+                    prop_assert!(src != m.as_str() && s.members.contains_key(src));
+                    prop_assert!(s.slots_kept_by(src).contains(m));
+                }
+            }
         }
         prop_assert_eq!(s.revision, accepted);
     }
@@ -1102,9 +1127,26 @@ fn tags_parse_as_an_operator_types_them() {
     assert!(err.contains("true or false"), "{err}");
     let err = TagChange::parse("failover_priority", "high").unwrap_err();
     assert!(err.contains("whole number"), "{err}");
-    let err = TagChange::parse("replicatefrom", "n2").unwrap_err();
-    assert!(err.contains("unknown tag") && err.contains("noloadbalance"), "{err}");
+    let err = TagChange::parse("replicate_from", "n2").unwrap_err();
+    assert!(
+        err.contains("unknown tag") && err.contains("noloadbalance") && err.contains("replicatefrom"),
+        "{err}"
+    );
+    assert_eq!(
+        TagChange::parse("replicatefrom", "n2"),
+        Ok(TagChange::ReplicateFrom(Some("n2".into())))
+    );
+    assert_eq!(
+        TagChange::parse("replicatefrom", ""),
+        Ok(TagChange::ReplicateFrom(None))
+    );
+    assert_eq!(
+        TagChange::parse("replicatefrom", "none"),
+        Ok(TagChange::ReplicateFrom(None))
+    );
     for c in [
+        TagChange::ReplicateFrom(Some("n3".into())),
+        TagChange::ReplicateFrom(None),
         TagChange::Flag(NoSync, true),
         TagChange::FailoverPriority(4),
         TagChange::NoFailover(false),
@@ -1214,4 +1256,83 @@ fn a_replica_is_never_re_added_as_a_voter_nor_scheduled_for_a_switchover() {
         };
         assert!(matches!(rejected(&mut s, cmd), Rejection::NotEligible { .. }), "{to}");
     }
+}
+
+#[test]
+fn a_cascading_member_streams_from_its_upstream_while_that_is_a_standby() {
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n4", 4),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.source_of("n4"), Some("n1"));
+    let a = apply(
+        &mut s,
+        &change_tags("n4", &[TagChange::ReplicateFrom(Some("n3".into()))]),
+    )
+    .unwrap();
+    assert!(a.message.contains("replicatefrom=n3"), "{}", a.message);
+    // n3 keeps n4's slot, the primary no longer does; n4 is no sync candidate.
+    assert_eq!(s.source_of("n4"), Some("n3"));
+    assert_eq!(s.slots_kept_by("n3"), ["n4".to_string()].into());
+    assert_eq!(s.slots_kept_by("n1"), ["n2".to_string(), "n3".to_string()].into());
+    assert!(!s.may_be_sync("n4") && !s.sync_candidates("n1").contains("n4"));
+    // Its upstream becomes primary: it streams from the primary, which keeps its slot.
+    let mut promoted = s.clone();
+    promoted.primary.as_mut().unwrap().node = "n3".into();
+    assert_eq!(promoted.source_of("n4"), Some("n3"));
+    assert!(promoted.slots_kept_by("n3").contains("n4"));
+    // A chain is fine; a loop, itself, or a stranger is refused with the way out.
+    apply(
+        &mut s,
+        &change_tags("n3", &[TagChange::ReplicateFrom(Some("n2".into()))]),
+    )
+    .unwrap();
+    assert_eq!(s.source_of("n3"), Some("n2"));
+    let err = rejected(
+        &mut s,
+        change_tags("n2", &[TagChange::ReplicateFrom(Some("n4".into()))]),
+    );
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("n2 -> n4 -> n3 -> n2") && m.contains("loop")),
+        "{err}"
+    );
+    let err = rejected(
+        &mut s,
+        change_tags("n2", &[TagChange::ReplicateFrom(Some("n2".into()))]),
+    );
+    assert!(matches!(&err, Rejection::BadConfig(m) if m.contains("itself")), "{err}");
+    let err = rejected(
+        &mut s,
+        change_tags("n2", &[TagChange::ReplicateFrom(Some("nx".into()))]),
+    );
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("no member is called nx")),
+        "{err}"
+    );
+    // n3 and n4 cascade: only n1 and n2 may be synchronous, so neither may cascade too.
+    let err = rejected(
+        &mut s,
+        change_tags("n2", &[TagChange::ReplicateFrom(Some("n1".into()))]),
+    );
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("at least two") && m.contains("replicatefrom")),
+        "{err}"
+    );
+    // The upstream leaves: who streamed from it follows the primary again.
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    assert_eq!(s.replicates_from("n4"), None);
+    assert_eq!(s.source_of("n4"), Some("n1"));
+    assert!(s.may_be_sync("n4"));
+    // Clearing the tag is how to stop cascading.
+    apply(
+        &mut s,
+        &change_tags("n4", &[TagChange::ReplicateFrom(Some("n2".into()))]),
+    )
+    .unwrap();
+    apply(&mut s, &change_tags("n4", &[TagChange::ReplicateFrom(None)])).unwrap();
+    assert!(s.upstreams.is_empty());
 }

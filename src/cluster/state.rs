@@ -48,6 +48,8 @@ pub enum TagChange {
     NoFailover(bool),
     FailoverPriority(i32),
     Flag(Flag, bool),
+    /// `replicatefrom`: stream from this other standby (cascading); `None` clears it.
+    ReplicateFrom(Option<String>),
 }
 
 impl TagChange {
@@ -64,13 +66,18 @@ impl TagChange {
                 .parse()
                 .map(TagChange::FailoverPriority)
                 .map_err(|_| format!("{key}={value}: failover_priority is a whole number (higher wins)")),
+            "replicatefrom" => Ok(TagChange::ReplicateFrom(match value.trim() {
+                "" => None,
+                v if v.eq_ignore_ascii_case("none") => None,
+                v => Some(v.to_string()),
+            })),
             "replica" => Err(format!(
                 "{key}={value}: whether a member is a replica is chosen when it is added (`ctl member add --replica`)"
             )),
             k => match Flag::ALL.into_iter().find(|f| f.key() == k) {
                 Some(f) => Ok(TagChange::Flag(f, boolean()?)),
                 None => Err(format!(
-                    "unknown tag '{key}': the tags are nofailover, failover_priority, {}",
+                    "unknown tag '{key}': the tags are nofailover, failover_priority, replicatefrom, {}",
                     Flag::ALL.map(Flag::key).join(", ")
                 )),
             },
@@ -84,6 +91,7 @@ impl std::fmt::Display for TagChange {
             TagChange::NoFailover(v) => write!(f, "nofailover={v}"),
             TagChange::FailoverPriority(v) => write!(f, "failover_priority={v}"),
             TagChange::Flag(flag, v) => write!(f, "{}={v}", flag.key()),
+            TagChange::ReplicateFrom(u) => write!(f, "replicatefrom={}", u.as_deref().unwrap_or("")),
         }
     }
 }
@@ -246,6 +254,9 @@ pub struct ClusterState {
     /// Tags added after `Member::tags` was first stored (`nosync`, `noloadbalance`), by
     /// member; a member without any has no entry. Appended after `vetoed`.
     pub flags: BTreeMap<String, BTreeSet<Flag>>,
+    /// `replicatefrom` tags: member -> the standby it streams from (cascading replication).
+    /// Appended after `flags`.
+    pub upstreams: BTreeMap<String, String>,
 }
 
 impl ClusterState {
@@ -320,12 +331,48 @@ impl ClusterState {
         self.flags.get(name).is_some_and(|f| f.contains(&flag))
     }
 
-    /// Every member except `name` that may be a synchronous standby (neither tagged
-    /// `nosync` nor a replica): the sync set of `name` as a new primary.
+    /// Whether `name` may be a synchronous standby: not tagged `nosync`, not a replica, and
+    /// not cascading (a standby that streams from another standby never acknowledges a
+    /// commit to the primary).
+    pub fn may_be_sync(&self, name: &str) -> bool {
+        !self.has_flag(name, Flag::NoSync) && !self.has_flag(name, Flag::Replica) && !self.upstreams.contains_key(name)
+    }
+
+    /// Every member except `name` that may be a synchronous standby (`may_be_sync`): the
+    /// sync set of `name` as a new primary.
     pub fn sync_candidates(&self, name: &str) -> BTreeSet<String> {
         self.members
             .keys()
-            .filter(|m| *m != name && !self.has_flag(m, Flag::NoSync) && !self.has_flag(m, Flag::Replica))
+            .filter(|m| *m != name && self.may_be_sync(m))
+            .cloned()
+            .collect()
+    }
+
+    /// The `replicatefrom` tag of `name`, if set.
+    pub fn replicates_from(&self, name: &str) -> Option<&str> {
+        self.upstreams.get(name).map(String::as_str)
+    }
+
+    /// The member `name` streams from by design: its `replicatefrom` upstream while that is
+    /// another member and not the primary (a standby), else the primary. `None` for the
+    /// primary itself, and while there is no primary. The source keeps `name`'s
+    /// replication slot (`slots_kept_by`).
+    pub fn source_of(&self, name: &str) -> Option<&str> {
+        let p = self.primary_name()?;
+        if p == name {
+            return None;
+        }
+        match self.replicates_from(name) {
+            Some(u) if u != p && u != name && self.members.contains_key(u) => Some(u),
+            _ => Some(p),
+        }
+    }
+
+    /// The members whose replication slot `me` keeps: those that stream from it by design.
+    pub fn slots_kept_by(&self, me: &str) -> BTreeSet<String> {
+        self.members
+            .keys()
+            .filter(|m| *m != me && self.source_of(m) == Some(me))
             .cloned()
             .collect()
     }

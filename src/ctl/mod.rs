@@ -169,7 +169,8 @@ pub enum MemberAction {
     /// Remove a member (not the primary).
     Remove { member: String },
     /// Change a member's tags through Raft, in one commit: nofailover, failover_priority,
-    /// nosync (never a synchronous standby) and noloadbalance (/replica answers 503).
+    /// nosync (never a synchronous standby), noloadbalance (/replica answers 503) and
+    /// replicatefrom=NAME (stream from that standby; replicatefrom= clears it).
     Tags {
         /// The member whose tags change.
         member: String,
@@ -431,6 +432,7 @@ async fn add(c: &mut ControlClient<Channel>, m: NewMember) -> anyhow::Result<()>
             nosync: false,
             noloadbalance: false,
             replica: false,
+            replicatefrom: String::new(),
             raft_role: String::new(),
         }),
         replica: m.replica,

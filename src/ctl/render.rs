@@ -80,6 +80,9 @@ pub fn tags_text(m: &pb::Member) -> String {
     if m.noloadbalance {
         out.push("noloadbalance".into());
     }
+    if !m.replicatefrom.is_empty() {
+        out.push(format!("replicatefrom={}", m.replicatefrom));
+    }
     out.join(" ")
 }
 
@@ -219,7 +222,7 @@ pub fn status_json(s: &pb::ClusterStatus) -> serde_json::Value {
                 "name": m.name, "id": m.id, "raft_addr": m.raft_addr, "grpc_addr": m.grpc_addr,
                 "pg_addr": m.pg_addr, "http_addr": m.http_addr, "raft_role": m.raft_role,
                 "nofailover": m.nofailover, "failover_priority": m.failover_priority,
-                "nosync": m.nosync, "noloadbalance": m.noloadbalance, "replica": m.replica,
+                "nosync": m.nosync, "noloadbalance": m.noloadbalance, "replica": m.replica, "replicatefrom": m.replicatefrom,
                 "role": st.map(|x| x.role.clone()),
                 "state": st.map(|x| x.state.clone()),
                 "timeline": st.map(|x| x.timeline),

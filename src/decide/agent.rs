@@ -15,6 +15,50 @@ use crate::postgres::{conf, Controldata, PgState};
 /// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
 pub const DIVERGED_AFTER_MS: u64 = 5_000;
 
+/// A cascading standby that has not streamed from its upstream for this long follows the
+/// primary instead: its upstream is down, or serves no WAL (stopped, or not a standby).
+pub const CASCADE_FALLBACK_MS: u64 = 3_000;
+/// A cascading standby that fell back to the primary tries its upstream again after this
+/// long (and falls back again `CASCADE_FALLBACK_MS` later if it still cannot stream).
+pub const CASCADE_RETRY_MS: u64 = 60_000;
+
+/// Where `me` streams from while it follows: (member, through its slot). Its source by
+/// design (`ClusterState::source_of`), whose slot it uses; or, for a cascading standby that
+/// fell back, the primary without a slot (the primary keeps none for it, so that a slot
+/// nobody uses never holds the primary's WAL).
+pub fn stream_from<'a>(state: &'a ClusterState, me: &str, fallen_back: bool) -> Option<(&'a str, bool)> {
+    let source = state.source_of(me)?;
+    let primary = state.primary_name()?;
+    if fallen_back && source != primary {
+        Some((primary, false))
+    } else {
+        Some((source, true))
+    }
+}
+
+/// Whether a standby streams from the primary instead of its `replicatefrom` upstream this
+/// tick. `cascading`: its source by design is another standby; `fallen_back_ms`: how long
+/// it has streamed from the primary instead (`None`: it follows its upstream);
+/// `not_streaming_ms`: how long it has followed its current source without streaming.
+pub fn cascade_falls_back(cascading: bool, fallen_back_ms: Option<u64>, not_streaming_ms: u64) -> bool {
+    match fallen_back_ms {
+        _ if !cascading => false,
+        None => not_streaming_ms >= CASCADE_FALLBACK_MS,
+        Some(ms) => ms < CASCADE_RETRY_MS,
+    }
+}
+
+/// Whether `me`'s raftpg slots (`slots`, all physical slots it has) differ from those it
+/// keeps by design: one for each member that streams from it (`slots_kept_by`). A slot
+/// nobody streams from would hold WAL for ever, on a primary or a standby alike.
+fn slots_differ(state: &ClusterState, me: &str, slots: &[String]) -> bool {
+    let wanted: Vec<String> = state.slots_kept_by(me).iter().map(|m| conf::slot_name(m)).collect();
+    wanted.iter().any(|s| !slots.contains(s))
+        || slots
+            .iter()
+            .any(|s| s.starts_with(conf::SLOT_PREFIX) && !wanted.contains(s))
+}
+
 /// What this node's PostgreSQL looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Local {
@@ -112,8 +156,8 @@ pub enum Action {
     Reconfigure,
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
-    /// Create the missing replication slots of the other members, drop those of members
-    /// that left (primary only).
+    /// Create the missing replication slots of the members that stream from this node by
+    /// design (`ClusterState::slots_kept_by`), drop raftpg's other slots.
     EnsureSlots,
     /// Let clients in: a standby holds the WAL written before the crash restart.
     OpenGate,
@@ -409,13 +453,7 @@ fn primary(i: &AgentInput) -> Decision {
     match i.local {
         Local::Primary(pg) => {
             let mut actions = vec![Action::Reconfigure];
-            let wanted: Vec<String> = i.state.others(i.me).iter().map(|m| conf::slot_name(m)).collect();
-            let missing = wanted.iter().any(|s| !pg.slots.contains(s));
-            let orphaned = pg
-                .slots
-                .iter()
-                .any(|s| s.starts_with(conf::SLOT_PREFIX) && !wanted.contains(s));
-            if missing || orphaned {
+            if slots_differ(i.state, i.me, &pg.slots) {
                 actions.push(Action::EnsureSlots);
             }
             let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");
@@ -687,6 +725,18 @@ fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bo
 }
 
 fn standby(i: &AgentInput, p: &str) -> Decision {
+    let mut d = following(i, p);
+    // A standby keeps the slots of those that cascade from it, and no other: a slot left
+    // from its time as primary would hold its WAL for ever.
+    if let Local::Standby(pg) = i.local {
+        if d.actions == [Action::Reconfigure] && slots_differ(i.state, i.me, &pg.slots) {
+            d.actions.push(Action::EnsureSlots);
+        }
+    }
+    d
+}
+
+fn following(i: &AgentInput, p: &str) -> Decision {
     let g = i.state.generation;
     let p_tl = i.state.primary.as_ref().and_then(|x| x.timeline).unwrap_or(0);
     match i.local {

@@ -47,6 +47,7 @@ fn states() -> Vec<(&'static str, ClusterState)> {
             three_members(&[Command::ChooseBootstrap { node: "n2".into() }]),
         ),
         ("n1 primary", three_members(&boot("n1"))),
+        ("n1 primary, n3 cascades from n2", cascading()),
         ("n2 primary", three_members(&boot("n2"))),
         (
             "failover from n1",
@@ -158,7 +159,12 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
             sync_state: "quorum".into(),
             flush_lsn: Some(100),
         }],
-        slots: vec!["raftpg_n2".into(), "raftpg_n3".into()],
+        // A primary keeps the others' slots; a standby none (nobody cascades from it).
+        slots: if in_recovery {
+            vec![]
+        } else {
+            vec!["raftpg_n2".into(), "raftpg_n3".into()]
+        },
         sync_names: String::new(),
         pending_restart: vec![],
         timeline_pinned: false,
@@ -359,6 +365,81 @@ fn primary_creates_missing_slots_and_drops_those_of_former_members() {
         [Action::Reconfigure],
         "slots raftpg does not own are left alone"
     );
+}
+
+/// n1 primary, n3 streams from n2 (`replicatefrom=n2`).
+fn cascading() -> ClusterState {
+    let mut s = three_members(&boot("n1"));
+    apply(
+        &mut s,
+        &Command::ChangeTags {
+            name: "n3".into(),
+            changes: vec![crate::cluster::TagChange::ReplicateFrom(Some("n2".into()))],
+        },
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_cascading_standby_streams_from_its_upstream_whose_slot_keeps_its_wal() {
+    let s = cascading();
+    assert_eq!(stream_from(&s, "n3", false), Some(("n2", true)));
+    assert_eq!(stream_from(&s, "n3", true), Some(("n1", false)), "fallen back: no slot");
+    assert_eq!(stream_from(&s, "n2", true), Some(("n1", true)), "not cascading");
+    assert_eq!(stream_from(&s, "n1", false), None);
+    // n2 keeps n3's slot, the primary only n2's.
+    let mut n2 = pg(true, WANT, Some("streaming"));
+    let local = Local::Standby(n2.clone());
+    assert_eq!(
+        decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
+        [Action::Reconfigure, Action::EnsureSlots]
+    );
+    n2.slots = vec!["raftpg_n3".into()];
+    let local = Local::Standby(n2.clone());
+    assert_eq!(
+        decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
+        [Action::Reconfigure]
+    );
+    let primary = Local::Primary(pg(false, "", None));
+    assert_eq!(
+        decide(&input("n1", &s, &primary, LeaseView::Held)).actions,
+        [Action::Reconfigure, Action::EnsureSlots],
+        "the primary drops n3's slot"
+    );
+    // A standby left with slots from its time as primary drops them.
+    let s = three_members(&boot("n1"));
+    let mut old = pg(true, WANT, Some("streaming"));
+    old.slots = vec!["raftpg_n1".into(), "raftpg_n3".into(), "backup".into()];
+    let local = Local::Standby(old);
+    assert_eq!(
+        decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
+        [Action::Reconfigure, Action::EnsureSlots]
+    );
+}
+
+#[test]
+fn a_cascading_standby_falls_back_to_the_primary_and_tries_its_upstream_again() {
+    use super::{CASCADE_FALLBACK_MS as F, CASCADE_RETRY_MS as R};
+    let cases = [
+        // (cascading, fallen back for, not streaming for) -> streams from the primary
+        (false, None, 0, false),
+        (false, None, F * 10, false),
+        (false, Some(1), 0, false),
+        (true, None, 0, false),
+        (true, None, F - 1, false),
+        (true, None, F, true),
+        (true, Some(0), 0, true),
+        (true, Some(R - 1), F * 10, true),
+        (true, Some(R), 0, false),
+    ];
+    for (cascading, fallen, not_streaming, want) in cases {
+        assert_eq!(
+            cascade_falls_back(cascading, fallen, not_streaming),
+            want,
+            "{cascading} {fallen:?} {not_streaming}"
+        );
+    }
 }
 
 #[test]
@@ -589,7 +670,10 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
                 );
             }
             Action::AdoptConfig | Action::ProposeAdopted { .. } => assert!(adopter, "{}", ctx()),
-            Action::OpenGate | Action::EnsureSlots => assert_eq!(role, Wanted::Primary, "{}", ctx()),
+            Action::OpenGate => assert_eq!(role, Wanted::Primary, "{}", ctx()),
+            // Slots are kept by whoever others stream from: a primary, or a standby that
+            // others cascade from; never during a primary change.
+            Action::EnsureSlots => assert!(matches!(role, Wanted::Primary | Wanted::Standby(_)), "{}", ctx()),
             _ => {}
         }
     }

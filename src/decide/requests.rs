@@ -215,6 +215,7 @@ mod tests {
             nosync: false,
             noloadbalance: false,
             replica: false,
+            replicatefrom: String::new(),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct MemberRow {
     pub noloadbalance: bool,
     /// Added as a replica: outside the quorum, never promoted automatically.
     pub replica: bool,
+    /// `replicatefrom`: the standby it streams from (cascading), or "".
+    pub replicatefrom: String,
 }
 
 /// Reports older than this describe a member that is not reporting: its state is unknown.
@@ -135,6 +137,7 @@ pub fn rows(state: &ClusterState, view: &ClusterView, raft: &RaftView) -> Vec<Me
                 nosync: state.has_flag(&m.name, Flag::NoSync),
                 noloadbalance: state.has_flag(&m.name, Flag::NoLoadBalance),
                 replica: state.has_flag(&m.name, Flag::Replica),
+                replicatefrom: state.replicates_from(&m.name).unwrap_or_default().to_string(),
             }
         })
         .collect()

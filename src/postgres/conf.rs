@@ -55,6 +55,11 @@ pub struct Upstream {
     pub passfile: Option<PathBuf>,
     /// With PostgreSQL TLS: the CA the upstream's certificate must chain to.
     pub ssl_root_cert: Option<PathBuf>,
+    /// Stream through this standby's slot (`slot_name(application_name)`), which the
+    /// upstream keeps because it is this standby's source by design
+    /// (`ClusterState::source_of`). A cascading standby that fell back to the primary
+    /// streams without one: the primary keeps none for it.
+    pub slot: bool,
 }
 
 /// Everything `postgresql.conf` depends on.
@@ -122,7 +127,10 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
         ("primary_conninfo", i.upstream.map(conninfo).unwrap_or_default()),
         (
             "primary_slot_name",
-            i.upstream.map(|u| slot_name(&u.application_name)).unwrap_or_default(),
+            i.upstream
+                .filter(|u| u.slot)
+                .map(|u| slot_name(&u.application_name))
+                .unwrap_or_default(),
         ),
         ("synchronous_standby_names", i.sync_names.to_string()),
         // Following: switch to the primary's newest timeline. Not following (a fenced standby
@@ -345,6 +353,7 @@ mod tests {
             application_name: "db-2".into(),
             passfile: Some(PathBuf::from("/var/lib/raftpg/pg pass")),
             ssl_root_cert: None,
+            slot: true,
         }
     }
 

@@ -193,8 +193,9 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002000201026e310101026e3201",
     "01000001026e310001026e3200056c656173650000808040d00f904e0108776f726b5f6d656d03384d42010001000009",
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
-    // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03)
-    "000000",
+    // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03),
+    // upstreams: {} (appended 2026-12-03, cascading)
+    "00000000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -223,6 +224,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     assert_eq!(s.adopt, None);
     assert!(s.vetoed.is_empty());
     assert!(s.flags.is_empty());
+    assert!(s.upstreams.is_empty());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,

@@ -91,6 +91,7 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
                 nosync: s.has_flag(&x.name, Flag::NoSync),
                 noloadbalance: s.has_flag(&x.name, Flag::NoLoadBalance),
                 replica: s.has_flag(&x.name, Flag::Replica),
+                replicatefrom: s.replicates_from(&x.name).unwrap_or_default().to_string(),
                 raft_role: rows
                     .iter()
                     .find(|r| r.name == x.name)
