@@ -287,3 +287,98 @@ async fn replicas_stay_outside_the_quorum_and_follow_every_primary() {
     .await;
     c.assert_no_loss(writer, &[1, 2, 3, 4, 5], FORM).await;
 }
+
+/// `member`'s walsender on node `k`'s PostgreSQL is streaming, and the slot it streams
+/// through there is active (`slot`: the slot must exist and be active; otherwise it must
+/// not exist).
+async fn streams_to(c: &Cluster, k: u16, member: &str, slot: bool) -> Option<()> {
+    let row = c
+        .query_one(
+            k,
+            &format!(
+                "SELECT (SELECT count(*) FROM pg_stat_replication WHERE application_name = '{member}' AND state = 'streaming'),
+                        (SELECT bool_or(active) FROM pg_replication_slots WHERE slot_name = 'raftpg_{member}')"
+            ),
+        )
+        .await?;
+    let streaming: i64 = row.get(0);
+    let active: Option<bool> = row.get(1);
+    (streaming == 1 && (if slot { active == Some(true) } else { active.is_none() })).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_streams_from_its_upstream_and_is_rebuilt_when_that_fails_or_is_promoted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(29200, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    let writer = Writer::start(&c.libpq()).await;
+    c.add_node(4, "");
+    let args = member_args(&c, 4);
+    c.ctl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    c.wait_for("n4 to stream from the primary", CHANGE, || {
+        streams_to(&c, primary, "n4", true)
+    })
+    .await;
+
+    phase("replicatefrom: n4 streams from a standby, which keeps its slot; the primary drops its own");
+    let upstream = (1..=3).find(|k| *k != primary).unwrap();
+    let out = c.ctl_ok(&["member", "tags", "n4", &format!("replicatefrom=n{upstream}")]);
+    assert!(out.contains(&format!("replicatefrom=n{upstream}")), "{out}");
+    c.wait_for(
+        &format!("n4 to stream from n{upstream} through its slot there"),
+        CHANGE,
+        || streams_to(&c, upstream, "n4", true),
+    )
+    .await;
+    c.wait_for("the primary to drop n4's slot", CHANGE, || async {
+        let row = c
+            .query_one(
+                primary,
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'raftpg_n4'",
+            )
+            .await?;
+        (row.get::<_, i64>(0) == 0).then_some(())
+    })
+    .await;
+    let table = c.ctl_ok(&["list"]);
+    assert!(table.contains(&format!("replicatefrom=n{upstream}")), "{table}");
+    c.ctl_fails(&["member", "tags", "n4", "replicatefrom=n9"], "no member is called n9");
+    c.ctl_fails(
+        &["member", "tags", &format!("n{upstream}"), "replicatefrom=n4"],
+        "is a loop",
+    );
+
+    phase("the upstream dies: n4 streams from the primary instead, without a slot");
+    c.kill9(upstream);
+    c.kill9_postmaster(upstream);
+    let killed = Instant::now();
+    c.wait_for("n4 to stream from the primary", CHANGE, || {
+        streams_to(&c, primary, "n4", false)
+    })
+    .await;
+    eprintln!(
+        "n4 streamed from the primary {:?} after its upstream died",
+        killed.elapsed()
+    );
+    assert!(
+        c.log_of(4).contains("streaming from the primary instead"),
+        "{}",
+        c.log_of(4)
+    );
+    c.start_node(upstream);
+    c.wait_streaming(3, FORM).await;
+
+    phase("the upstream becomes primary: n4 streams from it, through the slot it kept");
+    c.ctl_ok(&["switchover", "--to", &format!("n{upstream}")]);
+    c.wait_for(
+        &format!("n{upstream} to be primary, n4 streaming from it"),
+        FORM,
+        || async {
+            let (p, rows) = c.topology().await?;
+            (p == upstream && rows.len() == 3).then_some(())?;
+            streams_to(&c, upstream, "n4", true).await
+        },
+    )
+    .await;
+    c.assert_no_loss(writer, &[1, 2, 3, 4], FORM).await;
+}
