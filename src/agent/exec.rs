@@ -117,6 +117,7 @@ impl Agent {
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
             }
             Action::EnsureSlots => return self.ensure_slots(state).await,
+            Action::DropSlots(names) => return self.drop_stale_slots(state, names).await,
             Action::OpenGate => {
                 pg.write_conf(state, None, false)?;
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
@@ -241,48 +242,110 @@ impl Agent {
         Ok(sysid as u64)
     }
 
-    /// One physical slot per other member, so the primary keeps the WAL they still need.
+    /// The slots this node keeps by design (`decide::agent::wanted_slots`): one physical
+    /// slot per member that streams from it, so it keeps the WAL they still need, and, as
+    /// primary, the permanent slots. Drops the other slots raftpg manages.
     async fn ensure_slots(&self, state: &ClusterState) -> anyhow::Result<bool> {
+        use crate::decide::agent::{manages_slot, wanted_slots};
+        let me = &self.pg.me;
+        let primary = state.primary_name() == Some(me.as_str());
         let client = connect(&self.pg.local_conninfo()).await?;
-        let rows = client
-            .query(
-                "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'",
-                &[],
-            )
-            .await?;
+        let rows = client.query("SELECT slot_name FROM pg_replication_slots", &[]).await?;
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let mut created = false;
-        let kept = state.slots_kept_by(&self.pg.me);
-        let wanted: Vec<String> = kept.iter().map(|m| crate::postgres::conf::slot_name(m)).collect();
-        for slot in have
-            .iter()
-            .filter(|s| s.starts_with(crate::postgres::conf::SLOT_PREFIX))
-        {
-            if !wanted.contains(slot) {
-                // A slot of a member that left would keep WAL on the primary for ever.
-                let dropped = client
-                    .execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                        &[slot],
-                    )
-                    .await?;
-                if dropped > 0 {
-                    tracing::info!("dropped replication slot {slot}: no member streams from this node through it");
-                    created = true;
+        let wanted = wanted_slots(state, me, primary);
+        let mut changed = false;
+        for slot in have.iter().filter(|s| manages_slot(state, s) && !wanted.contains(*s)) {
+            // A slot of a member that left, or that streams from elsewhere, would keep WAL
+            // here for ever; a removed permanent slot is the operator's decision.
+            let dropped = client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[slot],
+                )
+                .await?;
+            if dropped > 0 {
+                match state.slots.get(slot).and_then(|s| s.removed.as_deref()) {
+                    Some(why) => tracing::info!("dropped permanent slot {slot}: removed ({why})"),
+                    None => {
+                        tracing::info!("dropped replication slot {slot}: no member streams from this node through it")
+                    }
                 }
+                changed = true;
             }
         }
-        for name in kept {
+        for name in state.slots_kept_by(me) {
             let slot = crate::postgres::conf::slot_name(&name);
             if !have.contains(&slot) {
                 client
                     .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
                     .await?;
                 tracing::info!("created replication slot {slot} for {name}");
-                created = true;
+                changed = true;
             }
         }
-        Ok(created)
+        if primary {
+            for (name, kind) in state.declared_slots().filter(|(n, _)| !have.contains(*n)) {
+                match kind {
+                    crate::cluster::SlotKind::Physical => {
+                        // Reserved at once: the consumer's WAL is kept from now on, before
+                        // it first connects (and after a failover, before it reconnects).
+                        client
+                            .execute("SELECT pg_create_physical_replication_slot($1, true)", &[name])
+                            .await?;
+                        tracing::info!("created permanent physical slot {name}");
+                    }
+                    crate::cluster::SlotKind::Logical { plugin, database } => {
+                        let mut config: tokio_postgres::Config = self.pg.local_conninfo().parse()?;
+                        config.dbname(database);
+                        let db = crate::agent::pgfiles::connect_within(&config, NoTls)
+                            .await
+                            .with_context(|| {
+                                format!("cannot connect to database {database} for logical slot {name}")
+                            })?;
+                        db.execute("SELECT pg_create_logical_replication_slot($1, $2)", &[name, plugin])
+                            .await
+                            .with_context(|| format!("cannot create logical slot {name} ({plugin} in {database})"))?;
+                        tracing::warn!(
+                            "created permanent logical slot {name} ({plugin} in {database}) at the current position: \
+                             changes since its consumer's last position on an earlier primary are not in it"
+                        );
+                    }
+                }
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Drops slots that held WAL with no consumer for `slot_ttl_ms`; a permanent one is
+    /// removed from the state first, so that no primary recreates it.
+    async fn drop_stale_slots(&self, state: &ClusterState, names: &[String]) -> anyhow::Result<bool> {
+        let client = connect(&self.pg.local_conninfo()).await?;
+        let ttl = std::time::Duration::from_millis(state.slot_ttl_ms());
+        for name in names {
+            let why = format!("no consumer for {ttl:?} while it held WAL (slot_ttl_ms)");
+            let dropped = client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[name],
+                )
+                .await?;
+            if dropped == 0 {
+                continue; // its consumer is back
+            }
+            tracing::warn!(
+                "dropped replication slot {name}: {why}, so that it cannot fill the disk; its consumer must start \
+                 over (a member streams again if the WAL it needs is still here, else it needs `ctl reinit`)"
+            );
+            if state.declared_slots().any(|(n, _)| n == name) {
+                self.propose(Command::RemoveSlot {
+                    name: name.clone(),
+                    reason: why,
+                })
+                .await?;
+            }
+        }
+        Ok(true)
     }
 
     async fn clone_from(&self, state: &ClusterState, from: &str) -> anyhow::Result<()> {

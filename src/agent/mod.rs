@@ -86,6 +86,8 @@ pub struct Agent {
     /// Since when the WAL receiver has kept running after streaming was stopped for a
     /// primary change.
     lingering_since: Option<Instant>,
+    /// Since when each slot has held WAL with no consumer (`PgState::idle_slots`).
+    idle_slots_since: std::collections::BTreeMap<String, Instant>,
     /// Where this node, as primary, first saw its synchronous configuration run.
     sync_seen: crate::decide::report::SyncSeen,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
@@ -148,6 +150,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         unproven: false,
         fenced_hung: None,
         lingering_since: None,
+        idle_slots_since: Default::default(),
         sync_seen: None,
         wal_end_read: None,
         observer: Observer::default(),
@@ -274,6 +277,12 @@ impl Agent {
             Local::NoData => self.disk_full(None),
             _ => None,
         };
+        let idle_ms = self
+            .idle_slots_since
+            .iter()
+            .map(|(name, since)| (name.clone(), elapsed_ms(Some(*since), now)))
+            .collect();
+        let stale_slots = crate::decide::agent::stale_slots(&state, &idle_ms);
         let decision = decide(&AgentInput {
             me: &self.pg.me,
             state: &state,
@@ -288,6 +297,7 @@ impl Agent {
             fenced_hung: self.fenced_hung == Some(state.generation),
             wal_end,
             receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
+            stale_slots: &stale_slots,
             disk_full: disk_full.as_deref(),
             foreign_conf: role == Wanted::Bootstrap
                 && state.adopt.as_deref() == Some(self.pg.me.as_str())
@@ -347,6 +357,15 @@ impl Agent {
         };
         if !matches!(local, Local::Primary(_)) {
             self.gate_lsn = None;
+        }
+        match local {
+            Local::Primary(pg) | Local::Standby(pg) => {
+                self.idle_slots_since.retain(|name, _| pg.idle_slots.contains(name));
+                for name in &pg.idle_slots {
+                    self.idle_slots_since.entry(name.clone()).or_insert(now);
+                }
+            }
+            _ => self.idle_slots_since.clear(),
         }
         let stopping = matches!(role, Wanted::Fenced | Wanted::OldPrimary);
         let lingering =

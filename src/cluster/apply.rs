@@ -8,7 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::Command;
-use super::state::{ChangeKind, ClusterState, Flag, HistoryEntry, Member, Pending, PendingKind, Primary, TagChange};
+use super::state::{
+    ChangeKind, ClusterState, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary, SlotKind,
+    TagChange,
+};
 
 /// What an accepted command did, for logs and replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +129,18 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
                 .or_default()
                 .insert(Flag::Replica);
             format!("replica {} added (outside the quorum)", member.name)
+        }
+        Command::AddSlot { name, kind } => add_slot(state, name, kind)?,
+        Command::RemoveSlot { name, reason } => {
+            let slot = state
+                .slots
+                .get_mut(name)
+                .filter(|s| s.removed.is_none())
+                .ok_or_else(|| {
+                    Rejection::BadConfig(format!("no permanent slot is called {name} (`ctl slots list`)"))
+                })?;
+            slot.removed = Some(reason.clone());
+            format!("permanent slot {name} removed: {reason}")
         }
         Command::ChooseBootstrap { node } => {
             known(state, node)?;
@@ -770,7 +785,95 @@ fn record_timeline(
     ))
 }
 
+/// PostgreSQL's rules for a slot name, and raftpg's prefix kept for its members' slots.
+fn check_slot_name(name: &str) -> Result<(), Rejection> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(Rejection::BadConfig(format!(
+            "'{name}' is not a slot name PostgreSQL accepts: 1 to 63 characters of a-z, 0-9 and _"
+        )));
+    }
+    if name.starts_with(crate::postgres::conf::SLOT_PREFIX) {
+        return Err(Rejection::BadConfig(format!(
+            "'{name}': slot names starting with {} are raftpg's own, for its members; choose another name",
+            crate::postgres::conf::SLOT_PREFIX
+        )));
+    }
+    Ok(())
+}
+
+fn add_slot(state: &mut ClusterState, name: &str, kind: &SlotKind) -> Result<String, Rejection> {
+    check_slot_name(name)?;
+    if let Some(existing) = state.slots.get(name).filter(|s| s.removed.is_none()) {
+        if existing.kind == *kind {
+            return Ok(format!("permanent slot {name} is already declared"));
+        }
+        return Err(Rejection::BadConfig(format!(
+            "a permanent slot called {name} is already declared with other settings: `ctl slots remove {name}` first"
+        )));
+    }
+    if let SlotKind::Logical { plugin, database } = kind {
+        if plugin.trim().is_empty() || database.trim().is_empty() {
+            return Err(Rejection::BadConfig(format!(
+                "logical slot {name} needs --plugin (for example pgoutput) and --database"
+            )));
+        }
+        let level = state
+            .parameters
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("wal_level"))
+            .map(|(_, v)| v.to_ascii_lowercase());
+        if level.as_deref() != Some("logical") {
+            return Err(Rejection::BadConfig(format!(
+                "logical slot {name} needs wal_level = logical: `ctl config set postgresql.parameters.wal_level=logical`, \
+                 then `ctl restart --pending`, then add the slot"
+            )));
+        }
+    }
+    // Every member's slot and every permanent one must fit max_replication_slots.
+    let max = state
+        .parameters
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("max_replication_slots"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(10);
+    let needed = state.members.len().saturating_sub(1) + state.declared_slots().count() + 1;
+    if needed > max {
+        return Err(Rejection::BadConfig(format!(
+            "slot {name} would make {needed} slots on the primary (one per other member, one per permanent slot), \
+             more than max_replication_slots = {max}: raise it first (`ctl config set \
+             postgresql.parameters.max_replication_slots=N`, then `ctl restart --pending`)"
+        )));
+    }
+    state.slots.insert(
+        name.to_string(),
+        PermanentSlot {
+            kind: kind.clone(),
+            removed: None,
+        },
+    );
+    Ok(format!("permanent slot {name} declared: every primary keeps it"))
+}
+
 fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Result<String, Rejection> {
+    if key == "slot_ttl_ms" {
+        state.slot_ttl_ms = match value {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                Rejection::BadConfig(format!(
+                    "slot_ttl_ms={v}: a whole number of milliseconds (0: never drop an inactive slot)"
+                ))
+            })?),
+        };
+        return Ok(match value {
+            Some(v) => format!("{key} = {v}"),
+            None => format!("{key} reset"),
+        });
+    }
     if key == "synchronous_mode" && state.pending.is_some() {
         // The election, and the replacement of a stuck candidate, rest on the mode the
         // fenced primary and the candidate ran.

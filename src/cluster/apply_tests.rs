@@ -1336,3 +1336,125 @@ fn a_cascading_member_streams_from_its_upstream_while_that_is_a_standby() {
     apply(&mut s, &change_tags("n4", &[TagChange::ReplicateFrom(None)])).unwrap();
     assert!(s.upstreams.is_empty());
 }
+
+#[test]
+fn permanent_slots_are_declared_checked_and_removed_through_raft() {
+    use crate::cluster::SlotKind;
+    let mut s = bootstrapped();
+    let add = |name: &str, kind: SlotKind| Command::AddSlot {
+        name: name.into(),
+        kind,
+    };
+    let a = apply(&mut s, &add("backup", SlotKind::Physical)).unwrap();
+    assert!(a.message.contains("every primary keeps it"), "{}", a.message);
+    assert_eq!(s.declared_slots().count(), 1);
+    apply(&mut s, &add("backup", SlotKind::Physical)).expect("a retried add is accepted");
+    let logical = || SlotKind::Logical {
+        plugin: "pgoutput".into(),
+        database: "app".into(),
+    };
+    let err = rejected(&mut s, add("backup", logical()));
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("slots remove backup")),
+        "{err}"
+    );
+    // A logical slot needs wal_level = logical, and says how to get it.
+    let err = rejected(&mut s, add("cdc", logical()));
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("wal_level=logical")),
+        "{err}"
+    );
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "postgresql.parameters.wal_level".into(),
+            value: Some("logical".into()),
+        },
+    )
+    .unwrap();
+    let no_plugin = SlotKind::Logical {
+        plugin: " ".into(),
+        database: "app".into(),
+    };
+    assert!(matches!(rejected(&mut s, add("cdc", no_plugin)), Rejection::BadConfig(m) if m.contains("--plugin")));
+    apply(&mut s, &add("cdc", logical())).unwrap();
+    // Names as PostgreSQL takes them, never raftpg's own prefix.
+    for bad in ["", "Backup", "a-b", "raftpg_x", &"x".repeat(64)] {
+        assert!(
+            matches!(rejected(&mut s, add(bad, SlotKind::Physical)), Rejection::BadConfig(_)),
+            "{bad}"
+        );
+    }
+    // They must fit max_replication_slots, with one slot per other member.
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "postgresql.parameters.max_replication_slots".into(),
+            value: Some("4".into()),
+        },
+    )
+    .unwrap();
+    let err = rejected(&mut s, add("third", SlotKind::Physical));
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("max_replication_slots = 4")),
+        "{err}"
+    );
+    // Removed: a tombstone with the reason; a second removal is refused; re-adding revives it.
+    let a = apply(
+        &mut s,
+        &Command::RemoveSlot {
+            name: "cdc".into(),
+            reason: "gone".into(),
+        },
+    )
+    .unwrap();
+    assert!(a.message.contains("gone"), "{}", a.message);
+    assert_eq!(s.slots["cdc"].removed.as_deref(), Some("gone"));
+    assert_eq!(s.declared_slots().count(), 1);
+    assert!(matches!(
+        rejected(
+            &mut s,
+            Command::RemoveSlot {
+                name: "cdc".into(),
+                reason: "again".into()
+            }
+        ),
+        Rejection::BadConfig(_)
+    ));
+    apply(&mut s, &add("cdc", logical())).unwrap();
+    assert_eq!(s.slots["cdc"].removed, None);
+    // slot_ttl_ms: a number of milliseconds, shown by config show, reset to the default.
+    assert_eq!(
+        s.config_pairs()["slot_ttl_ms"],
+        crate::cluster::DEFAULT_SLOT_TTL_MS.to_string()
+    );
+    let err = rejected(
+        &mut s,
+        Command::SetConfig {
+            key: "slot_ttl_ms".into(),
+            value: Some("1h".into()),
+        },
+    );
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("milliseconds")),
+        "{err}"
+    );
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "slot_ttl_ms".into(),
+            value: Some("60000".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.slot_ttl_ms(), 60_000);
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "slot_ttl_ms".into(),
+            value: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.slot_ttl_ms, None);
+}

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Member, ScheduledSwitchover, SyncConfig, TagChange, Tags};
+use super::state::{Member, ScheduledSwitchover, SlotKind, SyncConfig, TagChange, Tags};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -138,6 +138,17 @@ pub enum Command {
     AddReplica {
         member: Member,
     },
+    /// Declare a permanent replication slot that every primary keeps (`ctl slots add`).
+    AddSlot {
+        name: String,
+        kind: SlotKind,
+    },
+    /// Stop keeping a permanent slot (`ctl slots remove`, or its consumer was gone longer
+    /// than `slot_ttl_ms`); every primary drops its copy.
+    RemoveSlot {
+        name: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -166,6 +177,13 @@ impl fmt::Display for Command {
                 let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
                 write!(f, "change tags of {name}: {}", changes.join(" "))
             }
+            Command::AddSlot { name, kind } => match kind {
+                SlotKind::Physical => write!(f, "add permanent physical slot {name}"),
+                SlotKind::Logical { plugin, database } => {
+                    write!(f, "add permanent logical slot {name} ({plugin} in {database})")
+                }
+            },
+            Command::RemoveSlot { name, reason } => write!(f, "remove permanent slot {name}: {reason}"),
             Command::ChooseBootstrap { node } => write!(f, "choose {node} to run initdb"),
             Command::Bootstrap {
                 node,

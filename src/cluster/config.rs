@@ -17,11 +17,12 @@ pub const DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES: u64 = 1 << 20;
 pub const DEFAULT_PRIMARY_RESTART_TIMEOUT_MS: u64 = 10_000;
 
 /// The keys `config set` accepts besides `postgresql.parameters.<name>`.
-pub const CONFIG_KEYS: [&str; 4] = [
+pub const CONFIG_KEYS: [&str; 5] = [
     "synchronous_mode",
     "maximum_lag_on_failover",
     "lease_ms",
     "primary_restart_timeout_ms",
+    "slot_ttl_ms",
 ];
 
 /// How commits are acknowledged.

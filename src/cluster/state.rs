@@ -96,6 +96,28 @@ impl std::fmt::Display for TagChange {
     }
 }
 
+/// A permanent replication slot (`ctl slots add`): every primary keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotKind {
+    /// A physical slot (pg_receivewal, a backup tool, a standby outside the cluster).
+    Physical,
+    /// A logical slot, decoded by `plugin`, in `database`.
+    Logical { plugin: String, database: String },
+}
+
+/// A declared permanent slot. A removed one stays as a tombstone, so that every primary
+/// drops its copy; declaring the name again revives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermanentSlot {
+    pub kind: SlotKind,
+    /// Why it was removed (`ctl slots remove`, or its consumer gone past `slot_ttl_ms`).
+    pub removed: Option<String>,
+}
+
+/// How long a slot raftpg keeps may stay inactive while it holds WAL before it is dropped,
+/// unless `slot_ttl_ms` says otherwise: 30 minutes, as Patroni's `member_slots_ttl`.
+pub const DEFAULT_SLOT_TTL_MS: u64 = 30 * 60 * 1000;
+
 /// A cluster member: one raftpg process and its PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -257,6 +279,13 @@ pub struct ClusterState {
     /// `replicatefrom` tags: member -> the standby it streams from (cascading replication).
     /// Appended after `flags`.
     pub upstreams: BTreeMap<String, String>,
+    /// Permanent replication slots (`ctl slots add`), removed ones included. Appended
+    /// after `upstreams`.
+    pub slots: BTreeMap<String, PermanentSlot>,
+    /// `slot_ttl_ms` (`ctl config set`): how long a slot raftpg keeps may be inactive
+    /// while holding WAL before it is dropped; `None` is `DEFAULT_SLOT_TTL_MS`, 0 never.
+    /// Appended after `slots`.
+    pub slot_ttl_ms: Option<u64>,
 }
 
 impl ClusterState {
@@ -383,6 +412,19 @@ impl ClusterState {
         self.member(name).is_some_and(|m| m.tags.nofailover) || self.has_flag(name, Flag::Replica)
     }
 
+    /// The permanent slots every primary keeps (declared and not removed).
+    pub fn declared_slots(&self) -> impl Iterator<Item = (&String, &SlotKind)> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.removed.is_none())
+            .map(|(n, s)| (n, &s.kind))
+    }
+
+    /// The `slot_ttl_ms` in force (0: never drop).
+    pub fn slot_ttl_ms(&self) -> u64 {
+        self.slot_ttl_ms.unwrap_or(DEFAULT_SLOT_TTL_MS)
+    }
+
     /// (restart, re-clone) requests made so far for `name` (`ctl restart` / `ctl reinit`).
     pub fn requests_of(&self, name: &str) -> (u64, u64) {
         let count = |m: &BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
@@ -400,6 +442,7 @@ impl ClusterState {
         for (k, v) in &self.parameters {
             out.insert(format!("postgresql.parameters.{k}"), v.clone());
         }
+        out.insert("slot_ttl_ms".into(), self.slot_ttl_ms().to_string());
         out
     }
 }

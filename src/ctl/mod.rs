@@ -122,6 +122,11 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: MemberAction,
     },
+    /// Permanent replication slots that every primary keeps (for CDC or backup consumers).
+    Slots {
+        #[command(subcommand)]
+        action: SlotsAction,
+    },
     /// Show or change cluster-wide configuration.
     Config {
         #[command(subcommand)]
@@ -185,6 +190,28 @@ pub enum MemberAction {
         #[command(flatten)]
         new: NewMember,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SlotsAction {
+    /// Declare a slot: created on the primary now, and on every new primary after a failover.
+    Add {
+        /// The slot's name (a-z, 0-9, _), as its consumer names it.
+        name: String,
+        /// A logical slot (needs --plugin and --database, and wal_level = logical).
+        #[arg(long)]
+        logical: bool,
+        /// The output plugin of a logical slot, e.g. pgoutput.
+        #[arg(long, requires = "logical")]
+        plugin: Option<String>,
+        /// The database of a logical slot.
+        #[arg(long, requires = "logical")]
+        database: Option<String>,
+    },
+    /// Stop keeping a slot: every primary drops it.
+    Remove { name: String },
+    /// List the declared slots.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,6 +377,47 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             println!("{}", reply(c.reinit(pb::ReinitRequest { member }).await)?);
         }
         CtlCommand::Member { action } => member(&mut c, action, yes).await?,
+        CtlCommand::Slots {
+            action:
+                SlotsAction::Add {
+                    name,
+                    logical,
+                    plugin,
+                    database,
+                },
+        } => {
+            let req = pb::AddSlotRequest {
+                name,
+                logical,
+                plugin: plugin.unwrap_or_default(),
+                database: database.unwrap_or_default(),
+            };
+            println!("{}", reply(c.add_slot(req).await)?);
+        }
+        CtlCommand::Slots {
+            action: SlotsAction::Remove { name },
+        } => {
+            confirm(
+                yes,
+                &format!("Stop keeping slot {name}? Every primary drops it, and its consumer must start over."),
+            )?;
+            println!("{}", reply(c.remove_slot(pb::RemoveSlotRequest { name }).await)?);
+        }
+        CtlCommand::Slots {
+            action: SlotsAction::List,
+        } => {
+            let s = status(&mut c).await?;
+            if s.slots.is_empty() {
+                println!("no permanent slots (declare one with `raftpg ctl slots add NAME`)");
+            }
+            for slot in s.slots {
+                if slot.logical {
+                    println!("{}\tlogical\t{} in {}", slot.name, slot.plugin, slot.database);
+                } else {
+                    println!("{}\tphysical", slot.name);
+                }
+            }
+        }
         CtlCommand::Config {
             action: ConfigAction::Show,
         } => {

@@ -48,15 +48,44 @@ pub fn cascade_falls_back(cascading: bool, fallen_back_ms: Option<u64>, not_stre
     }
 }
 
-/// Whether `me`'s raftpg slots (`slots`, all physical slots it has) differ from those it
-/// keeps by design: one for each member that streams from it (`slots_kept_by`). A slot
-/// nobody streams from would hold WAL for ever, on a primary or a standby alike.
-fn slots_differ(state: &ClusterState, me: &str, slots: &[String]) -> bool {
-    let wanted: Vec<String> = state.slots_kept_by(me).iter().map(|m| conf::slot_name(m)).collect();
-    wanted.iter().any(|s| !slots.contains(s))
-        || slots
-            .iter()
-            .any(|s| s.starts_with(conf::SLOT_PREFIX) && !wanted.contains(s))
+/// Whether raftpg manages the slot `name`: a member's (`raftpg_` prefix) or a permanent
+/// one, declared or removed. Every other slot is the operator's, and left alone.
+pub fn manages_slot(state: &ClusterState, name: &str) -> bool {
+    name.starts_with(conf::SLOT_PREFIX) || state.slots.contains_key(name)
+}
+
+/// The slots `me` keeps by design: one for each member that streams from it
+/// (`slots_kept_by`), and, as primary, every permanent slot.
+pub fn wanted_slots(state: &ClusterState, me: &str, primary: bool) -> std::collections::BTreeSet<String> {
+    let mut wanted: std::collections::BTreeSet<String> =
+        state.slots_kept_by(me).iter().map(|m| conf::slot_name(m)).collect();
+    if primary {
+        wanted.extend(state.declared_slots().map(|(n, _)| n.clone()));
+    }
+    wanted
+}
+
+/// Whether `me`'s slots (`slots`, every slot it has) differ from those it keeps by design
+/// (`wanted_slots`). A slot nobody streams from would hold WAL for ever, on a primary or a
+/// standby alike.
+fn slots_differ(state: &ClusterState, me: &str, slots: &[String], primary: bool) -> bool {
+    let wanted = wanted_slots(state, me, primary);
+    wanted.iter().any(|s| !slots.contains(s)) || slots.iter().any(|s| manages_slot(state, s) && !wanted.contains(s))
+}
+
+/// The slots raftpg manages that have held WAL with no consumer for `slot_ttl_ms` or
+/// longer (`idle_ms`: how long each slot has, as the agent counted): dropped, so that a
+/// consumer gone for good cannot fill the disk.
+pub fn stale_slots(state: &ClusterState, idle_ms: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    let ttl = state.slot_ttl_ms();
+    if ttl == 0 {
+        return Vec::new();
+    }
+    idle_ms
+        .iter()
+        .filter(|(name, ms)| **ms >= ttl && manages_slot(state, name))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// What this node's PostgreSQL looks like.
@@ -122,6 +151,8 @@ pub struct AgentInput<'a> {
     pub foreign_conf: bool,
     /// `[cluster] adopt` in this node's own configuration file.
     pub adopt_configured: Option<&'a str>,
+    /// Slots raftpg manages that held WAL with no consumer for `slot_ttl_ms` (`stale_slots`).
+    pub stale_slots: &'a [String],
 }
 
 /// A WAL receiver told to stop exits within milliseconds; one that has not after this long
@@ -157,8 +188,12 @@ pub enum Action {
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
     /// Create the missing replication slots of the members that stream from this node by
-    /// design (`ClusterState::slots_kept_by`), drop raftpg's other slots.
+    /// design (`ClusterState::slots_kept_by`) and, as primary, the permanent ones; drop the
+    /// other slots raftpg manages (`wanted_slots`).
     EnsureSlots,
+    /// Drop these slots: inactive while holding WAL for `slot_ttl_ms` (`stale_slots`); a
+    /// permanent one is removed from the state too, so that no primary recreates it.
+    DropSlots(Vec<String>),
     /// Let clients in: a standby holds the WAL written before the crash restart.
     OpenGate,
     /// End recovery (`pg_ctl promote`).
@@ -453,7 +488,9 @@ fn primary(i: &AgentInput) -> Decision {
     match i.local {
         Local::Primary(pg) => {
             let mut actions = vec![Action::Reconfigure];
-            if slots_differ(i.state, i.me, &pg.slots) {
+            if !i.stale_slots.is_empty() {
+                actions.push(Action::DropSlots(i.stale_slots.to_vec()));
+            } else if slots_differ(i.state, i.me, &pg.slots, true) {
                 actions.push(Action::EnsureSlots);
             }
             let mut reason = format!("I am the primary (generation {g}, timeline {tl}) and hold the lease");
@@ -729,7 +766,9 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
     // A standby keeps the slots of those that cascade from it, and no other: a slot left
     // from its time as primary would hold its WAL for ever.
     if let Local::Standby(pg) = i.local {
-        if d.actions == [Action::Reconfigure] && slots_differ(i.state, i.me, &pg.slots) {
+        if d.actions == [Action::Reconfigure] && !i.stale_slots.is_empty() {
+            d.actions.push(Action::DropSlots(i.stale_slots.to_vec()));
+        } else if d.actions == [Action::Reconfigure] && slots_differ(i.state, i.me, &pg.slots, false) {
             d.actions.push(Action::EnsureSlots);
         }
     }

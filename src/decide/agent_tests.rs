@@ -160,6 +160,7 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
             flush_lsn: Some(100),
         }],
         // A primary keeps the others' slots; a standby none (nobody cascades from it).
+        idle_slots: vec![],
         slots: if in_recovery {
             vec![]
         } else {
@@ -262,6 +263,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         disk_full: None,
         foreign_conf: false,
         adopt_configured: None,
+        stale_slots: &[],
     }
 }
 
@@ -590,7 +592,10 @@ fn sweep_safety_invariants() {
                                         (false, true, false, None, 0, Some(FULL)),
                                         (false, false, false, Some((0x600, 1)), 0, Some(FULL)),
                                     ] {
-                                        for foreign_conf in [false, true] {
+                                        let stale = ["raftpg_n3".to_string(), "backup".to_string()];
+                                        for (foreign_conf, stale_slots) in
+                                            [(false, &[][..]), (true, &[][..]), (false, &stale[..])]
+                                        {
                                             let i = AgentInput {
                                                 me,
                                                 state: &state,
@@ -608,6 +613,7 @@ fn sweep_safety_invariants() {
                                                 disk_full,
                                                 foreign_conf,
                                                 adopt_configured: None,
+                                                stale_slots,
                                             };
                                             check(&i, &decide(&i), name);
                                             cases += 1;
@@ -673,7 +679,9 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             Action::OpenGate => assert_eq!(role, Wanted::Primary, "{}", ctx()),
             // Slots are kept by whoever others stream from: a primary, or a standby that
             // others cascade from; never during a primary change.
-            Action::EnsureSlots => assert!(matches!(role, Wanted::Primary | Wanted::Standby(_)), "{}", ctx()),
+            Action::EnsureSlots | Action::DropSlots(_) => {
+                assert!(matches!(role, Wanted::Primary | Wanted::Standby(_)), "{}", ctx())
+            }
             _ => {}
         }
     }
@@ -1171,4 +1179,130 @@ fn a_node_configured_to_adopt_does_nothing_in_a_cluster_formed_without_it() {
     let d = decide(&i);
     assert!(d.actions.is_empty(), "{d:?}");
     assert!(d.reason.contains("adopt"), "{}", d.reason);
+}
+
+fn with_slots(mut s: ClusterState) -> ClusterState {
+    use crate::cluster::SlotKind;
+    for (name, kind) in [
+        ("backup", SlotKind::Physical),
+        (
+            "cdc",
+            SlotKind::Logical {
+                plugin: "pgoutput".into(),
+                database: "app".into(),
+            },
+        ),
+    ] {
+        s.parameters.insert("wal_level".into(), "logical".into());
+        apply(
+            &mut s,
+            &Command::AddSlot {
+                name: name.into(),
+                kind,
+            },
+        )
+        .unwrap();
+    }
+    s
+}
+
+#[test]
+fn every_primary_keeps_the_permanent_slots_and_no_standby_does() {
+    let s = with_slots(three_members(&boot("n1")));
+    let mut p = pg(false, "", None);
+    p.slots = vec!["raftpg_n2".into(), "raftpg_n3".into()];
+    let local = Local::Primary(p.clone());
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure, Action::EnsureSlots],
+        "missing permanent slots are created"
+    );
+    p.slots
+        .extend(["backup".to_string(), "cdc".to_string(), "theirs".to_string()]);
+    let local = Local::Primary(p.clone());
+    assert_eq!(
+        decide(&input("n1", &s, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure],
+        "all there; an operator's own slot is left alone"
+    );
+    // A removed slot is dropped by the primary.
+    let mut removed = s.clone();
+    apply(
+        &mut removed,
+        &Command::RemoveSlot {
+            name: "cdc".into(),
+            reason: "r".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        decide(&input("n1", &removed, &local, LeaseView::Held)).actions,
+        [Action::Reconfigure, Action::EnsureSlots]
+    );
+    assert!(!wanted_slots(&removed, "n1", true).contains("cdc"));
+    assert!(manages_slot(&removed, "cdc") && !manages_slot(&removed, "theirs"));
+    // A standby keeps none: a copy left from its time as primary is dropped.
+    let mut sb = pg(true, WANT, Some("streaming"));
+    sb.slots = vec!["backup".into()];
+    let local = Local::Standby(sb);
+    assert_eq!(
+        decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
+        [Action::Reconfigure, Action::EnsureSlots]
+    );
+}
+
+#[test]
+fn a_slot_idle_past_the_ttl_is_dropped_and_only_if_raftpg_manages_it() {
+    use crate::cluster::DEFAULT_SLOT_TTL_MS as TTL;
+    let mut s = with_slots(three_members(&boot("n1")));
+    let idle: std::collections::BTreeMap<String, u64> = [
+        ("backup", TTL),
+        ("cdc", TTL - 1),
+        ("raftpg_n3", TTL * 2),
+        ("theirs", TTL * 9),
+    ]
+    .into_iter()
+    .map(|(n, ms)| (n.to_string(), ms))
+    .collect();
+    assert_eq!(stale_slots(&s, &idle), ["backup", "raftpg_n3"]);
+    let stale = stale_slots(&s, &idle);
+    let local = Local::Primary(pg(false, "", None));
+    let mut i = input("n1", &s, &local, LeaseView::Held);
+    i.stale_slots = &stale;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Reconfigure, Action::DropSlots(stale.clone())]
+    );
+    // A standby drops the stale slot of a member cascading from it too.
+    let sb = Local::Standby(pg(true, WANT, Some("streaming")));
+    let mut i = input("n2", &s, &sb, LeaseView::Expired);
+    i.stale_slots = &stale;
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Reconfigure, Action::DropSlots(stale.clone())]
+    );
+    // slot_ttl_ms = 0: never.
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "slot_ttl_ms".into(),
+            value: Some("0".into()),
+        },
+    )
+    .unwrap();
+    assert!(stale_slots(&s, &idle).is_empty());
+    apply(
+        &mut s,
+        &Command::SetConfig {
+            key: "slot_ttl_ms".into(),
+            value: Some("1000".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(stale_slots(&s, &idle), ["backup", "cdc", "raftpg_n3"]);
+    // Never during a failover: only the primary and following standbys act on slots.
+    let failing = with_slots(three_members(&[boot("n1"), vec![failover()]].concat()));
+    let mut i = input("n1", &failing, &local, LeaseView::Held);
+    i.stale_slots = &stale;
+    assert!(!decide(&i).actions.iter().any(|a| matches!(a, Action::DropSlots(_))));
 }

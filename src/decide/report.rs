@@ -210,6 +210,7 @@ mod tests {
                 sync_state: "quorum".into(),
                 flush_lsn: Some(0x880),
             }],
+            idle_slots: vec![],
             slots: Vec::new(),
             sync_names: String::new(),
             pending_restart: vec!["shared_buffers".into()],

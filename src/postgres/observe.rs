@@ -7,6 +7,8 @@ use tokio_postgres::NoTls;
 
 /// What one observation found. `Unknown` is a real state: it never looks healthy.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// One value per observation, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Observation {
     Up(PgState),
     Unknown(String),
@@ -29,8 +31,10 @@ pub struct PgState {
     pub primary_conninfo: String,
     /// Primary: one row per connected standby (`pg_stat_replication`).
     pub replication: Vec<Replica>,
-    /// Names of the physical replication slots.
+    /// Names of the replication slots, physical and logical.
     pub slots: Vec<String>,
+    /// Slots that hold WAL (`restart_lsn` set) with no consumer connected.
+    pub idle_slots: Vec<String>,
     /// `synchronous_standby_names` as the server runs it.
     pub sync_names: String,
     /// Parameters changed in the configuration that need a restart to take effect.
@@ -68,11 +72,12 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     (SELECT received_tli FROM pg_stat_wal_receiver),
     (SELECT status FROM pg_stat_wal_receiver),
     current_setting('primary_conninfo'),
-    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1),
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY 1),
     current_setting('synchronous_standby_names'),
     (SELECT timeline_id FROM pg_control_checkpoint()),
     pg_size_bytes(current_setting('wal_segment_size')),
-    current_setting('recovery_target_timeline') = 'current'";
+    current_setting('recovery_target_timeline') = 'current',
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND restart_lsn IS NOT NULL ORDER BY 1)";
 
 /// Parameters changed in the configuration that need a restart. `pg_settings` builds
 /// every parameter's row, the most expensive part of an observation by far, and this
@@ -293,6 +298,7 @@ async fn query_state(client: &tokio_postgres::Client, st: &Statements) -> Result
         primary_conninfo: row.get(7),
         replication,
         slots: row.get(8),
+        idle_slots: row.get(13),
         sync_names: row.get(9),
         pending_restart: Vec::new(),
         timeline_pinned: in_recovery && row.get::<_, Option<bool>>(12) == Some(true),

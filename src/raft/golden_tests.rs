@@ -129,6 +129,17 @@ fn every_command() -> Vec<Command> {
             ],
         },
         Command::AddReplica { member: member() },
+        Command::AddSlot {
+            name: "cdc".into(),
+            kind: crate::cluster::SlotKind::Logical {
+                plugin: "pgoutput".into(),
+                database: "app".into(),
+            },
+        },
+        Command::RemoveSlot {
+            name: "cdc".into(),
+            reason: "r".into(),
+        },
     ]
 }
 
@@ -185,6 +196,10 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "18026e320300010101020101",
     // AddReplica: the member of AddMember, under the next tag
     "19026e31010d31302e302e302e313a353433330d31302e302e302e313a353433340d31302e302e302e313a353433320d31302e302e302e313a383030380002",
+    // AddSlot: cdc, Logical { pgoutput, app }
+    "1a03636463010870676f757470757403617070",
+    // RemoveSlot: cdc, "r"
+    "1b036364630172",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -194,8 +209,8 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "01000001026e310001026e3200056c656173650000808040d00f904e0108776f726b5f6d656d03384d42010001000009",
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
     // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03),
-    // upstreams: {} (appended 2026-12-03, cascading)
-    "00000000",
+    // upstreams: {} (appended 2026-12-03, cascading), slots: {}, slot_ttl_ms: None
+    "000000000000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -225,6 +240,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     assert!(s.vetoed.is_empty());
     assert!(s.flags.is_empty());
     assert!(s.upstreams.is_empty());
+    assert!(s.slots.is_empty() && s.slot_ttl_ms.is_none());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,
@@ -287,6 +303,8 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::VetoCandidate { .. } => 23,
         Command::ChangeTags { .. } => 24,
         Command::AddReplica { .. } => 25,
+        Command::AddSlot { .. } => 26,
+        Command::RemoveSlot { .. } => 27,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

@@ -713,6 +713,7 @@ impl Sim {
                     walreceiver: None,
                     primary_conninfo: String::new(),
                     replication,
+                    idle_slots: vec![],
                     slots: self.nodes.iter().map(|m| conf::slot_name(&m.name)).collect(),
                     sync_names: conf::sync_standby_names(n.pg.sync.1, &n.pg.sync.0),
                     pending_restart: Vec::new(),
@@ -732,6 +733,7 @@ impl Sim {
                 },
                 primary_conninfo: conninfo,
                 replication: Vec::new(),
+                idle_slots: vec![],
                 slots: Vec::new(),
                 sync_names: String::new(),
                 pending_restart: Vec::new(),
@@ -814,6 +816,7 @@ impl Sim {
         let m = &self.nodes[i].mem;
         let since = |t: Option<u64>| t.map_or(0, |t| now - t);
         let decision = agent_decide(&AgentInput {
+            stale_slots: &[],
             me: &me,
             state: &state,
             local: &local,
@@ -960,7 +963,7 @@ impl Sim {
                 pg.upstream = None;
                 pg.streaming = false;
             }
-            Action::EnsureSlots | Action::OpenGate => {}
+            Action::EnsureSlots | Action::DropSlots(_) | Action::OpenGate => {}
             Action::Promote => {
                 let pg = &self.nodes[i].pg;
                 if pg.run != Run::Standby {

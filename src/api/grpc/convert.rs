@@ -111,6 +111,21 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
         }),
         failovers: s.count_changes(ChangeKind::Failover),
         switchovers: s.count_changes(ChangeKind::Switchover),
+        slots: s
+            .declared_slots()
+            .map(|(name, kind)| match kind {
+                crate::cluster::SlotKind::Physical => pb::Slot {
+                    name: name.clone(),
+                    ..Default::default()
+                },
+                crate::cluster::SlotKind::Logical { plugin, database } => pb::Slot {
+                    name: name.clone(),
+                    logical: true,
+                    plugin: plugin.clone(),
+                    database: database.clone(),
+                },
+            })
+            .collect(),
     }
 }
 

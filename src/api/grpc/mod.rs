@@ -513,6 +513,39 @@ impl Control for ControlServer {
         })
         .await
     }
+
+    async fn add_slot(&self, req: Request<pb::AddSlotRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        self.admin(&req, "AddSlot")?;
+        let req = req.into_inner();
+        let kind = if req.logical {
+            crate::cluster::SlotKind::Logical {
+                plugin: req.plugin.trim().to_string(),
+                database: req.database.trim().to_string(),
+            }
+        } else if !req.plugin.is_empty() || !req.database.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "slot {}: --plugin and --database are for a logical slot: add --logical",
+                req.name
+            )));
+        } else {
+            crate::cluster::SlotKind::Physical
+        };
+        self.reply(Command::AddSlot {
+            name: req.name.trim().to_string(),
+            kind,
+        })
+        .await
+    }
+
+    async fn remove_slot(&self, req: Request<pb::RemoveSlotRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        self.admin(&req, "RemoveSlot")?;
+        let name = req.into_inner().name.trim().to_string();
+        self.reply(Command::RemoveSlot {
+            name,
+            reason: "removed by an operator (`ctl slots remove`)".into(),
+        })
+        .await
+    }
 }
 
 /// `postgres --version` of the binaries this node runs ("" if it cannot be run).
