@@ -382,3 +382,139 @@ async fn a_cascade_streams_from_its_upstream_and_is_rebuilt_when_that_fails_or_i
     .await;
     c.assert_no_loss(writer, &[1, 2, 3, 4], FORM).await;
 }
+
+/// A `pg_receivewal` consumer of the permanent slot `backup` on node `k`, as the replication
+/// role with its password, writing into `dir`.
+fn receivewal(c: &Cluster, k: u16, dir: &std::path::Path) -> std::process::Child {
+    let password = std::fs::read_to_string(c.dir.path().join("secrets/replication.password")).unwrap();
+    std::process::Command::new("/usr/lib/postgresql/15/bin/pg_receivewal")
+        .args(["-D", dir.to_str().unwrap(), "--slot=backup", "--no-loop", "-v"])
+        .args([
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user={} connect_timeout=2",
+                c.pg_port(k),
+                raftpg::config::DEFAULT_REPLICATION_USER
+            ),
+        ])
+        .env("PGPASSWORD", password.trim())
+        .stderr(std::fs::File::create(dir.with_extension(format!("n{k}.log"))).unwrap())
+        .spawn()
+        .expect("pg_receivewal runs")
+}
+
+/// (slot exists, is active, restart_lsn) of `backup` on node `k`.
+async fn backup_slot(c: &Cluster, k: u16) -> Option<(bool, u64)> {
+    let row = c
+        .query_one(
+            k,
+            "SELECT active, (restart_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = 'backup'",
+        )
+        .await?;
+    Some((row.get(0), row.get::<_, Option<i64>>(1).unwrap_or(0) as u64))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_follows_every_primary_and_its_consumer_resumes_after_a_failover() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(29600, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    let writer = Writer::start(&c.libpq()).await;
+
+    phase("ctl slots add: the primary creates the slot, reserved at once");
+    c.ctl_fails(&["slots", "add", "raftpg_x"], "raftpg's own");
+    c.ctl_fails(
+        &[
+            "slots",
+            "add",
+            "cdc",
+            "--logical",
+            "--plugin",
+            "pgoutput",
+            "--database",
+            "postgres",
+        ],
+        "wal_level=logical",
+    );
+    let out = c.ctl_ok(&["slots", "add", "backup"]);
+    assert!(out.contains("every primary keeps it"), "{out}");
+    assert!(c.ctl_ok(&["slots", "list"]).contains("backup\tphysical"));
+    c.wait_for("the primary to create the slot", CHANGE, || async {
+        let (_, restart) = backup_slot(&c, primary).await?;
+        (restart > 0).then_some(())
+    })
+    .await;
+
+    phase("pg_receivewal streams from it");
+    let wal = c.dir.path().join("receivewal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let mut consumer = receivewal(&c, primary, &wal);
+    c.wait_for("pg_receivewal to use the slot", CHANGE, || async {
+        let (active, _) = backup_slot(&c, primary).await?;
+        active.then_some(())
+    })
+    .await;
+
+    phase("the primary dies: the new primary creates the slot, and the consumer resumes there");
+    let killed = Instant::now();
+    c.kill9(primary);
+    c.kill9_postmaster(primary);
+    let ack = writer
+        .wait_ack_after(killed, Some(i32::from(c.pg_port(primary))), FORM)
+        .await;
+    let new_primary = (1..=3)
+        .find(|k| i32::from(c.pg_port(*k)) == ack.port)
+        .expect("a standby took the writes");
+    let _ = consumer.wait(); // --no-loop: it ends with its connection
+    let promoted_at = c
+        .query_one(new_primary, "SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+        .await
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .unwrap();
+    let mut consumer = receivewal(&c, new_primary, &wal);
+    c.wait_for(
+        "pg_receivewal to resume on the new primary, past the failover",
+        FORM,
+        || async {
+            let (active, restart) = backup_slot(&c, new_primary).await?;
+            (active && restart > promoted_at).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        consumer.try_wait().unwrap().is_none(),
+        "pg_receivewal ended on the new primary"
+    );
+    let timelines: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        timelines.iter().any(|f| f.starts_with("00000002")),
+        "no WAL of the new timeline received: {timelines:?}"
+    );
+    c.start_node(primary);
+    c.wait_streaming(2, FORM).await;
+
+    phase("the consumer goes away: after slot_ttl_ms its slot is dropped, logged, and removed");
+    c.ctl_ok(&["config", "set", "slot_ttl_ms=2000"]);
+    consumer.kill().unwrap();
+    let _ = consumer.wait();
+    c.wait_for("the idle slot to be dropped and removed", FORM, || async {
+        let row = c
+            .query_one(
+                new_primary,
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'backup'",
+            )
+            .await?;
+        (row.get::<_, i64>(0) == 0 && !c.ctl_ok(&["slots", "list"]).contains("backup")).then_some(())
+    })
+    .await;
+    assert!(
+        c.log_of(new_primary).contains("dropped replication slot backup"),
+        "{}",
+        c.log_of(new_primary)
+    );
+    c.ctl_ok(&["config", "set", "slot_ttl_ms="]);
+    c.assert_no_loss(writer, &[1, 2, 3], FORM).await;
+}
