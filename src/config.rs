@@ -257,6 +257,15 @@ pub struct MemberConfig {
     /// Higher wins among equally advanced candidates.
     #[serde(default)]
     pub failover_priority: i32,
+    /// Never a synchronous standby (set when the cluster forms; `ctl member tags` later).
+    #[serde(default)]
+    pub nosync: bool,
+    /// Left out of `/replica` and `/read-only` (set when the cluster forms).
+    #[serde(default)]
+    pub noloadbalance: bool,
+    /// Stream from this other member, a standby (cascading; set when the cluster forms).
+    #[serde(default)]
+    pub replicatefrom: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -429,6 +438,22 @@ impl Config {
                 }
             }
         }
+        // The tags must be ones the cluster accepts: applied to the state `Init` makes.
+        let mut state = crate::cluster::ClusterState::default();
+        let init = crate::cluster::Command::Init {
+            members: self.initial_members(),
+        };
+        if crate::cluster::apply(&mut state, &init).is_ok() {
+            for cmd in self.initial_tag_changes() {
+                if let Err(e) = crate::cluster::apply(&mut state, &cmd) {
+                    let crate::cluster::Command::ChangeTags { name, .. } = &cmd else {
+                        continue;
+                    };
+                    let i = self.members.iter().position(|m| &m.name == name).unwrap_or(0);
+                    return err(&format!("members[{i}]"), format!("its tags are refused: {e}"));
+                }
+            }
+        }
         if !names.contains(&self.node.name) {
             return err(
                 "node.name",
@@ -537,6 +562,31 @@ impl Config {
     /// The initial members as domain values.
     pub fn initial_members(&self) -> Vec<Member> {
         self.members.iter().map(MemberConfig::to_member).collect()
+    }
+
+    /// The tags of `[[members]]` that `Init` does not carry (`nosync`, `noloadbalance`,
+    /// `replicatefrom`), as the `ChangeTags` commands committed right after it.
+    pub fn initial_tag_changes(&self) -> Vec<crate::cluster::Command> {
+        use crate::cluster::{Flag, TagChange};
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let mut changes = Vec::new();
+                if m.nosync {
+                    changes.push(TagChange::Flag(Flag::NoSync, true));
+                }
+                if m.noloadbalance {
+                    changes.push(TagChange::Flag(Flag::NoLoadBalance, true));
+                }
+                if let Some(u) = &m.replicatefrom {
+                    changes.push(TagChange::ReplicateFrom(Some(u.clone())));
+                }
+                (!changes.is_empty()).then(|| crate::cluster::Command::ChangeTags {
+                    name: m.name.clone(),
+                    changes,
+                })
+            })
+            .collect()
     }
 
     pub fn raft_dir(&self) -> PathBuf {

@@ -259,3 +259,39 @@ fn adopt_must_name_a_member() {
     assert_eq!(e.key, "cluster.adopt");
     assert!(e.problem.contains("'db9' is not in the member list (n1, n2)"), "{e}");
 }
+
+#[test]
+fn member_tags_in_the_file_are_committed_after_init_and_checked_first() {
+    let third = r#"
+[[members]]
+name = "n3"
+id = 3
+raft = "127.0.0.1:15503"
+grpc = "127.0.0.1:15603"
+pg = "127.0.0.1:15403"
+http = "127.0.0.1:15703"
+"#;
+    let tagged = GOOD.replace(
+        "http = \"127.0.0.1:15702\"\n",
+        "http = \"127.0.0.1:15702\"\nnoloadbalance = true\nreplicatefrom = \"n3\"\n",
+    ) + third;
+    let c = Config::parse(&tagged, "test.toml").unwrap();
+    let cmds = c.initial_tag_changes();
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(
+        cmds[0].to_string(),
+        "change tags of n2: noloadbalance=true replicatefrom=n3"
+    );
+    // A stranger upstream, or too few members left to be synchronous: refused at start.
+    let e = error_of(&GOOD.replace(
+        "http = \"127.0.0.1:15702\"\n",
+        "http = \"127.0.0.1:15702\"\nreplicatefrom = \"n9\"\n",
+    ));
+    assert_eq!(e.key, "members[1]");
+    assert!(e.problem.contains("no member is called n9"), "{}", e.problem);
+    let e = error_of(&GOOD.replace(
+        "http = \"127.0.0.1:15702\"\n",
+        "http = \"127.0.0.1:15702\"\nnosync = true\n",
+    ));
+    assert!(e.problem.contains("at least two"), "{}", e.problem);
+}

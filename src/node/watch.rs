@@ -87,6 +87,30 @@ impl Contact {
     }
 }
 
+/// The `[[members]]` tags `Init` does not carry, committed right after it. Retried for a
+/// while: a leader lost in between leaves them unset, which `ctl list` shows and
+/// `ctl member tags` mends.
+async fn initial_tags(node: &Node) {
+    for cmd in node.cfg.initial_tag_changes() {
+        for attempt in 1..=25 {
+            match node.propose(cmd.clone(), PROPOSE_TIMEOUT).await {
+                Ok(c) => {
+                    tracing::info!("{cmd}: {}", c.applied.message);
+                    break;
+                }
+                Err(crate::node::ProposeError::Rejected(r)) => {
+                    tracing::error!("{cmd} was refused: {r}; set the tags with `raftpg ctl member tags`");
+                    break;
+                }
+                Err(e) if attempt == 25 => {
+                    tracing::error!("{cmd} could not be committed: {e}; set the tags with `raftpg ctl member tags`");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
 /// On the Raft leader: record the initial members in the replicated state once.
 ///
 /// The controller of the PostgreSQL issue grows out of this loop.
@@ -106,10 +130,13 @@ pub async fn leader_duties(node: Node, mut stop: watch::Receiver<bool>) {
                 None => Command::Init { members },
             };
             match node.propose(cmd, PROPOSE_TIMEOUT).await {
-                Ok(c) => tracing::info!(
-                    log_index = c.log_index,
-                    "cluster state initialised with the configured members"
-                ),
+                Ok(c) => {
+                    tracing::info!(
+                        log_index = c.log_index,
+                        "cluster state initialised with the configured members"
+                    );
+                    initial_tags(&node).await;
+                }
                 Err(e) => {
                     tracing::debug!("initialising the cluster state: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
