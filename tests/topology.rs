@@ -118,9 +118,10 @@ async fn tags_at_runtime_shape_the_sync_set_and_the_replica_checks() {
     phase("bad tags: a second nosync, an unknown key, a missing value, an unknown member");
     c.ctl_fails(&["member", "tags", &on, "nosync=true"], "at least two");
     c.ctl_fails(
-        &["member", "tags", &on, "replicatefrom=n1"],
-        "unknown tag 'replicatefrom'",
+        &["member", "tags", &on, "replicate_from=n1"],
+        "unknown tag 'replicate_from'",
     );
+    c.ctl_fails(&["member", "tags", &on, &format!("replicatefrom={tn}")], "at least two");
     c.ctl_fails(&["member", "tags", &on, "nosync"], "is not KEY=VALUE");
     c.ctl_fails(&["member", "tags", &on, "nosync=perhaps"], "true or false");
     c.ctl_fails(&["member", "tags", "n9", "nosync=true"], "unknown member 'n9'");
@@ -366,7 +367,7 @@ async fn a_cascade_streams_from_its_upstream_and_is_rebuilt_when_that_fails_or_i
         c.log_of(4)
     );
     c.start_node(upstream);
-    c.wait_streaming(3, FORM).await;
+    c.wait_switchover_target(upstream, FORM).await;
 
     phase("the upstream becomes primary: n4 streams from it, through the slot it kept");
     c.ctl_ok(&["switchover", "--to", &format!("n{upstream}")]);

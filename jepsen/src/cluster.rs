@@ -66,6 +66,9 @@ impl Cluster {
             let cert = raftpg::tls::make::leaf(&ca, &name(k), raftpg::tls::Role::Node, &[], &[ip])?;
             raftpg::tls::make::write(&tls_dir, &name(k), &cert, true)?;
         }
+        // The nemesis changes tags as an operator does: `raftpg ctl` with an admin certificate.
+        let admin = raftpg::tls::make::leaf(&ca, "jepsen-admin", raftpg::tls::Role::Admin, &[], &[])?;
+        raftpg::tls::make::write(&tls_dir, "admin", &admin, true)?;
         for k in 1..=n {
             let node_dir = dir.join(name(k));
             fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
@@ -116,6 +119,34 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Runs `raftpg ctl ARGS` against every node's gRPC address, as an admin over TLS;
+    /// its output, or an error with its stderr.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let tls = self.dir.join("tls");
+        let endpoints: Vec<String> = (1..=self.n).map(|k| format!("{}:{GRPC_PORT}", hosts::ip(k))).collect();
+        let out = std::process::Command::new(&self.raftpg)
+            .arg("ctl")
+            .args(["--endpoints", &endpoints.join(",")])
+            .arg("--cacert")
+            .arg(tls.join("ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("admin.crt"))
+            .arg("--key")
+            .arg(tls.join("admin.key"))
+            .arg("--yes")
+            .args(args)
+            .output()
+            .context("cannot run raftpg ctl")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(
+            out.status.success(),
+            "raftpg ctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(text)
     }
 
     /// Starts node `k`'s raftpg inside its namespace and freezer group.

@@ -37,6 +37,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("zombie-straddle", "the primary's raftpg paused and cut from one standby; the other still streams from it", true),
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
+    sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("chaos", "a random fault from the list above in every window", false),
 ];
 
@@ -62,6 +63,8 @@ enum Step {
     Frozen(u16),
     /// The node's raftpg (or whole node) was killed: start raftpg again.
     Restart(u16),
+    /// The node was tagged nosync: clear the tag.
+    Untag(u16),
 }
 
 /// A fault in force.
@@ -247,6 +250,22 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             f.targets.push(name(s));
             f.isolate_later = Some(p);
         }
+        "nosync-standby-isolate-primary" => {
+            let Some(s) = standby else {
+                return Ok(f.missed("primary", "no standby"));
+            };
+            // Refused when it would leave fewer than two members that may be synchronous
+            // (a tag left over): the cut still happens.
+            match c.ctl(&["member", "tags", &name(s), "nosync=true"]) {
+                Ok(_) => {
+                    f.note(format!("tagged {} nosync", name(s)));
+                    f.steps.push(Step::Untag(s));
+                }
+                Err(e) => f.note(format!("tagging {} nosync failed: {e}", name(s))),
+            }
+            f.targets.push(name(s));
+            f.cut(n, isolate(n, p), Cut::Drop)?;
+        }
         "sync-standby-down-primary-restart" => {
             let Some(s) = standby else {
                 return Ok(f.missed("primary", "no standby"));
@@ -346,6 +365,25 @@ impl Fault {
                 Step::Stopped(pids) => signal(&pids, Signal::SIGCONT),
                 Step::Frozen(k) => hosts::freeze(k, false)?,
                 Step::Restart(k) => c.start(k)?,
+                // Retried: the cluster may still be electing after the cut healed.
+                Step::Untag(k) => {
+                    let mut last = None;
+                    for _ in 0..50 {
+                        match c.ctl(&["member", "tags", &name(k), "nosync=false"]) {
+                            Ok(_) => {
+                                last = None;
+                                break;
+                            }
+                            Err(e) => {
+                                last = Some(e);
+                                std::thread::sleep(std::time::Duration::from_millis(200));
+                            }
+                        }
+                    }
+                    if let Some(e) = last {
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(())
