@@ -104,6 +104,10 @@ async fn a_failing_pre_promote_vetoes_its_candidate_and_the_next_one_is_promoted
     let vetoed = (1..=3u16).find(|k| *k != old).unwrap();
     let other = (1..=3u16).find(|k| *k != old && *k != vetoed).unwrap();
     std::fs::write(&veto, format!("n{vetoed}")).unwrap();
+    // The controllers' view lags pg_stat_replication: wait until every node sees both
+    // standbys streaming, or the switchover is refused before the veto is ever reached.
+    c.wait_switchover_target(vetoed, FORM).await;
+    c.wait_switchover_target(other, FORM).await;
     let w = Writer::start(&c.libpq()).await;
     w.wait_ack_after(Instant::now(), None, FAILOVER).await;
 

@@ -7,6 +7,25 @@ use raftpg::raft::state_machine::StateMachine;
 use raftpg::raft::store::Store;
 use raftpg::raft::TypeConfig;
 
+/// Opens the store at `path` again. sled 0.34 may still hold the directory's file lock for a
+/// moment after the last handle is dropped (its flusher thread exits on its own:
+/// spacejam/sled#1289), so a lock held by this process is waited out, up to ten seconds.
+/// Every other error is returned as it is.
+fn reopen(path: &std::path::Path) -> Result<Store, raftpg::raft::store::StoreOpenError> {
+    use raftpg::raft::store::StoreOpenError;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(path) {
+            Err(StoreOpenError::Io { source, .. })
+                if source.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
@@ -47,7 +66,7 @@ async fn vote_log_and_purge_survive_reopen() {
         assert!(rx.await.unwrap().is_ok(), "append reported failure");
         log.purge(log_id(4)).await.unwrap();
     }
-    let mut log = LogStore::new(Store::open(&path).unwrap());
+    let mut log = LogStore::new(reopen(&path).unwrap());
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     let st = log.get_log_state().await.unwrap();
     assert_eq!(st.last_purged_log_id, Some(log_id(4)));
@@ -65,7 +84,7 @@ fn damaged_record_is_refused_with_instructions() {
         store.log.insert(5u64.to_be_bytes(), b"not an entry".to_vec()).unwrap();
         store.sync().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path).unwrap();
     let err = verify(&store, &path).unwrap_err().to_string();
     assert!(err.contains("corrupt") && err.contains("new Raft id"), "{err}");
     assert!(
@@ -96,7 +115,7 @@ fn damaged_file_is_refused_or_recovered_never_silently_wrong() {
     }
     std::fs::write(&db, &bytes).unwrap();
     // sled itself may open such a file as empty; the vote guard must catch it.
-    let opened = Store::open(&path).and_then(|store| {
+    let opened = reopen(&path).and_then(|store| {
         verify(&store, &path)?;
         Ok(store)
     });

@@ -302,6 +302,12 @@ impl Cluster {
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");
             }
+            let pg = std::fs::read_to_string(self.dir.path().join(format!("n{k}/postgresql.log"))).unwrap_or_default();
+            let tail: Vec<&str> = pg.lines().rev().take(20).collect();
+            eprintln!("--- n{k} PostgreSQL log (last 20 lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
         }
     }
 

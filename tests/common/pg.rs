@@ -231,6 +231,8 @@ impl Cluster {
 pub struct Writer {
     acks: Arc<Mutex<Vec<Ack>>>,
     unknown: Arc<Mutex<Vec<i64>>>,
+    /// The writer's last failure (connect or insert), for a failed test's message.
+    last_error: Arc<Mutex<String>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -245,10 +247,18 @@ impl Writer {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let unknown = Arc::new(Mutex::new(Vec::new()));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(write_loop(libpq.to_string(), acks.clone(), unknown.clone(), stop_rx));
+        let last_error = Arc::new(Mutex::new(String::new()));
+        let task = tokio::spawn(write_loop(
+            libpq.to_string(),
+            acks.clone(),
+            unknown.clone(),
+            last_error.clone(),
+            stop_rx,
+        ));
         Writer {
             acks,
             unknown,
+            last_error,
             stop,
             task,
         }
@@ -273,7 +283,13 @@ impl Writer {
             if let Some(a) = hit {
                 return a;
             }
-            assert!(Instant::now() < deadline, "no write acknowledged within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no write acknowledged within {timeout:?} ({} acknowledged before, {} unknown; the writer's last error: {})",
+                self.acks().len(),
+                self.unknown.lock().unwrap().len(),
+                self.last_error.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -304,6 +320,7 @@ async fn write_loop(
     libpq: String,
     acks: Arc<Mutex<Vec<Ack>>>,
     unknown: Arc<Mutex<Vec<i64>>>,
+    last_error: Arc<Mutex<String>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut id = 0i64;
@@ -312,6 +329,7 @@ async fn write_loop(
         let Some(c) = client.as_ref() else {
             client = connect(&libpq).await;
             if client.is_none() {
+                *last_error.lock().unwrap() = format!("{}: no read-write server answered", now_utc());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             continue;
@@ -328,7 +346,11 @@ async fn write_loop(
                 at: Instant::now(),
                 port: row.get(0),
             }),
-            Ok(Err(_)) | Err(_) => {
+            outcome => {
+                *last_error.lock().unwrap() = match outcome {
+                    Ok(Err(e)) => format!("{}: insert {id} failed: {e}", now_utc()),
+                    _ => format!("{}: insert {id} timed out after {WRITE_TIMEOUT:?}", now_utc()),
+                };
                 // The commit may or may not have happened: unknown, never "failed".
                 unknown.lock().unwrap().push(id);
                 client = None;
@@ -336,4 +358,9 @@ async fn write_loop(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The wall clock as the nodes' logs print it, to line a test's message up with them.
+fn now_utc() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
