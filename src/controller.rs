@@ -38,6 +38,8 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut last_transfer: Option<Instant> = None;
     // What the controller's timer runs for (`timer_key`), and since when.
     let mut pending_since: Option<((u64, Option<String>), Instant)> = None;
+    // Since when a degradable primary has lacked its quorum (`below_quorum`).
+    let mut below_since: Option<Instant> = None;
     let mut changes = node.subscribe();
     let mut raft_metrics = node.raft.server_metrics();
     let mut raft_stopped = false;
@@ -81,6 +83,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             (Some(w), Some((was, at))) if w == was => Some((was, at)),
             (Some(w), _) => Some((w, now)),
         };
+        below_since = crate::decide::controller::below_quorum(&state, &reports).then(|| below_since.unwrap_or(now));
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<String> = membership
             .voter_ids()
@@ -96,6 +99,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
                 .as_ref()
                 .map_or(0, |(_, at)| now.duration_since(*at).as_millis() as u64),
             now_unix_ms: now_unix_ms(),
+            below_quorum_ms: below_since.map_or(0, |at| now.duration_since(at).as_millis() as u64),
         });
         if decision.reason != last_reason {
             tracing::info!(generation = state.generation, "controller: {}", decision.reason);

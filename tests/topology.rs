@@ -519,3 +519,134 @@ async fn a_permanent_slot_follows_every_primary_and_its_consumer_resumes_after_a
     c.ctl_ok(&["config", "set", "slot_ttl_ms="]);
     c.assert_no_loss(writer, &[1, 2, 3], FORM).await;
 }
+
+/// The value of `raftpg_sync_degraded` in node `k`'s `/metrics`.
+async fn degraded_gauge(c: &Cluster, k: u16) -> Option<String> {
+    let (_, body) = c.http(k, "GET", "/metrics").await?;
+    body.lines()
+        .find(|l| l.starts_with("raftpg_sync_degraded{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Waits until node `k` sees a degraded window that is not returning, with `streaming` as
+/// the members that streamed throughout it.
+async fn wait_degraded(c: &Cluster, k: u16, streaming: &[&str]) {
+    c.wait_for("the primary to degrade to asynchronous replication", CHANGE, || async {
+        let d = c.status(k).await?.degraded?;
+        (!d.restoring && d.streaming == streaming).then_some(())
+    })
+    .await;
+}
+
+fn thaw(pids: &[Vec<i32>]) {
+    for pid in pids.iter().flatten() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Issue 16, item 6: `synchronous_mode = degradable` on three nodes. Both standbys' PostgreSQL
+/// hang (their raftpg lives, so Raft keeps its majority): the primary's commits wait a lease,
+/// then it degrades to asynchronous replication, recorded in Raft and shown by `ctl list` and
+/// `/metrics`, and the writer goes on. The standbys come back: the primary returns to its
+/// quorum once they hold what it acknowledged alone, and nothing acknowledged is lost. Then
+/// it degrades again and dies: no standby streamed throughout that window, so the election
+/// refuses, and only a forced failover promotes one, stating the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover_in_the_window_states_the_loss() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(17400, 3, "");
+    let primary = c.wait_streaming(2, FORM).await;
+    c.ctl_ok(&["config", "set", "synchronous_mode=degradable"]);
+    let writer = Writer::start(&c.libpq()).await;
+    let standbys: Vec<u16> = (1..=3).filter(|k| *k != primary).collect();
+    assert_eq!(degraded_gauge(&c, primary).await.as_deref(), Some("0"));
+
+    phase("both standbys' PostgreSQL hang: after a lease the primary degrades and writes go on");
+    let froze = Instant::now();
+    let frozen: Vec<Vec<i32>> = standbys.iter().map(|k| c.freeze_pg(*k)).collect();
+    wait_degraded(&c, primary, &[]).await;
+    let degraded_at = Instant::now();
+    writer.wait_ack_after(degraded_at, None, CHANGE).await;
+    let acks = writer.acks();
+    let stalled = acks
+        .windows(2)
+        .filter(|w| w[1].at > froze)
+        .map(|w| w[1].at.saturating_duration_since(w[0].at))
+        .max();
+    eprintln!(
+        "degraded {:?} after the freeze (seen by the test); longest time without an ack: {stalled:?}",
+        degraded_at - froze
+    );
+    let table = c.ctl_ok(&["list"]);
+    assert!(
+        table.contains("Degraded since") && table.contains("acknowledges writes asynchronously"),
+        "{table}"
+    );
+    assert_eq!(degraded_gauge(&c, primary).await.as_deref(), Some("1"));
+    let json = c.ctl_ok(&["list", "--json"]);
+    assert!(json.contains("\"degraded\": {"), "{json}");
+    c.ctl_fails(
+        &["failover", "--to", &format!("n{}", standbys[0])],
+        "has not streamed throughout",
+    );
+
+    phase("they come back: the primary returns to its quorum once they hold its writes");
+    let thawed = Instant::now();
+    thaw(&frozen);
+    c.wait_for("the degraded window to close", FORM, || async {
+        let s = c.status(primary).await?;
+        (s.degraded.is_none() && s.primary.as_ref()?.node == format!("n{primary}")).then_some(())
+    })
+    .await;
+    eprintln!("the window closed {:?} after the thaw", thawed.elapsed());
+    c.wait_for("the primary to run its quorum again", CHANGE, || async {
+        let (p, rows) = c.topology().await?;
+        (p == primary && rows.len() == 2 && rows.iter().all(|(_, st)| st == "quorum")).then_some(())
+    })
+    .await;
+    assert_eq!(degraded_gauge(&c, primary).await.as_deref(), Some("0"));
+    writer.wait_ack_after(Instant::now(), None, CHANGE).await;
+    let log = c.log_of(primary) + &c.log_of(standbys[0]) + &c.log_of(standbys[1]);
+    assert!(
+        log.contains("degrading to asynchronous replication"),
+        "no degradation logged"
+    );
+    assert!(log.contains("returning to the quorum"), "no return logged");
+    let acked = writer.acked_ids();
+    for k in 1..=3 {
+        c.assert_has_all(k, &acked, FORM).await;
+    }
+
+    phase("degraded again, the primary dies: the election refuses, a forced failover states the loss");
+    let frozen: Vec<Vec<i32>> = standbys.iter().map(|k| c.freeze_pg(*k)).collect();
+    wait_degraded(&c, primary, &[]).await;
+    writer.wait_ack_after(Instant::now(), None, CHANGE).await;
+    c.kill9(primary);
+    c.kill9_postmaster(primary);
+    thaw(&frozen);
+    c.wait_for("the election to refuse every standby", FORM, || async {
+        standbys
+            .iter()
+            .any(|k| {
+                c.log_of(*k)
+                    .contains("no standby was streaming throughout the degraded window")
+            })
+            .then_some(())
+    })
+    .await;
+    let s = c.status(standbys[0]).await.unwrap();
+    assert!(s.primary.is_none() && !s.pending.is_empty(), "{s:?}");
+    let target = format!("n{}", standbys[0]);
+    let out = c.ctl_ok(&["failover", "--to", &target, "--force"]);
+    eprintln!("{out}");
+    assert!(
+        out.contains(&format!("failed over to {target}")) && out.contains("may be on it alone"),
+        "{out}"
+    );
+    let ack = writer
+        .wait_ack_after(Instant::now(), Some(i32::from(c.pg_port(primary))), FORM)
+        .await;
+    assert_eq!(ack.port, i32::from(c.pg_port(standbys[0])));
+    let _ = writer.stop().await;
+}

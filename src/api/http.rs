@@ -271,6 +271,9 @@ async fn cluster(State(node): State<Node>) -> Response {
         "scheduled_switchover": s.scheduled_switchover.as_ref().map(|x| serde_json::json!({
             "from": x.from, "to": x.to, "at_unix_ms": x.at_unix_ms,
         })),
+        "degraded": s.degraded.as_ref().map(|d| serde_json::json!({
+            "since_unix_ms": d.since_unix_ms, "streaming": d.streaming, "restoring": d.restoring,
+        })),
     });
     axum::Json(body).into_response()
 }
@@ -287,6 +290,7 @@ async fn metrics(State(node): State<Node>) -> Response {
         rows: &rows,
         generation: s.generation,
         paused: s.paused,
+        degraded: s.degraded.is_some(),
         failovers: s.count_changes(crate::cluster::ChangeKind::Failover),
         switchovers: s.count_changes(crate::cluster::ChangeKind::Switchover),
         lease_remaining_s: lease.map(|d| d.as_secs_f64()),
@@ -310,6 +314,8 @@ pub struct MetricsInput<'a> {
     pub rows: &'a [MemberRow],
     pub generation: u64,
     pub paused: bool,
+    /// `synchronous_mode = degradable`: a degraded window is open.
+    pub degraded: bool,
     pub failovers: u64,
     pub switchovers: u64,
     pub lease_remaining_s: Option<f64>,
@@ -430,6 +436,13 @@ pub fn render_metrics(m: &MetricsInput) -> String {
         "gauge",
         "1 while automatic failover is paused.",
         cl(f64::from(u8::from(m.paused))),
+    );
+    family(
+        "raftpg_sync_degraded",
+        "gauge",
+        "1 from the time the primary degrades to asynchronous replication (synchronous_mode = degradable, too few \
+         synchronous standbys streaming) until it confirms its quorum again.",
+        cl(f64::from(u8::from(m.degraded))),
     );
     family(
         "raftpg_raft_term",

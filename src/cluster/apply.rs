@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::command::Command;
 use super::state::{
-    ChangeKind, ClusterState, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary, SlotKind,
-    TagChange,
+    ChangeKind, ClusterState, Degraded, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary,
+    SlotKind, TagChange,
 };
 
 /// What an accepted command did, for logs and replies.
@@ -290,7 +290,32 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
                 ));
             }
             state.sync_unconfirmed.clear();
-            "synchronous configuration confirmed by the primary".into()
+            // The quorum is back: every write acknowledged in the window is on `k` of its
+            // standbys (`decide::report::sync_applied`), so elections need it no more.
+            if config.k > 0 && state.degraded.take().is_some() {
+                "synchronous quorum confirmed by the primary: the degraded window is over".into()
+            } else {
+                "synchronous configuration confirmed by the primary".into()
+            }
+        }
+        Command::Degrade {
+            generation,
+            streaming,
+            at_unix_ms,
+        } => degrade(state, *generation, streaming, *at_unix_ms)?,
+        Command::Undegrade { generation } => {
+            check_generation(state, *generation)?;
+            let primary = state.primary_name().ok_or(Rejection::NoPrimary)?.to_string();
+            let d = state
+                .degraded
+                .as_mut()
+                .ok_or_else(|| Rejection::BadConfig("the primary is not degraded: nothing to return from".into()))?;
+            if d.restoring {
+                format!("{primary} is already returning to its synchronous quorum")
+            } else {
+                d.restoring = true;
+                format!("{primary} returns to its synchronous quorum; the degraded window ends once it confirms it")
+            }
         }
         Command::Restart { node } => {
             known(state, node)?;
@@ -495,6 +520,9 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     state.restarts.remove(name);
     state.reinits.remove(name);
     state.vetoed.remove(name);
+    if let Some(d) = state.degraded.as_mut() {
+        d.streaming.remove(name);
+    }
     Ok(format!("member {name} removed"))
 }
 
@@ -638,7 +666,62 @@ pub fn fork_holders(state: &ClusterState) -> Option<super::SyncConfig> {
 /// bound: the candidate may have taken writes alone, and only `failover --force`, from an
 /// operator who knows its PostgreSQL is down, replaces it.
 pub fn candidate_acknowledged_nothing(state: &ClusterState) -> bool {
-    state.ha.synchronous_mode == super::SyncMode::Quorum && state.sync_quorum() >= 1
+    state.ha.synchronous_mode.is_quorum() && state.sync_quorum() >= 1
+}
+
+/// `Command::Degrade`: the primary of `generation` runs asynchronously, and only the
+/// synchronous standbys in `streaming` (and, once degraded, still in the window's set) may
+/// be promoted by an election in the window.
+fn degrade(
+    state: &mut ClusterState,
+    generation: u64,
+    streaming: &[String],
+    at_unix_ms: u64,
+) -> Result<String, Rejection> {
+    check_generation(state, generation)?;
+    let primary = state.primary_name().ok_or(Rejection::NoPrimary)?.to_string();
+    if state.ha.synchronous_mode != super::SyncMode::Degradable {
+        return Err(Rejection::BadConfig(format!(
+            "synchronous_mode is {}, not degradable: the primary never runs asynchronously in it",
+            state.ha.synchronous_mode.as_str()
+        )));
+    }
+    for n in streaming {
+        known(state, n)?;
+    }
+    let now: std::collections::BTreeSet<String> = streaming
+        .iter()
+        .filter(|n| state.sync_standbys.contains(*n))
+        .cloned()
+        .collect();
+    let list = |set: &std::collections::BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+    Ok(match &mut state.degraded {
+        Some(d) => {
+            // Only ever shrinks: a member that stopped in the window lacks what was
+            // acknowledged while it was away, even once it streams again.
+            d.streaming.retain(|n| now.contains(n));
+            d.restoring = false;
+            format!(
+                "{primary} stays degraded; still streaming since the window began: [{}]",
+                list(&d.streaming)
+            )
+        }
+        None => {
+            let message = format!(
+                "{primary} degrades to asynchronous replication: fewer than {} synchronous standbys stream (streaming: [{}]); \
+                 writes acknowledged from now on may be on {primary} alone",
+                state.full_quorum(),
+                list(&now)
+            );
+            state.degraded = Some(Degraded {
+                generation,
+                since_unix_ms: at_unix_ms,
+                streaming: now,
+                restoring: false,
+            });
+            message
+        }
+    })
 }
 
 /// Fences the current generation and starts a failover under the next one. A change in
@@ -761,6 +844,9 @@ fn record_timeline(
     }
     let pending = state.pending.take().expect("checked above");
     state.vetoed.clear();
+    // The new primary runs its own quorum from its first commit; the old primary's window
+    // was the election's concern.
+    state.degraded = None;
     state.primary = Some(Primary {
         node: node.to_string(),
         generation,
@@ -898,6 +984,20 @@ fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Resul
         }
     } else {
         state.ha.set(key, value).map_err(Rejection::BadConfig)?;
+        if key == "synchronous_mode" {
+            match state.ha.synchronous_mode {
+                // The quorum comes back as from `Undegrade`: the window ends once the
+                // primary confirms it.
+                super::SyncMode::Quorum => {
+                    if let Some(d) = state.degraded.as_mut() {
+                        d.restoring = true;
+                    }
+                }
+                // Asynchronous mode bounds a failover by `maximum_lag_on_failover` instead.
+                super::SyncMode::Off => state.degraded = None,
+                super::SyncMode::Degradable => {}
+            }
+        }
     }
     Ok(match value {
         Some(v) => format!("{key} = {v}"),

@@ -752,10 +752,29 @@ fn arb_command() -> impl Strategy<Value = Command> {
             node,
             reason: "p".into()
         }),
-        (name, 1u32..5).prop_map(|(node, timeline)| Command::Adopted {
+        (name.clone(), 1u32..5).prop_map(|(node, timeline)| Command::Adopted {
             node,
             system_identifier: 1,
             timeline
+        }),
+        prop::sample::select(vec!["quorum", "degradable", "off"]).prop_map(|mode| Command::SetConfig {
+            key: "synchronous_mode".into(),
+            value: Some(mode.into()),
+        }),
+        (0u64..5, prop::collection::vec(name.clone(), 0..3)).prop_map(|(generation, streaming)| Command::Degrade {
+            generation,
+            streaming,
+            at_unix_ms: 1,
+        }),
+        (0u64..5).prop_map(|generation| Command::Undegrade { generation }),
+        (0u64..5, prop::collection::vec(name, 0..3), 0usize..3).prop_map(|(generation, standbys, k)| {
+            Command::ConfirmSync {
+                generation,
+                config: SyncConfig {
+                    standbys: standbys.into_iter().collect(),
+                    k,
+                },
+            }
         }),
     ]
 }
@@ -815,6 +834,40 @@ proptest! {
             }
         }
         prop_assert_eq!(s.revision, accepted);
+    }
+
+    /// A degraded window belongs to degradable (or, returning, quorum) mode; while it is
+    /// open and not returning the primary runs asynchronously; the set of those that
+    /// streamed throughout only shrinks; and it ends only when the primary confirms a
+    /// quorum, a new primary is recorded, or the mode becomes asynchronous.
+    #[test]
+    fn a_degraded_window_keeps_its_rules_under_any_command_sequence(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut s = bootstrapped();
+        for cmd in &cmds {
+            let before = s.clone();
+            if apply(&mut s, cmd).is_err() {
+                continue;
+            }
+            let Some(d) = &s.degraded else {
+                if before.degraded.is_some() {
+                    let ended = matches!(cmd, Command::ConfirmSync { config, .. } if config.k > 0)
+                        || matches!(cmd, Command::RecordTimeline { .. })
+                        || s.ha.synchronous_mode == SyncMode::Off;
+                    prop_assert!(ended, "the window ended on {}", cmd);
+                }
+                continue;
+            };
+            prop_assert!(s.ha.synchronous_mode != SyncMode::Off);
+            prop_assert!(d.streaming.iter().all(|n| s.members.contains_key(n)));
+            if !d.restoring {
+                prop_assert_eq!(s.sync_quorum(), 0);
+                prop_assert!(!crate::cluster::candidate_acknowledged_nothing(&s));
+            }
+            match &before.degraded {
+                Some(b) => prop_assert!(d.streaming.is_subset(&b.streaming), "{} grew the window's set", cmd),
+                None => prop_assert!(matches!(cmd, Command::Degrade { .. }), "{} opened a window", cmd),
+            }
+        }
     }
 
     /// A cluster formed to adopt n1's database: whatever is proposed, nobody else becomes

@@ -149,6 +149,19 @@ pub enum Command {
         name: String,
         reason: String,
     },
+    /// `synchronous_mode = degradable`: fewer than `k` synchronous standbys have streamed
+    /// for a lease, so the primary of `generation` runs asynchronously; `streaming` are
+    /// those that still stream. Sent again while degraded, it shrinks that set.
+    Degrade {
+        generation: u64,
+        streaming: Vec<String>,
+        at_unix_ms: u64,
+    },
+    /// Enough synchronous standbys stream again: the primary of `generation` returns to
+    /// its quorum (the window ends once it confirms it).
+    Undegrade {
+        generation: u64,
+    },
 }
 
 impl Command {
@@ -184,6 +197,16 @@ impl fmt::Display for Command {
                 }
             },
             Command::RemoveSlot { name, reason } => write!(f, "remove permanent slot {name}: {reason}"),
+            Command::Degrade {
+                generation, streaming, ..
+            } => write!(
+                f,
+                "degrade to asynchronous replication (generation {generation}, still streaming: [{}])",
+                streaming.join(", ")
+            ),
+            Command::Undegrade { generation } => {
+                write!(f, "return to the synchronous quorum (generation {generation})")
+            }
             Command::ChooseBootstrap { node } => write!(f, "choose {node} to run initdb"),
             Command::Bootstrap {
                 node,

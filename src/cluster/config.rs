@@ -33,6 +33,25 @@ pub enum SyncMode {
     Quorum,
     /// Asynchronous replication; failover bounded by `maximum_lag_on_failover`.
     Off,
+    /// Quorum while at least `k` synchronous standbys stream; when fewer do for a lease,
+    /// the primary drops to asynchronous replication (recorded in Raft as
+    /// `ClusterState::degraded`) and returns to the quorum once they stream again.
+    Degradable,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Quorum => "quorum",
+            SyncMode::Off => "off",
+            SyncMode::Degradable => "degradable",
+        }
+    }
+
+    /// Whether commits wait for a quorum of standbys (unless degraded).
+    pub fn is_quorum(self) -> bool {
+        matches!(self, SyncMode::Quorum | SyncMode::Degradable)
+    }
 }
 
 /// HA timings and rules shared by the whole cluster.
@@ -65,7 +84,12 @@ impl HaConfig {
                     None => d.synchronous_mode,
                     Some("quorum" | "on") => SyncMode::Quorum,
                     Some("off") => SyncMode::Off,
-                    Some(v) => return Err(format!("synchronous_mode must be 'quorum' or 'off', not '{v}'")),
+                    Some("degradable") => SyncMode::Degradable,
+                    Some(v) => {
+                        return Err(format!(
+                            "synchronous_mode must be 'quorum', 'degradable' or 'off', not '{v}'"
+                        ))
+                    }
                 }
             }
             "maximum_lag_on_failover" => {
@@ -98,10 +122,7 @@ impl HaConfig {
 
     /// All keys with their current values, as text.
     pub fn pairs(&self) -> BTreeMap<String, String> {
-        let mode = match self.synchronous_mode {
-            SyncMode::Quorum => "quorum",
-            SyncMode::Off => "off",
-        };
+        let mode = self.synchronous_mode.as_str();
         BTreeMap::from([
             ("synchronous_mode".to_string(), mode.to_string()),
             (

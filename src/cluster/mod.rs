@@ -16,6 +16,6 @@ pub use apply::{apply, candidate_acknowledged_nothing, fork_holders, Applied, Re
 pub use command::Command;
 pub use config::{parse_bytes, HaConfig, SyncMode, CONFIG_KEYS, DEFAULT_MAXIMUM_LAG_ON_FAILOVER_BYTES};
 pub use state::{
-    ChangeKind, ClusterState, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary,
+    ChangeKind, ClusterState, Degraded, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary,
     ScheduledSwitchover, SlotKind, SyncConfig, TagChange, Tags, DEFAULT_SLOT_TTL_MS,
 };

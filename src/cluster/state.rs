@@ -286,6 +286,27 @@ pub struct ClusterState {
     /// while holding WAL before it is dropped; `None` is `DEFAULT_SLOT_TTL_MS`, 0 never.
     /// Appended after `slots`.
     pub slot_ttl_ms: Option<u64>,
+    /// `synchronous_mode = degradable`: the primary runs asynchronously since too few of
+    /// its synchronous standbys streamed, or is returning to its quorum. Appended after
+    /// `slot_ttl_ms`.
+    pub degraded: Option<Degraded>,
+}
+
+/// A degraded window of `synchronous_mode = degradable` (`Command::Degrade`): writes
+/// acknowledged in it may be on the primary alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    /// The primary's generation when it degraded.
+    pub generation: u64,
+    /// Wall clock of the leader that decided it (for people; never a safety input).
+    pub since_unix_ms: u64,
+    /// The synchronous standbys that streamed when it degraded and have not stopped since:
+    /// the only members a failover in the window may promote (each may still lack the
+    /// newest writes, which it received asynchronously). Only ever shrinks.
+    pub streaming: BTreeSet<String>,
+    /// `Command::Undegrade`: enough standbys stream again and the primary is told to run
+    /// its quorum; the window ends when it confirms it (`ConfirmSync` with `k > 0`).
+    pub restoring: bool,
 }
 
 impl ClusterState {
@@ -312,9 +333,18 @@ impl ClusterState {
     /// group G of the primary and its sync standbys in quorum mode, so an acknowledged
     /// commit is on a majority of that group.
     pub fn sync_quorum(&self) -> usize {
-        match self.ha.synchronous_mode {
-            super::SyncMode::Quorum => self.sync_standbys.len().div_ceil(2),
-            super::SyncMode::Off => 0,
+        if self.degraded.as_ref().is_some_and(|d| !d.restoring) {
+            return 0;
+        }
+        self.full_quorum()
+    }
+
+    /// `k` of the quorum, whether or not the primary runs degraded.
+    pub fn full_quorum(&self) -> usize {
+        if self.ha.synchronous_mode.is_quorum() {
+            self.sync_standbys.len().div_ceil(2)
+        } else {
+            0
         }
     }
 
@@ -343,9 +373,10 @@ impl ClusterState {
             return SyncConfig::default();
         }
         let standbys = self.sync_candidates(me);
-        let k = match self.ha.synchronous_mode {
-            super::SyncMode::Quorum => standbys.len().div_ceil(2),
-            super::SyncMode::Off => 0,
+        let k = if self.ha.synchronous_mode.is_quorum() {
+            standbys.len().div_ceil(2)
+        } else {
+            0
         };
         SyncConfig { standbys, k }
     }

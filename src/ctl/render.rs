@@ -160,6 +160,21 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         };
         out += &format!("{} is {}: {why}\n", m.name, m.state);
     }
+    if let Some(d) = &s.degraded {
+        let since = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.since_unix_ms),
+        );
+        let primary = s.primary.as_ref().map_or("the primary", |p| p.node.as_str());
+        out += &if d.restoring {
+            format!("Degraded since {since}: {primary} is returning to its synchronous quorum\n")
+        } else {
+            format!(
+                "Degraded since {since}: {primary} acknowledges writes asynchronously (too few synchronous standbys \
+                 stream); a failover may lose them and promotes only [{}]\n",
+                d.streaming.join(", ")
+            )
+        };
+    }
     if !s.pending.is_empty() {
         out += &format!("In progress: {}\n", s.pending);
     }
@@ -244,6 +259,9 @@ pub fn status_json(s: &pb::ClusterStatus) -> serde_json::Value {
         "failovers": s.failovers,
         "switchovers": s.switchovers,
         "history": history_json(&s.history),
+        "degraded": s.degraded.as_ref().map(|d| serde_json::json!({
+            "since_unix_ms": d.since_unix_ms, "streaming": d.streaming, "restoring": d.restoring,
+        })),
     })
 }
 
@@ -289,6 +307,34 @@ mod tests {
             reason: reason.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_table_says_when_the_primary_runs_degraded_and_who_may_be_promoted() {
+        let mut s = pb::ClusterStatus {
+            cluster: "c".into(),
+            primary: Some(pb::Primary {
+                node: "n1".into(),
+                ..Default::default()
+            }),
+            degraded: Some(pb::Degraded {
+                since_unix_ms: 1_000,
+                streaming: vec!["n3".into()],
+                restoring: false,
+            }),
+            ..Default::default()
+        };
+        let out = render_table(&s);
+        assert!(
+            out.contains("Degraded since 1970-01-01T00:00:01Z: n1 acknowledges writes asynchronously")
+                && out.contains("promotes only [n3]"),
+            "{out}"
+        );
+        s.degraded.as_mut().unwrap().restoring = true;
+        assert!(render_table(&s).contains("n1 is returning to its synchronous quorum"));
+        s.degraded = None;
+        assert!(!render_table(&s).contains("Degraded"));
+        assert!(status_json(&s)["degraded"].is_null());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Command, Flag, PendingKind, SyncConfig, SyncMode, Tags};
+use crate::cluster::{ClusterState, Command, Degraded, Flag, PendingKind, SyncConfig, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
 
@@ -27,8 +27,86 @@ pub struct ControllerInput<'a> {
     /// told to promote, once there is one), or, before the first primary, the current
     /// choice of the member that bootstraps.
     pub pending_ms: u64,
-    /// Wall clock, for scheduled switchovers only (never for safety).
+    /// Wall clock, for scheduled switchovers and the time a degraded window began (never
+    /// for safety).
     pub now_unix_ms: u64,
+    /// `synchronous_mode = degradable`: how long fewer than the quorum's `k` synchronous
+    /// standbys have streamed (`below_quorum`), 0 while enough do.
+    pub below_quorum_ms: u64,
+}
+
+/// The synchronous standbys that stream from the primary of the current generation, by
+/// their own reports.
+pub fn sync_streaming(s: &ClusterState, reports: &BTreeMap<String, Report>) -> BTreeSet<String> {
+    s.sync_standbys
+        .iter()
+        .filter(|n| {
+            reports
+                .get(*n)
+                .is_some_and(|r| r.generation == s.generation && r.streaming)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Whether a degradable primary lacks its quorum now: fewer than `k` of its synchronous
+/// standbys stream, so its commits wait. The effects layer times how long this lasts
+/// (`ControllerInput::below_quorum_ms`).
+pub fn below_quorum(s: &ClusterState, reports: &BTreeMap<String, Report>) -> bool {
+    s.ha.synchronous_mode == SyncMode::Degradable
+        && s.primary.is_some()
+        && s.pending.is_none()
+        && sync_streaming(s, reports).len() < s.full_quorum()
+}
+
+/// `synchronous_mode = degradable`: degrade once the quorum has been missing for a lease
+/// (commits wait all that time), shrink the window's set when one of it stops streaming,
+/// and return once `k` stream again and the degraded configuration is confirmed (never back
+/// to a configuration still unconfirmed, as for the set).
+fn degradation(i: &ControllerInput) -> Option<ControllerDecision> {
+    let s = i.state;
+    if s.ha.synchronous_mode != SyncMode::Degradable {
+        return None;
+    }
+    let primary = s.primary_name()?;
+    let now = sync_streaming(s, i.reports);
+    let k = s.full_quorum();
+    let degrade = |why: String| {
+        Some(act(
+            ControllerAction::Propose(Command::Degrade {
+                generation: s.generation,
+                streaming: now.iter().cloned().collect(),
+                at_unix_ms: i.now_unix_ms,
+            }),
+            why,
+        ))
+    };
+    let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+    let missing_for_a_lease = now.len() < k && i.below_quorum_ms >= s.ha.lease_ms;
+    match &s.degraded {
+        None | Some(Degraded { restoring: true, .. }) if missing_for_a_lease => degrade(format!(
+            "only {} of the {k} synchronous standbys {primary} needs have streamed for {} ms ([{}]): degrading to \
+             asynchronous replication so its writes go on",
+            now.len(),
+            i.below_quorum_ms,
+            list(&now)
+        )),
+        Some(d) if !d.restoring && !d.streaming.is_subset(&now) => degrade(format!(
+            "[{}] stopped streaming during the degraded window: they may no longer be promoted in it",
+            list(&d.streaming.difference(&now).cloned().collect())
+        )),
+        Some(d) if !d.restoring && now.len() >= k && s.sync_unconfirmed.is_empty() => Some(act(
+            ControllerAction::Propose(Command::Undegrade {
+                generation: s.generation,
+            }),
+            format!(
+                "{} of the {k} synchronous standbys {primary} needs stream again ([{}]): returning to the quorum",
+                now.len(),
+                list(&now)
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// A switchover that has not promoted its target this long after it began (lease periods)
@@ -100,7 +178,7 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     let streaming = |n: &String| i.reports.get(n).filter(current).is_some_and(|r| r.streaming);
     let want_sync: BTreeSet<String> = match s.ha.synchronous_mode {
         SyncMode::Off => BTreeSet::new(),
-        SyncMode::Quorum => {
+        SyncMode::Quorum | SyncMode::Degradable => {
             let want: BTreeSet<String> = s
                 .sync_candidates(&primary.node)
                 .into_iter()
@@ -126,7 +204,8 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     // change waits until the current one is confirmed (below).
     let back = SyncConfig {
         k: match s.ha.synchronous_mode {
-            SyncMode::Quorum => want_sync.len().div_ceil(2),
+            _ if s.degraded.as_ref().is_some_and(|d| !d.restoring) => 0,
+            SyncMode::Quorum | SyncMode::Degradable => want_sync.len().div_ceil(2),
             SyncMode::Off => 0,
         },
         standbys: want_sync.clone(),
@@ -144,6 +223,9 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
             }),
             why,
         );
+    }
+    if let Some(d) = degradation(i) {
+        return d;
     }
     // The set may change again before the primary confirms the previous change: every
     // configuration it may run stays in `sync_unconfirmed` for the elections, and the
@@ -519,6 +601,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         old_primary: p.from.as_deref(),
         requested: p.to.as_deref(),
         forced: p.forced,
+        degraded: s.degraded.as_ref(),
     };
     // Every other member holds no database that streamed from the old primary (each said
     // so in its final report): promoting any of them would lose every write the old primary
@@ -573,3 +656,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
 #[cfg(test)]
 #[path = "controller_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "degradable_tests.rs"]
+mod degradable_tests;

@@ -56,6 +56,7 @@ fn decide_with(
         voters: &voters(),
         pending_ms: 0,
         now_unix_ms: 0,
+        below_quorum_ms: 0,
     })
 }
 
@@ -147,6 +148,7 @@ fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everyth
         voters: &all,
         pending_ms,
         now_unix_ms: 0,
+        below_quorum_ms: 0,
     };
     // n2 (the target) still looks like a standby, behind; n3 has received past 500.
     let reports = BTreeMap::from([
@@ -205,6 +207,7 @@ fn a_switchover_never_promotes_a_standby_short_of_the_shutdown_checkpoint() {
                 voters: &voters(),
                 pending_ms,
                 now_unix_ms: 0,
+                below_quorum_ms: 0,
             });
             assert_eq!(d.action, None, "n3 at {n3}, stop at 500: {}", d.reason);
         }
@@ -237,6 +240,7 @@ fn a_stalled_switchover_becomes_a_failover() {
         voters: &voters(),
         pending_ms: switchover_timeout_ms(s.ha.lease_ms) + 1,
         now_unix_ms: 0,
+        below_quorum_ms: 0,
     });
     let Some(ControllerAction::Propose(
         cmd @ Command::BeginFailover {
@@ -280,6 +284,7 @@ fn a_learner_joins_the_sync_set_only_as_a_streaming_voter() {
             voters: &v,
             pending_ms: 0,
             now_unix_ms: 0,
+            below_quorum_ms: 0,
         })
     };
     let d = input(&reports, &s);
@@ -318,6 +323,7 @@ fn a_scheduled_switchover_starts_when_due_and_only_to_a_streaming_standby() {
             voters: &voters(),
             pending_ms: 0,
             now_unix_ms: now,
+            below_quorum_ms: 0,
         })
         .action
     };
@@ -472,6 +478,7 @@ fn decide_after(s: &ClusterState, reports: &BTreeMap<String, Report>, pending_ms
         voters: &voters(),
         pending_ms,
         now_unix_ms: 0,
+        below_quorum_ms: 0,
     })
 }
 
@@ -685,7 +692,7 @@ fn an_adopted_member_is_never_replaced_by_an_initdb() {
 /// report still counts for the quorum.
 #[test]
 fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again() {
-    for mode in ["quorum", "off"] {
+    for mode in ["quorum", "off", "degradable"] {
         let mut s = promoting_n2(mode);
         let veto = Command::VetoCandidate {
             generation: 2,

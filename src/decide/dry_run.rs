@@ -141,6 +141,7 @@ pub fn plan(
             voters,
             pending_ms: 0,
             now_unix_ms: 0,
+            below_quorum_ms: 0,
         });
         steps.push(d.reason.clone());
         match d.action {
@@ -193,6 +194,11 @@ fn loss(
         ),
         Change::Failover { force: true, .. } if behind > 0 => format!(
             "up to {behind} bytes of WAL, acknowledged writes included: {c} is that far behind the most advanced member"
+        ),
+        Change::Failover { .. } if state.degraded.is_some() => format!(
+            "every write {old} acknowledged since it degraded to asynchronous replication ({}) that {c} has not \
+             received: up to {behind} bytes now",
+            crate::decide::election::since(state.degraded.as_ref().expect("checked"))
         ),
         Change::Failover { .. } if state.ha.synchronous_mode == SyncMode::Off => format!(
             "up to {behind} bytes now (asynchronous mode: whatever {old} acknowledged that {c} has not received)"

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::{SyncConfig, SyncMode, Tags};
+use crate::cluster::{Degraded, SyncConfig, SyncMode, Tags};
 
 /// A standby's final position after it stopped streaming from the old primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,10 @@ pub struct ElectionInput<'a> {
     /// Manual failover target; with `forced`, promoted whatever it may lose.
     pub requested: Option<&'a str>,
     pub forced: bool,
+    /// The fenced primary ran degraded (`synchronous_mode = degradable`): writes it
+    /// acknowledged in the window may be on it alone, and only the members that streamed
+    /// throughout may be promoted.
+    pub degraded: Option<&'a Degraded>,
 }
 
 /// The ranking's verdict, always with the reason a person reads.
@@ -99,6 +103,9 @@ pub fn elect(input: &ElectionInput) -> Election {
     if input.forced {
         return forced(input, &reported);
     }
+    if let Some(d) = input.degraded {
+        return degraded(input, d, &reported);
+    }
     if let Err(reason) = covered(input, &reported) {
         return Election::Wait { reason };
     }
@@ -112,7 +119,7 @@ pub fn elect(input: &ElectionInput) -> Election {
         .max()
         .expect("the best timeline has a reporter");
     let floor = match (input.sync_mode, input.last_primary_lsn) {
-        (SyncMode::Quorum, _) => best_lsn,
+        (SyncMode::Quorum | SyncMode::Degradable, _) => best_lsn,
         (SyncMode::Off, Some(p)) => p.saturating_sub(input.maximum_lag_bytes),
         (SyncMode::Off, None) => best_lsn,
     };
@@ -169,6 +176,89 @@ pub fn elect(input: &ElectionInput) -> Election {
     }
 }
 
+/// An election after the fenced primary ran degraded: no quorum holds what it acknowledged
+/// in the window, so no promotion is safe. Of the members that streamed throughout (the
+/// others missed writes it acknowledged), every one that is still a standby must report,
+/// and the most advanced is promoted, with the loss stated. With none, it is refused: the
+/// old primary holds those writes, or an operator accepts the loss with `--force`.
+fn degraded(input: &ElectionInput, d: &Degraded, reported: &[(&str, &FinalReport)]) -> Election {
+    let window = format!(
+        "{} ran degraded (asynchronous) since {}",
+        input.old_primary.unwrap_or("the old primary"),
+        since(d)
+    );
+    let streamed: Vec<&str> = d
+        .streaming
+        .iter()
+        .map(String::as_str)
+        .filter(|n| input.standbys.contains_key(n))
+        .collect();
+    if let Some(to) = input.requested.filter(|to| !streamed.contains(to)) {
+        return Election::Refuse {
+            reason: format!(
+                "{to} was not streaming from the old primary throughout its degraded window ({window}): it lacks writes \
+                 acknowledged then; start the old primary again, or accept the loss with `raftpg ctl failover --to {to} --force`"
+            ),
+        };
+    }
+    if streamed.is_empty() {
+        return Election::Refuse {
+            reason: format!(
+                "no standby was streaming throughout the degraded window ({window}): every write acknowledged since is on \
+                 the old primary alone; start it again, or accept the loss with `raftpg ctl failover --to NAME --force`"
+            ),
+        };
+    }
+    let missing: Vec<&str> = streamed
+        .iter()
+        .copied()
+        .filter(|n| input.standbys.get(n).is_some_and(Option::is_none))
+        .collect();
+    if !missing.is_empty() {
+        return Election::Wait {
+            reason: format!(
+                "{window}: waiting for the final reports of [{}], which streamed throughout",
+                missing.join(", ")
+            ),
+        };
+    }
+    let mut candidates: Vec<(&str, &FinalReport)> = reported
+        .iter()
+        .filter(|(n, r)| streamed.contains(n) && r.timeline > 0)
+        .filter(|(n, r)| !r.tags.nofailover || input.requested == Some(*n))
+        .copied()
+        .collect();
+    candidates.sort_by(|(an, a), (bn, b)| {
+        (b.timeline, b.flush_lsn, b.tags.failover_priority, an).cmp(&(
+            a.timeline,
+            a.flush_lsn,
+            a.tags.failover_priority,
+            bn,
+        ))
+    });
+    if let Some(to) = input.requested {
+        candidates.retain(|(n, _)| *n == to);
+    }
+    match candidates.first() {
+        Some((n, r)) => Election::Promote {
+            node: n.to_string(),
+            reason: format!(
+                "{n} streamed throughout the degraded window and is the most advanced of those (flushed {}): {window}, \
+                 so writes acknowledged then that {n} did not receive are lost",
+                lsn(r.flush_lsn)
+            ),
+        },
+        None => Election::Refuse {
+            reason: format!(
+                "of the standbys that streamed throughout the degraded window ([{}]), none may be promoted (tagged \
+                 nofailover, refused by its pre_promote hook, or without a database): {window}; accept the loss with \
+                 `raftpg ctl failover --to NAME --force`",
+                streamed.join(", ")
+            ),
+        },
+    }
+}
+
 fn forced(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Election {
     let Some(to) = input.requested else {
         return Election::Refuse {
@@ -191,6 +281,12 @@ fn forced(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Election 
             best.map_or("none".into(), lsn)
         ),
     }
+}
+
+/// When a degraded window began, as people read it (UTC).
+pub fn since(d: &Degraded) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.since_unix_ms))
+        .to_string()
 }
 
 /// An LSN as PostgreSQL prints it.

@@ -25,6 +25,7 @@ fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> 
         old_primary: None,
         requested: None,
         forced: false,
+        degraded: None,
     }
 }
 

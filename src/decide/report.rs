@@ -39,9 +39,12 @@ pub type SyncSeen = Option<(u64, SyncConfig, Option<u64>)>;
 /// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
 /// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
 /// outside `new`, so at least `old.k - |old \ new|` are in it. (An election under `new`
-/// reads `|new| - new.k + 1` of its members, so it then finds one.)
+/// reads `|new| - new.k + 1` of its members, so it then finds one.) Asynchronous mode
+/// (no set) promised nothing to carry; a degraded window (`ANY 0` of a set) acknowledged
+/// writes that may be on the primary alone, so they are carried only once flushed.
 pub fn carried_by_construction(new: &SyncConfig, old: &SyncConfig) -> bool {
-    old.k == 0 || old.k.saturating_sub(old.standbys.difference(&new.standbys).count()) >= new.k
+    (old.k == 0 && old.standbys.is_empty())
+        || old.k.saturating_sub(old.standbys.difference(&new.standbys).count()) >= new.k
 }
 
 /// The configuration a primary reports as applied (so that the controller may confirm it
@@ -327,7 +330,8 @@ mod tests {
                     .iter()
                     .filter(|r| r.len() == new.standbys.len() - new.k + 1 && r.is_subset(&new.standbys))
                     .collect();
-                let brute = old.k == 0 || holders.clone().all(|h| reads.iter().all(|r| !r.is_disjoint(h)));
+                let brute = (old.k == 0 && old.standbys.is_empty())
+                    || holders.clone().all(|h| reads.iter().all(|r| !r.is_disjoint(h)));
                 assert_eq!(carried_by_construction(new, old), brute, "{old:?} -> {new:?}");
             }
         }

@@ -118,12 +118,27 @@ pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool)
     if state.primary_name() == Some(to) && state.pending.is_none() {
         return Err(Refusal::Precondition(format!("{to} is already the primary")));
     }
+    let window = state.degraded.as_ref().map(|d| {
+        let primary = state
+            .primary_name()
+            .or_else(|| state.pending.as_ref().and_then(|p| p.from.as_deref()))
+            .unwrap_or("the primary");
+        (
+            d,
+            format!(
+                "{primary} runs degraded (asynchronous) since {}",
+                crate::decide::election::since(d)
+            ),
+        )
+    });
     if force {
         let why = if target.replica {
             format!(
                 " (a replica streams asynchronously: it lags the primary by {})",
                 lag_words(target.lag_bytes)
             )
+        } else if let Some((_, w)) = &window {
+            format!(" ({w}: writes acknowledged since then may be on it alone)")
         } else {
             String::new()
         };
@@ -139,6 +154,11 @@ pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool)
     if target.nofailover {
         return Err(Refusal::Precondition(format!(
             "{to} is tagged nofailover; add --force to promote it anyway"
+        )));
+    }
+    if let Some((_, w)) = window.filter(|(d, _)| !d.streaming.contains(to)) {
+        return Err(Refusal::Precondition(format!(
+            "{w}, and {to} has not streamed throughout: it lacks writes acknowledged then; add --force to accept losing them"
         )));
     }
     if state.primary.is_some() && state.pending.is_none() {

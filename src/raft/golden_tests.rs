@@ -140,6 +140,12 @@ fn every_command() -> Vec<Command> {
             name: "cdc".into(),
             reason: "r".into(),
         },
+        Command::Degrade {
+            generation: 2,
+            streaming: vec!["n2".into()],
+            at_unix_ms: 1000,
+        },
+        Command::Undegrade { generation: 2 },
     ]
 }
 
@@ -200,6 +206,10 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "1a03636463010870676f757470757403617070",
     // RemoveSlot: cdc, "r"
     "1b036364630172",
+    // Degrade: generation 2, [n2], at 1000 ms
+    "1c0201026e32e807",
+    // Undegrade: generation 2
+    "1d02",
 ];
 
 const GOLDEN_SNAPSHOT: &str = concat!(
@@ -209,8 +219,9 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "01000001026e310001026e3200056c656173650000808040d00f904e0108776f726b5f6d656d03384d42010001000009",
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
     // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03),
-    // upstreams: {} (appended 2026-12-03, cascading), slots: {}, slot_ttl_ms: None
-    "000000000000",
+    // upstreams: {} (appended 2026-12-03, cascading), slots: {}, slot_ttl_ms: None,
+    // degraded: None (appended 2026-12-04)
+    "00000000000000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -241,6 +252,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     assert!(s.flags.is_empty());
     assert!(s.upstreams.is_empty());
     assert!(s.slots.is_empty() && s.slot_ttl_ms.is_none());
+    assert!(s.degraded.is_none());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,
@@ -305,6 +317,8 @@ fn the_golden_commands_cover_every_variant_in_order() {
         Command::AddReplica { .. } => 25,
         Command::AddSlot { .. } => 26,
         Command::RemoveSlot { .. } => 27,
+        Command::Degrade { .. } => 28,
+        Command::Undegrade { .. } => 29,
     };
     for (i, c) in every_command().iter().enumerate() {
         assert_eq!(position(c), i, "{c}");

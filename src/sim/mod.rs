@@ -1235,6 +1235,7 @@ impl Sim {
             voters: &voters,
             pending_ms,
             now_unix_ms: 0,
+            below_quorum_ms: 0,
         });
         if let Some(ControllerAction::Propose(cmd)) = d.action {
             let _ = self.commit(cmd, &format!("controller on {me}"));

@@ -126,6 +126,11 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
                 },
             })
             .collect(),
+        degraded: s.degraded.as_ref().map(|d| pb::Degraded {
+            since_unix_ms: d.since_unix_ms,
+            streaming: d.streaming.iter().cloned().collect(),
+            restoring: d.restoring,
+        }),
     }
 }
 
