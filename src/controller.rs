@@ -62,6 +62,8 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             tracing::info!("Raft leader: controller active; lease clock restarted");
         }
         if leader != was_leader {
+            // A new tenure times the quorum from its own reports, not an old tenure's.
+            below_since = None;
             // The view an earlier leader handed back is older than what this node's own
             // book held while it led: never fall back to it (a member that stopped would
             // look streaming again). The next report reply brings the new leader's view.

@@ -539,10 +539,50 @@ async fn wait_degraded(c: &Cluster, k: u16, streaming: &[&str]) {
     .await;
 }
 
-fn thaw(pids: &[Vec<i32>]) {
-    for pid in pids.iter().flatten() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+/// A commit on node `k`'s PostgreSQL, directly (the writer's multi-host string may try a
+/// frozen server first, whose handshake hangs until its timeout).
+async fn commits_alone(c: &Cluster, k: u16) {
+    c.wait_for("a commit on the degraded primary", CHANGE, || async {
+        // Negative ids: never the writer's.
+        c.query_one(
+            k,
+            "INSERT INTO writes (id) VALUES (-(random() * 1e15)::bigint) RETURNING id",
+        )
+        .await
+        .map(|_| ())
+    })
+    .await;
+}
+
+/// How many times the nodes' logs say an election refused every standby of a window.
+fn refusals(c: &Cluster) -> usize {
+    (1..=3)
+        .map(|k| {
+            c.log_of(k)
+                .matches("no standby was streaming throughout the degraded window")
+                .count()
+        })
+        .sum()
+}
+
+/// Frozen PostgreSQL processes, thawed when dropped: a failed test must not leave stopped
+/// servers behind (they ignore the cleanup's SIGQUIT until they run again).
+struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+        }
     }
+}
+
+fn freeze(c: &Cluster, nodes: &[u16]) -> Frozen {
+    Frozen(nodes.iter().flat_map(|k| c.freeze_pg(*k)).collect())
+}
+
+fn thaw(frozen: Frozen) {
+    drop(frozen);
 }
 
 /// Issue 16, item 6: `synchronous_mode = degradable` on three nodes. Both standbys' PostgreSQL
@@ -563,21 +603,13 @@ async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover
     assert_eq!(degraded_gauge(&c, primary).await.as_deref(), Some("0"));
 
     phase("both standbys' PostgreSQL hang: after a lease the primary degrades and writes go on");
+    writer.wait_ack_after(Instant::now(), None, CHANGE).await;
     let froze = Instant::now();
-    let frozen: Vec<Vec<i32>> = standbys.iter().map(|k| c.freeze_pg(*k)).collect();
+    let frozen = freeze(&c, &standbys);
     wait_degraded(&c, primary, &[]).await;
     let degraded_at = Instant::now();
-    writer.wait_ack_after(degraded_at, None, CHANGE).await;
-    let acks = writer.acks();
-    let stalled = acks
-        .windows(2)
-        .filter(|w| w[1].at > froze)
-        .map(|w| w[1].at.saturating_duration_since(w[0].at))
-        .max();
-    eprintln!(
-        "degraded {:?} after the freeze (seen by the test); longest time without an ack: {stalled:?}",
-        degraded_at - froze
-    );
+    commits_alone(&c, primary).await;
+    eprintln!("degraded {:?} after the freeze (seen by the test)", degraded_at - froze);
     let table = c.ctl_ok(&["list"]);
     assert!(
         table.contains("Degraded since") && table.contains("acknowledges writes asynchronously"),
@@ -593,7 +625,15 @@ async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover
 
     phase("they come back: the primary returns to its quorum once they hold its writes");
     let thawed = Instant::now();
-    thaw(&frozen);
+    thaw(frozen);
+    writer.wait_ack_after(thawed, None, CHANGE).await;
+    let stalled = writer
+        .acks()
+        .windows(2)
+        .filter(|w| w[1].at > froze && w[0].at < thawed)
+        .map(|w| w[1].at - w[0].at)
+        .max();
+    eprintln!("the writer's longest wait for an acknowledgement around the window: {stalled:?}");
     c.wait_for("the degraded window to close", FORM, || async {
         let s = c.status(primary).await?;
         (s.degraded.is_none() && s.primary.as_ref()?.node == format!("n{primary}")).then_some(())
@@ -618,25 +658,47 @@ async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover
         c.assert_has_all(k, &acked, FORM).await;
     }
 
-    phase("degraded again, the primary dies: the election refuses, a forced failover states the loss");
-    let frozen: Vec<Vec<i32>> = standbys.iter().map(|k| c.freeze_pg(*k)).collect();
+    phase("degraded again, the primary dies: the election refuses; back, the old primary is promoted again");
+    let frozen = freeze(&c, &standbys);
     wait_degraded(&c, primary, &[]).await;
-    writer.wait_ack_after(Instant::now(), None, CHANGE).await;
+    commits_alone(&c, primary).await;
+    let before = refusals(&c);
     c.kill9(primary);
     c.kill9_postmaster(primary);
-    thaw(&frozen);
+    thaw(frozen);
     c.wait_for("the election to refuse every standby", FORM, || async {
-        standbys
-            .iter()
-            .any(|k| {
-                c.log_of(*k)
-                    .contains("no standby was streaming throughout the degraded window")
-            })
-            .then_some(())
+        (refusals(&c) > before).then_some(())
     })
     .await;
     let s = c.status(standbys[0]).await.unwrap();
     assert!(s.primary.is_none() && !s.pending.is_empty(), "{s:?}");
+    let generation = s.generation;
+    c.start_node(primary);
+    c.wait_for("the old primary to be promoted again", FORM, || async {
+        let s = c.status(standbys[0]).await?;
+        let p = s.primary?;
+        (p.node == format!("n{primary}") && p.generation == generation).then_some(())
+    })
+    .await;
+    writer.wait_ack_after(Instant::now(), None, FORM).await;
+    let acked = writer.acked_ids();
+    for k in 1..=3 {
+        c.assert_has_all(k, &acked, FORM).await;
+    }
+
+    phase("degraded once more, the primary dies: a forced failover promotes a standby and states the loss");
+    c.wait_streaming(2, FORM).await;
+    let frozen = freeze(&c, &standbys);
+    wait_degraded(&c, primary, &[]).await;
+    commits_alone(&c, primary).await;
+    let before = refusals(&c);
+    c.kill9(primary);
+    c.kill9_postmaster(primary);
+    thaw(frozen);
+    c.wait_for("the election to refuse every standby", FORM, || async {
+        (refusals(&c) > before).then_some(())
+    })
+    .await;
     let target = format!("n{}", standbys[0]);
     let out = c.ctl_ok(&["failover", "--to", &target, "--force"]);
     eprintln!("{out}");

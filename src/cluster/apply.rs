@@ -302,7 +302,8 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             generation,
             streaming,
             at_unix_ms,
-        } => degrade(state, *generation, streaming, *at_unix_ms)?,
+            lsn,
+        } => degrade(state, *generation, streaming, *at_unix_ms, *lsn)?,
         Command::Undegrade { generation } => {
             check_generation(state, *generation)?;
             let primary = state.primary_name().ok_or(Rejection::NoPrimary)?.to_string();
@@ -677,6 +678,7 @@ fn degrade(
     generation: u64,
     streaming: &[String],
     at_unix_ms: u64,
+    lsn: Option<u64>,
 ) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     let primary = state.primary_name().ok_or(Rejection::NoPrimary)?.to_string();
@@ -700,9 +702,21 @@ fn degrade(
             // Only ever shrinks: a member that stopped in the window lacks what was
             // acknowledged while it was away, even once it streams again.
             d.streaming.retain(|n| now.contains(n));
+            // Degraded again while returning: its quorum acknowledged writes since, so
+            // where they end is recorded anew.
+            if d.restoring {
+                d.quorum_lsn = None;
+            }
             d.restoring = false;
+            let at = match (d.quorum_lsn, lsn) {
+                (None, Some(l)) => {
+                    d.quorum_lsn = Some(l);
+                    format!("; it runs asynchronously from {}", crate::decide::election::lsn(l))
+                }
+                _ => String::new(),
+            };
             format!(
-                "{primary} stays degraded; still streaming since the window began: [{}]",
+                "{primary} stays degraded; still streaming since the window began: [{}]{at}",
                 list(&d.streaming)
             )
         }
@@ -718,6 +732,7 @@ fn degrade(
                 since_unix_ms: at_unix_ms,
                 streaming: now,
                 restoring: false,
+                quorum_lsn: lsn,
             });
             message
         }

@@ -156,6 +156,9 @@ pub enum Command {
         generation: u64,
         streaming: Vec<String>,
         at_unix_ms: u64,
+        /// The primary's write position once it runs asynchronously (`Degraded::quorum_lsn`),
+        /// when known; recorded once.
+        lsn: Option<u64>,
     },
     /// Enough synchronous standbys stream again: the primary of `generation` returns to
     /// its quorum (the window ends once it confirms it).

@@ -307,6 +307,10 @@ pub struct Degraded {
     /// `Command::Undegrade`: enough standbys stream again and the primary is told to run
     /// its quorum; the window ends when it confirms it (`ConfirmSync` with `k > 0`).
     pub restoring: bool,
+    /// The primary's write position once it ran asynchronously (its first report showing
+    /// it): every write a quorum acknowledged before the window lies before it. Until it is
+    /// known the primary may still run its quorum, and elections follow the usual rules.
+    pub quorum_lsn: Option<u64>,
 }
 
 impl ClusterState {
@@ -333,7 +337,13 @@ impl ClusterState {
     /// group G of the primary and its sync standbys in quorum mode, so an acknowledged
     /// commit is on a majority of that group.
     pub fn sync_quorum(&self) -> usize {
-        if self.degraded.as_ref().is_some_and(|d| !d.restoring) {
+        // Only the degraded primary's own generation: a candidate promoted in the window
+        // runs its quorum from its first commit.
+        if self
+            .degraded
+            .as_ref()
+            .is_some_and(|d| !d.restoring && d.generation == self.generation)
+        {
             return 0;
         }
         self.full_quorum()

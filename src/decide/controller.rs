@@ -60,9 +60,12 @@ pub fn below_quorum(s: &ClusterState, reports: &BTreeMap<String, Report>) -> boo
 }
 
 /// `synchronous_mode = degradable`: degrade once the quorum has been missing for a lease
-/// (commits wait all that time), shrink the window's set when one of it stops streaming,
-/// and return once `k` stream again and the degraded configuration is confirmed (never back
-/// to a configuration still unconfirmed, as for the set).
+/// (commits wait all that time); record where the primary's WAL stood once it ran
+/// asynchronously (every write a quorum acknowledged lies before it); shrink the window's
+/// set when one of it stops streaming; and return once `k` stream again, caught up to within
+/// `maximum_lag_on_failover` (otherwise the quorum's first commit would wait for the whole
+/// backlog), and the degraded configuration is confirmed (never back to a configuration
+/// still unconfirmed, as for the set).
 fn degradation(i: &ControllerInput) -> Option<ControllerDecision> {
     let s = i.state;
     if s.ha.synchronous_mode != SyncMode::Degradable {
@@ -71,16 +74,34 @@ fn degradation(i: &ControllerInput) -> Option<ControllerDecision> {
     let primary = s.primary_name()?;
     let now = sync_streaming(s, i.reports);
     let k = s.full_quorum();
+    let report = i.reports.get(primary).filter(|r| r.generation == s.generation);
+    // The primary's first report that shows it running asynchronously: its write position.
+    let runs_async_from = match &s.degraded {
+        Some(d) if !d.restoring && d.quorum_lsn.is_none() => report
+            .filter(|r| r.sync_applied.as_ref() == Some(&s.sync_config()))
+            .and_then(|r| r.lsn),
+        _ => None,
+    };
     let degrade = |why: String| {
         Some(act(
             ControllerAction::Propose(Command::Degrade {
                 generation: s.generation,
                 streaming: now.iter().cloned().collect(),
                 at_unix_ms: i.now_unix_ms,
+                lsn: runs_async_from,
             }),
             why,
         ))
     };
+    let caught_up = report.and_then(|r| r.lsn).map_or(0, |at| {
+        now.iter()
+            .filter(|n| {
+                report
+                    .and_then(|r| r.standby_flush.get(*n))
+                    .is_some_and(|f| f.saturating_add(s.ha.maximum_lag_on_failover_bytes) >= at)
+            })
+            .count()
+    });
     let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
     let missing_for_a_lease = now.len() < k && i.below_quorum_ms >= s.ha.lease_ms;
     match &s.degraded {
@@ -95,16 +116,24 @@ fn degradation(i: &ControllerInput) -> Option<ControllerDecision> {
             "[{}] stopped streaming during the degraded window: they may no longer be promoted in it",
             list(&d.streaming.difference(&now).cloned().collect())
         )),
-        Some(d) if !d.restoring && now.len() >= k && s.sync_unconfirmed.is_empty() => Some(act(
-            ControllerAction::Propose(Command::Undegrade {
-                generation: s.generation,
-            }),
-            format!(
-                "{} of the {k} synchronous standbys {primary} needs stream again ([{}]): returning to the quorum",
-                now.len(),
-                list(&now)
-            ),
+        Some(_) if runs_async_from.is_some() => degrade(format!(
+            "{primary} runs asynchronously from {}: every write its quorum acknowledged lies before it",
+            lsn(runs_async_from.unwrap_or_default())
         )),
+        Some(d)
+            if !d.restoring && k > 0 && caught_up >= k && d.quorum_lsn.is_some() && s.sync_unconfirmed.is_empty() =>
+        {
+            Some(act(
+                ControllerAction::Propose(Command::Undegrade {
+                    generation: s.generation,
+                }),
+                format!(
+                    "{caught_up} of the {k} synchronous standbys {primary} needs stream again, caught up ([{}]): \
+                     returning to the quorum",
+                    list(&now)
+                ),
+            ))
+        }
         _ => None,
     }
 }
@@ -632,7 +661,26 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             );
         }
     }
-    match elect(&input) {
+    let election = elect(&input);
+    // In a degraded window the fenced primary alone holds every write it acknowledged
+    // asynchronously: once it is back and stopped, and no standby could be promoted (none
+    // streamed throughout, or one has not reported yet), it is promoted again, losing nothing.
+    if let (Some(_), Some(from), false, None) = (&s.degraded, from_stopped, p.forced, &p.to) {
+        let stuck = matches!(election, Election::Refuse { .. } | Election::Wait { .. });
+        if stuck && s.member(from).is_some() && !s.never_chosen(from) {
+            return act(
+                ControllerAction::Propose(Command::Promote {
+                    generation: s.generation,
+                    node: from.clone(),
+                }),
+                format!(
+                    "{from} ran degraded and is back, stopped: it holds every write it acknowledged, which no \
+                     standby may have: promoting it again"
+                ),
+            );
+        }
+    }
+    match election {
         Election::Promote { node, reason } => act(
             ControllerAction::Propose(Command::Promote {
                 generation: s.generation,

@@ -33,6 +33,17 @@ fn degrade(streaming: &[&str]) -> Command {
         generation: 1,
         streaming: streaming.iter().map(|n| n.to_string()).collect(),
         at_unix_ms: 1_000,
+        lsn: None,
+    }
+}
+
+/// `Degrade` with the primary's position once it runs asynchronously.
+fn runs_async_from(lsn: u64) -> Command {
+    Command::Degrade {
+        generation: 1,
+        streaming: vec![],
+        at_unix_ms: 2_000,
+        lsn: Some(lsn),
     }
 }
 
@@ -66,6 +77,7 @@ fn degrade_is_refused_outside_degradable_mode_and_under_another_generation() {
         generation: 0,
         streaming: vec![],
         at_unix_ms: 0,
+        lsn: None,
     };
     assert!(matches!(rejected(&mut s, stale), Rejection::StaleGeneration { .. }));
     assert!(matches!(
@@ -189,6 +201,10 @@ fn the_window_degrades_again_while_returning_and_ends_with_a_new_primary_or_mode
         apply(&mut f, &c).unwrap();
         assert!(f.degraded.is_some(), "{c}");
     }
+    // The candidate runs its quorum from its first commit, so, if it dies before recording
+    // its timeline, it acknowledged nothing and may be replaced.
+    assert_eq!(f.sync_quorum(), 1);
+    assert!(crate::cluster::candidate_acknowledged_nothing(&f));
     apply(
         &mut f,
         &Command::RecordTimeline {
@@ -283,7 +299,8 @@ fn the_controller_degrades_after_a_lease_without_a_quorum_and_never_in_quorum_mo
         Some(&Command::Degrade {
             generation: 1,
             streaming: vec![],
-            at_unix_ms: 5_000
+            at_unix_ms: 5_000,
+            lsn: None,
         }),
         "{d:?}"
     );
@@ -301,24 +318,69 @@ fn the_controller_shrinks_the_window_and_returns_once_the_window_is_confirmed() 
     // n2 stops: it may no longer be promoted in this window.
     let d = decide_at(&s, &reports(false, false), 10_000);
     assert!(
-        matches!(proposed(&d), Some(Command::Degrade { streaming, .. }) if streaming.is_empty()),
+        matches!(proposed(&d), Some(Command::Degrade { streaming, lsn: None, .. }) if streaming.is_empty()),
         "{d:?}"
     );
-    // n3 streams again: a quorum, but the asynchronous configuration is not confirmed yet,
-    // and returning now could be confirmed on a report from before the window (A -> B -> A).
-    let back = reports(false, true);
-    let d = decide_at(&s, &back, 0);
-    assert!(!matches!(proposed(&d), Some(Command::Undegrade { .. })), "{d:?}");
-    confirm_current(&mut s);
     apply(&mut s, &degrade(&[])).unwrap();
+    // The primary shows it runs asynchronously at 0/800: recorded, before it is confirmed.
+    let mut back = reports(false, true);
+    back.insert("n1".into(), primary_at(0x800, &[("n3", 0x700)], Some(s.sync_config())));
+    let d = decide_at(&s, &back, 0);
+    assert!(
+        matches!(proposed(&d), Some(Command::Degrade { lsn: Some(0x800), .. })),
+        "{d:?}"
+    );
+    // n3 streams again, caught up, but the asynchronous configuration is not confirmed yet:
+    // returning now could be confirmed on a report from before the window (A -> B -> A).
+    apply(&mut s, &runs_async_from(0x800)).unwrap();
+    assert_eq!(s.degraded.as_ref().unwrap().quorum_lsn, Some(0x800));
+    let d = decide_at(&s, &back, 0);
+    assert!(matches!(proposed(&d), Some(Command::ConfirmSync { .. })), "{d:?}");
+    confirm_current(&mut s);
+    // Streaming but far behind: the quorum's first commit would wait for all of it.
+    back.insert(
+        "n1".into(),
+        primary_at(0x9000_0000, &[("n3", 0x700)], Some(s.sync_config())),
+    );
+    let d = decide_at(&s, &back, 0);
+    assert_eq!(d.action, None, "{d:?}");
+    back.insert(
+        "n1".into(),
+        primary_at(0x9000_0000, &[("n3", 0x9000_0000 - 100)], Some(s.sync_config())),
+    );
     let d = decide_at(&s, &back, 0);
     assert_eq!(proposed(&d), Some(&Command::Undegrade { generation: 1 }), "{d:?}");
-    // Returning, and the quorum is lost again for a lease: degrade again.
+    // Returning, and the quorum is lost again for a lease: degrade again, and the position is
+    // recorded anew (the quorum acknowledged writes meanwhile).
     apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
     let d = decide_at(&s, &back, 0);
     assert!(!matches!(proposed(&d), Some(Command::Degrade { .. })), "{d:?}");
     let d = decide_at(&s, &reports(false, false), s.ha.lease_ms);
-    assert!(matches!(proposed(&d), Some(Command::Degrade { .. })), "{d:?}");
+    assert!(
+        matches!(proposed(&d), Some(Command::Degrade { lsn: None, .. })),
+        "{d:?}"
+    );
+    apply(&mut s, &degrade(&[])).unwrap();
+    let w = s.degraded.as_ref().unwrap();
+    assert!(!w.restoring && w.quorum_lsn.is_none(), "{w:?}");
+    apply(&mut s, &runs_async_from(0x9000_1000)).unwrap();
+    apply(&mut s, &runs_async_from(0x9999_0000)).unwrap();
+    assert_eq!(
+        s.degraded.as_ref().unwrap().quorum_lsn,
+        Some(0x9000_1000),
+        "recorded once"
+    );
+}
+
+/// The primary's report: its write position, its standbys' flush, the configuration it runs.
+fn primary_at(lsn: u64, flush: &[(&str, u64)], applied: Option<SyncConfig>) -> Report {
+    Report {
+        pg: PgRole::Primary,
+        lsn: Some(lsn),
+        standby_flush: flush.iter().map(|(n, l)| (n.to_string(), *l)).collect(),
+        sync_applied: applied,
+        ..standby(false)
+    }
 }
 
 fn fin(lsn: u64) -> Option<FinalReport> {
@@ -335,6 +397,7 @@ fn window(streaming: &[&str]) -> crate::cluster::Degraded {
         since_unix_ms: 1_000,
         streaming: set(streaming),
         restoring: false,
+        quorum_lsn: Some(150),
     }
 }
 
@@ -377,6 +440,20 @@ fn an_election_in_the_window_promotes_only_who_streamed_throughout_and_states_th
     let e = election(&[("n2", fin(400)), ("n3", fin(500))], &n2, None, false);
     assert!(
         matches!(&e, Election::Promote { node, reason } if node == "n2" && reason.contains("lost")),
+        "{e:?}"
+    );
+    let behind = election(&[("n2", fin(100)), ("n3", fin(500))], &n2, None, false);
+    assert!(
+        matches!(&behind, Election::Refuse { reason } if reason.contains("behind 0/96")),
+        "n2 lacks what the quorum acknowledged before the window: {behind:?}"
+    );
+    let unknown = crate::cluster::Degraded {
+        quorum_lsn: None,
+        ..n2.clone()
+    };
+    let e = election(&[("n2", fin(400)), ("n3", fin(500))], &unknown, None, false);
+    assert!(
+        matches!(&e, Election::Refuse { reason } if reason.contains("died before reporting")),
         "{e:?}"
     );
     let e = election(&[("n2", None), ("n3", fin(500))], &n2, None, false);
@@ -430,6 +507,7 @@ fn sweep_an_election_in_the_window_never_promotes_one_that_missed_it() {
                             .as_ref()
                             .unwrap()
                             .flush_lsn;
+                        assert!(mine >= 150, "behind where the quorum's writes end: {standbys:?} {e:?}");
                         assert!(
                             requested.is_some() || Some(mine) == best,
                             "{streamed:?} {standbys:?}: {e:?}"
@@ -446,4 +524,59 @@ fn sweep_an_election_in_the_window_never_promotes_one_that_missed_it() {
             }
         }
     }
+}
+
+/// The fenced primary of a window holds every write it acknowledged alone: when no standby
+/// may be promoted and it is back, stopped, it is promoted again; a forced failover or a
+/// requested target is not overridden.
+#[test]
+fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
+    let mut s = degradable();
+    apply(&mut s, &degrade(&[])).unwrap();
+    apply(
+        &mut s,
+        &Command::BeginFailover {
+            generation: 1,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+    )
+    .unwrap();
+    let fin = |lsn| Report {
+        generation: 2,
+        streaming: false,
+        final_position: Some((lsn, 1)),
+        ..standby(false)
+    };
+    let mut r = BTreeMap::from([("n2".to_string(), fin(400)), ("n3".to_string(), fin(500))]);
+    let d = decide_at(&s, &r, 0);
+    assert_eq!(d.action, None, "{d:?}");
+    assert!(d.reason.contains("no standby was streaming throughout"), "{}", d.reason);
+    r.insert(
+        "n1".into(),
+        Report {
+            generation: 2,
+            pg: PgRole::Stopped,
+            streaming: false,
+            ..standby(false)
+        },
+    );
+    let d = decide_at(&s, &r, 0);
+    assert_eq!(
+        proposed(&d),
+        Some(&Command::Promote {
+            generation: 2,
+            node: "n1".into()
+        }),
+        "{d:?}"
+    );
+    // Not while it still looks like a primary (fencing is under way), nor when tagged
+    // nofailover.
+    r.get_mut("n1").unwrap().pg = PgRole::Primary;
+    assert_eq!(decide_at(&s, &r, 0).action, None);
+    r.get_mut("n1").unwrap().pg = PgRole::Stopped;
+    let mut tagged = s.clone();
+    tagged.members.get_mut("n1").unwrap().tags.nofailover = true;
+    assert_eq!(decide_at(&tagged, &r, 0).action, None);
 }

@@ -222,9 +222,20 @@ fn degraded(input: &ElectionInput, d: &Degraded, reported: &[(&str, &FinalReport
             ),
         };
     }
+    // Where the writes its quorum acknowledged end: unknown if it died before reporting that
+    // it ran asynchronously (no member can then be shown to hold them).
+    let Some(quorum_lsn) = d.quorum_lsn else {
+        return Election::Refuse {
+            reason: format!(
+                "{window}, and it died before reporting where it went asynchronous, so no standby can be shown to \
+                 hold what its quorum acknowledged before; start it again, or accept the loss with \
+                 `raftpg ctl failover --to NAME --force`"
+            ),
+        };
+    };
     let mut candidates: Vec<(&str, &FinalReport)> = reported
         .iter()
-        .filter(|(n, r)| streamed.contains(n) && r.timeline > 0)
+        .filter(|(n, r)| streamed.contains(n) && r.timeline > 0 && r.flush_lsn >= quorum_lsn)
         .filter(|(n, r)| !r.tags.nofailover || input.requested == Some(*n))
         .copied()
         .collect();
@@ -250,10 +261,12 @@ fn degraded(input: &ElectionInput, d: &Degraded, reported: &[(&str, &FinalReport
         },
         None => Election::Refuse {
             reason: format!(
-                "of the standbys that streamed throughout the degraded window ([{}]), none may be promoted (tagged \
-                 nofailover, refused by its pre_promote hook, or without a database): {window}; accept the loss with \
+                "of the standbys that streamed throughout the degraded window ([{}]), none may be promoted (behind {}, \
+                 where the writes its quorum acknowledged end, tagged nofailover, refused by its pre_promote hook, or \
+                 without a database): {window}; start the old primary again, or accept the loss with \
                  `raftpg ctl failover --to NAME --force`",
-                streamed.join(", ")
+                streamed.join(", "),
+                lsn(quorum_lsn)
             ),
         },
     }

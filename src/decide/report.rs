@@ -62,11 +62,14 @@ fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut 
         *seen = None;
         return None;
     }
+    // A degraded window's writes may be on the primary alone, whatever the earlier
+    // configurations were (an emptied set reads as asynchronous mode): flushed, or not carried.
     let carried = want.k == 0
-        || state
-            .sync_unconfirmed
-            .iter()
-            .all(|old| carried_by_construction(&want, old));
+        || (state.degraded.is_none()
+            && state
+                .sync_unconfirmed
+                .iter()
+                .all(|old| carried_by_construction(&want, old)));
     let at = match seen {
         Some((g, c, Some(at))) if *g == state.generation && *c == want => *at,
         Some((g, c, at @ None)) if *g == state.generation && *c == want => *at.insert(pg.write_lsn?),
@@ -341,6 +344,47 @@ mod tests {
     /// construction), the primary reports the new configuration as applied only once n2
     /// has flushed past the write position at which it was first seen running it; that
     /// position is kept across ticks, and forgotten when the node is no longer primary.
+    #[test]
+    fn a_primary_returning_from_a_degraded_window_reports_its_quorum_only_once_flushed() {
+        use crate::cluster::{Command, Degraded};
+        let mut s = bootstrapped("n1");
+        apply(
+            &mut s,
+            &Command::SetConfig {
+                key: "synchronous_mode".into(),
+                value: Some("degradable".into()),
+            },
+        )
+        .unwrap();
+        // Returning, with an earlier configuration that is carried by construction (an
+        // emptied set, as after its standbys were removed): the window's writes still count.
+        s.degraded = Some(Degraded {
+            generation: 1,
+            restoring: true,
+            ..Default::default()
+        });
+        s.sync_unconfirmed = vec![SyncConfig::default()];
+        let d = decision();
+        let mut seen: SyncSeen = None;
+        let mut primary = pg(false);
+        primary.sync_names = "ANY 1 (\"n2\", \"n3\")".into();
+        primary.write_lsn = Some(0x900);
+        primary.replication[0].flush_lsn = Some(0x880);
+        assert_eq!(
+            derive(&s, &Local::Primary(primary.clone()), &d, &mut seen).sync_applied,
+            None
+        );
+        assert_eq!(
+            derive(&s, &Local::Primary(primary.clone()), &d, &mut seen).sync_applied,
+            None
+        );
+        primary.replication[0].flush_lsn = Some(0x900);
+        assert_eq!(
+            derive(&s, &Local::Primary(primary), &d, &mut seen).sync_applied,
+            Some(s.sync_config())
+        );
+    }
+
     #[test]
     fn a_primary_reports_a_new_configuration_once_the_old_ones_writes_are_on_it() {
         use crate::cluster::{Command, Flag, TagChange};

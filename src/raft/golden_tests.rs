@@ -144,6 +144,7 @@ fn every_command() -> Vec<Command> {
             generation: 2,
             streaming: vec!["n2".into()],
             at_unix_ms: 1000,
+            lsn: None,
         },
         Command::Undegrade { generation: 2 },
     ]
@@ -206,8 +207,8 @@ const GOLDEN_COMMANDS: &[&str] = &[
     "1a03636463010870676f757470757403617070",
     // RemoveSlot: cdc, "r"
     "1b036364630172",
-    // Degrade: generation 2, [n2], at 1000 ms
-    "1c0201026e32e807",
+    // Degrade: generation 2, [n2], at 1000 ms, lsn None
+    "1c0201026e32e80700",
     // Undegrade: generation 2
     "1d02",
 ];
