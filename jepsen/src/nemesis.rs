@@ -38,6 +38,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
+    sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
     sc("chaos", "a random fault from the list above in every window", false),
 ];
 
@@ -65,6 +66,8 @@ enum Step {
     Restart(u16),
     /// The node was tagged nosync: clear the tag.
     Untag(u16),
+    /// `synchronous_mode` was set for the fault: back to the default.
+    ResetSyncMode,
 }
 
 /// A fault in force.
@@ -80,6 +83,8 @@ pub struct Fault {
     pub flap: Option<u16>,
     /// For promote-laggard: the primary to cut off once the laggard lags.
     pub isolate_later: Option<u16>,
+    /// How long after the start `isolate_later` cuts the primary off.
+    pub escalate_after: std::time::Duration,
 }
 
 /// The roles at the start of a fault.
@@ -126,6 +131,7 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         steps: vec![],
         flap: None,
         isolate_later: None,
+        escalate_after: std::time::Duration::from_secs(2),
     };
     let Some(p) = roles.primary else {
         f.detail = "no primary when the fault was due".into();
@@ -266,6 +272,33 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             f.targets.push(name(s));
             f.cut(n, isolate(n, p), Cut::Drop)?;
         }
+        "degraded-window-isolate-primary" => {
+            if roles.standbys.is_empty() {
+                return Ok(f.missed("primary", "no standby"));
+            }
+            match c.ctl(&["config", "set", "synchronous_mode=degradable"]) {
+                Ok(_) => {
+                    f.note("synchronous_mode=degradable".into());
+                    f.steps.push(Step::ResetSyncMode);
+                }
+                Err(e) => f.note(format!("setting synchronous_mode=degradable failed: {e}")),
+            }
+            for s in roles.standbys.clone() {
+                match c.postmaster_pid(s) {
+                    Some(pm) => {
+                        let mut pids = vec![pm];
+                        pids.extend(hosts::children_of(pm));
+                        f.stop(pids, &format!("{}'s PostgreSQL", name(s)));
+                    }
+                    None => f.note(format!("{} had no postmaster", name(s))),
+                }
+                f.targets.push(name(s));
+            }
+            // The window opens a lease and a report after the standbys stop (3.5 s with
+            // the default lease): the primary is cut off once it writes alone.
+            f.isolate_later = Some(p);
+            f.escalate_after = std::time::Duration::from_millis(4_500);
+        }
         "sync-standby-down-primary-restart" => {
             let Some(s) = standby else {
                 return Ok(f.missed("primary", "no standby"));
@@ -366,28 +399,27 @@ impl Fault {
                 Step::Frozen(k) => hosts::freeze(k, false)?,
                 Step::Restart(k) => c.start(k)?,
                 // Retried: the cluster may still be electing after the cut healed.
-                Step::Untag(k) => {
-                    let mut last = None;
-                    for _ in 0..50 {
-                        match c.ctl(&["member", "tags", &name(k), "nosync=false"]) {
-                            Ok(_) => {
-                                last = None;
-                                break;
-                            }
-                            Err(e) => {
-                                last = Some(e);
-                                std::thread::sleep(std::time::Duration::from_millis(200));
-                            }
-                        }
-                    }
-                    if let Some(e) = last {
-                        return Err(e);
-                    }
-                }
+                Step::Untag(k) => retry_ctl(c, &["member", "tags", &name(k), "nosync=false"])?,
+                Step::ResetSyncMode => retry_ctl(c, &["config", "set", "synchronous_mode="])?,
             }
         }
         Ok(())
     }
+}
+
+/// `raftpg ctl` with `args`, retried for 10 s while it fails.
+fn retry_ctl(c: &Cluster, args: &[&str]) -> anyhow::Result<()> {
+    let mut last = None;
+    for _ in 0..50 {
+        match c.ctl(args) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    Err(last.expect("tried at least once"))
 }
 
 #[cfg(test)]

@@ -180,9 +180,10 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
                 if fault.hit { "" } else { ": MISSED its role" }
             ),
         );
-        let until = Instant::now() + window;
+        // A fault that escalates later than usual keeps its escalated part as long.
+        let until = Instant::now() + window + fault.escalate_after.saturating_sub(Duration::from_secs(2));
         if fault.isolate_later.is_some() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(fault.escalate_after).await;
             fault.escalate(NODES)?;
             say(t0, &format!("  then {}", fault.detail));
         }
