@@ -314,7 +314,7 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             if d.restoring {
                 format!("{primary} is already returning to its synchronous quorum")
             } else {
-                d.restoring = true;
+                return_to_quorum(d);
                 format!("{primary} returns to its synchronous quorum; the degraded window ends once it confirms it")
             }
         }
@@ -670,6 +670,15 @@ pub fn candidate_acknowledged_nothing(state: &ClusterState) -> bool {
     state.ha.synchronous_mode.is_quorum() && state.sync_quorum() >= 1
 }
 
+/// The primary is told to run its quorum again: from then on the quorum may acknowledge
+/// writes past the recorded position, which the window's members may lack, so no position
+/// is known until the window closes (an election in the meantime refuses, or takes the old
+/// primary back).
+fn return_to_quorum(d: &mut Degraded) {
+    d.restoring = true;
+    d.quorum_lsn = None;
+}
+
 /// `Command::Degrade`: the primary of `generation` runs asynchronously, and only the
 /// synchronous standbys in `streaming` (and, once degraded, still in the window's set) may
 /// be promoted by an election in the window.
@@ -703,10 +712,7 @@ fn degrade(
             // acknowledged while it was away, even once it streams again.
             d.streaming.retain(|n| now.contains(n));
             // Degraded again while returning: its quorum acknowledged writes since, so
-            // where they end is recorded anew.
-            if d.restoring {
-                d.quorum_lsn = None;
-            }
+            // where they end is recorded anew (`return_to_quorum` forgot the old position).
             d.restoring = false;
             let at = match (d.quorum_lsn, lsn) {
                 (None, Some(l)) => {
@@ -1005,7 +1011,7 @@ fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Resul
                 // primary confirms it.
                 super::SyncMode::Quorum => {
                     if let Some(d) = state.degraded.as_mut() {
-                        d.restoring = true;
+                        return_to_quorum(d);
                     }
                 }
                 // Asynchronous mode bounds a failover by `maximum_lag_on_failover` instead.

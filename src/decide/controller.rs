@@ -666,7 +666,12 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
     // asynchronously: once it is back and stopped, and no standby could be promoted (none
     // streamed throughout, or one has not reported yet), it is promoted again, losing nothing.
     if let (Some(_), Some(from), false, None) = (&s.degraded, from_stopped, p.forced, &p.to) {
-        let stuck = matches!(election, Election::Refuse { .. } | Election::Wait { .. });
+        // A standby that streamed throughout may just not have reported yet: it gets a lease.
+        let stuck = match election {
+            Election::Refuse { .. } => true,
+            Election::Wait { .. } => i.pending_ms > s.ha.lease_ms,
+            Election::Promote { .. } => false,
+        };
         if stuck && s.member(from).is_some() && !s.never_chosen(from) {
             return act(
                 ControllerAction::Propose(Command::Promote {

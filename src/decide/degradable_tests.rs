@@ -137,10 +137,16 @@ fn a_degraded_primary_runs_asynchronously_and_keeps_the_quorum_it_left_unconfirm
 fn the_window_ends_only_when_the_primary_confirms_its_quorum() {
     let mut s = degradable();
     apply(&mut s, &degrade(&[])).unwrap();
+    apply(&mut s, &runs_async_from(0x800)).unwrap();
     confirm_current(&mut s);
     let async_config = s.sync_config();
     apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
-    assert!(s.degraded.as_ref().unwrap().restoring);
+    let d = s.degraded.as_ref().unwrap();
+    assert!(d.restoring);
+    assert_eq!(
+        d.quorum_lsn, None,
+        "the quorum may acknowledge writes past 0/800 from now on, which the window's members may lack"
+    );
     assert_eq!(s.sync_config().k, 1, "told to run ANY 1 again");
     assert_eq!(
         s.sync_unconfirmed,
@@ -262,6 +268,15 @@ fn reports(n2: bool, n3: bool) -> BTreeMap<String, Report> {
 }
 
 fn decide_at(s: &ClusterState, r: &BTreeMap<String, Report>, below_quorum_ms: u64) -> ControllerDecision {
+    decide_pending(s, r, below_quorum_ms, 0)
+}
+
+fn decide_pending(
+    s: &ClusterState,
+    r: &BTreeMap<String, Report>,
+    below_quorum_ms: u64,
+    pending_ms: u64,
+) -> ControllerDecision {
     let voters: BTreeSet<String> = set(&["n1", "n2", "n3"]);
     decide(&ControllerInput {
         me: "n2",
@@ -269,7 +284,7 @@ fn decide_at(s: &ClusterState, r: &BTreeMap<String, Report>, below_quorum_ms: u6
         reports: r,
         lease_expired_ms: None,
         voters: &voters,
-        pending_ms: 0,
+        pending_ms,
         now_unix_ms: 5_000,
         below_quorum_ms,
     })
@@ -569,6 +584,18 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
             generation: 2,
             node: "n1".into()
         }),
+        "{d:?}"
+    );
+    // A member that streamed throughout but has not reported yet gets a lease first.
+    let mut waiting = s.clone();
+    waiting.degraded.as_mut().unwrap().streaming = set(&["n2"]);
+    let mut without_n2 = r.clone();
+    without_n2.remove("n2");
+    let d = decide_pending(&waiting, &without_n2, 0, waiting.ha.lease_ms);
+    assert_eq!(d.action, None, "{d:?}");
+    let d = decide_pending(&waiting, &without_n2, 0, waiting.ha.lease_ms + 1);
+    assert!(
+        matches!(proposed(&d), Some(Command::Promote { node, .. }) if node == "n1"),
         "{d:?}"
     );
     // Not while it still looks like a primary (fencing is under way), nor when tagged

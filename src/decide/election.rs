@@ -110,9 +110,15 @@ pub fn elect(input: &ElectionInput) -> Election {
         return Election::Wait { reason };
     }
     // Positions compare only within a timeline; a standby left on an older one holds none
-    // of the current primary's acknowledged commits.
-    let best_tli = reported.iter().map(|(_, r)| r.timeline).max().expect("needed >= 1");
-    let best_lsn = reported
+    // of the current primary's acknowledged commits. Only members that count in a quorum
+    // set the position needed: what a member outside every set (tagged nosync, streaming
+    // asynchronously) holds beyond them was never acknowledged (the topology test found a
+    // nosync standby ahead of the synchronous one, and no member could be promoted).
+    let any_quorum = input.quorums.iter().any(|q| q.k > 0);
+    let counts = |n: &str| !any_quorum || input.quorums.iter().any(|q| q.k > 0 && q.standbys.contains(n));
+    let counted: Vec<&(&str, &FinalReport)> = reported.iter().filter(|(n, _)| counts(n)).collect();
+    let best_tli = counted.iter().map(|(_, r)| r.timeline).max().expect("needed >= 1");
+    let best_lsn = counted
         .iter()
         .filter(|(_, r)| r.timeline == best_tli)
         .map(|(_, r)| r.flush_lsn)

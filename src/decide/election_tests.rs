@@ -269,3 +269,32 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
         }
     }
 }
+
+/// Found by the topology test on real PostgreSQL: a standby tagged nosync (outside the
+/// quorum, streaming asynchronously) ahead of the synchronous one set the position needed,
+/// and no member could be promoted. What it holds beyond the quorum was never acknowledged:
+/// only quorum members set the position; it is still promoted when it reaches it.
+#[test]
+fn a_member_outside_the_quorum_never_raises_the_position_needed() {
+    let mut input = quorum(&[("n2", report(100)), ("n3", report(300))]);
+    input.quorums = vec![SyncConfig {
+        standbys: ["n2".to_string()].into(),
+        k: 1,
+    }];
+    input.standbys.insert(
+        "n3",
+        Some(FinalReport {
+            flush_lsn: 300,
+            timeline: 1,
+            tags: Tags {
+                nofailover: true,
+                failover_priority: 0,
+            },
+        }),
+    );
+    let e = elect(&input);
+    assert_eq!(promoted(&e), Some("n2"), "{e:?}");
+    // Without the tag, the more advanced member holds everything acknowledged too.
+    input.standbys.insert("n3", report(300));
+    assert_eq!(promoted(&elect(&input)), Some("n3"));
+}

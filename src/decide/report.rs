@@ -64,7 +64,10 @@ fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut 
     }
     // A degraded window's writes may be on the primary alone, whatever the earlier
     // configurations were (an emptied set reads as asynchronous mode): flushed, or not carried.
-    let carried = want.k == 0
+    // In a window, even `ANY 0` is reported from the second sight on: a walsender may still
+    // release a commit under the quorum just after the first, and the position this report
+    // carries is where the window's elections take the quorum's writes to end.
+    let carried = (want.k == 0 && state.degraded.is_none())
         || (state.degraded.is_none()
             && state
                 .sync_unconfirmed
@@ -344,6 +347,38 @@ mod tests {
     /// construction), the primary reports the new configuration as applied only once n2
     /// has flushed past the write position at which it was first seen running it; that
     /// position is kept across ticks, and forgotten when the node is no longer primary.
+    /// In a window the primary reports `ANY 0` from its second sight on, with the write
+    /// position of that observation (where the window's elections take the quorum's writes
+    /// to end): after the first, a walsender may still release a commit under the quorum.
+    #[test]
+    fn a_degraded_primary_reports_running_asynchronously_from_its_second_sight() {
+        use crate::cluster::{Command, Degraded};
+        let mut s = bootstrapped("n1");
+        apply(
+            &mut s,
+            &Command::SetConfig {
+                key: "synchronous_mode".into(),
+                value: Some("degradable".into()),
+            },
+        )
+        .unwrap();
+        s.degraded = Some(Degraded {
+            generation: 1,
+            ..Default::default()
+        });
+        assert_eq!(s.sync_config().k, 0);
+        let d = decision();
+        let mut seen: SyncSeen = None;
+        let mut primary = pg(false);
+        primary.sync_names = String::new();
+        primary.write_lsn = Some(0x900);
+        let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
+        assert_eq!(r.sync_applied, None, "the first sight");
+        primary.write_lsn = Some(0xA00);
+        let r = derive(&s, &Local::Primary(primary), &d, &mut seen);
+        assert_eq!((r.sync_applied, r.lsn), (Some(s.sync_config()), Some(0xA00)));
+    }
+
     #[test]
     fn a_primary_returning_from_a_degraded_window_reports_its_quorum_only_once_flushed() {
         use crate::cluster::{Command, Degraded};
