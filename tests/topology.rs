@@ -554,6 +554,31 @@ async fn commits_alone(c: &Cluster, k: u16) {
     .await;
 }
 
+/// Both standbys frozen until the primary runs degraded and commits alone; then the primary
+/// is killed (raftpg and PostgreSQL) and the standbys thawed: the election refuses them all.
+async fn degrade_then_kill_the_primary(c: &mut Cluster, primary: u16, standbys: &[u16]) {
+    let frozen = freeze(c, standbys);
+    wait_degraded(c, primary, &[]).await;
+    commits_alone(c, primary).await;
+    let before = refusals(c);
+    c.kill9(primary);
+    c.kill9_postmaster(primary);
+    thaw(frozen);
+    let c = &*c;
+    c.wait_for("the election to refuse every standby", FORM, || async {
+        (refusals(c) > before).then_some(())
+    })
+    .await;
+}
+
+/// Every id the writer saw acknowledged so far is on all three nodes.
+async fn every_node_holds(c: &Cluster, writer: &Writer) {
+    let acked = writer.acked_ids();
+    for k in 1..=3 {
+        c.assert_has_all(k, &acked, FORM).await;
+    }
+}
+
 /// How many times the nodes' logs say an election refused every standby of a window.
 fn refusals(c: &Cluster) -> usize {
     (1..=3)
@@ -653,23 +678,10 @@ async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover
         "no degradation logged"
     );
     assert!(log.contains("returning to the quorum"), "no return logged");
-    let acked = writer.acked_ids();
-    for k in 1..=3 {
-        c.assert_has_all(k, &acked, FORM).await;
-    }
+    every_node_holds(&c, &writer).await;
 
     phase("degraded again, the primary dies: the election refuses; back, the old primary is promoted again");
-    let frozen = freeze(&c, &standbys);
-    wait_degraded(&c, primary, &[]).await;
-    commits_alone(&c, primary).await;
-    let before = refusals(&c);
-    c.kill9(primary);
-    c.kill9_postmaster(primary);
-    thaw(frozen);
-    c.wait_for("the election to refuse every standby", FORM, || async {
-        (refusals(&c) > before).then_some(())
-    })
-    .await;
+    degrade_then_kill_the_primary(&mut c, primary, &standbys).await;
     let s = c.status(standbys[0]).await.unwrap();
     assert!(s.primary.is_none() && !s.pending.is_empty(), "{s:?}");
     let generation = s.generation;
@@ -681,24 +693,11 @@ async fn a_degradable_primary_goes_on_alone_returns_to_its_quorum_and_a_failover
     })
     .await;
     writer.wait_ack_after(Instant::now(), None, FORM).await;
-    let acked = writer.acked_ids();
-    for k in 1..=3 {
-        c.assert_has_all(k, &acked, FORM).await;
-    }
+    every_node_holds(&c, &writer).await;
 
     phase("degraded once more, the primary dies: a forced failover promotes a standby and states the loss");
     c.wait_streaming(2, FORM).await;
-    let frozen = freeze(&c, &standbys);
-    wait_degraded(&c, primary, &[]).await;
-    commits_alone(&c, primary).await;
-    let before = refusals(&c);
-    c.kill9(primary);
-    c.kill9_postmaster(primary);
-    thaw(frozen);
-    c.wait_for("the election to refuse every standby", FORM, || async {
-        (refusals(&c) > before).then_some(())
-    })
-    .await;
+    degrade_then_kill_the_primary(&mut c, primary, &standbys).await;
     let target = format!("n{}", standbys[0]);
     let out = c.ctl_ok(&["failover", "--to", &target, "--force"]);
     eprintln!("{out}");

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::cluster::testing::{member, three_members};
+use crate::cluster::testing::{member, rejected, three_members};
 use crate::cluster::{state::Tags, SyncConfig, SyncMode, TagChange};
 
 fn initialized() -> ClusterState {
@@ -46,14 +46,6 @@ fn tag_nofailover(s: &mut ClusterState, name: &str) {
         },
     )
     .unwrap();
-}
-
-/// Applies and asserts that a rejection left the state exactly as it was.
-fn rejected(s: &mut ClusterState, cmd: Command) -> Rejection {
-    let before = s.clone();
-    let err = apply(s, &cmd).unwrap_err();
-    assert_eq!(*s, before, "a rejected command changed the state: {cmd}");
-    err
 }
 
 #[test]

@@ -1,6 +1,15 @@
 //! Test fixtures shared by the pure tests of `cluster/` and `decide/`.
 
-use super::{apply, ClusterState, Command, Member, Tags};
+use super::{apply, ClusterState, Command, Member, Rejection, Tags};
+
+/// Applies `cmd`, which must be refused, and asserts that the refusal left the state
+/// exactly as it was.
+pub fn rejected(s: &mut ClusterState, cmd: Command) -> Rejection {
+    let before = s.clone();
+    let err = apply(s, &cmd).unwrap_err();
+    assert_eq!(*s, before, "a rejected command changed the state: {cmd}");
+    err
+}
 
 /// Member `name` with Raft id `id` and the demo's loopback addresses.
 pub fn member(name: &str, id: u64) -> Member {

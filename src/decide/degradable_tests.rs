@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::cluster::testing::bootstrapped;
+use crate::cluster::testing::{bootstrapped, rejected};
 use crate::cluster::{apply, Rejection};
 use crate::decide::election::{elect, Election, ElectionInput, FinalReport};
 
@@ -54,14 +54,6 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn confirm_current(s: &mut ClusterState) {
     let config = s.sync_config();
     apply(s, &Command::ConfirmSync { generation: 1, config }).unwrap();
-}
-
-/// Applies and asserts that a rejection left the state exactly as it was.
-fn rejected(s: &mut ClusterState, cmd: Command) -> Rejection {
-    let before = s.clone();
-    let err = apply(s, &cmd).unwrap_err();
-    assert_eq!(*s, before, "a rejected command changed the state: {cmd}");
-    err
 }
 
 #[test]
