@@ -52,6 +52,17 @@ impl SyncMode {
     pub fn is_quorum(self) -> bool {
         matches!(self, SyncMode::Quorum | SyncMode::Degradable)
     }
+
+    /// `k` of `ANY k (...)` over `standbys` synchronous standbys: floor(G/2) of the group G
+    /// of the primary and its standbys in the quorum modes, so an acknowledged commit is on a
+    /// majority of that group; 0 in asynchronous mode.
+    pub fn quorum_of(self, standbys: usize) -> usize {
+        if self.is_quorum() {
+            standbys.div_ceil(2)
+        } else {
+            0
+        }
+    }
 }
 
 /// HA timings and rules shared by the whole cluster.

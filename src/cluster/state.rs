@@ -337,25 +337,24 @@ impl ClusterState {
     /// group G of the primary and its sync standbys in quorum mode, so an acknowledged
     /// commit is on a majority of that group.
     pub fn sync_quorum(&self) -> usize {
-        // Only the degraded primary's own generation: a candidate promoted in the window
-        // runs its quorum from its first commit.
-        if self
-            .degraded
-            .as_ref()
-            .is_some_and(|d| !d.restoring && d.generation == self.generation)
-        {
+        if self.runs_degraded() {
             return 0;
         }
         self.full_quorum()
     }
 
+    /// Whether the primary of this generation runs asynchronously in a degraded window (not
+    /// returning). Only the degraded primary's own generation: a candidate promoted in the
+    /// window runs its quorum from its first commit.
+    pub fn runs_degraded(&self) -> bool {
+        self.degraded
+            .as_ref()
+            .is_some_and(|d| !d.restoring && d.generation == self.generation)
+    }
+
     /// `k` of the quorum, whether or not the primary runs degraded.
     pub fn full_quorum(&self) -> usize {
-        if self.ha.synchronous_mode.is_quorum() {
-            self.sync_standbys.len().div_ceil(2)
-        } else {
-            0
-        }
+        self.ha.synchronous_mode.quorum_of(self.sync_standbys.len())
     }
 
     /// The synchronous configuration the primary should run now.
@@ -383,11 +382,7 @@ impl ClusterState {
             return SyncConfig::default();
         }
         let standbys = self.sync_candidates(me);
-        let k = if self.ha.synchronous_mode.is_quorum() {
-            standbys.len().div_ceil(2)
-        } else {
-            0
-        };
+        let k = self.ha.synchronous_mode.quorum_of(standbys.len());
         SyncConfig { standbys, k }
     }
 

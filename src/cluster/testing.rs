@@ -51,6 +51,15 @@ pub fn three_members(cmds: &[Command]) -> ClusterState {
     s
 }
 
+/// `ctl config set synchronous_mode=<mode>`, which must be accepted.
+pub fn set_sync_mode(s: &mut ClusterState, mode: &str) {
+    let set = Command::SetConfig {
+        key: "synchronous_mode".into(),
+        value: Some(mode.into()),
+    };
+    apply(s, &set).unwrap();
+}
+
 /// Members n1, n2, n3 with `primary` bootstrapped as the first primary (generation 1).
 pub fn bootstrapped(primary: &str) -> ClusterState {
     three_members(&[
@@ -66,11 +75,8 @@ pub fn bootstrapped(primary: &str) -> ClusterState {
 /// to promote (generation 2) and has not recorded its timeline.
 pub fn promoting_n2(mode: &str) -> ClusterState {
     let mut s = bootstrapped("n1");
+    set_sync_mode(&mut s, mode);
     let cmds = [
-        Command::SetConfig {
-            key: "synchronous_mode".into(),
-            value: Some(mode.into()),
-        },
         Command::BeginFailover {
             generation: 1,
             to: None,

@@ -161,9 +161,7 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         out += &format!("{} is {}: {why}\n", m.name, m.state);
     }
     if let Some(d) = &s.degraded {
-        let since = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.since_unix_ms),
-        );
+        let since = crate::decide::election::utc(d.since_unix_ms);
         let primary = s.primary.as_ref().map_or("the primary", |p| p.node.as_str());
         out += &if d.restoring {
             format!("Degraded since {since}: {primary} is returning to its synchronous quorum\n")
@@ -182,7 +180,7 @@ pub fn render_table(s: &pb::ClusterStatus) -> String {
         out += &format!(
             "Switchover to {} scheduled at {}\n",
             sw.to,
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(sw.at_unix_ms))
+            crate::decide::election::utc(sw.at_unix_ms)
         );
     }
     out

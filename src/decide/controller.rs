@@ -232,10 +232,10 @@ pub fn decide(i: &ControllerInput) -> ControllerDecision {
     // would forget the configuration it ran since (A -> B -> A; found by review). Such a
     // change waits until the current one is confirmed (below).
     let back = SyncConfig {
-        k: match s.ha.synchronous_mode {
-            _ if s.degraded.as_ref().is_some_and(|d| !d.restoring) => 0,
-            SyncMode::Quorum | SyncMode::Degradable => want_sync.len().div_ceil(2),
-            SyncMode::Off => 0,
+        k: if s.runs_degraded() {
+            0
+        } else {
+            s.ha.synchronous_mode.quorum_of(want_sync.len())
         },
         standbys: want_sync.clone(),
     };

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::cluster::testing::{bootstrapped, rejected};
+use crate::cluster::testing::{bootstrapped, rejected, set_sync_mode as set_mode};
 use crate::cluster::{apply, Rejection};
 use crate::decide::election::{elect, Election, ElectionInput, FinalReport};
 
@@ -15,17 +15,6 @@ fn degradable() -> ClusterState {
     let mut s = bootstrapped("n1");
     set_mode(&mut s, "degradable");
     s
-}
-
-fn set_mode(s: &mut ClusterState, mode: &str) {
-    apply(
-        s,
-        &Command::SetConfig {
-            key: "synchronous_mode".into(),
-            value: Some(mode.into()),
-        },
-    )
-    .unwrap();
 }
 
 fn degrade(streaming: &[&str]) -> Command {

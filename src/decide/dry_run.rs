@@ -198,7 +198,7 @@ fn loss(
         Change::Failover { .. } if state.degraded.is_some() => format!(
             "every write {old} acknowledged since it degraded to asynchronous replication ({}) that {c} has not \
              received: up to {behind} bytes now",
-            crate::decide::election::since(state.degraded.as_ref().expect("checked"))
+            crate::decide::election::utc(state.degraded.as_ref().map_or(0, |d| d.since_unix_ms))
         ),
         Change::Failover { .. } if state.ha.synchronous_mode == SyncMode::Off => format!(
             "up to {behind} bytes now (asynchronous mode: whatever {old} acknowledged that {c} has not received)"

@@ -191,7 +191,7 @@ fn degraded(input: &ElectionInput, d: &Degraded, reported: &[(&str, &FinalReport
     let window = format!(
         "{} ran degraded (asynchronous) since {}",
         input.old_primary.unwrap_or("the old primary"),
-        since(d)
+        utc(d.since_unix_ms)
     );
     let streamed: Vec<&str> = d
         .streaming
@@ -302,10 +302,9 @@ fn forced(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Election 
     }
 }
 
-/// When a degraded window began, as people read it (UTC).
-pub fn since(d: &Degraded) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.since_unix_ms))
-        .to_string()
+/// A wall-clock time in milliseconds since the Unix epoch, as people read it (UTC, seconds).
+pub fn utc(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)).to_string()
 }
 
 /// An LSN as PostgreSQL prints it.

@@ -67,9 +67,9 @@ fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut 
     // In a window, even `ANY 0` is reported from the second sight on: a walsender may still
     // release a commit under the quorum just after the first, and the position this report
     // carries is where the window's elections take the quorum's writes to end.
-    let carried = (want.k == 0 && state.degraded.is_none())
-        || (state.degraded.is_none()
-            && state
+    let carried = state.degraded.is_none()
+        && (want.k == 0
+            || state
                 .sync_unconfirmed
                 .iter()
                 .all(|old| carried_by_construction(&want, old)));
@@ -191,7 +191,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::cluster::testing::bootstrapped;
+    use crate::cluster::testing::{bootstrapped, set_sync_mode};
     use crate::cluster::{apply, Command};
     use crate::postgres::{Controldata, PgState, Replica};
 
@@ -352,16 +352,9 @@ mod tests {
     /// to end): after the first, a walsender may still release a commit under the quorum.
     #[test]
     fn a_degraded_primary_reports_running_asynchronously_from_its_second_sight() {
-        use crate::cluster::{Command, Degraded};
+        use crate::cluster::Degraded;
         let mut s = bootstrapped("n1");
-        apply(
-            &mut s,
-            &Command::SetConfig {
-                key: "synchronous_mode".into(),
-                value: Some("degradable".into()),
-            },
-        )
-        .unwrap();
+        set_sync_mode(&mut s, "degradable");
         s.degraded = Some(Degraded {
             generation: 1,
             ..Default::default()
@@ -381,16 +374,9 @@ mod tests {
 
     #[test]
     fn a_primary_returning_from_a_degraded_window_reports_its_quorum_only_once_flushed() {
-        use crate::cluster::{Command, Degraded};
+        use crate::cluster::Degraded;
         let mut s = bootstrapped("n1");
-        apply(
-            &mut s,
-            &Command::SetConfig {
-                key: "synchronous_mode".into(),
-                value: Some("degradable".into()),
-            },
-        )
-        .unwrap();
+        set_sync_mode(&mut s, "degradable");
         // Returning, with an earlier configuration that is carried by construction (an
         // emptied set, as after its standbys were removed): the window's writes still count.
         s.degraded = Some(Degraded {

@@ -127,7 +127,7 @@ pub fn failover(state: &ClusterState, rows: &[MemberRow], to: &str, force: bool)
             d,
             format!(
                 "{primary} runs degraded (asynchronous) since {}",
-                crate::decide::election::since(d)
+                crate::decide::election::utc(d.since_unix_ms)
             ),
         )
     });
