@@ -46,9 +46,10 @@ pub struct Op {
     /// The node whose PostgreSQL served it, when a connection was open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// The timeline that node was writing on when the connection opened
-    /// (writes only go to a primary, whose timeline cannot change under an
-    /// open connection: a promotion happens on a standby).
+    /// The timeline the node served the operation on, read by the
+    /// operation's own statement (so a session opened on a standby that was
+    /// promoted since records its new timeline). None when it ran on a
+    /// standby, or wrote nothing, or did not complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
     /// For writes: `pg_current_wal_insert_lsn()` inside the transaction, so
@@ -98,10 +99,14 @@ pub enum F {
         #[serde(default)]
         swapped: Option<bool>,
     },
-    /// bank: move `amount` from account `from` to account `to` (refused by
-    /// the transaction itself when `from` would go negative: then `Ok` with
-    /// `applied = Some(false)`).
+    /// bank: move `amount` from account `from` to account `to`, read and
+    /// written by the client in one SERIALIZABLE transaction that also
+    /// records the transfer `id` in the ledger. A transfer that would take
+    /// `from` below zero writes nothing: `Ok` with `applied = Some(false)`.
     BankTransfer {
+        /// Unique in the run: the ledger's key (0 in histories from before the ledger).
+        #[serde(default)]
+        id: i64,
         from: u32,
         to: u32,
         amount: i64,
@@ -119,6 +124,23 @@ impl F {
     /// Whether the operation changes data (and so must reach a primary).
     pub fn is_write(&self) -> bool {
         !matches!(self, F::AppendRead { .. } | F::RegRead { .. } | F::BankRead { .. })
+    }
+
+    /// Whether an acknowledged operation changed data: a write, unless it
+    /// answered that it wrote nothing (a compare that did not match, a
+    /// transfer the balance refused).
+    pub fn wrote(&self) -> bool {
+        self.is_write()
+            && !matches!(
+                self,
+                F::RegCas {
+                    swapped: Some(false),
+                    ..
+                } | F::BankTransfer {
+                    applied: Some(false),
+                    ..
+                }
+            )
     }
 
     pub fn workload(&self) -> &'static str {
@@ -186,9 +208,21 @@ pub struct FinalRead {
     pub registers: BTreeMap<i32, i64>,
     /// Every bank balance, by account number.
     pub balances: Vec<i64>,
+    /// Every row of the bank's ledger, by transfer id.
+    #[serde(default)]
+    pub ledger: Vec<Transfer>,
     /// The timeline history as this node's newest `.history` file tells
     /// it: (timeline, parent, fork LSN) for every switch that led here.
     pub forks: Vec<Fork>,
+}
+
+/// One row of the bank's ledger: a transfer that committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: i64,
+    pub from: u32,
+    pub to: u32,
+    pub amount: i64,
 }
 
 /// A timeline switch: `timeline` branched off `parent` at `lsn`.

@@ -203,7 +203,7 @@ pub fn check_traffic(n: u16) -> anyhow::Result<()> {
 
 /// Runs `f` on a fresh thread that has entered node `k`'s namespace; sockets
 /// made there stay in that namespace.
-fn in_netns<T: Send>(k: u16, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+pub fn in_netns<T: Send>(k: u16, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     let path = format!("/var/run/netns/{}", netns(k));
     std::thread::scope(|scope| {
         scope
@@ -226,6 +226,32 @@ pub enum Cut {
     Reset,
 }
 
+/// The nftables rules of node `k`'s chains for a cut to `peers`: `(input, output)`.
+///
+/// A reset cut rejects the peers' TCP with a reset in both hooks, and lets resets
+/// themselves through. The reset that the input hook answers with leaves through the
+/// output hook, and the one the output hook sends back to a local connect arrives
+/// through the input hook from the peer's address: a rule that dropped every packet
+/// of a peer (as the first version did) swallowed both, and a reset cut behaved like a drop.
+fn cut_rules(peers: &[String], how: Cut) -> (String, String) {
+    let set = peers.join(", ");
+    let (rin, rout) = match how {
+        Cut::Drop => (String::new(), String::new()),
+        Cut::Reset => (
+            format!(
+                " ip saddr {{ {set} }} tcp flags rst accept\n ip saddr {{ {set} }} meta l4proto tcp reject with tcp reset\n"
+            ),
+            format!(
+                " ip daddr {{ {set} }} tcp flags rst accept\n ip daddr {{ {set} }} meta l4proto tcp reject with tcp reset\n"
+            ),
+        ),
+    };
+    (
+        format!("{rin} ip saddr {{ {set} }} drop\n"),
+        format!("{rout} ip daddr {{ {set} }} drop\n"),
+    )
+}
+
 /// Installs exactly these cuts (each pair both ways), replacing any earlier
 /// ones. The harness's address is never cut.
 pub fn partition(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> {
@@ -241,22 +267,64 @@ pub fn partition(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> {
             .collect();
         let mut rules = String::from("table inet rpj\ndelete table inet rpj\n");
         if !peers.is_empty() {
-            let set = peers.join(", ");
-            let (rin, rout) = match how {
-                Cut::Drop => (String::new(), String::new()),
-                Cut::Reset => (
-                    format!("ip saddr {{ {set} }} meta l4proto tcp reject with tcp reset\n"),
-                    format!("ip daddr {{ {set} }} meta l4proto tcp reject with tcp reset\n"),
-                ),
-            };
+            let (rin, rout) = cut_rules(&peers, how);
             rules += &format!(
-                "table inet rpj {{\n chain input {{ type filter hook input priority 0; policy accept;\n{rin} ip saddr {{ {set} }} drop\n }}\n\
-                 chain output {{ type filter hook output priority 0; policy accept;\n{rout} ip daddr {{ {set} }} drop\n }}\n}}\n"
+                "table inet rpj {{\n chain input {{ type filter hook input priority 0; policy accept;\n{rin} }}\n\
+                 chain output {{ type filter hook output priority 0; policy accept;\n{rout} }}\n}}\n"
             );
         }
         nft(k, &rules)?;
     }
     Ok(())
+}
+
+/// Proves that the cuts hold as `partition` installed them: a connect across a cut pair
+/// (each way) fails, at once with a refusal for a reset cut and by timing out for a drop,
+/// and every pair that is not cut still connects. All checks run at once, so a drop
+/// costs one connect timeout (300 ms), not one per pair.
+pub fn verify_cut(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> {
+    let listeners: Vec<TcpListener> = (1..=n)
+        .map(|k| in_netns(k, move || TcpListener::bind(SocketAddrV4::new(ip(k), CHECK_PORT))))
+        .collect::<anyhow::Result<Result<Vec<_>, _>>>()?
+        .context("cannot listen inside a node namespace")?;
+    let cut = |a: u16, b: u16| pairs.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
+    let checks: Vec<(u16, u16)> = (1..=n)
+        .flat_map(|from| (1..=n).filter(move |to| *to != from).map(move |to| (from, to)))
+        .collect();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = checks
+            .iter()
+            .map(|&(from, to)| {
+                let expect_cut = cut(from, to);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let got = in_netns(from, move || connect_across(to, Duration::from_millis(300)))?;
+                    match (expect_cut, how, got) {
+                        (false, _, Ok(())) => Ok(()),
+                        (false, _, Err(e)) => bail!("n{from} cannot reach n{to}, which is not cut: {e}"),
+                        (true, Cut::Drop, Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => Ok(()),
+                        (true, Cut::Reset, Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                        (true, _, got) => {
+                            bail!("the {how:?} cut n{from}-n{to} does not hold as it should: the connect gave {got:?}")
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a cut check panicked")))
+            })
+            .collect()
+    });
+    drop(listeners);
+    results.into_iter().collect()
+}
+
+/// A TCP connect from the calling thread's namespace to node `to`'s check port.
+pub fn connect_across(to: u16, timeout: Duration) -> std::io::Result<()> {
+    TcpStream::connect_timeout(&SocketAddrV4::new(ip(to), CHECK_PORT).into(), timeout).map(drop)
 }
 
 /// Removes every cut.

@@ -334,11 +334,12 @@ impl Fault {
 
     fn cut(&mut self, n: u16, pairs: Vec<(u16, u16)>, how: Cut) -> anyhow::Result<()> {
         hosts::partition(n, &pairs, how)?;
+        hosts::verify_cut(n, &pairs, how)?;
         let shown: Vec<String> = pairs
             .iter()
             .map(|(a, b)| format!("{}-{}", name(*a), name(*b)))
             .collect();
-        self.note(format!("cut {} ({how:?})", shown.join(" ")));
+        self.note(format!("cut {} ({how:?}, verified)", shown.join(" ")));
         self.steps.push(Step::Cut);
         Ok(())
     }

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::{self, Cluster};
-use crate::history::{FinalRead, Fork, NemesisAction, NemesisEvent, Record};
+use crate::history::{FinalRead, Fork, NemesisAction, NemesisEvent, Record, Transfer};
 use crate::nemesis::{self, Roles};
 use crate::recorder::Recorder;
 use crate::verdict::{CheckerResult, Verdict};
@@ -360,6 +360,17 @@ async fn final_read(k: u16, rec: &Recorder) -> anyhow::Result<FinalRead> {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let ledger = c
+        .query("SELECT id, src, dst, amount FROM jledger ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| Transfer {
+            id: r.get(0),
+            from: r.get::<_, i32>(1) as u32,
+            to: r.get::<_, i32>(2) as u32,
+            amount: r.get(3),
+        })
+        .collect();
     let newest = c
         .query_opt(
             "SELECT name, pg_read_file('pg_wal/' || name) FROM pg_ls_waldir() \
@@ -379,6 +390,7 @@ async fn final_read(k: u16, rec: &Recorder) -> anyhow::Result<FinalRead> {
         lists,
         registers,
         balances,
+        ledger,
         forks,
     })
 }

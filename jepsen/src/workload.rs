@@ -23,12 +23,40 @@ use raftpg::postgres::parse_lsn;
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const APPEND_KEYS: i32 = 8;
 const REGISTER_KEYS: i32 = 4;
+/// The clients, by workload. The register has five, so that its keys see
+/// real concurrency; the others two each.
+const CLIENTS: [Kind; 11] = [
+    Kind::Set,
+    Kind::Set,
+    Kind::Append,
+    Kind::Append,
+    Kind::Register,
+    Kind::Register,
+    Kind::Register,
+    Kind::Register,
+    Kind::Register,
+    Kind::Bank,
+    Kind::Bank,
+];
 const PROBE_EVERY: Duration = Duration::from_millis(150);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A primary's timeline: the first 8 hex digits of its current WAL file's name.
 /// (`pg_walfile_name` refuses to run during recovery, hence the CASEs below.)
-const PRIMARY_TIMELINE: &str = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+macro_rules! primary_timeline {
+    () => {
+        "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+    };
+}
+const PRIMARY_TIMELINE: &str = primary_timeline!();
+
+/// The timeline a node serves on as a primary, NULL on a standby (where
+/// [`PRIMARY_TIMELINE`] would raise an error).
+const TIMELINE_OR_NULL: &str = concat!(
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE ",
+    primary_timeline!(),
+    " END"
+);
 
 /// Any node's timeline: a primary's, or the one a standby receives on (the last
 /// checkpoint's when no walreceiver runs).
@@ -41,11 +69,12 @@ pub fn timeline_sql() -> String {
 
 /// The tables, created on the primary before the clients start.
 pub const SCHEMA: &str = "
-DROP TABLE IF EXISTS jset, jappend, jreg, jbank;
+DROP TABLE IF EXISTS jset, jappend, jreg, jbank, jledger;
 CREATE TABLE jset (id bigint NOT NULL);
 CREATE TABLE jappend (key int PRIMARY KEY, vals bigint[] NOT NULL DEFAULT '{}');
 CREATE TABLE jreg (key int PRIMARY KEY, val bigint);
 CREATE TABLE jbank (id int PRIMARY KEY, balance bigint NOT NULL);
+CREATE TABLE jledger (id bigint PRIMARY KEY, src int NOT NULL, dst int NOT NULL, amount bigint NOT NULL);
 ";
 
 pub async fn create_tables(primary: u16) -> anyhow::Result<()> {
@@ -80,21 +109,11 @@ pub struct Workloads {
 }
 
 impl Workloads {
-    /// Two clients per workload and one probe per node.
+    /// The [`CLIENTS`] and one probe per node.
     pub fn start(rec: Arc<Recorder>, n: u16, seed: u64) -> Workloads {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let kinds = [
-            Kind::Set,
-            Kind::Set,
-            Kind::Append,
-            Kind::Append,
-            Kind::Register,
-            Kind::Register,
-            Kind::Bank,
-            Kind::Bank,
-        ];
-        for (p, kind) in kinds.into_iter().enumerate() {
+        for (p, kind) in CLIENTS.into_iter().enumerate() {
             let client = ClientLoop {
                 process: p as u32,
                 kind,
@@ -129,15 +148,17 @@ enum Kind {
     Bank,
 }
 
-/// An open session and what it was connected to.
+/// An open session and the node it is connected to.
 struct Conn {
     client: Client,
     node: u16,
-    /// The primary's timeline when the session opened; None on a standby.
-    timeline: Option<u32>,
 }
 
 struct ClientLoop {
+    /// This client's process id in the history. After an operation whose
+    /// outcome is unknown it takes a fresh one (the old id plus the number of
+    /// clients), as Jepsen does: the unknown operation may still be running
+    /// in the server, so the old process never completes it.
     process: u32,
     kind: Kind,
     n: u16,
@@ -152,7 +173,20 @@ struct Done {
     outcome: Outcome,
     f: F,
     lsn: Option<u64>,
+    timeline: Option<u32>,
     error: Option<String>,
+}
+
+impl Done {
+    fn failed(outcome: Outcome, f: F, error: String) -> Done {
+        Done {
+            outcome,
+            f,
+            lsn: None,
+            timeline: None,
+            error: Some(error),
+        }
+    }
 }
 
 impl ClientLoop {
@@ -166,20 +200,10 @@ impl ClientLoop {
             let start_ns = self.rec.now_ns();
             let done = match tokio::time::timeout(OP_TIMEOUT, self.execute(f.clone())).await {
                 Ok(done) => done,
-                Err(_) => {
-                    // Dropping the session closes the socket; no cancel is sent.
-                    Done {
-                        outcome: Outcome::Info,
-                        f,
-                        lsn: None,
-                        error: Some("client timeout".into()),
-                    }
-                }
+                // Dropping the session closes the socket; no cancel is sent.
+                Err(_) => Done::failed(Outcome::Info, f, "client timeout".into()),
             };
-            let (node, timeline) = match (&self.conn, done.outcome) {
-                (Some(c), _) => (Some(cluster::name(c.node)), c.timeline),
-                (None, _) => (None, None),
-            };
+            let node = self.conn.as_ref().map(|c| cluster::name(c.node));
             if done.outcome != Outcome::Ok {
                 self.conn = None;
             }
@@ -190,11 +214,14 @@ impl ClientLoop {
                 end_ns: self.rec.now_ns(),
                 outcome: done.outcome,
                 node,
-                timeline: if done.f.is_write() { timeline } else { None },
+                timeline: done.timeline,
                 lsn: done.lsn,
                 error: done.error,
                 f: done.f,
             });
+            if done.outcome == Outcome::Info {
+                self.process += CLIENTS.len() as u32;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(pace) => {}
                 _ = stop.changed() => {}
@@ -243,6 +270,7 @@ impl ClientLoop {
                     let from = self.rng.gen_range(0..BANK_ACCOUNTS);
                     let to = (from + self.rng.gen_range(1..BANK_ACCOUNTS)) % BANK_ACCOUNTS;
                     F::BankTransfer {
+                        id: self.unique(),
                         from,
                         to,
                         amount: self.rng.gen_range(1..=20),
@@ -263,30 +291,19 @@ impl ClientLoop {
             match open(self.n, self.process, writable).await {
                 Ok(c) => self.conn = Some(c),
                 // Nothing was sent: it cannot have taken effect.
-                Err(e) => {
-                    return Done {
-                        outcome: Outcome::Fail,
-                        f,
-                        lsn: None,
-                        error: Some(format!("connect: {e}")),
-                    }
-                }
+                Err(e) => return Done::failed(Outcome::Fail, f, format!("connect: {e}")),
             }
         }
         let client = &self.conn.as_ref().expect("just connected").client;
         match run_op(client, &f).await {
-            Ok((f, lsn)) => Done {
+            Ok(Ran { f, lsn, timeline }) => Done {
                 outcome: Outcome::Ok,
                 f,
                 lsn,
+                timeline,
                 error: None,
             },
-            Err(e) => Done {
-                outcome: classify(&e),
-                f,
-                lsn: None,
-                error: Some(e.to_string()),
-            },
+            Err(e) => Done::failed(classify(e.code().map(|c| c.code())), f, e.to_string()),
         }
     }
 }
@@ -305,29 +322,18 @@ async fn open(n: u16, process: u32, writable: bool) -> anyhow::Result<Conn> {
     );
     let (client, conn) = tokio_postgres::connect(&info, NoTls).await?;
     tokio::spawn(conn);
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT inet_server_addr()::text, CASE WHEN pg_is_in_recovery() THEN NULL ELSE {PRIMARY_TIMELINE} END"
-            ),
-            &[],
-        )
-        .await?;
+    let row = client.query_one("SELECT inet_server_addr()::text", &[]).await?;
     let addr: String = row.get(0);
     let node = hosts::node_of(&addr).ok_or_else(|| anyhow::anyhow!("connected to an unknown address {addr}"))?;
-    let timeline: Option<i32> = row.get(1);
-    Ok(Conn {
-        client,
-        node,
-        timeline: timeline.map(|t| t as u32),
-    })
+    Ok(Conn { client, node })
 }
 
-/// Errors after which the operation certainly had no effect; anything else
-/// (lost connection, shutdown, timeout) may have committed.
-fn classify(e: &tokio_postgres::Error) -> Outcome {
-    let Some(code) = e.code() else { return Outcome::Info };
-    let code = code.code();
+/// Sorts a failed operation by its SQLSTATE (None: no error from the server,
+/// such as a lost connection or a timeout). Errors after which the operation
+/// certainly had no effect are `Fail`; anything else (lost connection,
+/// shutdown, an error during COMMIT) may have committed, and is `Info`.
+fn classify(code: Option<&str>) -> Outcome {
+    let Some(code) = code else { return Outcome::Info };
     let definite = code == "25006" // read-only transaction: a standby refused it
         || code == "25P02"
         || code == "40001" // serialization failure: rolled back
@@ -344,131 +350,186 @@ fn classify(e: &tokio_postgres::Error) -> Outcome {
 
 const LSN: &str = "pg_current_wal_insert_lsn()::text";
 
-async fn run_op(c: &Client, f: &F) -> Result<(F, Option<u64>), tokio_postgres::Error> {
-    let lsn = |s: String| parse_lsn(&s);
+/// What an acknowledged operation returned: its result, and for a write
+/// that changed data the LSN inside its transaction and the timeline the
+/// node wrote on (for a read, the timeline it read on; None on a standby).
+struct Ran {
+    f: F,
+    lsn: Option<u64>,
+    timeline: Option<u32>,
+}
+
+/// Reads the LSN and timeline columns `at` and `at + 1` of a row.
+fn written(row: &tokio_postgres::Row, at: usize) -> (Option<u64>, Option<u32>) {
+    let lsn: String = row.get(at);
+    let timeline: Option<i32> = row.get(at + 1);
+    (parse_lsn(&lsn), timeline.map(|t| t as u32))
+}
+
+async fn run_op(c: &Client, f: &F) -> Result<Ran, tokio_postgres::Error> {
+    let wrote = |f: F, row: Option<&tokio_postgres::Row>, at: usize| {
+        let (lsn, timeline) = row.map_or((None, None), |r| written(r, at));
+        Ran { f, lsn, timeline }
+    };
+    let read = |f: F, timeline: Option<i32>| Ran {
+        f,
+        lsn: None,
+        timeline: timeline.map(|t| t as u32),
+    };
     Ok(match f.clone() {
         F::SetAdd { id } => {
             let row = c
-                .query_one(&format!("INSERT INTO jset VALUES ($1) RETURNING {LSN}"), &[&id])
+                .query_one(
+                    &format!("INSERT INTO jset VALUES ($1) RETURNING {LSN}, {TIMELINE_OR_NULL}"),
+                    &[&id],
+                )
                 .await?;
-            (F::SetAdd { id }, lsn(row.get(0)))
+            wrote(F::SetAdd { id }, Some(&row), 0)
         }
         F::AppendAdd { key, value, .. } => {
             let row = c
                 .query_one(
-                    &format!("UPDATE jappend SET vals = vals || $2::bigint WHERE key = $1 RETURNING vals, {LSN}"),
+                    &format!(
+                        "UPDATE jappend SET vals = vals || $2::bigint WHERE key = $1 RETURNING vals, {LSN}, {TIMELINE_OR_NULL}"
+                    ),
                     &[&key, &value],
                 )
                 .await?;
-            (
-                F::AppendAdd {
-                    key,
-                    value,
-                    result: Some(row.get(0)),
-                },
-                lsn(row.get(1)),
-            )
+            let f = F::AppendAdd {
+                key,
+                value,
+                result: Some(row.get(0)),
+            };
+            wrote(f, Some(&row), 1)
         }
         F::AppendRead { key, .. } => {
-            let row = c.query_one("SELECT vals FROM jappend WHERE key = $1", &[&key]).await?;
-            (
-                F::AppendRead {
-                    key,
-                    result: Some(row.get(0)),
-                },
-                None,
-            )
+            let row = c
+                .query_one(
+                    &format!("SELECT vals, {TIMELINE_OR_NULL} FROM jappend WHERE key = $1"),
+                    &[&key],
+                )
+                .await?;
+            let f = F::AppendRead {
+                key,
+                result: Some(row.get(0)),
+            };
+            read(f, row.get(1))
         }
         F::RegRead { key, .. } => {
-            let row = c.query_opt("SELECT val FROM jreg WHERE key = $1", &[&key]).await?;
-            (
-                F::RegRead {
-                    key,
-                    result: Some(row.and_then(|r| r.get(0))),
-                },
-                None,
-            )
+            let row = c
+                .query_one(
+                    &format!("SELECT (SELECT val FROM jreg WHERE key = $1), {TIMELINE_OR_NULL}"),
+                    &[&key],
+                )
+                .await?;
+            let f = F::RegRead {
+                key,
+                result: Some(row.get(0)),
+            };
+            read(f, row.get(1))
         }
         F::RegWrite { key, value } => {
             let row = c
                 .query_one(
-                    &format!("INSERT INTO jreg VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET val = excluded.val RETURNING {LSN}"),
+                    &format!("INSERT INTO jreg VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET val = excluded.val RETURNING {LSN}, {TIMELINE_OR_NULL}"),
                     &[&key, &value],
                 )
                 .await?;
-            (F::RegWrite { key, value }, lsn(row.get(0)))
+            wrote(F::RegWrite { key, value }, Some(&row), 0)
         }
         F::RegCas { key, from, to, .. } => {
             let row = c
                 .query_opt(
-                    &format!("UPDATE jreg SET val = $3 WHERE key = $1 AND val = $2 RETURNING {LSN}"),
+                    &format!(
+                        "UPDATE jreg SET val = $3 WHERE key = $1 AND val = $2 RETURNING {LSN}, {TIMELINE_OR_NULL}"
+                    ),
                     &[&key, &from, &to],
                 )
                 .await?;
-            let l = row.as_ref().and_then(|r| lsn(r.get(0)));
-            (
-                F::RegCas {
-                    key,
-                    from,
-                    to,
-                    swapped: Some(row.is_some()),
-                },
-                l,
-            )
+            let f = F::RegCas {
+                key,
+                from,
+                to,
+                swapped: Some(row.is_some()),
+            };
+            wrote(f, row.as_ref(), 0)
         }
-        F::BankTransfer { from, to, amount, .. } => bank_transfer(c, from, to, amount).await?,
+        F::BankTransfer {
+            id, from, to, amount, ..
+        } => bank_transfer(c, id, from, to, amount).await?,
         F::BankRead { .. } => {
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await?;
-            let rows = c.query("SELECT balance FROM jbank ORDER BY id", &[]).await;
+            let rows = c
+                .query(
+                    &format!("SELECT balance, {TIMELINE_OR_NULL} FROM jbank ORDER BY id"),
+                    &[],
+                )
+                .await;
             let end = c.batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
-            let balances = rows?.iter().map(|r| r.get(0)).collect();
+            let rows = rows?;
             end?;
-            (
-                F::BankRead {
-                    balances: Some(balances),
-                },
-                None,
-            )
+            let timeline = rows.first().and_then(|r| r.get(1));
+            let f = F::BankRead {
+                balances: Some(rows.iter().map(|r| r.get(0)).collect()),
+            };
+            read(f, timeline)
         }
     })
 }
 
-async fn bank_transfer(c: &Client, from: u32, to: u32, amount: i64) -> Result<(F, Option<u64>), tokio_postgres::Error> {
+/// A transfer as an application writes one: it reads both balances, checks
+/// and computes the new ones itself, writes them back and records the
+/// transfer in the ledger, in one SERIALIZABLE transaction. Under any weaker
+/// isolation two concurrent transfers could both read the old balance and
+/// one update would be lost, and a lost acknowledged transfer leaves its
+/// ledger row missing: the bank checker looks for both.
+async fn bank_transfer(c: &Client, id: i64, from: u32, to: u32, amount: i64) -> Result<Ran, tokio_postgres::Error> {
     c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
     let body = async {
-        let taken = c
-            .query_opt(
-                &format!("UPDATE jbank SET balance = balance - $2 WHERE id = $1 AND balance >= $2 RETURNING {LSN}"),
-                &[&(from as i32), &amount],
+        let rows = c
+            .query(
+                "SELECT id, balance FROM jbank WHERE id = ANY($1)",
+                &[&vec![from as i32, to as i32]],
             )
             .await?;
-        if taken.is_some() {
-            c.execute(
-                "UPDATE jbank SET balance = balance + $2 WHERE id = $1",
-                &[&(to as i32), &amount],
-            )
-            .await?;
+        let balance = |account: u32| {
+            rows.iter()
+                .find(|r| r.get::<_, i32>(0) == account as i32)
+                .map(|r| r.get::<_, i64>(1))
+        };
+        let (Some(have), Some(theirs)) = (balance(from), balance(to)) else {
+            return Ok(None);
+        };
+        if have < amount {
+            return Ok(None);
         }
-        Ok::<_, tokio_postgres::Error>(
-            taken
-                .and_then(|r| parse_lsn(&r.get::<_, String>(0)))
-                .map(Some)
-                .unwrap_or(None),
-        )
+        let set = "UPDATE jbank SET balance = $2 WHERE id = $1";
+        c.execute(set, &[&(from as i32), &(have - amount)]).await?;
+        c.execute(set, &[&(to as i32), &(theirs + amount)]).await?;
+        let row = c
+            .query_one(
+                &format!("INSERT INTO jledger VALUES ($1, $2, $3, $4) RETURNING {LSN}, {TIMELINE_OR_NULL}"),
+                &[&id, &(from as i32), &(to as i32), &amount],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>(Some(written(&row, 0)))
     };
     match body.await {
-        Ok(lsn) => {
+        Ok(done) => {
             c.batch_execute("COMMIT").await?;
-            Ok((
-                F::BankTransfer {
+            let (lsn, timeline) = done.unwrap_or((None, None));
+            Ok(Ran {
+                f: F::BankTransfer {
+                    id,
                     from,
                     to,
                     amount,
-                    applied: Some(lsn.is_some()),
+                    applied: Some(done.is_some()),
                 },
                 lsn,
-            ))
+                timeline,
+            })
         }
         Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
@@ -511,6 +572,38 @@ async fn probe(k: u16, rec: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(PROBE_EVERY) => {}
             _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_calls_only_rolled_back_errors_failed() {
+        // No answer from the server: the commit may have happened.
+        assert_eq!(classify(None), Outcome::Info);
+        for definite in [
+            "25006", // read-only transaction: a standby refused the write
+            "25P02", // in a failed transaction
+            "40001", // serialization failure: rolled back
+            "40P01", // deadlock: rolled back
+            "23505", // unique violation
+            "22003", // numeric out of range
+            "42P01", // undefined table
+        ] {
+            assert_eq!(classify(Some(definite)), Outcome::Fail, "{definite}");
+        }
+        for unknown in [
+            "57P01", // admin shutdown: the server went down mid-commit
+            "57P02", // crash shutdown
+            "08006", // connection failure
+            "53100", // disk full
+            "XX000", // internal error
+            "55000", // object not in prerequisite state
+        ] {
+            assert_eq!(classify(Some(unknown)), Outcome::Info, "{unknown}");
         }
     }
 }

@@ -85,7 +85,7 @@ fn check_key_lists(key: i32, lists: &[Observed], attempts: &HashMap<(i32, i64), 
             divergent.entry((pos, obs.1[pos])).or_insert((*obs, 0)).1 += 1;
         }
     }
-    let mut out = Vec::new();
+    let mut out = stale_reads(key, lists, reference.1);
     for ((pos, value), (obs, n)) in divergent {
         let msg = format!(
             "key {key}: {} saw {value} at position {pos} but {} saw {} there ({n} lists agree with the former): \
@@ -102,6 +102,77 @@ fn check_key_lists(key: i32, lists: &[Observed], attempts: &HashMap<(i32, i64), 
         ));
     }
     out.extend(bad_values(key, &to_scan, attempts));
+    out
+}
+
+/// Recency: an operation that began after an append to its key was
+/// acknowledged sees that append (reads, and appends, whose result is a
+/// read of the list they extended). A stale read, such as one served by a
+/// deposed primary after the new one acknowledged a write, misses it while
+/// still being a prefix, which the order check above cannot see.
+///
+/// Lists are checked against the longest one (`reference`): in a list that
+/// is a prefix of it, holding the append furthest along the reference that
+/// it must see means holding all the earlier ones. Lists that diverge are
+/// reported as such and not checked again here.
+fn stale_reads(key: i32, lists: &[Observed], reference: &[i64]) -> Vec<Anomaly> {
+    let position: HashMap<i64, usize> = reference.iter().enumerate().rev().map(|(i, v)| (*v, i)).collect();
+    let mut acked: Vec<&Op> = lists
+        .iter()
+        .filter_map(|(source, _)| match source {
+            Source::Append(op) => Some(*op),
+            _ => None,
+        })
+        .collect();
+    acked.sort_by_key(|o| o.end_ns);
+    let mut readers: Vec<(&Op, &[i64])> = lists
+        .iter()
+        .filter_map(|(source, list)| match source {
+            Source::Append(op) | Source::Read(op) => Some((*op, *list)),
+            Source::Final(_) => None,
+        })
+        .filter(|(_, list)| first_difference(list, reference).is_none())
+        .collect();
+    readers.sort_by_key(|(o, _)| o.start_ns);
+    let value = |o: &Op| match o.f {
+        F::AppendAdd { value, .. } => value,
+        _ => unreachable!("only appends are acknowledged appends"),
+    };
+    let mut out = Vec::new();
+    let mut next = 0;
+    // The acknowledged append furthest along the reference so far, and those
+    // the reference lacks (a lost append, which the lost-writes checker reports).
+    let (mut furthest, mut elsewhere): (Option<(usize, &Op)>, Vec<&Op>) = (None, Vec::new());
+    for (reader, list) in readers {
+        while next < acked.len() && acked[next].end_ns < reader.start_ns {
+            let a = acked[next];
+            match position.get(&value(a)) {
+                Some(&p) if furthest.is_none_or(|(q, _)| p > q) => furthest = Some((p, a)),
+                Some(_) => {}
+                None => elsewhere.push(a),
+            }
+            next += 1;
+        }
+        let missed = furthest
+            .filter(|(p, _)| list.len() <= *p)
+            .map(|(_, a)| a)
+            .into_iter()
+            .chain(elsewhere.iter().copied().filter(|a| !list.contains(&value(a))));
+        for a in missed {
+            let msg = format!(
+                "key {key}: op {} began at {} on {}, after op {} had appended {} (acknowledged at {}), \
+                 but saw {} values without it: a stale read",
+                reader.index,
+                super::secs(reader.start_ns),
+                reader.node.as_deref().unwrap_or("an unknown node"),
+                a.index,
+                value(a),
+                super::secs(a.end_ns),
+                list.len()
+            );
+            out.push(anomaly("append", "stale-read", msg, vec![a.index, reader.index]));
+        }
+    }
     out
 }
 
@@ -150,11 +221,38 @@ mod tests {
         let ops = vec![
             add(1, 1, &[1], 0),
             add(1, 2, &[1, 2], 10),
-            read(1, &[1], 20),
+            read(1, &[1], 8), // concurrent with the second append
             read(1, &[1, 2], 30),
         ];
         let r = append(&history(ops, three(|f| _ = f.lists.insert(1, vec![1, 2]))));
         assert_eq!(r.status, "valid", "{r:?}");
+    }
+
+    #[test]
+    fn append_flags_a_read_that_misses_an_append_acknowledged_before_it_began() {
+        let ops = vec![
+            add(1, 1, &[1], 0),             // acknowledged at 5
+            add(1, 2, &[1, 2], 10),         // acknowledged at 15
+            on(read(1, &[1], 20), "n1", 1), // began after both: misses 2
+            on(read(1, &[1], 12), "n1", 1), // concurrent with the second: fine
+            add(1, 3, &[1, 3], 40),         // diverges: reported as that, not again here
+            add(2, 9, &[9], 0),             // another key
+            on(read(2, &[], 30), "n2", 1),  // misses 9
+            add(1, 4, &[1, 2, 4], 20),      // an append is a read too: it saw 2
+        ];
+        let r = append(&history(ops, vec![]));
+        assert_eq!(kinds(&r), ["stale-read", "divergent-order", "stale-read"], "{r:?}");
+        assert_eq!(r.anomalies[0].ops, [1, 2]);
+        assert!(r.anomalies[0].message.contains("on n1"), "{}", r.anomalies[0].message);
+        assert_eq!(r.anomalies[2].ops, [5, 6]);
+        // An acknowledged append the longest list lacks (it diverged) still counts.
+        let ops = vec![add(3, 7, &[7], 0), add(3, 8, &[8], 1), read(3, &[8], 10)];
+        let mut last = fin("n1", "primary");
+        last.lists.insert(3, vec![8, 9]);
+        let r = append(&history(ops, vec![last]));
+        let stale: Vec<_> = r.anomalies.iter().filter(|a| a.kind == "stale-read").collect();
+        assert_eq!(stale.len(), 1, "{r:?}");
+        assert_eq!(stale[0].ops, [0, 2]);
     }
 
     #[test]

@@ -15,13 +15,25 @@ use crate::verdict::{Anomaly, CheckerResult};
 /// that began after that.
 pub fn two_writers(h: &History) -> CheckerResult {
     let mut by_timeline: BTreeMap<u32, Vec<&Op>> = BTreeMap::new();
-    for op in ok_writes(h) {
-        if let Some(t) = op.timeline {
-            by_timeline.entry(t).or_default().push(op);
+    let mut untracked = Vec::new();
+    for op in ok_writes(h).filter(|o| o.f.wrote()) {
+        match op.timeline {
+            Some(t) => by_timeline.entry(t).or_default().push(op),
+            None => untracked.push(op.index),
         }
     }
     let mut anomalies = split_brains(&by_timeline);
     anomalies.extend(stale_writers(&by_timeline));
+    // Every write reads its timeline in its own statement: one without it is
+    // one this checker could not place, and is never passed over in silence.
+    if !untracked.is_empty() {
+        let msg = format!(
+            "{} acknowledged writes carry no timeline (the first: op {}): the harness did not record where they were written",
+            untracked.len(),
+            untracked[0]
+        );
+        anomalies.push(anomaly("two-writers", "untracked-write", msg, untracked));
+    }
     let writes: usize = by_timeline.values().map(Vec::len).sum();
     let summary = format!("{writes} acknowledged writes on {} timelines", by_timeline.len());
     finish("two-writers", summary, anomalies)
@@ -232,7 +244,30 @@ mod tests {
             on(op(F::SetAdd { id: 2 }, Outcome::Ok, 90, 200), "n1", 1),
             on(set_add(3, Outcome::Ok, 100), "n2", 2),
             on(set_add(4, Outcome::Ok, 300), "n2", 2),
-            // Writes without a timeline are ignored.
+            // A compare that did not match wrote nothing, so it needs no timeline.
+            Op {
+                timeline: None,
+                ..op(
+                    F::RegCas {
+                        key: 1,
+                        from: 1,
+                        to: 2,
+                        swapped: Some(false),
+                    },
+                    Outcome::Ok,
+                    400,
+                    405,
+                )
+            },
+        ];
+        let r = two_writers(&history(ops, vec![]));
+        assert_eq!(r.status, "valid", "{r:?}");
+    }
+
+    #[test]
+    fn two_writers_never_skips_a_write_without_a_timeline() {
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, 0), "n1", 1),
             Op {
                 timeline: None,
                 node: Some("n3".into()),
@@ -240,7 +275,8 @@ mod tests {
             },
         ];
         let r = two_writers(&history(ops, vec![]));
-        assert_eq!(r.status, "valid", "{r:?}");
+        assert_eq!(kinds(&r), ["untracked-write"], "{r:?}");
+        assert_eq!(r.anomalies[0].ops, [1]);
     }
 
     #[test]
