@@ -72,6 +72,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Node> {
             false => tracing::info!("no [tls]: listening on loopback only ({on}), plaintext"),
         }
     }
+    for warning in cfg.unsafe_for_testing.warnings() {
+        tracing::error!("{warning}: for the partition suite's canaries only, never in production");
+    }
     tracing::info!(
         node = %me.name, id = me.id, raft = %me.raft, grpc = %me.grpc, cluster = %cfg.cluster.name,
         "raftpg node started"

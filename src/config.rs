@@ -56,6 +56,45 @@ pub struct Config {
     pub hooks: crate::agent::hooks::HooksSection,
     /// A floating IP that follows the primary's lease.
     pub vip: Option<crate::agent::vip::VipSection>,
+    /// Settings that break raftpg's safety on purpose, for the partition suite's canaries
+    /// (`raftpg-jepsen canary`): never in production. raftpg logs each one at start.
+    #[serde(default)]
+    pub unsafe_for_testing: UnsafeForTesting,
+}
+
+/// `[unsafe_for_testing]`: each key turns off one safety mechanism, so that the partition
+/// suite can prove its checkers catch what that mechanism prevents.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnsafeForTesting {
+    /// No fence keeper: a primary whose raftpg is frozen keeps its PostgreSQL running
+    /// past its lease.
+    pub no_fence_keeper: bool,
+    /// The controller treats the primary's lease as expired this long after its last
+    /// renewal, instead of `lease * 1.1 + 200 ms`; shorter than the lease, a new primary
+    /// is promoted while the old one still serves.
+    pub controller_deadline_ms: Option<u64>,
+}
+
+impl UnsafeForTesting {
+    /// One line per unsafe setting in force.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.no_fence_keeper {
+            out.push(
+                "UNSAFE (unsafe_for_testing.no_fence_keeper): no fence keeper; a frozen raftpg leaves its PostgreSQL \
+                 serving past the lease"
+                    .to_string(),
+            );
+        }
+        if let Some(ms) = self.controller_deadline_ms {
+            out.push(format!(
+                "UNSAFE (unsafe_for_testing.controller_deadline_ms = {ms}): the controller may promote a new primary \
+                 while the old one still holds its lease"
+            ));
+        }
+        out
+    }
 }
 
 /// `[http]`: the health checks stay readable without credentials (HAProxy's checks work

@@ -295,3 +295,17 @@ http = "127.0.0.1:15703"
     ));
     assert!(e.problem.contains("at least two"), "{}", e.problem);
 }
+
+#[test]
+fn unsafe_settings_are_off_by_default_named_when_on_and_checked() {
+    let c = Config::parse(GOOD, "test.toml").unwrap();
+    assert!(c.unsafe_for_testing.warnings().is_empty(), "safe by default");
+    let on = format!("{GOOD}\n[unsafe_for_testing]\nno_fence_keeper = true\ncontroller_deadline_ms = 100\n");
+    let c = Config::parse(&on, "test.toml").unwrap();
+    let warnings = c.unsafe_for_testing.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().all(|w| w.starts_with("UNSAFE")), "{warnings:?}");
+    assert!(warnings[1].contains("controller_deadline_ms = 100"), "{warnings:?}");
+    let typo = format!("{GOOD}\n[unsafe_for_testing]\nno_fence = true\n");
+    assert!(error_of(&typo).to_string().contains("no_fence"));
+}

@@ -77,7 +77,13 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             .book
             .fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
         let lease_expired_ms = match (&state.primary, state.paused) {
-            (Some(p), false) => node.book.expired_ms(p, state.ha.lease_ms, now),
+            (Some(p), false) => {
+                let deadline = match node.cfg.unsafe_for_testing.controller_deadline_ms {
+                    Some(ms) => Duration::from_millis(ms),
+                    None => crate::lease::controller_deadline(state.ha.lease_ms),
+                };
+                node.book.expired_ms(p, deadline, now)
+            }
             _ => None,
         };
         pending_since = match (crate::decide::controller::timer_key(&state), pending_since) {

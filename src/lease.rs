@@ -244,8 +244,9 @@ impl Book {
         }
     }
 
-    /// How long past the controller's deadline the primary's lease is, if it is.
-    pub fn expired_ms(&self, primary: &Primary, lease_ms: u64, now: Instant) -> Option<u64> {
+    /// How long since the primary's last renewal, once that is past `deadline`
+    /// ([`controller_deadline`] of the lease).
+    pub fn expired_ms(&self, primary: &Primary, deadline: Duration, now: Instant) -> Option<u64> {
         let mut b = self.lock();
         let since = match &b.clock {
             Some((n, g, at)) if *n == primary.node && *g == primary.generation => *at,
@@ -256,7 +257,7 @@ impl Book {
             }
         };
         let silent = now.saturating_duration_since(since);
-        (silent > controller_deadline(lease_ms)).then_some(silent.as_millis() as u64)
+        (silent > deadline).then_some(silent.as_millis() as u64)
     }
 }
 
@@ -369,16 +370,17 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         b.granted("n1", 1, Instant::now());
         tokio::time::advance(Duration::from_millis(2000)).await;
+        let deadline = controller_deadline(2000);
         assert_eq!(
-            b.expired_ms(&p, 2000, Instant::now()),
+            b.expired_ms(&p, deadline, Instant::now()),
             None,
             "the holder fences at 2000 ms; we wait longer"
         );
         tokio::time::advance(Duration::from_millis(401)).await;
-        assert_eq!(b.expired_ms(&p, 2000, Instant::now()), Some(2401));
+        assert_eq!(b.expired_ms(&p, deadline, Instant::now()), Some(2401));
         let next = primary("n2", 2);
         assert_eq!(
-            b.expired_ms(&next, 2000, Instant::now()),
+            b.expired_ms(&next, deadline, Instant::now()),
             None,
             "a new primary's clock starts now"
         );

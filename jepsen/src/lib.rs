@@ -2,6 +2,7 @@
 //! namespaces, real faults (nftables, signals, the cgroup freezer), concurrent
 //! workloads with client-side timeouts, and checkers that read the history.
 
+pub mod canary;
 pub mod checker;
 pub mod cluster;
 pub mod history;

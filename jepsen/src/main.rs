@@ -35,21 +35,49 @@ enum Cmd {
         /// Seconds of fault windows (each window is 6-10 s plus 2-4 s of quiet).
         #[arg(long, default_value_t = 30)]
         time: u64,
+        /// Fault window lengths, in milliseconds: SHORTEST-LONGEST (default 6000-10000).
+        #[arg(long, value_parser = parse_span)]
+        windows: Option<(u64, u64)>,
         /// The run's directory: history.jsonl, verdict.json, report.html, node logs.
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
-    /// Every scenario of a tier: smoke (five, one seed) or full (all, three seeds).
+    /// Runs raftpg in deliberately unsafe configurations: exit 0 only when the
+    /// checkers find every one INVALID (a canary that comes back valid fails).
+    Canary {
+        /// One canary by name (default: all).
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds of fault windows per canary.
+        #[arg(long, default_value_t = 20)]
+        time: u64,
+        #[arg(long, default_value = "/tmp/raftpg-jepsen")]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every scenario of a tier: smoke (five scenarios, 20 s, windows of 6-10 s) or full (all of
+    /// them, 300 s, windows of 0.5-15 s). Seeds are drawn fresh and printed unless given.
     Suite {
         #[arg(long, value_enum)]
         tier: Tier,
-        /// Seeds per scenario (default: 1 for smoke, 3 for full).
-        #[arg(long)]
+        /// Fresh seeds per scenario, drawn and printed (default: 1).
+        #[arg(long, conflicts_with = "seed")]
         seeds: Option<u64>,
-        #[arg(long, default_value_t = 20)]
-        time: u64,
+        /// These seeds instead (repeat the flag for several): replays a printed run.
+        #[arg(long)]
+        seed: Vec<u64>,
+        /// Seconds of fault windows per run (default: 20 for smoke, 300 for full).
+        #[arg(long)]
+        time: Option<u64>,
+        /// Fault window lengths, in milliseconds: SHORTEST-LONGEST (default: 6000-10000 for
+        /// smoke, 500-15000 for full).
+        #[arg(long, value_parser = parse_span)]
+        windows: Option<(u64, u64)>,
         #[arg(long, default_value = "/tmp/raftpg-jepsen")]
         out: PathBuf,
         #[command(flatten)]
@@ -65,6 +93,22 @@ struct Common {
     /// Keep PostgreSQL's data directories of valid runs too.
     #[arg(long)]
     keep_data: bool,
+}
+
+/// `500-15000` → (500, 15000).
+fn parse_span(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not SHORTEST-LONGEST in milliseconds, such as 500-15000");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(format!(
+            "{s:?}: the shortest window must be at least 1 ms and not longer than the longest"
+        ));
+    }
+    Ok((a, b))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +139,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.about
                 );
             }
+            for c in raftpg_jepsen::canary::CANARIES {
+                println!("{:<36} {:<6} {} ({})", c.name, "canary", c.about, c.scenario);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sweep => {
@@ -112,6 +159,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             scenario,
             seed,
             time,
+            windows,
             out,
             common,
         } => {
@@ -124,6 +172,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 out,
                 raftpg: common.raftpg.unwrap_or_else(run::default_raftpg),
                 keep_data: common.keep_data,
+                window_ms: windows.unwrap_or(run::WINDOW_MS),
+                ..RunOpts::default()
             };
             let v = run::run(&opts).await?;
             suite::print_anomalies(&v);
@@ -133,20 +183,50 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Suite {
-            tier,
-            seeds,
+        Cmd::Canary {
+            only,
+            seed,
             time,
             out,
             common,
         } => {
-            let (smoke, seeds) = match tier {
-                Tier::Smoke => (true, seeds.unwrap_or(1)),
-                Tier::Full => (false, seeds.unwrap_or(3)),
+            let raftpg = common.raftpg.unwrap_or_else(run::default_raftpg);
+            let (all_caught, _) =
+                raftpg_jepsen::canary::run_all(only.as_deref(), seed, Duration::from_secs(time), &out, &raftpg).await?;
+            Ok(if all_caught {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Suite {
+            tier,
+            seeds,
+            seed,
+            time,
+            windows,
+            out,
+            common,
+        } => {
+            let (smoke, default_time, default_windows) = match tier {
+                Tier::Smoke => (true, 20, run::WINDOW_MS),
+                Tier::Full => (false, 300, (500, 15_000)),
+            };
+            let seeds = match seed.is_empty() {
+                true => suite::fresh_seeds(seeds.unwrap_or(1)),
+                false => seed,
             };
             let raftpg = common.raftpg.unwrap_or_else(run::default_raftpg);
-            let all_valid =
-                suite::run(smoke, seeds, Duration::from_secs(time), &out, &raftpg, common.keep_data).await?;
+            let all_valid = suite::run(
+                smoke,
+                &seeds,
+                Duration::from_secs(time.unwrap_or(default_time)),
+                windows.unwrap_or(default_windows),
+                &out,
+                &raftpg,
+                common.keep_data,
+            )
+            .await?;
             Ok(if all_valid {
                 ExitCode::SUCCESS
             } else {

@@ -36,6 +36,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("pause-standby", "one standby's whole node frozen", false),
     sc("zombie-straddle", "the primary's raftpg paused and cut from one standby; the other still streams from it", true),
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
+    sc("lagging-standbys-kill-primary", "both standbys' WAL receivers stopped, so no commit can be acknowledged; 2 s later the primary's node killed and the receivers resumed", false),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
@@ -81,10 +82,20 @@ pub struct Fault {
     steps: Vec<Step>,
     /// For flapping: the primary to cut off and on.
     pub flap: Option<u16>,
-    /// For promote-laggard: the primary to cut off once the laggard lags.
-    pub isolate_later: Option<u16>,
-    /// How long after the start `isolate_later` cuts the primary off.
+    /// The second half of a fault, `escalate_after` its start.
+    pub later: Option<Later>,
+    /// How long after the start `later` happens.
     pub escalate_after: std::time::Duration,
+}
+
+/// What a fault does once its first half has had time to work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Later {
+    /// Cut the primary off (promote-laggard, degraded-window-isolate-primary).
+    Isolate(u16),
+    /// Kill every process of the primary's node, then resume what the first half
+    /// stopped (lagging-standbys-kill-primary: the receivers come back to a dead primary).
+    KillNodeAndResume(u16),
 }
 
 /// The roles at the start of a fault.
@@ -130,7 +141,7 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         detail: String::new(),
         steps: vec![],
         flap: None,
-        isolate_later: None,
+        later: None,
         escalate_after: std::time::Duration::from_secs(2),
     };
     let Some(p) = roles.primary else {
@@ -244,17 +255,25 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             let Some(s) = standby else {
                 return Ok(f.missed("primary", "no standby"));
             };
-            let receiver = c.postmaster_pid(s).and_then(|pm| {
-                hosts::children_of(pm)
-                    .into_iter()
-                    .find(|c| hosts::cmdline(*c).contains("walreceiver"))
-            });
-            let Some(r) = receiver else {
+            let Some(r) = wal_receiver(c, s) else {
                 return Ok(f.missed("primary", "the standby has no WAL receiver"));
             };
             f.stop(vec![r], &format!("{}'s WAL receiver", name(s)));
             f.targets.push(name(s));
-            f.isolate_later = Some(p);
+            f.later = Some(Later::Isolate(p));
+        }
+        "lagging-standbys-kill-primary" => {
+            if roles.standbys.is_empty() {
+                return Ok(f.missed("primary", "no standby"));
+            }
+            for s in roles.standbys.clone() {
+                match wal_receiver(c, s) {
+                    Some(r) => f.stop(vec![r], &format!("{}'s WAL receiver", name(s))),
+                    None => f.note(format!("{} had no WAL receiver", name(s))),
+                }
+                f.targets.push(name(s));
+            }
+            f.later = Some(Later::KillNodeAndResume(p));
         }
         "nosync-standby-isolate-primary" => {
             let Some(s) = standby else {
@@ -296,7 +315,7 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             }
             // The window opens a lease and a report after the standbys stop (3.5 s with
             // the default lease): the primary is cut off once it writes alone.
-            f.isolate_later = Some(p);
+            f.later = Some(Later::Isolate(p));
             f.escalate_after = std::time::Duration::from_millis(4_500);
         }
         "sync-standby-down-primary-restart" => {
@@ -310,6 +329,14 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         other => anyhow::bail!("scenario {other} has no fault"),
     }
     Ok(f)
+}
+
+/// The pid of node `k`'s WAL receiver, while it streams.
+fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
+    let pm = c.postmaster_pid(k)?;
+    hosts::children_of(pm)
+        .into_iter()
+        .find(|p| hosts::cmdline(*p).contains("walreceiver"))
 }
 
 /// Every pair that cuts node `k` off from the others.
@@ -344,10 +371,26 @@ impl Fault {
         Ok(())
     }
 
-    /// Cuts the primary off now (promote-laggard's second half).
-    pub fn escalate(&mut self, n: u16) -> anyhow::Result<()> {
-        match self.isolate_later.take() {
-            Some(p) => self.cut(n, isolate(n, p), Cut::Drop),
+    /// The fault's second half ([`Later`]), now.
+    pub fn escalate(&mut self, c: &mut Cluster) -> anyhow::Result<()> {
+        match self.later.take() {
+            Some(Later::Isolate(p)) => self.cut(c.n, isolate(c.n, p), Cut::Drop),
+            Some(Later::KillNodeAndResume(p)) => {
+                let resumed: Vec<i32> = self
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Stopped(pids) => Some(pids.clone()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                self.kill_node(c, p)?;
+                signal(&resumed, Signal::SIGCONT);
+                self.steps.retain(|s| !matches!(s, Step::Stopped(_)));
+                self.note(format!("SIGCONT {resumed:?}"));
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -26,6 +26,7 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 const WARMUP: Duration = Duration::from_secs(3);
 
+#[derive(Clone, Debug, Default)]
 pub struct RunOpts {
     pub scenario: String,
     pub seed: u64,
@@ -34,7 +35,16 @@ pub struct RunOpts {
     pub raftpg: PathBuf,
     /// Keep PostgreSQL's data directories even when the run is valid.
     pub keep_data: bool,
+    /// TOML appended to every node's `raftpg.toml` (the canaries' unsafe settings).
+    pub toml: String,
+    /// `raftpg ctl config set` arguments, committed once the cluster formed.
+    pub config: Vec<String>,
+    /// The shortest and longest fault window, in milliseconds ((0, 0): [`WINDOW_MS`]).
+    pub window_ms: (u64, u64),
 }
+
+/// How long a fault window holds its fault unless a run says otherwise.
+pub const WINDOW_MS: (u64, u64) = (6_000, 10_000);
 
 pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
     hosts::require_root()?;
@@ -52,7 +62,9 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
         println!("swept a leftover of an earlier run: {what}");
     }
     hosts::setup(NODES).context("cannot build the hosts")?;
-    let mut c = match hosts::check_traffic(NODES).and_then(|_| Cluster::create(&opts.out, NODES, &opts.raftpg)) {
+    let created =
+        hosts::check_traffic(NODES).and_then(|_| Cluster::create_with(&opts.out, NODES, &opts.raftpg, &opts.toml));
+    let mut c = match created {
         Ok(c) => c,
         Err(e) => {
             let _ = hosts::sweep();
@@ -95,6 +107,12 @@ async fn drive(opts: &RunOpts, c: &mut Cluster) -> anyhow::Result<Verdict> {
         t0,
         &format!("formed: primary {}, both standbys streaming", cluster::name(primary)),
     );
+    if !opts.config.is_empty() {
+        let mut args = vec!["config", "set"];
+        args.extend(opts.config.iter().map(String::as_str));
+        c.ctl(&args)?;
+        say(t0, &format!("config set {}", opts.config.join(" ")));
+    }
     workload::create_tables(primary)
         .await
         .context("cannot create the workload tables")?;
@@ -146,7 +164,11 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
     let end = Instant::now() + opts.time;
     let mut last_heal = Instant::now();
     while Instant::now() < end {
-        let window = Duration::from_millis(rng.gen_range(6_000..=10_000));
+        let (shortest, longest) = match opts.window_ms {
+            (0, 0) => WINDOW_MS,
+            span => span,
+        };
+        let window = Duration::from_millis(rng.gen_range(shortest..=longest.max(shortest)));
         let quiet = Duration::from_millis(rng.gen_range(2_000..=4_000));
         let view = wait_primary(c, Duration::from_secs(30)).await.unwrap_or_default();
         let confirmed = match view.primary {
@@ -182,9 +204,9 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         );
         // A fault that escalates later than usual keeps its escalated part as long.
         let until = Instant::now() + window + fault.escalate_after.saturating_sub(Duration::from_secs(2));
-        if fault.isolate_later.is_some() {
+        if fault.later.is_some() {
             tokio::time::sleep(fault.escalate_after).await;
-            fault.escalate(NODES)?;
+            fault.escalate(c)?;
             say(t0, &format!("  then {}", fault.detail));
         }
         match fault.flap {

@@ -8,26 +8,44 @@ use crate::nemesis::SCENARIOS;
 use crate::run::{self, RunOpts};
 use crate::verdict::Verdict;
 
-/// Runs every scenario of the tier with seeds 1..=seeds; true when no run
-/// was invalid. A run that errs (could not even start) counts as invalid.
+/// `n` fresh seeds, short enough to type back in with `--seed`.
+pub fn fresh_seeds(n: u64) -> Vec<u64> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..n).map(|_| rng.gen_range(1..1_000_000)).collect()
+}
+
+/// Runs every scenario of the tier with each seed; true when every run
+/// passed. A run that errs (could not even start) counts as invalid.
 pub async fn run(
     smoke: bool,
-    seeds: u64,
+    seeds: &[u64],
     time: Duration,
+    window_ms: (u64, u64),
     out: &Path,
     raftpg: &Path,
     keep_data: bool,
 ) -> anyhow::Result<bool> {
+    let shown: Vec<String> = seeds.iter().map(u64::to_string).collect();
+    println!(
+        "suite: seeds {} (replay one with --seed), {} s of faults per run, windows of {}-{} ms",
+        shown.join(", "),
+        time.as_secs(),
+        window_ms.0,
+        window_ms.1
+    );
     let mut rows: Vec<(String, u64, Result<Verdict, String>)> = Vec::new();
     for s in SCENARIOS.iter().filter(|s| s.smoke || !smoke) {
-        for seed in 1..=seeds {
+        for &seed in seeds {
             let opts = RunOpts {
                 scenario: s.name.to_string(),
                 seed,
                 time,
+                window_ms,
                 out: out.join(format!("{}-seed{seed}", s.name)),
                 raftpg: raftpg.to_path_buf(),
                 keep_data,
+                ..RunOpts::default()
             };
             let result = run::run(&opts).await.map_err(|e| format!("{e:#}"));
             match &result {

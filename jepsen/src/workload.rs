@@ -23,8 +23,9 @@ use raftpg::postgres::parse_lsn;
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const APPEND_KEYS: i32 = 8;
 const REGISTER_KEYS: i32 = 4;
-/// The clients, by workload. The register has five, so that its keys see
-/// real concurrency; the others two each.
+/// The clients that follow the primary, by workload. The register has five,
+/// so that its keys see real concurrency; the others two each. [`clients`]
+/// adds the pinned ones.
 const CLIENTS: [Kind; 11] = [
     Kind::Set,
     Kind::Set,
@@ -113,9 +114,11 @@ impl Workloads {
     pub fn start(rec: Arc<Recorder>, n: u16, seed: u64) -> Workloads {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        for (p, kind) in CLIENTS.into_iter().enumerate() {
+        let kinds = clients(n);
+        for (p, kind) in kinds.iter().copied().enumerate() {
             let client = ClientLoop {
                 process: p as u32,
+                stride: kinds.len() as u32,
                 kind,
                 n,
                 rec: rec.clone(),
@@ -140,12 +143,28 @@ impl Workloads {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Set,
     Append,
     Register,
     Bank,
+    /// Reads the append keys on node K only, whatever its role: on a node that
+    /// says it is primary such a read must be recent (a deposed primary that
+    /// still serves is the stale read the recency check looks for); on a
+    /// standby it is recorded without a timeline and not held to recency.
+    PinnedReader(u16),
+    /// Appends on node K only: it fails at once while K is a standby and
+    /// succeeds from the moment K is promoted, so a new primary acknowledges
+    /// a write as soon as it can, while a pinned reader may still be on the old one.
+    PinnedWriter(u16),
+}
+
+/// Every client of a run on `n` nodes: [`CLIENTS`], then a pinned reader and
+/// a pinned writer per node.
+fn clients(n: u16) -> Vec<Kind> {
+    let pinned = (1..=n).flat_map(|k| [Kind::PinnedReader(k), Kind::PinnedWriter(k)]);
+    CLIENTS.into_iter().chain(pinned).collect()
 }
 
 /// An open session and the node it is connected to.
@@ -157,9 +176,10 @@ struct Conn {
 struct ClientLoop {
     /// This client's process id in the history. After an operation whose
     /// outcome is unknown it takes a fresh one (the old id plus the number of
-    /// clients), as Jepsen does: the unknown operation may still be running
-    /// in the server, so the old process never completes it.
+    /// clients, `stride`), as Jepsen does: the unknown operation may still be
+    /// running in the server, so the old process never completes it.
     process: u32,
+    stride: u32,
     kind: Kind,
     n: u16,
     rec: Arc<Recorder>,
@@ -192,7 +212,7 @@ impl Done {
 impl ClientLoop {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let pace = match self.kind {
-            Kind::Register => Duration::from_millis(25),
+            Kind::Register | Kind::PinnedReader(_) | Kind::PinnedWriter(_) => Duration::from_millis(25),
             _ => Duration::from_millis(10),
         };
         while !*stop.borrow() {
@@ -204,9 +224,17 @@ impl ClientLoop {
                 Err(_) => Done::failed(Outcome::Info, f, "client timeout".into()),
             };
             let node = self.conn.as_ref().map(|c| cluster::name(c.node));
-            if done.outcome != Outcome::Ok {
+            // A session that failed may be on a standby: clients that follow the primary
+            // open a new one. A pinned client stays, unless the outcome is unknown.
+            let pinned = matches!(self.kind, Kind::PinnedReader(_) | Kind::PinnedWriter(_));
+            if done.outcome == Outcome::Info || (done.outcome == Outcome::Fail && !pinned) {
                 self.conn = None;
             }
+            // A pinned writer on a standby fails at once: it asks again 100 ms later.
+            let pace = match (self.kind, done.outcome) {
+                (Kind::PinnedWriter(_), Outcome::Fail) => Duration::from_millis(100),
+                _ => pace,
+            };
             self.rec.op(Op {
                 index: 0,
                 process: self.process,
@@ -220,7 +248,7 @@ impl ClientLoop {
                 f: done.f,
             });
             if done.outcome == Outcome::Info {
-                self.process += CLIENTS.len() as u32;
+                self.process += self.stride;
             }
             tokio::select! {
                 _ = tokio::time::sleep(pace) => {}
@@ -237,6 +265,15 @@ impl ClientLoop {
     fn next_op(&mut self) -> F {
         match self.kind {
             Kind::Set => F::SetAdd { id: self.unique() },
+            Kind::PinnedReader(_) => F::AppendRead {
+                key: self.rng.gen_range(0..APPEND_KEYS),
+                result: None,
+            },
+            Kind::PinnedWriter(_) => F::AppendAdd {
+                key: self.rng.gen_range(0..APPEND_KEYS),
+                value: self.unique(),
+                result: None,
+            },
             Kind::Append => {
                 let key = self.rng.gen_range(0..APPEND_KEYS);
                 if self.rng.gen_bool(0.8) {
@@ -288,7 +325,11 @@ impl ClientLoop {
         // Bank reads may be served by any node, standbys included.
         let writable = !matches!(f, F::BankRead { .. });
         if self.conn.is_none() {
-            match open(self.n, self.process, writable).await {
+            let opened = match self.kind {
+                Kind::PinnedReader(k) | Kind::PinnedWriter(k) => open_on(k).await,
+                _ => open(self.n, self.process, writable).await,
+            };
+            match opened {
                 Ok(c) => self.conn = Some(c),
                 // Nothing was sent: it cannot have taken effect.
                 Err(e) => return Done::failed(Outcome::Fail, f, format!("connect: {e}")),
@@ -326,6 +367,12 @@ async fn open(n: u16, process: u32, writable: bool) -> anyhow::Result<Conn> {
     let addr: String = row.get(0);
     let node = hosts::node_of(&addr).ok_or_else(|| anyhow::anyhow!("connected to an unknown address {addr}"))?;
     Ok(Conn { client, node })
+}
+
+/// Opens a session on node `k` alone, whatever its role.
+async fn open_on(k: u16) -> anyhow::Result<Conn> {
+    let client = connect_direct(k, 1).await?;
+    Ok(Conn { client, node: k })
 }
 
 /// Sorts a failed operation by its SQLSTATE (None: no error from the server,

@@ -563,12 +563,15 @@ async fn lease_loop(
     let mut client = ReportClient::new(node.transport.clone());
     let mut fenced_expiry: Option<Instant> = None;
     let lease_file = pg.ctl.socket_dir.join("lease");
-    let mut keeper = match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir, node.cfg.vip.as_ref()) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");
-            None
-        }
+    let mut keeper = match node.cfg.unsafe_for_testing.no_fence_keeper {
+        true => None,
+        false => match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir, node.cfg.vip.as_ref()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");
+                None
+            }
+        },
     };
     let mut next_send = Instant::now();
     let mut checked_lease_ms = 0;

@@ -105,11 +105,13 @@ fn check_key_lists(key: i32, lists: &[Observed], attempts: &HashMap<(i32, i64), 
     out
 }
 
-/// Recency: an operation that began after an append to its key was
-/// acknowledged sees that append (reads, and appends, whose result is a
-/// read of the list they extended). A stale read, such as one served by a
-/// deposed primary after the new one acknowledged a write, misses it while
-/// still being a prefix, which the order check above cannot see.
+/// Recency: an operation served by a primary (it read a timeline, so the
+/// node was not in recovery) that began after an append to its key was
+/// acknowledged sees that append (reads, and appends, whose result is a read
+/// of the list they extended). A stale read, such as one served by a deposed
+/// primary after the new one acknowledged a write, misses it while still
+/// being a prefix, which the order check above cannot see. Standbys may lag
+/// by design: their reads carry no timeline and are not held to this.
 ///
 /// Lists are checked against the longest one (`reference`): in a list that
 /// is a prefix of it, holding the append furthest along the reference that
@@ -131,7 +133,7 @@ fn stale_reads(key: i32, lists: &[Observed], reference: &[i64]) -> Vec<Anomaly> 
             Source::Append(op) | Source::Read(op) => Some((*op, *list)),
             Source::Final(_) => None,
         })
-        .filter(|(_, list)| first_difference(list, reference).is_none())
+        .filter(|(op, list)| op.timeline.is_some() && first_difference(list, reference).is_none())
         .collect();
     readers.sort_by_key(|(o, _)| o.start_ns);
     let value = |o: &Op| match o.f {
@@ -238,6 +240,10 @@ mod tests {
             add(1, 3, &[1, 3], 40),         // diverges: reported as that, not again here
             add(2, 9, &[9], 0),             // another key
             on(read(2, &[], 30), "n2", 1),  // misses 9
+            Op {
+                timeline: None,
+                ..read(2, &[], 31)
+            }, // misses 9 too, but on a standby
             add(1, 4, &[1, 2, 4], 20),      // an append is a read too: it saw 2
         ];
         let r = append(&history(ops, vec![]));
