@@ -13,8 +13,8 @@ use anyhow::Context;
 use crate::hosts;
 
 pub const PG_PORT: u16 = 5432;
-const RAFT_PORT: u16 = 7000;
-const GRPC_PORT: u16 = 7100;
+pub const RAFT_PORT: u16 = 7000;
+pub const GRPC_PORT: u16 = 7100;
 const HTTP_PORT: u16 = 8008;
 /// The superuser's and replication role's password on the suite's private bridge. The
 /// nodes authenticate with scram-sha-256 and password files, as production does; the
@@ -35,6 +35,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     raftpg: PathBuf,
     children: Vec<Option<Child>>,
+    /// Per node, the rate its clock runs at (`faketime -f "+0 xRATE"`, shared by raftpg,
+    /// its fence keeper and its PostgreSQL); None runs at the real rate.
+    pub clock_rates: Vec<Option<f64>>,
 }
 
 /// Who holds which role, as raftpg itself says.
@@ -96,6 +99,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             raftpg: raftpg.to_path_buf(),
             children: (0..n).map(|_| None).collect(),
+            clock_rates: vec![None; usize::from(n)],
         })
     }
 
@@ -156,9 +160,15 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(node_dir.join("raftpg.log"))?;
+        // A skewed clock: the faketime wrapper gives the whole process tree one shared
+        // reference, so the fence keeper reads raftpg's lease expiry on the same clock.
+        let skew = match self.clock_rates.get(usize::from(k - 1)).copied().flatten() {
+            Some(rate) => format!("faketime -f '+0 x{rate}' "),
+            None => String::new(),
+        };
         // Join the group before exec so that every later child is in it too.
         let script = format!(
-            "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} run --config {}",
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} {skew}{} run --config {}",
             hosts::cgroup(k).display(),
             hosts::netns(k),
             self.raftpg.display(),

@@ -283,13 +283,20 @@ pub fn partition(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> {
 /// and every pair that is not cut still connects. All checks run at once, so a drop
 /// costs one connect timeout (300 ms), not one per pair.
 pub fn verify_cut(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> {
+    verify(n, pairs, how, &[])
+}
+
+/// [`verify_cut`], leaving the pairs in `skip` (either way) unchecked.
+fn verify(n: u16, pairs: &[(u16, u16)], how: Cut, skip: &[(u16, u16)]) -> anyhow::Result<()> {
     let listeners: Vec<TcpListener> = (1..=n)
         .map(|k| in_netns(k, move || TcpListener::bind(SocketAddrV4::new(ip(k), CHECK_PORT))))
         .collect::<anyhow::Result<Result<Vec<_>, _>>>()?
         .context("cannot listen inside a node namespace")?;
     let cut = |a: u16, b: u16| pairs.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
+    let skipped = |a: u16, b: u16| skip.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
     let checks: Vec<(u16, u16)> = (1..=n)
         .flat_map(|from| (1..=n).filter(move |to| *to != from).map(move |to| (from, to)))
+        .filter(|&(a, b)| !skipped(a, b))
         .collect();
     let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = checks
@@ -325,6 +332,76 @@ pub fn verify_cut(n: u16, pairs: &[(u16, u16)], how: Cut) -> anyhow::Result<()> 
 /// A TCP connect from the calling thread's namespace to node `to`'s check port.
 pub fn connect_across(to: u16, timeout: Duration) -> std::io::Result<()> {
     TcpStream::connect_timeout(&SocketAddrV4::new(ip(to), CHECK_PORT).into(), timeout).map(drop)
+}
+
+/// One link cut by [`cut_links`]: the packets from `from` to `to` (and back, when
+/// `both_ways`) are dropped; only TCP to or from `ports` when that is not empty; only
+/// `loss_percent` of them, at random, when that is set (a lossy link, not a cut).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub from: u16,
+    pub to: u16,
+    pub both_ways: bool,
+    pub ports: Vec<u16>,
+    pub loss_percent: Option<u8>,
+}
+
+/// Node `k`'s rules for `links`: `(input, output)`.
+fn link_rules(k: u16, links: &[Link]) -> (String, String) {
+    let rule = |dir: &str, peer: u16, l: &Link| -> String {
+        let who = format!("ip {dir} {}", ip(peer));
+        let drop = match l.loss_percent {
+            Some(p) => format!("numgen random mod 100 < {p} drop"),
+            None => "drop".to_string(),
+        };
+        if l.ports.is_empty() {
+            return format!(" {who} {drop}\n");
+        }
+        let set = l.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        format!(" {who} tcp dport {{ {set} }} {drop}\n {who} tcp sport {{ {set} }} {drop}\n")
+    };
+    let (mut rin, mut rout) = (String::new(), String::new());
+    for l in links {
+        if l.to == k || (l.both_ways && l.from == k) {
+            rin += &rule("saddr", if l.to == k { l.from } else { l.to }, l);
+        }
+        if l.from == k || (l.both_ways && l.to == k) {
+            rout += &rule("daddr", if l.from == k { l.to } else { l.from }, l);
+        }
+    }
+    (rin, rout)
+}
+
+/// Installs exactly these link cuts (drops), replacing any earlier cuts. One-way
+/// cuts and cuts of some ports only are what [`partition`] cannot say.
+pub fn cut_links(n: u16, links: &[Link]) -> anyhow::Result<()> {
+    for k in 1..=n {
+        let (rin, rout) = link_rules(k, links);
+        let mut rules = String::from("table inet rpj\ndelete table inet rpj\n");
+        if !rin.is_empty() || !rout.is_empty() {
+            rules += &format!(
+                "table inet rpj {{\n chain input {{ type filter hook input priority 0; policy accept;\n{rin} }}\n\
+                 chain output {{ type filter hook output priority 0; policy accept;\n{rout} }}\n}}\n"
+            );
+        }
+        nft(k, &rules)?;
+    }
+    Ok(())
+}
+
+/// Proves that link cuts hold: a connect between two nodes that a link cuts on every
+/// port times out (either way: a one-way cut stops the handshake in both directions),
+/// and every other pair, port-only cuts included (the check port is not theirs), connects.
+/// A lossy link may do either, so its pair is not checked.
+pub fn verify_links(n: u16, links: &[Link]) -> anyhow::Result<()> {
+    let pairs = |lossy: bool| -> Vec<(u16, u16)> {
+        links
+            .iter()
+            .filter(|l| l.loss_percent.is_some() == lossy && (lossy || l.ports.is_empty()))
+            .map(|l| (l.from, l.to))
+            .collect()
+    };
+    verify(n, &pairs(false), Cut::Drop, &pairs(true))
 }
 
 /// Removes every cut.

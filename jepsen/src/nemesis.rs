@@ -40,7 +40,20 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
+    sc("one-way-primary-out", "the primary's packets to both standbys dropped; it still hears them", false),
+    sc("one-way-primary-in", "the standbys' packets to the primary dropped; it still reaches them", false),
+    sc("isolate-primary-raft", "only Raft and control traffic between the primary and the standbys cut; replication flows", false),
+    sc("isolate-primary-pg", "only PostgreSQL traffic between the primary and the standbys cut; Raft flows", false),
+    sc("lossy-primary", "25 % of the packets between the primary and the standbys dropped at random, both ways: retransmissions around the renewal interval", false),
+    sc("pause-primary-raftpg-short", "SIGSTOP of the primary's raftpg for 1-3 s, around the 2 s lease", false),
+    sc("kill-all-nodes", "kill -9 of every node at once, writes in flight: a cold restart", false),
+    sc("switchover-isolate-standby", "one standby cut off, then a switchover to the other", false),
+    sc("pause-primary-pg-kill-candidate", "the primary's PostgreSQL paused; the moment raftpg names its successor (Promote committed), that candidate's node killed", false),
+    sc("pause-primary-pg-kill-raft-leader", "the primary's PostgreSQL paused; the moment raftpg names its successor, the Raft leader's node killed", false),
+    sc("back-to-back-failovers", "the primary cut off; the moment raftpg names its successor, the old primary healed and the new one cut off", false),
+    sc("skewed-clocks-isolate-primary", "the nodes' clocks run at 0.96, 1.0 and 1.04 times the real rate from the start (faketime; inside the 10 % the lease allows); each window cuts the primary off", false),
     sc("chaos", "a random fault from the list above in every window", false),
+    sc("chaos-multi", "two faults at once in every window: a network fault and a process fault, each drawn at random", false),
 ];
 
 const fn sc(name: &'static str, about: &'static str, smoke: bool) -> Scenario {
@@ -86,6 +99,8 @@ pub struct Fault {
     pub later: Option<Later>,
     /// How long after the start `later` happens.
     pub escalate_after: std::time::Duration,
+    /// The fault's own window span in milliseconds, when the run's does not suit it.
+    pub window_ms: Option<(u64, u64)>,
 }
 
 /// What a fault does once its first half has had time to work.
@@ -96,6 +111,20 @@ pub enum Later {
     /// Kill every process of the primary's node, then resume what the first half
     /// stopped (lagging-standbys-kill-primary: the receivers come back to a dead primary).
     KillNodeAndResume(u16),
+    /// Once raftpg names a primary of a newer generation than `generation` (a failover's
+    /// `Promote` committed), `then` at once: a fault in the middle of the failover.
+    OnNewPrimary { generation: u64, then: Then },
+}
+
+/// What [`Later::OnNewPrimary`] does to the failover it caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Kill the candidate's node, before it can record its timeline.
+    KillCandidate,
+    /// Kill the Raft leader's node, whose controller runs the failover.
+    KillRaftLeader,
+    /// Heal the old primary and cut the new one off: a second failover right after the first.
+    IsolateCandidate,
 }
 
 /// The roles at the start of a fault.
@@ -105,6 +134,7 @@ pub struct Roles {
     pub primary_confirmed: bool,
     pub standbys: Vec<u16>,
     pub raft_leader: Option<u16>,
+    pub generation: u64,
 }
 
 impl Roles {
@@ -114,6 +144,7 @@ impl Roles {
             primary_confirmed,
             standbys: (1..=n).filter(|k| Some(*k) != view.primary).collect(),
             raft_leader: view.raft_leader,
+            generation: view.generation,
         }
     }
 
@@ -122,10 +153,48 @@ impl Roles {
     }
 }
 
-/// The scenario's fault for this window. `chaos` draws one of the others.
+/// The network faults `chaos-multi` draws from: each installs its own cuts (or netem), so
+/// only one of them runs at a time.
+const NETWORK_FAULTS: &[&str] = &[
+    "isolate-primary",
+    "isolate-standby",
+    "bridge-primary",
+    "bridge-standby",
+    "one-way-primary-out",
+    "one-way-primary-in",
+    "isolate-primary-raft",
+    "isolate-primary-pg",
+    "lossy-primary",
+];
+
+/// The process faults `chaos-multi` draws from (none has a second half or a window of its own).
+const PROCESS_FAULTS: &[&str] = &[
+    "kill-primary-pg",
+    "kill-primary-raftpg",
+    "kill-primary-node",
+    "pause-primary-raftpg",
+    "pause-primary-pg",
+    "pause-primary-node",
+    "kill-standby",
+    "pause-standby",
+];
+
+/// The scenario's fault for this window. `chaos` draws one of the others; `chaos-multi`
+/// draws a network fault and a process fault and applies both.
 pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<Fault> {
+    if scenario == "chaos-multi" {
+        let network = NETWORK_FAULTS[rng.gen_range(0..NETWORK_FAULTS.len())];
+        let process = PROCESS_FAULTS[rng.gen_range(0..PROCESS_FAULTS.len())];
+        let first = start(network, roles, c, rng)?;
+        let second = start(process, roles, c, rng)?;
+        return Ok(first.merge(second));
+    }
     let scenario = if scenario == "chaos" {
-        let plain: Vec<&Scenario> = SCENARIOS.iter().filter(|s| s.name != "chaos").collect();
+        // A skew is set when the nodes start, not in a window: chaos draws its cut alone.
+        let plain: Vec<&Scenario> = SCENARIOS
+            .iter()
+            .filter(|s| !matches!(s.name, "chaos" | "chaos-multi" | "skewed-clocks-isolate-primary"))
+            .collect();
         plain[rng.gen_range(0..plain.len())].name
     } else {
         scenario
@@ -142,6 +211,7 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         steps: vec![],
         flap: None,
         later: None,
+        window_ms: None,
         escalate_after: std::time::Duration::from_secs(2),
     };
     let Some(p) = roles.primary else {
@@ -157,7 +227,7 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         ));
     }
     match scenario {
-        "isolate-primary" | "isolate-primary-reset" => {
+        "isolate-primary" | "isolate-primary-reset" | "skewed-clocks-isolate-primary" => {
             let how = if scenario.ends_with("reset") {
                 Cut::Reset
             } else {
@@ -228,6 +298,32 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             Some(pid) => f.stop(vec![pid], "raftpg"),
             None => return Ok(f.missed("primary", "its raftpg was not running")),
         },
+        "pause-primary-pg-kill-candidate" | "pause-primary-pg-kill-raft-leader" => match c.postmaster_pid(p) {
+            Some(pm) => {
+                let mut pids = vec![pm];
+                pids.extend(hosts::children_of(pm));
+                f.stop(pids, "postmaster and backends");
+                let then = match scenario.ends_with("candidate") {
+                    true => Then::KillCandidate,
+                    false => Then::KillRaftLeader,
+                };
+                f.later = Some(Later::OnNewPrimary {
+                    generation: roles.generation,
+                    then,
+                });
+                // Long enough for the failover the second half waits for.
+                f.window_ms = Some((6_000, 15_000));
+            }
+            None => return Ok(f.missed("primary", "no postmaster")),
+        },
+        "back-to-back-failovers" => {
+            f.cut(n, isolate(n, p), Cut::Drop)?;
+            f.later = Some(Later::OnNewPrimary {
+                generation: roles.generation,
+                then: Then::IsolateCandidate,
+            });
+            f.window_ms = Some((6_000, 15_000));
+        }
         "pause-primary-pg" => match c.postmaster_pid(p) {
             Some(pm) => {
                 let mut pids = vec![pm];
@@ -318,6 +414,86 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             f.later = Some(Later::Isolate(p));
             f.escalate_after = std::time::Duration::from_millis(4_500);
         }
+        "one-way-primary-out" | "one-way-primary-in" => {
+            let links = roles
+                .standbys
+                .iter()
+                .map(|&s| {
+                    let (from, to) = if scenario.ends_with("out") { (p, s) } else { (s, p) };
+                    hosts::Link {
+                        from,
+                        to,
+                        both_ways: false,
+                        ports: vec![],
+                        loss_percent: None,
+                    }
+                })
+                .collect();
+            f.cut_links(n, links)?;
+        }
+        "isolate-primary-raft" | "isolate-primary-pg" => {
+            let ports = match scenario.ends_with("raft") {
+                true => vec![crate::cluster::RAFT_PORT, crate::cluster::GRPC_PORT],
+                false => vec![crate::cluster::PG_PORT],
+            };
+            let links = roles
+                .standbys
+                .iter()
+                .map(|&s| hosts::Link {
+                    from: p,
+                    to: s,
+                    both_ways: true,
+                    ports: ports.clone(),
+                    loss_percent: None,
+                })
+                .collect();
+            f.cut_links(n, links)?;
+        }
+        // This machine's kernel has no netem qdisc: random drops in nftables stand in for a
+        // bad link (TCP's retransmissions then delay renewals and reports by 200 ms and more).
+        "lossy-primary" => {
+            let links = roles
+                .standbys
+                .iter()
+                .map(|&s| hosts::Link {
+                    from: p,
+                    to: s,
+                    both_ways: true,
+                    loss_percent: Some(25),
+                    ..hosts::Link::default()
+                })
+                .collect();
+            f.cut_links(n, links)?;
+        }
+        "pause-primary-raftpg-short" => match c.raftpg_pid(p) {
+            Some(pid) => {
+                f.stop(vec![pid], "raftpg");
+                f.window_ms = Some((1_000, 3_000));
+            }
+            None => return Ok(f.missed("primary", "its raftpg was not running")),
+        },
+        "kill-all-nodes" => {
+            f.intended = "every node".into();
+            f.targets = (1..=n).map(name).collect();
+            for k in 1..=n {
+                f.kill_node(c, k)?;
+            }
+            // kill_node clears `hit` only for a node with nothing to kill.
+        }
+        "switchover-isolate-standby" => {
+            let Some(s) = standby else {
+                return Ok(f.missed("primary", "no standby"));
+            };
+            let Some(o) = other(Some(s)) else {
+                return Ok(f.missed("primary", "only one standby"));
+            };
+            f.targets.push(name(s));
+            f.cut(n, isolate(n, s), Cut::Drop)?;
+            match c.ctl(&["switchover", "--to", &name(o)]) {
+                Ok(_) => f.note(format!("switched over to {}", name(o))),
+                Err(e) => f.note(format!("the switchover to {} was refused: {e}", name(o))),
+            }
+        }
         "sync-standby-down-primary-restart" => {
             let Some(s) = standby else {
                 return Ok(f.missed("primary", "no standby"));
@@ -371,6 +547,41 @@ impl Fault {
         Ok(())
     }
 
+    /// The second half of a [`Later::OnNewPrimary`] fault, given what raftpg names now
+    /// (None: no successor was named in time, so the fault missed its premise).
+    pub fn on_new_primary(&mut self, c: &mut Cluster, seen: Option<&View>) -> anyhow::Result<()> {
+        let Some(Later::OnNewPrimary { then, .. }) = self.later.take() else {
+            return Ok(());
+        };
+        let Some((q, v)) = seen.and_then(|v| Some((v.primary?, v))) else {
+            self.hit = false;
+            self.note("no successor was named within the window: the second half never ran".into());
+            return Ok(());
+        };
+        self.note(format!("{} named primary (generation {})", name(q), v.generation));
+        match then {
+            Then::KillCandidate => {
+                self.targets.push(name(q));
+                self.kill_node(c, q)
+            }
+            Then::KillRaftLeader => match v.raft_leader {
+                Some(l) => {
+                    self.targets.push(name(l));
+                    self.kill_node(c, l)
+                }
+                None => {
+                    self.hit = false;
+                    self.note("no Raft leader was named".into());
+                    Ok(())
+                }
+            },
+            Then::IsolateCandidate => {
+                self.targets.push(name(q));
+                self.cut(c.n, isolate(c.n, q), Cut::Drop)
+            }
+        }
+    }
+
     /// The fault's second half ([`Later`]), now.
     pub fn escalate(&mut self, c: &mut Cluster) -> anyhow::Result<()> {
         match self.later.take() {
@@ -391,7 +602,7 @@ impl Fault {
                 self.note(format!("SIGCONT {resumed:?}"));
                 Ok(())
             }
-            None => Ok(()),
+            Some(Later::OnNewPrimary { .. }) | None => Ok(()),
         }
     }
 
@@ -404,6 +615,43 @@ impl Fault {
         c.reap(k);
         self.note(format!("SIGKILL {} processes of {}", pids.len(), name(k)));
         self.steps.push(Step::Restart(k));
+        Ok(())
+    }
+
+    /// Both faults as one: healed together, the second first. It hit when both did.
+    fn merge(mut self, other: Fault) -> Fault {
+        self.fault = format!("{}+{}", self.fault, other.fault);
+        for t in other.targets {
+            if !self.targets.contains(&t) {
+                self.targets.push(t);
+            }
+        }
+        if self.intended != other.intended {
+            self.intended = format!("{} and {}", self.intended, other.intended);
+        }
+        self.hit = self.hit && other.hit;
+        self.note(other.detail);
+        self.steps.extend(other.steps);
+        self
+    }
+
+    fn cut_links(&mut self, n: u16, links: Vec<hosts::Link>) -> anyhow::Result<()> {
+        hosts::cut_links(n, &links)?;
+        hosts::verify_links(n, &links)?;
+        let shown: Vec<String> = links
+            .iter()
+            .map(|l| {
+                let arrow = if l.both_ways { "-" } else { "->" };
+                let ports = match l.ports.is_empty() {
+                    true => String::new(),
+                    false => format!(" ports {:?}", l.ports),
+                };
+                let loss = l.loss_percent.map(|p| format!(" {p} % lost")).unwrap_or_default();
+                format!("{}{arrow}{}{ports}{loss}", name(l.from), name(l.to))
+            })
+            .collect();
+        self.note(format!("cut {} (verified)", shown.join(" ")));
+        self.steps.push(Step::Cut);
         Ok(())
     }
 
@@ -488,6 +736,15 @@ mod tests {
             ]
         );
         assert!(find("nope").unwrap_err().to_string().contains("raftpg-jepsen list"));
+    }
+
+    #[test]
+    fn chaos_multi_draws_only_real_single_faults() {
+        for name in NETWORK_FAULTS.iter().chain(PROCESS_FAULTS) {
+            let s = find(name).unwrap();
+            assert!(!s.name.starts_with("chaos"), "{name}");
+        }
+        assert!(NETWORK_FAULTS.iter().all(|n| !PROCESS_FAULTS.contains(n)));
     }
 
     #[test]

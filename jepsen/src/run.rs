@@ -43,6 +43,10 @@ pub struct RunOpts {
     pub window_ms: (u64, u64),
 }
 
+/// The clock rates of skewed-clocks-isolate-primary: any two differ by at most 8 %, inside
+/// the 10 % (`lease::DRIFT_PERMILLE`) the controller's deadline allows for.
+pub const SKEWED_CLOCKS: [f64; 3] = [0.96, 1.0, 1.04];
+
 /// How long a fault window holds its fault unless a run says otherwise.
 pub const WINDOW_MS: (u64, u64) = (6_000, 10_000);
 
@@ -99,6 +103,14 @@ async fn drive(opts: &RunOpts, c: &mut Cluster) -> anyhow::Result<Verdict> {
             opts.out.display()
         ),
     );
+    if opts.scenario == "skewed-clocks-isolate-primary" {
+        anyhow::ensure!(
+            hosts::sh("sh", &["-c", "command -v faketime"]).is_ok(),
+            "skewed-clocks-isolate-primary needs faketime: apt-get install faketime"
+        );
+        c.clock_rates = SKEWED_CLOCKS.iter().map(|r| Some(*r)).collect();
+        say(t0, &format!("clock rates n1..n3: {SKEWED_CLOCKS:?}"));
+    }
     for k in 1..=NODES {
         c.start(k)?;
     }
@@ -180,6 +192,10 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         // for its processes to be gone; the clients see the fault before that).
         let started_ns = rec.now_ns();
         let mut fault = nemesis::start(&opts.scenario, &roles, c, &mut rng)?;
+        let window = match fault.window_ms {
+            Some((shortest, longest)) => Duration::from_millis(rng.gen_range(shortest..=longest)),
+            None => window,
+        };
         let event = |action, time_ns, fault: &nemesis::Fault| {
             Record::Nemesis(NemesisEvent {
                 time_ns,
@@ -191,6 +207,30 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
                 detail: fault.detail.clone(),
             })
         };
+        // A fault that escalates later than usual keeps its escalated part as long.
+        let until = Instant::now() + window + fault.escalate_after.saturating_sub(Duration::from_secs(2));
+        // The second half runs before the start is recorded, so that the record says
+        // whether the whole fault hit (a failover it waited for may never come).
+        match fault.later {
+            Some(nemesis::Later::OnNewPrimary { generation, .. }) => {
+                let mut seen = None;
+                while Instant::now() < until && seen.is_none() {
+                    seen = c
+                        .view()
+                        .await
+                        .filter(|v| v.generation > generation && v.primary.is_some());
+                    if seen.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                fault.on_new_primary(c, seen.as_ref())?;
+            }
+            Some(_) => {
+                tokio::time::sleep(fault.escalate_after).await;
+                fault.escalate(c)?;
+            }
+            None => {}
+        }
         rec.record(event(NemesisAction::Start, started_ns, &fault));
         say(
             t0,
@@ -202,13 +242,6 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
                 if fault.hit { "" } else { ": MISSED its role" }
             ),
         );
-        // A fault that escalates later than usual keeps its escalated part as long.
-        let until = Instant::now() + window + fault.escalate_after.saturating_sub(Duration::from_secs(2));
-        if fault.later.is_some() {
-            tokio::time::sleep(fault.escalate_after).await;
-            fault.escalate(c)?;
-            say(t0, &format!("  then {}", fault.detail));
-        }
         match fault.flap {
             // Its own generator: the number of flaps depends on timing, and
             // the rest of the schedule must not.

@@ -2,12 +2,13 @@
 //! time out, a reset cut refuses it at once (both ways: the reset of the input hook
 //! and the one the output hook sends back to a local connect), a heal lets it through
 //! again, and `verify_cut` tells the two apart, so a scenario whose cut did not take
-//! fails instead of passing on a fault that never happened. Needs root, as the suite does.
+//! fails instead of passing on a fault that never happened; one-way cuts and cuts of some
+//! ports only hold as they say. Needs root, as the suite does.
 
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use raftpg_jepsen::hosts::{self, Cut};
+use raftpg_jepsen::hosts::{self, Cut, Link};
 
 struct Sweep;
 
@@ -55,6 +56,34 @@ fn reset_cuts_refuse_at_once_drop_cuts_time_out_and_both_are_verified() {
     hosts::verify_cut(2, &pairs, Cut::Drop).unwrap();
     assert_eq!(connect(1, 2), Some(ErrorKind::TimedOut), "n1 -> n2 across a drop cut");
     let wrong = hosts::verify_cut(2, &pairs, Cut::Reset).expect_err("a drop cut is not a reset");
+    assert!(wrong.to_string().contains("does not hold"), "{wrong:#}");
+
+    // One way only: the handshake needs both directions, so both connects time out.
+    let one_way = [Link {
+        from: 1,
+        to: 2,
+        both_ways: false,
+        ports: vec![],
+        loss_percent: None,
+    }];
+    hosts::cut_links(2, &one_way).unwrap();
+    hosts::verify_links(2, &one_way).unwrap();
+    assert_eq!(
+        connect(2, 1),
+        Some(ErrorKind::TimedOut),
+        "n2 -> n1 across a one-way cut"
+    );
+    // Some ports only: the check port still connects, and the verifier says so.
+    let raft_only = [Link {
+        from: 1,
+        to: 2,
+        both_ways: true,
+        ports: vec![7000, 7100],
+        loss_percent: None,
+    }];
+    hosts::cut_links(2, &raft_only).unwrap();
+    hosts::verify_links(2, &raft_only).unwrap();
+    let wrong = hosts::verify_cut(2, &pairs, Cut::Drop).expect_err("a port-only cut leaves the check port open");
     assert!(wrong.to_string().contains("does not hold"), "{wrong:#}");
 
     hosts::heal(2).unwrap();

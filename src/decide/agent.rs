@@ -7,7 +7,7 @@
 //! effects layer (`crate::agent`) executes the actions after checking that the
 //! generation they were decided under is still the applied one.
 
-use crate::cluster::{ClusterState, PendingKind};
+use crate::cluster::{ChangeKind, ClusterState, PendingKind};
 use crate::decide::election::lsn;
 use crate::postgres::{conf, Controldata, PgState};
 
@@ -761,6 +761,50 @@ fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bo
         && matches!((c.checkpoint_lsn, fork), (Some(end), Some(fork)) if end < fork)
 }
 
+/// Whether a stopped standby's database cannot follow timeline `p_tl` as it is: its last
+/// checkpoint lies on a timeline that is not `p_tl` or one of its ancestors in the recorded
+/// history, or on an ancestor past the point where the line to `p_tl` forked off it. Such a
+/// database was promoted (a candidate that was replaced, then started in recovery for its
+/// final report), and PostgreSQL refuses to start it ("requested timeline does not contain
+/// minimum recovery point"), so starting it again would fail for ever (the partition suite's
+/// pause-primary-pg-kill-raft-leader). False when the history cannot tell (a timeline it
+/// does not record the parent of): then the start is tried, and a standby that cannot
+/// stream is rewound later (`DIVERGED_AFTER_MS`).
+fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> bool {
+    let (Some(t), Some(at)) = (c.timeline, c.checkpoint_lsn) else {
+        return false;
+    };
+    if t > p_tl {
+        return p_tl > 0;
+    }
+    // Walk from p_tl to its ancestors: (timeline, where the line to p_tl leaves it).
+    let mut timeline = p_tl;
+    let mut leaves: Option<u64> = None;
+    for _ in 0..=state.history.len() {
+        if timeline == t {
+            return leaves.is_some_and(|fork| at > fork);
+        }
+        let Some(entry) = state.history.iter().rev().find(|h| h.timeline == timeline) else {
+            return false;
+        };
+        match (
+            entry.parent_timeline,
+            entry.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn),
+        ) {
+            (Some(parent), Some(fork)) if parent < timeline => {
+                timeline = parent;
+                leaves = Some(fork);
+            }
+            // The first timeline: t is on p_tl's line only if it is this one, which it is not.
+            // An adopted database may have started on a later timeline, whose ancestors the
+            // history does not know: then only a timeline between them is known to be off it.
+            (None, _) if entry.kind == ChangeKind::Bootstrap => return timeline == 1 || t > timeline,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn standby(i: &AgentInput, p: &str) -> Decision {
     let mut d = following(i, p);
     // A standby keeps the slots of those that cascade from it, and no other: a slot left
@@ -835,6 +879,15 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 ),
             )
         }
+        Local::Stopped { control: Some(c) } if c.was_standby() && off_history(i.state, c, p_tl) => Decision::new(
+            vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
+            format!(
+                "my standby database ends on timeline {} at {}, which is not on {p}'s timeline {p_tl} \
+                 (a promotion that was replaced): rewinding, then following it",
+                c.timeline.unwrap_or(0),
+                lsn(c.checkpoint_lsn.unwrap_or(0))
+            ),
+        ),
         Local::Stopped { control: Some(c) } if c.was_standby() => {
             Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
         }

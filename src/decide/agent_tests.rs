@@ -1306,3 +1306,51 @@ fn a_slot_idle_past_the_ttl_is_dropped_and_only_if_raftpg_manages_it() {
     i.stale_slots = &stale;
     assert!(!decide(&i).actions.iter().any(|a| matches!(a, Action::DropSlots(_))));
 }
+
+/// A stopped standby database starts as a standby only when its last checkpoint is on the
+/// new primary's line of timelines (the recorded history): one that was promoted by a
+/// candidate that was then replaced ends on a sibling timeline, which PostgreSQL refuses to
+/// start ("requested timeline does not contain minimum recovery point"): it is rewound
+/// (the partition suite's pause-primary-pg-kill-raft-leader looped on the start for ever).
+#[test]
+fn a_stopped_standby_off_the_primarys_timeline_line_is_rewound_not_started() {
+    let s = named_state("after switchover to n2");
+    let decide_n3 = |local: Local| decide(&input("n3", &s, &local, LeaseView::Expired)).actions;
+    let start = [Action::StartStandby];
+    let rewind = [Action::Rewind { source: "n2".into() }, Action::StartStandby];
+    assert_eq!(
+        decide_n3(stopped("shut down in recovery", 1, 0x500)),
+        start,
+        "before the fork"
+    );
+    assert_eq!(
+        decide_n3(stopped("shut down in recovery", 1, 0x600)),
+        start,
+        "at the fork"
+    );
+    assert_eq!(
+        decide_n3(stopped("shut down in recovery", 2, 0x900)),
+        start,
+        "on the timeline"
+    );
+    assert_eq!(
+        decide_n3(stopped("shut down in recovery", 1, 0x700)),
+        rewind,
+        "past the fork"
+    );
+    assert_eq!(
+        decide_n3(stopped("in archive recovery", 3, 0x700)),
+        rewind,
+        "a later sibling"
+    );
+    // A history that does not know a timeline's parent cannot tell: the start is tried.
+    let mut unknown = s.clone();
+    for h in &mut unknown.history {
+        h.parent_timeline = None;
+    }
+    let local = stopped("shut down in recovery", 1, 0x700);
+    assert_eq!(
+        decide(&input("n3", &unknown, &local, LeaseView::Expired)).actions,
+        start
+    );
+}

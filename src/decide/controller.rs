@@ -628,6 +628,11 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         last_primary_lsn,
         maximum_lag_bytes: s.ha.maximum_lag_on_failover_bytes,
         old_primary: p.from.as_deref(),
+        fork: s
+            .history
+            .last()
+            .filter(|h| p.from.as_deref() == Some(h.to.as_str()))
+            .and_then(|h| Some((h.timeline, crate::postgres::parse_lsn(h.switch_lsn.as_deref()?)?))),
         requested: p.to.as_deref(),
         forced: p.forced,
         degraded: s.degraded.as_ref(),

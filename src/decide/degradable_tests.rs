@@ -413,6 +413,7 @@ fn election<'a>(
         last_primary_lsn: None,
         maximum_lag_bytes: 0,
         old_primary: Some("n1"),
+        fork: None,
         requested,
         forced,
         degraded: Some(d),

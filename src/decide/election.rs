@@ -37,6 +37,10 @@ pub struct ElectionInput<'a> {
     /// The fenced primary. A configuration that names it is `cluster::fork_holders`: members
     /// that each hold every write acknowledged before its timeline forked.
     pub old_primary: Option<&'a str>,
+    /// The fenced primary's timeline and the LSN where it forked off its parent, from the
+    /// history. A member that reports a position on that timeline at or past the fork holds
+    /// the whole prefix too, so it covers the fork holders as well as they do.
+    pub fork: Option<(u32, u64)>,
     /// Manual failover target; with `forced`, promoted whatever it may lose.
     pub requested: Option<&'a str>,
     pub forced: bool,
@@ -69,15 +73,26 @@ pub enum Election {
 /// A member that reports holding nothing (timeline 0) counts: it lost no data during the
 /// fenced generation, so it never acknowledged a commit of it. Not so in a configuration
 /// of fork holders (it names the fenced primary, which a configuration it ran never does):
-/// they held those writes, so only a real report counts there.
-/// `Err` names who is still missing.
+/// they held those writes, so only a real report counts there, or the report of any member
+/// that has streamed the fenced primary's timeline past its fork (it holds the same prefix;
+/// without this a new primary killed before its standbys confirmed, whose old primary then
+/// failed a rewind, stalled the cluster for ever: the partition suite's
+/// pause-primary-pg-kill-candidate). `Err` names who is still missing.
 fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(), String> {
     if reported.is_empty() {
         let all: Vec<&str> = input.standbys.keys().copied().collect();
         return Err(format!("no final report yet; waiting for [{}]", all.join(", ")));
     }
+    let past_fork = input.fork.is_some_and(|(timeline, at)| {
+        reported
+            .iter()
+            .any(|(_, f)| f.timeline == timeline && f.flush_lsn >= at)
+    });
     for q in input.quorums.iter().filter(|q| q.k > 0) {
         let holders = input.old_primary.is_some_and(|o| q.standbys.contains(o));
+        if holders && past_fork {
+            continue;
+        }
         let has = |n: &str| reported.iter().any(|(r, f)| *r == n && (f.timeline > 0 || !holders));
         let needed = (q.standbys.len() + 1).saturating_sub(q.k);
         let have = q.standbys.iter().filter(|n| has(n)).count();

@@ -23,6 +23,7 @@ fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> 
         last_primary_lsn: None,
         maximum_lag_bytes: 0,
         old_primary: None,
+        fork: None,
         requested: None,
         forced: false,
         degraded: None,
@@ -87,6 +88,29 @@ fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
     );
     assert!(matches!(elect(&holders(None)), Election::Wait { .. }));
     assert_eq!(promoted(&elect(&holders(report(30)))), Some("n1"));
+    // A member that streamed n3's timeline past its fork holds the prefix too: the partition
+    // suite's pause-primary-pg-kill-candidate (n3 killed right after recording, n1 holding
+    // nothing after a failed rewind) waited for ever without this.
+    let on = |timeline, lsn| {
+        let mut i = holders(nothing.clone());
+        i.fork = Some((2, 25));
+        i.standbys.insert(
+            "n2",
+            Some(FinalReport {
+                flush_lsn: lsn,
+                timeline,
+                tags: Tags::default(),
+            }),
+        );
+        i
+    };
+    assert_eq!(promoted(&elect(&on(2, 25))), Some("n2"), "at the fork");
+    assert_eq!(promoted(&elect(&on(2, 40))), Some("n2"), "past the fork");
+    assert!(matches!(elect(&on(2, 24)), Election::Wait { .. }), "before the fork");
+    assert!(
+        matches!(elect(&on(1, 40)), Election::Wait { .. }),
+        "on the parent timeline"
+    );
     // The same nothing still counts in an ordinary configuration the fenced primary ran.
     let mut plain = holders(nothing);
     plain.quorums.pop();
