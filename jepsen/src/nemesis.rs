@@ -329,6 +329,9 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
                 let mut pids = vec![pm];
                 pids.extend(hosts::children_of(pm));
                 f.stop(pids, "postmaster and backends");
+                // Its checker requires a failover before the heal (`checker::MUST_FAIL_OVER`),
+                // which takes about 3.5 s: a window of the full tier's 0.5 s could not show one.
+                f.window_ms = Some((6_000, 15_000));
             }
             None => return Ok(f.missed("primary", "no postmaster")),
         },

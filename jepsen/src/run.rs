@@ -182,11 +182,7 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         };
         let window = Duration::from_millis(rng.gen_range(shortest..=longest.max(shortest)));
         let quiet = Duration::from_millis(rng.gen_range(2_000..=4_000));
-        let view = wait_primary(c, Duration::from_secs(30)).await.unwrap_or_default();
-        let confirmed = match view.primary {
-            Some(p) => is_pg_primary(p).await,
-            None => false,
-        };
+        let (view, confirmed) = wait_confirmed_primary(c, Duration::from_secs(30)).await;
         let roles = Roles::of(&view, NODES, confirmed);
         // The fault starts when it is applied, not when applying it returned (a kill waits
         // for its processes to be gone; the clients see the fault before that).
@@ -305,6 +301,26 @@ async fn wait_primary(c: &Cluster, timeout: Duration) -> Option<cluster::View> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// The roles once raftpg names a primary whose PostgreSQL itself says it is one, so that a
+/// fault starting right after a heal (a short window) does not miss a primary that is still
+/// restarting or promoting; after `timeout`, what raftpg names, unconfirmed.
+async fn wait_confirmed_primary(c: &Cluster, timeout: Duration) -> (cluster::View, bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = wait_primary(c, deadline.saturating_duration_since(Instant::now()))
+            .await
+            .unwrap_or_default();
+        let confirmed = match view.primary {
+            Some(p) => is_pg_primary(p).await,
+            None => false,
+        };
+        if confirmed || Instant::now() >= deadline {
+            return (view, confirmed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Whether node `k`'s PostgreSQL answers and is out of recovery.
