@@ -405,12 +405,14 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
         }
         // The target may have stopped just after the switchover began (its last report
         // can look streaming for a while): after a lease without it, or at once when it
-        // says it is not a standby, another standby that holds everything will do.
-        let target_down = i
-            .reports
-            .get(to)
-            .filter(|r| r.generation == s.generation)
-            .is_none_or(|r| r.pg != PgRole::Standby);
+        // says it is not a standby, another standby that holds everything will do. One that
+        // has not reported under this generation yet gets half a lease (two renewal
+        // intervals; every agent reports at once on the change): another standby that
+        // happened to report first took the switchover from a live target in CI.
+        let target_down = match i.reports.get(to).filter(|r| r.generation == s.generation) {
+            Some(r) => r.pg != PgRole::Standby,
+            None => i.pending_ms > s.ha.lease_ms / 2,
+        };
         if target_down || i.pending_ms > s.ha.lease_ms {
             let other = s
                 .members

@@ -166,6 +166,20 @@ fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everyth
     });
     assert_eq!(d.action, promote("n3"), "{}", d.reason);
     assert!(d.reason.contains("instead"), "{}", d.reason);
+    // A target that has not reported under the new generation yet is not down at once
+    // (another standby reporting first took a switchover from a live target in CI), but
+    // is after half a lease.
+    let silent = BTreeMap::from([("n3".to_string(), standby_at(2, 600))]);
+    let d = decide(&ControllerInput {
+        reports: &silent,
+        ..at(0)
+    });
+    assert_eq!(d.action, None, "{}", d.reason);
+    let d = decide(&ControllerInput {
+        reports: &silent,
+        ..at(s.ha.lease_ms / 2 + 1)
+    });
+    assert_eq!(d.action, promote("n3"), "{}", d.reason);
     // A target that reports itself stopped is not waited for.
     let stopped = BTreeMap::from([
         ("n2".to_string(), report(2, PgRole::Stopped, None)),
