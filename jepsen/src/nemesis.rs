@@ -439,34 +439,22 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
                 true => vec![crate::cluster::RAFT_PORT, crate::cluster::GRPC_PORT],
                 false => vec![crate::cluster::PG_PORT],
             };
-            let links = roles
-                .standbys
-                .iter()
-                .map(|&s| hosts::Link {
-                    from: p,
-                    to: s,
-                    both_ways: true,
-                    ports: ports.clone(),
-                    loss_percent: None,
-                })
-                .collect();
-            f.cut_links(n, links)?;
+            let link = hosts::Link {
+                both_ways: true,
+                ports,
+                ..hosts::Link::default()
+            };
+            f.cut_links(n, to_standbys(p, &roles.standbys, &link))?;
         }
         // This machine's kernel has no netem qdisc: random drops in nftables stand in for a
         // bad link (TCP's retransmissions then delay renewals and reports by 200 ms and more).
         "lossy-primary" => {
-            let links = roles
-                .standbys
-                .iter()
-                .map(|&s| hosts::Link {
-                    from: p,
-                    to: s,
-                    both_ways: true,
-                    loss_percent: Some(25),
-                    ..hosts::Link::default()
-                })
-                .collect();
-            f.cut_links(n, links)?;
+            let link = hosts::Link {
+                both_ways: true,
+                loss_percent: Some(25),
+                ..hosts::Link::default()
+            };
+            f.cut_links(n, to_standbys(p, &roles.standbys, &link))?;
         }
         "pause-primary-raftpg-short" => match c.raftpg_pid(p) {
             Some(pid) => {
@@ -516,6 +504,18 @@ fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
     hosts::children_of(pm)
         .into_iter()
         .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+}
+
+/// `link` from the primary `p` to each standby.
+fn to_standbys(p: u16, standbys: &[u16], link: &hosts::Link) -> Vec<hosts::Link> {
+    standbys
+        .iter()
+        .map(|&s| hosts::Link {
+            from: p,
+            to: s,
+            ..link.clone()
+        })
+        .collect()
 }
 
 /// Every pair that cuts node `k` off from the others.
