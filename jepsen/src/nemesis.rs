@@ -36,7 +36,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("pause-standby", "one standby's whole node frozen", false),
     sc("zombie-straddle", "the primary's raftpg paused and cut from one standby; the other still streams from it", true),
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
-    sc("lagging-standbys-kill-primary", "both standbys' WAL receivers stopped, so no commit can be acknowledged; 2 s later the primary's node killed and the receivers resumed", false),
+    sc("lagging-standbys-kill-primary", "the primary's WAL senders and both standbys' WAL receivers stopped, so no commit can be acknowledged; 2 s later the primary's node killed and the receivers resumed", false),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
@@ -365,6 +365,17 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             if roles.standbys.is_empty() {
                 return Ok(f.missed("primary", "no standby"));
             }
+            // The primary's WAL senders first: what they have not sent by then never
+            // leaves the primary, so with asynchronous replication the writes it
+            // acknowledges from now on exist nowhere else once it is killed (stopping
+            // only the receivers left the WAL in their sockets' buffers, to be applied
+            // once they resumed).
+            let senders = wal_senders(c, p);
+            if senders.is_empty() {
+                f.note(format!("{} had no WAL sender", name(p)));
+            } else {
+                f.stop(senders, &format!("{}'s WAL senders", name(p)));
+            }
             for s in roles.standbys.clone() {
                 match wal_receiver(c, s) {
                     Some(r) => f.stop(vec![r], &format!("{}'s WAL receiver", name(s))),
@@ -504,6 +515,17 @@ fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
     hosts::children_of(pm)
         .into_iter()
         .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+}
+
+/// Node `k`'s WAL sender processes.
+fn wal_senders(c: &mut Cluster, k: u16) -> Vec<i32> {
+    let Some(pm) = c.postmaster_pid(k) else {
+        return vec![];
+    };
+    hosts::children_of(pm)
+        .into_iter()
+        .filter(|p| hosts::cmdline(*p).contains("walsender"))
+        .collect()
 }
 
 /// `link` from the primary `p` to each standby.
