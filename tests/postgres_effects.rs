@@ -220,3 +220,87 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     pg.stop(StopMode::Fast, T).await.expect("stop");
     drop(dir);
 }
+
+/// Runs `sql` on a fresh connection and returns the first column of the first row, if any.
+async fn query(conninfo: &str, sql: &str) -> Option<String> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+        _ => None,
+    })
+}
+
+/// A standby that followed a new primary onto timeline 2 but made no restartpoint there
+/// has a control file whose checkpoint is on timeline 1. Started off the stream for a final
+/// report or a promotion, `recovery_target_timeline = 'current'` replayed only timeline 1
+/// and a candidate promoted so dropped every write of timeline 2 (the partition suite's
+/// laggard-and-hung-holder-kill-primary). raftpg now targets the timeline its WAL reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_off_the_stream_recovers_the_timeline_its_wal_reaches() {
+    let (dir, pg, conninfo) = local_pg(26004);
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    query(
+        &conninfo,
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('timeline 1')",
+    )
+    .await;
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        if let Some(u) = &pg.run_as {
+            u.chown(&path).unwrap();
+        }
+    };
+    // The copy's control file keeps its checkpoint on timeline 1.
+    let copy = dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pg.data_dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    // The original is promoted to timeline 2 and writes there.
+    write(pg.data_dir.join("standby.signal"), "");
+    pg.start(T).await.expect("start in recovery");
+    pg.promote(T).await.expect("promote");
+    query(&conninfo, "INSERT INTO t VALUES ('timeline 2')").await;
+    pg.stop(StopMode::Immediate, T).await.expect("stop");
+    // What the copy would have streamed: timeline 2's history and segments.
+    for e in std::fs::read_dir(pg.data_dir.join("pg_wal")).unwrap() {
+        let e = e.unwrap();
+        let to = copy.join("pg_wal").join(e.file_name());
+        if e.file_type().unwrap().is_file() && !to.exists() {
+            std::fs::copy(e.path(), &to).unwrap();
+            if let Some(u) = &pg.run_as {
+                u.chown(&to).unwrap();
+            }
+        }
+    }
+    let standby = PgCtl {
+        data_dir: copy.clone(),
+        ..pg.clone()
+    };
+    assert_eq!(standby.wal_timeline(), Some(2), "its WAL reaches timeline 2");
+    write(copy.join("standby.signal"), "");
+    let conf = copy.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap()
+        + &format!("\nrecovery_target_timeline = '{}'\n", standby.wal_timeline().unwrap());
+    write(conf, &text);
+    standby.start(T).await.expect("start the copy in recovery");
+    standby.promote(T).await.expect("promote the copy");
+    let rows = query(&conninfo, "SELECT string_agg(v, ', ' ORDER BY v) FROM t").await;
+    assert_eq!(
+        rows.as_deref(),
+        Some("timeline 1, timeline 2"),
+        "{}",
+        standby.log_tail(20)
+    );
+    let own = std::fs::read_to_string(copy.join("pg_wal/00000003.history")).unwrap();
+    assert_eq!(raftpg::postgres::parse_timeline_history(&own).map(|(p, _)| p), Some(2));
+    standby.stop(StopMode::Fast, T).await.expect("stop");
+    drop(dir);
+}

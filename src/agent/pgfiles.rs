@@ -283,6 +283,7 @@ impl PgNode {
             node_parameters: &self.node_parameters,
             ssl: self.ssl.as_ref(),
             base_conf: base.exists().then_some((base.as_path(), hba.as_path())),
+            own_timeline: upstream.is_none().then(|| self.ctl.wal_timeline()).flatten(),
         })
     }
 

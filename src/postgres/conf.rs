@@ -80,6 +80,10 @@ pub struct ConfInputs<'a> {
     /// (that file, this PGDATA's `pg_hba.conf`). Included first, so everything raftpg
     /// writes after it wins, and `hba_file` is pinned to raftpg's.
     pub base_conf: Option<(&'a Path, &'a Path)>,
+    /// Not following: the newest timeline this database's WAL reaches
+    /// ([`super::ctl::PgCtl::wal_timeline`]); recovery replays to its end. `None`: the
+    /// timeline of the control file's checkpoint (`current`).
+    pub own_timeline: Option<u32>,
 }
 
 /// The first line of every `postgresql.conf` raftpg writes: how it tells its own file
@@ -136,9 +140,17 @@ pub fn render_postgresql_conf(i: &ConfInputs) -> String {
         // Following: switch to the primary's newest timeline. Not following (a fenced standby
         // reporting its position, a candidate): stay on the own timeline, whatever history
         // files arrived, so a standby that diverged still starts and reports its true end.
+        // The own timeline is the one its WAL reaches, not its last checkpoint's (`current`):
+        // a standby that followed a new primary but made no restartpoint since would stop at
+        // the old timeline's end, and a candidate promoted so dropped every write of the new
+        // one (the partition suite's laggard-and-hung-holder-kill-primary, seed 5).
         (
             "recovery_target_timeline",
-            if i.upstream.is_some() { "latest" } else { "current" }.to_string(),
+            match (i.upstream, i.own_timeline) {
+                (Some(_), _) => "latest".to_string(),
+                (None, Some(tl)) => tl.to_string(),
+                (None, None) => "current".to_string(),
+            },
         ),
     ];
     if let Some((_, hba)) = i.base_conf {
@@ -332,6 +344,7 @@ mod adopt_tests {
             node_parameters: &BTreeMap::new(),
             ssl: None,
             base_conf: Some((Path::new("/d/postgresql.base.conf"), Path::new("/d/pg_hba.conf"))),
+            own_timeline: None,
         });
         assert!(conf.starts_with(CONF_HEADER), "{conf}");
         let include = conf.find("include '/d/postgresql.base.conf'").expect("included");
@@ -430,6 +443,7 @@ mod tests {
             node_parameters: &node,
             ssl: None,
             base_conf: None,
+            own_timeline: None,
         });
         assert!(conf.contains("port = '5433'"));
         assert!(!conf.contains("port = '1'"));
@@ -441,6 +455,31 @@ mod tests {
         assert!(conf.contains("synchronous_standby_names = 'ANY 1 (\"n1\")'"));
         assert!(conf.contains("restart_after_crash = 'off'"));
         assert!(conf.contains("passfile=''/var/lib/raftpg/pg pass''"), "{conf}");
+    }
+
+    #[test]
+    fn recovery_follows_the_primary_or_stays_on_the_timeline_the_wal_reaches() {
+        let u = upstream();
+        let target = |upstream: Option<&Upstream>, own_timeline: Option<u32>| {
+            let conf = render_postgresql_conf(&ConfInputs {
+                port: 5433,
+                listen_addresses: "127.0.0.1",
+                socket_dir: Path::new("/run/pg"),
+                upstream,
+                sync_names: "",
+                cluster_parameters: &BTreeMap::new(),
+                node_parameters: &BTreeMap::new(),
+                ssl: None,
+                base_conf: None,
+                own_timeline,
+            });
+            conf.lines()
+                .find_map(|l| l.strip_prefix("recovery_target_timeline = ").map(str::to_string))
+                .expect("always written")
+        };
+        assert_eq!(target(Some(&u), Some(2)), "'latest'");
+        assert_eq!(target(None, Some(2)), "'2'", "its WAL's timeline, not its checkpoint's");
+        assert_eq!(target(None, None), "'current'");
     }
 
     #[test]
@@ -479,6 +518,7 @@ mod tests {
             node_parameters: &BTreeMap::new(),
             ssl: Some(&ssl),
             base_conf: None,
+            own_timeline: None,
         });
         assert!(conf.contains("ssl = 'on'") && !conf.contains("ssl = 'off'"), "{conf}");
         assert!(conf.contains("ssl_key_file = '/s/server.key'"), "{conf}");

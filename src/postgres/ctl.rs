@@ -291,6 +291,18 @@ impl PgCtl {
         Ok(None)
     }
 
+    /// The newest timeline this database's WAL reaches: the highest of its segments' that
+    /// PostgreSQL can recover to (timeline 1, or one whose history file is in `pg_wal`).
+    /// `None` without a readable `pg_wal` or any segment.
+    pub fn wal_timeline(&self) -> Option<u32> {
+        let dir = self.data_dir.join("pg_wal");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        newest_timeline(&names)
+    }
+
     /// The postmaster's pid from `postmaster.pid`, if the file exists.
     pub fn postmaster_pid(&self) -> Option<i32> {
         read_postmaster_pid(&self.data_dir)
@@ -388,6 +400,17 @@ impl std::fmt::Display for CloneProgress {
 }
 
 /// `(timeline, segment number)` of a WAL segment file name (24 hex digits).
+/// Of the file names in `pg_wal`, the highest timeline with a segment that recovery can
+/// target: 1, or one whose `%08X.history` is there too.
+pub fn newest_timeline(names: &[String]) -> Option<u32> {
+    names
+        .iter()
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
+        .filter(|tl| *tl == 1 || names.iter().any(|n| *n == format!("{tl:08X}.history")))
+        .max()
+}
+
 pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
     if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || seg_size == 0 {
         return None;
@@ -527,6 +550,33 @@ mod tests {
         assert_eq!(segment_of("000000020000000100000003", 16 << 20), Some((2, 256 + 3)));
         assert_eq!(segment_of("00000002.history", 16 << 20), None);
         assert_eq!(segment_of("000000020000000000000004.partial", 16 << 20), None);
+    }
+
+    #[test]
+    fn the_newest_timeline_needs_its_history_file() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(newest_timeline(&names(&[])), None);
+        assert_eq!(
+            newest_timeline(&names(&["000000010000000000000005", "archive_status"])),
+            Some(1)
+        );
+        // A standby that followed a new primary: its checkpoint may still be on timeline 1.
+        let followed = names(&[
+            "000000010000000000000005",
+            "00000002.history",
+            "000000020000000000000005",
+        ]);
+        assert_eq!(newest_timeline(&followed), Some(2));
+        // A history file alone (no WAL of that timeline) does not move it; nor does a
+        // segment whose history is missing, or a partial one.
+        let ahead = names(&[
+            "000000020000000000000005",
+            "00000002.history",
+            "00000003.history",
+            "000000040000000000000006",
+            "000000050000000000000006.partial",
+        ]);
+        assert_eq!(newest_timeline(&ahead), Some(2));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct PgState {
     pub sync_names: String,
     /// Parameters changed in the configuration that need a restart to take effect.
     pub pending_restart: Vec<String>,
-    /// Standby: started with `recovery_target_timeline = current` (to report its own
+    /// Standby: started with `recovery_target_timeline` on its own timeline (to report its own
     /// position during a failover); it cannot follow a new timeline until restarted.
     pub timeline_pinned: bool,
 }
@@ -76,7 +76,7 @@ const QUERY: &str = "SELECT pg_is_in_recovery(),
     current_setting('synchronous_standby_names'),
     (SELECT timeline_id FROM pg_control_checkpoint()),
     pg_size_bytes(current_setting('wal_segment_size')),
-    current_setting('recovery_target_timeline') = 'current',
+    current_setting('recovery_target_timeline') <> 'latest',
     ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND restart_lsn IS NOT NULL ORDER BY 1)";
 
 /// Parameters changed in the configuration that need a restart. `pg_settings` builds
