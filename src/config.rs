@@ -74,6 +74,11 @@ pub struct UnsafeForTesting {
     /// renewal, instead of `lease * 1.1 + 200 ms`; shorter than the lease, a new primary
     /// is promoted while the old one still serves.
     pub controller_deadline_ms: Option<u64>,
+    /// The controller does not wait for final reports: during a failover it takes each
+    /// standby's last periodic report as its final position, and a member whose report
+    /// has no position (its PostgreSQL does not answer) as holding nothing. A standby that
+    /// lags is promoted over one whose PostgreSQL hung holding the last acknowledged writes.
+    pub skip_final_reports: bool,
 }
 
 impl UnsafeForTesting {
@@ -92,6 +97,13 @@ impl UnsafeForTesting {
                 "UNSAFE (unsafe_for_testing.controller_deadline_ms = {ms}): the controller may promote a new primary \
                  while the old one still holds its lease"
             ));
+        }
+        if self.skip_final_reports {
+            out.push(
+                "UNSAFE (unsafe_for_testing.skip_final_reports): the controller promotes from the standbys' last \
+                 periodic reports without waiting for their final positions; acknowledged writes can be lost"
+                    .to_string(),
+            );
         }
         out
     }

@@ -300,12 +300,13 @@ http = "127.0.0.1:15703"
 fn unsafe_settings_are_off_by_default_named_when_on_and_checked() {
     let c = Config::parse(GOOD, "test.toml").unwrap();
     assert!(c.unsafe_for_testing.warnings().is_empty(), "safe by default");
-    let on = format!("{GOOD}\n[unsafe_for_testing]\nno_fence_keeper = true\ncontroller_deadline_ms = 100\n");
+    let on = format!("{GOOD}\n[unsafe_for_testing]\nno_fence_keeper = true\ncontroller_deadline_ms = 100\nskip_final_reports = true\n");
     let c = Config::parse(&on, "test.toml").unwrap();
     let warnings = c.unsafe_for_testing.warnings();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(warnings.iter().all(|w| w.starts_with("UNSAFE")), "{warnings:?}");
     assert!(warnings[1].contains("controller_deadline_ms = 100"), "{warnings:?}");
+    assert!(warnings[2].contains("skip_final_reports"), "{warnings:?}");
     let typo = format!("{GOOD}\n[unsafe_for_testing]\nno_fence = true\n");
     assert!(error_of(&typo).to_string().contains("no_fence"));
 }

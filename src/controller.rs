@@ -76,6 +76,10 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         let reports = node
             .book
             .fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
+        let reports = match node.cfg.unsafe_for_testing.skip_final_reports {
+            true => crate::decide::controller::skip_final_reports(&state, reports),
+            false => reports,
+        };
         let lease_expired_ms = match (&state.primary, state.paused) {
             (Some(p), false) => {
                 let deadline = match node.cfg.unsafe_for_testing.controller_deadline_ms {

@@ -54,6 +54,16 @@ pub const CANARIES: &[Canary] = &[
         config: &[],
         caught_by: &["append", "register"],
     },
+    Canary {
+        name: "no-final-reports",
+        about: "the controller does not wait for final reports: it promotes from the standbys' last \
+                periodic reports, so a lagging standby wins over one whose PostgreSQL hung holding the \
+                last acknowledged writes",
+        scenario: "laggard-and-hung-holder-kill-primary",
+        toml: "\n[unsafe_for_testing]\nskip_final_reports = true\n",
+        config: &[],
+        caught_by: &["lost-writes", "append", "bank", "register"],
+    },
 ];
 
 /// What one canary's run showed.

@@ -60,7 +60,7 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Every scenario of a tier: smoke (five scenarios, 20 s, windows of 6-10 s) or full (all of
+    /// Every scenario of a tier: smoke (six scenarios, 20 s, windows of 6-10 s) or full (all of
     /// them, 300 s, windows of 0.5-15 s). Seeds are drawn fresh and printed unless given.
     Suite {
         #[arg(long, value_enum)]

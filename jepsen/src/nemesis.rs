@@ -37,6 +37,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("zombie-straddle", "the primary's raftpg paused and cut from one standby; the other still streams from it", true),
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
     sc("lagging-standbys-kill-primary", "the primary's WAL senders and both standbys' WAL receivers stopped, so no commit can be acknowledged; 2 s later the primary's node killed and the receivers resumed", false),
+    sc("laggard-and-hung-holder-kill-primary", "one standby's WAL receiver stopped so it lags; 2 s later the other standby's PostgreSQL frozen and the primary's node killed: only the frozen standby holds the last acknowledged writes", true),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
@@ -111,6 +112,10 @@ pub enum Later {
     /// Kill every process of the primary's node, then resume what the first half
     /// stopped (lagging-standbys-kill-primary: the receivers come back to a dead primary).
     KillNodeAndResume(u16),
+    /// Freeze node `freeze`'s PostgreSQL, then kill every process of node `kill`
+    /// (laggard-and-hung-holder-kill-primary: the standby that holds the last writes hangs
+    /// as the primary dies). Both stay so until the heal.
+    FreezeAndKill { freeze: u16, kill: u16 },
     /// Once raftpg names a primary of a newer generation than `generation` (a failover's
     /// `Promote` committed), `then` at once: a fault in the middle of the failover.
     OnNewPrimary { generation: u64, then: Then },
@@ -298,10 +303,8 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             Some(pid) => f.stop(vec![pid], "raftpg"),
             None => return Ok(f.missed("primary", "its raftpg was not running")),
         },
-        "pause-primary-pg-kill-candidate" | "pause-primary-pg-kill-raft-leader" => match c.postmaster_pid(p) {
-            Some(pm) => {
-                let mut pids = vec![pm];
-                pids.extend(hosts::children_of(pm));
+        "pause-primary-pg-kill-candidate" | "pause-primary-pg-kill-raft-leader" => match postgres_pids(c, p) {
+            Some(pids) => {
                 f.stop(pids, "postmaster and backends");
                 let then = match scenario.ends_with("candidate") {
                     true => Then::KillCandidate,
@@ -324,10 +327,8 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             });
             f.window_ms = Some((6_000, 15_000));
         }
-        "pause-primary-pg" => match c.postmaster_pid(p) {
-            Some(pm) => {
-                let mut pids = vec![pm];
-                pids.extend(hosts::children_of(pm));
+        "pause-primary-pg" => match postgres_pids(c, p) {
+            Some(pids) => {
                 f.stop(pids, "postmaster and backends");
                 // Its checker requires a failover before the heal (`checker::MUST_FAIL_OVER`),
                 // which takes about 3.5 s: a window of the full tier's 0.5 s could not show one.
@@ -360,6 +361,21 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
             f.stop(vec![r], &format!("{}'s WAL receiver", name(s)));
             f.targets.push(name(s));
             f.later = Some(Later::Isolate(p));
+        }
+        "laggard-and-hung-holder-kill-primary" => {
+            let (Some(lag), Some(holder)) = (standby, other(standby)) else {
+                return Ok(f.missed("primary", "fewer than two standbys"));
+            };
+            let Some(r) = wal_receiver(c, lag) else {
+                return Ok(f.missed("primary", "the standby has no WAL receiver"));
+            };
+            f.stop(vec![r], &format!("{}'s WAL receiver", name(lag)));
+            f.targets.push(name(lag));
+            f.targets.push(name(holder));
+            f.later = Some(Later::FreezeAndKill {
+                freeze: holder,
+                kill: p,
+            });
         }
         "lagging-standbys-kill-primary" => {
             if roles.standbys.is_empty() {
@@ -413,10 +429,8 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
                 Err(e) => f.note(format!("setting synchronous_mode=degradable failed: {e}")),
             }
             for s in roles.standbys.clone() {
-                match c.postmaster_pid(s) {
-                    Some(pm) => {
-                        let mut pids = vec![pm];
-                        pids.extend(hosts::children_of(pm));
+                match postgres_pids(c, s) {
+                    Some(pids) => {
                         f.stop(pids, &format!("{}'s PostgreSQL", name(s)));
                     }
                     None => f.note(format!("{} had no postmaster", name(s))),
@@ -515,6 +529,15 @@ fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
     hosts::children_of(pm)
         .into_iter()
         .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+}
+
+/// Node `k`'s postmaster and every process it started (SIGSTOP of all of them freezes
+/// PostgreSQL: a stopped postmaster alone still lets its backends answer).
+fn postgres_pids(c: &mut Cluster, k: u16) -> Option<Vec<i32>> {
+    let pm = c.postmaster_pid(k)?;
+    let mut pids = vec![pm];
+    pids.extend(hosts::children_of(pm));
+    Some(pids)
 }
 
 /// Node `k`'s WAL sender processes.
@@ -626,6 +649,13 @@ impl Fault {
                 self.steps.retain(|s| !matches!(s, Step::Stopped(_)));
                 self.note(format!("SIGCONT {resumed:?}"));
                 Ok(())
+            }
+            Some(Later::FreezeAndKill { freeze, kill }) => {
+                match postgres_pids(c, freeze) {
+                    Some(pids) => self.stop(pids, &format!("{}'s PostgreSQL", name(freeze))),
+                    None => self.note(format!("{} had no postmaster", name(freeze))),
+                }
+                self.kill_node(c, kill)
             }
             Some(Later::OnNewPrimary { .. }) | None => Ok(()),
         }
@@ -744,7 +774,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_scenario_has_a_unique_name_and_the_smoke_tier_is_the_issues_four() {
+    fn every_scenario_has_a_unique_name_and_the_smoke_tier_is_the_issues_four_and_two_more() {
         let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         names.sort();
         names.dedup();
@@ -757,7 +787,8 @@ mod tests {
                 "kill-primary-node",
                 "pause-primary-raftpg",
                 "pause-primary-pg",
-                "zombie-straddle"
+                "zombie-straddle",
+                "laggard-and-hung-holder-kill-primary",
             ]
         );
         assert!(find("nope").unwrap_err().to_string().contains("raftpg-jepsen list"));

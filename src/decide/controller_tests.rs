@@ -998,3 +998,43 @@ fn the_sync_set_never_returns_to_a_configuration_still_unconfirmed() {
         "{d:?}"
     );
 }
+
+#[test]
+fn skip_final_reports_promotes_from_stale_positions_only_in_an_open_failover() {
+    let s = failing_over();
+    let g = s.generation;
+    // n2 lags but answers (its last report is of the old generation); n3 holds the last
+    // acknowledged writes, but its PostgreSQL hung, so its report has no position.
+    let mut hung = report(g - 1, PgRole::Unknown, None);
+    hung.lsn = None;
+    let reports: BTreeMap<String, Report> =
+        [("n2".to_string(), standby_at(g - 1, 100)), ("n3".to_string(), hung)].into();
+    let safe = decide_with("n2", &s, &reports, None);
+    assert_eq!(
+        safe.action, None,
+        "the safe controller waits for final reports: {}",
+        safe.reason
+    );
+
+    let skipped = skip_final_reports(&s, reports.clone());
+    assert_eq!(skipped["n2"].final_position, Some((100, 1)));
+    assert_eq!(
+        skipped["n3"].final_position,
+        Some((0, 0)),
+        "no position reads as holding nothing"
+    );
+    assert!(skipped.values().all(|r| r.generation == g));
+    let unsafe_ = decide_with("n2", &s, &skipped, None);
+    assert!(
+        matches!(&unsafe_.action, Some(ControllerAction::Propose(Command::Promote { node, .. })) if node == "n2"),
+        "{unsafe_:?}"
+    );
+
+    // Nothing changes outside a failover that has not chosen yet.
+    for other in [booted(), switching_over()] {
+        assert_eq!(skip_final_reports(&other, reports.clone()), reports);
+    }
+    let mut chosen = s.clone();
+    chosen.pending.as_mut().unwrap().candidate = Some("n3".into());
+    assert_eq!(skip_final_reports(&chosen, reports.clone()), reports);
+}
