@@ -14,11 +14,17 @@ use tokio_rustls::rustls::{self, CertificateError, DigitallySignedStruct, Signat
 /// A connector for tokio-postgres that verifies the chain to `ca`, not the host name (a
 /// member's PostgreSQL address need not be among its certificate's names).
 pub fn connector(ca: &Path) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    connector_pem(&pem).with_context(|| ca.display().to_string())
+}
+
+/// As [`connector`], from PEM text that holds one or more CA certificates.
+pub fn connector_pem(pem: &[u8]) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("cannot read {}", ca.display()))? {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         roots
-            .add(cert.with_context(|| format!("{}: unreadable PEM", ca.display()))?)
-            .with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
+            .add(cert.context("unreadable PEM")?)
+            .context("not a usable CA certificate")?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -86,7 +86,9 @@ impl Cluster {
             Some(_) => None,
             None => Some(TlsFiles::ensure(dir.path(), n).expect("make certificates")),
         };
-        *pg::PG_CA.lock().unwrap() = tls.as_ref().map(|t| t.ca.clone());
+        if let Some(t) = &tls {
+            pg::trust_ca(&t.ca);
+        }
         for k in 1..=n {
             let node_dir = dir.path().join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir).unwrap();

@@ -167,16 +167,27 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-/// The CA of the last cluster configured in this test binary: clients then use TLS when
-/// its PostgreSQL offers it (`postgres.ssl`), verifying the CA, and plaintext otherwise.
-pub static PG_CA: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+/// The CAs of every cluster configured in this test binary, as PEM: clients then use TLS
+/// when a PostgreSQL offers it (`postgres.ssl`), verifying its chain to one of them, and
+/// plaintext otherwise. Tests of one binary run in parallel, each with its own cluster and
+/// CA, and a finished test deletes its directory: the text is kept here, not a path.
+pub static PG_CA: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+
+/// Trusts `ca` (a PEM file) from now on, beside the CAs already trusted.
+pub fn trust_ca(ca: &std::path::Path) {
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+    let mut all = PG_CA.lock().unwrap();
+    let all = all.get_or_insert_with(Vec::new);
+    all.extend_from_slice(&pem);
+    all.push(b'\n');
+}
 
 pub async fn connect(conninfo: &str) -> Option<tokio_postgres::Client> {
     let ca = PG_CA.lock().unwrap().clone();
     let fut = async {
         match ca {
             Some(ca) => {
-                let tls = raftpg::tls::pg::connector(&ca).ok()?;
+                let tls = raftpg::tls::pg::connector_pem(&ca).ok()?;
                 let (client, conn) = tokio_postgres::connect(conninfo, tls).await.ok()?;
                 tokio::spawn(conn);
                 Some(client)
