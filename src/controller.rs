@@ -32,6 +32,35 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A failure that repeats every tick is logged once per this long.
+const QUIET_FOR: Duration = Duration::from_secs(10);
+
+/// Which failures to log: a deposed leader that does not know it yet, cut off from the
+/// others, fails to commit every 50 ms for as long as the cut lasts.
+#[derive(Default)]
+struct Quiet {
+    last: Option<(String, Instant)>,
+    left_out: u32,
+}
+
+impl Quiet {
+    /// `Some(how many repeats were left out)` when `why` is to be logged at `now`.
+    fn admit(&mut self, why: &str, now: Instant) -> Option<u32> {
+        match &self.last {
+            Some((was, at)) if was == why && now.duration_since(*at) < QUIET_FOR => {
+                self.left_out += 1;
+                None
+            }
+            last => {
+                let same = last.as_ref().is_some_and(|(was, _)| was == why);
+                let left_out = std::mem::take(&mut self.left_out);
+                self.last = Some((why.to_string(), now));
+                Some(if same { left_out } else { 0 })
+            }
+        }
+    }
+}
+
 pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
@@ -43,6 +72,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut changes = node.subscribe();
     let mut raft_metrics = node.raft.server_metrics();
     let mut raft_stopped = false;
+    let mut quiet = Quiet::default();
     loop {
         let tick = if was_leader { TICK } else { FOLLOWER_TICK };
         tokio::select! {
@@ -122,7 +152,16 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             Some(ControllerAction::Propose(cmd)) => match node.propose_as_leader(cmd.clone(), PROPOSE_TIMEOUT).await {
                 Ok(c) => tracing::info!(log_index = c.log_index, "controller: {cmd}: {}", c.applied.message),
                 Err(ProposeError::Rejected(r)) => tracing::info!("controller: {cmd} refused: {r}"),
-                Err(e) => tracing::warn!("controller: {cmd} not committed: {e}"),
+                Err(e) => {
+                    let why = e.to_string();
+                    if let Some(left_out) = quiet.admit(&why, now) {
+                        let also = match left_out {
+                            0 => String::new(),
+                            n => format!(" ({n} more like it in the last {}s not logged)", QUIET_FOR.as_secs()),
+                        };
+                        tracing::warn!("controller: {cmd} not committed: {why}{also}");
+                    }
+                }
             },
             Some(ControllerAction::TransferLeader(to)) => {
                 if last_transfer.is_some_and(|t| now.duration_since(t) < TRANSFER_COOLDOWN) {
@@ -136,5 +175,31 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_logged_once_per_quiet_period_with_the_count_left_out() {
+        let t0 = Instant::now();
+        let mut q = Quiet::default();
+        assert_eq!(q.admit("no leader", t0), Some(0));
+        for i in 1..=199u64 {
+            assert_eq!(q.admit("no leader", t0 + Duration::from_millis(50 * i)), None);
+        }
+        assert_eq!(q.admit("no leader", t0 + QUIET_FOR), Some(199));
+        assert_eq!(q.admit("no leader", t0 + QUIET_FOR + Duration::from_millis(50)), None);
+        // Another failure is logged at once, and counts afresh.
+        assert_eq!(
+            q.admit("rejected", t0 + QUIET_FOR + Duration::from_millis(100)),
+            Some(0)
+        );
+        assert_eq!(
+            q.admit("no leader", t0 + QUIET_FOR + Duration::from_millis(150)),
+            Some(0)
+        );
     }
 }

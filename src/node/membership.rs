@@ -9,6 +9,11 @@ use std::collections::BTreeSet;
 use openraft::{BasicNode, ChangeMembers};
 
 use super::{Node, ProposeError, PROPOSE_TIMEOUT};
+
+/// How long a joint-consensus change may take to commit. A leader cut off from the
+/// majority (it does not know yet that it was deposed) never commits one: the caller gets
+/// an error in place of a request that hangs.
+pub const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 use crate::cluster::{Command, Member};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +68,7 @@ impl Node {
     pub async fn promote_voter(&self, name: &str) -> Result<(), MembershipError> {
         let id = self.member_id(name)?;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.raft_err(e))?;
+        self.change_membership(change).await?;
         tracing::info!(member = name, id, "member promoted to Raft voter");
         Ok(())
     }
@@ -81,14 +83,22 @@ impl Node {
         } else {
             ChangeMembers::RemoveNodes(ids)
         };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.raft_err(e))?;
+        self.change_membership(change).await?;
         self.propose(Command::RemoveMember { name: name.to_string() }, PROPOSE_TIMEOUT)
             .await?;
         tracing::info!(member = name, id, "member removed");
         Ok(())
+    }
+
+    /// openraft's `change_membership`, bounded by [`MEMBERSHIP_TIMEOUT`].
+    async fn change_membership(&self, change: ChangeMembers<u64, BasicNode>) -> Result<(), MembershipError> {
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.change_membership(change, false)).await {
+            Ok(done) => done.map(|_| ()).map_err(|e| self.raft_err(e)),
+            Err(_) => Err(ProposeError::Unknown {
+                waited: MEMBERSHIP_TIMEOUT,
+            }
+            .into()),
+        }
     }
 
     fn member_id(&self, name: &str) -> Result<u64, MembershipError> {
