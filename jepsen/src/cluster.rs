@@ -15,7 +15,7 @@ use crate::hosts;
 pub const PG_PORT: u16 = 5432;
 pub const RAFT_PORT: u16 = 7000;
 pub const GRPC_PORT: u16 = 7100;
-const HTTP_PORT: u16 = 8008;
+pub const HTTP_PORT: u16 = 8008;
 /// The superuser's and replication role's password on the suite's private bridge. The
 /// nodes authenticate with scram-sha-256 and password files, as production does; the
 /// value itself guards nothing.
@@ -38,6 +38,9 @@ pub struct Cluster {
     /// Per node, the rate its clock runs at (`faketime -f "+0 xRATE"`, shared by raftpg,
     /// its fence keeper and its PostgreSQL); None runs at the real rate.
     pub clock_rates: Vec<Option<f64>>,
+    /// Size of the filesystem each node's PGDATA lives on (`nK/disk`, a tmpfs), when the
+    /// run fills one ([`Cluster::mount_disks`]); None: the run's own filesystem.
+    pub disk_mb: Option<u64>,
 }
 
 /// Who holds which role, as raftpg itself says.
@@ -100,7 +103,72 @@ impl Cluster {
             raftpg: raftpg.to_path_buf(),
             children: (0..n).map(|_| None).collect(),
             clock_rates: vec![None; usize::from(n)],
+            disk_mb: None,
         })
+    }
+
+    /// Gives each node's PGDATA a filesystem of its own, `mb` MB (a tmpfs on `nK/disk`,
+    /// PGDATA `nK/disk/pgdata`), so that one node's disk can fill (full-disk-primary).
+    /// Before any node starts; [`Cluster::unmount_disks`] undoes it.
+    pub fn mount_disks(&mut self, mb: u64) -> anyhow::Result<()> {
+        for k in 1..=self.n {
+            let disk = self.disk(k);
+            fs::create_dir_all(&disk)?;
+            hosts::sh(
+                "mount",
+                &[
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={mb}m,mode=0755"),
+                    "tmpfs",
+                    &disk.display().to_string(),
+                ],
+            )
+            .with_context(|| format!("cannot mount a {mb} MB tmpfs on {}", disk.display()))?;
+            let toml = self.dir.join(name(k)).join("raftpg.toml");
+            let text = fs::read_to_string(&toml)?;
+            let text = text.replacen(
+                "\n[postgres]\n",
+                &format!("\n[postgres]\ndata_dir = \"{}\"\n", self.pgdata_on(&disk).display()),
+                1,
+            );
+            fs::write(&toml, text)?;
+        }
+        self.disk_mb = Some(mb);
+        Ok(())
+    }
+
+    /// Unmounts what [`Cluster::mount_disks`] mounted; with `keep`, PGDATA is copied out
+    /// first (to `nK/pgdata`), so an invalid run's data survives.
+    pub fn unmount_disks(&mut self, keep: bool) {
+        if self.disk_mb.take().is_none() {
+            return;
+        }
+        for k in 1..=self.n {
+            let disk = self.disk(k);
+            if keep {
+                let to = self.dir.join(name(k)).join("pgdata");
+                let _ = hosts::sh(
+                    "cp",
+                    &[
+                        "-a",
+                        &self.pgdata_on(&disk).display().to_string(),
+                        &to.display().to_string(),
+                    ],
+                );
+            }
+            let _ = hosts::sh("umount", &["-l", &disk.display().to_string()]);
+        }
+    }
+
+    /// Node `k`'s own filesystem's mount point, when [`Cluster::mount_disks`] made one.
+    pub fn disk(&self, k: u16) -> PathBuf {
+        self.dir.join(name(k)).join("disk")
+    }
+
+    fn pgdata_on(&self, disk: &Path) -> PathBuf {
+        disk.join("pgdata")
     }
 
     /// Up to `max` of the last ERROR and WARN lines of every node's log, each
@@ -128,9 +196,18 @@ impl Cluster {
     /// Runs `raftpg ctl ARGS` against every node's gRPC address, as an admin over TLS;
     /// its output, or an error with its stderr.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let all: Vec<u16> = (1..=self.n).collect();
+        self.ctl_via(&all, args)
+    }
+
+    /// `raftpg ctl` with only `nodes`' endpoints, as an operator runs it on a host that
+    /// can reach the majority; killed after two minutes, so a command that hangs fails the
+    /// step in place of stalling the run.
+    pub fn ctl_via(&self, nodes: &[u16], args: &[&str]) -> anyhow::Result<String> {
         let tls = self.dir.join("tls");
-        let endpoints: Vec<String> = (1..=self.n).map(|k| format!("{}:{GRPC_PORT}", hosts::ip(k))).collect();
-        let out = std::process::Command::new(&self.raftpg)
+        let endpoints: Vec<String> = nodes.iter().map(|k| format!("{}:{GRPC_PORT}", hosts::ip(*k))).collect();
+        let out = std::process::Command::new("timeout")
+            .args(["120", &self.raftpg.display().to_string()])
             .arg("ctl")
             .args(["--endpoints", &endpoints.join(",")])
             .arg("--cacert")
@@ -205,7 +282,10 @@ impl Cluster {
     }
 
     pub fn pgdata(&self, k: u16) -> PathBuf {
-        self.dir.join(name(k)).join("pgdata")
+        match self.disk_mb {
+            Some(_) => self.pgdata_on(&self.disk(k)),
+            None => self.dir.join(name(k)).join("pgdata"),
+        }
     }
 
     /// The postmaster's pid from postmaster.pid, if it names a live process.

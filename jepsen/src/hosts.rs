@@ -7,7 +7,7 @@
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -46,6 +46,20 @@ pub fn cgroup(k: u16) -> PathBuf {
 }
 
 /// Runs a command; its stderr in the error when it fails.
+/// Unmounts (lazily) every filesystem mounted at or under `dir`: what a run that stopped
+/// early left of full-disk-primary's disks.
+pub fn unmount_under(dir: &Path) {
+    let Ok(dir) = std::path::absolute(dir) else {
+        return;
+    };
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        if Path::new(point).starts_with(&dir) {
+            let _ = sh("umount", &["-l", point]);
+        }
+    }
+}
+
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)
         .args(args)

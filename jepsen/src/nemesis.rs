@@ -3,6 +3,7 @@
 //! primary" means whoever is primary then), records whether it hit that
 //! role, and knows how to heal itself.
 
+use anyhow::Context;
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -38,6 +39,8 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("promote-laggard", "one standby's WAL receiver stopped so it lags, then the primary cut off", false),
     sc("lagging-standbys-kill-primary", "the primary's WAL senders and both standbys' WAL receivers stopped, so no commit can be acknowledged; 2 s later the primary's node killed and the receivers resumed", false),
     sc("laggard-and-hung-holder-kill-primary", "one standby's WAL receiver stopped so it lags; 2 s later the other standby's PostgreSQL frozen and the primary's node killed: only the frozen standby holds the last acknowledged writes", true),
+    sc("member-remove-during-partition", "one standby cut off, then removed from the cluster with ctl member remove while cut; the heal wipes its Raft state, starts it again and adds it back with ctl member add (its database kept)", false),
+    sc("full-disk-primary", "the primary's PGDATA filesystem (a tmpfs of its own in this scenario) filled to the last byte, then WAL segment switches forced: PostgreSQL cannot create the next segment and stops; the heal frees the space", false),
     sc("sync-standby-down-primary-restart", "one synchronous standby killed, then the primary's postmaster killed and restarted", false),
     sc("nosync-standby-isolate-primary", "one standby tagged nosync at runtime (ctl member tags), then the primary cut off; the tag is cleared at the heal", false),
     sc("degraded-window-isolate-primary", "synchronous_mode=degradable and both standbys' PostgreSQL paused, so the primary degrades and writes alone; then it is cut off (no standby may be promoted) until the heal, which also resets the mode", false),
@@ -83,6 +86,11 @@ enum Step {
     Untag(u16),
     /// `synchronous_mode` was set for the fault: back to the default.
     ResetSyncMode,
+    /// A file that fills a node's disk: removed.
+    Ballast(std::path::PathBuf),
+    /// The node was removed from the cluster: it starts afresh (its Raft state wiped, its
+    /// database kept) and is added back with `raftpg ctl member add`.
+    Readd(u16),
 }
 
 /// A fault in force.
@@ -198,7 +206,12 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
         // A skew is set when the nodes start, not in a window: chaos draws its cut alone.
         let plain: Vec<&Scenario> = SCENARIOS
             .iter()
-            .filter(|s| !matches!(s.name, "chaos" | "chaos-multi" | "skewed-clocks-isolate-primary"))
+            .filter(|s| {
+                !matches!(
+                    s.name,
+                    "chaos" | "chaos-multi" | "skewed-clocks-isolate-primary" | "full-disk-primary"
+                )
+            })
             .collect();
         plain[rng.gen_range(0..plain.len())].name
     } else {
@@ -377,6 +390,62 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
                 kill: p,
             });
         }
+        "member-remove-during-partition" => {
+            let Some(s) = standby else {
+                return Ok(f.missed("standby", "no standby"));
+            };
+            f.intended = "standby".into();
+            f.targets = vec![name(s)];
+            f.cut(n, isolate(n, s), Cut::Drop)?;
+            // Through the majority's side: the standby, deposed leader or not, cannot commit.
+            let majority: Vec<u16> = (1..=n).filter(|k| *k != s).collect();
+            // Retried: the standby may have been the Raft leader, and the majority needs an
+            // election first. A try whose outcome was unknown may have removed it already.
+            let removed = retry_ctl_via(c, &majority, &["member", "remove", &name(s)]).or_else(|e| {
+                match format!("{e:#}").contains(&format!("unknown member '{}'", name(s))) {
+                    true => Ok(()),
+                    false => Err(e),
+                }
+            });
+            match removed {
+                Ok(_) => {
+                    f.note(format!("removed {} from the cluster", name(s)));
+                    // Healed last, once the cut is gone and it can be reached.
+                    f.steps.insert(0, Step::Readd(s));
+                }
+                Err(e) => {
+                    f.note(format!("member remove {} failed: {e}", name(s)));
+                    f.hit = false;
+                }
+            }
+        }
+        "full-disk-primary" => {
+            if c.disk_mb.is_none() {
+                return Ok(f.missed("primary", "the run gave no node a disk of its own"));
+            }
+            let ballast = c.disk(p).join("ballast");
+            let filled = fill(&ballast)?;
+            f.steps.push(Step::Ballast(ballast));
+            f.note(format!(
+                "filled {}'s disk ({} MB of ballast, 0 bytes left)",
+                name(p),
+                filled >> 20
+            ));
+            // Writes into the current WAL segment need no room; the next segment does.
+            let switch = |k| {
+                hosts::sh(
+                    "psql",
+                    &[&crate::cluster::conninfo(k, 2), "-Atc", "SELECT pg_switch_wal()"],
+                )
+            };
+            let mut switched = 0;
+            while switched < 8 && switch(p).is_ok() {
+                switched += 1;
+            }
+            f.note(format!(
+                "{switched} WAL segment switches before PostgreSQL stopped answering"
+            ));
+        }
         "lagging-standbys-kill-primary" => {
             if roles.standbys.is_empty() {
                 return Ok(f.missed("primary", "no standby"));
@@ -529,6 +598,21 @@ fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
     hosts::children_of(pm)
         .into_iter()
         .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+}
+
+/// Writes zeros to `path` until its filesystem is full; how many bytes it wrote.
+fn fill(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut written = 0u64;
+    for chunk in [1 << 20, 4096, 1] {
+        let zeros = vec![0u8; chunk];
+        while f.write_all(&zeros).is_ok() {
+            written += chunk as u64;
+        }
+    }
+    let _ = f.sync_all();
+    Ok(written)
 }
 
 /// Node `k`'s postmaster and every process it started (SIGSTOP of all of them freezes
@@ -748,17 +832,61 @@ impl Fault {
                 // Retried: the cluster may still be electing after the cut healed.
                 Step::Untag(k) => retry_ctl(c, &["member", "tags", &name(k), "nosync=false"])?,
                 Step::ResetSyncMode => retry_ctl(c, &["config", "set", "synchronous_mode="])?,
+                Step::Readd(k) => readd(c, k)?,
+                Step::Ballast(path) => std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {} to free the disk", path.display()))?,
             }
         }
         Ok(())
     }
 }
 
+/// Adds node `k`, removed from the cluster, back as a new member would join: its
+/// raftpg stopped, its Raft state wiped (its database stays), started again, then
+/// `raftpg ctl member add` with its addresses.
+fn readd(c: &mut Cluster, k: u16) -> anyhow::Result<()> {
+    hosts::kill_node(k)?;
+    c.reap(k);
+    let raft = c.dir.join(name(k)).join("raft");
+    if raft.exists() {
+        std::fs::remove_dir_all(&raft).with_context(|| format!("cannot wipe {}", raft.display()))?;
+    }
+    c.start(k)?;
+    let ip = hosts::ip(k);
+    let addr = |port: u16| format!("{ip}:{port}");
+    use crate::cluster::{GRPC_PORT, HTTP_PORT, PG_PORT, RAFT_PORT};
+    retry_ctl(
+        c,
+        &[
+            "member",
+            "add",
+            "--name",
+            &name(k),
+            "--id",
+            &k.to_string(),
+            "--raft",
+            &addr(RAFT_PORT),
+            "--grpc",
+            &addr(GRPC_PORT),
+            "--pg",
+            &addr(PG_PORT),
+            "--http",
+            &addr(HTTP_PORT),
+        ],
+    )
+}
+
 /// `raftpg ctl` with `args`, retried for 10 s while it fails.
 fn retry_ctl(c: &Cluster, args: &[&str]) -> anyhow::Result<()> {
+    let all: Vec<u16> = (1..=c.n).collect();
+    retry_ctl_via(c, &all, args)
+}
+
+/// [`retry_ctl`] through `nodes`' endpoints only.
+fn retry_ctl_via(c: &Cluster, nodes: &[u16], args: &[&str]) -> anyhow::Result<()> {
     let mut last = None;
     for _ in 0..50 {
-        match c.ctl(args) {
+        match c.ctl_via(nodes, args) {
             Ok(_) => return Ok(()),
             Err(e) => {
                 last = Some(e);

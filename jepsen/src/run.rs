@@ -59,6 +59,7 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
         opts.raftpg.display()
     );
     if opts.out.exists() {
+        hosts::unmount_under(&opts.out);
         std::fs::remove_dir_all(&opts.out).with_context(|| format!("cannot clear {}", opts.out.display()))?;
     }
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
@@ -66,8 +67,17 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
         println!("swept a leftover of an earlier run: {what}");
     }
     hosts::setup(NODES).context("cannot build the hosts")?;
-    let created =
-        hosts::check_traffic(NODES).and_then(|_| Cluster::create_with(&opts.out, NODES, &opts.raftpg, &opts.toml));
+    let created = hosts::check_traffic(NODES)
+        .and_then(|_| Cluster::create_with(&opts.out, NODES, &opts.raftpg, &opts.toml))
+        .and_then(|mut c| {
+            if opts.scenario == "full-disk-primary" {
+                if let Err(e) = c.mount_disks(DISK_MB) {
+                    c.unmount_disks(false);
+                    return Err(e);
+                }
+            }
+            Ok(c)
+        });
     let mut c = match created {
         Ok(c) => c,
         Err(e) => {
@@ -77,7 +87,9 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
     };
     let result = drive(opts, &mut c).await;
     c.kill_all();
-    hosts::sweep().context("teardown")?;
+    let swept = hosts::sweep().context("teardown");
+    c.unmount_disks(opts.keep_data || !matches!(&result, Ok(v) if v.valid));
+    swept?;
     let verdict = result?;
     if verdict.valid && !opts.keep_data {
         for k in 1..=NODES {
@@ -86,6 +98,10 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
     }
     Ok(verdict)
 }
+
+/// full-disk-primary: each node's PGDATA on a filesystem of this many MB, room for a 300 s
+/// run's WAL (the filled one is filled to the last byte).
+const DISK_MB: u64 = 1024;
 
 fn say(t0: Instant, text: &str) {
     println!("[{:6.1}s] {text}", t0.elapsed().as_secs_f64());
