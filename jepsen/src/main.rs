@@ -78,10 +78,19 @@ enum Cmd {
         /// smoke, 500-15000 for full).
         #[arg(long, value_parser = parse_span)]
         windows: Option<(u64, u64)>,
+        /// Start at this scenario, skipping those before it in `list`'s order: resumes a
+        /// tier that was stopped (`suite.json` is rewritten after every run).
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long, default_value = "/tmp/raftpg-jepsen")]
         out: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+    /// The markdown table of one or more `suite.json` files, in order: a tier run in parts.
+    Table {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -199,15 +208,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Table { files } => {
+            let mut rows = Vec::new();
+            for f in &files {
+                rows.extend(suite::read_rows(f)?);
+            }
+            print!("{}", suite::table(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Suite {
             tier,
             seeds,
             seed,
             time,
             windows,
+            from,
             out,
             common,
         } => {
+            if let Some(f) = &from {
+                nemesis::find(f)?;
+            }
             let (smoke, default_time, default_windows) = match tier {
                 Tier::Smoke => (true, 20, run::WINDOW_MS),
                 Tier::Full => (false, 300, (500, 15_000)),
@@ -218,7 +239,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let raftpg = common.raftpg.unwrap_or_else(run::default_raftpg);
             let all_valid = suite::run(
-                smoke,
+                &suite::scenarios(smoke, from.as_deref()),
                 &seeds,
                 Duration::from_secs(time.unwrap_or(default_time)),
                 windows.unwrap_or(default_windows),
