@@ -45,7 +45,6 @@ pub fn cgroup(k: u16) -> PathBuf {
     PathBuf::from(FREEZER).join(format!("rpj-n{k}"))
 }
 
-/// Runs a command; its stderr in the error when it fails.
 /// Unmounts (lazily) every filesystem mounted at or under `dir`: what a run that stopped
 /// early left of full-disk-primary's disks.
 pub fn unmount_under(dir: &Path) {
@@ -60,6 +59,7 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
+/// Runs a command; its stderr in the error when it fails.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)
         .args(args)

@@ -15,8 +15,6 @@ pub fn fresh_seeds(n: u64) -> Vec<u64> {
     (0..n).map(|_| rng.gen_range(1..1_000_000)).collect()
 }
 
-/// Runs every scenario of the tier with each seed; true when every run
-/// passed. A run that errs (could not even start) counts as invalid.
 /// The scenarios of a tier (the smoke tier's, or all), from `from` on in `list`'s order.
 pub fn scenarios(smoke: bool, from: Option<&str>) -> Vec<&'static Scenario> {
     let start = from
@@ -25,6 +23,8 @@ pub fn scenarios(smoke: bool, from: Option<&str>) -> Vec<&'static Scenario> {
     SCENARIOS[start..].iter().filter(|s| s.smoke || !smoke).collect()
 }
 
+/// Runs each of `scenarios` with each seed; true when every run passed. A run that errs
+/// (could not even start) counts as invalid.
 pub async fn run(
     scenarios: &[&Scenario],
     seeds: &[u64],

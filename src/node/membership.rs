@@ -9,12 +9,12 @@ use std::collections::BTreeSet;
 use openraft::{BasicNode, ChangeMembers};
 
 use super::{Node, ProposeError, PROPOSE_TIMEOUT};
+use crate::cluster::{Command, Member};
 
 /// How long a joint-consensus change may take to commit. A leader cut off from the
 /// majority (it does not know yet that it was deposed) never commits one: the caller gets
 /// an error in place of a request that hangs.
 pub const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-use crate::cluster::{Command, Member};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
