@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use super::{fence, Agent};
@@ -10,11 +11,25 @@ use crate::cluster::{ClusterState, Command};
 use crate::decide::agent::Action;
 use crate::node::ProposeError;
 use crate::postgres::{observe, Observation, StopMode};
+use crate::raft::state_machine::AppliedState;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
 const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Returns once the applied state's generation is no longer `generation`; never if the
+/// state stops changing.
+async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generation: u64) {
+    loop {
+        if changes.borrow_and_update().state.generation != generation {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
 
 impl Agent {
     /// Executes one action decided under `state`; Ok(true) if it changed something.
@@ -185,7 +200,20 @@ impl Agent {
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
                 tracing::info!("starting PostgreSQL as a standby");
-                pg.ctl.start(pg.start_timeout).await?;
+                // A standby that needs WAL it cannot get never accepts connections, and
+                // `pg_ctl start -w` waits out its whole timeout. A primary change begun in
+                // the meantime must not wait for it: this member's final report is needed
+                // (finding 14 of docs/jepsen.md: a failover took 58 s). The postmaster
+                // keeps starting, and the next tick decides what to do with it.
+                let mut changes = self.node.subscribe();
+                tokio::select! {
+                    started = pg.ctl.start(pg.start_timeout) => started?,
+                    () = generation_moved(&mut changes, state.generation) => tracing::warn!(
+                        decided = state.generation,
+                        "the generation moved on while PostgreSQL was starting as a standby: \
+                         not waiting for it to accept connections"
+                    ),
+                }
             }
         }
         Ok(true)
@@ -476,4 +504,40 @@ impl Agent {
 
 async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
     super::pgfiles::connect_within(&conninfo.parse()?, NoTls).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::testing::bootstrapped;
+
+    fn applied(generation: u64) -> AppliedState {
+        let mut state = bootstrapped("n1");
+        state.generation = generation;
+        AppliedState {
+            log_index: generation,
+            state: Arc::new(state),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_stops_waiting_when_the_generation_moves_and_only_then() {
+        let (tx, mut rx) = watch::channel(applied(3));
+        let mut moved = Box::pin(async move { generation_moved(&mut rx, 3).await });
+        // Another entry of the same generation (a report, a confirmation) is no reason.
+        tx.send(applied(3)).unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(60), &mut moved).await;
+        assert!(waited.is_err(), "returned while the generation was still 3");
+        tx.send(applied(4)).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), &mut moved)
+            .await
+            .expect("generation 4 ends the wait");
+        // Already moved when the wait begins: returns at once.
+        let (_tx, mut rx) = watch::channel(applied(5));
+        tokio::time::timeout(Duration::from_secs(1), generation_moved(&mut rx, 4))
+            .await
+            .expect("moved before the wait");
+    }
 }

@@ -694,25 +694,32 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         }
     }
     let election = elect(&input);
-    // In a degraded window the fenced primary alone holds every write it acknowledged
-    // asynchronously: once it is back and stopped, and no standby could be promoted (none
-    // streamed throughout, or one has not reported yet), it is promoted again, losing nothing.
-    if let (Some(_), Some(from), false, None) = (&s.degraded, from_stopped, p.forced, &p.to) {
-        // A standby that streamed throughout may just not have reported yet: it gets a lease.
-        let stuck = match election {
+    // The fenced primary, back and stopped, holds every write it acknowledged: when no
+    // standby can be promoted (the election refuses, or has waited a whole lease for reports
+    // that do not come), it is promoted again, losing nothing. In a degraded window the
+    // writes it acknowledged asynchronously are on it alone; after a fork, the writes of
+    // its parent may be on it and its old primary alone, and that one may have failed a
+    // rewind since (the partition suite's pause-primary-node, finding 14: no primary for
+    // good). A standby that may just not have reported yet gets a lease first.
+    if let (Some(from), false, None) = (from_stopped, p.forced, &p.to) {
+        let stuck = match &election {
             Election::Refuse { .. } => true,
             Election::Wait { .. } => i.pending_ms > s.ha.lease_ms,
             Election::Promote { .. } => false,
         };
         if stuck && s.member(from).is_some() && !s.never_chosen(from) {
+            let why = match &election {
+                Election::Wait { reason } | Election::Refuse { reason } => reason.as_str(),
+                Election::Promote { .. } => "",
+            };
             return act(
                 ControllerAction::Propose(Command::Promote {
                     generation: s.generation,
                     node: from.clone(),
                 }),
                 format!(
-                    "{from} ran degraded and is back, stopped: it holds every write it acknowledged, which no \
-                     standby may have: promoting it again"
+                    "{from} is back, stopped, and holds every write it acknowledged, and no standby can be \
+                     promoted ({why}): promoting {from} again"
                 ),
             );
         }

@@ -680,6 +680,83 @@ fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
     }
 }
 
+/// Finding 14 of docs/jepsen.md (pause-primary-node, seed 572202): n2 promoted at a fork
+/// and was fenced before any standby streamed past it, n1 (the old primary) failed its
+/// rewind, and n3 is behind the fork. Only n2 holds the writes acknowledged before the fork:
+/// once it is back and stopped, and the election has waited a lease, it is promoted again.
+#[test]
+fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back() {
+    let mut s = failing_over();
+    for c in [
+        Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+        Command::RecordTimeline {
+            generation: 2,
+            node: "n2".into(),
+            timeline: 2,
+            switch_lsn: Some("0/500".into()),
+            parent_timeline: Some(1),
+        },
+        Command::BeginFailover {
+            generation: 2,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+    ] {
+        apply(&mut s, &c).unwrap();
+    }
+    assert_eq!(s.generation, 3);
+    let promote_n2 = Some(ControllerAction::Propose(Command::Promote {
+        generation: 3,
+        node: "n2".into(),
+    }));
+    let lease = s.ha.lease_ms;
+    let mut reports = BTreeMap::from([
+        ("n1".to_string(), report(3, PgRole::Stopped, Some((0, 0)))),
+        ("n3".to_string(), report(3, PgRole::Stopped, Some((0x4F0, 1)))),
+    ]);
+    for pending_ms in [0, lease, 100 * lease] {
+        let d = decide_after(&s, &reports, pending_ms);
+        assert_eq!(d.action, None, "n2 has not reported: {pending_ms}");
+        assert!(d.reason.contains("waiting for [n1, n2]"), "{}", d.reason);
+    }
+    // Back, but still fencing (or not observed): nothing yet.
+    for pg in [PgRole::Primary, PgRole::Unknown, PgRole::NoData] {
+        reports.insert("n2".into(), report(3, pg, None));
+        assert_eq!(decide_after(&s, &reports, 100 * lease).action, None, "{pg:?}");
+    }
+    // Stopped: a lease for the others' reports, then promoted again.
+    reports.insert("n2".into(), report(3, PgRole::Stopped, None));
+    assert_eq!(decide_after(&s, &reports, lease).action, None);
+    let d = decide_after(&s, &reports, lease + 1);
+    assert_eq!(d.action, promote_n2, "{}", d.reason);
+    assert!(d.reason.contains("n2 is back, stopped"), "{}", d.reason);
+    // A report of the previous generation is not one of this change.
+    let mut stale = reports.clone();
+    stale.insert("n2".into(), report(2, PgRole::Stopped, None));
+    assert_eq!(decide_after(&s, &stale, 100 * lease).action, None);
+    // n3 past the fork holds the prefix too, and is promoted at once instead.
+    let mut past = reports.clone();
+    past.insert("n3".into(), report(3, PgRole::Stopped, Some((0x600, 2))));
+    assert!(matches!(
+        decide_after(&s, &past, 0).action,
+        Some(ControllerAction::Propose(Command::Promote { ref node, .. })) if node == "n3"
+    ));
+    // Tagged nofailover, it is not promoted; nor against a requested or forced target.
+    let mut tagged = s.clone();
+    tagged.members.get_mut("n2").unwrap().tags.nofailover = true;
+    assert_eq!(decide_after(&tagged, &reports, 100 * lease).action, None);
+    let mut requested = s.clone();
+    requested.pending.as_mut().unwrap().to = Some("n3".into());
+    assert_ne!(decide_after(&requested, &reports, 100 * lease).action, promote_n2);
+    let mut forced = requested.clone();
+    forced.pending.as_mut().unwrap().forced = true;
+    assert_ne!(decide_after(&forced, &reports, 100 * lease).action, promote_n2);
+}
+
 /// `[cluster] adopt`: the adopted member is never replaced, however long it takes and
 /// whoever has an empty data directory: another member's initdb would start an empty
 /// cluster and the adopted database would be cloned away.
