@@ -674,10 +674,13 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         .standbys
         .values()
         .all(|r| r.as_ref().is_some_and(|r| r.timeline == 0));
+    // Back and stopped, or started in recovery on its own WAL (a candidate of an earlier
+    // change, replaced, reports so: the simulation, seed 6596), not streaming from anyone.
     let from_stopped = p.from.as_ref().filter(|f| {
-        i.reports
-            .get(*f)
-            .is_some_and(|r| r.generation == s.generation && r.pg == PgRole::Stopped)
+        i.reports.get(*f).is_some_and(|r| {
+            let own_wal = r.pg == PgRole::Standby && !r.streaming && r.final_position.is_some_and(|(_, tl)| tl > 0);
+            r.generation == s.generation && (r.pg == PgRole::Stopped || own_wal)
+        })
     });
     if let (true, Some(from), false) = (none_holds_anything, from_stopped, p.forced) {
         if p.to.is_none() && s.member(from).is_some() && !s.never_chosen(from) {

@@ -734,6 +734,15 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
     let d = decide_after(&s, &reports, lease + 1);
     assert_eq!(d.action, promote_n2, "{}", d.reason);
     assert!(d.reason.contains("n2 is back, stopped"), "{}", d.reason);
+    // Started in recovery on its own WAL (a candidate of its own, replaced: the simulation,
+    // seed 6596), it is promoted again too; not while it streams from someone.
+    let mut recovering = reports.clone();
+    recovering.insert("n2".into(), report(3, PgRole::Standby, Some((0x700, 2))));
+    assert_eq!(decide_after(&s, &recovering, lease + 1).action, promote_n2);
+    let mut streaming = report(3, PgRole::Standby, None);
+    streaming.timeline = Some(2);
+    recovering.insert("n2".into(), streaming);
+    assert_eq!(decide_after(&s, &recovering, 100 * lease).action, None);
     // A report of the previous generation is not one of this change.
     let mut stale = reports.clone();
     stale.insert("n2".into(), report(2, PgRole::Stopped, None));

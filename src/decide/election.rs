@@ -132,12 +132,36 @@ pub fn elect(input: &ElectionInput) -> Election {
     let any_quorum = input.quorums.iter().any(|q| q.k > 0);
     let counts = |n: &str| !any_quorum || input.quorums.iter().any(|q| q.k > 0 && q.standbys.contains(n));
     let counted: Vec<&(&str, &FinalReport)> = reported.iter().filter(|(n, _)| counts(n)).collect();
-    let best_tli = counted.iter().map(|(_, r)| r.timeline).max().expect("needed >= 1");
+    // A quorum of fork holders covered by a member past the fork (`covered`) holds writes
+    // that perhaps only that member has among those that reported: the new primary must be
+    // at or past the fork too, even when no quorum counts that member (tagged nosync, it
+    // streamed the fenced primary asynchronously). Found by the simulation (seed 104 with an
+    // operator): an old primary promoted again is its own fork's only holder, and a
+    // synchronous standby behind the fork was promoted over the nosync one that held them.
+    let holders = input
+        .quorums
+        .iter()
+        .any(|q| q.k > 0 && input.old_primary.is_some_and(|o| q.standbys.contains(o)));
+    let past_fork = input.fork.filter(|(timeline, at)| {
+        holders
+            && reported
+                .iter()
+                .any(|(_, f)| f.timeline == *timeline && f.flush_lsn >= *at)
+    });
+    let best_tli = counted
+        .iter()
+        .map(|(_, r)| r.timeline)
+        .chain(past_fork.map(|(timeline, _)| timeline))
+        .max()
+        .expect("needed >= 1");
     let best_lsn = counted
         .iter()
         .filter(|(_, r)| r.timeline == best_tli)
         .map(|(_, r)| r.flush_lsn)
         .max()
+        .or(past_fork
+            .filter(|(timeline, _)| *timeline == best_tli)
+            .map(|(_, at)| at))
         .expect("the best timeline has a reporter");
     let floor = match (input.sync_mode, input.last_primary_lsn) {
         (SyncMode::Quorum | SyncMode::Degradable, _) => best_lsn,

@@ -117,6 +117,58 @@ fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
     assert_eq!(promoted(&elect(&plain)), Some("n2"));
 }
 
+/// Simulation seed 104 (an operator toggling nosync): n1 was promoted again after its own
+/// failover, so it is the only holder of the writes before its fork (`ANY 1 (n1)`); n3,
+/// tagged nosync since, streamed n1's timeline past the fork and covers the holders, but no
+/// quorum counts it. n2, the synchronous standby, is behind the fork and lacks writes that
+/// n3 acknowledged before it was tagged: n3 is promoted, never n2; tagged nofailover, no one.
+#[test]
+fn a_member_past_the_fork_outside_every_quorum_sets_the_timeline_needed() {
+    let on = |timeline, lsn| {
+        Some(FinalReport {
+            flush_lsn: lsn,
+            timeline,
+            tags: Tags::default(),
+        })
+    };
+    let input = |n3: Option<FinalReport>| {
+        let mut i = quorum(&[("n2", on(1, 48)), ("n3", n3)]);
+        i.quorums = vec![
+            SyncConfig {
+                standbys: ["n2"].map(String::from).into(),
+                k: 1,
+            },
+            SyncConfig {
+                standbys: ["n1"].map(String::from).into(),
+                k: 1,
+            },
+        ];
+        i.old_primary = Some("n1");
+        i.fork = Some((2, 60));
+        i
+    };
+    assert_eq!(promoted(&elect(&input(on(2, 70)))), Some("n3"));
+    assert_eq!(promoted(&elect(&input(on(2, 60)))), Some("n3"), "at the fork");
+    // Not past the fork: nothing covers n1's writes, so it waits (for n1).
+    for n3 in [on(2, 59), on(1, 90), None] {
+        let e = elect(&input(n3.clone()));
+        assert!(
+            matches!(&e, Election::Wait { reason } if reason.contains("[n1]")),
+            "{n3:?}: {e:?}"
+        );
+    }
+    let mut tagged = on(2, 70).unwrap();
+    tagged.tags.nofailover = true;
+    let e = elect(&input(Some(tagged)));
+    assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
+    // n2 past the fork too, and counted: the most advanced of the two on that timeline.
+    let mut both = input(on(2, 70));
+    both.standbys.insert("n2", on(2, 65));
+    assert_eq!(promoted(&elect(&both)), Some("n3"));
+    both.standbys.insert("n2", on(2, 80));
+    assert_eq!(promoted(&elect(&both)), Some("n2"));
+}
+
 #[test]
 fn priority_breaks_ties_then_name() {
     let mut hi = report(10).unwrap();

@@ -139,11 +139,18 @@ pub fn derive(state: &ClusterState, local: &Local, d: &Decision, seen: &mut Sync
 }
 
 /// Whether the Raft leader, once it has confirmed its leadership, grants `node`'s renewal
-/// for `generation`: only to the recorded primary of that generation, with no change
-/// pending. A renewal granted under an older generation, or during a failover, would let a
-/// fenced primary run on.
+/// for `generation`: to the recorded primary of that generation with no change pending,
+/// or to the candidate the pending change of that generation chose (it promotes only
+/// with a grant, so never on a state in which it was since replaced). A renewal granted
+/// under an older generation, or to a fenced primary during a failover, would let it run on.
 pub fn grants_renewal(state: &ClusterState, node: &str, generation: u64) -> bool {
-    state.pending.is_none() && state.generation == generation && state.primary.as_ref().is_some_and(|p| p.node == node)
+    if state.generation != generation {
+        return false;
+    }
+    match &state.pending {
+        None => state.primary.as_ref().is_some_and(|p| p.node == node),
+        Some(p) => p.candidate.as_deref() == Some(node),
+    }
 }
 
 /// The lease for `generation` as its holder counts it at `now`, on its own clock:
@@ -264,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_recorded_primary_of_the_generation_is_granted_and_never_during_a_change() {
+    fn only_the_recorded_primary_or_the_chosen_candidate_of_the_generation_is_granted() {
         let mut s = bootstrapped("n1");
         assert!(grants_renewal(&s, "n1", 1));
         assert!(!grants_renewal(&s, "n2", 1), "not the primary");
@@ -279,6 +286,27 @@ mod tests {
         for (node, g) in [("n1", 1), ("n1", 2), ("n2", 2)] {
             assert!(!grants_renewal(&s, node, g), "{node} {g}: a change is pending");
         }
+        // The candidate of the change, once chosen, under its generation only; until its
+        // replacement, and then its successor only.
+        let promote = |node: &str, generation| Command::Promote {
+            generation,
+            node: node.into(),
+        };
+        apply(&mut s, &promote("n2", 2)).unwrap();
+        assert!(grants_renewal(&s, "n2", 2));
+        for (node, g) in [("n1", 1), ("n1", 2), ("n3", 2), ("n2", 1), ("n2", 3)] {
+            assert!(!grants_renewal(&s, node, g), "{node} {g}: not the candidate");
+        }
+        let replace = Command::BeginFailover {
+            generation: 2,
+            to: None,
+            forced: false,
+            reason: "n2 made no progress".into(),
+        };
+        apply(&mut s, &replace).unwrap();
+        assert!(!grants_renewal(&s, "n2", 2) && !grants_renewal(&s, "n2", 3), "replaced");
+        apply(&mut s, &promote("n3", 3)).unwrap();
+        assert!(grants_renewal(&s, "n3", 3) && !grants_renewal(&s, "n2", 3));
     }
 
     #[test]

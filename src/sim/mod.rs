@@ -762,7 +762,7 @@ impl Sim {
         let local = self.observe(i);
         let now = self.now;
         let role = wanted(&state, &me);
-        if role != Wanted::Primary {
+        if !matches!(role, Wanted::Primary | Wanted::Candidate) {
             let m = &mut self.nodes[i].mem;
             m.lease = None;
             m.acquiring = None;
@@ -847,6 +847,17 @@ impl Sim {
                 && !current.paused
             {
                 break;
+            }
+            // As the agent: a candidate promotes only with a lease granted as the candidate.
+            if role == Wanted::Candidate && *action == Action::Promote {
+                let local = self.nodes[i].local(self.now);
+                let held = self.nodes[i]
+                    .mem
+                    .lease
+                    .is_some_and(|(g, e)| g == state.generation && local < e);
+                if !held {
+                    break;
+                }
             }
             match self.execute(i, action, &state, &role) {
                 Ok(()) => {
