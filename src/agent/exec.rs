@@ -9,6 +9,7 @@ use tokio_postgres::NoTls;
 use super::{fence, Agent};
 use crate::cluster::{ClusterState, Command};
 use crate::decide::agent::Action;
+use crate::node::report::{ReportClient, ReportReply, ReportRequest};
 use crate::node::ProposeError;
 use crate::postgres::{observe, Observation, StopMode};
 use crate::raft::state_machine::AppliedState;
@@ -166,6 +167,9 @@ impl Agent {
                 }
                 pg.write_conf(state, None, false)?;
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
+                if candidate {
+                    self.confirm_candidate(state).await?;
+                }
                 tracing::info!(generation = state.generation, "promoting PostgreSQL");
                 pg.ctl.promote(Duration::from_secs(60)).await?;
             }
@@ -217,6 +221,52 @@ impl Agent {
             }
         }
         Ok(true)
+    }
+
+    /// Asks the Raft leader, which first confirms its leadership with a ReadIndex round,
+    /// whether its applied state still names this node the candidate of `state.generation`
+    /// (`decide::report::grants_renewal`), right before `pg_ctl promote`. The state this agent
+    /// decided on may be old: a candidate that the controller replaced while its raftpg was
+    /// down or cut off would otherwise promote on it, without the writes its successor
+    /// acknowledged since (the simulation, seed 2024). The grant is not kept as a lease: it
+    /// arms no fence (a promotion that replays a long backlog must not be fenced half-way);
+    /// the new primary acquires its lease once its timeline is recorded, as before.
+    async fn confirm_candidate(&self, state: &ClusterState) -> anyhow::Result<()> {
+        let g = state.generation;
+        let mut report = self.outbox.lock().unwrap_or_else(|p| p.into_inner()).report.clone();
+        report.generation = g;
+        let req = ReportRequest {
+            node: self.pg.me.clone(),
+            report,
+            renew: true,
+        };
+        let Some(leader) = self.node.metrics().current_leader else {
+            bail!(
+                "no Raft leader is known to confirm that I am still the candidate of generation {g}: not promoting yet"
+            );
+        };
+        let reply = if leader == self.node.id() {
+            crate::node::report::handle(&self.node.raft, &self.node.sm, &self.node.book, req).await
+        } else {
+            let Some(m) = self.node.state().state.member_by_id(leader).cloned() else {
+                bail!("Raft leader {leader} is not a known member: not promoting yet");
+            };
+            ReportClient::new(self.node.transport.clone())
+                .send(&m.raft_addr, &req, PROPOSE_TIMEOUT)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot ask the Raft leader at {}: {e}: not promoting yet", m.raft_addr))?
+        };
+        match reply {
+            ReportReply::Accepted {
+                lease_granted: true, ..
+            } => Ok(()),
+            ReportReply::Accepted { .. } => {
+                bail!("the Raft leader's state no longer names me the candidate of generation {g}: not promoting")
+            }
+            ReportReply::NotLeader { .. } => {
+                bail!("the Raft leader could not confirm its leadership: not promoting yet")
+            }
+        }
     }
 
     async fn propose(&self, cmd: Command) -> anyhow::Result<()> {

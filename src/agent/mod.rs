@@ -63,8 +63,6 @@ pub struct Agent {
     holder: Holder,
     outbox: Arc<Mutex<Outbox>>,
     wake_reporter: Arc<Notify>,
-    /// Woken by the lease task when a lease is first granted under a generation.
-    wake_agent: Arc<Notify>,
     /// Since when PostgreSQL is down or unobservable (for the restart bound).
     down_since: Option<Instant>,
     /// Since when this standby follows the primary without streaming.
@@ -141,7 +139,6 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         holder,
         outbox,
         wake_reporter: Arc::new(Notify::new()),
-        wake_agent: Arc::new(Notify::new()),
         down_since: None,
         not_streaming_since: None,
         fallen_back_since: None,
@@ -169,7 +166,6 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
             agent.holder.clone(),
             agent.outbox.clone(),
             agent.wake_reporter.clone(),
-            agent.wake_agent.clone(),
             stop.clone(),
         ),
     );
@@ -187,7 +183,6 @@ impl Agent {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 _ = changes.changed() => {}
-                _ = self.wake_agent.notified() => {}
                 _ = tokio::time::sleep(delay) => {}
             }
             let idle = idle_tick(changes.borrow().state.ha.lease_ms);
@@ -232,15 +227,12 @@ impl Agent {
         let local = self.observe_local().await;
         let now = Instant::now();
         let role = wanted(&state, &self.pg.me);
-        // A candidate keeps the lease it was granted: it promotes with it, and a primary
-        // recorded under the same generation renews the same lease.
-        if !matches!(role, Wanted::Primary | Wanted::Candidate) {
+        if role != Wanted::Primary {
             self.holder.clear();
         }
         self.track_times(&role, &local, now);
-        // Only a primary acquires a lease (the table reads it for no other role; a candidate's
-        // grant is read where it promotes); starting the acquiring clock for others would arm
-        // their fence keeper.
+        // Only a primary holds or acquires a lease (the table reads it for no other role);
+        // starting the acquiring clock for others would arm their fence keeper.
         let lease = match role {
             Wanted::Primary => self.holder.view(state.generation, now, state.ha.lease_ms),
             _ => LeaseView::Expired,
@@ -328,20 +320,6 @@ impl Agent {
                 let view = self.holder.view(state.generation, Instant::now(), state.ha.lease_ms);
                 if view != LeaseView::Held && !current.paused {
                     tracing::warn!("dropping {action:?}: the lease is not held");
-                    break;
-                }
-            }
-            // A candidate promotes only once a Raft leader that confirmed its leadership
-            // granted it a lease as the candidate of this generation (the lease task asks at
-            // once and wakes this loop when it is granted). Not `view`: a candidate has no
-            // acquiring period, which would arm its fence keeper before it promotes.
-            if role == Wanted::Candidate && *action == Action::Promote {
-                let held = self.holder.expiry(state.generation).is_some_and(|e| e > Instant::now());
-                if !held {
-                    tracing::info!(
-                        generation = state.generation,
-                        "waiting for a Raft leader to confirm that I am still the candidate before I promote"
-                    );
                     break;
                 }
             }
@@ -580,7 +558,6 @@ async fn lease_loop(
     holder: Holder,
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
-    wake_agent: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut client = ReportClient::new(node.transport.clone());
@@ -663,13 +640,7 @@ async fn lease_loop(
                 report,
                 renew,
             };
-            let generation = req.report.generation;
-            let held_before = holder.expiry(generation).is_some();
             let delivered = send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
-            // A first grant of a generation may be what a candidate waits for to promote.
-            if !held_before && holder.expiry(generation).is_some() {
-                wake_agent.notify_one();
-            }
             // Until a leader answers, try again soon rather than a whole interval later.
             next_send = Instant::now() + if delivered { interval } else { interval.min(RETRY) };
         }

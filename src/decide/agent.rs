@@ -551,16 +551,10 @@ fn candidate(i: &AgentInput) -> Decision {
     let g = i.state.generation;
     match i.local {
         // Reconfigure drops primary_conninfo (nothing to follow while a change is pending).
-        // The promotion waits for a lease: a Raft leader that confirmed its leadership saw
-        // this node as the candidate of generation `g` (`report::grants_renewal`). A
-        // candidate replaced while its raftpg was down or cut off (the controller replaces
-        // one that makes no progress) would otherwise promote again on the state it had,
-        // without the writes the new primary acknowledged since (the simulation, seed 2024).
         Local::Standby(_) => Decision::new(
             vec![Action::Reconfigure, Action::Promote],
             format!("chosen to promote under generation {g}: promoting"),
-        )
-        .renewing(),
+        ),
         Local::Primary(pg) => match pg.timeline {
             Some(timeline) => Decision::new(
                 vec![Action::RecordTimeline {
@@ -568,9 +562,8 @@ fn candidate(i: &AgentInput) -> Decision {
                     write_lsn: pg.write_lsn,
                 }],
                 format!("promoted on timeline {timeline}: recording it"),
-            )
-            .renewing(),
-            None => Decision::idle("promoted, but the timeline is not known yet").renewing(),
+            ),
+            None => Decision::idle("promoted, but the timeline is not known yet"),
         },
         Local::Stopped { .. } => Decision::new(
             vec![Action::StartStandby],

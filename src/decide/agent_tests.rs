@@ -486,9 +486,6 @@ fn candidate_promotes_then_records_its_timeline() {
     let standby = Local::Standby(pg(true, "", None));
     let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
     assert_eq!(d.actions, [Action::Reconfigure, Action::Promote]);
-    // It asks for the lease that the agent's Promote waits for (simulation seed 2024: a
-    // replaced candidate, restarted cut off, promoted on the state it had).
-    assert!(d.renew_lease);
     let mut promoted = pg(false, "", None);
     promoted.timeline = Some(2);
     let d = decide(&input("n1", &s, &Local::Primary(promoted), LeaseView::Acquiring));
@@ -498,13 +495,6 @@ fn candidate_promotes_then_records_its_timeline() {
             timeline: 2,
             write_lsn: Some(100)
         }]
-    );
-    assert!(d.renew_lease, "renewed until the timeline is recorded");
-    // Down, it starts in recovery and asks for nothing yet.
-    let d = decide(&input("n1", &s, &Local::Stopped { control: None }, LeaseView::Expired));
-    assert_eq!(
-        (d.actions.as_slice(), d.renew_lease),
-        (&[Action::StartStandby][..], false)
     );
 }
 
@@ -782,11 +772,9 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             assert!(d.reason.contains(FULL), "{}", ctx());
         }
     }
-    // Only the primary asks for the lease, and the candidate about to promote or record its
-    // timeline; only a fenced standby reports a final position.
+    // Only the primary asks for the lease; only a fenced standby reports a final position.
     if d.renew_lease {
-        let promoting = role == Wanted::Candidate && matches!(i.local, Local::Standby(_) | Local::Primary(_));
-        assert!(role == Wanted::Primary || promoting, "{}", ctx());
+        assert_eq!(role, Wanted::Primary, "{}", ctx());
     }
     if d.final_position.is_some() {
         assert!(matches!(role, Wanted::Fenced | Wanted::OldPrimary), "{}", ctx());

@@ -683,7 +683,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
         })
     });
     if let (true, Some(from), false) = (none_holds_anything, from_stopped, p.forced) {
-        if p.to.is_none() && s.member(from).is_some() && !s.never_chosen(from) {
+        if p.to.is_none() && s.member(from).is_some() && !s.never_chosen(from) && !s.vetoed.contains(from) {
             return act(
                 ControllerAction::Propose(Command::Promote {
                     generation: s.generation,
@@ -710,7 +710,9 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             Election::Wait { .. } => i.pending_ms > s.ha.lease_ms,
             Election::Promote { .. } => false,
         };
-        if stuck && s.member(from).is_some() && !s.never_chosen(from) {
+        // Not once its pre_promote hook refused: it would be chosen, refuse and be fenced
+        // again under every new generation.
+        if stuck && s.member(from).is_some() && !s.never_chosen(from) && !s.vetoed.contains(from) {
             let why = match &election {
                 Election::Wait { reason } | Election::Refuse { reason } => reason.as_str(),
                 Election::Promote { .. } => "",

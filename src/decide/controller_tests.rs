@@ -754,10 +754,14 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
         decide_after(&s, &past, 0).action,
         Some(ControllerAction::Propose(Command::Promote { ref node, .. })) if node == "n3"
     ));
-    // Tagged nofailover, it is not promoted; nor against a requested or forced target.
+    // Tagged nofailover, it is not promoted, nor once its pre_promote hook refused (it would
+    // be chosen and refuse under every generation); nor against a requested or forced target.
     let mut tagged = s.clone();
     tagged.members.get_mut("n2").unwrap().tags.nofailover = true;
     assert_eq!(decide_after(&tagged, &reports, 100 * lease).action, None);
+    let mut vetoed = s.clone();
+    vetoed.vetoed.insert("n2".into());
+    assert_eq!(decide_after(&vetoed, &reports, 100 * lease).action, None);
     let mut requested = s.clone();
     requested.pending.as_mut().unwrap().to = Some("n3".into());
     assert_ne!(decide_after(&requested, &reports, 100 * lease).action, promote_n2);

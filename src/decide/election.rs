@@ -158,10 +158,12 @@ pub fn elect(input: &ElectionInput) -> Election {
         .iter()
         .filter(|(_, r)| r.timeline == best_tli)
         .map(|(_, r)| r.flush_lsn)
+        .chain(
+            past_fork
+                .filter(|(timeline, _)| *timeline == best_tli)
+                .map(|(_, at)| at),
+        )
         .max()
-        .or(past_fork
-            .filter(|(timeline, _)| *timeline == best_tli)
-            .map(|(_, at)| at))
         .expect("the best timeline has a reporter");
     let floor = match (input.sync_mode, input.last_primary_lsn) {
         (SyncMode::Quorum | SyncMode::Degradable, _) => best_lsn,

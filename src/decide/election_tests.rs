@@ -159,7 +159,13 @@ fn a_member_past_the_fork_outside_every_quorum_sets_the_timeline_needed() {
     }
     let mut tagged = on(2, 70).unwrap();
     tagged.tags.nofailover = true;
-    let e = elect(&input(Some(tagged)));
+    let e = elect(&input(Some(tagged.clone())));
+    assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
+    // n2 on that timeline but before the fork (rewound, replaying from a checkpoint before
+    // it) lacks the fork's writes: with n3 tagged nofailover, no one may be promoted.
+    let mut early = input(Some(tagged));
+    early.standbys.insert("n2", on(2, 59));
+    let e = elect(&early);
     assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
     // n2 past the fork too, and counted: the most advanced of the two on that timeline.
     let mut both = input(on(2, 70));

@@ -762,7 +762,7 @@ impl Sim {
         let local = self.observe(i);
         let now = self.now;
         let role = wanted(&state, &me);
-        if !matches!(role, Wanted::Primary | Wanted::Candidate) {
+        if role != Wanted::Primary {
             let m = &mut self.nodes[i].mem;
             m.lease = None;
             m.acquiring = None;
@@ -848,16 +848,16 @@ impl Sim {
             {
                 break;
             }
-            // As the agent: a candidate promotes only with a lease granted as the candidate.
-            if role == Wanted::Candidate && *action == Action::Promote {
-                let local = self.nodes[i].local(self.now);
-                let held = self.nodes[i]
-                    .mem
-                    .lease
-                    .is_some_and(|(g, e)| g == state.generation && local < e);
-                if !held {
-                    break;
-                }
+            // As the agent (`confirm_candidate`): a candidate promotes only once the Raft
+            // leader's state names it the candidate of this generation.
+            if role == Wanted::Candidate
+                && *action == Action::Promote
+                && !(self.reaches_leader(i) && grants_renewal(&self.state, &me, state.generation))
+            {
+                self.log(format!(
+                    "{me}: no Raft leader confirms that I am still the candidate: not promoting"
+                ));
+                break;
             }
             match self.execute(i, action, &state, &role) {
                 Ok(()) => {
