@@ -143,7 +143,9 @@ impl Agent {
                 // A candidate's pre_promote may refuse: then it stays a standby and asks the
                 // controller for another candidate.
                 let candidate = state.pending.as_ref().and_then(|p| p.candidate.as_deref()) == Some(pg.me.as_str());
-                if candidate {
+                // Once per generation: a promotion retried (the leader did not confirm yet, or
+                // pg_ctl promote failed) does not run the hook, and its side effects, again.
+                if candidate && self.pre_promoted != Some(state.generation) {
                     let timeline = state.history.last().map(|h| h.timeline);
                     if let Err(why) = self.hooks.pre_promote(state.generation, timeline).await {
                         self.propose(Command::VetoCandidate {
@@ -157,6 +159,7 @@ impl Agent {
                             state.generation
                         );
                     }
+                    self.pre_promoted = Some(state.generation);
                 }
                 // Timelines other members took must not be taken again.
                 for (tl, text) in crate::postgres::recorded_histories(&state.history) {

@@ -100,6 +100,8 @@ pub struct Agent {
     managed_checked: Option<Instant>,
     /// The operator's `[hooks]`, called as the local PostgreSQL starts, stops, changes role.
     hooks: hooks::Hooks,
+    /// The generation whose promotion `pre_promote` allowed.
+    pre_promoted: Option<u64>,
 }
 
 /// How often the agent checks that PostgreSQL runs the values raftpg manages.
@@ -157,6 +159,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         noop_rewind: None,
         managed_checked: None,
         hooks: hooks::Hooks::start(&node.cfg.hooks, &node.cfg.cluster.name, &node.cfg.node.name),
+        pre_promoted: None,
     };
     node.spawn(
         "lease",

@@ -153,6 +153,14 @@ pub fn grants_renewal(state: &ClusterState, node: &str, generation: u64) -> bool
     }
 }
 
+/// Whether a renewal granted to `node` under `generation` moves the controller's clock for
+/// the primary's lease (`lease::Book::granted`): only the recorded primary's. A candidate's
+/// confirmation before it promotes does not: the new primary's clock starts when its
+/// timeline is recorded, not at a confirmation that a long promotion may have followed.
+pub fn renews_primary(state: &ClusterState, node: &str, generation: u64) -> bool {
+    state.pending.is_none() && grants_renewal(state, node, generation)
+}
+
 /// The lease for `generation` as its holder counts it at `now`, on its own clock:
 /// `granted` is the (generation, expiry) of its last granted renewal; until
 /// `acquiring_until` (one lease after it first saw itself primary of `generation`) a
@@ -294,6 +302,10 @@ mod tests {
         };
         apply(&mut s, &promote("n2", 2)).unwrap();
         assert!(grants_renewal(&s, "n2", 2));
+        assert!(
+            !renews_primary(&s, "n2", 2),
+            "a confirmation, not the primary's renewal"
+        );
         for (node, g) in [("n1", 1), ("n1", 2), ("n3", 2), ("n2", 1), ("n2", 3)] {
             assert!(!grants_renewal(&s, node, g), "{node} {g}: not the candidate");
         }
@@ -307,6 +319,15 @@ mod tests {
         assert!(!grants_renewal(&s, "n2", 2) && !grants_renewal(&s, "n2", 3), "replaced");
         apply(&mut s, &promote("n3", 3)).unwrap();
         assert!(grants_renewal(&s, "n3", 3) && !grants_renewal(&s, "n2", 3));
+        let record = Command::RecordTimeline {
+            generation: 3,
+            node: "n3".into(),
+            timeline: 2,
+            switch_lsn: None,
+            parent_timeline: None,
+        };
+        apply(&mut s, &record).unwrap();
+        assert!(renews_primary(&s, "n3", 3) && !renews_primary(&s, "n2", 3));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     }
     let state = sm.current().state;
     let granted = crate::decide::report::grants_renewal(&state, &req.node, req.report.generation);
-    if granted {
+    if crate::decide::report::renews_primary(&state, &req.node, req.report.generation) {
         book.granted(&req.node, req.report.generation, Instant::now());
     }
     ReportReply::Accepted {

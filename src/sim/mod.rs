@@ -45,7 +45,7 @@ use crate::agent::keeper::{armed_until, still_inherited};
 use crate::cluster::{apply, ClusterState, Command, Member, Tags};
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
 use crate::decide::controller::{decide as controller_decide, timer_key, ControllerAction, ControllerInput, Report};
-use crate::decide::report::{derive, grants_renewal, lease_view};
+use crate::decide::report::{derive, grants_renewal, lease_view, renews_primary};
 use crate::lease::controller_deadline;
 use crate::postgres::{conf, Controldata, PgState, Replica};
 
@@ -1160,13 +1160,15 @@ impl Sim {
         let name = self.nodes[i].name.clone();
         self.book.reports.insert(name.clone(), (self.now, report.clone()));
         let granted = renew && grants_renewal(&self.state, &name, report.generation);
-        if granted {
+        if granted && renews_primary(&self.state, &name, report.generation) {
             let l = self.leader.expect("reached");
             let leader_local = self.nodes[l].local(self.now);
             match &mut self.book.clock {
                 Some((n, g, at)) if *n == name && *g == report.generation => *at = (*at).max(leader_local),
                 c => *c = Some((name.clone(), report.generation, leader_local)),
             }
+        }
+        if granted {
             let n = &mut self.nodes[i];
             let e = local + lease_ms;
             if !n.mem.lease.is_some_and(|(g, old)| g == report.generation && old >= e) {
