@@ -243,22 +243,14 @@ impl Agent {
             report,
             renew: true,
         };
-        let Some(leader) = self.node.metrics().current_leader else {
-            bail!(
-                "no Raft leader is known to confirm that I am still the candidate of generation {g}: not promoting yet"
-            );
-        };
-        let reply = if leader == self.node.id() {
-            crate::node::report::handle(&self.node.raft, &self.node.sm, &self.node.book, req).await
-        } else {
-            let Some(m) = self.node.state().state.member_by_id(leader).cloned() else {
-                bail!("Raft leader {leader} is not a known member: not promoting yet");
-            };
-            ReportClient::new(self.node.transport.clone())
-                .send(&m.raft_addr, &req, PROPOSE_TIMEOUT)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot ask the Raft leader at {}: {e}: not promoting yet", m.raft_addr))?
-        };
+        let mut client = ReportClient::new(self.node.transport.clone());
+        let reply = super::ask_leader(&self.node, &mut client, &req, PROPOSE_TIMEOUT)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: cannot confirm that I am still the candidate of generation {g}: not promoting yet"
+                )
+            })?;
         match reply {
             ReportReply::Accepted {
                 lease_granted: true, ..

@@ -666,6 +666,29 @@ async fn leader_moves_from(node: &Node, leader: Option<u64>) {
     }
 }
 
+/// Hands `req` to the Raft leader: handled here when this node leads, sent otherwise.
+pub(super) async fn ask_leader(
+    node: &Node,
+    client: &mut ReportClient,
+    req: &ReportRequest,
+    timeout: Duration,
+) -> Result<ReportReply, String> {
+    let Some(leader) = node.metrics().current_leader else {
+        return Err("no Raft leader is known".to_string());
+    };
+    if leader == node.id() {
+        return Ok(report::handle(&node.raft, &node.sm, &node.book, req.clone()).await);
+    }
+    match node.state().state.member_by_id(leader) {
+        // An isolated leader never answers: give up on it as soon as another is known.
+        Some(m) => tokio::select! {
+            r = client.send(&m.raft_addr, req, timeout) => r,
+            _ = leader_moves_from(node, Some(leader)) => Err("the Raft leader changed".to_string()),
+        },
+        None => Err(format!("Raft leader {leader} is not a known member")),
+    }
+}
+
 /// Sends one report (and renewal) to the Raft leader: true if a leader accepted it.
 async fn send_report(
     node: &Node,
@@ -676,22 +699,10 @@ async fn send_report(
     lease_ms: u64,
 ) -> bool {
     let sent = Instant::now();
-    let Some(leader) = node.metrics().current_leader else {
+    if node.metrics().current_leader.is_none() {
         return false;
-    };
-    let reply = if leader == node.id() {
-        Ok(report::handle(&node.raft, &node.sm, &node.book, req.clone()).await)
-    } else {
-        match node.state().state.member_by_id(leader) {
-            // An isolated leader never answers: give up on it as soon as another is known.
-            Some(m) => tokio::select! {
-                r = client.send(&m.raft_addr, &req, timeout) => r,
-                _ = leader_moves_from(node, Some(leader)) => Err("the Raft leader changed".to_string()),
-            },
-            None => Err(format!("Raft leader {leader} is not a known member")),
-        }
-    };
-    let delivered = match reply {
+    }
+    let delivered = match ask_leader(node, client, &req, timeout).await {
         Ok(ReportReply::Accepted { lease_granted, view }) => {
             if lease_granted {
                 holder.granted(req.report.generation, sent, lease_ms);
