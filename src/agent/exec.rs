@@ -128,6 +128,12 @@ impl Agent {
                 }
                 return Ok(false);
             }
+            Action::Reload => {
+                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
+                pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())?;
+                tracing::info!("PostgreSQL does not run the configuration written: reloading it");
+                pg.ctl.reload(TOOL_TIMEOUT).await?;
+            }
             Action::StopStreaming => {
                 pg.write_conf(state, None, false)?;
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
@@ -213,17 +219,51 @@ impl Agent {
                 // (finding 14 of docs/jepsen.md: a failover took 58 s). The postmaster
                 // keeps starting, and the next tick decides what to do with it.
                 let mut changes = self.node.subscribe();
+                let start = pg.ctl.start(pg.start_timeout);
+                tokio::pin!(start);
                 tokio::select! {
-                    started = pg.ctl.start(pg.start_timeout) => started?,
-                    () = generation_moved(&mut changes, state.generation) => tracing::warn!(
-                        decided = state.generation,
-                        "the generation moved on while PostgreSQL was starting as a standby: \
-                         not waiting for it to accept connections"
-                    ),
+                    started = &mut start => started?,
+                    () = generation_moved(&mut changes, state.generation) => {
+                        tracing::warn!(
+                            decided = state.generation,
+                            "the generation moved on while PostgreSQL was starting as a standby: \
+                             stopping it, so that the next tick starts it for the new state"
+                        );
+                        self.stop_starting(start).await;
+                    }
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Stops a standby whose `pg_ctl start -w` (`start`) is abandoned because the generation
+    /// moved. Left running, it would keep the configuration written for the old state: the
+    /// next tick's start fails on its lock file, and once it accepts connections it streams
+    /// from the old upstream, or never accepts them while it waits for WAL there. `pg_ctl`
+    /// is dropped only once the postmaster it launched is known (its postmaster.pid) and
+    /// stopped, or once it has returned: dropped earlier, it could leave a postmaster that
+    /// starts after the stop.
+    async fn stop_starting(
+        &self,
+        start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
+    ) {
+        let pg = &self.pg;
+        let mut start = start;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        let running = loop {
+            tokio::select! {
+                started = &mut start => break started.is_ok(),
+                _ = poll.tick() => if super::postmaster_alive(pg) { break true },
+            }
+        };
+        if !running {
+            return;
+        }
+        if let Err(e) = pg.ctl.stop(StopMode::Fast, TOOL_TIMEOUT).await {
+            tracing::error!("the standby that was starting did not stop ({e}): stopping it at once");
+            fence(pg).await;
+        }
     }
 
     /// Asks the Raft leader, which first confirms its leadership with a ReadIndex round,

@@ -185,6 +185,9 @@ pub enum Action {
     Stop,
     /// Render postgresql.conf and pg_hba.conf for the applied state; reload if they changed.
     Reconfigure,
+    /// Render them and reload whether or not they changed: the running PostgreSQL's
+    /// settings differ from the ones wanted.
+    Reload,
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
     /// Create the missing replication slots of the members that stream from this node by
@@ -906,8 +909,11 @@ fn following(i: &AgentInput, p: &str) -> Decision {
             vec![Action::Fence],
             format!("{p} is the primary of generation {g}: fencing my stray primary"),
         ),
+        // Reload even when the files did not change: PostgreSQL runs another conninfo
+        // than the one wanted, so it does not run what they say (a postmaster started
+        // before they were written).
         Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => {
-            Decision::new(vec![Action::Reconfigure], format!("following the new primary {p}"))
+            Decision::new(vec![Action::Reload], format!("following the new primary {p}"))
         }
         // Started on its own timeline to give a final report: only a restart lets it
         // follow the new one (recovery_target_timeline takes effect at start).

@@ -219,6 +219,25 @@ fn locals() -> Vec<Local> {
     ]
 }
 
+/// A standby that runs another conninfo than the one wanted is reloaded even when the
+/// files already say the right one (`Reload`, not `Reconfigure`, which reloads only when
+/// they change): a postmaster started before they were rewritten kept streaming from the
+/// old upstream for good (CI, stop 30: a replica whose start was abandoned).
+#[test]
+fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
+    let mut s = three_members(&boot("n1"));
+    s.primary.as_mut().unwrap().timeline = Some(1);
+    for (running, streaming, want) in [
+        ("host=elsewhere", Some("streaming"), [Action::Reload]),
+        ("host=elsewhere", None, [Action::Reload]),
+        (WANT, Some("streaming"), [Action::Reconfigure]),
+    ] {
+        let local = Local::Standby(pg(true, running, streaming));
+        let d = decide(&input("n3", &s, &local, LeaseView::Expired));
+        assert_eq!(d.actions, want, "{running} {streaming:?}: {}", d.reason);
+    }
+}
+
 #[test]
 fn a_standby_pinned_to_its_timeline_for_a_final_report_restarts_to_follow_the_new_one() {
     let mut s = three_members(&boot("n1"));

@@ -968,7 +968,7 @@ impl Sim {
             Action::RestartDone => self.nodes[i].mem.restarts_done = state.requests_of(&me).0,
             Action::ReinitDone => self.nodes[i].mem.reinits_done = state.requests_of(&me).1,
             Action::Stop => self.nodes[i].pg.stop(true),
-            Action::Reconfigure => self.render(i, state, role),
+            Action::Reconfigure | Action::Reload => self.render(i, state, role),
             Action::StopStreaming => {
                 let pg = &mut self.nodes[i].pg;
                 pg.upstream = None;
