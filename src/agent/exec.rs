@@ -251,13 +251,14 @@ impl Agent {
         let pg = &self.pg;
         let mut start = start;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
-        let running = loop {
+        loop {
             tokio::select! {
-                started = &mut start => break started.is_ok(),
-                _ = poll.tick() => if super::postmaster_alive(pg) { break true },
+                _ = &mut start => break,
+                _ = poll.tick() => if super::postmaster_alive(pg) { break },
             }
-        };
-        if !running {
+        }
+        // pg_ctl returned: started, or failed (a timeout leaves the postmaster running).
+        if !super::postmaster_alive(pg) {
             return;
         }
         if let Err(e) = pg.ctl.stop(StopMode::Fast, TOOL_TIMEOUT).await {
