@@ -18,6 +18,10 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
 const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `Reload` that did not take effect waits before it is tried again.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
+/// How long an abandoned standby start may take to show its postmaster.
+const START_SHOWN: Duration = Duration::from_secs(10);
 
 /// Returns once the applied state's generation is no longer `generation`; never if the
 /// state stops changing.
@@ -130,8 +134,21 @@ impl Agent {
             }
             Action::Reload => {
                 let upstream = pg.upstream(state, self.fallen_back_since.is_some());
+                let want = upstream
+                    .as_ref()
+                    .map(crate::postgres::conf::conninfo)
+                    .unwrap_or_default();
                 pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())?;
-                tracing::info!("PostgreSQL does not run the configuration written: reloading it");
+                match &self.reloaded {
+                    Some((w, at)) if *w == want && at.elapsed() < RELOAD_RETRY => return Ok(false),
+                    Some((w, _)) if *w == want => tracing::warn!(
+                        "PostgreSQL still runs another primary_conninfo after a reload: it may have \
+                         rejected postgresql.conf (see its log, {}); reloading again",
+                        pg.ctl.log_file.display()
+                    ),
+                    _ => tracing::info!("PostgreSQL does not run the primary_conninfo written: reloading it"),
+                }
+                self.reloaded = Some((want, tokio::time::Instant::now()));
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
             }
             Action::StopStreaming => {
@@ -227,7 +244,7 @@ impl Agent {
                         tracing::warn!(
                             decided = state.generation,
                             "the generation moved on while PostgreSQL was starting as a standby: \
-                             stopping it, so that the next tick starts it for the new state"
+                             stopping it at once, so that the next tick decides for the new state"
                         );
                         self.stop_starting(start).await;
                     }
@@ -237,13 +254,16 @@ impl Agent {
         Ok(true)
     }
 
-    /// Stops a standby whose `pg_ctl start -w` (`start`) is abandoned because the generation
-    /// moved. Left running, it would keep the configuration written for the old state: the
-    /// next tick's start fails on its lock file, and once it accepts connections it streams
-    /// from the old upstream, or never accepts them while it waits for WAL there. `pg_ctl`
-    /// is dropped only once the postmaster it launched is known (its postmaster.pid) and
-    /// stopped, or once it has returned: dropped earlier, it could leave a postmaster that
-    /// starts after the stop.
+    /// Stops, at once, a standby whose `pg_ctl start -w` (`start`) is abandoned because the
+    /// generation moved. Left running, it would keep the configuration written for the old
+    /// state: the next tick's start fails on its lock file, and once it accepts connections
+    /// it streams from the old upstream, or never accepts them while it waits for WAL there.
+    /// An immediate stop (`fence`) is safe for a standby, whose next start replays from its
+    /// last restartpoint, and quick even when PostgreSQL is paused: this member's final
+    /// report may be what the new generation waits for. `pg_ctl` is dropped only once the
+    /// postmaster it launched shows in postmaster.pid, or once it has returned (a start
+    /// that failed on its own timeout leaves the postmaster running), and never waited for
+    /// longer than `START_SHOWN`.
     async fn stop_starting(
         &self,
         start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
@@ -251,18 +271,22 @@ impl Agent {
         let pg = &self.pg;
         let mut start = start;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tokio::select! {
-                _ = &mut start => break,
-                _ = poll.tick() => if super::postmaster_alive(pg) { break },
+        let shown = tokio::time::timeout(START_SHOWN, async {
+            loop {
+                tokio::select! {
+                    _ = &mut start => break,
+                    _ = poll.tick() => if super::postmaster_alive(pg) { break },
+                }
             }
+        })
+        .await;
+        if shown.is_err() {
+            tracing::error!(
+                "the abandoned standby start showed no postmaster within {START_SHOWN:?}: \
+                 if one starts later, it runs the old configuration until the next reload"
+            );
         }
-        // pg_ctl returned: started, or failed (a timeout leaves the postmaster running).
-        if !super::postmaster_alive(pg) {
-            return;
-        }
-        if let Err(e) = pg.ctl.stop(StopMode::Fast, TOOL_TIMEOUT).await {
-            tracing::error!("the standby that was starting did not stop ({e}): stopping it at once");
+        if super::postmaster_alive(pg) {
             fence(pg).await;
         }
     }

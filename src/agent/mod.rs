@@ -102,6 +102,9 @@ pub struct Agent {
     hooks: hooks::Hooks,
     /// The generation whose promotion `pre_promote` allowed.
     pre_promoted: Option<u64>,
+    /// The conninfo of the last `Reload` and when it ran: one that did not take effect
+    /// (PostgreSQL rejected the file) is retried every `RELOAD_RETRY`, not every tick.
+    reloaded: Option<(String, Instant)>,
 }
 
 /// How often the agent checks that PostgreSQL runs the values raftpg manages.
@@ -160,6 +163,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         managed_checked: None,
         hooks: hooks::Hooks::start(&node.cfg.hooks, &node.cfg.cluster.name, &node.cfg.node.name),
         pre_promoted: None,
+        reloaded: None,
     };
     node.spawn(
         "lease",

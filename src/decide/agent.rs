@@ -813,9 +813,10 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
     // A standby keeps the slots of those that cascade from it, and no other: a slot left
     // from its time as primary would hold its WAL for ever.
     if let Local::Standby(pg) = i.local {
-        if d.actions == [Action::Reconfigure] && !i.stale_slots.is_empty() {
+        let renders = matches!(d.actions[..], [Action::Reconfigure] | [Action::Reload]);
+        if renders && !i.stale_slots.is_empty() {
             d.actions.push(Action::DropSlots(i.stale_slots.to_vec()));
-        } else if d.actions == [Action::Reconfigure] && slots_differ(i.state, i.me, &pg.slots, false) {
+        } else if renders && slots_differ(i.state, i.me, &pg.slots, false) {
             d.actions.push(Action::EnsureSlots);
         }
     }

@@ -236,6 +236,12 @@ fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
         let d = decide(&input("n3", &s, &local, LeaseView::Expired));
         assert_eq!(d.actions, want, "{running} {streaming:?}: {}", d.reason);
     }
+    // The slot upkeep that follows a render follows a reload too.
+    let stale = vec!["raftpg_old".to_string()];
+    let local = Local::Standby(pg(true, "host=elsewhere", Some("streaming")));
+    let mut i = input("n3", &s, &local, LeaseView::Expired);
+    i.stale_slots = &stale;
+    assert_eq!(decide(&i).actions, [Action::Reload, Action::DropSlots(stale.clone())]);
 }
 
 #[test]
