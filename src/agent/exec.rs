@@ -141,7 +141,7 @@ impl Agent {
                 pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())?;
                 match &self.reloaded {
                     Some((w, at)) if *w == want && at.elapsed() < RELOAD_RETRY => return Ok(false),
-                    Some((w, _)) if *w == want => tracing::warn!(
+                    Some((w, at)) if *w == want && at.elapsed() < 3 * RELOAD_RETRY => tracing::warn!(
                         "PostgreSQL still runs another primary_conninfo after a reload: it may have \
                          rejected postgresql.conf (see its log, {}); reloading again",
                         pg.ctl.log_file.display()

@@ -181,6 +181,7 @@ fn locals() -> Vec<Local> {
         checkpoint_lsn: Some(0x500),
         system_identifier: Some(9),
         wal_segment_size: Some(16 << 20),
+        from_backup: false,
     };
     vec![
         Local::NoData,
@@ -190,6 +191,12 @@ fn locals() -> Vec<Local> {
         },
         Local::Stopped {
             control: Some(ctl("in production")),
+        },
+        Local::Stopped {
+            control: Some(Controldata {
+                from_backup: true,
+                ..ctl("in production")
+            }),
         },
         Local::Stopped {
             control: Some(ctl("shut down")),
@@ -217,6 +224,37 @@ fn locals() -> Vec<Local> {
             ..pg(true, WANT, None)
         }),
     ]
+}
+
+/// A clone that has not started yet (a backup_label in PGDATA) is started as a standby,
+/// never rewound as the primary its control file describes: pg_rewind's single-user crash
+/// recovery would write WAL of its own on the source's timeline, which streaming then
+/// overwrote along with its checkpoint record (the 300 s tier, zombie-straddle, seed
+/// 662009). Whether it is followed or reported from as a fenced member, it counts as a
+/// standby.
+#[test]
+fn a_clone_not_started_yet_starts_as_a_standby_and_is_never_rewound() {
+    let s = three_members(&boot("n1"));
+    let clone = |from_backup| Local::Stopped {
+        control: Some(Controldata {
+            state: "in production".into(),
+            timeline: Some(1),
+            system_identifier: s.system_identifier,
+            checkpoint_lsn: Some(0x500),
+            wal_segment_size: Some(16 << 20),
+            from_backup,
+        }),
+    };
+    let d = decide(&input("n3", &s, &clone(true), LeaseView::Expired));
+    assert_eq!(d.actions, [Action::StartStandby], "{}", d.reason);
+    // Without the label, the same control file is a primary's that crashed: rewound.
+    let d = decide(&input("n3", &s, &clone(false), LeaseView::Expired));
+    assert!(
+        d.actions.contains(&Action::Rewind { source: "n1".into() }),
+        "{:?}: {}",
+        d.actions,
+        d.reason
+    );
 }
 
 /// A standby that runs another conninfo than the one wanted is reloaded even when the
@@ -341,6 +379,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
+            from_backup: false,
         }),
     };
     let mut i = input("n1", &s, &crashed, LeaseView::Held);
@@ -545,6 +584,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
+            from_backup: false,
         }),
     };
     let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
@@ -559,6 +599,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
+            from_backup: false,
         }),
     };
     assert_eq!(
@@ -905,6 +946,7 @@ fn stopped(state: &str, timeline: u32, checkpoint: u64) -> Local {
             checkpoint_lsn: Some(checkpoint),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
+            from_backup: false,
         }),
     }
 }
@@ -1113,6 +1155,7 @@ fn of_system(state: &str, system: u64) -> Local {
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(system),
             wal_segment_size: Some(16 << 20),
+            from_backup: false,
         }),
     }
 }

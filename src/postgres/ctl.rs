@@ -252,7 +252,10 @@ impl PgCtl {
         let mut cmd = self.command("pg_controldata");
         cmd.arg("-D").arg(&self.data_dir);
         let out = self.run("pg_controldata", cmd, timeout).await?;
-        Ok(Controldata::parse(&out))
+        Ok(Controldata {
+            from_backup: self.data_dir.join("backup_label").exists(),
+            ..Controldata::parse(&out)
+        })
     }
 
     /// Where the valid WAL in the (stopped) data directory's `pg_wal` ends, on the newest
@@ -481,6 +484,15 @@ pub struct Controldata {
     pub checkpoint_lsn: Option<u64>,
     /// "Bytes per WAL segment".
     pub wal_segment_size: Option<u64>,
+    /// PGDATA holds a `backup_label`: a base backup (pg_basebackup, or pg_rewind's output)
+    /// that has not started yet. Its control file still says what the source's did ("in
+    /// production" for a clone of a primary), yet it is a standby to be: started without a
+    /// signal file (pg_rewind's single-user crash recovery does that), it would end
+    /// recovery and write WAL of its own on the source's timeline, where the source's WAL
+    /// differs, and pg_rewind would then find "no rewind required" (the 300 s tier,
+    /// zombie-straddle, seed 662009: a member re-cloned just as the generation moved,
+    /// then streamed over its own checkpoint record and could never start again).
+    pub from_backup: bool,
 }
 
 impl Controldata {
@@ -496,6 +508,7 @@ impl Controldata {
             system_identifier: field("Database system identifier").and_then(|v| v.parse().ok()),
             checkpoint_lsn: field("Latest checkpoint location").and_then(|v| crate::postgres::parse_lsn(&v)),
             wal_segment_size: field("Bytes per WAL segment").and_then(|v| v.parse().ok()),
+            from_backup: false,
         }
     }
 
@@ -506,13 +519,13 @@ impl Controldata {
 
     /// The server was last a primary, stopped cleanly or not.
     pub fn was_primary(&self) -> bool {
-        matches!(self.state.as_str(), "shut down" | "in production")
+        !self.from_backup && matches!(self.state.as_str(), "shut down" | "in production")
     }
 
     /// The server was last a standby (stopped cleanly or not while in recovery). A primary
     /// that crashed during crash recovery says "in crash recovery": not a standby.
     pub fn was_standby(&self) -> bool {
-        matches!(self.state.as_str(), "shut down in recovery" | "in archive recovery")
+        self.from_backup || matches!(self.state.as_str(), "shut down in recovery" | "in archive recovery")
     }
 }
 
@@ -589,6 +602,12 @@ mod tests {
         assert_eq!(c.timeline, Some(3));
         assert!(c.was_standby());
         assert!(!Controldata::parse("Database cluster state: in production").was_standby());
+        // A clone of a primary, not started yet, is a standby to be, not a primary.
+        let clone = Controldata {
+            from_backup: true,
+            ..Controldata::parse("Database cluster state: in production")
+        };
+        assert!(clone.was_standby() && !clone.was_primary());
         assert!(Controldata::parse("Database cluster state: in archive recovery").was_standby());
         assert!(
             !Controldata::parse("Database cluster state: in crash recovery").was_standby(),

@@ -692,6 +692,9 @@ impl Sim {
                     system_identifier: Some(d.system),
                     checkpoint_lsn: Some(lsn_of(d.wal.len())),
                     wal_segment_size: Some(16 << 20),
+                    // A clone is modelled as a standby at once (`Action::Clone`), which is
+                    // what the real agent reads from a backup_label.
+                    from_backup: false,
                 }),
             },
             Run::Primary => {
