@@ -234,7 +234,7 @@ impl Agent {
                 // `pg_ctl start -w` waits out its whole timeout. A primary change begun in
                 // the meantime must not wait for it: this member's final report is needed
                 // (finding 14 of docs/jepsen.md: a failover took 58 s). The postmaster
-                // keeps starting, and the next tick decides what to do with it.
+                // is stopped (`stop_starting`), and the next tick decides for the new state.
                 let mut changes = self.node.subscribe();
                 let start = pg.ctl.start(pg.start_timeout);
                 tokio::pin!(start);
@@ -266,10 +266,9 @@ impl Agent {
     /// longer than `START_SHOWN`.
     async fn stop_starting(
         &self,
-        start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
+        mut start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
     ) {
         let pg = &self.pg;
-        let mut start = start;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
         let shown = tokio::time::timeout(START_SHOWN, async {
             loop {
