@@ -304,3 +304,51 @@ async fn a_standby_started_off_the_stream_recovers_the_timeline_its_wal_reaches(
     standby.stop(StopMode::Fast, T).await.expect("stop");
     drop(dir);
 }
+
+/// A pg_rewind whose source accepts the connection and then never answers (a paused
+/// node) is abandoned when asked, not after its timeout: the tool is killed and waited
+/// for, so nothing writes the data directory afterwards (finding 16 of docs/jepsen.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_onto_a_source_that_never_answers_is_abandoned_and_killed() {
+    use tokio::io::AsyncReadExt;
+    let (dir, pg, _conninfo) = local_pg(26005);
+    pg.initdb("postgres", T).await.expect("initdb");
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = frozen.local_addr().unwrap().port();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let source = tokio::spawn(async move {
+        let (mut socket, _) = frozen.accept().await.unwrap();
+        connected_tx.send(()).unwrap();
+        // Never answers; reads until pg_rewind's end closes the connection.
+        let mut buf = [0u8; 1024];
+        while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+    });
+    let abandon = async {
+        connected.await.expect("pg_rewind connected to the frozen source");
+    };
+    let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable");
+    let rewound = tokio::time::timeout(T, pg.rewind(&conninfo, None, Duration::from_secs(600), abandon))
+        .await
+        .expect("pg_rewind abandoned when asked, not after its own timeout");
+    assert!(
+        matches!(rewound, Err(raftpg::postgres::PgError::Abandoned { .. })),
+        "a frozen source must leave pg_rewind running until it is abandoned: {rewound:?}"
+    );
+    // Killed and reaped: its connection is closed, and no pg_rewind names this directory.
+    tokio::time::timeout(T, source)
+        .await
+        .expect("the killed pg_rewind's connection closes")
+        .unwrap();
+    let data_dir = pg.data_dir.display().to_string();
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("pg_rewind") && c.contains(&data_dir))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "pg_rewind still runs after it was abandoned: {running:?}"
+    );
+    drop(dir);
+}

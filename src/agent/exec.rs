@@ -124,7 +124,7 @@ impl Agent {
                 tracing::info!("requested re-clone done");
             }
             Action::Reconfigure => {
-                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
+                let upstream = self.upstream(state);
                 if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
                     tracing::info!("configuration changed: reloading PostgreSQL");
                     pg.ctl.reload(TOOL_TIMEOUT).await?;
@@ -133,7 +133,7 @@ impl Agent {
                 return Ok(false);
             }
             Action::Reload => {
-                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
+                let upstream = self.upstream(state);
                 let want = upstream
                     .as_ref()
                     .map(crate::postgres::conf::conninfo)
@@ -226,7 +226,7 @@ impl Agent {
             }
             Action::Rewind { source } => self.rewind(state, source).await?,
             Action::StartStandby => {
-                let upstream = pg.upstream(state, self.fallen_back_since.is_some());
+                let upstream = self.upstream(state);
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
                 tracing::info!("starting PostgreSQL as a standby");
@@ -539,12 +539,30 @@ impl Agent {
             c.batch_execute("CHECKPOINT").await?;
             anyhow::Ok(())
         };
-        match tokio::time::timeout(REWIND_TIMEOUT, checkpoint).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("cannot run the CHECKPOINT on {primary} that pg_rewind needs first: {e:#}"),
-            Err(_) => {
-                bail!("the CHECKPOINT on {primary} that pg_rewind needs first did not finish within {REWIND_TIMEOUT:?}")
-            }
+        // A source that freezes (a paused node) holds the CHECKPOINT and pg_rewind until
+        // TCP gives up, and this member, inside the effect, sends no report: a primary
+        // change begun meanwhile would wait for it (finding 16 of docs/jepsen.md: a
+        // failover took 14.4 s). A member that is rewinding holds no write of the fenced
+        // generation, so both steps are abandoned when the generation moves; the rewind
+        // marker makes a part-rewound directory report nothing and be rewound again (or,
+        // if that fails on what the first run changed, re-cloned: a slower rejoin, never a
+        // later failover's wait).
+        let mut changes = self.node.subscribe();
+        let moved = generation_moved(&mut changes, state.generation);
+        tokio::pin!(moved);
+        tokio::select! {
+            done = tokio::time::timeout(REWIND_TIMEOUT, checkpoint) => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!("cannot run the CHECKPOINT on {primary} that pg_rewind needs first: {e:#}"),
+                Err(_) => {
+                    bail!("the CHECKPOINT on {primary} that pg_rewind needs first did not finish within {REWIND_TIMEOUT:?}")
+                }
+            },
+            () = &mut moved => bail!(
+                "the generation moved on (from {}) during the CHECKPOINT on {primary} that pg_rewind needs first: \
+                 abandoning the rewind, so that the next tick decides for the new state",
+                state.generation
+            ),
         }
         tracing::info!("pg_rewind onto {primary}");
         let marker = &pg.rewind_marker;
@@ -553,7 +571,17 @@ impl Agent {
             "pg_rewind started; until it succeeds the data directory may be part rewound\n",
         )
         .with_context(|| format!("cannot write {}", marker.display()))?;
-        let rewound = match pg.ctl.rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT).await {
+        let rewound = match pg
+            .ctl
+            .rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT, &mut moved)
+            .await
+        {
+            Err(crate::postgres::PgError::Abandoned { .. }) => bail!(
+                "the generation moved on (from {}) while pg_rewind ran onto {primary}: pg_rewind is stopped and \
+                 the data directory may be part rewound (the rewind marker stays); the next tick decides for the \
+                 new state",
+                state.generation
+            ),
             // The first time, "nothing to undo" is believed. The second time in one
             // generation, after the standby again could not follow for a while, it is not:
             // the old primary stopped in the middle of a record that crosses into a WAL

@@ -55,6 +55,10 @@ pub fn local_conninfo_of(cfg: &Config) -> Option<String> {
     ))
 }
 
+/// TCP keepalives of raftpg's own connections to another member's PostgreSQL (pg_rewind
+/// and the CHECKPOINT before it): idle time, probe interval, probes.
+const REMOTE_KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(5), Duration::from_secs(2), 3);
+
 /// PostgreSQL's Unix socket directory, under `[node] data_dir`.
 const SOCKET_DIR: &str = "run";
 
@@ -225,9 +229,19 @@ impl PgNode {
     /// Connection string to the primary as superuser (pg_rewind's source).
     pub fn superuser_conninfo(&self, state: &ClusterState, name: &str) -> Option<String> {
         let u = self.upstream_to(state, name)?;
+        // Keepalives: a tool waiting for an answer sends nothing, and a source whose end
+        // of the connection is gone (a node fenced or killed behind a cut that dropped its
+        // FIN) would hold it until its timeout (the partition suite's back-to-back-failovers:
+        // pg_rewind hung for minutes). `REMOTE_KEEPALIVE` detects a dead peer in about 11 s.
         let mut s = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=5",
-            u.host, u.port, self.superuser
+            "host={} port={} user={} dbname=postgres connect_timeout=5 keepalives=1 keepalives_idle={} \
+             keepalives_interval={} keepalives_count={}",
+            u.host,
+            u.port,
+            self.superuser,
+            REMOTE_KEEPALIVE.0.as_secs(),
+            REMOTE_KEEPALIVE.1.as_secs(),
+            REMOTE_KEEPALIVE.2
         );
         if let Some(p) = &self.passfile {
             s += &format!(" passfile={}", p.display());
@@ -259,7 +273,11 @@ impl PgNode {
             .user(&self.superuser)
             .dbname("postgres")
             .application_name("raftpg")
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives(true)
+            .keepalives_idle(REMOTE_KEEPALIVE.0)
+            .keepalives_interval(REMOTE_KEEPALIVE.1)
+            .keepalives_retries(REMOTE_KEEPALIVE.2);
         if let Some(pw) = &self.superuser_password {
             c.password(pw);
         }

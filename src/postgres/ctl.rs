@@ -234,8 +234,16 @@ impl PgCtl {
     }
 
     /// Rewinds the (stopped) data directory onto the timeline of `source` (libpq string).
-    /// Returns pg_rewind's output ("no rewind required" when it had nothing to do).
-    pub async fn rewind(&self, source: &str, passfile: Option<&Path>, timeout: Duration) -> Result<String, PgError> {
+    /// Returns pg_rewind's output ("no rewind required" when it had nothing to do). When
+    /// `abandon` completes first, pg_rewind is killed and waited for, and the result is
+    /// `PgError::Abandoned`: the data directory may then be part rewound.
+    pub async fn rewind(
+        &self,
+        source: &str,
+        passfile: Option<&Path>,
+        timeout: Duration,
+        abandon: impl std::future::Future<Output = ()>,
+    ) -> Result<String, PgError> {
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -244,7 +252,7 @@ impl PgCtl {
         if let Some(p) = passfile {
             cmd.env("PGPASSFILE", p);
         }
-        self.run("pg_rewind", cmd, timeout).await
+        self.run_until("pg_rewind", cmd, timeout, abandon).await
     }
 
     /// What pg_controldata says about a data directory.
@@ -341,32 +349,92 @@ impl PgCtl {
     }
 
     /// Runs a tool to completion within `timeout`; a timeout kills it.
-    async fn run(&self, what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
-        let child = cmd.spawn()?;
-        let out = tokio::time::timeout(timeout, child.wait_with_output())
-            .await
-            .map_err(|_| PgError::Timeout {
+    async fn run(&self, what: &str, cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        self.run_until(what, cmd, timeout, std::future::pending()).await
+    }
+
+    /// Runs a tool to completion within `timeout`, unless `abandon` completes first. A
+    /// timeout or an abandon kills the tool and waits for it to exit, so that a tool that
+    /// writes the data directory is gone before the caller acts on it again.
+    async fn run_until(
+        &self,
+        what: &str,
+        mut cmd: Command,
+        timeout: Duration,
+        abandon: impl std::future::Future<Output = ()>,
+    ) -> Result<String, PgError> {
+        use tokio::io::AsyncReadExt;
+        // A group of its own, so that a kill reaches what the tool started: pg_rewind runs
+        // a single-user postgres for crash recovery, which would go on writing PGDATA.
+        // (`pg_ctl start`'s postmaster starts a session of its own anyway.)
+        cmd.process_group(0);
+        let mut child = cmd.spawn()?;
+        let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        let ended = {
+            let finished = async {
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let read_out = async {
+                    if let Some(s) = stdout.as_mut() {
+                        s.read_to_end(&mut out).await?;
+                    }
+                    std::io::Result::Ok(())
+                };
+                let read_err = async {
+                    if let Some(s) = stderr.as_mut() {
+                        s.read_to_end(&mut err).await?;
+                    }
+                    std::io::Result::Ok(())
+                };
+                let (o, e, status) = tokio::join!(read_out, read_err, child.wait());
+                o?;
+                e?;
+                std::io::Result::Ok((status?, out, err))
+            };
+            tokio::select! {
+                done = tokio::time::timeout(timeout, finished) => done.ok(),
+                () = abandon => {
+                    kill_tool(&mut child, what).await;
+                    return Err(PgError::Abandoned { what: what.to_string() });
+                }
+            }
+        };
+        let Some(done) = ended else {
+            kill_tool(&mut child, what).await;
+            return Err(PgError::Timeout {
                 what: what.to_string(),
                 secs: timeout.as_secs(),
-            })??;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
+            });
+        };
+        let (status, out, err) = done?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+        if status.success() {
             return Ok(text);
         }
         Err(PgError::Failed {
             what: what.to_string(),
-            status: out
-                .status
+            status: status
                 .code()
                 .map_or("killed by a signal".into(), |c| format!("exit status {c}")),
             output: last_lines(&text, 5),
         })
     }
 }
+
+/// Kills a tool's process group with SIGKILL and waits for the tool to exit, for at most
+/// `KILL_WAIT`: a process in uninterruptible sleep (a hung disk) must not hold its caller.
+async fn kill_tool(child: &mut tokio::process::Child, what: &str) {
+    if let Some(pid) = child.id() {
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+    if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+        tracing::error!("{what} did not exit within {KILL_WAIT:?} of SIGKILL (a hung disk?); not waiting for it");
+    }
+}
+
+/// How long a killed tool is waited for.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// One line of `pg_basebackup --progress`: `1234/56789 kB (2%), 0/1 tablespace`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

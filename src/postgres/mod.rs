@@ -110,6 +110,8 @@ pub enum PgError {
     Unreachable { user: String, dir: String },
     #[error("{what} did not finish within {secs}s")]
     Timeout { what: String, secs: u64 },
+    #[error("{what} was abandoned and killed")]
+    Abandoned { what: String },
     #[error("{what} failed ({status}): {output}")]
     Failed {
         what: String,
