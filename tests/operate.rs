@@ -233,11 +233,27 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
         ("postgresql.parameters.shared_preload_libraries=evil", "loads code"),
         ("postgresql.parameters.Hba_File=/tmp/hba", "raftpg sets it itself"),
         ("postgresql.parameters.synchronous_commit=local", "quorum"),
+        ("postgresql.parameters.wrok_mem=16MB", "did you mean work_mem?"),
     ] {
         c.ctl_fails(&["config", "set", kv], says);
     }
+    // One misspelt name refuses the whole command: nothing of it is committed.
+    c.ctl_fails(
+        &[
+            "config",
+            "set",
+            "lease_ms=2500",
+            "postgresql.parameters.shared_bufers=64MB",
+        ],
+        "did you mean shared_buffers?",
+    );
     let shown = c.ctl_ok(&["config", "show"]);
     assert!(!shown.to_ascii_lowercase().contains("archive_command"), "{shown}");
+    assert!(
+        !shown.contains("wrok_mem") && !shown.contains("shared_bufers"),
+        "{shown}"
+    );
+    assert!(!shown.contains("lease_ms = 2500"), "{shown}");
 
     phase("a parameter that needs a restart shows as pending until `ctl restart`");
     c.ctl_ok(&["config", "set", "postgresql.parameters.max_locks_per_transaction=128"]);

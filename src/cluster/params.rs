@@ -96,6 +96,41 @@ pub fn check_parameter(name: &str, value: Option<&str>) -> Result<String, String
     Ok(lower)
 }
 
+/// Why `name` (checked, in lower case) is not a parameter of the PostgreSQL whose
+/// `pg_settings` names are `known`, if it is not: with the closest known name when one is
+/// near enough to be a typo. A name with a dot is an extension's, which PostgreSQL accepts
+/// before the extension is loaded, so it is never refused here.
+pub fn unknown_parameter(name: &str, known: &[String]) -> Option<String> {
+    if name.contains('.') || known.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+        return None;
+    }
+    let near = known
+        .iter()
+        .map(|k| (edit_distance(name, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 5))
+        .min();
+    Some(match near {
+        Some((_, k)) => format!("PostgreSQL has no parameter {name}: did you mean {k}?"),
+        None => format!("PostgreSQL has no parameter {name} (see `SELECT name FROM pg_settings`)"),
+    })
+}
+
+/// Levenshtein distance, over bytes (parameter names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// Whether a node's own parameter (`raftpg.toml`) may be written: anything raftpg does not
 /// manage, compared as PostgreSQL compares names.
 pub fn is_managed(name: &str) -> bool {
@@ -122,6 +157,60 @@ pub fn check_member_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_parameter_is_named_with_the_closest_known_one() {
+        let known: Vec<String> = [
+            "work_mem",
+            "maintenance_work_mem",
+            "shared_buffers",
+            "wal_level",
+            "DateStyle",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(unknown_parameter("work_mem", &known), None);
+        assert_eq!(
+            unknown_parameter("datestyle", &known),
+            None,
+            "names compare case-insensitively"
+        );
+        assert_eq!(
+            unknown_parameter("pg_stat_statements.max", &known),
+            None,
+            "an extension's"
+        );
+        let e = unknown_parameter("wrok_mem", &known).unwrap();
+        assert!(e.contains("did you mean work_mem?"), "{e}");
+        let e = unknown_parameter("shared_buffer", &known).unwrap();
+        assert!(e.contains("did you mean shared_buffers?"), "{e}");
+        let e = unknown_parameter("no_such_setting", &known).unwrap();
+        assert!(
+            e.contains("no parameter no_such_setting") && !e.contains("did you mean"),
+            "{e}"
+        );
+        assert_eq!(
+            unknown_parameter("x", &[]).map(|e| e.contains("pg_settings")),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        for (a, b, d) in [
+            ("", "", 0),
+            ("", "abc", 3),
+            ("abc", "", 3),
+            ("work_mem", "work_mem", 0),
+            ("wrok_mem", "work_mem", 2),
+            ("work_me", "work_mem", 1),
+            ("work_mem", "work_meme", 1),
+            ("kitten", "sitting", 3),
+        ] {
+            assert_eq!(edit_distance(a, b), d, "{a} -> {b}");
+            assert_eq!(edit_distance(b, a), d, "{b} -> {a}");
+        }
+    }
 
     #[test]
     fn parameters_that_run_load_or_name_files_are_refused_whatever_their_case() {

@@ -463,6 +463,7 @@ impl Control for ControlServer {
             return Err(Status::invalid_argument("key is empty: write key=value"));
         }
         let value = (!req.value.is_empty()).then_some(req.value);
+        known_parameters(&self.node.cfg, [(&req.key, &value)]).await?;
         self.reply(Command::SetConfig { key: req.key, value }).await
     }
 
@@ -478,7 +479,8 @@ impl Control for ControlServer {
         let pairs = settings
             .into_iter()
             .map(|s| (s.key, (!s.value.is_empty()).then_some(s.value)))
-            .collect();
+            .collect::<Vec<_>>();
+        known_parameters(&self.node.cfg, pairs.iter().map(|(k, v)| (k, v))).await?;
         self.reply(Command::SetConfigs { pairs }).await
     }
 
@@ -561,6 +563,61 @@ async fn binary_version(cfg: &crate::config::Config) -> String {
         Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         _ => String::new(),
     }
+}
+
+/// Refuses a `postgresql.parameters.NAME=VALUE` whose NAME this node's PostgreSQL does not
+/// know (`pg_settings`): PostgreSQL would reject the whole `postgresql.conf` that carries
+/// it, on reload and on start. Resets are not checked (they remove a bad name), nor are
+/// names with a dot (an extension's), nor anything when this node's PostgreSQL is not
+/// managed or does not answer within 5 s (logged).
+async fn known_parameters<'a>(
+    cfg: &crate::config::Config,
+    pairs: impl IntoIterator<Item = (&'a String, &'a Option<String>)>,
+) -> Result<(), Status> {
+    // Only names the sandbox accepts (`check_parameter`, in lower case): a refused one gets
+    // its own reason from the command.
+    let names: Vec<String> = pairs
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let name = k.trim().strip_prefix("postgresql.parameters.")?;
+            crate::cluster::params::check_parameter(name, Some(v.as_deref()?)).ok()
+        })
+        .filter(|n| !n.contains('.'))
+        .collect();
+    if names.is_empty() || !cfg.postgres.manage {
+        return Ok(());
+    }
+    let Some(conninfo) = crate::agent::pgfiles::local_conninfo_of(cfg) else {
+        return Ok(());
+    };
+    let ask = async {
+        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.ok()?;
+        let conn = tokio::spawn(conn);
+        let rows = client.query("SELECT name FROM pg_settings", &[]).await.ok();
+        conn.abort();
+        rows.map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<String>>())
+    };
+    let Some(known) = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+        .await
+        .ok()
+        .flatten()
+    else {
+        tracing::warn!(
+            "config set: this node's PostgreSQL did not answer, so {names:?} are not checked against pg_settings"
+        );
+        return Ok(());
+    };
+    let unknown: Vec<String> = names
+        .iter()
+        .filter_map(|n| crate::cluster::params::unknown_parameter(n, &known))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "{}; nothing was changed (PostgreSQL would reject a postgresql.conf that sets it)",
+        unknown.join("; ")
+    )))
 }
 
 /// The running server's `server_version` ("" if it does not answer within 2 s).
