@@ -255,7 +255,7 @@ impl Agent {
             }
         }
         self.track_cascade(&state, now);
-        let upstream = self.pg.upstream(&state, self.fallen_back_since.is_some());
+        let upstream = self.upstream(&state);
         let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
@@ -346,6 +346,13 @@ impl Agent {
             }
         }
         Ok(acted)
+    }
+
+    /// Where this node streams from under `state` (`PgNode::upstream`), given whether it
+    /// fell back from its cascade source to the primary: the one answer that the decision
+    /// (`want_conninfo`) and every effect that writes `primary_conninfo` use.
+    fn upstream(&self, state: &crate::cluster::ClusterState) -> Option<crate::postgres::conf::Upstream> {
+        self.pg.upstream(state, self.fallen_back_since.is_some())
     }
 
     fn needs_lease(&self, action: &Action) -> bool {
