@@ -569,7 +569,7 @@ async fn binary_version(cfg: &crate::config::Config) -> String {
 /// know (`pg_settings`): PostgreSQL would reject the whole `postgresql.conf` that carries
 /// it, on reload and on start. Resets are not checked (they remove a bad name), nor are
 /// names with a dot (an extension's), nor anything when this node's PostgreSQL is not
-/// managed or does not answer within 5 s (logged).
+/// managed or cannot be asked within 5 s (logged).
 async fn known_parameters<'a>(
     cfg: &crate::config::Config,
     pairs: impl IntoIterator<Item = (&'a String, &'a Option<String>)>,
@@ -587,23 +587,9 @@ async fn known_parameters<'a>(
     if names.is_empty() || !cfg.postgres.manage {
         return Ok(());
     }
-    let Some(conninfo) = crate::agent::pgfiles::local_conninfo_of(cfg) else {
-        return Ok(());
-    };
-    let ask = async {
-        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.ok()?;
-        let conn = tokio::spawn(conn);
-        let rows = client.query("SELECT name FROM pg_settings", &[]).await.ok();
-        conn.abort();
-        rows.map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<String>>())
-    };
-    let Some(known) = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
-        .await
-        .ok()
-        .flatten()
-    else {
+    let Some(known) = local_column(cfg, "SELECT name FROM pg_settings", std::time::Duration::from_secs(5)).await else {
         tracing::warn!(
-            "config set: this node's PostgreSQL did not answer, so {names:?} are not checked against pg_settings"
+            "config set: this node's PostgreSQL could not be asked, so {names:?} are not checked against pg_settings"
         );
         return Ok(());
     };
@@ -622,19 +608,22 @@ async fn known_parameters<'a>(
 
 /// The running server's `server_version` ("" if it does not answer within 2 s).
 async fn server_version(cfg: &crate::config::Config) -> String {
-    let Some(conninfo) = crate::agent::pgfiles::local_conninfo_of(cfg) else {
-        return String::new();
-    };
+    local_column(cfg, "SHOW server_version", std::time::Duration::from_secs(2))
+        .await
+        .and_then(|v| v.into_iter().next())
+        .unwrap_or_default()
+}
+
+/// The first (text) column of `sql`'s rows on this node's PostgreSQL, over its Unix socket
+/// on a connection of its own; `None` if it does not answer within `within`.
+async fn local_column(cfg: &crate::config::Config, sql: &str, within: std::time::Duration) -> Option<Vec<String>> {
+    let conninfo = crate::agent::pgfiles::local_conninfo_of(cfg)?;
     let ask = async {
         let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.ok()?;
         let conn = tokio::spawn(conn);
-        let row = client.query_one("SHOW server_version", &[]).await.ok();
+        let rows = client.query(sql, &[]).await.ok();
         conn.abort();
-        row.map(|r| r.get::<_, String>(0))
+        rows.map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(2), ask)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    tokio::time::timeout(within, ask).await.ok().flatten()
 }
