@@ -352,3 +352,69 @@ async fn a_rewind_onto_a_source_that_never_answers_is_abandoned_and_killed() {
     );
     drop(dir);
 }
+
+/// A standby restarted with no upstream to stream from replays its own pg_wal to the end,
+/// and `pg_last_wal_receive_lsn()` then says the start of the segment it asks the upstream
+/// for, behind what it replayed. The timeline it reports is the one its WAL reaches, not
+/// the one of the segment before (finding 18 of docs/jepsen.md: in chaos-multi a standby
+/// so reported timeline 1 for WAL on timeline 5, and a member without the writes it had
+/// acknowledged was promoted instead of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standby_off_the_stream_reports_the_timeline_it_replayed() {
+    let (dir, pg, conninfo) = local_pg(26006);
+    pg.initdb("postgres", T).await.expect("initdb");
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        if let Some(u) = &pg.run_as {
+            u.chown(&path).unwrap();
+        }
+    };
+    // Old segments are kept, as on a member whose WAL was not recycled yet.
+    let conf = pg.data_dir.join("postgresql.conf");
+    let base = std::fs::read_to_string(&conf).unwrap() + "\nwal_keep_size = '1GB'\n";
+    write(conf.clone(), &base);
+    pg.start(T).await.expect("start");
+    query(
+        &conninfo,
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('timeline 1'); SELECT pg_switch_wal()",
+    )
+    .await;
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    // Promoted to timeline 2 in the segment after the switch; the one before is timeline 1's.
+    write(pg.data_dir.join("standby.signal"), "");
+    pg.start(T).await.expect("start in recovery");
+    pg.promote(T).await.expect("promote");
+    query(&conninfo, "INSERT INTO t VALUES ('timeline 2')").await;
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    // A standby again, of an upstream that refuses connections.
+    write(pg.data_dir.join("standby.signal"), "");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    write(
+        conf,
+        &format!("{base}primary_conninfo = 'host=127.0.0.1 port={port} user=postgres sslmode=disable'\n"),
+    );
+    pg.start(T).await.expect("start as a standby");
+    let state = async {
+        loop {
+            if let Observation::Up(s) = observe(&conninfo, Duration::from_secs(5)).await {
+                if s.in_recovery && s.walreceiver.is_none() && s.receive_lsn.is_some() {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let state = tokio::time::timeout(T, state).await;
+    let log = pg.log_tail(20);
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    let state = state.expect("the standby asked for streaming within a minute");
+    let (receive, replay) = (state.receive_lsn.unwrap(), state.replay_lsn.unwrap());
+    assert!(
+        receive < replay && receive % (16 << 20) == 0,
+        "the receive position is the start of the segment asked for, behind the replay: {state:?}"
+    );
+    assert_eq!(state.timeline, Some(2), "{state:?}\n{log}");
+    drop(dir);
+}

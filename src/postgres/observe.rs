@@ -117,6 +117,16 @@ pub fn timeline_of_wal(names: &[String], lsn: u64, seg_size: u64) -> Option<u32>
         .max()
 }
 
+/// Where a standby's WAL ends: the furthest of what it received and what it replayed, the
+/// position its final report gives. A standby restarted with no WAL received yet says as
+/// its receive position the start of the segment it asks its upstream for, behind what it
+/// replayed from its own pg_wal: the segment before that may be an older timeline's, and
+/// taking its timeline made a standby of chaos-multi report timeline 1 for WAL on
+/// timeline 5, and lose the election it should have won (finding 18 of docs/jepsen.md).
+pub fn wal_held(receive_lsn: Option<u64>, replay_lsn: Option<u64>) -> Option<u64> {
+    receive_lsn.max(replay_lsn)
+}
+
 /// Observes the server at `conninfo` (libpq key=value form) within `timeout`, on a
 /// connection of its own.
 pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
@@ -248,7 +258,10 @@ async fn query_state(client: &tokio_postgres::Client, st: &Statements) -> Result
     let row = row?;
     let received_tli: Option<i32> = row.get(5);
     let in_recovery: bool = row.get(0);
-    let last_lsn = row.get::<_, Option<PgLsn>>(3).or(row.get(4)).map(u64::from);
+    let last_lsn = wal_held(
+        row.get::<_, Option<PgLsn>>(3).map(u64::from),
+        row.get::<_, Option<PgLsn>>(4).map(u64::from),
+    );
     // Once the walreceiver stops (as it does for a final report), received_tli is gone,
     // and the last checkpoint's timeline can be several timelines old. The timeline of
     // the WAL the standby holds is in the name of the segment file holding its last byte.
@@ -334,6 +347,24 @@ mod tests {
             timeline_of_wal(&names(&["0000000500000001000000FF"]), 0x1_FF00_0010, SEG),
             Some(5)
         );
+    }
+
+    #[test]
+    fn a_restarted_standby_is_on_the_timeline_it_replayed_not_the_one_it_asks_from() {
+        // chaos-multi, seed 662009: n1, restarted off the stream, had replayed to 0/484B9D0
+        // on timeline 5 and asked for streaming from 0/4000000, the start of segment 4.
+        let files = names(&[
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000040000000000000004",
+            "000000050000000000000004",
+        ]);
+        let held = wal_held(Some(0x400_0000), Some(0x484_B9D0));
+        assert_eq!(held, Some(0x484_B9D0));
+        assert_eq!(timeline_of_wal(&files, held.unwrap(), SEG), Some(5));
+        assert_eq!(wal_held(Some(0x500_0000), Some(0x484_B9D0)), Some(0x500_0000));
+        assert_eq!(wal_held(None, Some(0x484_B9D0)), Some(0x484_B9D0));
+        assert_eq!(wal_held(None, None), None);
     }
 
     #[test]
