@@ -1,6 +1,6 @@
 //! A long simulation campaign, or the replay of one seed.
 //!
-//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1]
+//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1]
 //!     cargo run --release --example sim -- --seed 4242        # replay: prints the trace
 //!
 //! Exits 1 if any seed breaks an invariant; prints each failing seed with its trace.
@@ -22,13 +22,11 @@ fn main() -> ExitCode {
             }
         }
     };
-    if let Some(unknown) = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| i % 2 == 0 && !["--seeds", "--from", "--nodes", "--seed", "--operator"].contains(&a.as_str()))
-    {
+    if let Some(unknown) = args.iter().enumerate().find(|(i, a)| {
+        i % 2 == 0 && !["--seeds", "--from", "--nodes", "--seed", "--operator", "--rewind-race"].contains(&a.as_str())
+    }) {
         eprintln!(
-            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync), or --seed S",
+            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source), or --seed S",
             unknown.1
         );
         return ExitCode::from(2);
@@ -38,6 +36,7 @@ fn main() -> ExitCode {
         cfg.nodes = n as usize;
     }
     cfg.operator = value("--operator").is_some_and(|v| v != 0);
+    cfg.rewind_race = value("--rewind-race").is_some_and(|v| v != 0);
     if let Some(seed) = value("--seed") {
         let o = run(seed, &cfg);
         print!("{}", o.report());
@@ -50,10 +49,11 @@ fn main() -> ExitCode {
     let from = value("--from").unwrap_or(0);
     let seeds = value("--seeds").unwrap_or(10_000);
     let started = Instant::now();
-    let (mut failed, mut worst, mut acked) = (0u64, 0u64, 0usize);
+    let (mut failed, mut worst, mut acked, mut declined) = (0u64, 0u64, 0usize, 0u64);
     for seed in from..from + seeds {
         let o = run(seed, &cfg);
         acked += o.acked;
+        declined += o.declined;
         worst = worst.max(o.recovery_ms.unwrap_or(0));
         if o.violation.is_some() {
             failed += 1;
@@ -68,7 +68,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{seeds} seeds from {from} in {:.1?}: {failed} failed, slowest recovery after the heal {worst} ms",
+        "{seeds} seeds from {from} in {:.1?}: {failed} failed, slowest recovery after the heal {worst} ms, \
+         {declined} candidacies declined for want of WAL",
         started.elapsed()
     );
     if failed > 0 {

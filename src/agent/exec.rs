@@ -174,7 +174,7 @@ impl Agent {
                         self.propose(Command::VetoCandidate {
                             generation: state.generation,
                             node: pg.me.clone(),
-                            reason: why.clone(),
+                            reason: format!("its pre_promote hook refused: {why}"),
                         })
                         .await?;
                         bail!(
@@ -198,6 +198,15 @@ impl Agent {
                 }
                 tracing::info!(generation = state.generation, "promoting PostgreSQL");
                 pg.ctl.promote(Duration::from_secs(60)).await?;
+            }
+            Action::DeclineCandidacy { reason } => {
+                tracing::warn!(generation = state.generation, "declining my promotion: {reason}");
+                self.propose(Command::VetoCandidate {
+                    generation: state.generation,
+                    node: pg.me.clone(),
+                    reason: reason.clone(),
+                })
+                .await?;
             }
             Action::RecordTimeline { timeline, write_lsn } => {
                 let fork = pg.timeline_fork(*timeline);

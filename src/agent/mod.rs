@@ -261,8 +261,10 @@ impl Agent {
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
         // After a failed pg_rewind the WAL on disk may be part the source's: not reported.
         let rewinding = self.pg.rewind_marker.exists();
+        // A candidate reads it too: a database whose WAL stops short of its minimum recovery
+        // point declines (`Controldata::short_of`); the read of its final report is reused.
         let wal_end = match (&role, &local) {
-            (Wanted::Fenced, Local::Stopped { control: Some(c) })
+            (Wanted::Fenced | Wanted::Candidate, Local::Stopped { control: Some(c) })
                 if !rewinding && (c.was_standby() || c.was_primary()) =>
             {
                 match self.wal_end_read {

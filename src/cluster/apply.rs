@@ -194,11 +194,11 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
                     why: "it is not the candidate of the change in progress".into(),
                 });
             }
-            // It never promoted (it says so, and only a standby runs pre_promote): it
-            // acknowledged nothing, whatever the mode, so it is replaced like a candidate
-            // that died before promoting.
+            // It never promoted (it says so: only a standby runs pre_promote, and only a
+            // stopped database declines for want of WAL): it acknowledged nothing, whatever
+            // the mode, so it is replaced like a candidate that died before promoting.
             let saved = state.clone();
-            let why = format!("{node}'s pre_promote hook refused the promotion: {reason}");
+            let why = format!("{node} refused the promotion: {reason}");
             let message =
                 begin_failover(state, *generation, None, false, true, &why).inspect_err(|_| *state = saved)?;
             state.vetoed.insert(node.clone());

@@ -121,8 +121,8 @@ pub enum Command {
         pairs: Vec<(String, Option<String>)>,
     },
     /// The candidate `node` of generation `generation`, still a standby, refuses to promote
-    /// (its `pre_promote` hook failed): the change starts again under the next generation,
-    /// without it.
+    /// (its `pre_promote` hook failed, or its database cannot become consistent from its
+    /// own WAL): the change starts again under the next generation, without it.
     VetoCandidate {
         generation: u64,
         node: String,

@@ -201,6 +201,11 @@ pub enum Action {
     OpenGate,
     /// End recovery (`pg_ctl promote`).
     Promote,
+    /// Propose `VetoCandidate`: this candidate cannot promote (its database cannot become
+    /// consistent from its own WAL), so the change starts again without it.
+    DeclineCandidacy {
+        reason: String,
+    },
     /// Propose `RecordTimeline`: this node is the new primary on `timeline` (the fork
     /// point is read from the timeline history file; `write_lsn` if that fails).
     RecordTimeline {
@@ -552,6 +557,25 @@ fn primary(i: &AgentInput) -> Decision {
 
 fn candidate(i: &AgentInput) -> Decision {
     let g = i.state.generation;
+    // Its minimum recovery point is past its WAL (rewound onto a primary that moved on
+    // during the copy and was then fenced): started, it would wait for WAL it cannot get,
+    // never consistent, and be chosen again after every replacement (finding 17 of
+    // docs/jepsen.md). It declines; its final report still counts as the position the
+    // winner must reach.
+    if let (Local::Stopped { control: Some(c) }, Some((end, timeline))) = (i.local, i.wal_end) {
+        if let Some(need) = c.short_of((end, timeline)) {
+            let reason = format!(
+                "it cannot become consistent from its own WAL: recovery must reach {} and its WAL ends at {} on \
+                 timeline {timeline}",
+                lsn(need),
+                lsn(end)
+            );
+            return Decision::new(
+                vec![Action::DeclineCandidacy { reason: reason.clone() }],
+                format!("chosen to promote under generation {g}, but {reason}: declining"),
+            );
+        }
+    }
     match i.local {
         // Reconfigure drops primary_conninfo (nothing to follow while a change is pending).
         Local::Standby(_) => Decision::new(

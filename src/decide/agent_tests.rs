@@ -182,6 +182,7 @@ fn locals() -> Vec<Local> {
         system_identifier: Some(9),
         wal_segment_size: Some(16 << 20),
         from_backup: false,
+        ..Controldata::default()
     };
     vec![
         Local::NoData,
@@ -200,6 +201,14 @@ fn locals() -> Vec<Local> {
         },
         Local::Stopped {
             control: Some(ctl("shut down")),
+        },
+        // Rewound onto a primary that moved on: consistent only past the sweep's WAL end.
+        Local::Stopped {
+            control: Some(Controldata {
+                min_recovery: Some(0x700),
+                min_recovery_timeline: Some(1),
+                ..ctl("in archive recovery")
+            }),
         },
         // A database of another system (adoption: a member's old data).
         Local::Stopped {
@@ -243,6 +252,7 @@ fn a_clone_not_started_yet_starts_as_a_standby_and_is_never_rewound() {
             checkpoint_lsn: Some(0x500),
             wal_segment_size: Some(16 << 20),
             from_backup,
+            ..Controldata::default()
         }),
     };
     let d = decide(&input("n3", &s, &clone(true), LeaseView::Expired));
@@ -380,6 +390,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             from_backup: false,
+            ..Controldata::default()
         }),
     };
     let mut i = input("n1", &s, &crashed, LeaseView::Held);
@@ -562,6 +573,52 @@ fn candidate_promotes_then_records_its_timeline() {
     );
 }
 
+/// A candidate rewound onto a primary that moved on during the copy, and was then fenced,
+/// has a minimum recovery point past its own WAL: started, it would never be consistent.
+/// It declines, and reports its position like any fenced member (finding 17 of
+/// docs/jepsen.md, chaos-multi: n3 needed 0/486F750 and held 0/486DA68, and was chosen 79
+/// times). Its WAL reaching the point, or a point unknown, starts it as before.
+#[test]
+fn a_candidate_whose_wal_stops_short_of_consistency_declines() {
+    let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
+    let rewound = |min_recovery| Local::Stopped {
+        control: Some(Controldata {
+            state: "in archive recovery".into(),
+            timeline: Some(1),
+            system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
+            min_recovery,
+            min_recovery_timeline: Some(1),
+            backup_end: min_recovery,
+            ..Controldata::default()
+        }),
+    };
+    let short = rewound(Some(0x486_F750));
+    let mut i = input("n1", &s, &short, LeaseView::Acquiring);
+    i.wal_end = Some((0x486_DA68, 1));
+    let d = decide(&i);
+    let reason = "it cannot become consistent from its own WAL: recovery must reach 0/486F750 and its WAL ends at \
+                  0/486DA68 on timeline 1";
+    assert_eq!(d.actions, [Action::DeclineCandidacy { reason: reason.into() }]);
+    assert_eq!(
+        d.reason,
+        format!("chosen to promote under generation 2, but {reason}: declining")
+    );
+    // The same database, as a fenced member, reports the position it holds.
+    let d = decide(&AgentInput { me: "n3", ..i.clone() });
+    assert_eq!(d.final_position, Some((0x486_DA68, 1)));
+    for (local, wal_end) in [
+        (rewound(Some(0x486_F750)), Some((0x486_F750, 1))),
+        (rewound(Some(0x486_F750)), None),
+        (rewound(Some(0)), Some((0x486_DA68, 1))),
+        (rewound(None), Some((0x486_DA68, 1))),
+    ] {
+        let mut i = input("n1", &s, &local, LeaseView::Acquiring);
+        i.wal_end = wal_end;
+        assert_eq!(decide(&i).actions, [Action::StartStandby], "{local:?} {wal_end:?}");
+    }
+}
+
 #[test]
 fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
@@ -585,6 +642,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             from_backup: false,
+            ..Controldata::default()
         }),
     };
     let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
@@ -600,6 +658,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             from_backup: false,
+            ..Controldata::default()
         }),
     };
     assert_eq!(
@@ -706,6 +765,17 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     let role = wanted(i.state, i.me);
     let adopter = role == Wanted::Bootstrap && i.state.adopt.as_deref() == Some(i.me);
     assert!(!d.reason.is_empty(), "every decision has a reason: {}", ctx());
+    // A database whose WAL stops short of its minimum recovery point is never started or
+    // promoted as the candidate: it would never become consistent.
+    let short =
+        matches!(i.local, Local::Stopped { control: Some(c) } if i.wal_end.is_some_and(|e| c.short_of(e).is_some()));
+    if role == Wanted::Candidate && short {
+        assert!(
+            matches!(d.actions[..], [Action::DeclineCandidacy { .. }]),
+            "a candidate short of consistency did not decline: {}",
+            ctx()
+        );
+    }
     // Unknown never leads to a promotion or a start as primary.
     if matches!(i.local, Local::Unknown(_)) {
         assert!(
@@ -742,6 +812,10 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
                 );
             }
             Action::AdoptConfig | Action::ProposeAdopted { .. } => assert!(adopter, "{}", ctx()),
+            Action::DeclineCandidacy { .. } => {
+                assert_eq!(role, Wanted::Candidate, "{}", ctx());
+                assert!(short, "declined with a database that can become consistent: {}", ctx());
+            }
             Action::OpenGate => assert_eq!(role, Wanted::Primary, "{}", ctx()),
             // Slots are kept by whoever others stream from: a primary, or a standby that
             // others cascade from; never during a primary change.
@@ -947,6 +1021,7 @@ fn stopped(state: &str, timeline: u32, checkpoint: u64) -> Local {
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             from_backup: false,
+            ..Controldata::default()
         }),
     }
 }
@@ -1156,6 +1231,7 @@ fn of_system(state: &str, system: u64) -> Local {
             system_identifier: Some(system),
             wal_segment_size: Some(16 << 20),
             from_backup: false,
+            ..Controldata::default()
         }),
     }
 }

@@ -801,7 +801,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         let veto = Command::VetoCandidate {
             generation: 2,
             node: "n2".into(),
-            reason: "hook failed".into(),
+            reason: "its pre_promote hook refused: exit status 1".into(),
         };
         apply(&mut s, &veto).unwrap();
         let p = s.pending.clone().unwrap();
@@ -811,7 +811,12 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
             "{mode}"
         );
         assert!(s.vetoed.contains("n2"));
-        assert!(p.reason.contains("pre_promote"), "{}", p.reason);
+        assert!(
+            p.reason
+                .contains("n2 refused the promotion: its pre_promote hook refused: exit status 1"),
+            "{}",
+            p.reason
+        );
         // n2 is the most advanced, and reports; n3 holds everything too: n3 is chosen.
         let reports = BTreeMap::from([
             ("n2".to_string(), report(3, PgRole::Standby, Some((200, 1)))),
@@ -1127,4 +1132,87 @@ fn skip_final_reports_promotes_from_stale_positions_only_in_an_open_failover() {
     let mut chosen = s.clone();
     chosen.pending.as_mut().unwrap().candidate = Some("n3".into());
     assert_eq!(skip_final_reports(&chosen, reports.clone()), reports);
+}
+
+/// Finding 17 of docs/jepsen.md (chaos-multi, seed 662009): n3, rewound onto n2 just
+/// before n2 was fenced, reported the most advanced position but could not become
+/// consistent from its own WAL. It now declines (`VetoCandidate`); its position still
+/// counts as the one the winner must reach, so a member behind it is not promoted. The
+/// fenced n2, back and stopped, holds every write it acknowledged and is promoted again;
+/// until it is back the controller waits; a member that holds n3's position is promoted.
+#[test]
+fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_promoted_again() {
+    let mut s = bootstrapped("n1");
+    for c in [
+        Command::BeginFailover {
+            generation: 1,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+        Command::Promote {
+            generation: 2,
+            node: "n2".into(),
+        },
+        Command::RecordTimeline {
+            generation: 2,
+            node: "n2".into(),
+            timeline: 2,
+            switch_lsn: Some("0/500".into()),
+            parent_timeline: Some(1),
+        },
+        Command::BeginFailover {
+            generation: 2,
+            to: None,
+            forced: false,
+            reason: "lease".into(),
+        },
+        Command::Promote {
+            generation: 3,
+            node: "n3".into(),
+        },
+        Command::VetoCandidate {
+            generation: 3,
+            node: "n3".into(),
+            reason: "it cannot become consistent from its own WAL: recovery must reach 0/750 and its WAL ends at \
+                     0/700 on timeline 2"
+                .into(),
+        },
+    ] {
+        apply(&mut s, &c).unwrap();
+    }
+    let p = s.pending.clone().unwrap();
+    assert_eq!((s.generation, p.candidate, p.from.as_deref()), (4, None, Some("n2")));
+    assert!(
+        p.reason
+            .contains("n3 refused the promotion: it cannot become consistent"),
+        "{}",
+        p.reason
+    );
+    let lease = s.ha.lease_ms;
+    let promote = |node: &str| {
+        Some(ControllerAction::Propose(Command::Promote {
+            generation: 4,
+            node: node.into(),
+        }))
+    };
+    // n3 holds the most; n1 is behind it on the same timeline; n2 has not reported.
+    let mut reports = BTreeMap::from([
+        ("n1".to_string(), report(4, PgRole::Stopped, Some((0x600, 2)))),
+        ("n3".to_string(), report(4, PgRole::Stopped, Some((0x700, 2)))),
+    ]);
+    for pending_ms in [0, lease, 100 * lease] {
+        let d = decide_after(&s, &reports, pending_ms);
+        assert_eq!(d.action, None, "{pending_ms}: {}", d.reason);
+    }
+    // n2 back and stopped: promoted again, losing nothing.
+    reports.insert("n2".into(), report(4, PgRole::Stopped, None));
+    let d = decide_after(&s, &reports, 0);
+    assert_eq!(d.action, promote("n2"), "{}", d.reason);
+    assert!(d.reason.contains("n2 is back, stopped"), "{}", d.reason);
+    // A member that holds n3's position is promoted instead of waiting for n2.
+    reports.remove("n2");
+    reports.insert("n1".into(), report(4, PgRole::Stopped, Some((0x700, 2))));
+    let d = decide_after(&s, &reports, 0);
+    assert_eq!(d.action, promote("n1"), "{}", d.reason);
 }

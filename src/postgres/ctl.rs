@@ -561,6 +561,14 @@ pub struct Controldata {
     /// zombie-straddle, seed 662009: a member re-cloned just as the generation moved,
     /// then streamed over its own checkpoint record and could never start again).
     pub from_backup: bool,
+    /// "Minimum recovery ending location" and its timeline: recovery must replay at least
+    /// this far before the database is consistent (pg_rewind sets it to its source's
+    /// position at the end of the copy). `Some(0)` when there is none.
+    pub min_recovery: Option<u64>,
+    pub min_recovery_timeline: Option<u32>,
+    /// "Backup end location": a base backup, or pg_rewind's output, is consistent only once
+    /// recovery has replayed this far. `Some(0)` when there is none.
+    pub backup_end: Option<u64>,
 }
 
 impl Controldata {
@@ -577,7 +585,23 @@ impl Controldata {
             checkpoint_lsn: field("Latest checkpoint location").and_then(|v| crate::postgres::parse_lsn(&v)),
             wal_segment_size: field("Bytes per WAL segment").and_then(|v| v.parse().ok()),
             from_backup: false,
+            min_recovery: field("Minimum recovery ending location").and_then(|v| crate::postgres::parse_lsn(&v)),
+            min_recovery_timeline: field("Min recovery ending loc's timeline").and_then(|v| v.parse().ok()),
+            backup_end: field("Backup end location").and_then(|v| crate::postgres::parse_lsn(&v)),
         }
+    }
+
+    /// Where recovery must reach before this stopped database is consistent, when its own
+    /// WAL, ending at `wal_end` (`(lsn, timeline)`), does not reach it: started, it would
+    /// wait for WAL from another member and could not be promoted. Only on positive
+    /// evidence: a position unknown is not short. A standby's minimum recovery point never
+    /// passes the WAL it flushed; pg_rewind's output does when its source moved on during
+    /// the copy (finding 17 of docs/jepsen.md: n3 needed 0/486F750 and held 0/486DA68).
+    pub fn short_of(&self, (end, timeline): (u64, u32)) -> Option<u64> {
+        let need = self.min_recovery.unwrap_or(0).max(self.backup_end.unwrap_or(0));
+        let newer_timeline =
+            self.min_recovery.unwrap_or(0) > 0 && self.min_recovery_timeline.is_some_and(|t| t > timeline);
+        (need > 0 && (need > end || newer_timeline)).then_some(need)
     }
 
     /// The server was shut down cleanly as a primary: its WAL ends with the shutdown checkpoint.
@@ -680,6 +704,46 @@ mod tests {
         assert!(
             !Controldata::parse("Database cluster state: in crash recovery").was_standby(),
             "a primary that crashed while recovering from a crash is no standby"
+        );
+    }
+
+    #[test]
+    fn a_rewound_database_whose_wal_stops_short_of_consistency_says_so() {
+        // n3 of chaos-multi (seed 662009), rewound onto n2 three seconds before n2 was fenced.
+        let n3 = Controldata::parse(include_str!(
+            "../../docs/jepsen-runs/chaos-multi-seed662009/n3-pg_controldata.txt"
+        ));
+        assert_eq!(n3.min_recovery, Some(0x486_F750));
+        assert_eq!(n3.min_recovery_timeline, Some(6));
+        assert_eq!(n3.backup_end, Some(0x486_F750));
+        assert_eq!(
+            n3.short_of((0x486_DA68, 6)),
+            Some(0x486_F750),
+            "its WAL ended at 0/486DA68"
+        );
+        assert_eq!(n3.short_of((0x486_F750, 6)), None, "WAL up to the point is enough");
+        assert_eq!(
+            n3.short_of((0x500_0000, 5)),
+            Some(0x486_F750),
+            "WAL on an older timeline is not"
+        );
+        // A standby stopped cleanly, and a primary: no point past their WAL.
+        let standby = "Database cluster state:               shut down in recovery\n\
+                       Minimum recovery ending location:     0/3000148\n\
+                       Min recovery ending loc's timeline:   2\n\
+                       Backup start location:                0/0\n\
+                       Backup end location:                  0/0\n";
+        assert_eq!(Controldata::parse(standby).short_of((0x300_0148, 2)), None);
+        assert_eq!(Controldata::parse(standby).short_of((0x300_0100, 2)), Some(0x300_0148));
+        let primary = "Database cluster state:               shut down\n\
+                       Minimum recovery ending location:     0/0\n\
+                       Min recovery ending loc's timeline:   0\n\
+                       Backup end location:                  0/0\n";
+        assert_eq!(Controldata::parse(primary).short_of((0x100, 1)), None);
+        // Fields pg_controldata did not print are unknown, not short.
+        assert_eq!(
+            Controldata::parse("Database cluster state: in archive recovery").short_of((0, 0)),
+            None
         );
     }
 }

@@ -58,6 +58,8 @@ pub const ELECTION_MS: u64 = 1_000;
 /// reports; a candidate that does not finish replaced after `4 x (2 x lease + 1 s)` = 20 s;
 /// a diverged standby rewound after 5 s; with margin for two such rounds.
 pub const LIVENESS_BOUND_MS: u64 = 60_000;
+/// `SimConfig::rewind_race`: how long a rewound standby takes to start streaming.
+const REWIND_CATCH_UP_MS: u64 = 2_000;
 /// Reports older than this do not count (as `controller::REPORT_MAX_AGE`).
 const REPORT_MAX_AGE_MS: u64 = 2_000;
 
@@ -72,6 +74,9 @@ pub enum Mutation {
     /// The controller promotes on any one final report, ignoring the quorum the old
     /// primary ran.
     IgnoreQuorum,
+    /// A candidate whose WAL stops short of consistency starts in recovery anyway instead
+    /// of declining (finding 17; caught only with `SimConfig::rewind_race`).
+    IgnoreShortWal,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +90,11 @@ pub struct SimConfig {
     /// An operator also tags members `nosync` and clears it again, between the faults.
     /// Off by default, so that the seeds of the default run stay as they were.
     pub operator: bool,
+    /// pg_rewind races its source: the rewound database must replay to where the source's
+    /// WAL was at the end of the copy (its minimum recovery point) before it is consistent,
+    /// and it holds only the WAL before the divergence, so it needs the source's to get
+    /// there (finding 17 of docs/jepsen.md). Off by default, as `operator`.
+    pub rewind_race: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +105,7 @@ impl Default for SimConfig {
             fault_rate: 25,
             mutation: Mutation::None,
             operator: false,
+            rewind_race: false,
         }
     }
 }
@@ -111,6 +122,9 @@ pub struct Outcome {
     pub failovers: u64,
     /// Accepted operator tag changes (`SimConfig::operator`).
     pub tag_changes: u64,
+    /// Candidates that declined because their WAL stopped short of consistency
+    /// (`SimConfig::rewind_race`).
+    pub declined: u64,
     /// The last events, to replay the failure by hand.
     pub trace: Vec<String>,
 }
@@ -172,6 +186,16 @@ struct Data {
     /// Last ran in recovery.
     was_standby: bool,
     system: u64,
+    /// The WAL length recovery must reach before the database is consistent (after a
+    /// pg_rewind that raced its source, `SimConfig::rewind_race`).
+    min_recovery: Option<usize>,
+}
+
+impl Data {
+    /// Not consistent yet: it refuses connections and cannot be promoted.
+    fn short(&self) -> bool {
+        self.min_recovery.is_some_and(|m| self.wal.len() < m)
+    }
 }
 
 const BASE_LSN: u64 = 0x100;
@@ -197,6 +221,9 @@ struct FakePg {
     epoch: u64,
     /// It held a lease as the recorded primary of this epoch.
     leased: bool,
+    /// Rewound, it streams only from this time on (`SimConfig::rewind_race`: a real start
+    /// and replay after pg_rewind take a while, and its source may be fenced meanwhile).
+    streams_from: u64,
 }
 
 impl FakePg {
@@ -211,6 +238,7 @@ impl FakePg {
             streaming: false,
             epoch: 0,
             leased: false,
+            streams_from: 0,
         }
     }
 
@@ -317,6 +345,7 @@ pub struct Sim {
     violation: Option<String>,
     failovers: u64,
     tag_changes: u64,
+    declined: u64,
     seed: u64,
 }
 
@@ -375,6 +404,7 @@ impl Sim {
             violation: None,
             failovers: 0,
             tag_changes: 0,
+            declined: 0,
             seed,
         }
     }
@@ -495,6 +525,7 @@ impl Sim {
             acked: self.acks.len(),
             failovers: self.failovers,
             tag_changes: self.tag_changes,
+            declined: self.declined,
             trace: self.trace,
         }
     }
@@ -695,6 +726,9 @@ impl Sim {
                     // A clone is modelled as a standby at once (`Action::Clone`), which is
                     // what the real agent reads from a backup_label.
                     from_backup: false,
+                    min_recovery: Some(d.min_recovery.map_or(0, lsn_of)),
+                    min_recovery_timeline: Some(if d.min_recovery.is_some() { d.timeline } else { 0 }),
+                    backup_end: Some(0),
                 }),
             },
             Run::Primary => {
@@ -722,6 +756,9 @@ impl Sim {
                     pending_restart: Vec::new(),
                     timeline_pinned: false,
                 })
+            }
+            Run::Standby if d.short() => {
+                Local::Unknown("the database system is not yet accepting connections: consistent recovery state has not been yet reached".into())
             }
             Run::Standby => Local::Standby(PgState {
                 in_recovery: true,
@@ -810,7 +847,9 @@ impl Sim {
             _ => None,
         };
         let wal_end = match (&role, &local, &self.nodes[i].pg.data) {
-            (Wanted::Fenced, Local::Stopped { control: Some(c) }, Some(d)) if c.was_standby() || c.was_primary() => {
+            (Wanted::Fenced | Wanted::Candidate, Local::Stopped { control: Some(c) }, Some(d))
+                if c.was_standby() || c.was_primary() =>
+            {
                 Some((lsn_of(d.wal.len()), d.timeline))
             }
             _ => None,
@@ -837,6 +876,12 @@ impl Sim {
             foreign_conf: false,
             adopt_configured: None,
         });
+        let mut decision = decision;
+        if self.cfg.mutation == Mutation::IgnoreShortWal
+            && matches!(decision.actions[..], [Action::DeclineCandidacy { .. }])
+        {
+            decision.actions = vec![Action::StartStandby];
+        }
         let report = derive(&state, &local, &decision, &mut self.nodes[i].mem.sync_seen);
         self.nodes[i].mem.report = Some((report, decision.renew_lease));
         for action in &decision.actions {
@@ -914,6 +959,7 @@ impl Sim {
                     clean: true,
                     was_standby: false,
                     system,
+                    min_recovery: None,
                 });
                 pg.run = Run::Down;
             }
@@ -983,8 +1029,22 @@ impl Sim {
                 if pg.run != Run::Standby {
                     return Err("not in recovery".into());
                 }
+                if pg.data.as_ref().is_some_and(Data::short) {
+                    return Err("not consistent yet: it cannot end recovery".into());
+                }
                 let recorded = state.history.iter().map(|h| h.timeline).max().unwrap_or(1);
                 self.promoted(i, state.generation, recorded);
+            }
+            Action::DeclineCandidacy { reason } => {
+                self.declined += 1;
+                self.propose(
+                    i,
+                    Command::VetoCandidate {
+                        generation: state.generation,
+                        node: me.clone(),
+                        reason: reason.clone(),
+                    },
+                )?;
             }
             Action::RecordTimeline { timeline, .. } => {
                 let fork = self.nodes[i].pg.data.as_ref().and_then(|d| d.fork);
@@ -1006,6 +1066,7 @@ impl Sim {
                 pg.data = Some(Data {
                     was_standby: true,
                     clean: true,
+                    min_recovery: None,
                     ..source
                 });
                 pg.run = Run::Down;
@@ -1024,6 +1085,8 @@ impl Sim {
                     // Another database: pg_rewind fails, and the member is re-cloned.
                     source.wal.len()
                 };
+                let race = self.cfg.rewind_race && common < source.wal.len();
+                let pg = &mut self.nodes[i].pg;
                 pg.data = Some(Data {
                     wal: source.wal[..common].to_vec(),
                     timeline: source.timeline,
@@ -1031,7 +1094,11 @@ impl Sim {
                     clean: true,
                     was_standby: true,
                     system: source.system,
+                    min_recovery: race.then_some(source.wal.len()),
                 });
+                if race {
+                    pg.streams_from = self.now + REWIND_CATCH_UP_MS;
+                }
             }
             Action::StartStandby => {
                 if self.nodes[i].pg.data.is_none() {
@@ -1262,7 +1329,10 @@ impl Sim {
     fn stream(&mut self) {
         for i in 0..self.nodes.len() {
             let pg = &self.nodes[i].pg;
-            let Some(p) = pg.upstream.filter(|_| pg.run == Run::Standby && !pg.frozen) else {
+            let Some(p) = pg
+                .upstream
+                .filter(|_| pg.run == Run::Standby && !pg.frozen && self.now >= pg.streams_from)
+            else {
                 self.nodes[i].pg.streaming = false;
                 continue;
             };
@@ -1283,6 +1353,9 @@ impl Sim {
                 let d = pg.data.as_mut().expect("checked");
                 d.wal = wal;
                 d.timeline = timeline;
+                if !d.short() {
+                    d.min_recovery = None;
+                }
                 pg.streaming = true;
             } else {
                 self.nodes[i].pg.streaming = false;

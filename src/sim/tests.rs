@@ -91,6 +91,32 @@ fn promoting_without_enough_final_reports_is_caught() {
     assert!(v.contains("without acknowledged write"), "{}", o.report());
 }
 
+/// Finding 17 of docs/jepsen.md: with pg_rewind racing its source, a rewound member can
+/// be the most advanced and unable to become consistent. It declines its candidacy, and
+/// the cluster recovers; a candidate that starts anyway (the mutation) is chosen again and
+/// again, and the run never recovers. Seeds 178 and 336 were the first to show it.
+#[test]
+fn a_rewound_candidate_short_of_consistency_declines_and_the_cluster_recovers() {
+    let cfg = SimConfig {
+        rewind_race: true,
+        ..SimConfig::default()
+    };
+    let mut declined = 0;
+    for seed in (0..CI_SEEDS / 4).chain([336, 343, 509]) {
+        let o = run(seed, &cfg);
+        assert!(o.violation.is_none(), "{}", o.report());
+        declined += o.declined;
+    }
+    assert!(declined > 0, "no candidate declined: the race was never modelled");
+    let broken = SimConfig {
+        mutation: Mutation::IgnoreShortWal,
+        ..cfg
+    };
+    let o = run(178, &broken);
+    let v = o.violation.as_deref().unwrap_or_default();
+    assert!(v.contains("liveness"), "seed 178 without the decline: {}", o.report());
+}
+
 /// The seeds that found the bugs fixed with the simulation (each also has a table test
 /// in the pure core): 844, the first primary ran without a quorum; 593, a replaced
 /// candidate said it held nothing; 626, the stopped old primary was never promoted again;

@@ -113,15 +113,19 @@ impl ControlServer {
         }))
     }
 
-    /// The last recorded change of primary went to another member because a candidate's
-    /// pre_promote hook refused (`VetoCandidate` names the hook in the reason).
-    fn last_change_vetoed(&self) -> bool {
-        self.node
-            .state()
-            .state
-            .history
-            .last()
-            .is_some_and(|h| h.reason.contains("pre_promote"))
+    /// Why `to` refused to promote, when the last recorded change of primary went to another
+    /// member because it did (`VetoCandidate`'s reason names the hook, or the WAL it lacks).
+    fn refusal(&self, to: &str) -> Option<String> {
+        let reason = self.node.state().state.history.last()?.reason.clone();
+        if reason.contains("pre_promote") {
+            Some(format!("{to}'s pre_promote hook refused the promotion"))
+        } else if reason.contains("cannot become consistent from its own WAL") {
+            Some(format!(
+                "{to} refused the promotion: it cannot become consistent from its own WAL"
+            ))
+        } else {
+            None
+        }
     }
 
     async fn reply(&self, cmd: Command) -> Result<Response<pb::CommandReply>, Status> {
@@ -276,10 +280,10 @@ impl Control for ControlServer {
                 "switched over from {from_name} to {} (timeline {}, generation {}) in {} ms",
                 r.primary, r.timeline, r.generation, r.took_ms
             )
-        } else if self.last_change_vetoed() {
+        } else if let Some(why) = self.refusal(&req.to) {
             format!(
-                "{}'s pre_promote hook refused the promotion; {} was promoted instead (timeline {}, generation {})",
-                req.to, r.primary, r.timeline, r.generation
+                "{why}; {} was promoted instead (timeline {}, generation {})",
+                r.primary, r.timeline, r.generation
             )
         } else {
             format!(
@@ -335,10 +339,10 @@ impl Control for ControlServer {
                 "failed over to {} (timeline {}, generation {}) in {} ms",
                 r.primary, r.timeline, r.generation, r.took_ms
             )
-        } else if self.last_change_vetoed() {
+        } else if let Some(why) = self.refusal(&req.to) {
             format!(
-                "{}'s pre_promote hook refused the promotion; {} was promoted instead (timeline {}, generation {})",
-                req.to, r.primary, r.timeline, r.generation
+                "{why}; {} was promoted instead (timeline {}, generation {})",
+                r.primary, r.timeline, r.generation
             )
         } else {
             format!(
