@@ -418,3 +418,125 @@ async fn a_restarted_standby_off_the_stream_reports_the_timeline_it_replayed() {
     assert_eq!(state.timeline, Some(2), "{state:?}\n{log}");
     drop(dir);
 }
+
+/// pg_rewind sets the target's minimum recovery point to where its source's WAL was at
+/// the end of the copy. When the target's WAL then stops short of that point (in
+/// chaos-multi the source was fenced before the target streamed the rest; here the end of
+/// the copied WAL is cut off), the control file and pg_waldump, read as the agent reads
+/// them, say that this database cannot become consistent from its own WAL, and a
+/// candidate declines (finding 17 of docs/jepsen.md). The same database with its WAL
+/// whole is not short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
+    let (dir, pg, conninfo) = local_pg(26007);
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    query(
+        &conninfo,
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('timeline 1')",
+    )
+    .await;
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    let own = |path: &std::path::Path| {
+        if let Some(u) = &pg.run_as {
+            u.chown(path).unwrap();
+        }
+    };
+    // The source: a copy, promoted to timeline 2, that writes on.
+    let copy = dir.path().join("source");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pg.data_dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let source = PgCtl {
+        data_dir: copy.clone(),
+        port: 26008,
+        log_file: dir.path().join("source.log"),
+        ..pg.clone()
+    };
+    let source_conninfo = format!("host={} port=26008 user=postgres dbname=postgres", dir.path().display());
+    std::fs::write(copy.join("standby.signal"), "").unwrap();
+    own(&copy.join("standby.signal"));
+    source.start(T).await.expect("start the source in recovery");
+    source.promote(T).await.expect("promote the source");
+    query(
+        &source_conninfo,
+        "INSERT INTO t SELECT 'timeline 2 ' || g FROM generate_series(1, 20000) g",
+    )
+    .await;
+    // The target diverges on timeline 1, then is rewound onto the source.
+    pg.start(T).await.expect("start the target");
+    query(&conninfo, "INSERT INTO t VALUES ('diverged')").await;
+    pg.stop(StopMode::Fast, T).await.expect("stop the target");
+    // As the agent does: the source's control file names its new timeline only after a
+    // checkpoint.
+    query(&source_conninfo, "CHECKPOINT").await;
+    let rewound = pg
+        .rewind(&source_conninfo, None, T, std::future::pending())
+        .await
+        .map_err(|e| e.to_string());
+    source.stop(StopMode::Fast, T).await.expect("stop the source");
+    let rewound = rewound.expect("pg_rewind");
+    let control = pg.controldata(T).await.expect("pg_controldata");
+    let need = control.min_recovery.expect("pg_rewind sets a minimum recovery point");
+    let seg = control.wal_segment_size.expect("segment size");
+    let end = pg.wal_end(seg, T).await.expect("pg_waldump").expect("a WAL end");
+    assert_eq!(control.min_recovery_timeline, Some(2), "{control:?}\n{rewound}");
+    assert_eq!(
+        control.short_of(end),
+        None,
+        "the WAL copied whole reaches {need:x}: {end:x?}"
+    );
+    // Cut the copied WAL at the page holding the byte before the point.
+    let segno = (need - 1) / seg;
+    let name = format!(
+        "{:08X}{:08X}{:08X}",
+        2,
+        segno / (0x1_0000_0000 / seg),
+        segno % (0x1_0000_0000 / seg)
+    );
+    let file = pg.data_dir.join("pg_wal").join(name);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let page = ((need - 1) % seg) as usize / 8192 * 8192;
+    bytes[page..].fill(0);
+    std::fs::write(&file, &bytes).unwrap();
+    let end = pg.wal_end(seg, T).await.expect("pg_waldump").expect("a WAL end");
+    assert!(end.0 < need, "{end:x?} {need:x}");
+    assert_eq!(control.short_of(end), Some(need), "{control:?} {end:x?}");
+    // Started in recovery, it replays what it has and waits for more, refusing connections: the
+    // agent observes it `Unknown` with PostgreSQL's words, which it reads as "inconsistent",
+    // and its control file can be read while it runs.
+    std::fs::write(pg.data_dir.join("standby.signal"), "").unwrap();
+    own(&pg.data_dir.join("standby.signal"));
+    // pg_ctl start waits for a consistent state, which never comes: it gives up and leaves
+    // the server running.
+    let _ = pg.start(Duration::from_secs(2)).await;
+    let last = std::sync::Mutex::new(String::new());
+    let refused = async {
+        loop {
+            match observe(&conninfo, Duration::from_secs(5)).await {
+                Observation::Unknown(e) if e.contains("not yet accepting connections") => return Ok(e),
+                Observation::Up(s) => return Err(format!("consistent: {s:?}")),
+                Observation::Unknown(e) => {
+                    *last.lock().unwrap() = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+            }
+        }
+    };
+    let refused = tokio::time::timeout(T, refused).await;
+    let last = last.lock().unwrap().clone();
+    let running = pg.controldata(T).await;
+    let log = pg.log_tail(10);
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    let refused = refused.unwrap_or_else(|_| panic!("no answer within a minute; the last: {last}\n{log}"));
+    assert!(refused.is_ok(), "{refused:?}\n{log}");
+    assert_eq!(
+        running.expect("pg_controldata on a running server").min_recovery,
+        Some(need)
+    );
+    drop(dir);
+}

@@ -292,6 +292,14 @@ impl Agent {
             .map(|(name, since)| (name.clone(), elapsed_ms(Some(*since), now)))
             .collect();
         let stale_slots = crate::decide::agent::stale_slots(&state, &idle_ms);
+        // A standby that runs but refuses connections until it is consistent: its control
+        // file says where recovery must reach, which may be off the primary's line.
+        let inconsistent = match (&role, &local) {
+            (Wanted::Standby(_), Local::Unknown(e)) if e.contains("not yet accepting connections") => {
+                self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok()
+            }
+            _ => None,
+        };
         let decision = decide(&AgentInput {
             me: &self.pg.me,
             state: &state,
@@ -307,6 +315,7 @@ impl Agent {
             wal_end,
             receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
             stale_slots: &stale_slots,
+            inconsistent: inconsistent.as_ref(),
             disk_full: disk_full.as_deref(),
             foreign_conf: role == Wanted::Bootstrap
                 && state.adopt.as_deref() == Some(self.pg.me.as_str())

@@ -153,6 +153,9 @@ pub struct AgentInput<'a> {
     pub adopt_configured: Option<&'a str>,
     /// Slots raftpg manages that held WAL with no consumer for `slot_ttl_ms` (`stale_slots`).
     pub stale_slots: &'a [String],
+    /// PostgreSQL runs in recovery and is not consistent yet, so it refuses connections and
+    /// is observed `Unknown`: its control file, read while it runs. Read only for a standby.
+    pub inconsistent: Option<&'a Controldata>,
 }
 
 /// A WAL receiver told to stop exits within milliseconds; one that has not after this long
@@ -797,10 +800,38 @@ fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bo
 /// pause-primary-pg-kill-raft-leader). False when the history cannot tell (a timeline it
 /// does not record the parent of): then the start is tried, and a standby that cannot
 /// stream is rewound later (`DIVERGED_AFTER_MS`).
-fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> bool {
-    let (Some(t), Some(at)) = (c.timeline, c.checkpoint_lsn) else {
-        return false;
-    };
+///
+/// The same holds for its minimum recovery point: a standby rewound onto a primary that was
+/// fenced before it streamed up to that point, when the next primary's timeline forked off
+/// before it (the 300 s tier's chaos-multi at stop 33: minimum recovery point 0/CC8E910 on
+/// timeline 18, timeline 19 forked at 0/CC8BCC8; PostgreSQL refused every start).
+/// `Some((what, why))`: which point is off the line, and how that came about, for the
+/// decision's reason.
+fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> Option<(String, &'static str)> {
+    let checkpoint = c.timeline.zip(c.checkpoint_lsn);
+    let min_recovery = c
+        .min_recovery_timeline
+        .zip(c.min_recovery)
+        .filter(|&(t, at)| t > 0 && at > 0);
+    if let Some((t, at)) = checkpoint.filter(|&point| off_line(state, point, p_tl)) {
+        return Some((
+            format!("my standby database ends on timeline {t} at {}", lsn(at)),
+            "a promotion that was replaced",
+        ));
+    }
+    let (t, at) = min_recovery.filter(|&point| off_line(state, point, p_tl))?;
+    Some((
+        format!(
+            "my standby database must recover to {} on timeline {t} to be consistent",
+            lsn(at)
+        ),
+        "rewound onto a primary that was fenced before I streamed that far",
+    ))
+}
+
+/// WAL position `at` on timeline `t` is not on `p_tl`'s line in the recorded history (see
+/// `off_history`).
+fn off_line(state: &ClusterState, (t, at): (u32, u64), p_tl: u32) -> bool {
     if t > p_tl {
         return p_tl > 0;
     }
@@ -907,15 +938,13 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 ),
             )
         }
-        Local::Stopped { control: Some(c) } if c.was_standby() && off_history(i.state, c, p_tl) => Decision::new(
-            vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
-            format!(
-                "my standby database ends on timeline {} at {}, which is not on {p}'s timeline {p_tl} \
-                 (a promotion that was replaced): rewinding, then following it",
-                c.timeline.unwrap_or(0),
-                lsn(c.checkpoint_lsn.unwrap_or(0))
-            ),
-        ),
+        Local::Stopped { control: Some(c) } if c.was_standby() && off_history(i.state, c, p_tl).is_some() => {
+            let (what, why) = off_history(i.state, c, p_tl).expect("checked by the guard");
+            Decision::new(
+                vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
+                format!("{what}, which is not on {p}'s timeline {p_tl} ({why}): rewinding, then following it"),
+            )
+        }
         Local::Stopped { control: Some(c) } if c.was_standby() => {
             Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
         }
@@ -967,6 +996,38 @@ fn following(i: &AgentInput, p: &str) -> Decision {
             )
         }
         Local::Standby(_) => Decision::new(vec![Action::Reconfigure], format!("following {p}, not streaming yet")),
+        // Not consistent yet, and it never will be following p: its minimum recovery point is
+        // off p's line, so PostgreSQL waits in recovery for good, refusing connections (the
+        // simulation, seed 5026 with `rewind_race`: a standby rewound onto a primary fenced
+        // before it streamed that far, its WAL then diverged from the next primary's).
+        Local::Unknown(_) if i.inconsistent.is_some_and(|c| off_history(i.state, c, p_tl).is_some()) => {
+            let c = i.inconsistent.expect("checked by the guard");
+            let (what, why) = off_history(i.state, c, p_tl).expect("checked by the guard");
+            Decision::new(
+                vec![
+                    Action::Stop,
+                    Action::Rewind { source: p.to_string() },
+                    Action::StartStandby,
+                ],
+                format!(
+                    "{what}, which is not on {p}'s timeline {p_tl} ({why}), so it cannot become consistent: \
+                     stopping, rewinding, then following {p}"
+                ),
+            )
+        }
+        // Not consistent yet, but it can be: pointed at p (a reload needs no connection), it
+        // streams what it lacks (its primary_conninfo may still name a fenced primary).
+        Local::Unknown(_) if i.inconsistent.is_some() => {
+            let c = i.inconsistent.expect("checked by the guard");
+            Decision::new(
+                vec![Action::Reconfigure],
+                format!(
+                    "in recovery and not consistent until it reaches {} on timeline {}: following {p}",
+                    lsn(c.min_recovery.unwrap_or(0)),
+                    c.min_recovery_timeline.unwrap_or(0)
+                ),
+            )
+        }
         Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL: {e}")),
     }
 }

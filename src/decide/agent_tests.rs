@@ -337,6 +337,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         foreign_conf: false,
         adopt_configured: None,
         stale_slots: &[],
+        inconsistent: None,
     }
 }
 
@@ -619,6 +620,93 @@ fn a_candidate_whose_wal_stops_short_of_consistency_declines() {
     }
 }
 
+/// A standby rewound onto a primary that was fenced before it streamed up to its minimum
+/// recovery point, when the next primary's timeline forked off before that point: PostgreSQL
+/// refuses to start it ("requested timeline 19 does not contain minimum recovery point
+/// 0/CC8E910 on timeline 18", the 300 s tier's chaos-multi at stop 33, where it was started
+/// again and again). It is rewound onto the new primary first. A point before the fork, or
+/// on the new timeline, starts as before.
+#[test]
+fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() {
+    let mut s = three_members(&[boot("n1"), vec![failover(), promote("n2")]].concat());
+    apply(
+        &mut s,
+        &Command::RecordTimeline {
+            generation: 2,
+            node: "n2".into(),
+            timeline: 2,
+            switch_lsn: Some("0/500".into()),
+            parent_timeline: Some(1),
+        },
+    )
+    .unwrap();
+    let rewound = |min_recovery: (u64, u32)| Local::Stopped {
+        control: Some(Controldata {
+            state: "in archive recovery".into(),
+            timeline: Some(1),
+            checkpoint_lsn: Some(0x300),
+            system_identifier: Some(9),
+            wal_segment_size: Some(16 << 20),
+            min_recovery: Some(min_recovery.0),
+            min_recovery_timeline: Some(min_recovery.1),
+            ..Controldata::default()
+        }),
+    };
+    let past_fork = rewound((0x600, 1));
+    let d = decide(&input("n3", &s, &past_fork, LeaseView::Expired));
+    assert_eq!(
+        d.actions,
+        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
+    );
+    assert_eq!(
+        d.reason,
+        "my standby database must recover to 0/600 on timeline 1 to be consistent, which is not on n2's timeline 2 \
+         (rewound onto a primary that was fenced before I streamed that far): rewinding, then following it"
+    );
+    for point in [(0x400, 1), (0x500, 1), (0x600, 2), (0, 0)] {
+        let local = rewound(point);
+        assert_eq!(
+            decide(&input("n3", &s, &local, LeaseView::Expired)).actions,
+            [Action::StartStandby],
+            "{point:x?}"
+        );
+    }
+    // Started before the primary changed, it runs in recovery and refuses connections until
+    // it is consistent, which it never will be on n2's line: stopped and rewound (the
+    // simulation, seed 5026 with rewind_race). Only its control file tells.
+    let refusing = Local::Unknown("FATAL: the database system is not yet accepting connections".into());
+    let Local::Stopped { control: Some(c) } = rewound((0x600, 1)) else {
+        unreachable!()
+    };
+    let mut i = input("n3", &s, &refusing, LeaseView::Expired);
+    i.inconsistent = Some(&c);
+    let d = decide(&i);
+    assert_eq!(
+        d.actions,
+        [
+            Action::Stop,
+            Action::Rewind { source: "n2".into() },
+            Action::StartStandby
+        ]
+    );
+    assert!(d.reason.contains("so it cannot become consistent"), "{}", d.reason);
+    let Local::Stopped { control: Some(on_line) } = rewound((0x400, 1)) else {
+        unreachable!()
+    };
+    // On the line, it is pointed at n2 to stream what it lacks; not known to be recovering,
+    // it is left alone.
+    let mut i = input("n3", &s, &refusing, LeaseView::Expired);
+    i.inconsistent = Some(&on_line);
+    let d = decide(&i);
+    assert_eq!(d.actions, [Action::Reconfigure]);
+    assert_eq!(
+        d.reason,
+        "in recovery and not consistent until it reaches 0/400 on timeline 1: following n2"
+    );
+    i.inconsistent = None;
+    assert!(decide(&i).actions.is_empty());
+}
+
 #[test]
 fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
@@ -696,6 +784,14 @@ fn stray_primary_is_fenced_unless_paused() {
 #[test]
 fn sweep_safety_invariants() {
     let leases = [LeaseView::Held, LeaseView::Acquiring, LeaseView::Expired];
+    // Rewound onto a primary fenced before it streamed that far: off most states' lines.
+    let short = Controldata {
+        state: "in archive recovery".into(),
+        timeline: Some(1),
+        min_recovery: Some(0x700),
+        min_recovery_timeline: Some(1),
+        ..Controldata::default()
+    };
     let mut cases = 0;
     for (name, state) in states() {
         for me in ["n1", "n2", "n3", "n9"] {
@@ -705,17 +801,18 @@ fn sweep_safety_invariants() {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
                                 for want in [None, Some(WANT)] {
-                                    for (restart, reinit, fenced_hung, wal_end, lingering, disk_full) in [
-                                        (false, false, false, None, 0, None),
-                                        (true, false, false, None, 0, None),
-                                        (false, true, false, None, 0, None),
-                                        (false, false, true, None, 0, None),
-                                        (false, false, false, Some((0x600, 1)), 0, None),
-                                        (false, false, false, None, RECEIVER_STOP_MS + 1, None),
-                                        (false, false, false, None, 0, Some(FULL)),
-                                        (true, false, false, None, 0, Some(FULL)),
-                                        (false, true, false, None, 0, Some(FULL)),
-                                        (false, false, false, Some((0x600, 1)), 0, Some(FULL)),
+                                    for (restart, reinit, fenced_hung, wal_end, lingering, disk_full, inconsistent) in [
+                                        (false, false, false, None, 0, None, None),
+                                        (false, false, false, None, 0, None, Some(&short)),
+                                        (true, false, false, None, 0, None, None),
+                                        (false, true, false, None, 0, None, None),
+                                        (false, false, true, None, 0, None, None),
+                                        (false, false, false, Some((0x600, 1)), 0, None, None),
+                                        (false, false, false, None, RECEIVER_STOP_MS + 1, None, None),
+                                        (false, false, false, None, 0, Some(FULL), None),
+                                        (true, false, false, None, 0, Some(FULL), None),
+                                        (false, true, false, None, 0, Some(FULL), None),
+                                        (false, false, false, Some((0x600, 1)), 0, Some(FULL), None),
                                     ] {
                                         let stale = ["raftpg_n3".to_string(), "backup".to_string()];
                                         for (foreign_conf, stale_slots) in
@@ -739,6 +836,7 @@ fn sweep_safety_invariants() {
                                                 foreign_conf,
                                                 adopt_configured: None,
                                                 stale_slots,
+                                                inconsistent,
                                             };
                                             check(&i, &decide(&i), name);
                                             cases += 1;

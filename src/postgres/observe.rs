@@ -127,6 +127,20 @@ pub fn wal_held(receive_lsn: Option<u64>, replay_lsn: Option<u64>) -> Option<u64
     receive_lsn.max(replay_lsn)
 }
 
+/// What went wrong, in PostgreSQL's words when the server answered with an error:
+/// tokio_postgres says only "db error" for those ("the database system is not yet accepting
+/// connections", the message of a standby that is not consistent yet, is what the agent
+/// reads to look at its control file).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
+    }
+}
+
 /// Observes the server at `conninfo` (libpq key=value form) within `timeout`, on a
 /// connection of its own.
 pub async fn observe(conninfo: &str, timeout: Duration) -> Observation {
@@ -163,7 +177,7 @@ impl Observer {
         let result = tokio::time::timeout(timeout, self.observe_within(conninfo)).await;
         let why = match result {
             Ok(Ok(state)) => return Observation::Up(state),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => describe(&e),
             Err(_) => format!("no answer within {timeout:?}"),
         };
         self.session = None;

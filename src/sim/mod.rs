@@ -186,16 +186,54 @@ struct Data {
     /// Last ran in recovery.
     was_standby: bool,
     system: u64,
-    /// The WAL length recovery must reach before the database is consistent (after a
-    /// pg_rewind that raced its source, `SimConfig::rewind_race`).
-    min_recovery: Option<usize>,
+    /// After a pg_rewind that raced its source (`SimConfig::rewind_race`): the source's WAL
+    /// at the end of the copy, which its data files reflect. Recovery must replay all of it
+    /// (the minimum recovery point is its end) before the database is consistent.
+    min_recovery: Option<Vec<(u32, u64)>>,
 }
 
 impl Data {
     /// Not consistent yet: it refuses connections and cannot be promoted.
     fn short(&self) -> bool {
-        self.min_recovery.is_some_and(|m| self.wal.len() < m)
+        self.min_recovery
+            .as_ref()
+            .is_some_and(|need| !self.wal.starts_with(need))
     }
+}
+
+impl Data {
+    /// What pg_controldata says of this database.
+    fn control(&self) -> Controldata {
+        Controldata {
+            state: match (self.clean, self.was_standby) {
+                (true, true) => "shut down in recovery",
+                (true, false) => "shut down",
+                (false, true) => "in archive recovery",
+                (false, false) => "in production",
+            }
+            .into(),
+            timeline: Some(self.timeline),
+            system_identifier: Some(self.system),
+            checkpoint_lsn: Some(lsn_of(self.wal.len())),
+            wal_segment_size: Some(16 << 20),
+            // A clone is modelled as a standby at once (`Action::Clone`), which is what the
+            // real agent reads from a backup_label.
+            from_backup: false,
+            min_recovery: Some(self.min_recovery.as_ref().map_or(0, |need| lsn_of(need.len()))),
+            min_recovery_timeline: Some(
+                self.min_recovery
+                    .as_ref()
+                    .and_then(|need| need.last())
+                    .map_or(0, |r| r.0),
+            ),
+            backup_end: Some(0),
+        }
+    }
+}
+
+/// One WAL is the other's prefix: neither diverged from the other.
+fn compatible(a: &[(u32, u64)], b: &[(u32, u64)]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 const BASE_LSN: u64 = 0x100;
@@ -493,6 +531,33 @@ impl Sim {
                     break;
                 }
             }
+            // Every member then follows the primary: a standby that cannot start or stream
+            // (the partition suite's convergence checker) is a liveness failure too.
+            if recovery_ms.is_some() {
+                while self.now - healed_at <= LIVENESS_BOUND_MS && self.violation.is_none() && !self.converged() {
+                    self.step(true);
+                }
+                if self.violation.is_none() && !self.converged() {
+                    let nodes: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            format!(
+                                "{}: pg {:?} streaming {} len {} reason: {}",
+                                n.name,
+                                n.pg.run,
+                                n.pg.streaming,
+                                n.pg.len(),
+                                n.mem.report.as_ref().map_or("", |(r, _)| r.reason.as_str())
+                            )
+                        })
+                        .collect();
+                    self.violate(format!(
+                        "convergence: not every member follows the primary {LIVENESS_BOUND_MS} ms after the heal: {}",
+                        nodes.join("; ")
+                    ));
+                }
+            }
             if recovery_ms.is_none() {
                 let why = format!(
                     "liveness: no acknowledged write within {LIVENESS_BOUND_MS} ms of the heal; state: primary {:?}, pending {:?}",
@@ -528,6 +593,18 @@ impl Sim {
             declined: self.declined,
             trace: self.trace,
         }
+    }
+
+    /// One primary, the one the state names, and every other member streaming from it.
+    fn converged(&self) -> bool {
+        let Some(p) = self.state.primary_name().filter(|_| self.state.pending.is_none()) else {
+            return false;
+        };
+        self.nodes.iter().all(|n| match n.pg.run {
+            Run::Primary => n.name == p,
+            Run::Standby => n.pg.streaming,
+            Run::Down => false,
+        })
     }
 
     fn heal(&mut self) {
@@ -711,25 +788,7 @@ impl Sim {
                 .unwrap_or_default();
         match n.pg.run {
             Run::Down => Local::Stopped {
-                control: Some(Controldata {
-                    state: match (d.clean, d.was_standby) {
-                        (true, true) => "shut down in recovery",
-                        (true, false) => "shut down",
-                        (false, true) => "in archive recovery",
-                        (false, false) => "in production",
-                    }
-                    .into(),
-                    timeline: Some(d.timeline),
-                    system_identifier: Some(d.system),
-                    checkpoint_lsn: Some(lsn_of(d.wal.len())),
-                    wal_segment_size: Some(16 << 20),
-                    // A clone is modelled as a standby at once (`Action::Clone`), which is
-                    // what the real agent reads from a backup_label.
-                    from_backup: false,
-                    min_recovery: Some(d.min_recovery.map_or(0, lsn_of)),
-                    min_recovery_timeline: Some(if d.min_recovery.is_some() { d.timeline } else { 0 }),
-                    backup_end: Some(0),
-                }),
+                control: Some(d.control()),
             },
             Run::Primary => {
                 let replication = (0..self.nodes.len())
@@ -855,10 +914,21 @@ impl Sim {
             _ => None,
         };
         let requested = state.requests_of(&me);
+        // As the agent: the control file of a standby that runs but is not consistent yet.
+        let inconsistent = match (&role, &local, self.nodes[i].pg.run) {
+            (Wanted::Standby(_), Local::Unknown(_), Run::Standby) => self.nodes[i]
+                .pg
+                .data
+                .as_ref()
+                .filter(|d| d.short())
+                .map(|d| d.control()),
+            _ => None,
+        };
         let m = &self.nodes[i].mem;
         let since = |t: Option<u64>| t.map_or(0, |t| now - t);
         let decision = agent_decide(&AgentInput {
             stale_slots: &[],
+            inconsistent: inconsistent.as_ref(),
             me: &me,
             state: &state,
             local: &local,
@@ -1079,7 +1149,9 @@ impl Sim {
                     return Err("pg_rewind needs a stopped server".into());
                 }
                 let mine = pg.data.take().ok_or("no data directory")?;
-                let common = if mine.system == source.system {
+                // Short of its minimum recovery point, pg_rewind cannot read the target's WAL
+                // up to it ("could not read WAL record"), and the member is re-cloned.
+                let common = if mine.system == source.system && !mine.short() {
                     mine.wal.iter().zip(&source.wal).take_while(|(a, b)| a == b).count()
                 } else {
                     // Another database: pg_rewind fails, and the member is re-cloned.
@@ -1094,7 +1166,7 @@ impl Sim {
                     clean: true,
                     was_standby: true,
                     system: source.system,
-                    min_recovery: race.then_some(source.wal.len()),
+                    min_recovery: race.then(|| source.wal.clone()),
                 });
                 if race {
                     pg.streams_from = self.now + REWIND_CATCH_UP_MS;
@@ -1347,6 +1419,22 @@ impl Sim {
                 && mine.wal.len() <= theirs.wal.len()
                 && mine.wal[..] == theirs.wal[..mine.wal.len()]
                 && (!pg.pinned || mine.timeline == theirs.timeline);
+            // Streaming a timeline that forked off before its minimum recovery point,
+            // PostgreSQL stops: "unexpected timeline ID in checkpoint record, before reaching
+            // minimum recovery point", and then refuses to start on that timeline.
+            if follows
+                && mine
+                    .min_recovery
+                    .as_ref()
+                    .is_some_and(|need| !compatible(need, &theirs.wal))
+            {
+                let name = self.nodes[i].name.clone();
+                self.log(format!(
+                    "{name}: PostgreSQL stops: its upstream's timeline does not contain its minimum recovery point"
+                ));
+                self.nodes[i].pg.stop(false);
+                continue;
+            }
             if follows {
                 let (wal, timeline) = (theirs.wal.clone(), theirs.timeline);
                 let pg = &mut self.nodes[i].pg;
