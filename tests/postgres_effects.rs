@@ -540,3 +540,85 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
     );
     drop(dir);
 }
+
+/// A standby that replayed a WAL switch record last (`pg_switch_wal`, `archive_timeout`)
+/// and then stopped has its minimum recovery point at the end of that segment, where
+/// PostgreSQL counts the switch as ending. Read from its WAL on disk, its end is there too:
+/// it is not taken for a database short of consistency, and would not decline a candidacy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stopped_after_a_wal_switch_is_not_short() {
+    let (dir, primary, primary_conninfo) = local_pg(26009);
+    primary.initdb("postgres", T).await.expect("initdb");
+    let own = |path: &std::path::Path| {
+        if let Some(u) = &primary.run_as {
+            u.chown(path).unwrap();
+        }
+    };
+    let copy = dir.path().join("standby");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&primary.data_dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let standby = PgCtl {
+        data_dir: copy.clone(),
+        port: 26010,
+        log_file: dir.path().join("standby.log"),
+        ..primary.clone()
+    };
+    let standby_conninfo = format!("host={} port=26010 user=postgres dbname=postgres", dir.path().display());
+    std::fs::write(copy.join("standby.signal"), "").unwrap();
+    own(&copy.join("standby.signal"));
+    let conf = copy.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap()
+        + &format!(
+            "\nprimary_conninfo = 'host={} port=26009 user=postgres'\n",
+            dir.path().display()
+        );
+    std::fs::write(&conf, text).unwrap();
+    primary.start(T).await.expect("start the primary");
+    standby.start(T).await.expect("start the standby");
+    let replayed = |at: u64| {
+        let conninfo = standby_conninfo.clone();
+        async move {
+            loop {
+                let lsn = query(&conninfo, "SELECT pg_last_wal_replay_lsn()").await;
+                if lsn
+                    .as_deref()
+                    .and_then(raftpg::postgres::parse_lsn)
+                    .is_some_and(|l| l >= at)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let lsn = |s: Option<String>| s.as_deref().and_then(raftpg::postgres::parse_lsn).unwrap();
+    // A restartpoint on the standby at the primary's last checkpoint, so that its shutdown
+    // skips one and sets the minimum recovery point to the end of what it replayed.
+    query(&primary_conninfo, "CREATE TABLE t (v int); INSERT INTO t VALUES (1)").await;
+    let checkpoint = lsn(query(&primary_conninfo, "CHECKPOINT; SELECT pg_current_wal_lsn()").await);
+    tokio::time::timeout(T, replayed(checkpoint))
+        .await
+        .expect("replayed the checkpoint");
+    query(&standby_conninfo, "CHECKPOINT").await;
+    query(&primary_conninfo, "INSERT INTO t VALUES (2)").await;
+    let seg = 16u64 << 20;
+    let switched = lsn(query(&primary_conninfo, "SELECT pg_switch_wal()").await);
+    let boundary = switched.div_ceil(seg) * seg;
+    tokio::time::timeout(T, replayed(boundary))
+        .await
+        .expect("replayed the switch");
+    // Nothing after the switch: the primary stops without a shutdown checkpoint.
+    primary.stop(StopMode::Immediate, T).await.expect("stop the primary");
+    standby.stop(StopMode::Fast, T).await.expect("stop the standby");
+    let control = standby.controldata(T).await.expect("pg_controldata");
+    assert_eq!(control.min_recovery, Some(boundary), "{control:?}");
+    let end = standby.wal_end(seg, T).await.expect("pg_waldump").expect("a WAL end");
+    assert_eq!(end, (boundary, 1));
+    assert_eq!(control.short_of(end), None);
+    drop(dir);
+}

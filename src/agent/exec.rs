@@ -174,7 +174,7 @@ impl Agent {
                         self.propose(Command::VetoCandidate {
                             generation: state.generation,
                             node: pg.me.clone(),
-                            reason: format!("its pre_promote hook refused: {why}"),
+                            reason: format!("its pre_promote hook failed: {why}"),
                         })
                         .await?;
                         bail!(

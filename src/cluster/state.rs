@@ -269,7 +269,8 @@ pub struct ClusterState {
     /// (no initdb anywhere). Kept after the adoption, as a record. The last field: a
     /// snapshot written before it existed is read with `None` (`codec::decode_state`).
     pub adopt: Option<String>,
-    /// Members whose `pre_promote` hook refused the promotion of the current change: never
+    /// Members that refused the promotion of the current change (their `pre_promote` hook
+    /// failed, or their database cannot become consistent from its own WAL): never
     /// chosen again by the controller until a primary is recorded (an operator's
     /// `failover --to` one of them lifts it). Appended after `adopt`.
     pub vetoed: BTreeSet<String>,

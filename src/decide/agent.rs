@@ -825,7 +825,8 @@ fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> Option<(Stri
             "my standby database must recover to {} on timeline {t} to be consistent",
             lsn(at)
         ),
-        "rewound onto a primary that was fenced before I streamed that far",
+        "rewound onto a primary that was fenced before I streamed that far; if I lack the WAL up to it, pg_rewind \
+         fails and I am re-cloned",
     ))
 }
 
@@ -1019,13 +1020,13 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         // streams what it lacks (its primary_conninfo may still name a fenced primary).
         Local::Unknown(_) if i.inconsistent.is_some() => {
             let c = i.inconsistent.expect("checked by the guard");
+            let until = match (c.min_recovery.unwrap_or(0), c.min_recovery_timeline.unwrap_or(0)) {
+                (0, _) => String::new(),
+                (at, t) => format!(" until it reaches {} on timeline {t}", lsn(at)),
+            };
             Decision::new(
                 vec![Action::Reconfigure],
-                format!(
-                    "in recovery and not consistent until it reaches {} on timeline {}: following {p}",
-                    lsn(c.min_recovery.unwrap_or(0)),
-                    c.min_recovery_timeline.unwrap_or(0)
-                ),
+                format!("in recovery and not consistent{until}: following {p}"),
             )
         }
         Local::Unknown(e) => Decision::idle(format!("cannot observe my PostgreSQL: {e}")),

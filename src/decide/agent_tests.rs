@@ -661,7 +661,8 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
     assert_eq!(
         d.reason,
         "my standby database must recover to 0/600 on timeline 1 to be consistent, which is not on n2's timeline 2 \
-         (rewound onto a primary that was fenced before I streamed that far): rewinding, then following it"
+         (rewound onto a primary that was fenced before I streamed that far; if I lack the WAL up to it, pg_rewind \
+         fails and I am re-cloned): rewinding, then following it"
     );
     for point in [(0x400, 1), (0x500, 1), (0x600, 2), (0, 0)] {
         let local = rewound(point);

@@ -710,8 +710,8 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             Election::Wait { .. } => i.pending_ms > s.ha.lease_ms,
             Election::Promote { .. } => false,
         };
-        // Not once its pre_promote hook refused: it would be chosen, refuse and be fenced
-        // again under every new generation.
+        // Not once it refused (its pre_promote hook failed, or its database cannot become
+        // consistent from its own WAL): it would be chosen, and refuse, again and again.
         if stuck && s.member(from).is_some() && !s.never_chosen(from) && !s.vetoed.contains(from) {
             let why = match &election {
                 Election::Wait { reason } | Election::Refuse { reason } => reason.as_str(),

@@ -801,7 +801,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         let veto = Command::VetoCandidate {
             generation: 2,
             node: "n2".into(),
-            reason: "its pre_promote hook refused: exit status 1".into(),
+            reason: "its pre_promote hook failed: exit status 1".into(),
         };
         apply(&mut s, &veto).unwrap();
         let p = s.pending.clone().unwrap();
@@ -813,7 +813,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         assert!(s.vetoed.contains("n2"));
         assert!(
             p.reason
-                .contains("n2 refused the promotion: its pre_promote hook refused: exit status 1"),
+                .contains("n2 refused the promotion: its pre_promote hook failed: exit status 1"),
             "{}",
             p.reason
         );

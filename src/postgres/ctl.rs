@@ -493,15 +493,23 @@ pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
 }
 
 /// Where the last record pg_waldump printed ends (its next record would start there):
-/// its start plus its total length, the page headers it crosses, aligned to 8 bytes.
+/// its start plus its total length, the page headers it crosses, aligned to 8 bytes. A WAL
+/// switch record (`pg_switch_wal`, `archive_timeout`, a base backup's start) ends, as
+/// PostgreSQL counts it, at the end of its segment: a standby that replayed one last has
+/// its minimum recovery point there.
 pub fn last_record_end(waldump: &str, seg_size: u64) -> Option<u64> {
-    let (start, len) = waldump.lines().rev().find_map(|l| {
+    let (start, len, switch) = waldump.lines().rev().find_map(|l| {
         let len = l.split("len (rec/tot):").nth(1)?.split(',').next()?;
         let len: u64 = len.split('/').nth(1)?.trim().parse().ok()?;
         let at = l.split(" lsn: ").nth(1)?.split(',').next()?;
-        Some((crate::postgres::parse_lsn(at.trim())?, len))
+        let switch = l.trim_start().starts_with("rmgr: XLOG") && l.contains("desc: SWITCH");
+        Some((crate::postgres::parse_lsn(at.trim())?, len, switch))
     })?;
-    Some(record_end(start, len, seg_size))
+    let end = record_end(start, len, seg_size);
+    Some(match switch {
+        true if seg_size > 0 && end % seg_size != 0 => (end / seg_size + 1) * seg_size,
+        _ => end,
+    })
 }
 
 /// The end of a WAL record of `len` bytes starting at `start` (XLOG_BLCKSZ pages, a
@@ -597,11 +605,24 @@ impl Controldata {
     /// evidence: a position unknown is not short. A standby's minimum recovery point never
     /// passes the WAL it flushed; pg_rewind's output does when its source moved on during
     /// the copy (finding 17 of docs/jepsen.md: n3 needed 0/486F750 and held 0/486DA68).
+    ///
+    /// Positions compare only on the point's own timeline: WAL on disk that ends on an older
+    /// one cannot reach it; WAL that ends on a newer one (a standby that began to receive
+    /// the next timeline from the start of a segment, then stopped) says nothing of it.
     pub fn short_of(&self, (end, timeline): (u64, u32)) -> Option<u64> {
         let need = self.min_recovery.unwrap_or(0).max(self.backup_end.unwrap_or(0));
-        let newer_timeline =
-            self.min_recovery.unwrap_or(0) > 0 && self.min_recovery_timeline.is_some_and(|t| t > timeline);
-        (need > 0 && (need > end || newer_timeline)).then_some(need)
+        if need == 0 {
+            return None;
+        }
+        let point_timeline = self
+            .min_recovery_timeline
+            .filter(|_| self.min_recovery.unwrap_or(0) > 0);
+        let short = match point_timeline {
+            Some(t) if t > timeline => true,
+            Some(t) if t < timeline => false,
+            _ => need > end,
+        };
+        short.then_some(need)
     }
 
     /// The server was shut down cleanly as a primary: its WAL ends with the shutdown checkpoint.
@@ -652,6 +673,11 @@ mod tests {
         assert_eq!(record_end(8192 - 16, 32, 16 << 20), 8192 + 24 + 16);
         assert_eq!(record_end((16 << 20) - 16, 32, 16 << 20), (16 << 20) + 40 + 16);
         assert_eq!(record_end(8192 - 16, 16, 16 << 20), 8192, "ends at the page boundary");
+        // A switch record last: the rest of its segment counts as written.
+        let switch = "rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: 0/03000148, prev 0/03000110, desc: SWITCH\n";
+        assert_eq!(last_record_end(switch, 16 << 20), Some(0x400_0000));
+        let after = format!("{switch}rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/04000028, prev 0/03000148, desc: CHECKPOINT_SHUTDOWN\n");
+        assert_eq!(last_record_end(&after, 16 << 20), Some(0x400_0028 + 120));
         assert_eq!(segment_of("000000020000000100000003", 16 << 20), Some((2, 256 + 3)));
         assert_eq!(segment_of("00000002.history", 16 << 20), None);
         assert_eq!(segment_of("000000020000000000000004.partial", 16 << 20), None);
@@ -726,6 +752,11 @@ mod tests {
             n3.short_of((0x500_0000, 5)),
             Some(0x486_F750),
             "WAL on an older timeline is not"
+        );
+        assert_eq!(
+            n3.short_of((0x486_0000, 7)),
+            None,
+            "WAL on a newer timeline says nothing"
         );
         // A standby stopped cleanly, and a primary: no point past their WAL.
         let standby = "Database cluster state:               shut down in recovery\n\

@@ -190,6 +190,8 @@ struct Data {
     /// at the end of the copy, which its data files reflect. Recovery must replay all of it
     /// (the minimum recovery point is its end) before the database is consistent.
     min_recovery: Option<Vec<(u32, u64)>>,
+    /// The timeline pg_rewind records with that point: its source's at the time.
+    min_recovery_timeline: u32,
 }
 
 impl Data {
@@ -220,12 +222,11 @@ impl Data {
             // real agent reads from a backup_label.
             from_backup: false,
             min_recovery: Some(self.min_recovery.as_ref().map_or(0, |need| lsn_of(need.len()))),
-            min_recovery_timeline: Some(
-                self.min_recovery
-                    .as_ref()
-                    .and_then(|need| need.last())
-                    .map_or(0, |r| r.0),
-            ),
+            min_recovery_timeline: Some(if self.min_recovery.is_some() {
+                self.min_recovery_timeline
+            } else {
+                0
+            }),
             backup_end: Some(0),
         }
     }
@@ -1030,6 +1031,7 @@ impl Sim {
                     was_standby: false,
                     system,
                     min_recovery: None,
+                    min_recovery_timeline: 0,
                 });
                 pg.run = Run::Down;
             }
@@ -1106,7 +1108,6 @@ impl Sim {
                 self.promoted(i, state.generation, recorded);
             }
             Action::DeclineCandidacy { reason } => {
-                self.declined += 1;
                 self.propose(
                     i,
                     Command::VetoCandidate {
@@ -1115,6 +1116,7 @@ impl Sim {
                         reason: reason.clone(),
                     },
                 )?;
+                self.declined += 1;
             }
             Action::RecordTimeline { timeline, .. } => {
                 let fork = self.nodes[i].pg.data.as_ref().and_then(|d| d.fork);
@@ -1137,6 +1139,7 @@ impl Sim {
                     was_standby: true,
                     clean: true,
                     min_recovery: None,
+                    min_recovery_timeline: 0,
                     ..source
                 });
                 pg.run = Run::Down;
@@ -1167,6 +1170,7 @@ impl Sim {
                     was_standby: true,
                     system: source.system,
                     min_recovery: race.then(|| source.wal.clone()),
+                    min_recovery_timeline: source.timeline,
                 });
                 if race {
                     pg.streams_from = self.now + REWIND_CATCH_UP_MS;

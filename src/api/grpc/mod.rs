@@ -117,6 +117,11 @@ impl ControlServer {
     /// member because it did (`VetoCandidate`'s reason names the hook, or the WAL it lacks).
     fn refusal(&self, to: &str) -> Option<String> {
         let reason = self.node.state().state.history.last()?.reason.clone();
+        // Another candidate of the same change may have refused since.
+        if !reason.contains(&format!("{to} refused the promotion")) && !reason.contains(&format!("{to}'s pre_promote"))
+        {
+            return None;
+        }
         if reason.contains("pre_promote") {
             Some(format!("{to}'s pre_promote hook refused the promotion"))
         } else if reason.contains("cannot become consistent from its own WAL") {
