@@ -181,12 +181,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
         entry(2, Some(1), Some("0/1000000")),
         entry(3, None, None),
     ];
-    let write = |path: std::path::PathBuf, text: &str| {
-        std::fs::write(&path, text).unwrap();
-        if let Some(u) = &pg.run_as {
-            u.chown(&path).unwrap();
-        }
-    };
+    let write = |path: std::path::PathBuf, text: &str| write_owned(&pg, &path, text);
     for (tl, text) in raftpg::postgres::recorded_histories(&history) {
         write(pg.data_dir.join("pg_wal").join(format!("{tl:08X}.history")), &text);
     }
@@ -221,6 +216,25 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     drop(dir);
 }
 
+/// Writes `text` to `path`, owned by the OS user PostgreSQL runs as.
+fn write_owned(pg: &PgCtl, path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    if let Some(u) = &pg.run_as {
+        u.chown(path).unwrap();
+    }
+}
+
+/// A copy of `pg`'s (stopped) data directory at `to`, owners and modes kept.
+fn copy_data_dir(pg: &PgCtl, to: &std::path::Path) {
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pg.data_dir)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+}
+
 /// Runs `sql` on a fresh connection and returns the first column of the first row, if any.
 async fn query(conninfo: &str, sql: &str) -> Option<String> {
     let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.unwrap();
@@ -248,21 +262,10 @@ async fn a_standby_started_off_the_stream_recovers_the_timeline_its_wal_reaches(
     )
     .await;
     pg.stop(StopMode::Fast, T).await.expect("stop");
-    let write = |path: std::path::PathBuf, text: &str| {
-        std::fs::write(&path, text).unwrap();
-        if let Some(u) = &pg.run_as {
-            u.chown(&path).unwrap();
-        }
-    };
+    let write = |path: std::path::PathBuf, text: &str| write_owned(&pg, &path, text);
     // The copy's control file keeps its checkpoint on timeline 1.
     let copy = dir.path().join("copy");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&pg.data_dir)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_data_dir(&pg, &copy);
     // The original is promoted to timeline 2 and writes there.
     write(pg.data_dir.join("standby.signal"), "");
     pg.start(T).await.expect("start in recovery");
@@ -363,12 +366,7 @@ async fn a_rewind_onto_a_source_that_never_answers_is_abandoned_and_killed() {
 async fn a_restarted_standby_off_the_stream_reports_the_timeline_it_replayed() {
     let (dir, pg, conninfo) = local_pg(26006);
     pg.initdb("postgres", T).await.expect("initdb");
-    let write = |path: std::path::PathBuf, text: &str| {
-        std::fs::write(&path, text).unwrap();
-        if let Some(u) = &pg.run_as {
-            u.chown(&path).unwrap();
-        }
-    };
+    let write = |path: std::path::PathBuf, text: &str| write_owned(&pg, &path, text);
     // Old segments are kept, as on a member whose WAL was not recycled yet.
     let conf = pg.data_dir.join("postgresql.conf");
     let base = std::fs::read_to_string(&conf).unwrap() + "\nwal_keep_size = '1GB'\n";
@@ -437,20 +435,9 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
     )
     .await;
     pg.stop(StopMode::Fast, T).await.expect("stop");
-    let own = |path: &std::path::Path| {
-        if let Some(u) = &pg.run_as {
-            u.chown(path).unwrap();
-        }
-    };
     // The source: a copy, promoted to timeline 2, that writes on.
     let copy = dir.path().join("source");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&pg.data_dir)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_data_dir(&pg, &copy);
     let source = PgCtl {
         data_dir: copy.clone(),
         port: 26008,
@@ -458,8 +445,7 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
         ..pg.clone()
     };
     let source_conninfo = format!("host={} port=26008 user=postgres dbname=postgres", dir.path().display());
-    std::fs::write(copy.join("standby.signal"), "").unwrap();
-    own(&copy.join("standby.signal"));
+    write_owned(&pg, &copy.join("standby.signal"), "");
     source.start(T).await.expect("start the source in recovery");
     source.promote(T).await.expect("promote the source");
     query(
@@ -509,8 +495,7 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
     // Started in recovery, it replays what it has and waits for more, refusing connections: the
     // agent observes it `Unknown` with PostgreSQL's words, which it reads as "inconsistent",
     // and its control file can be read while it runs.
-    std::fs::write(pg.data_dir.join("standby.signal"), "").unwrap();
-    own(&pg.data_dir.join("standby.signal"));
+    write_owned(&pg, &pg.data_dir.join("standby.signal"), "");
     // pg_ctl start waits for a consistent state, which never comes: it gives up and leaves
     // the server running.
     let _ = pg.start(Duration::from_secs(2)).await;
@@ -549,19 +534,8 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
 async fn a_standby_stopped_after_a_wal_switch_is_not_short() {
     let (dir, primary, primary_conninfo) = local_pg(26009);
     primary.initdb("postgres", T).await.expect("initdb");
-    let own = |path: &std::path::Path| {
-        if let Some(u) = &primary.run_as {
-            u.chown(path).unwrap();
-        }
-    };
     let copy = dir.path().join("standby");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&primary.data_dir)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_data_dir(&primary, &copy);
     let standby = PgCtl {
         data_dir: copy.clone(),
         port: 26010,
@@ -569,15 +543,14 @@ async fn a_standby_stopped_after_a_wal_switch_is_not_short() {
         ..primary.clone()
     };
     let standby_conninfo = format!("host={} port=26010 user=postgres dbname=postgres", dir.path().display());
-    std::fs::write(copy.join("standby.signal"), "").unwrap();
-    own(&copy.join("standby.signal"));
+    write_owned(&primary, &copy.join("standby.signal"), "");
     let conf = copy.join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).unwrap()
         + &format!(
             "\nprimary_conninfo = 'host={} port=26009 user=postgres'\n",
             dir.path().display()
         );
-    std::fs::write(&conf, text).unwrap();
+    write_owned(&primary, &conf, &text);
     primary.start(T).await.expect("start the primary");
     standby.start(T).await.expect("start the standby");
     let replayed = |at: u64| {
