@@ -882,6 +882,13 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
 fn following(i: &AgentInput, p: &str) -> Decision {
     let g = i.state.generation;
     let p_tl = i.state.primary.as_ref().and_then(|x| x.timeline).unwrap_or(0);
+    // A standby database, stopped or running but not consistent, whose last checkpoint or
+    // minimum recovery point is off p's line (`off_history`): read once for both arms below.
+    let off = match i.local {
+        Local::Stopped { control: Some(c) } if c.was_standby() => off_history(i.state, c, p_tl),
+        Local::Unknown(_) => i.inconsistent.and_then(|c| off_history(i.state, c, p_tl)),
+        _ => None,
+    };
     match i.local {
         // A stray primary is fenced first (below); requests wait for that.
         Local::Primary(_) => {}
@@ -939,8 +946,8 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 ),
             )
         }
-        Local::Stopped { control: Some(c) } if c.was_standby() && off_history(i.state, c, p_tl).is_some() => {
-            let (what, why) = off_history(i.state, c, p_tl).expect("checked by the guard");
+        Local::Stopped { control: Some(c) } if c.was_standby() && off.is_some() => {
+            let (what, why) = off.expect("checked by the guard");
             Decision::new(
                 vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
                 format!("{what}, which is not on {p}'s timeline {p_tl} ({why}): rewinding, then following it"),
@@ -1001,9 +1008,8 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         // off p's line, so PostgreSQL waits in recovery for good, refusing connections (the
         // simulation, seed 5026 with `rewind_race`: a standby rewound onto a primary fenced
         // before it streamed that far, its WAL then diverged from the next primary's).
-        Local::Unknown(_) if i.inconsistent.is_some_and(|c| off_history(i.state, c, p_tl).is_some()) => {
-            let c = i.inconsistent.expect("checked by the guard");
-            let (what, why) = off_history(i.state, c, p_tl).expect("checked by the guard");
+        Local::Unknown(_) if off.is_some() => {
+            let (what, why) = off.expect("checked by the guard");
             Decision::new(
                 vec![
                     Action::Stop,
