@@ -13,8 +13,10 @@ use tokio::time::Instant;
 use crate::decide::controller::{decide, ControllerAction, ControllerInput};
 use crate::node::{Node, ProposeError};
 
-/// On the Raft leader, re-evaluate at least this often (the lease clock is checked here).
-const TICK: Duration = Duration::from_millis(50);
+/// On the Raft leader, re-evaluate at least this often, for the timers counted in seconds
+/// (a candidate's patience, a scheduled switchover). The lease's deadline does not wait for
+/// a tick: the controller wakes at the instant it passes, and at every report.
+const TICK: Duration = Duration::from_millis(100);
 /// Elsewhere the controller has nothing to do: it wakes when the Raft role or the applied
 /// state changes, and at least this often.
 const FOLLOWER_TICK: Duration = Duration::from_secs(1);
@@ -73,15 +75,21 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut raft_metrics = node.raft.server_metrics();
     let mut raft_stopped = false;
     let mut quiet = Quiet::default();
+    // When the primary's lease passes the controller's deadline, unless it is renewed.
+    let mut lease_deadline: Option<Instant> = None;
     loop {
         let tick = if was_leader { TICK } else { FOLLOWER_TICK };
+        let wake = match lease_deadline {
+            Some(at) if was_leader => at.min(Instant::now() + tick),
+            _ => Instant::now() + tick,
+        };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = node.book.changed.notified() => {}
             _ = changes.changed() => {}
             // Once Raft stopped (an error), only the stop or the tick wakes it.
             r = raft_metrics.changed(), if !was_leader && !raft_stopped => raft_stopped = r.is_err(),
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
         let metrics = node.metrics();
         let leader = metrics.state == ServerState::Leader;
@@ -100,6 +108,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             node.local.clear_view();
         }
         was_leader = leader;
+        lease_deadline = None;
         if !leader || !state.initialized {
             continue;
         }
@@ -116,7 +125,9 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
                     Some(ms) => Duration::from_millis(ms),
                     None => crate::lease::controller_deadline(state.ha.lease_ms),
                 };
-                node.book.expired_ms(p, deadline, now)
+                let expired = node.book.expired_ms(p, deadline, now);
+                lease_deadline = node.book.expires_at(p, deadline).filter(|_| expired.is_none());
+                expired
             }
             _ => None,
         };

@@ -259,6 +259,17 @@ impl Book {
         let silent = now.saturating_duration_since(since);
         (silent > deadline).then_some(silent.as_millis() as u64)
     }
+
+    /// When `expired_ms` first says expired for the primary it clocks, given no renewal
+    /// before then: the controller wakes at that instant rather than at its next tick.
+    pub fn expires_at(&self, primary: &Primary, deadline: Duration) -> Option<Instant> {
+        match &self.lock().clock {
+            Some((n, g, at)) if *n == primary.node && *g == primary.generation => {
+                Some(*at + deadline + Duration::from_millis(1))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,14 +380,28 @@ mod tests {
         b.start_tenure(Some(&p), Instant::now());
         tokio::time::advance(Duration::from_millis(500)).await;
         b.granted("n1", 1, Instant::now());
-        tokio::time::advance(Duration::from_millis(2000)).await;
         let deadline = controller_deadline(2000);
+        let wake = b.expires_at(&p, deadline).expect("n1 is clocked");
+        assert_eq!(
+            wake,
+            Instant::now() + Duration::from_millis(2401),
+            "the first instant it is expired"
+        );
+        assert_eq!(b.expires_at(&primary("n1", 2), deadline), None, "another generation");
+        tokio::time::advance(Duration::from_millis(2000)).await;
         assert_eq!(
             b.expired_ms(&p, deadline, Instant::now()),
             None,
             "the holder fences at 2000 ms; we wait longer"
         );
-        tokio::time::advance(Duration::from_millis(401)).await;
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(
+            b.expired_ms(&p, deadline, Instant::now()),
+            None,
+            "at the deadline itself"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(Instant::now(), wake);
         assert_eq!(b.expired_ms(&p, deadline, Instant::now()), Some(2401));
         let next = primary("n2", 2);
         assert_eq!(
