@@ -595,3 +595,66 @@ async fn a_standby_stopped_after_a_wal_switch_is_not_short() {
     assert_eq!(control.short_of(end), None);
     drop(dir);
 }
+
+/// Issue 14: a stop polls for the postmaster's exit itself (pg_ctl's own wait checks every
+/// 100 ms, which cost a switchover 50 ms on average), and says so when it does not exit: a
+/// frozen postmaster is a timeout; one killed after it took the stop signal and before it
+/// removed its pid file is a crash, not a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_does_not_end_in_a_clean_exit_is_an_error() {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    let (_dir, pg, _) = local_pg(26011);
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    let pid = Pid::from_raw(pg.postmaster_pid().expect("postmaster.pid"));
+
+    eprintln!("=== a frozen postmaster: the stop times out");
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let e = pg
+        .stop(StopMode::Fast, Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did not exit") && e.contains("within 1s"), "{e}");
+
+    eprintln!("=== killed while it holds the stop signal: a crash, not a clean stop");
+    let stopping = tokio::spawn({
+        let pg = pg.clone();
+        async move { pg.stop(StopMode::Fast, T).await }
+    });
+    // The frozen postmaster holds the signal pending: then it is killed.
+    let status = format!("/proc/{pid}/status");
+    let pending = || {
+        std::fs::read_to_string(&status)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("ShdPnd:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while pending() & (1 << (Signal::SIGINT as u64 - 1)) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_ctl never signalled the postmaster"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // pg_ctl made the postmaster a session leader: its group is the server's processes.
+    killpg(pid, Signal::SIGKILL).unwrap();
+    let e = stopping.await.unwrap().unwrap_err().to_string();
+    assert!(e.contains("left postmaster.pid (it crashed)"), "{e}");
+    while killpg(pid, None).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed server's processes never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    eprintln!("=== it starts again (crash recovery) and stops cleanly");
+    pg.start(T).await.expect("start after the crash");
+    pg.stop(StopMode::Fast, T).await.expect("a clean stop");
+    assert_eq!(pg.postmaster_pid(), None);
+}

@@ -11,6 +11,8 @@ use super::{PgBinaries, PgError, RunAs};
 
 /// How often a promotion's end is checked.
 const PROMOTE_POLL: Duration = Duration::from_millis(5);
+/// How often a stop checks whether the postmaster has exited.
+const STOP_POLL: Duration = Duration::from_millis(5);
 /// `DBState` in `global/pg_control` is the `u32` after the system identifier (`u64`), the
 /// control file's version and the catalog version (`u32` each), in the machine's byte
 /// order: the layout of the file's head has not changed since PostgreSQL 8.x.
@@ -107,19 +109,42 @@ impl PgCtl {
         last_lines(&std::fs::read_to_string(&self.log_file).unwrap_or_default(), n)
     }
 
-    /// Stops the postmaster in `mode` and waits for it to exit.
+    /// Stops the postmaster in `mode` and waits for it to exit, as `pg_ctl stop -w` does (its
+    /// pid file gone), but checking every `STOP_POLL` rather than every 100 ms: pg_ctl's
+    /// polling cost a switchover 50 ms on average. `pg_ctl stop -W` signals the server and
+    /// returns. A postmaster that exits without removing its pid file (it crashed during the
+    /// stop) is an error, as with pg_ctl.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
-            "-m",
-            mode.arg(),
-            "-w",
-            "-t",
-            &timeout.as_secs().max(1).to_string(),
-        ]);
-        self.run("pg_ctl stop", cmd, timeout + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", mode.arg(), "-W"]);
+        // One deadline for the signal and the wait: `timeout` bounds the whole stop.
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.run("pg_ctl stop", cmd, timeout).await?;
+        while let Some(pid) = self.postmaster_pid() {
+            let gone = matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+            // The file may have gone between the two looks: that is a clean exit.
+            if gone && self.postmaster_pid().is_some() {
+                return Err(PgError::Failed {
+                    what: "pg_ctl stop".into(),
+                    status: "the postmaster exited during the stop and left postmaster.pid (it crashed)".into(),
+                    output: self.log_tail(5),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PgError::Timeout {
+                    what: "the stop (the postmaster did not exit)".into(),
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        Ok(())
     }
 
     /// Whether a postmaster runs on this data directory (pg_ctl status).
