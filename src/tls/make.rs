@@ -165,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_read_once_is_not_parsed_again_and_a_bad_one_is_never_kept() {
+        let ca = ca("prod").unwrap();
+        let certs: Vec<Vec<u8>> = (0..super::super::IDENTITIES_KEPT + 3)
+            .map(|i| der(&leaf(&ca, &format!("c{i}"), Role::Admin, &[], &[]).unwrap().cert_pem))
+            .collect();
+        // Every certificate, twice over (the list starts again once full): each reads as itself.
+        for round in 0..2 {
+            for (i, d) in certs.iter().enumerate() {
+                let p = super::super::cached_identity(d).unwrap();
+                assert_eq!(p.name, format!("c{i}"), "round {round}");
+            }
+        }
+        assert!(super::super::IDENTITIES.lock().unwrap().len() <= super::super::IDENTITIES_KEPT);
+        let bad = der(&ca.cert_pem);
+        for _ in 0..2 {
+            assert!(super::super::cached_identity(&bad).unwrap_err().contains("OU"));
+        }
+        assert!(!super::super::IDENTITIES.lock().unwrap().iter().any(|(d, _)| *d == bad));
+    }
+
+    #[test]
     fn keys_are_private_and_files_not_replaced_by_accident() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
