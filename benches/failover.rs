@@ -18,7 +18,8 @@
 //! Every acknowledged id is checked on every node at the end; faulted nodes are
 //! brought back (rewound) between runs.
 //!
-//! `cargo bench --bench failover` (RUNS=N per fault, default 5; FAULTS=kill,freeze-primary,...).
+//! `cargo bench --bench failover` (RUNS=N per fault, default 5; FAULTS=kill,freeze-primary,...;
+//! LEASE_MS and EXTRA_CONFIG to measure other settings, see `common::BenchSettings`).
 //! Prints every run, then the median and the max per fault.
 
 #[path = "../tests/common/mod.rs"]
@@ -45,8 +46,10 @@ fn main() {
         .unwrap_or_else(|_| FAULTS.map(String::from).to_vec());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = common::Cluster::start(29400, 3, "");
+        let settings = common::BenchSettings::from_env();
+        let mut c = settings.start(29400, 3);
         c.wait_streaming(2, WAIT).await;
+        settings.apply(&c);
         let w = Writer::start(&c.libpq()).await;
         let mut results = Vec::new();
         for fault in &faults {

@@ -7,8 +7,8 @@
 //! reaped children count in its own times); and the whole machine's busy time.
 //!
 //! `cargo bench --bench footprint` (WINDOW=seconds, ROUNDS=windows, default 1;
-//! EXTRA_CONFIG=TOML appended to every node's configuration, to measure other settings,
-//! for example `EXTRA_CONFIG=$'[raft]\nheartbeat_ms = 150'`). Prints percentages of one core.
+//! LEASE_MS and EXTRA_CONFIG to measure other settings, see `common::BenchSettings`, for
+//! example `EXTRA_CONFIG=$'[raft]\nheartbeat_ms = 150'`). Prints percentages of one core.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,12 +22,10 @@ fn main() {
     let rounds = common::count_from_env("ROUNDS", 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let extra = std::env::var("EXTRA_CONFIG").unwrap_or_default();
-        if !extra.is_empty() {
-            println!("every node's configuration ends with:\n{extra}");
-        }
-        let c = common::Cluster::start(16000, 3, &extra);
+        let settings = common::BenchSettings::from_env();
+        let c = settings.start(16000, 3);
         c.wait_streaming(2, WAIT).await;
+        settings.apply(&c);
         // Let the start-up work (clones, slots, leadership moves) finish.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let raftpg: Vec<i32> = (1..=3).filter_map(|k| c.raftpg_pid(k)).collect();

@@ -8,7 +8,9 @@
 //! renewals of the primary's lease (`raftpg_lease_renewal_gap_max_seconds`; renewals
 //! are due every lease/4 = 500 ms, the lease is 2 s).
 //!
-//! `cargo bench --bench saturation` (DURATION=seconds per phase, BUSY=busy loops, default 4).
+//! `cargo bench --bench saturation` (DURATION=seconds per phase, BUSY=busy loops, default 4;
+//! LEASE_MS and EXTRA_CONFIG to measure other settings, see `common::BenchSettings`; with
+//! `LEASE_MS` the renewals are due every `LEASE_MS / 4`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -21,13 +23,14 @@ const WAIT: Duration = Duration::from_secs(120);
 fn main() {
     let duration = common::count_from_env("DURATION", 600);
     let busy = common::count_from_env("BUSY", 4);
+    let settings = common::BenchSettings::from_env();
     let pgbench = raftpg::postgres::bin::PgBinaries::find(None)
         .expect("PostgreSQL binaries")
         .tool("pgbench");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut lines = Vec::new();
     for (phase, loops, base) in [("bare machine", 0, 16500), ("with busy loops", busy, 17000)] {
-        let line = rt.block_on(run_phase(&pgbench, phase, loops, base, duration));
+        let line = rt.block_on(run_phase(&settings, &pgbench, phase, loops, base, duration));
         println!("{line}");
         lines.push(line);
     }
@@ -37,8 +40,17 @@ fn main() {
     }
 }
 
-async fn run_phase(pgbench: &std::path::Path, phase: &str, loops: usize, base: u16, duration: usize) -> String {
-    let c = common::Cluster::start(base, 3, "");
+async fn run_phase(
+    settings: &common::BenchSettings,
+    pgbench: &std::path::Path,
+    phase: &str,
+    loops: usize,
+    base: u16,
+    duration: usize,
+) -> String {
+    let c = settings.start(base, 3);
+    c.wait_streaming(2, WAIT).await;
+    settings.apply(&c);
     let primary = c.wait_streaming(2, WAIT).await;
     let generation = c.status(primary).await.unwrap().generation;
     // What an application uses: the multi-host string, the password from the environment.

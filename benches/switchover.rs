@@ -5,7 +5,8 @@
 //! primary acknowledged to the first write the new primary acknowledged. Every
 //! acknowledged id is then checked on every node.
 //!
-//! `cargo bench --bench switchover` (RUNS=N, default 7). Prints every run, the median and the max.
+//! `cargo bench --bench switchover` (RUNS=N, default 7; LEASE_MS and EXTRA_CONFIG to measure
+//! other settings, see `common::BenchSettings`). Prints every run, the median and the max.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -21,8 +22,10 @@ fn main() {
     let runs = common::count_from_env("RUNS", 7);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = common::Cluster::start(29700, 3, "");
+        let settings = common::BenchSettings::from_env();
+        let c = settings.start(29700, 3);
         c.wait_streaming(2, WAIT).await;
+        settings.apply(&c);
         let w = Writer::start(&c.libpq()).await;
         let mut downtimes = Vec::new();
         let mut commands = Vec::new();

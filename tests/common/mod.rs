@@ -50,6 +50,47 @@ pub fn count_from_env(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The settings a benchmark runs under, from its environment: `EXTRA_CONFIG`, TOML appended
+/// to every node's configuration (for example `$'[raft]\nelection_timeout_max_ms = 370'`),
+/// and `LEASE_MS`, the cluster's `lease_ms`, set with `raftpg ctl config set` once it formed.
+/// Without them a benchmark measures the defaults.
+pub struct BenchSettings {
+    pub extra: String,
+    pub lease_ms: Option<u64>,
+}
+
+impl BenchSettings {
+    pub fn from_env() -> BenchSettings {
+        let lease_ms = std::env::var("LEASE_MS").ok().map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("LEASE_MS={v}: expected milliseconds, such as 1000"))
+        });
+        let s = BenchSettings {
+            extra: std::env::var("EXTRA_CONFIG").unwrap_or_default(),
+            lease_ms,
+        };
+        if !s.extra.is_empty() {
+            println!("every node's configuration ends with:\n{}", s.extra);
+        }
+        if let Some(ms) = s.lease_ms {
+            println!("lease_ms = {ms} (set once the cluster formed)");
+        }
+        s
+    }
+
+    /// Starts `n` nodes with the extra configuration.
+    pub fn start(&self, base: u16, n: u16) -> Cluster {
+        Cluster::start(base, n, &self.extra)
+    }
+
+    /// Sets the lease on a cluster that formed (the next renewal uses it).
+    pub fn apply(&self, c: &Cluster) {
+        if let Some(ms) = self.lease_ms {
+            c.ctl_ok(&["config", "set", &format!("lease_ms={ms}")]);
+        }
+    }
+}
+
 /// Prints a bench's samples as `label: n=.. median=.. max=..`.
 pub fn print_median_max(label: &str, mut samples: Vec<Duration>) {
     samples.sort();
