@@ -111,15 +111,39 @@ pub fn windows(h: &History) -> Vec<crate::verdict::Window> {
 
 /// For every fault that hit the primary: the time from the fault to the first
 /// write acknowledged on a newer timeline than any write acknowledged before
-/// it. A fault after which no newer timeline acknowledged a write (the old
-/// primary came back, or the run ended) has no failover and is skipped.
+/// it, before the next fault on the primary started. A fault after which no newer
+/// timeline acknowledged a write by then (the old primary stayed or came back, or
+/// the run ended) has no failover and is skipped: a timeline change belongs to the
+/// latest fault on the primary before it. (Without that bound, a fault the primary
+/// rode out was charged with the next one's failover: chaos at seed 662009 showed a
+/// 48 s "failover" for a flapping link that caused none.)
 pub fn failovers(h: &History) -> Vec<Failover> {
     let mut writes: Vec<(u64, u32)> = ok_writes(h).filter_map(|o| Some((o.end_ns, o.timeline?))).collect();
     writes.sort_unstable();
-    h.nemesis
+    let all: Vec<Failover> = h
+        .nemesis
         .iter()
         .filter(|n| n.action == NemesisAction::Start && n.hit && about_primary(n))
         .filter_map(|n| failover(h, &writes, n))
+        .collect();
+    own_failovers(&all, &windows(h))
+}
+
+/// Of `failovers`, those whose first write came before the next fault on the primary
+/// (in `windows`) started. `table` applies it to a `suite.json` written before the rule.
+pub fn own_failovers(failovers: &[Failover], windows: &[crate::verdict::Window]) -> Vec<Failover> {
+    let starts: Vec<u64> = windows
+        .iter()
+        .filter(|w| w.hit && (w.intended == "primary" || w.fault.contains("primary")))
+        .map(|w| w.start_ns)
+        .collect();
+    failovers
+        .iter()
+        .filter(|f| {
+            let next = starts.iter().copied().filter(|t| *t > f.fault_ns).min();
+            next.is_none_or(|t| f.first_write_ns < t)
+        })
+        .cloned()
         .collect()
 }
 
@@ -311,6 +335,25 @@ mod tests {
         assert_eq!(failovers(&h).len(), 1);
         h.probes.clear();
         assert!(failovers(&h).is_empty());
+    }
+
+    #[test]
+    fn a_fault_the_primary_rode_out_is_not_charged_with_the_next_faults_failover() {
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, S), "n1", 1),
+            // The first fault (2 s) changes nothing: n1 keeps writing on timeline 1.
+            on(set_add(2, Outcome::Ok, 3 * S), "n1", 1),
+            // The second (4 s) is followed by a failover.
+            on(set_add(3, Outcome::Ok, 5 * S), "n2", 2),
+        ];
+        let mut h = history(ops, vec![]);
+        h.nemesis = vec![fault(2 * S, "primary", true), fault(4 * S, "primary", true)];
+        let f = failovers(&h);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].fault_ns, f[0].ms), (4 * S, 1000));
+        // With the second fault gone, the change after the first is its own.
+        h.nemesis.pop();
+        assert_eq!(failovers(&h)[0].ms, 3000);
     }
 
     #[test]
