@@ -177,6 +177,65 @@ async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
     );
 }
 
+/// A switchover while the other standby's WAL receiver hangs: the old primary's clean
+/// shutdown would wait for that standby to confirm the shutdown checkpoint until
+/// wal_sender_timeout (5 s of write downtime; 5.6 s in the partition suite's
+/// switchover-isolate-standby). The old primary ends that sender before it stops, the
+/// switchover completes, and the standby follows the new primary once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_ends_the_wal_sender_of_a_standby_that_stopped_answering() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(28200, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let target = if old == 1 { 2 } else { 1 };
+    let other = 6 - old - target;
+    c.wait_switchover_target(target, FORM).await;
+
+    phase(&format!("n{other}'s WAL receiver hangs (SIGSTOP)"));
+    let receiver = c
+        .pg_processes(other)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| cmd.contains("walreceiver")))
+        .expect("the standby runs a WAL receiver");
+    kill(Pid::from_raw(receiver), Signal::SIGSTOP).unwrap();
+    let silent = format!(
+        "SELECT EXTRACT(EPOCH FROM now() - reply_time)::float8 FROM pg_stat_replication \
+         WHERE application_name = 'n{other}'"
+    );
+    let what = format!("the old primary to see n{other} silent for 2 s");
+    c.wait_for(&what, FAILOVER, || async {
+        let row = c.query_one(old, &silent).await?;
+        (row.get::<_, Option<f64>>(0)? > 2.0).then_some(())
+    })
+    .await;
+
+    phase(&format!("switchover n{old} -> n{target}"));
+    let out = c.ctl_ok(&["switchover", "--to", &format!("n{target}")]);
+    assert!(out.contains(&format!("to n{target}")), "{out}");
+    assert!(
+        c.log_of(old).contains(&format!(
+            "ended the WAL sender of n{other}: its standby has not answered"
+        )),
+        "the old primary ended the silent standby's sender before its clean stop"
+    );
+    let s = c.status(target).await.unwrap();
+    assert_eq!(
+        s.history.last().unwrap().kind,
+        "switchover",
+        "not the fallback to a failover"
+    );
+
+    phase(&format!(
+        "n{other}'s WAL receiver runs again; it follows n{target}, nothing lost"
+    ));
+    kill(Pid::from_raw(receiver), Signal::SIGCONT).unwrap();
+    check_no_loss(&c, w).await;
+}
+
 /// Issue 10 item 3: losing the Raft leader, when it is not the primary, costs no
 /// PostgreSQL restart and no failover. The leader's raftpg is frozen (SIGSTOP): like an
 /// isolated node, it accepts connections and never answers. The primary's renewals must

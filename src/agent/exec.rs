@@ -89,7 +89,7 @@ impl Agent {
                 fence(pg).await;
             }
             Action::Stop => pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?,
-            Action::CleanStop => {
+            Action::CleanStop { target } => {
                 // The explicit checkpoint runs while clients still work, so the shutdown
                 // checkpoint (when writes are refused) has little left to do.
                 match connect(&pg.local_conninfo()).await {
@@ -97,6 +97,7 @@ impl Agent {
                         if let Err(e) = tokio::time::timeout(TOOL_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
                             tracing::warn!("CHECKPOINT before the switchover timed out: {e}");
                         }
+                        end_silent_senders(&c, target).await;
                     }
                     Err(e) => tracing::warn!("cannot connect for a CHECKPOINT before the switchover: {e:#}"),
                 }
@@ -645,6 +646,35 @@ impl Agent {
                  repair the data directory by hand or run `raftpg ctl reinit`"
             ),
         }
+    }
+}
+
+/// A clean shutdown waits for every WAL sender's standby to confirm the shutdown
+/// checkpoint, so a standby that stopped answering (cut off, or its WAL receiver hung)
+/// holds a switchover's write downtime until `wal_sender_timeout` (5 s). Before the stop,
+/// the senders of standbys whose last reply is older than 1.5 s are ended. Standbys reply
+/// at least every `wal_receiver_status_interval` (1 s); one taken for silent by mistake
+/// only reconnects. The target's sender is never ended: the promotion waits for the target
+/// to hold the WAL past the shutdown checkpoint, which is what keeps every acknowledged
+/// write.
+async fn end_silent_senders(c: &tokio_postgres::Client, target: &str) {
+    const END_SILENT_SENDERS: &str = "SELECT application_name, \
+         EXTRACT(EPOCH FROM now() - reply_time)::float8, pg_terminate_backend(pid) \
+         FROM pg_stat_replication \
+         WHERE application_name <> $1 AND reply_time < now() - interval '1500 milliseconds'";
+    match tokio::time::timeout(TOOL_TIMEOUT, c.query(END_SILENT_SENDERS, &[&target])).await {
+        Ok(Ok(rows)) => {
+            for r in rows {
+                let (name, silent): (String, f64) = (r.get(0), r.get(1));
+                tracing::warn!(
+                    "switchover: ended the WAL sender of {name}: its standby has not answered for {silent:.1} s, \
+                     and the clean shutdown would wait for it until wal_sender_timeout; it follows the new primary \
+                     once it answers again"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::warn!("switchover: cannot look for standbys that stopped answering: {e}"),
+        Err(_) => tracing::warn!("switchover: looking for standbys that stopped answering timed out"),
     }
 }
 

@@ -175,8 +175,11 @@ pub enum Action {
     ProposeBootstrap,
     /// Immediate stop: this PostgreSQL must not accept or acknowledge writes.
     Fence,
-    /// Switchover: CHECKPOINT, then a fast stop, which sends all WAL to the standbys first.
-    CleanStop,
+    /// Switchover: CHECKPOINT, end the WAL senders of standbys that stopped answering (never
+    /// the `target`'s), then a fast stop, which sends all WAL to the standbys first.
+    CleanStop {
+        target: String,
+    },
     /// Propose `SwitchoverStopped`: this old primary stopped cleanly at checkpoint `lsn`.
     ReportStopped {
         lsn: u64,
@@ -746,7 +749,7 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
 fn switchover(i: &AgentInput, old_primary: bool, to: &str, stop_lsn: Option<u64>) -> Decision {
     match i.local {
         Local::Primary(_) if old_primary => Decision::new(
-            vec![Action::CleanStop],
+            vec![Action::CleanStop { target: to.to_string() }],
             format!("switchover to {to}: checkpoint, then a clean shutdown that hands all WAL to the standbys"),
         ),
         Local::Primary(_) => Decision::new(

@@ -947,7 +947,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         .is_some_and(|p| p.kind == crate::cluster::PendingKind::Switchover && p.candidate.is_none());
     if matches!(i.local, Local::Primary(_)) && !named && follower && !i.state.paused {
         if draining && role == Wanted::OldPrimary {
-            assert_eq!(d.actions, [Action::CleanStop], "{}", ctx());
+            assert!(matches!(d.actions.as_slice(), [Action::CleanStop { .. }]), "{}", ctx());
         } else {
             assert_eq!(d.actions, [Action::Fence], "{}", ctx());
         }
@@ -955,7 +955,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     // Only a switchover's old primary stops cleanly; while it drains, nobody stops streaming.
     for a in &d.actions {
         match a {
-            Action::CleanStop | Action::ReportStopped { .. } => {
+            Action::CleanStop { .. } | Action::ReportStopped { .. } => {
                 assert!(draining && role == Wanted::OldPrimary, "{}", ctx())
             }
             Action::StopStreaming => assert!(!draining, "{}", ctx()),
@@ -1131,7 +1131,7 @@ fn switchover_old_primary_stops_cleanly_and_says_where_its_wal_ends() {
     let running = Local::Primary(pg(false, "", None));
     assert_eq!(
         decide(&input("n1", &s, &running, LeaseView::Held)).actions,
-        [Action::CleanStop]
+        [Action::CleanStop { target: "n2".into() }]
     );
     let down = stopped("shut down", 1, 0x500);
     assert_eq!(

@@ -1069,7 +1069,7 @@ impl Sim {
             Action::Fence => {
                 self.nodes[i].pg.stop(false);
             }
-            Action::CleanStop => {
+            Action::CleanStop { .. } => {
                 if self.nodes[i].pg.run == Run::Primary {
                     // A fast shutdown sends all WAL to the connected standbys first.
                     self.stream();
