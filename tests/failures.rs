@@ -236,6 +236,52 @@ async fn a_switchover_ends_the_wal_sender_of_a_standby_that_stopped_answering() 
     check_no_loss(&c, w).await;
 }
 
+/// The same, with the switchover asked for at once after the hang (the partition suite's
+/// switchover-isolate-standby): the other standby's last reply is still recent, so its
+/// sender is ended only once the clean shutdown has waited `SENDER_GRACE` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_right_after_a_standby_hangs_does_not_wait_for_it() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(28300, 3, "");
+    let old = c.wait_streaming(2, FORM).await;
+    let w = Writer::start(&c.libpq()).await;
+    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
+    let target = if old == 1 { 2 } else { 1 };
+    let other = 6 - old - target;
+    c.wait_switchover_target(target, FORM).await;
+
+    phase(&format!(
+        "n{other}'s WAL receiver hangs; at once, switchover n{old} -> n{target}"
+    ));
+    let receiver = c
+        .pg_processes(other)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| cmd.contains("walreceiver")))
+        .expect("the standby runs a WAL receiver");
+    kill(Pid::from_raw(receiver), Signal::SIGSTOP).unwrap();
+    let out = c.ctl_ok(&["switchover", "--to", &format!("n{target}")]);
+    assert!(out.contains(&format!("to n{target}")), "{out}");
+    let log = c.log_of(old);
+    assert!(
+        log.contains(&format!("ended the WAL sender of n{other}")),
+        "the old primary ended the hung standby's sender during its clean stop"
+    );
+    let s = c.status(target).await.unwrap();
+    assert_eq!(
+        s.history.last().unwrap().kind,
+        "switchover",
+        "not the fallback to a failover"
+    );
+
+    phase(&format!(
+        "n{other}'s WAL receiver runs again; it follows n{target}, nothing lost"
+    ));
+    kill(Pid::from_raw(receiver), Signal::SIGCONT).unwrap();
+    check_no_loss(&c, w).await;
+}
+
 /// Issue 10 item 3: losing the Raft leader, when it is not the primary, costs no
 /// PostgreSQL restart and no failover. The leader's raftpg is frozen (SIGSTOP): like an
 /// isolated node, it accepts connections and never answers. The primary's renewals must

@@ -92,17 +92,28 @@ impl Agent {
             Action::CleanStop { target } => {
                 // The explicit checkpoint runs while clients still work, so the shutdown
                 // checkpoint (when writes are refused) has little left to do.
-                match connect(&pg.local_conninfo()).await {
+                let others = match connect(&pg.local_conninfo()).await {
                     Ok(c) => {
                         if let Err(e) = tokio::time::timeout(TOOL_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
                             tracing::warn!("CHECKPOINT before the switchover timed out: {e}");
                         }
-                        end_silent_senders(&c, target).await;
+                        end_silent_senders(&c, target).await
                     }
-                    Err(e) => tracing::warn!("cannot connect for a CHECKPOINT before the switchover: {e:#}"),
-                }
+                    Err(e) => {
+                        tracing::warn!("cannot connect for a CHECKPOINT before the switchover: {e:#}");
+                        Vec::new()
+                    }
+                };
                 tracing::info!("switchover: stopping PostgreSQL cleanly (fast)");
-                pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?;
+                let stop = pg.ctl.stop(StopMode::Fast, Duration::from_secs(60));
+                tokio::pin!(stop);
+                tokio::select! {
+                    r = &mut stop => r?,
+                    _ = tokio::time::sleep(SENDER_GRACE), if !others.is_empty() => {
+                        end_waiting_senders(pg.ctl.postmaster_pid(), &others);
+                        stop.await?;
+                    }
+                }
             }
             Action::ReportStopped { lsn } => {
                 self.propose(Command::SwitchoverStopped {
@@ -657,24 +668,70 @@ impl Agent {
 /// only reconnects. The target's sender is never ended: the promotion waits for the target
 /// to hold the WAL past the shutdown checkpoint, which is what keeps every acknowledged
 /// write.
-async fn end_silent_senders(c: &tokio_postgres::Client, target: &str) {
-    const END_SILENT_SENDERS: &str = "SELECT application_name, \
-         EXTRACT(EPOCH FROM now() - reply_time)::float8, pg_terminate_backend(pid) \
-         FROM pg_stat_replication \
-         WHERE application_name <> $1 AND reply_time < now() - interval '1500 milliseconds'";
+/// Returns the senders of the other standbys left running, (pid, standby name), for
+/// [`end_waiting_senders`].
+async fn end_silent_senders(c: &tokio_postgres::Client, target: &str) -> Vec<(i32, String)> {
+    const END_SILENT_SENDERS: &str = "SELECT pid, application_name, \
+         EXTRACT(EPOCH FROM now() - reply_time)::float8, \
+         CASE WHEN reply_time < now() - interval '1500 milliseconds' THEN pg_terminate_backend(pid) ELSE false END \
+         FROM pg_stat_replication WHERE application_name <> $1";
     match tokio::time::timeout(TOOL_TIMEOUT, c.query(END_SILENT_SENDERS, &[&target])).await {
-        Ok(Ok(rows)) => {
-            for r in rows {
-                let (name, silent): (String, f64) = (r.get(0), r.get(1));
+        Ok(Ok(rows)) => rows
+            .into_iter()
+            .filter_map(|r| {
+                let (pid, name, silent, ended): (i32, String, Option<f64>, bool) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                if !ended {
+                    return Some((pid, name));
+                }
                 tracing::warn!(
-                    "switchover: ended the WAL sender of {name}: its standby has not answered for {silent:.1} s, \
+                    "switchover: ended the WAL sender of {name}: its standby has not answered for {:.1} s, \
                      and the clean shutdown would wait for it until wal_sender_timeout; it follows the new primary \
-                     once it answers again"
+                     once it answers again",
+                    silent.unwrap_or_default()
                 );
-            }
+                None
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!("switchover: cannot look for standbys that stopped answering: {e}");
+            Vec::new()
         }
-        Ok(Err(e)) => tracing::warn!("switchover: cannot look for standbys that stopped answering: {e}"),
-        Err(_) => tracing::warn!("switchover: looking for standbys that stopped answering timed out"),
+        Err(_) => {
+            tracing::warn!("switchover: looking for standbys that stopped answering timed out");
+            Vec::new()
+        }
+    }
+}
+
+/// How long a switchover's clean shutdown may wait for the other standbys' WAL senders
+/// before they are ended. After the CHECKPOINT it takes 50-150 ms when every standby
+/// answers; a standby cut off moments before the switchover would hold it until
+/// `wal_sender_timeout`.
+const SENDER_GRACE: Duration = Duration::from_millis(500);
+
+/// Ends the WAL senders in `senders` that still run under `postmaster` (a pid reused by
+/// another process is left alone): SIGTERM, as `pg_terminate_backend` sends. The target's
+/// sender is never among them.
+fn end_waiting_senders(postmaster: Option<i32>, senders: &[(i32, String)]) {
+    let Some(postmaster) = postmaster else { return };
+    for (pid, name) in senders {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid != Some(postmaster) || !String::from_utf8_lossy(&cmdline).contains("walsender") {
+            continue;
+        }
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
+            tracing::warn!(
+                "switchover: the clean shutdown still waits after {} ms: ended the WAL sender of {name}, whose \
+                 standby has not confirmed the shutdown checkpoint; it follows the new primary once it answers",
+                SENDER_GRACE.as_millis()
+            );
+        }
     }
 }
 
