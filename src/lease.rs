@@ -182,6 +182,16 @@ struct BookInner {
     clock: Option<(String, u64, Instant)>,
 }
 
+impl BookInner {
+    /// The last renewal (or start) of `primary`'s clock, when the clock runs for it.
+    fn clocked(&self, primary: &Primary) -> Option<Instant> {
+        match &self.clock {
+            Some((n, g, at)) if *n == primary.node && *g == primary.generation => Some(*at),
+            _ => None,
+        }
+    }
+}
+
 impl Book {
     fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -248,10 +258,10 @@ impl Book {
     /// ([`controller_deadline`] of the lease).
     pub fn expired_ms(&self, primary: &Primary, deadline: Duration, now: Instant) -> Option<u64> {
         let mut b = self.lock();
-        let since = match &b.clock {
-            Some((n, g, at)) if *n == primary.node && *g == primary.generation => *at,
+        let since = match b.clocked(primary) {
+            Some(at) => at,
             // A primary this leader has not clocked yet (just recorded): its clock starts now.
-            _ => {
+            None => {
                 b.clock = Some((primary.node.clone(), primary.generation, now));
                 now
             }
@@ -263,12 +273,9 @@ impl Book {
     /// When `expired_ms` first says expired for the primary it clocks, given no renewal
     /// before then: the controller wakes at that instant rather than at its next tick.
     pub fn expires_at(&self, primary: &Primary, deadline: Duration) -> Option<Instant> {
-        match &self.lock().clock {
-            Some((n, g, at)) if *n == primary.node && *g == primary.generation => {
-                Some(*at + deadline + Duration::from_millis(1))
-            }
-            _ => None,
-        }
+        self.lock()
+            .clocked(primary)
+            .map(|at| at + deadline + Duration::from_millis(1))
     }
 }
 

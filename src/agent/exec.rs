@@ -716,11 +716,7 @@ const SENDER_GRACE: Duration = Duration::from_millis(500);
 fn end_waiting_senders(postmaster: Option<i32>, senders: &[(i32, String)]) {
     let Some(postmaster) = postmaster else { return };
     for (pid, name) in senders {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
+        let ppid = crate::postgres::kill::parent_of(nix::unistd::Pid::from_raw(*pid));
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if ppid != Some(postmaster) || !String::from_utf8_lossy(&cmdline).contains("walsender") {
             continue;

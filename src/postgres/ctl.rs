@@ -9,10 +9,8 @@ use tokio::process::Command;
 
 use super::{PgBinaries, PgError, RunAs};
 
-/// How often a promotion's end is checked.
-const PROMOTE_POLL: Duration = Duration::from_millis(5);
-/// How often a stop checks whether the postmaster has exited.
-const STOP_POLL: Duration = Duration::from_millis(5);
+/// How often a promotion or a stop checks whether it is done (pg_ctl checks every 100 ms).
+const POLL: Duration = Duration::from_millis(5);
 /// `DBState` in `global/pg_control` is the `u32` after the system identifier (`u64`), the
 /// control file's version and the catalog version (`u32` each), in the machine's byte
 /// order: the layout of the file's head has not changed since PostgreSQL 8.x.
@@ -110,7 +108,7 @@ impl PgCtl {
     }
 
     /// Stops the postmaster in `mode` and waits for it to exit, as `pg_ctl stop -w` does (its
-    /// pid file gone), but checking every `STOP_POLL` rather than every 100 ms: pg_ctl's
+    /// pid file gone), but checking every `POLL` rather than every 100 ms: pg_ctl's
     /// polling cost a switchover 50 ms on average. `pg_ctl stop -W` signals the server and
     /// returns. A postmaster that exits without removing its pid file (it crashed during the
     /// stop) is an error, as with pg_ctl.
@@ -124,10 +122,7 @@ impl PgCtl {
         let deadline = tokio::time::Instant::now() + timeout;
         self.run("pg_ctl stop", cmd, timeout).await?;
         while let Some(pid) = self.postmaster_pid() {
-            let gone = matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                Err(nix::errno::Errno::ESRCH)
-            );
+            let gone = !super::kill::alive(nix::unistd::Pid::from_raw(pid));
             // The file may have gone between the two looks: that is a clean exit.
             if gone && self.postmaster_pid().is_some() {
                 return Err(PgError::Failed {
@@ -136,13 +131,7 @@ impl PgCtl {
                     output: self.log_tail(5),
                 });
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PgError::Timeout {
-                    what: "the stop (the postmaster did not exit)".into(),
-                    secs: timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(STOP_POLL).await;
+            poll_again(deadline, timeout, "the stop (the postmaster did not exit)").await?;
         }
         Ok(())
     }
@@ -167,7 +156,7 @@ impl PgCtl {
     }
 
     /// Ends recovery and waits until the control file says "in production", as
-    /// `pg_ctl promote -w` does, but checking every `PROMOTE_POLL` rather than every 100 ms:
+    /// `pg_ctl promote -w` does, but checking every `POLL` rather than every 100 ms:
     /// a promotion takes a few tens of milliseconds, and pg_ctl's polling made it cost
     /// 130 ms of every failover. `pg_ctl promote -W` signals the server and returns.
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
@@ -178,13 +167,12 @@ impl PgCtl {
         self.run("pg_ctl promote", cmd, timeout).await?;
         let control = self.data_dir.join("global").join("pg_control");
         while control_state(&control) != Some(DB_IN_PRODUCTION) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PgError::Timeout {
-                    what: "the promotion (pg_control never said \"in production\")".into(),
-                    secs: timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(PROMOTE_POLL).await;
+            poll_again(
+                deadline,
+                timeout,
+                "the promotion (pg_control never said \"in production\")",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -565,6 +553,19 @@ pub fn record_end(start: u64, len: u64, seg_size: u64) -> u64 {
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().rev().take(n).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+/// Waits one `POLL` before the next look at whether `what` is done, or fails once
+/// `deadline`, `timeout` after the start, has passed.
+async fn poll_again(deadline: tokio::time::Instant, timeout: Duration, what: &str) -> Result<(), PgError> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(PgError::Timeout {
+            what: what.into(),
+            secs: timeout.as_secs(),
+        });
+    }
+    tokio::time::sleep(POLL).await;
+    Ok(())
 }
 
 /// The postmaster's pid from `data_dir/postmaster.pid`. Never 0 or 1, which a signal

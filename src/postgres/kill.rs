@@ -130,6 +130,12 @@ pub fn alive(pid: Pid) -> bool {
     }
 }
 
+/// The parent of process `pid`, while it runs.
+pub fn parent_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat).map(|(_, ppid)| ppid)
+}
+
 /// (state, parent pid) from the text of `/proc/PID/stat`; the command name may hold
 /// spaces and parentheses, so fields are counted from the last ')'.
 fn stat_fields(stat: &str) -> Option<(char, i32)> {

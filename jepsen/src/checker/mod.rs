@@ -123,7 +123,7 @@ pub fn failovers(h: &History) -> Vec<Failover> {
     let all: Vec<Failover> = h
         .nemesis
         .iter()
-        .filter(|n| n.action == NemesisAction::Start && n.hit && about_primary(n))
+        .filter(|n| n.action == NemesisAction::Start && n.hit && about_primary(&n.intended, &n.fault))
         .filter_map(|n| failover(h, &writes, n))
         .collect();
     own_failovers(&all, &windows(h))
@@ -134,7 +134,7 @@ pub fn failovers(h: &History) -> Vec<Failover> {
 pub fn own_failovers(failovers: &[Failover], windows: &[crate::verdict::Window]) -> Vec<Failover> {
     let starts: Vec<u64> = windows
         .iter()
-        .filter(|w| w.hit && (w.intended == "primary" || w.fault.contains("primary")))
+        .filter(|w| w.hit && about_primary(&w.intended, &w.fault))
         .map(|w| w.start_ns)
         .collect();
     failovers
@@ -200,8 +200,9 @@ pub fn failover_required(h: &History) -> CheckerResult {
     finish(NAME, summary, anomalies)
 }
 
-fn about_primary(n: &NemesisEvent) -> bool {
-    n.intended == "primary" || n.fault.contains("primary")
+/// Whether a fault (its intended role and its name) is about the primary.
+fn about_primary(intended: &str, fault: &str) -> bool {
+    intended == "primary" || fault.contains("primary")
 }
 
 fn failover(h: &History, writes: &[(u64, u32)], n: &NemesisEvent) -> Option<Failover> {
