@@ -97,6 +97,15 @@ impl Cluster {
         }
     }
 
+    /// The pid of node `k`'s WAL receiver, once it runs.
+    pub async fn wal_receiver_pid(&self, k: u16, timeout: Duration) -> i32 {
+        self.wait_for(&format!("n{k}'s WAL receiver"), timeout, || async {
+            let row = self.query_one(k, "SELECT pid FROM pg_stat_wal_receiver").await?;
+            row.get::<_, Option<i32>>(0)
+        })
+        .await
+    }
+
     /// Runs one query on node `k`'s PostgreSQL directly.
     pub async fn query_one(&self, k: u16, sql: &str) -> Option<tokio_postgres::Row> {
         let client = connect(&self.pg_conninfo(k)).await?;
