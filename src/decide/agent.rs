@@ -2,8 +2,9 @@
 //!
 //! From the applied state, what this node's PostgreSQL looks like and the
 //! state of its lease, it returns the actions that make PostgreSQL match the
-//! state, with the reason a person reads. The table is `decide`: one row per
-//! (wanted role, local state), in the spirit of pg_auto_failover's FSM. The
+//! state, with the reason a person reads. `decide` runs one row per (wanted role,
+//! local state), in the spirit of pg_auto_failover's FSM; what each cell may do is data
+//! in `decide::table`, which the sweep holds `decide` to and the README renders. The
 //! effects layer (`crate::agent`) executes the actions after checking that the
 //! generation they were decided under is still the applied one.
 

@@ -2,9 +2,12 @@
 //! over every combination of state, local PostgreSQL, lease and timers that
 //! asserts the safety invariants of DESIGN §7 L0.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::*;
 use crate::cluster::testing::{adopting, three_members};
 use crate::cluster::{apply, Command};
+use crate::decide::table::{self, Column, Kind, Row};
 use crate::postgres::Replica;
 
 fn boot(node: &str) -> Vec<Command> {
@@ -794,6 +797,7 @@ fn sweep_safety_invariants() {
         ..Controldata::default()
     };
     let mut cases = 0;
+    let mut seen = Seen::new();
     for (name, state) in states() {
         for me in ["n1", "n2", "n3", "n9"] {
             for local in locals() {
@@ -839,7 +843,14 @@ fn sweep_safety_invariants() {
                                                 stale_slots,
                                                 inconsistent,
                                             };
-                                            check(&i, &decide(&i), name);
+                                            let d = decide(&i);
+                                            check(&i, &d, name);
+                                            let at =
+                                                (Row::of(&wanted(&state, me), lease, state.paused), Column::of(&local));
+                                            let cell = seen.entry(at).or_default();
+                                            cell.0.extend(d.actions.iter().map(Action::kind));
+                                            cell.1 |= d.renew_lease;
+                                            cell.2 |= d.final_position.is_some();
                                             cases += 1;
                                         }
                                     }
@@ -852,6 +863,41 @@ fn sweep_safety_invariants() {
         }
     }
     assert!(cases > 100_000, "{cases}");
+    the_table_is_exact(&seen);
+}
+
+/// Per cell of the table: the kinds of action taken, whether some decision renewed, and
+/// whether some sent a final report.
+type Seen = BTreeMap<(Row, Column), (BTreeSet<Kind>, bool, bool)>;
+
+/// Every decision of the sweep stayed inside `table::TABLE` (checked cell by cell), and
+/// every entry of the table was taken by some decision: the table says exactly what
+/// `decide` does. On a mismatch, prints the table the sweep saw, to paste into
+/// `src/decide/table.rs` once the change is meant (then the README, see
+/// `the_readme_shows_the_agent_table`).
+fn the_table_is_exact(seen: &Seen) {
+    let mut wrong = Vec::new();
+    let mut observed = String::new();
+    for r in Row::ALL {
+        observed.push_str(&format!("    // {r:?}\n    ["));
+        for c in Column::ALL {
+            let (kinds, renews, reports) = seen.get(&(r, c)).cloned().unwrap_or_default();
+            let kinds: Vec<Kind> = kinds.into_iter().collect();
+            let got = format!("cell(&{kinds:?}, {renews}, {reports})");
+            let want = table::at(r, c);
+            if want.actions != kinds.as_slice() || want.renews != renews || want.reports_final != reports {
+                wrong.push(format!("{r:?} x {c:?}: the table says {want:?}, the sweep saw {got}"));
+            }
+            observed.push_str(&got);
+            observed.push_str(", ");
+        }
+        observed.push_str("],\n");
+    }
+    assert!(
+        wrong.is_empty(),
+        "decide and table::TABLE disagree:\n{}\nthe table the sweep saw:\n{observed}",
+        wrong.join("\n")
+    );
 }
 
 fn check(i: &AgentInput, d: &Decision, name: &str) {

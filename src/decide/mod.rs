@@ -6,4 +6,5 @@ pub mod dry_run;
 pub mod election;
 pub mod report;
 pub mod requests;
+pub mod table;
 pub mod view;

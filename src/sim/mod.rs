@@ -46,6 +46,7 @@ use crate::cluster::{apply, ClusterState, Command, Member, Tags};
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
 use crate::decide::controller::{decide as controller_decide, timer_key, ControllerAction, ControllerInput, Report};
 use crate::decide::report::{derive, grants_renewal, lease_view, renews_primary};
+use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
 use crate::postgres::{conf, Controldata, PgState, Replica};
 
@@ -947,6 +948,14 @@ impl Sim {
             foreign_conf: false,
             adopt_configured: None,
         });
+        // The composed protocol reaches inputs the table's sweep lists by hand: each decision
+        // must stay inside its cell of `decide::table` all the same.
+        let (row, column) = (Row::of(&role, lease, state.paused), Column::of(&local));
+        if !table::at(row, column).allows(&decision) {
+            self.violate(format!(
+                "{me} decided outside the agent table's cell {row:?} x {column:?}: {decision:?}"
+            ));
+        }
         let mut decision = decision;
         if self.cfg.mutation == Mutation::IgnoreShortWal
             && matches!(decision.actions[..], [Action::DeclineCandidacy { .. }])
