@@ -23,3 +23,4 @@ pub mod protocol;
 pub mod raft;
 pub mod sim;
 pub mod tls;
+pub mod types;

@@ -170,7 +170,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
         kind: ChangeKind::Failover,
         timeline,
         parent_timeline: parent,
-        switch_lsn: switch.map(String::from),
+        switch_lsn: switch.and_then(raftpg::types::Lsn::parse),
         reason: "test".into(),
         from: None,
         to: "other".into(),

@@ -231,7 +231,7 @@ impl Agent {
                     generation: state.generation,
                     node: pg.me.clone(),
                     timeline: *timeline,
-                    switch_lsn: fork.map(|(_, l)| l).or(*write_lsn).map(crate::decide::election::lsn),
+                    switch_lsn: fork.map(|(_, l)| l).or(*write_lsn).map(crate::types::Lsn),
                     parent_timeline: fork.map(|(p, _)| p),
                 };
                 self.propose(cmd).await?;

@@ -223,14 +223,7 @@ fn apply_inner(state: &mut ClusterState, cmd: &Command) -> Result<String, Reject
             timeline,
             switch_lsn,
             parent_timeline,
-        } => record_timeline(
-            state,
-            *generation,
-            node,
-            *timeline,
-            switch_lsn.clone(),
-            *parent_timeline,
-        )?,
+        } => record_timeline(state, *generation, node, *timeline, *switch_lsn, *parent_timeline)?,
         Command::SetSyncStandbys { generation, standbys } => {
             check_generation(state, *generation)?;
             // A sync set belongs to a primary; without one it could later name the new primary.
@@ -846,7 +839,7 @@ fn record_timeline(
     generation: u64,
     node: &str,
     timeline: u32,
-    switch_lsn: Option<String>,
+    switch_lsn: Option<crate::types::Lsn>,
     parent_timeline: Option<u32>,
 ) -> Result<String, Rejection> {
     check_generation(state, generation)?;

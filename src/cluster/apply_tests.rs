@@ -199,7 +199,7 @@ fn failover_fences_then_promotes_then_records() {
         generation: 2,
         node: "n2".into(),
         timeline: 2,
-        switch_lsn: Some("0/3000060".into()),
+        switch_lsn: Some(crate::types::Lsn(0x3000060)),
         parent_timeline: None,
     };
     apply(&mut s, &record).unwrap();
@@ -414,7 +414,7 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
         generation: g,
         node: node.into(),
         timeline: g as u32,
-        switch_lsn: Some("0/3000060".into()),
+        switch_lsn: Some(crate::types::Lsn(0x3000060)),
         parent_timeline: Some(g as u32 - 1),
     };
     let mut s = bootstrapped();

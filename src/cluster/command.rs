@@ -68,7 +68,7 @@ pub enum Command {
         node: String,
         timeline: u32,
         /// Where the new timeline forked, and from which timeline (the history file).
-        switch_lsn: Option<String>,
+        switch_lsn: Option<crate::types::Lsn>,
         parent_timeline: Option<u32>,
     },
     /// The members whose flush counts towards the commit quorum.

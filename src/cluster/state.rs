@@ -224,8 +224,8 @@ pub struct HistoryEntry {
     pub timeline: u32,
     /// Timeline the new one forked from (from the new primary's history file).
     pub parent_timeline: Option<u32>,
-    /// WAL position where the new timeline forked, as PostgreSQL prints it (X/Y).
-    pub switch_lsn: Option<String>,
+    /// WAL position where the new timeline forked (encoded as PostgreSQL prints it, X/Y).
+    pub switch_lsn: Option<crate::types::Lsn>,
     pub reason: String,
     pub from: Option<String>,
     pub to: String,

@@ -787,7 +787,7 @@ fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bo
     let Some(last) = state.history.last() else {
         return false;
     };
-    let fork = last.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn);
+    let fork = last.switch_lsn.map(|l| l.0);
     c.clean_primary_shutdown()
         && last.from.as_deref() == Some(me)
         && last.parent_timeline.is_some()
@@ -850,10 +850,7 @@ fn off_line(state: &ClusterState, (t, at): (u32, u64), p_tl: u32) -> bool {
         let Some(entry) = state.history.iter().rev().find(|h| h.timeline == timeline) else {
             return false;
         };
-        match (
-            entry.parent_timeline,
-            entry.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn),
-        ) {
+        match (entry.parent_timeline, entry.switch_lsn.map(|l| l.0)) {
             (Some(parent), Some(fork)) if parent < timeline => {
                 timeline = parent;
                 leaves = Some(fork);

@@ -83,7 +83,7 @@ fn states() -> Vec<(&'static str, ClusterState)> {
         generation: 2,
         node: "n2".into(),
         timeline: 2,
-        switch_lsn: Some("0/600".into()),
+        switch_lsn: Some(crate::types::Lsn(0x600)),
         parent_timeline: Some(1),
     };
     out.extend([
@@ -638,7 +638,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
             generation: 2,
             node: "n2".into(),
             timeline: 2,
-            switch_lsn: Some("0/500".into()),
+            switch_lsn: Some(crate::types::Lsn(0x500)),
             parent_timeline: Some(1),
         },
     )

@@ -316,7 +316,7 @@ pub fn behind_fork(s: &ClusterState, flushed: Option<&BTreeMap<String, u64>>) ->
         .history
         .last()
         .filter(|h| h.to == primary.node && h.generation == primary.generation)?;
-    let fork = last.switch_lsn.as_deref().and_then(crate::postgres::parse_lsn)?;
+    let fork = last.switch_lsn?.0;
     let k = s.sync_quorum();
     let past = s
         .sync_standbys
@@ -659,7 +659,7 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             .history
             .last()
             .filter(|h| p.from.as_deref() == Some(h.to.as_str()))
-            .and_then(|h| Some((h.timeline, crate::postgres::parse_lsn(h.switch_lsn.as_deref()?)?))),
+            .and_then(|h| Some((h.timeline, h.switch_lsn?.0))),
         requested: p.to.as_deref(),
         forced: p.forced,
         degraded: s.degraded.as_ref(),

@@ -645,7 +645,7 @@ fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
         generation: 2,
         node: "n2".into(),
         timeline: 2,
-        switch_lsn: Some("0/500".into()),
+        switch_lsn: Some(crate::types::Lsn(0x500)),
         parent_timeline: Some(1),
     };
     apply(&mut s, &record).unwrap();
@@ -696,7 +696,7 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
             generation: 2,
             node: "n2".into(),
             timeline: 2,
-            switch_lsn: Some("0/500".into()),
+            switch_lsn: Some(crate::types::Lsn(0x500)),
             parent_timeline: Some(1),
         },
         Command::BeginFailover {
@@ -1158,7 +1158,7 @@ fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_
             generation: 2,
             node: "n2".into(),
             timeline: 2,
-            switch_lsn: Some("0/500".into()),
+            switch_lsn: Some(crate::types::Lsn(0x500)),
             parent_timeline: Some(1),
         },
         Command::BeginFailover {

@@ -350,7 +350,7 @@ pub fn utc(unix_ms: u64) -> String {
 
 /// An LSN as PostgreSQL prints it.
 pub fn lsn(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+    crate::types::Lsn(v).to_string()
 }
 
 #[cfg(test)]

@@ -35,8 +35,7 @@ pub fn no_room(what: &str, path: &std::path::Path, free: u64, need: u64) -> Stri
 }
 
 pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    crate::types::Lsn::parse(text).map(|l| l.0)
 }
 
 /// Every switch a timeline history file (`pg_wal/<TLI>.history`) records, oldest
@@ -69,7 +68,7 @@ pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(u32,
         let mut out = Vec::new();
         while tl > 1 {
             let h = history.iter().rev().find(|h| h.timeline == tl)?;
-            let (parent, switch) = (h.parent_timeline.filter(|p| *p < tl)?, h.switch_lsn.as_deref()?);
+            let (parent, switch) = (h.parent_timeline.filter(|p| *p < tl)?, h.switch_lsn?);
             out.push(format!(
                 "{parent}\t{switch}\t{} of generation {} to {}",
                 h.kind.as_str(),
@@ -147,7 +146,7 @@ mod tests {
             kind: ChangeKind::Failover,
             timeline,
             parent_timeline: parent,
-            switch_lsn: switch.map(String::from),
+            switch_lsn: switch.and_then(crate::types::Lsn::parse),
             reason: "r".into(),
             from: None,
             to: "n2".into(),

@@ -76,7 +76,7 @@ fn every_command() -> Vec<Command> {
             generation: 2,
             node: "n2".into(),
             timeline: 2,
-            switch_lsn: Some("0/3000060".into()),
+            switch_lsn: Some(crate::types::Lsn(0x3000060)),
             parent_timeline: Some(1),
         },
         Command::SetSyncStandbys {

@@ -1135,7 +1135,7 @@ impl Sim {
                         generation: state.generation,
                         node: me.clone(),
                         timeline: *timeline,
-                        switch_lsn: fork.map(|(_, len)| crate::decide::election::lsn(lsn_of(len))),
+                        switch_lsn: fork.map(|(_, len)| crate::types::Lsn(lsn_of(len))),
                         parent_timeline: fork.map(|(p, _)| p),
                     },
                 )?;

@@ -42,7 +42,7 @@ pub(super) fn history(s: &ClusterState) -> Vec<pb::HistoryEntry> {
             kind: h.kind.as_str().to_string(),
             parent_timeline: h.parent_timeline.unwrap_or(0),
             timeline: h.timeline,
-            switch_lsn: h.switch_lsn.clone().unwrap_or_default(),
+            switch_lsn: h.switch_lsn.map(|l| l.to_string()).unwrap_or_default(),
             reason: h.reason.clone(),
             from: h.from.clone().unwrap_or_default(),
             to: h.to.clone(),
