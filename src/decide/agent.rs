@@ -534,7 +534,7 @@ fn primary(i: &AgentInput) -> Decision {
             "PostgreSQL did not come back within {bound} ms: letting the lease lapse so a standby is promoted"
         )),
         Local::Stopped { control } if i.lease == LeaseView::Held || paused => {
-            let clean = control.as_ref().is_some_and(|c| c.state == "shut down");
+            let clean = control.as_ref().is_some_and(Controldata::clean_primary_shutdown);
             let why = if clean { "stopped" } else { "crashed" };
             Decision::new(
                 vec![Action::Reconfigure, Action::StartPrimary { gated: !clean }],

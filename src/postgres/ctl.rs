@@ -575,11 +575,72 @@ pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
     text.lines().next()?.trim().parse().ok().filter(|p| *p > 1)
 }
 
+/// pg_controldata's "Database cluster state".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DbState {
+    /// The field was missing.
+    #[default]
+    Unknown,
+    StartingUp,
+    /// A primary's clean shutdown.
+    ShutDown,
+    /// A standby's clean shutdown.
+    ShutDownInRecovery,
+    ShuttingDown,
+    InCrashRecovery,
+    InArchiveRecovery,
+    InProduction,
+    /// A state this version of raftpg does not know, as printed.
+    Other(String),
+}
+
+impl DbState {
+    const NAMED: [(DbState, &'static str); 7] = [
+        (DbState::StartingUp, "starting up"),
+        (DbState::ShutDown, "shut down"),
+        (DbState::ShutDownInRecovery, "shut down in recovery"),
+        (DbState::ShuttingDown, "shutting down"),
+        (DbState::InCrashRecovery, "in crash recovery"),
+        (DbState::InArchiveRecovery, "in archive recovery"),
+        (DbState::InProduction, "in production"),
+    ];
+
+    /// As pg_controldata prints it.
+    pub fn parse(text: &str) -> DbState {
+        let text = text.trim();
+        if text.is_empty() {
+            return DbState::Unknown;
+        }
+        DbState::NAMED
+            .into_iter()
+            .find(|(_, name)| *name == text)
+            .map_or_else(|| DbState::Other(text.to_string()), |(s, _)| s)
+    }
+}
+
+impl From<&str> for DbState {
+    fn from(text: &str) -> DbState {
+        DbState::parse(text)
+    }
+}
+
+impl std::fmt::Display for DbState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbState::Unknown => f.write_str("unknown"),
+            DbState::Other(text) => f.write_str(text),
+            named => {
+                let name = DbState::NAMED.iter().find(|(s, _)| s == named).map_or("", |(_, n)| *n);
+                f.write_str(name)
+            }
+        }
+    }
+}
+
 /// The fields of pg_controldata raftpg decides on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Controldata {
-    /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
-    pub state: String,
+    pub state: DbState,
     pub timeline: Option<u32>,
     pub system_identifier: Option<u64>,
     /// Start of the latest checkpoint record (after a clean shutdown: the last record).
@@ -613,7 +674,7 @@ impl Controldata {
                 .map(|v| v.trim_start_matches(':').trim().to_string())
         };
         Controldata {
-            state: field("Database cluster state").unwrap_or_default(),
+            state: DbState::parse(&field("Database cluster state").unwrap_or_default()),
             timeline: field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok()),
             system_identifier: field("Database system identifier").and_then(|v| v.parse().ok()),
             checkpoint_lsn: field("Latest checkpoint location").and_then(|v| crate::postgres::parse_lsn(&v)),
@@ -653,24 +714,38 @@ impl Controldata {
 
     /// The server was shut down cleanly as a primary: its WAL ends with the shutdown checkpoint.
     pub fn clean_primary_shutdown(&self) -> bool {
-        self.state == "shut down"
+        self.state == DbState::ShutDown
     }
 
     /// The server was last a primary, stopped cleanly or not.
     pub fn was_primary(&self) -> bool {
-        !self.from_backup && matches!(self.state.as_str(), "shut down" | "in production")
+        !self.from_backup && matches!(self.state, DbState::ShutDown | DbState::InProduction)
     }
 
     /// The server was last a standby (stopped cleanly or not while in recovery). A primary
     /// that crashed during crash recovery says "in crash recovery": not a standby.
     pub fn was_standby(&self) -> bool {
-        self.from_backup || matches!(self.state.as_str(), "shut down in recovery" | "in archive recovery")
+        self.from_backup || matches!(self.state, DbState::ShutDownInRecovery | DbState::InArchiveRecovery)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_database_state_reads_and_prints_as_pg_controldata_does() {
+        for (state, name) in DbState::NAMED {
+            assert_eq!(DbState::parse(name), state);
+            assert_eq!(state.to_string(), name);
+        }
+        assert_eq!(DbState::parse(""), DbState::Unknown);
+        assert_eq!(DbState::parse("in new state"), DbState::Other("in new state".into()));
+        assert_eq!(DbState::parse("in new state").to_string(), "in new state");
+        let c = Controldata::parse("Database cluster state:               shut down in recovery\n");
+        assert_eq!(c.state, DbState::ShutDownInRecovery);
+        assert!(c.was_standby() && !c.was_primary());
+    }
 
     #[test]
     fn basebackup_progress_lines_are_read() {

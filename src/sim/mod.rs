@@ -48,6 +48,7 @@ use crate::decide::controller::{decide as controller_decide, timer_key, Controll
 use crate::decide::report::{derive, grants_renewal, lease_view, renews_primary};
 use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
+use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
 
 /// One simulated step.
@@ -209,12 +210,11 @@ impl Data {
     fn control(&self) -> Controldata {
         Controldata {
             state: match (self.clean, self.was_standby) {
-                (true, true) => "shut down in recovery",
-                (true, false) => "shut down",
-                (false, true) => "in archive recovery",
-                (false, false) => "in production",
-            }
-            .into(),
+                (true, true) => DbState::ShutDownInRecovery,
+                (true, false) => DbState::ShutDown,
+                (false, true) => DbState::InArchiveRecovery,
+                (false, false) => DbState::InProduction,
+            },
             timeline: Some(self.timeline),
             system_identifier: Some(self.system),
             checkpoint_lsn: Some(lsn_of(self.wal.len())),
