@@ -135,8 +135,7 @@ impl Agent {
                 self.reinits_done = state.requests_of(&pg.me).1;
                 tracing::info!("requested re-clone done");
             }
-            Action::Reconfigure => {
-                let upstream = self.upstream(state);
+            Action::Reconfigure { upstream } => {
                 if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
                     tracing::info!("configuration changed: reloading PostgreSQL");
                     pg.ctl.reload(TOOL_TIMEOUT).await?;
@@ -144,8 +143,7 @@ impl Agent {
                 }
                 return Ok(false);
             }
-            Action::Reload => {
-                let upstream = self.upstream(state);
+            Action::Reload { upstream } => {
                 let want = upstream
                     .as_ref()
                     .map(crate::postgres::conf::conninfo)
@@ -246,8 +244,7 @@ impl Agent {
                 }
             }
             Action::Rewind { source } => self.rewind(state, source).await?,
-            Action::StartStandby => {
-                let upstream = self.upstream(state);
+            Action::StartStandby { upstream } => {
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
                 tracing::info!("starting PostgreSQL as a standby");

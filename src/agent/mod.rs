@@ -25,7 +25,6 @@ use crate::decide::controller::{PgRole, Report};
 use crate::lease::Holder;
 use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
-use crate::postgres::conf::conninfo;
 use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
 pub use pgfiles::PgNode;
@@ -256,7 +255,6 @@ impl Agent {
         }
         self.track_cascade(&state, now);
         let upstream = self.upstream(&state);
-        let want_conninfo = upstream.as_ref().map(conninfo);
         let requested = state.requests_of(&self.pg.me);
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
         // After a failed pg_rewind the WAL on disk may be part the source's: not reported.
@@ -308,7 +306,7 @@ impl Agent {
             down_ms: elapsed_ms(self.down_since, now),
             not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
             gate_lsn: self.gate_lsn,
-            want_conninfo: want_conninfo.as_deref(),
+            upstream: upstream.as_ref(),
             restart_requested: requested.0 > self.restarts_done,
             reinit_requested: requested.1 > self.reinits_done,
             fenced_hung: self.fenced_hung == Some(state.generation),
@@ -346,7 +344,7 @@ impl Agent {
                     acted |= did;
                     // A standby just (re)started gets a whole DIVERGED_AFTER_MS to stream
                     // before it is judged diverged again.
-                    if *action == Action::StartStandby {
+                    if matches!(action, Action::StartStandby { .. }) {
                         self.not_streaming_since = None;
                     }
                 }
@@ -360,8 +358,8 @@ impl Agent {
     }
 
     /// Where this node streams from under `state` (`PgNode::upstream`), given whether it
-    /// fell back from its cascade source to the primary: the one answer that the decision
-    /// (`want_conninfo`) and every effect that writes `primary_conninfo` use.
+    /// fell back from its cascade source to the primary: the decision's `upstream`, which
+    /// every action that writes `primary_conninfo` carries to the executor.
     fn upstream(&self, state: &crate::cluster::ClusterState) -> Option<crate::postgres::conf::Upstream> {
         self.pg.upstream(state, self.fallen_back_since.is_some())
     }

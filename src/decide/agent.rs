@@ -10,7 +10,8 @@
 
 use crate::cluster::{ChangeKind, ClusterState, PendingKind};
 use crate::decide::election::lsn;
-use crate::postgres::{conf, Controldata, PgState};
+use crate::postgres::conf::{self, Upstream};
+use crate::postgres::{Controldata, PgState};
 
 /// A standby that follows the primary but has not streamed for this long, on an older
 /// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
@@ -128,8 +129,10 @@ pub struct AgentInput<'a> {
     pub not_streaming_ms: u64,
     /// Set after a crash restart: clients are refused until a standby holds this LSN.
     pub gate_lsn: Option<u64>,
-    /// The `primary_conninfo` this node should have while following the current primary.
-    pub want_conninfo: Option<&'a str>,
+    /// Where this node streams from while it follows the current primary (none while a
+    /// change is pending, or as primary): the `primary_conninfo` it should run, and what
+    /// the actions that write the configuration carry.
+    pub upstream: Option<&'a Upstream>,
     /// `ctl restart` asked for a restart this agent has not done yet.
     pub restart_requested: bool,
     /// `ctl reinit` asked for a re-clone this agent has not done yet.
@@ -163,6 +166,26 @@ pub struct AgentInput<'a> {
 /// is hung, and would hold the failover hostage: PostgreSQL is stopped instead.
 pub const RECEIVER_STOP_MS: u64 = 1_000;
 
+impl AgentInput<'_> {
+    fn start_standby(&self) -> Action {
+        Action::StartStandby {
+            upstream: self.upstream.cloned(),
+        }
+    }
+
+    fn reconfigure(&self) -> Action {
+        Action::Reconfigure {
+            upstream: self.upstream.cloned(),
+        }
+    }
+
+    fn reload(&self) -> Action {
+        Action::Reload {
+            upstream: self.upstream.cloned(),
+        }
+    }
+}
+
 /// One PostgreSQL action. Executed in order; a failure skips the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -190,11 +213,16 @@ pub enum Action {
     ReinitDone,
     /// Clean fast stop (a standby about to be rewound).
     Stop,
-    /// Render postgresql.conf and pg_hba.conf for the applied state; reload if they changed.
-    Reconfigure,
+    /// Render postgresql.conf and pg_hba.conf for the applied state, streaming from
+    /// `upstream` (none: no `primary_conninfo`); reload if they changed.
+    Reconfigure {
+        upstream: Option<Upstream>,
+    },
     /// Render them and reload whether or not they changed: the running PostgreSQL's
     /// settings differ from the ones wanted.
-    Reload,
+    Reload {
+        upstream: Option<Upstream>,
+    },
     /// `primary_conninfo = ''` and reload: stop streaming from the fenced primary.
     StopStreaming,
     /// Create the missing replication slots of the members that stream from this node by
@@ -228,8 +256,10 @@ pub enum Action {
     Rewind {
         source: String,
     },
-    /// Write standby.signal and the configuration, then start.
-    StartStandby,
+    /// Write standby.signal and the configuration (streaming from `upstream`), then start.
+    StartStandby {
+        upstream: Option<Upstream>,
+    },
     /// Take over an existing database's files: its `postgresql.conf` is kept as
     /// `postgresql.base.conf` (included first, raftpg's settings after it), `pg_hba.conf`
     /// is saved aside, and the parameters raftpg manages are removed from
@@ -414,7 +444,7 @@ fn adopt(i: &AgentInput) -> Decision {
              standby is unknown: check PGDATA and [postgres] bin_dir (the same major version)",
         ),
         Local::Stopped { control: Some(c) } if c.was_standby() => Decision::new(
-            vec![Action::AdoptConfig, Action::StartStandby],
+            vec![Action::AdoptConfig, i.start_standby()],
             "adopting a standby whose primary is gone: starting it without a primary, to promote it",
         ),
         Local::Stopped { .. } => Decision::new(
@@ -502,7 +532,7 @@ fn primary(i: &AgentInput) -> Decision {
     }
     match i.local {
         Local::Primary(pg) => {
-            let mut actions = vec![Action::Reconfigure];
+            let mut actions = vec![i.reconfigure()];
             if !i.stale_slots.is_empty() {
                 actions.push(Action::DropSlots(i.stale_slots.to_vec()));
             } else if slots_differ(i.state, i.me, &pg.slots, true) {
@@ -537,7 +567,7 @@ fn primary(i: &AgentInput) -> Decision {
             let clean = control.as_ref().is_some_and(Controldata::clean_primary_shutdown);
             let why = if clean { "stopped" } else { "crashed" };
             Decision::new(
-                vec![Action::Reconfigure, Action::StartPrimary { gated: !clean }],
+                vec![i.reconfigure(), Action::StartPrimary { gated: !clean }],
                 format!("I am the primary of generation {g} and PostgreSQL {why}: restarting it in place"),
             )
             .renewing()
@@ -546,7 +576,7 @@ fn primary(i: &AgentInput) -> Decision {
             Decision::idle("PostgreSQL is down: waiting for my lease before restarting it as primary").renewing()
         }
         Local::Standby(_) if i.lease == LeaseView::Held => Decision::new(
-            vec![Action::Reconfigure, Action::Promote],
+            vec![i.reconfigure(), Action::Promote],
             format!("recorded as primary of generation {g} but in recovery: promoting"),
         )
         .renewing(),
@@ -586,7 +616,7 @@ fn candidate(i: &AgentInput) -> Decision {
     match i.local {
         // Reconfigure drops primary_conninfo (nothing to follow while a change is pending).
         Local::Standby(_) => Decision::new(
-            vec![Action::Reconfigure, Action::Promote],
+            vec![i.reconfigure(), Action::Promote],
             format!("chosen to promote under generation {g}: promoting"),
         ),
         Local::Primary(pg) => match pg.timeline {
@@ -600,7 +630,7 @@ fn candidate(i: &AgentInput) -> Decision {
             None => Decision::idle("promoted, but the timeline is not known yet"),
         },
         Local::Stopped { .. } => Decision::new(
-            vec![Action::StartStandby],
+            vec![i.start_standby()],
             "chosen to promote but PostgreSQL is down: starting it in recovery first",
         ),
         Local::NoData => Decision::idle("chosen to promote but there is no data directory"),
@@ -699,7 +729,7 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
                 d
             }
             _ => Decision::new(
-                vec![Action::StartStandby],
+                vec![i.start_standby()],
                 "a primary change is under way: starting in recovery, not streaming, to report my position",
             ),
         },
@@ -870,7 +900,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
     // A standby keeps the slots of those that cascade from it, and no other: a slot left
     // from its time as primary would hold its WAL for ever.
     if let Local::Standby(pg) = i.local {
-        let renders = matches!(d.actions[..], [Action::Reconfigure] | [Action::Reload]);
+        let renders = matches!(d.actions[..], [Action::Reconfigure { .. }] | [Action::Reload { .. }]);
         if renders && !i.stale_slots.is_empty() {
             d.actions.push(Action::DropSlots(i.stale_slots.to_vec()));
         } else if renders && slots_differ(i.state, i.me, &pg.slots, false) {
@@ -900,7 +930,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
             };
             actions.extend([
                 Action::Clone { from: p.to_string() },
-                Action::StartStandby,
+                i.start_standby(),
                 Action::ReinitDone,
             ]);
             return Decision::new(
@@ -910,7 +940,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         }
         Local::Standby(_) if i.restart_requested => {
             return Decision::new(
-                vec![Action::Stop, Action::StartStandby, Action::RestartDone],
+                vec![Action::Stop, i.start_standby(), Action::RestartDone],
                 "restart requested: stopping and starting PostgreSQL as a standby",
             )
         }
@@ -930,7 +960,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
     }
     match i.local {
         Local::NoData => Decision::new(
-            vec![Action::Clone { from: p.to_string() }, Action::StartStandby],
+            vec![Action::Clone { from: p.to_string() }, i.start_standby()],
             format!("no data directory: cloning from {p}"),
         ),
         Local::Stopped { control: Some(c) }
@@ -939,7 +969,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 && c.system_identifier != i.state.system_identifier =>
         {
             Decision::new(
-                vec![Action::Clone { from: p.to_string() }, Action::StartStandby],
+                vec![Action::Clone { from: p.to_string() }, i.start_standby()],
                 format!(
                     "my PGDATA holds another database (system identifier {}, the cluster's is {}): cloning from {p}",
                     c.system_identifier.unwrap_or(0),
@@ -950,19 +980,19 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         Local::Stopped { control: Some(c) } if c.was_standby() && off.is_some() => {
             let (what, why) = off.expect("checked by the guard");
             Decision::new(
-                vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
+                vec![Action::Rewind { source: p.to_string() }, i.start_standby()],
                 format!("{what}, which is not on {p}'s timeline {p_tl} ({why}): rewinding, then following it"),
             )
         }
         Local::Stopped { control: Some(c) } if c.was_standby() => {
-            Decision::new(vec![Action::StartStandby], format!("starting as a standby of {p}"))
+            Decision::new(vec![i.start_standby()], format!("starting as a standby of {p}"))
         }
         Local::Stopped { control: Some(c) } if follows_without_rewind(i.state, i.me, c) => Decision::new(
-            vec![Action::StartStandby],
+            vec![i.start_standby()],
             format!("stopped cleanly before the switchover: following {p} on timeline {p_tl} without a rewind"),
         ),
         Local::Stopped { .. } => Decision::new(
-            vec![Action::Rewind { source: p.to_string() }, Action::StartStandby],
+            vec![Action::Rewind { source: p.to_string() }, i.start_standby()],
             format!("was a primary or crashed: rewinding onto {p}'s timeline {p_tl}, then following it"),
         ),
         Local::Primary(_) if i.state.paused => Decision::idle(format!(
@@ -975,19 +1005,19 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         // Reload even when the files did not change: PostgreSQL runs another conninfo
         // than the one wanted, so it does not run what they say (a postmaster started
         // before they were written).
-        Local::Standby(pg) if i.want_conninfo.is_some_and(|w| w != pg.primary_conninfo) => {
-            Decision::new(vec![Action::Reload], format!("following the new primary {p}"))
+        Local::Standby(pg) if i.upstream.is_some_and(|u| conf::conninfo(u) != pg.primary_conninfo) => {
+            Decision::new(vec![i.reload()], format!("following the new primary {p}"))
         }
         // Started on its own timeline to give a final report: only a restart lets it
         // follow the new one (recovery_target_timeline takes effect at start).
         Local::Standby(pg) if pg.timeline_pinned && !pg.streaming() && pg.timeline.is_some_and(|t| t < p_tl) => {
             Decision::new(
-                vec![Action::Stop, Action::StartStandby],
+                vec![Action::Stop, i.start_standby()],
                 format!("started on my own timeline for a final report: restarting to follow {p} on timeline {p_tl}"),
             )
         }
         Local::Standby(pg) if pg.streaming() => Decision::new(
-            vec![Action::Reconfigure],
+            vec![i.reconfigure()],
             format!("streaming from {p} (generation {g}, timeline {p_tl})"),
         ),
         Local::Standby(pg) if i.not_streaming_ms >= DIVERGED_AFTER_MS && pg.timeline.is_some_and(|t| t < p_tl) => {
@@ -995,7 +1025,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 vec![
                     Action::Stop,
                     Action::Rewind { source: p.to_string() },
-                    Action::StartStandby,
+                    i.start_standby(),
                 ],
                 format!(
                     "not streaming from {p} for {} ms and on timeline {} < {p_tl}: diverged, rewinding",
@@ -1004,7 +1034,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 ),
             )
         }
-        Local::Standby(_) => Decision::new(vec![Action::Reconfigure], format!("following {p}, not streaming yet")),
+        Local::Standby(_) => Decision::new(vec![i.reconfigure()], format!("following {p}, not streaming yet")),
         // Not consistent yet, and it never will be following p: its minimum recovery point is
         // off p's line, so PostgreSQL waits in recovery for good, refusing connections (the
         // simulation, seed 5026 with `rewind_race`: a standby rewound onto a primary fenced
@@ -1015,7 +1045,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 vec![
                     Action::Stop,
                     Action::Rewind { source: p.to_string() },
-                    Action::StartStandby,
+                    i.start_standby(),
                 ],
                 format!(
                     "{what}, which is not on {p}'s timeline {p_tl} ({why}), so it cannot become consistent: \
@@ -1032,7 +1062,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 (at, t) => format!(" until it reaches {} on timeline {t}", lsn(at)),
             };
             Decision::new(
-                vec![Action::Reconfigure],
+                vec![i.reconfigure()],
                 format!("in recovery and not consistent{until}: following {p}"),
             )
         }

@@ -175,7 +175,36 @@ fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
     }
 }
 
-const WANT: &str = "host=n-primary";
+/// Where the tests' standbys stream from, and the `primary_conninfo` that says so.
+static UP: std::sync::LazyLock<Upstream> = std::sync::LazyLock::new(|| Upstream {
+    host: "n-primary".into(),
+    port: 5432,
+    user: "replicator".into(),
+    application_name: "n3".into(),
+    passfile: None,
+    ssl_root_cert: None,
+    slot: true,
+});
+static WANT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| conf::conninfo(&UP));
+
+/// The actions that write the configuration, as `input` makes them carry `UP`.
+fn start_standby() -> Action {
+    Action::StartStandby {
+        upstream: Some(UP.clone()),
+    }
+}
+
+fn reconfigure() -> Action {
+    Action::Reconfigure {
+        upstream: Some(UP.clone()),
+    }
+}
+
+fn reload() -> Action {
+    Action::Reload {
+        upstream: Some(UP.clone()),
+    }
+}
 
 fn locals() -> Vec<Local> {
     let ctl = |state: &str| Controldata {
@@ -221,8 +250,8 @@ fn locals() -> Vec<Local> {
             }),
         },
         Local::Primary(pg(false, "", None)),
-        Local::Standby(pg(true, WANT, Some("streaming"))),
-        Local::Standby(pg(true, WANT, None)),
+        Local::Standby(pg(true, &WANT, Some("streaming"))),
+        Local::Standby(pg(true, &WANT, None)),
         Local::Standby(pg(true, "host=elsewhere", Some("streaming"))),
         Local::Standby(pg(true, "", None)),
         Local::Standby(pg(true, "", Some("stopping"))),
@@ -233,7 +262,7 @@ fn locals() -> Vec<Local> {
         }),
         Local::Standby(PgState {
             timeline_pinned: true,
-            ..pg(true, WANT, None)
+            ..pg(true, &WANT, None)
         }),
     ]
 }
@@ -259,7 +288,7 @@ fn a_clone_not_started_yet_starts_as_a_standby_and_is_never_rewound() {
         }),
     };
     let d = decide(&input("n3", &s, &clone(true), LeaseView::Expired));
-    assert_eq!(d.actions, [Action::StartStandby], "{}", d.reason);
+    assert_eq!(d.actions, [start_standby()], "{}", d.reason);
     // Without the label, the same control file is a primary's that crashed: rewound.
     let d = decide(&input("n3", &s, &clone(false), LeaseView::Expired));
     assert!(
@@ -279,9 +308,9 @@ fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
     let mut s = three_members(&boot("n1"));
     s.primary.as_mut().unwrap().timeline = Some(1);
     for (running, streaming, want) in [
-        ("host=elsewhere", Some("streaming"), [Action::Reload]),
-        ("host=elsewhere", None, [Action::Reload]),
-        (WANT, Some("streaming"), [Action::Reconfigure]),
+        ("host=elsewhere", Some("streaming"), [reload()]),
+        ("host=elsewhere", None, [reload()]),
+        (WANT.as_str(), Some("streaming"), [reconfigure()]),
     ] {
         let local = Local::Standby(pg(true, running, streaming));
         let d = decide(&input("n3", &s, &local, LeaseView::Expired));
@@ -292,7 +321,7 @@ fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
     let local = Local::Standby(pg(true, "host=elsewhere", Some("streaming")));
     let mut i = input("n3", &s, &local, LeaseView::Expired);
     i.stale_slots = &stale;
-    assert_eq!(decide(&i).actions, [Action::Reload, Action::DropSlots(stale.clone())]);
+    assert_eq!(decide(&i).actions, [reload(), Action::DropSlots(stale.clone())]);
 }
 
 #[test]
@@ -301,23 +330,23 @@ fn a_standby_pinned_to_its_timeline_for_a_final_report_restarts_to_follow_the_ne
     s.primary.as_mut().unwrap().timeline = Some(2);
     let pinned = Local::Standby(PgState {
         timeline_pinned: true,
-        ..pg(true, WANT, None)
+        ..pg(true, &WANT, None)
     });
     let d = decide(&input("n3", &s, &pinned, LeaseView::Expired));
-    assert_eq!(d.actions, [Action::Stop, Action::StartStandby], "{}", d.reason);
+    assert_eq!(d.actions, [Action::Stop, start_standby()], "{}", d.reason);
     // Streaming, or on the primary's timeline already: nothing to restart for.
     let streaming = Local::Standby(PgState {
         timeline_pinned: true,
-        ..pg(true, WANT, Some("streaming"))
+        ..pg(true, &WANT, Some("streaming"))
     });
     assert_eq!(
         decide(&input("n3", &s, &streaming, LeaseView::Expired)).actions,
-        [Action::Reconfigure]
+        [reconfigure()]
     );
     s.primary.as_mut().unwrap().timeline = Some(1);
     assert_eq!(
         decide(&input("n3", &s, &pinned, LeaseView::Expired)).actions,
-        [Action::Reconfigure]
+        [reconfigure()]
     );
 }
 
@@ -330,7 +359,7 @@ fn input<'a>(me: &'a str, state: &'a ClusterState, local: &'a Local, lease: Leas
         down_ms: 0,
         not_streaming_ms: 0,
         gate_lsn: None,
-        want_conninfo: Some(WANT),
+        upstream: Some(&UP),
         restart_requested: false,
         reinit_requested: false,
         fenced_hung: false,
@@ -365,7 +394,7 @@ fn fresh_chosen_node_bootstraps_and_others_wait() {
 fn standby_without_data_clones_then_starts() {
     let s = three_members(&boot("n1"));
     let d = decide(&input("n2", &s, &Local::NoData, LeaseView::Acquiring));
-    assert_eq!(d.actions, [Action::Clone { from: "n1".into() }, Action::StartStandby]);
+    assert_eq!(d.actions, [Action::Clone { from: "n1".into() }, start_standby()]);
     assert_eq!(d.reason, "no data directory: cloning from n1");
 }
 
@@ -400,7 +429,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
     let mut i = input("n1", &s, &crashed, LeaseView::Held);
     i.down_ms = 500;
     let d = decide(&i);
-    assert_eq!(d.actions, [Action::Reconfigure, Action::StartPrimary { gated: true }]);
+    assert_eq!(d.actions, [reconfigure(), Action::StartPrimary { gated: true }]);
     assert!(d.renew_lease);
     i.down_ms = s.ha.primary_restart_timeout_ms + 1;
     let d = decide(&i);
@@ -418,14 +447,14 @@ fn primary_creates_missing_slots_and_drops_those_of_former_members() {
     let local = Local::Primary(state.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure],
+        [reconfigure()],
         "every other member has its slot"
     );
     state.slots = vec!["raftpg_n2".into()];
     let local = Local::Primary(state.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure, Action::EnsureSlots]
+        [reconfigure(), Action::EnsureSlots]
     );
     state.slots = vec![
         "raftpg_n2".into(),
@@ -436,14 +465,14 @@ fn primary_creates_missing_slots_and_drops_those_of_former_members() {
     let local = Local::Primary(state.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure, Action::EnsureSlots],
+        [reconfigure(), Action::EnsureSlots],
         "a former member's slot is dropped"
     );
     state.slots = vec!["raftpg_n2".into(), "raftpg_n3".into(), "backup".into()];
     let local = Local::Primary(state);
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure],
+        [reconfigure()],
         "slots raftpg does not own are left alone"
     );
 }
@@ -470,32 +499,32 @@ fn a_cascading_standby_streams_from_its_upstream_whose_slot_keeps_its_wal() {
     assert_eq!(stream_from(&s, "n2", true), Some(("n1", true)), "not cascading");
     assert_eq!(stream_from(&s, "n1", false), None);
     // n2 keeps n3's slot, the primary only n2's.
-    let mut n2 = pg(true, WANT, Some("streaming"));
+    let mut n2 = pg(true, &WANT, Some("streaming"));
     let local = Local::Standby(n2.clone());
     assert_eq!(
         decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
-        [Action::Reconfigure, Action::EnsureSlots]
+        [reconfigure(), Action::EnsureSlots]
     );
     n2.slots = vec!["raftpg_n3".into()];
     let local = Local::Standby(n2.clone());
     assert_eq!(
         decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
-        [Action::Reconfigure]
+        [reconfigure()]
     );
     let primary = Local::Primary(pg(false, "", None));
     assert_eq!(
         decide(&input("n1", &s, &primary, LeaseView::Held)).actions,
-        [Action::Reconfigure, Action::EnsureSlots],
+        [reconfigure(), Action::EnsureSlots],
         "the primary drops n3's slot"
     );
     // A standby left with slots from its time as primary drops them.
     let s = three_members(&boot("n1"));
-    let mut old = pg(true, WANT, Some("streaming"));
+    let mut old = pg(true, &WANT, Some("streaming"));
     old.slots = vec!["raftpg_n1".into(), "raftpg_n3".into(), "backup".into()];
     let local = Local::Standby(old);
     assert_eq!(
         decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
-        [Action::Reconfigure, Action::EnsureSlots]
+        [reconfigure(), Action::EnsureSlots]
     );
 }
 
@@ -539,7 +568,7 @@ fn crash_gate_opens_once_a_standby_holds_the_wal_end() {
 #[test]
 fn failover_standbys_stop_streaming_then_report_their_final_position() {
     let s = three_members(&[boot("n1"), vec![failover()]].concat());
-    let streaming = Local::Standby(pg(true, WANT, Some("streaming")));
+    let streaming = Local::Standby(pg(true, &WANT, Some("streaming")));
     assert_eq!(
         decide(&input("n2", &s, &streaming, LeaseView::Acquiring)).actions,
         [Action::StopStreaming]
@@ -564,7 +593,7 @@ fn candidate_promotes_then_records_its_timeline() {
     let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
     let standby = Local::Standby(pg(true, "", None));
     let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
-    assert_eq!(d.actions, [Action::Reconfigure, Action::Promote]);
+    assert_eq!(d.actions, [reconfigure(), Action::Promote]);
     let mut promoted = pg(false, "", None);
     promoted.timeline = Some(2);
     let d = decide(&input("n1", &s, &Local::Primary(promoted), LeaseView::Acquiring));
@@ -619,7 +648,7 @@ fn a_candidate_whose_wal_stops_short_of_consistency_declines() {
     ] {
         let mut i = input("n1", &s, &local, LeaseView::Acquiring);
         i.wal_end = wal_end;
-        assert_eq!(decide(&i).actions, [Action::StartStandby], "{local:?} {wal_end:?}");
+        assert_eq!(decide(&i).actions, [start_standby()], "{local:?} {wal_end:?}");
     }
 }
 
@@ -657,10 +686,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
     };
     let past_fork = rewound((0x600, 1));
     let d = decide(&input("n3", &s, &past_fork, LeaseView::Expired));
-    assert_eq!(
-        d.actions,
-        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
-    );
+    assert_eq!(d.actions, [Action::Rewind { source: "n2".into() }, start_standby()]);
     assert_eq!(
         d.reason,
         "my standby database must recover to 0/600 on timeline 1 to be consistent, which is not on n2's timeline 2 \
@@ -671,7 +697,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
         let local = rewound(point);
         assert_eq!(
             decide(&input("n3", &s, &local, LeaseView::Expired)).actions,
-            [Action::StartStandby],
+            [start_standby()],
             "{point:x?}"
         );
     }
@@ -687,11 +713,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
     let d = decide(&i);
     assert_eq!(
         d.actions,
-        [
-            Action::Stop,
-            Action::Rewind { source: "n2".into() },
-            Action::StartStandby
-        ]
+        [Action::Stop, Action::Rewind { source: "n2".into() }, start_standby()]
     );
     assert!(d.reason.contains("so it cannot become consistent"), "{}", d.reason);
     let Local::Stopped { control: Some(on_line) } = rewound((0x400, 1)) else {
@@ -702,7 +724,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
     let mut i = input("n3", &s, &refusing, LeaseView::Expired);
     i.inconsistent = Some(&on_line);
     let d = decide(&i);
-    assert_eq!(d.actions, [Action::Reconfigure]);
+    assert_eq!(d.actions, [reconfigure()]);
     assert_eq!(
         d.reason,
         "in recovery and not consistent until it reaches 0/400 on timeline 1: following n2"
@@ -738,10 +760,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         }),
     };
     let d = decide(&input("n2", &s, &crashed_primary, LeaseView::Expired));
-    assert_eq!(
-        d.actions,
-        [Action::Rewind { source: "n1".into() }, Action::StartStandby]
-    );
+    assert_eq!(d.actions, [Action::Rewind { source: "n1".into() }, start_standby()]);
     let clean_standby = Local::Stopped {
         control: Some(Controldata {
             state: "shut down in recovery".into(),
@@ -755,20 +774,16 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     };
     assert_eq!(
         decide(&input("n3", &s, &clean_standby, LeaseView::Expired)).actions,
-        [Action::StartStandby]
+        [start_standby()]
     );
-    let mut diverged = pg(true, WANT, None);
+    let mut diverged = pg(true, &WANT, None);
     diverged.timeline = Some(1);
     let local = Local::Standby(diverged);
     let mut i = input("n3", &s, &local, LeaseView::Expired);
     i.not_streaming_ms = DIVERGED_AFTER_MS;
     assert_eq!(
         decide(&i).actions,
-        [
-            Action::Stop,
-            Action::Rewind { source: "n1".into() },
-            Action::StartStandby
-        ]
+        [Action::Stop, Action::Rewind { source: "n1".into() }, start_standby()]
     );
 }
 
@@ -805,7 +820,7 @@ fn sweep_safety_invariants() {
                     for down_ms in [0, 1_000_000] {
                         for not_streaming_ms in [0, DIVERGED_AFTER_MS] {
                             for gate_lsn in [None, Some(50), Some(500)] {
-                                for want in [None, Some(WANT)] {
+                                for want in [None, Some(&*UP)] {
                                     for (restart, reinit, fenced_hung, wal_end, lingering, disk_full, inconsistent) in [
                                         (false, false, false, None, 0, None, None),
                                         (false, false, false, None, 0, None, Some(&short)),
@@ -831,7 +846,7 @@ fn sweep_safety_invariants() {
                                                 down_ms,
                                                 not_streaming_ms,
                                                 gate_lsn,
-                                                want_conninfo: want,
+                                                upstream: want,
                                                 restart_requested: restart,
                                                 reinit_requested: reinit,
                                                 fenced_hung,
@@ -1046,7 +1061,10 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             assert!(
                 !d.actions.iter().any(|a| matches!(
                     a,
-                    Action::StartPrimary { .. } | Action::StartStandby | Action::Rewind { .. } | Action::Clone { .. }
+                    Action::StartPrimary { .. }
+                        | Action::StartStandby { .. }
+                        | Action::Rewind { .. }
+                        | Action::Clone { .. }
                 )),
                 "started on a full disk: {}",
                 ctx()
@@ -1133,7 +1151,7 @@ fn a_full_disk_stops_the_restarts_and_lets_the_lease_go() {
     i.disk_full = None;
     assert_eq!(
         decide(&i).actions,
-        [Action::Reconfigure, Action::StartPrimary { gated: true }]
+        [reconfigure(), Action::StartPrimary { gated: true }]
     );
     // Failed over: the old primary waits for room instead of rewinding in a loop.
     let s = named_state("after switchover to n2");
@@ -1149,7 +1167,7 @@ fn a_full_disk_stops_the_restarts_and_lets_the_lease_go() {
     i.disk_full = None;
     assert_eq!(
         decide(&i).actions,
-        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
+        [Action::Rewind { source: "n2".into() }, start_standby()]
     );
 }
 
@@ -1197,7 +1215,7 @@ fn switchover_old_primary_stops_cleanly_and_says_where_its_wal_ends() {
 
 #[test]
 fn switchover_standbys_keep_streaming_until_the_target_is_told_to_promote() {
-    let streaming = Local::Standby(pg(true, WANT, Some("streaming")));
+    let streaming = Local::Standby(pg(true, &WANT, Some("streaming")));
     for name in ["switchover n1 to n2", "switchover, n1 stopped"] {
         let s = named_state(name);
         for me in ["n2", "n3"] {
@@ -1208,7 +1226,7 @@ fn switchover_standbys_keep_streaming_until_the_target_is_told_to_promote() {
     let s = named_state("switchover, n2 candidate");
     assert_eq!(
         decide(&input("n2", &s, &streaming, LeaseView::Expired)).actions,
-        [Action::Reconfigure, Action::Promote]
+        [reconfigure(), Action::Promote]
     );
 }
 
@@ -1218,21 +1236,21 @@ fn old_primary_follows_without_rewind_only_when_its_wal_ends_before_the_fork() {
     let clean = stopped("shut down", 1, 0x500);
     assert_eq!(
         decide(&input("n1", &s, &clean, LeaseView::Expired)).actions,
-        [Action::StartStandby]
+        [start_standby()]
     );
     let past_fork = stopped("shut down", 1, 0x700);
     assert_eq!(
         decide(&input("n1", &s, &past_fork, LeaseView::Expired)).actions,
-        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
+        [Action::Rewind { source: "n2".into() }, start_standby()]
     );
     let crashed = stopped("in production", 1, 0x500);
     assert_eq!(
         decide(&input("n1", &s, &crashed, LeaseView::Expired)).actions,
-        [Action::Rewind { source: "n2".into() }, Action::StartStandby]
+        [Action::Rewind { source: "n2".into() }, start_standby()]
     );
     assert_eq!(
         decide(&input("n3", &s, &clean, LeaseView::Expired)).actions,
-        [Action::Rewind { source: "n2".into() }, Action::StartStandby],
+        [Action::Rewind { source: "n2".into() }, start_standby()],
         "n3 was not the old primary: nothing says its WAL ends before the fork"
     );
 }
@@ -1240,20 +1258,17 @@ fn old_primary_follows_without_rewind_only_when_its_wal_ends_before_the_fork() {
 #[test]
 fn restart_and_reinit_requests() {
     let s = three_members(&boot("n1"));
-    let standby = Local::Standby(pg(true, WANT, Some("streaming")));
+    let standby = Local::Standby(pg(true, &WANT, Some("streaming")));
     let mut i = input("n2", &s, &standby, LeaseView::Expired);
     i.restart_requested = true;
-    assert_eq!(
-        decide(&i).actions,
-        [Action::Stop, Action::StartStandby, Action::RestartDone]
-    );
+    assert_eq!(decide(&i).actions, [Action::Stop, start_standby(), Action::RestartDone]);
     i.reinit_requested = true;
     assert_eq!(
         decide(&i).actions,
         [
             Action::Fence,
             Action::Clone { from: "n1".into() },
-            Action::StartStandby,
+            start_standby(),
             Action::ReinitDone
         ]
     );
@@ -1312,7 +1327,7 @@ fn a_member_without_a_standby_database_reports_that_it_holds_nothing() {
         &stopped("shut down in recovery", 1, 0x500),
         LeaseView::Expired,
     ));
-    assert_eq!(d.actions, [Action::StartStandby]);
+    assert_eq!(d.actions, [start_standby()]);
 }
 
 /// A stopped standby reports the end of the WAL on its disk instead of starting: a
@@ -1412,7 +1427,7 @@ fn the_adopted_member_takes_over_its_database_without_initdb() {
     // A standby whose primary is gone: started without one, then promoted.
     let standby = of_system("shut down in recovery", 9);
     i.local = &standby;
-    assert_eq!(decide(&i).actions, [Action::AdoptConfig, Action::StartStandby]);
+    assert_eq!(decide(&i).actions, [Action::AdoptConfig, start_standby()]);
     i.foreign_conf = false;
     let ours = Local::Standby(pg(true, "", None));
     i.local = &ours;
@@ -1445,13 +1460,13 @@ fn after_adoption_members_clone_over_another_system_and_keep_their_own() {
     let foreign = of_system("shut down", 7);
     assert_eq!(
         decide(&input("n2", &s, &foreign, LeaseView::Expired)).actions,
-        [Action::Clone { from: "n1".into() }, Action::StartStandby]
+        [Action::Clone { from: "n1".into() }, start_standby()]
     );
     // Same system, was a standby: kept, started, rewound only if it diverged.
     let sibling = of_system("shut down in recovery", 9);
     assert_eq!(
         decide(&input("n3", &s, &sibling, LeaseView::Expired)).actions,
-        [Action::StartStandby]
+        [start_standby()]
     );
 }
 
@@ -1462,7 +1477,7 @@ fn a_node_configured_to_adopt_does_nothing_in_a_cluster_formed_without_it() {
     let mut i = input("n1", &s, &local, LeaseView::Expired);
     assert_eq!(
         decide(&i).actions,
-        [Action::Clone { from: "n2".into() }, Action::StartStandby]
+        [Action::Clone { from: "n2".into() }, start_standby()]
     );
     i.adopt_configured = Some("n1");
     let d = decide(&i);
@@ -1503,7 +1518,7 @@ fn every_primary_keeps_the_permanent_slots_and_no_standby_does() {
     let local = Local::Primary(p.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure, Action::EnsureSlots],
+        [reconfigure(), Action::EnsureSlots],
         "missing permanent slots are created"
     );
     p.slots
@@ -1511,7 +1526,7 @@ fn every_primary_keeps_the_permanent_slots_and_no_standby_does() {
     let local = Local::Primary(p.clone());
     assert_eq!(
         decide(&input("n1", &s, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure],
+        [reconfigure()],
         "all there; an operator's own slot is left alone"
     );
     // A removed slot is dropped by the primary.
@@ -1526,17 +1541,17 @@ fn every_primary_keeps_the_permanent_slots_and_no_standby_does() {
     .unwrap();
     assert_eq!(
         decide(&input("n1", &removed, &local, LeaseView::Held)).actions,
-        [Action::Reconfigure, Action::EnsureSlots]
+        [reconfigure(), Action::EnsureSlots]
     );
     assert!(!wanted_slots(&removed, "n1", true).contains("cdc"));
     assert!(manages_slot(&removed, "cdc") && !manages_slot(&removed, "theirs"));
     // A standby keeps none: a copy left from its time as primary is dropped.
-    let mut sb = pg(true, WANT, Some("streaming"));
+    let mut sb = pg(true, &WANT, Some("streaming"));
     sb.slots = vec!["backup".into()];
     let local = Local::Standby(sb);
     assert_eq!(
         decide(&input("n2", &s, &local, LeaseView::Expired)).actions,
-        [Action::Reconfigure, Action::EnsureSlots]
+        [reconfigure(), Action::EnsureSlots]
     );
 }
 
@@ -1558,18 +1573,12 @@ fn a_slot_idle_past_the_ttl_is_dropped_and_only_if_raftpg_manages_it() {
     let local = Local::Primary(pg(false, "", None));
     let mut i = input("n1", &s, &local, LeaseView::Held);
     i.stale_slots = &stale;
-    assert_eq!(
-        decide(&i).actions,
-        [Action::Reconfigure, Action::DropSlots(stale.clone())]
-    );
+    assert_eq!(decide(&i).actions, [reconfigure(), Action::DropSlots(stale.clone())]);
     // A standby drops the stale slot of a member cascading from it too.
-    let sb = Local::Standby(pg(true, WANT, Some("streaming")));
+    let sb = Local::Standby(pg(true, &WANT, Some("streaming")));
     let mut i = input("n2", &s, &sb, LeaseView::Expired);
     i.stale_slots = &stale;
-    assert_eq!(
-        decide(&i).actions,
-        [Action::Reconfigure, Action::DropSlots(stale.clone())]
-    );
+    assert_eq!(decide(&i).actions, [reconfigure(), Action::DropSlots(stale.clone())]);
     // slot_ttl_ms = 0: never.
     apply(
         &mut s,
@@ -1605,8 +1614,8 @@ fn a_slot_idle_past_the_ttl_is_dropped_and_only_if_raftpg_manages_it() {
 fn a_stopped_standby_off_the_primarys_timeline_line_is_rewound_not_started() {
     let s = named_state("after switchover to n2");
     let decide_n3 = |local: Local| decide(&input("n3", &s, &local, LeaseView::Expired)).actions;
-    let start = [Action::StartStandby];
-    let rewind = [Action::Rewind { source: "n2".into() }, Action::StartStandby];
+    let start = [start_standby()];
+    let rewind = [Action::Rewind { source: "n2".into() }, start_standby()];
     assert_eq!(
         decide_n3(stopped("shut down in recovery", 1, 0x500)),
         start,

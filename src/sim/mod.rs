@@ -240,6 +240,20 @@ fn compatible(a: &[(u32, u64)], b: &[(u32, u64)]) -> bool {
 
 const BASE_LSN: u64 = 0x100;
 
+/// Member `host`'s PostgreSQL as member `me` streams from it: in the simulation a
+/// member's name is its host.
+fn upstream_as(host: &str, me: &str) -> conf::Upstream {
+    conf::Upstream {
+        host: host.into(),
+        port: 5432,
+        user: "replicator".into(),
+        application_name: me.into(),
+        passfile: None,
+        ssl_root_cert: None,
+        slot: true,
+    }
+}
+
 fn lsn_of(len: usize) -> u64 {
     BASE_LSN + len as u64
 }
@@ -786,7 +800,7 @@ impl Sim {
         }
         let conninfo =
             n.pg.upstream
-                .map(|u| format!("host={}", self.nodes[u].name))
+                .map(|u| conf::conninfo(&upstream_as(&self.nodes[u].name, &n.name)))
                 .unwrap_or_default();
         match n.pg.run {
             Run::Down => Local::Stopped {
@@ -903,8 +917,8 @@ impl Sim {
                 m.fenced_hung = Some(state.generation);
             }
         }
-        let want_conninfo = match &role {
-            Wanted::Standby(p) if *p != me => Some(format!("host={p}")),
+        let upstream = match &role {
+            Wanted::Standby(p) if *p != me => Some(upstream_as(p, &me)),
             _ => None,
         };
         let wal_end = match (&role, &local, &self.nodes[i].pg.data) {
@@ -938,7 +952,7 @@ impl Sim {
             down_ms: since(m.down_since),
             not_streaming_ms: since(m.not_streaming_since),
             gate_lsn: None,
-            want_conninfo: want_conninfo.as_deref(),
+            upstream: upstream.as_ref(),
             restart_requested: requested.0 > m.restarts_done,
             reinit_requested: requested.1 > m.reinits_done,
             fenced_hung: m.fenced_hung == Some(state.generation),
@@ -960,7 +974,7 @@ impl Sim {
         if self.cfg.mutation == Mutation::IgnoreShortWal
             && matches!(decision.actions[..], [Action::DeclineCandidacy { .. }])
         {
-            decision.actions = vec![Action::StartStandby];
+            decision.actions = vec![Action::StartStandby { upstream: None }];
         }
         let report = derive(&state, &local, &decision, &mut self.nodes[i].mem.sync_seen);
         self.nodes[i].mem.report = Some((report, decision.renew_lease));
@@ -989,7 +1003,7 @@ impl Sim {
             }
             match self.execute(i, action, &state, &role) {
                 Ok(()) => {
-                    if *action == Action::StartStandby {
+                    if matches!(action, Action::StartStandby { .. }) {
                         self.nodes[i].mem.not_streaming_since = None;
                     }
                 }
@@ -1001,15 +1015,10 @@ impl Sim {
         }
     }
 
-    fn upstream_of(&self, role: &Wanted) -> Option<usize> {
-        match role {
-            Wanted::Standby(p) => self.nodes.iter().position(|n| n.name == *p),
-            _ => None,
-        }
-    }
-
-    fn render(&mut self, i: usize, state: &ClusterState, role: &Wanted) {
-        let upstream = self.upstream_of(role);
+    /// As the agent's render: the configuration streams from the `upstream` the action
+    /// carries (a member's name is its host here).
+    fn render(&mut self, i: usize, state: &ClusterState, role: &Wanted, upstream: Option<&conf::Upstream>) {
+        let upstream = upstream.and_then(|u| self.nodes.iter().position(|n| n.name == u.host));
         let name = self.nodes[i].name.clone();
         let pg = &mut self.nodes[i].pg;
         if pg.run == Run::Standby && pg.upstream != upstream {
@@ -1048,7 +1057,7 @@ impl Sim {
                 if self.nodes[i].pg.data.is_none() {
                     return Err("no data directory".into());
                 }
-                self.render(i, state, role);
+                self.render(i, state, role, None);
                 let pg = &mut self.nodes[i].pg;
                 if pg.run == Run::Down {
                     pg.run = Run::Primary;
@@ -1098,7 +1107,9 @@ impl Sim {
             Action::RestartDone => self.nodes[i].mem.restarts_done = state.requests_of(&me).0,
             Action::ReinitDone => self.nodes[i].mem.reinits_done = state.requests_of(&me).1,
             Action::Stop => self.nodes[i].pg.stop(true),
-            Action::Reconfigure | Action::Reload => self.render(i, state, role),
+            Action::Reconfigure { upstream } | Action::Reload { upstream } => {
+                self.render(i, state, role, upstream.as_ref())
+            }
             Action::StopStreaming => {
                 let pg = &mut self.nodes[i].pg;
                 pg.upstream = None;
@@ -1185,11 +1196,11 @@ impl Sim {
                     pg.streams_from = self.now + REWIND_CATCH_UP_MS;
                 }
             }
-            Action::StartStandby => {
+            Action::StartStandby { upstream } => {
                 if self.nodes[i].pg.data.is_none() {
                     return Err("no data directory".into());
                 }
-                self.render(i, state, role);
+                self.render(i, state, role, upstream.as_ref());
                 let pinned = !matches!(role, Wanted::Standby(_));
                 let pg = &mut self.nodes[i].pg;
                 if pg.run == Run::Down {
