@@ -172,10 +172,10 @@ impl Agent {
                 pg.ctl.reload(TOOL_TIMEOUT).await?;
                 self.gate_lsn = None;
             }
-            Action::Promote => {
+            Action::Promote { candidate } => {
                 // A candidate's pre_promote may refuse: then it stays a standby and asks the
                 // controller for another candidate.
-                let candidate = state.pending.as_ref().and_then(|p| p.candidate.as_deref()) == Some(pg.me.as_str());
+                let candidate = *candidate;
                 // Once per generation: a promotion retried (the leader did not confirm yet, or
                 // pg_ctl promote failed) does not run the hook, and its side effects, again.
                 if candidate && self.pre_promoted != Some(state.generation) {

@@ -365,7 +365,10 @@ impl Agent {
     }
 
     fn needs_lease(&self, action: &Action) -> bool {
-        matches!(action, Action::StartPrimary { .. } | Action::Promote | Action::OpenGate)
+        matches!(
+            action,
+            Action::StartPrimary { .. } | Action::Promote { .. } | Action::OpenGate
+        )
     }
 
     fn track_times(&mut self, role: &Wanted, local: &Local, now: Instant) {

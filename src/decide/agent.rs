@@ -234,8 +234,12 @@ pub enum Action {
     DropSlots(Vec<String>),
     /// Let clients in: a standby holds the WAL written before the crash restart.
     OpenGate,
-    /// End recovery (`pg_ctl promote`).
-    Promote,
+    /// End recovery (`pg_ctl promote`). The `candidate` of a pending change runs its
+    /// `pre_promote` hook first (which may veto) and has the Raft leader confirm its
+    /// candidacy; a primary recorded already (in recovery after a restart, or adopted) does not.
+    Promote {
+        candidate: bool,
+    },
     /// Propose `VetoCandidate`: this candidate cannot promote (its database cannot become
     /// consistent from its own WAL), so the change starts again without it.
     DeclineCandidacy {
@@ -452,7 +456,7 @@ fn adopt(i: &AgentInput) -> Decision {
             "adopting: starting the existing database as primary under raftpg's configuration",
         ),
         Local::Standby(_) => Decision::new(
-            vec![Action::Promote],
+            vec![Action::Promote { candidate: false }],
             "adopting a standby: promoting it to a timeline of its own",
         ),
         Local::Primary(pg) => match pg.timeline {
@@ -576,7 +580,7 @@ fn primary(i: &AgentInput) -> Decision {
             Decision::idle("PostgreSQL is down: waiting for my lease before restarting it as primary").renewing()
         }
         Local::Standby(_) if i.lease == LeaseView::Held => Decision::new(
-            vec![i.reconfigure(), Action::Promote],
+            vec![i.reconfigure(), Action::Promote { candidate: false }],
             format!("recorded as primary of generation {g} but in recovery: promoting"),
         )
         .renewing(),
@@ -616,7 +620,7 @@ fn candidate(i: &AgentInput) -> Decision {
     match i.local {
         // Reconfigure drops primary_conninfo (nothing to follow while a change is pending).
         Local::Standby(_) => Decision::new(
-            vec![i.reconfigure(), Action::Promote],
+            vec![i.reconfigure(), Action::Promote { candidate: true }],
             format!("chosen to promote under generation {g}: promoting"),
         ),
         Local::Primary(pg) => match pg.timeline {

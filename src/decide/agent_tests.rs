@@ -593,7 +593,7 @@ fn candidate_promotes_then_records_its_timeline() {
     let s = three_members(&[boot("n2"), vec![failover(), promote("n1")]].concat());
     let standby = Local::Standby(pg(true, "", None));
     let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
-    assert_eq!(d.actions, [reconfigure(), Action::Promote]);
+    assert_eq!(d.actions, [reconfigure(), Action::Promote { candidate: true }]);
     let mut promoted = pg(false, "", None);
     promoted.timeline = Some(2);
     let d = decide(&input("n1", &s, &Local::Primary(promoted), LeaseView::Acquiring));
@@ -941,7 +941,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         assert!(
             !d.actions
                 .iter()
-                .any(|a| matches!(a, Action::Promote | Action::StartPrimary { .. })),
+                .any(|a| matches!(a, Action::Promote { .. } | Action::StartPrimary { .. })),
             "Unknown acted as primary: {}",
             ctx()
         );
@@ -949,13 +949,17 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     for a in &d.actions {
         match a {
             // No promotion without the candidacy of the current generation, or the lease.
-            Action::Promote => assert!(
-                role == Wanted::Candidate
-                    || (role == Wanted::Primary && i.lease == LeaseView::Held)
-                    || (role == Wanted::Bootstrap && adopter),
-                "promotion without candidacy or lease: {}",
-                ctx()
-            ),
+            Action::Promote { candidate } => {
+                assert!(
+                    role == Wanted::Candidate
+                        || (role == Wanted::Primary && i.lease == LeaseView::Held)
+                        || (role == Wanted::Bootstrap && adopter),
+                    "promotion without candidacy or lease: {}",
+                    ctx()
+                );
+                // Only the candidate runs pre_promote and has its candidacy confirmed.
+                assert_eq!(*candidate, role == Wanted::Candidate, "{}", ctx());
+            }
             Action::StartPrimary { .. } => assert!(
                 role == Wanted::Bootstrap
                     || (role == Wanted::Primary && (i.lease == LeaseView::Held || i.state.paused)),
@@ -993,7 +997,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
         assert!(
             !d.actions
                 .iter()
-                .any(|a| matches!(a, Action::StartPrimary { .. } | Action::Promote)),
+                .any(|a| matches!(a, Action::StartPrimary { .. } | Action::Promote { .. })),
             "{}",
             ctx()
         );
@@ -1226,7 +1230,7 @@ fn switchover_standbys_keep_streaming_until_the_target_is_told_to_promote() {
     let s = named_state("switchover, n2 candidate");
     assert_eq!(
         decide(&input("n2", &s, &streaming, LeaseView::Expired)).actions,
-        [reconfigure(), Action::Promote]
+        [reconfigure(), Action::Promote { candidate: true }]
     );
 }
 
@@ -1431,7 +1435,7 @@ fn the_adopted_member_takes_over_its_database_without_initdb() {
     i.foreign_conf = false;
     let ours = Local::Standby(pg(true, "", None));
     i.local = &ours;
-    assert_eq!(decide(&i).actions, [Action::Promote]);
+    assert_eq!(decide(&i).actions, [Action::Promote { candidate: false }]);
     // Running under raftpg as primary: recorded with the timeline it runs.
     let mut on_3 = pg(false, "", None);
     on_3.timeline = Some(3);

@@ -198,7 +198,7 @@ impl Action {
             Action::ReportStopped { .. } => Kind::ReportStopped,
             Action::Stop => Kind::Stop,
             Action::StopStreaming => Kind::StopStreaming,
-            Action::Promote => Kind::Promote,
+            Action::Promote { .. } => Kind::Promote,
             Action::DeclineCandidacy { .. } => Kind::DeclineCandidacy,
             Action::RecordTimeline { .. } => Kind::RecordTimeline,
             Action::Clone { .. } => Kind::Clone,
@@ -501,7 +501,7 @@ mod tests {
         };
         assert!(c.allows(&fence));
         let promote = Decision {
-            actions: vec![Action::Promote],
+            actions: vec![Action::Promote { candidate: true }],
             ..fence.clone()
         };
         assert!(!c.allows(&promote));

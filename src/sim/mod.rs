@@ -984,7 +984,10 @@ impl Sim {
                 break;
             }
             if role == Wanted::Primary
-                && matches!(action, Action::StartPrimary { .. } | Action::Promote | Action::OpenGate)
+                && matches!(
+                    action,
+                    Action::StartPrimary { .. } | Action::Promote { .. } | Action::OpenGate
+                )
                 && self.holder_view(i, state.generation, state.ha.lease_ms) != LeaseView::Held
                 && !current.paused
             {
@@ -993,7 +996,7 @@ impl Sim {
             // As the agent (`confirm_candidate`): a candidate promotes only once the Raft
             // leader's state names it the candidate of this generation.
             if role == Wanted::Candidate
-                && *action == Action::Promote
+                && matches!(action, Action::Promote { candidate: true })
                 && !(self.reaches_leader(i) && grants_renewal(&self.state, &me, state.generation))
             {
                 self.log(format!(
@@ -1116,7 +1119,7 @@ impl Sim {
                 pg.streaming = false;
             }
             Action::EnsureSlots | Action::DropSlots(_) | Action::OpenGate => {}
-            Action::Promote => {
+            Action::Promote { .. } => {
                 let pg = &self.nodes[i].pg;
                 if pg.run != Run::Standby {
                     return Err("not in recovery".into());
