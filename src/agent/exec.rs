@@ -123,16 +123,16 @@ impl Agent {
                 })
                 .await?;
             }
-            Action::RestartDone => {
-                self.restarts_done = state.requests_of(&pg.me).0;
+            Action::RestartDone { upto } => {
+                self.restarts_done = *upto;
                 // An operator's restart is the way back for a primary that hung and that
                 // no failover replaced.
                 self.fenced_hung = None;
                 self.unproven = false;
                 tracing::info!("requested restart done");
             }
-            Action::ReinitDone => {
-                self.reinits_done = state.requests_of(&pg.me).1;
+            Action::ReinitDone { upto } => {
+                self.reinits_done = *upto;
                 tracing::info!("requested re-clone done");
             }
             Action::Reconfigure { upstream } => {

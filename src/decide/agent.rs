@@ -179,6 +179,18 @@ impl AgentInput<'_> {
         }
     }
 
+    fn restart_done(&self) -> Action {
+        Action::RestartDone {
+            upto: self.state.requests_of(self.me).0,
+        }
+    }
+
+    fn reinit_done(&self) -> Action {
+        Action::ReinitDone {
+            upto: self.state.requests_of(self.me).1,
+        }
+    }
+
     fn reload(&self) -> Action {
         Action::Reload {
             upstream: self.upstream.cloned(),
@@ -208,9 +220,14 @@ pub enum Action {
     ReportStopped {
         lsn: u64,
     },
-    /// The requested restart (or re-clone) is done: remember it.
-    RestartDone,
-    ReinitDone,
+    /// The requested restart (or re-clone) is done: the requests counted up to `upto` in
+    /// the state (`ClusterState::requests_of`) are served.
+    RestartDone {
+        upto: u64,
+    },
+    ReinitDone {
+        upto: u64,
+    },
     /// Clean fast stop (a standby about to be rewound).
     Stop,
     /// Render postgresql.conf and pg_hba.conf for the applied state, streaming from
@@ -519,7 +536,7 @@ fn primary(i: &AgentInput) -> Decision {
     if i.restart_requested {
         return match i.local {
             Local::Primary(_) if i.lease == LeaseView::Held => Decision::new(
-                vec![Action::Stop, Action::StartPrimary { gated: false }, Action::RestartDone],
+                vec![Action::Stop, Action::StartPrimary { gated: false }, i.restart_done()],
                 "restart requested: stopping and starting PostgreSQL as primary",
             )
             .renewing(),
@@ -528,7 +545,7 @@ fn primary(i: &AgentInput) -> Decision {
                 "restart requested, but I cannot prove my PostgreSQL commits ({e}): not renewing my lease"
             )),
             _ => Decision::new(
-                vec![Action::RestartDone],
+                vec![i.restart_done()],
                 "restart requested while PostgreSQL is not running: starting it is enough",
             )
             .renewing(),
@@ -935,7 +952,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
             actions.extend([
                 Action::Clone { from: p.to_string() },
                 i.start_standby(),
-                Action::ReinitDone,
+                i.reinit_done(),
             ]);
             return Decision::new(
                 actions,
@@ -944,13 +961,13 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         }
         Local::Standby(_) if i.restart_requested => {
             return Decision::new(
-                vec![Action::Stop, i.start_standby(), Action::RestartDone],
+                vec![Action::Stop, i.start_standby(), i.restart_done()],
                 "restart requested: stopping and starting PostgreSQL as a standby",
             )
         }
         Local::Stopped { .. } | Local::NoData if i.restart_requested => {
             return Decision::new(
-                vec![Action::RestartDone],
+                vec![i.restart_done()],
                 "restart requested while PostgreSQL is down: the next start is the restart",
             )
         }

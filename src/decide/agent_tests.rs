@@ -1261,11 +1261,24 @@ fn old_primary_follows_without_rewind_only_when_its_wal_ends_before_the_fork() {
 
 #[test]
 fn restart_and_reinit_requests() {
-    let s = three_members(&boot("n1"));
+    let mut s = three_members(&boot("n1"));
+    // Two restarts of n2 and one of n1 asked, one re-clone of n2: the actions that mark
+    // them done carry the counts they serve.
+    for cmd in [
+        Command::Restart { node: "n2".into() },
+        Command::Restart { node: "n2".into() },
+        Command::Restart { node: "n1".into() },
+        Command::Reinit { node: "n2".into() },
+    ] {
+        apply(&mut s, &cmd).unwrap();
+    }
     let standby = Local::Standby(pg(true, &WANT, Some("streaming")));
     let mut i = input("n2", &s, &standby, LeaseView::Expired);
     i.restart_requested = true;
-    assert_eq!(decide(&i).actions, [Action::Stop, start_standby(), Action::RestartDone]);
+    assert_eq!(
+        decide(&i).actions,
+        [Action::Stop, start_standby(), Action::RestartDone { upto: 2 }]
+    );
     i.reinit_requested = true;
     assert_eq!(
         decide(&i).actions,
@@ -1273,7 +1286,7 @@ fn restart_and_reinit_requests() {
             Action::Fence,
             Action::Clone { from: "n1".into() },
             start_standby(),
-            Action::ReinitDone
+            Action::ReinitDone { upto: 1 }
         ]
     );
     let primary = Local::Primary(pg(false, "", None));
@@ -1281,7 +1294,11 @@ fn restart_and_reinit_requests() {
     i.restart_requested = true;
     assert_eq!(
         decide(&i).actions,
-        [Action::Stop, Action::StartPrimary { gated: false }, Action::RestartDone]
+        [
+            Action::Stop,
+            Action::StartPrimary { gated: false },
+            Action::RestartDone { upto: 1 }
+        ]
     );
     i.lease = LeaseView::Expired;
     assert_eq!(

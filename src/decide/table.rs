@@ -209,8 +209,8 @@ impl Action {
             Action::EnsureSlots => Kind::EnsureSlots,
             Action::DropSlots(_) => Kind::DropSlots,
             Action::OpenGate => Kind::OpenGate,
-            Action::RestartDone => Kind::RestartDone,
-            Action::ReinitDone => Kind::ReinitDone,
+            Action::RestartDone { .. } => Kind::RestartDone,
+            Action::ReinitDone { .. } => Kind::ReinitDone,
         }
     }
 }

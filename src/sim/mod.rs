@@ -1107,8 +1107,8 @@ impl Sim {
                     },
                 )?;
             }
-            Action::RestartDone => self.nodes[i].mem.restarts_done = state.requests_of(&me).0,
-            Action::ReinitDone => self.nodes[i].mem.reinits_done = state.requests_of(&me).1,
+            Action::RestartDone { upto } => self.nodes[i].mem.restarts_done = *upto,
+            Action::ReinitDone { upto } => self.nodes[i].mem.reinits_done = *upto,
             Action::Stop => self.nodes[i].pg.stop(true),
             Action::Reconfigure { upstream } | Action::Reload { upstream } => {
                 self.render(i, state, role, upstream.as_ref())
@@ -1575,8 +1575,8 @@ fn is_proposal(a: &Action) -> bool {
         Action::ProposeBootstrap
             | Action::RecordTimeline { .. }
             | Action::ReportStopped { .. }
-            | Action::RestartDone
-            | Action::ReinitDone
+            | Action::RestartDone { .. }
+            | Action::ReinitDone { .. }
     )
 }
 
