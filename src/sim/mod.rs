@@ -24,9 +24,15 @@
 //! - **Clients** write to every node whose own view names it primary and whose PostgreSQL
 //!   runs as one, as clients behind Patroni-style health checks do.
 //!
+//! - **Pauses** (`SimConfig::pauses`): raftpg stopped for 0.2-4 s keeps its memory; on
+//!   resuming, its lease task sends the report made before the pause, and it acts once on
+//!   the state it applied before it. Its PostgreSQL, its clients' connections and its fence
+//!   keeper run on.
+//! - **The agent's table**: every decision must stay inside its cell of `decide::table`.
+//!
 //! Not modelled: openraft itself (elections, terms, log replication), the gRPC transport,
 //! the effects code in `agent/` (actions are carried out by the model below), message
-//! delays within a step, disk-full, pauses, switchovers and membership changes.
+//! delays within a step, disk-full, switchovers and membership changes.
 //!
 //! Invariants, checked after every step:
 //! - acknowledgements never go back to an older primary: the epoch (the generation under
@@ -79,6 +85,9 @@ pub enum Mutation {
     /// A candidate whose WAL stops short of consistency starts in recovery anyway instead
     /// of declining (finding 17; caught only with `SimConfig::rewind_race`).
     IgnoreShortWal,
+    /// No fence keeper: only raftpg itself fences its PostgreSQL when the lease runs out,
+    /// so a paused raftpg leaves it serving (`SimConfig::pauses`).
+    NoFenceKeeper,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +106,11 @@ pub struct SimConfig {
     /// and it holds only the WAL before the divergence, so it needs the source's to get
     /// there (finding 17 of docs/jepsen.md). Off by default, as `operator`.
     pub rewind_race: bool,
+    /// raftpg processes are also paused (SIGSTOP) for 0.2-4 s, around the 2 s lease, and
+    /// resume with their memory: the lease task first, with the report the agent left
+    /// before the pause, and both on the state applied before it. Off by default, as
+    /// `operator`.
+    pub pauses: bool,
 }
 
 impl Default for SimConfig {
@@ -108,6 +122,7 @@ impl Default for SimConfig {
             mutation: Mutation::None,
             operator: false,
             rewind_race: false,
+            pauses: false,
         }
     }
 }
@@ -127,6 +142,8 @@ pub struct Outcome {
     /// Candidates that declined because their WAL stopped short of consistency
     /// (`SimConfig::rewind_race`).
     pub declined: u64,
+    /// raftpg processes paused (`SimConfig::pauses`).
+    pub pauses: u64,
     /// The last events, to replay the failure by hand.
     pub trace: Vec<String>,
 }
@@ -334,15 +351,22 @@ struct AgentMemory {
     reinits_done: u64,
     next_report: u64,
     fenced_expiry: Option<u64>,
-    report: Option<(Report, bool)>,
+    /// The last report, whether it asks for a renewal, and the local time of the
+    /// observation behind it (a renewal rests only on a fresh one, as `lease_loop`'s).
+    report: Option<(Report, bool, u64)>,
     sync_seen: crate::decide::report::SyncSeen,
 }
 
 #[derive(Clone, Debug)]
 struct SimNode {
     name: String,
-    /// The raftpg process runs.
+    /// The raftpg process exists (killed: not).
     alive: bool,
+    /// Paused (SIGSTOP) until this time: it neither decides, reports nor takes part in
+    /// Raft, and keeps its memory; its PostgreSQL and fence keeper run on.
+    paused_until: Option<u64>,
+    /// Resumed in this step: it acts on what it knew before the pause.
+    resumed: bool,
     /// The machine runs (PostgreSQL and the fence keeper with it).
     host_up: bool,
     /// Clock rate in thousandths.
@@ -400,6 +424,7 @@ pub struct Sim {
     failovers: u64,
     tag_changes: u64,
     declined: u64,
+    pauses: u64,
     seed: u64,
 }
 
@@ -429,6 +454,8 @@ impl Sim {
             .map(|n| SimNode {
                 name: n.clone(),
                 alive: true,
+                paused_until: None,
+                resumed: false,
                 host_up: true,
                 rate: 950 + rng.below(101),
                 group: 0,
@@ -459,6 +486,7 @@ impl Sim {
             failovers: 0,
             tag_changes: 0,
             declined: 0,
+            pauses: 0,
             seed,
         }
     }
@@ -487,9 +515,14 @@ impl Sim {
         x.host_up && y.host_up && x.group == y.group
     }
 
+    /// The node's raftpg runs: neither killed nor paused.
+    fn runs(&self, i: usize) -> bool {
+        self.nodes[i].alive && self.nodes[i].paused_until.is_none()
+    }
+
     /// The node reaches the Raft leader (and so can commit and apply).
     fn reaches_leader(&self, i: usize) -> bool {
-        self.nodes[i].alive && self.leader.is_some_and(|l| self.connected(i, l))
+        self.runs(i) && self.leader.is_some_and(|l| self.connected(i, l))
     }
 
     fn propose(&mut self, i: usize, cmd: Command) -> Result<(), String> {
@@ -518,7 +551,8 @@ impl Sim {
     /// Every node that reaches the leader applies the latest state.
     fn sync_applied(&mut self) {
         for i in 0..self.nodes.len() {
-            if self.reaches_leader(i) {
+            // A raftpg that just resumed acts once on the state it applied before the pause.
+            if self.reaches_leader(i) && !self.nodes[i].resumed {
                 self.nodes[i].applied = self.state.clone();
             }
         }
@@ -564,7 +598,7 @@ impl Sim {
                                 n.pg.run,
                                 n.pg.streaming,
                                 n.pg.len(),
-                                n.mem.report.as_ref().map_or("", |(r, _)| r.reason.as_str())
+                                n.mem.report.as_ref().map_or("", |(r, _, _)| r.reason.as_str())
                             )
                         })
                         .collect();
@@ -589,7 +623,7 @@ impl Sim {
                             n.pg.run,
                             n.pg.frozen,
                             n.pg.len(),
-                            n.mem.report.as_ref().map_or("", |(r, _)| r.reason.as_str())
+                            n.mem.report.as_ref().map_or("", |(r, _, _)| r.reason.as_str())
                         )
                     })
                     .collect();
@@ -607,6 +641,7 @@ impl Sim {
             failovers: self.failovers,
             tag_changes: self.tag_changes,
             declined: self.declined,
+            pauses: self.pauses,
             trace: self.trace,
         }
     }
@@ -633,6 +668,7 @@ impl Sim {
                 self.start_raftpg(i);
             }
             let n = &mut self.nodes[i];
+            n.paused_until = None;
             n.pg.frozen = false;
             n.group = 0;
         }
@@ -641,8 +677,12 @@ impl Sim {
     fn fault(&mut self) {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let name = self.nodes[i].name.clone();
-        let kinds = if self.cfg.operator { 8 } else { 7 };
-        match self.rng.below(kinds) {
+        let kinds = 7 + u64::from(self.cfg.operator) + u64::from(self.cfg.pauses);
+        let kind = self.rng.below(kinds);
+        if self.cfg.pauses && kind == kinds - 1 {
+            return self.pause(i);
+        }
+        match kind {
             7 => {
                 let on = !self.state.has_flag(&name, crate::cluster::Flag::NoSync);
                 let cmd = Command::ChangeTags {
@@ -664,6 +704,7 @@ impl Sim {
                     "fault: kill raftpg on {name} (PostgreSQL and the fence keeper keep running)"
                 ));
                 self.nodes[i].alive = false;
+                self.nodes[i].paused_until = None;
             }
             0 if self.nodes[i].host_up => {
                 self.log(format!("fault: restart raftpg on {name}"));
@@ -673,6 +714,7 @@ impl Sim {
                 self.log(format!("fault: crash the host of {name}"));
                 let n = &mut self.nodes[i];
                 n.alive = false;
+                n.paused_until = None;
                 n.host_up = false;
                 n.pg.stop(false);
                 n.keeper = None;
@@ -712,6 +754,25 @@ impl Sim {
         }
     }
 
+    /// SIGSTOP of raftpg on node `i` for 0.2-4 s (a pause already under way ends early).
+    fn pause(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        if !self.nodes[i].alive {
+            return;
+        }
+        if self.nodes[i].paused_until.is_some() {
+            self.log(format!("fault: {name}'s raftpg resumes early"));
+            self.nodes[i].paused_until = Some(self.now);
+            return;
+        }
+        let ms = (200 + self.rng.below(3_800)) / STEP_MS * STEP_MS;
+        self.log(format!(
+            "fault: pause raftpg on {name} for {ms} ms (PostgreSQL and the fence keeper keep running)"
+        ));
+        self.nodes[i].paused_until = Some(self.now + ms);
+        self.pauses += 1;
+    }
+
     fn start_host(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.host_up = true;
@@ -722,6 +783,7 @@ impl Sim {
     fn start_raftpg(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.alive = true;
+        n.paused_until = None;
         n.inherited = n.keeper;
         n.mem = AgentMemory {
             next_report: self.now,
@@ -733,18 +795,35 @@ impl Sim {
     /// One step of everything.
     fn step(&mut self, clients: bool) {
         self.now += STEP_MS;
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            n.resumed = n.paused_until.is_some_and(|t| t <= self.now);
+            if n.resumed {
+                n.paused_until = None;
+                let name = n.name.clone();
+                self.log(format!("{name}'s raftpg resumes"));
+            }
+        }
         self.raft();
         self.sync_applied();
+        // A resumed raftpg's lease task may run before its agent observes again: it sends
+        // the report made before the pause.
         for i in 0..self.nodes.len() {
-            if self.nodes[i].alive {
+            if self.nodes[i].resumed {
+                self.lease_loop(i);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.runs(i) {
                 self.agent(i);
             }
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].alive {
+            if self.runs(i) && !self.nodes[i].resumed {
                 self.lease_loop(i);
             }
             self.keeper(i);
+            self.nodes[i].resumed = false;
         }
         if let Some(l) = self.leader {
             self.controller(l);
@@ -760,9 +839,9 @@ impl Sim {
     fn raft(&mut self) {
         let n = self.nodes.len();
         let majority = n / 2 + 1;
-        let group_size = |s: &Sim, i: usize| (0..n).filter(|&j| s.nodes[j].alive && s.connected(i, j)).count();
+        let group_size = |s: &Sim, i: usize| (0..n).filter(|&j| s.runs(j) && s.connected(i, j)).count();
         if let Some(l) = self.leader {
-            if !self.nodes[l].alive || group_size(self, l) < majority {
+            if !self.runs(l) || group_size(self, l) < majority {
                 self.log(format!("raft: leader {} lost", self.nodes[l].name));
                 self.leader = None;
                 self.leaderless_since = self.now;
@@ -770,7 +849,7 @@ impl Sim {
         }
         if self.leader.is_none() && self.now - self.leaderless_since >= ELECTION_MS {
             let able: Vec<usize> = (0..n)
-                .filter(|&i| self.nodes[i].alive && group_size(self, i) >= majority)
+                .filter(|&i| self.runs(i) && group_size(self, i) >= majority)
                 .collect();
             if !able.is_empty() {
                 let l = able[self.rng.below(able.len() as u64) as usize];
@@ -977,7 +1056,8 @@ impl Sim {
             decision.actions = vec![Action::StartStandby { upstream: None }];
         }
         let report = derive(&state, &local, &decision, &mut self.nodes[i].mem.sync_seen);
-        self.nodes[i].mem.report = Some((report, decision.renew_lease));
+        let observed_at = self.nodes[i].local(now);
+        self.nodes[i].mem.report = Some((report, decision.renew_lease, observed_at));
         for action in &decision.actions {
             let current = self.nodes[i].applied.clone();
             if current.generation != state.generation || wanted(&current, &me) != role {
@@ -1319,9 +1399,12 @@ impl Sim {
         if self.now < n.mem.next_report {
             return;
         }
-        let Some((report, renew)) = n.mem.report.clone() else {
+        let Some((report, renew, observed_at)) = n.mem.report.clone() else {
             return;
         };
+        // As `lease::observation_fresh`: a stale observation (a raftpg that was paused
+        // since) renews nothing.
+        let renew = renew && local.saturating_sub(observed_at) <= crate::lease::observation_max_age_ms(lease_ms);
         if !self.reaches_leader(i) {
             self.nodes[i].mem.next_report = self.now + 100;
             return;
@@ -1354,7 +1437,7 @@ impl Sim {
     fn keeper(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let local = n.local(self.now);
-        if !n.host_up || n.applied.paused {
+        if !n.host_up || n.applied.paused || self.cfg.mutation == Mutation::NoFenceKeeper {
             return;
         }
         if let Some(k) = n.keeper.filter(|k| local >= *k && n.keeper_fenced != Some(*k)) {
