@@ -28,11 +28,14 @@
 //!   resuming, its lease task sends the report made before the pause, and it acts once on
 //!   the state it applied before it. Its PostgreSQL, its clients' connections and its fence
 //!   keeper run on.
+//! - **Switchovers** (`SimConfig::switchovers`): an operator asks for one to a standby the
+//!   leader's last report says streams; a clean shutdown writes a shutdown checkpoint
+//!   record and sends it to the connected standbys before it exits.
 //! - **The agent's table**: every decision must stay inside its cell of `decide::table`.
 //!
 //! Not modelled: openraft itself (elections, terms, log replication), the gRPC transport,
 //! the effects code in `agent/` (actions are carried out by the model below), message
-//! delays within a step, disk-full, switchovers and membership changes.
+//! delays within a step, disk-full and membership changes.
 //!
 //! Invariants, checked after every step:
 //! - acknowledgements never go back to an older primary: the epoch (the generation under
@@ -56,6 +59,9 @@ use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
 use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
+
+/// The write id of a shutdown checkpoint record in a modelled WAL (clients' ids start at 1).
+const SHUTDOWN_CHECKPOINT: u64 = 0;
 
 /// One simulated step.
 pub const STEP_MS: u64 = 50;
@@ -111,6 +117,9 @@ pub struct SimConfig {
     /// before the pause, and both on the state applied before it. Off by default, as
     /// `operator`.
     pub pauses: bool,
+    /// An operator also asks for switchovers to a standby the Raft leader's last report
+    /// says streams (as `ctl switchover` checks), under the faults. Off by default.
+    pub switchovers: bool,
 }
 
 impl Default for SimConfig {
@@ -123,6 +132,7 @@ impl Default for SimConfig {
             operator: false,
             rewind_race: false,
             pauses: false,
+            switchovers: false,
         }
     }
 }
@@ -144,6 +154,11 @@ pub struct Outcome {
     pub declined: u64,
     /// raftpg processes paused (`SimConfig::pauses`).
     pub pauses: u64,
+    /// Switchovers the Raft state accepted (`SimConfig::switchovers`), and those that
+    /// ended as switchovers (the target or another standby recorded its timeline), not
+    /// turned into failovers.
+    pub switchovers: u64,
+    pub switchovers_done: u64,
     /// The last events, to replay the failure by hand.
     pub trace: Vec<String>,
 }
@@ -234,7 +249,12 @@ impl Data {
             },
             timeline: Some(self.timeline),
             system_identifier: Some(self.system),
-            checkpoint_lsn: Some(lsn_of(self.wal.len())),
+            // A primary's clean shutdown ends its WAL with the shutdown checkpoint record:
+            // pg_controldata names where that record starts.
+            checkpoint_lsn: Some(lsn_of(match self.wal.last() {
+                Some((_, SHUTDOWN_CHECKPOINT)) if self.clean && !self.was_standby => self.wal.len() - 1,
+                _ => self.wal.len(),
+            })),
             wal_segment_size: Some(16 << 20),
             // A clone is modelled as a standby at once (`Action::Clone`), which is what the
             // real agent reads from a backup_label.
@@ -315,6 +335,15 @@ impl FakePg {
 
     fn len(&self) -> usize {
         self.data.as_ref().map_or(0, |d| d.wal.len())
+    }
+
+    /// A running primary's clean shutdown writes its shutdown checkpoint record first.
+    fn shutdown_checkpoint(&mut self) {
+        if self.run == Run::Primary && !self.frozen {
+            if let Some(d) = self.data.as_mut() {
+                d.wal.push((d.timeline, SHUTDOWN_CHECKPOINT));
+            }
+        }
     }
 
     fn stop(&mut self, clean: bool) {
@@ -425,6 +454,8 @@ pub struct Sim {
     tag_changes: u64,
     declined: u64,
     pauses: u64,
+    switchovers: u64,
+    switchovers_done: u64,
     seed: u64,
 }
 
@@ -487,6 +518,8 @@ impl Sim {
             tag_changes: 0,
             declined: 0,
             pauses: 0,
+            switchovers: 0,
+            switchovers_done: 0,
             seed,
         }
     }
@@ -535,10 +568,18 @@ impl Sim {
 
     fn commit(&mut self, cmd: Command, by: &str) -> Result<(), String> {
         let line = cmd.to_string();
+        let switching = self
+            .state
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.kind == crate::cluster::PendingKind::Switchover);
         match apply(&mut self.state, &cmd) {
             Ok(_) => {
                 if matches!(cmd, Command::BeginFailover { .. }) {
                     self.failovers += 1;
+                }
+                if switching && matches!(cmd, Command::RecordTimeline { .. }) {
+                    self.switchovers_done += 1;
                 }
                 self.log(format!("{by}: commit {line}"));
                 self.sync_applied();
@@ -642,6 +683,8 @@ impl Sim {
             tag_changes: self.tag_changes,
             declined: self.declined,
             pauses: self.pauses,
+            switchovers: self.switchovers,
+            switchovers_done: self.switchovers_done,
             trace: self.trace,
         }
     }
@@ -677,10 +720,20 @@ impl Sim {
     fn fault(&mut self) {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let name = self.nodes[i].name.clone();
-        let kinds = 7 + u64::from(self.cfg.operator) + u64::from(self.cfg.pauses);
+        let kinds = 7 + u64::from(self.cfg.operator) + u64::from(self.cfg.pauses) + u64::from(self.cfg.switchovers);
         let kind = self.rng.below(kinds);
-        if self.cfg.pauses && kind == kinds - 1 {
-            return self.pause(i);
+        let mut top = kinds;
+        if self.cfg.pauses {
+            top -= 1;
+            if kind == top {
+                return self.pause(i);
+            }
+        }
+        if self.cfg.switchovers {
+            top -= 1;
+            if kind == top {
+                return self.switchover(i);
+            }
         }
         match kind {
             7 => {
@@ -751,6 +804,36 @@ impl Sim {
                     n.group = 0;
                 }
             }
+        }
+    }
+
+    /// The operator asks for a switchover to member `i`, through any node that reaches the
+    /// Raft leader, if the leader's last report from `i` says it streams in this generation.
+    fn switchover(&mut self, i: usize) {
+        let to = self.nodes[i].name.clone();
+        let generation = self.state.generation;
+        let streams = self
+            .book
+            .reports
+            .get(&to)
+            .is_some_and(|(_, r)| r.streaming && r.generation == generation);
+        let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
+        let Some(j) = via.filter(|_| streams && self.state.primary_name().is_some_and(|p| p != to)) else {
+            return self.log(format!(
+                "operator: no switchover to {to} (not a streaming standby, or no leader)"
+            ));
+        };
+        let cmd = Command::BeginSwitchover {
+            generation,
+            to: to.clone(),
+            reason: "simulated operator".into(),
+        };
+        match self.propose(j, cmd) {
+            Ok(()) => {
+                self.log(format!("operator: switchover to {to} begun"));
+                self.switchovers += 1;
+            }
+            Err(e) => self.log(format!("operator: switchover to {to} refused: {e}")),
         }
     }
 
@@ -1170,9 +1253,11 @@ impl Sim {
             Action::Fence => {
                 self.nodes[i].pg.stop(false);
             }
-            Action::CleanStop { .. } => {
+            Action::CleanStop { .. } | Action::Stop => {
                 if self.nodes[i].pg.run == Run::Primary {
-                    // A fast shutdown sends all WAL to the connected standbys first.
+                    // A fast shutdown writes the shutdown checkpoint and sends all WAL, that
+                    // record included, to the connected standbys before it exits.
+                    self.nodes[i].pg.shutdown_checkpoint();
                     self.stream();
                 }
                 self.nodes[i].pg.stop(true);
@@ -1189,7 +1274,6 @@ impl Sim {
             }
             Action::RestartDone { upto } => self.nodes[i].mem.restarts_done = *upto,
             Action::ReinitDone { upto } => self.nodes[i].mem.reinits_done = *upto,
-            Action::Stop => self.nodes[i].pg.stop(true),
             Action::Reconfigure { upstream } | Action::Reload { upstream } => {
                 self.render(i, state, role, upstream.as_ref())
             }

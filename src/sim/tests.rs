@@ -99,6 +99,29 @@ fn paused_raftpg_keeps_the_invariants_and_needs_the_fence_keeper() {
     );
 }
 
+/// An operator's switchovers under the faults: the old primary's clean shutdown, its
+/// shutdown checkpoint reaching the target, the promotion, or a failover when it stalls.
+#[test]
+fn switchovers_under_faults_keep_the_invariants() {
+    let cfg = SimConfig {
+        switchovers: true,
+        ..SimConfig::default()
+    };
+    let (mut acked, mut begun, mut done) = (0, 0, 0);
+    for seed in 0..CI_SEEDS / 4 {
+        let o = run(seed, &cfg);
+        assert!(o.violation.is_none(), "{}", o.report());
+        acked += o.acked;
+        begun += o.switchovers;
+        done += o.switchovers_done;
+    }
+    // Not vacuous: switchovers began, and most ended as switchovers.
+    assert!(begun > 50, "only {begun} switchovers began");
+    assert!(done * 2 > begun, "only {done} of {begun} switchovers completed");
+    assert!(acked > 100 * CI_SEEDS as usize / 4);
+    eprintln!("{begun} switchovers begun, {done} completed, {acked} acknowledged writes");
+}
+
 fn first_violation(mutation: Mutation) -> Option<Outcome> {
     let cfg = SimConfig {
         mutation,
