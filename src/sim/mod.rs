@@ -31,6 +31,8 @@
 //! - **Switchovers** (`SimConfig::switchovers`): an operator asks for one to a standby the
 //!   leader's last report says streams; a clean shutdown writes a shutdown checkpoint
 //!   record and sends it to the connected standbys before it exits.
+//! - **Delays** (`SimConfig::delays`): reports and grants take 0-800 ms each way; a grant
+//!   counts from when its renewal was sent, as `lease::Holder::granted`.
 //! - **The agent's table**: every decision must stay inside its cell of `decide::table`.
 //!
 //! Not modelled: openraft itself (elections, terms, log replication), the gRPC transport,
@@ -59,6 +61,10 @@ use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
 use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
+
+/// `SimConfig::delays`: the longest one-way delay of a report or a grant, longer than the
+/// margin the controller adds to the lease (200 ms and 10 %), as on a saturated machine.
+const DELAY_MAX_MS: u64 = 800;
 
 /// The write id of a shutdown checkpoint record in a modelled WAL (clients' ids start at 1).
 const SHUTDOWN_CHECKPOINT: u64 = 0;
@@ -94,6 +100,10 @@ pub enum Mutation {
     /// No fence keeper: only raftpg itself fences its PostgreSQL when the lease runs out,
     /// so a paused raftpg leaves it serving (`SimConfig::pauses`).
     NoFenceKeeper,
+    /// The lease holder counts a granted lease from the reply's arrival instead of from
+    /// when it sent the renewal (`lease::Holder::granted` takes the send time): with
+    /// delayed replies (`SimConfig::delays`) it outlives the leader's deadline.
+    LeaseFromReply,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +130,10 @@ pub struct SimConfig {
     /// An operator also asks for switchovers to a standby the Raft leader's last report
     /// says streams (as `ctl switchover` checks), under the faults. Off by default.
     pub switchovers: bool,
+    /// Reports and their replies take 0-800 ms each way (in steps), so that renewals
+    /// arrive late, after a pause, or under a Raft leader that changed meanwhile. Off by
+    /// default, as `operator`.
+    pub delays: bool,
 }
 
 impl Default for SimConfig {
@@ -133,6 +147,7 @@ impl Default for SimConfig {
             rewind_race: false,
             pauses: false,
             switchovers: false,
+            delays: false,
         }
     }
 }
@@ -456,7 +471,30 @@ pub struct Sim {
     pauses: u64,
     switchovers: u64,
     switchovers_done: u64,
+    /// Reports on their way to the Raft leader, and grants on their way back
+    /// (`SimConfig::delays`).
+    inflight: Vec<Message>,
     seed: u64,
+}
+
+/// A report (with a renewal, maybe) or its grant, in flight.
+#[derive(Clone, Debug)]
+enum Message {
+    Report {
+        arrives: u64,
+        from: usize,
+        leader: usize,
+        report: Report,
+        renew: bool,
+        sent_local: u64,
+    },
+    Granted {
+        arrives: u64,
+        leader: usize,
+        to: usize,
+        generation: u64,
+        sent_local: u64,
+    },
 }
 
 const TRACE_KEEP: usize = 400;
@@ -520,6 +558,7 @@ impl Sim {
             pauses: 0,
             switchovers: 0,
             switchovers_done: 0,
+            inflight: Vec::new(),
             seed,
         }
     }
@@ -864,6 +903,9 @@ impl Sim {
     }
 
     fn start_raftpg(&mut self, i: usize) {
+        // Replies to the process that died went with its connections.
+        self.inflight
+            .retain(|m| !matches!(m, Message::Granted { to, .. } if *to == i));
         let n = &mut self.nodes[i];
         n.alive = true;
         n.paused_until = None;
@@ -889,6 +931,7 @@ impl Sim {
         }
         self.raft();
         self.sync_applied();
+        self.deliver();
         // A resumed raftpg's lease task may run before its agent observes again: it sends
         // the report made before the pause.
         for i in 0..self.nodes.len() {
@@ -1489,32 +1532,128 @@ impl Sim {
         // As `lease::observation_fresh`: a stale observation (a raftpg that was paused
         // since) renews nothing.
         let renew = renew && local.saturating_sub(observed_at) <= crate::lease::observation_max_age_ms(lease_ms);
-        if !self.reaches_leader(i) {
+        let Some(leader) = self.leader.filter(|_| self.reaches_leader(i)) else {
             self.nodes[i].mem.next_report = self.now + 100;
             return;
-        }
-        let name = self.nodes[i].name.clone();
-        self.book.reports.insert(name.clone(), (self.now, report.clone()));
-        let granted = renew && grants_renewal(&self.state, &name, report.generation);
-        if granted && renews_primary(&self.state, &name, report.generation) {
-            let l = self.leader.expect("reached");
-            let leader_local = self.nodes[l].local(self.now);
-            match &mut self.book.clock {
-                Some((n, g, at)) if *n == name && *g == report.generation => *at = (*at).max(leader_local),
-                c => *c = Some((name.clone(), report.generation, leader_local)),
-            }
-        }
-        if granted {
-            let n = &mut self.nodes[i];
-            let e = local + lease_ms;
-            if !n.mem.lease.is_some_and(|(g, old)| g == report.generation && old >= e) {
-                n.mem.lease = Some((report.generation, e));
-            }
-            if n.pg.run == Run::Primary && n.pg.epoch == report.generation {
-                n.pg.leased = true;
-            }
-        }
+        };
         self.nodes[i].mem.next_report = self.now + (lease_ms / 4).max(50);
+        let delay = self.delay();
+        self.send(Message::Report {
+            arrives: self.now + delay,
+            from: i,
+            leader,
+            report,
+            renew,
+            sent_local: local,
+        });
+    }
+
+    /// One way's delay (`SimConfig::delays`): 0-`DELAY_MAX_MS` in steps; none otherwise.
+    fn delay(&mut self) -> u64 {
+        if self.cfg.delays {
+            self.rng.below(DELAY_MAX_MS / STEP_MS + 1) * STEP_MS
+        } else {
+            0
+        }
+    }
+
+    /// Delivers `m` now if it is due, else keeps it in flight.
+    fn send(&mut self, m: Message) {
+        let arrives = match &m {
+            Message::Report { arrives, .. } | Message::Granted { arrives, .. } => *arrives,
+        };
+        if arrives <= self.now {
+            self.receive(m);
+        } else {
+            self.inflight.push(m);
+        }
+    }
+
+    /// Delivers the messages that are due, in the order they were sent.
+    fn deliver(&mut self) {
+        let (due, later): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut self.inflight).into_iter().partition(|m| match m {
+                Message::Report { arrives, .. } | Message::Granted { arrives, .. } => *arrives <= self.now,
+            });
+        self.inflight = later;
+        for m in due {
+            self.receive(m);
+        }
+    }
+
+    /// A report reaches the Raft leader it was sent to (lost if that node no longer leads
+    /// or is cut off); a grant reaches its lease holder (lost if cut off or restarted, held
+    /// while the holder is paused).
+    fn receive(&mut self, m: Message) {
+        match m {
+            Message::Report {
+                from,
+                leader,
+                report,
+                renew,
+                sent_local,
+                ..
+            } => {
+                if self.leader != Some(leader) || !self.runs(leader) || !self.connected(from, leader) {
+                    return;
+                }
+                let name = self.nodes[from].name.clone();
+                self.book.reports.insert(name.clone(), (self.now, report.clone()));
+                let granted = renew && grants_renewal(&self.state, &name, report.generation);
+                if granted && renews_primary(&self.state, &name, report.generation) {
+                    let leader_local = self.nodes[leader].local(self.now);
+                    match &mut self.book.clock {
+                        Some((n, g, at)) if *n == name && *g == report.generation => *at = (*at).max(leader_local),
+                        c => *c = Some((name.clone(), report.generation, leader_local)),
+                    }
+                }
+                if granted {
+                    let delay = self.delay();
+                    self.send(Message::Granted {
+                        arrives: self.now + delay,
+                        leader,
+                        to: from,
+                        generation: report.generation,
+                        sent_local,
+                    });
+                }
+            }
+            Message::Granted {
+                leader,
+                to,
+                generation,
+                sent_local,
+                ..
+            } => {
+                if !self.nodes[to].alive || !self.connected(leader, to) {
+                    return;
+                }
+                if self.nodes[to].paused_until.is_some() {
+                    // Read once the process runs again.
+                    self.inflight.push(Message::Granted {
+                        arrives: self.now + STEP_MS,
+                        leader,
+                        to,
+                        generation,
+                        sent_local,
+                    });
+                    return;
+                }
+                let lease_ms = self.nodes[to].applied.ha.lease_ms;
+                let from = match self.cfg.mutation {
+                    Mutation::LeaseFromReply => self.nodes[to].local(self.now),
+                    _ => sent_local,
+                };
+                let n = &mut self.nodes[to];
+                let e = from + lease_ms;
+                if !n.mem.lease.is_some_and(|(g, old)| g == generation && old >= e) {
+                    n.mem.lease = Some((generation, e));
+                }
+                if n.pg.run == Run::Primary && n.pg.epoch == generation {
+                    n.pg.leased = true;
+                }
+            }
+        }
     }
 
     /// The fence keeper, alive with its host whatever raftpg does.
