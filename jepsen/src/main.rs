@@ -99,7 +99,8 @@ struct Common {
     /// The raftpg executable (default: the one next to raftpg-jepsen).
     #[arg(long, env = "RAFTPG_BIN")]
     raftpg: Option<PathBuf>,
-    /// Keep PostgreSQL's data directories of valid runs too.
+    /// Keep PostgreSQL's data directories and the history (`history.jsonl`, 1-2 GB for a
+    /// 300 s run) of valid runs too; an invalid run always keeps them.
     #[arg(long)]
     keep_data: bool,
 }

@@ -95,6 +95,9 @@ pub async fn run(opts: &RunOpts) -> anyhow::Result<Verdict> {
         for k in 1..=NODES {
             let _ = std::fs::remove_dir_all(c.pgdata(k));
         }
+        // A 300 s run's history is 1-2 GB: a full tier would fill the disk. The verdict and
+        // the report stay; an invalid run keeps everything.
+        let _ = std::fs::remove_file(opts.out.join("history.jsonl"));
     }
     Ok(verdict)
 }
