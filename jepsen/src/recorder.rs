@@ -18,6 +18,8 @@ pub struct Recorder {
 struct Inner {
     file: BufWriter<File>,
     records: Vec<Record>,
+    /// Per node: when the last write that reached it started (`Op::node`).
+    last_write: std::collections::BTreeMap<String, u64>,
     next_index: u64,
 }
 
@@ -28,6 +30,7 @@ impl Recorder {
             inner: Mutex::new(Inner {
                 file: BufWriter::new(File::create(path)?),
                 records: Vec::new(),
+                last_write: Default::default(),
                 next_index: 0,
             }),
         })
@@ -47,11 +50,20 @@ impl Recorder {
         let mut inner = self.inner.lock().expect("recorder lock");
         op.index = inner.next_index;
         inner.next_index += 1;
+        if let Some(node) = op.node.as_ref().filter(|_| op.f.is_write()) {
+            let last = inner.last_write.entry(node.clone()).or_default();
+            *last = (*last).max(op.start_ns);
+        }
         inner.push(Record::Op(op));
     }
 
     pub fn record(&self, r: Record) {
         self.inner.lock().expect("recorder lock").push(r);
+    }
+
+    /// When the last write that reached `node` started (history nanoseconds).
+    pub fn last_write_ns(&self, node: &str) -> Option<u64> {
+        self.inner.lock().expect("recorder lock").last_write.get(node).copied()
     }
 
     pub fn history(&self) -> History {

@@ -202,6 +202,9 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         let window = Duration::from_millis(rng.gen_range(shortest..=longest.max(shortest)));
         let quiet = Duration::from_millis(rng.gen_range(2_000..=4_000));
         let (view, confirmed) = wait_confirmed_primary(c, Duration::from_secs(30)).await;
+        if let Some(p) = view.primary.filter(|_| confirmed) {
+            wait_writes_on(rec, p, WRITES_WAIT).await;
+        }
         let roles = Roles::of(&view, NODES, confirmed);
         // The fault starts when it is applied, not when applying it returned (a kill waits
         // for its processes to be gone; the clients see the fault before that).
@@ -339,6 +342,26 @@ async fn wait_confirmed_primary(c: &Cluster, timeout: Duration) -> (cluster::Vie
             return (view, confirmed);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long a fault waits for the clients to write to a new primary.
+const WRITES_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits, at most `limit`, until a write that started from now on reaches node `k`: a
+/// fault on a primary the clients have not found yet (they reconnect after a failover)
+/// tests nothing about writes, and the run would be vacuous (the 300 s tier's
+/// kill-primary-node, seed 962094: a window began before any client wrote to the new
+/// primary).
+async fn wait_writes_on(rec: &Recorder, k: u16, limit: Duration) {
+    let name = crate::cluster::name(k);
+    let since = rec.now_ns();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if rec.last_write_ns(&name).is_some_and(|t| t >= since) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
