@@ -218,7 +218,7 @@ impl Action {
 /// What `decide` may do in one cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cell {
-    /// Every kind of action it may take (any subset, in `decide`'s order).
+    /// Every kind of action it may take, in `Kind`'s order (a decision takes any subset, in its own order).
     pub actions: &'static [Kind],
     /// It may ask for the lease's renewal.
     pub renews: bool,
