@@ -866,6 +866,7 @@ fn sweep_safety_invariants() {
                                             cell.0.extend(d.actions.iter().map(Action::kind));
                                             cell.1 |= d.renew_lease;
                                             cell.2 |= d.final_position.is_some();
+                                            cell.3 |= d.actions.is_empty();
                                             cases += 1;
                                         }
                                     }
@@ -883,7 +884,7 @@ fn sweep_safety_invariants() {
 
 /// Per cell of the table: the kinds of action taken, whether some decision renewed, and
 /// whether some sent a final report.
-type Seen = BTreeMap<(Row, Column), (BTreeSet<Kind>, bool, bool)>;
+type Seen = BTreeMap<(Row, Column), (BTreeSet<Kind>, bool, bool, bool)>;
 
 /// Every decision of the sweep stayed inside `table::TABLE` (checked cell by cell), and
 /// every entry of the table was taken by some decision: the table says exactly what
@@ -896,11 +897,15 @@ fn the_table_is_exact(seen: &Seen) {
     for r in Row::ALL {
         observed.push_str(&format!("    // {r:?}\n    ["));
         for c in Column::ALL {
-            let (kinds, renews, reports) = seen.get(&(r, c)).cloned().unwrap_or_default();
+            let (kinds, renews, reports, waits) = seen.get(&(r, c)).cloned().unwrap_or_default();
             let kinds: Vec<Kind> = kinds.into_iter().collect();
-            let got = format!("cell(&{kinds:?}, {renews}, {reports})");
+            let got = format!("cell(&{kinds:?}, {renews}, {reports}, {waits})");
             let want = table::at(r, c);
-            if want.actions != kinds.as_slice() || want.renews != renews || want.reports_final != reports {
+            if want.actions != kinds.as_slice()
+                || want.renews != renews
+                || want.reports_final != reports
+                || want.waits != waits
+            {
                 wrong.push(format!("{r:?} x {c:?}: the table says {want:?}, the sweep saw {got}"));
             }
             observed.push_str(&got);

@@ -224,41 +224,46 @@ pub struct Cell {
     pub renews: bool,
     /// It may send a final report (where its WAL ends, for a primary change).
     pub reports_final: bool,
+    /// Some decision here takes no action (it waits, for a timer, a report or the state).
+    pub waits: bool,
 }
 
 impl Cell {
     /// Whether `d` stays inside this cell.
     pub fn allows(&self, d: &Decision) -> bool {
-        d.actions.iter().all(|a| self.actions.contains(&a.kind()))
+        (self.waits || !d.actions.is_empty())
+            && d.actions.iter().all(|a| self.actions.contains(&a.kind()))
             && (self.renews || !d.renew_lease)
             && (self.reports_final || d.final_position.is_none())
     }
 
     fn render(&self) -> String {
-        let mut parts: Vec<&str> = self.actions.iter().map(|k| k.label()).collect();
+        let actions: Vec<&str> = self.actions.iter().map(|k| k.label()).collect();
+        let mut text = match (actions.is_empty(), self.waits) {
+            (true, _) => "wait".to_string(),
+            (false, true) => format!("wait, or {}", actions.join(", ")),
+            (false, false) => actions.join(", "),
+        };
         if self.reports_final {
-            parts.push("final report");
+            text.push_str("; final report");
         }
         if self.renews {
-            parts.push("renew");
+            text.push_str("; renew");
         }
-        if parts.is_empty() {
-            "wait".to_string()
-        } else {
-            parts.join(", ")
-        }
+        text
     }
 }
 
-const fn cell(actions: &'static [Kind], renews: bool, reports_final: bool) -> Cell {
+const fn cell(actions: &'static [Kind], renews: bool, reports_final: bool, waits: bool) -> Cell {
     Cell {
         actions,
         renews,
         reports_final,
+        waits,
     }
 }
 
-const WAIT: Cell = cell(&[], false, false);
+const WAIT: Cell = cell(&[], false, false, true);
 
 use Kind::*;
 
@@ -272,20 +277,21 @@ pub const TABLE: [[Cell; 5]; 13] = [
     [WAIT, WAIT, WAIT, WAIT, WAIT],
     // Bootstrap
     [
-        cell(&[Initdb, StartPrimary, ProposeBootstrap], false, false),
+        cell(&[Initdb, StartPrimary, ProposeBootstrap], false, false, true),
         cell(
             &[AdoptConfig, StartPrimary, ProposeBootstrap, StartStandby],
             false,
             false,
+            true,
         ),
-        cell(&[ProposeBootstrap, ProposeAdopted, Stop], false, false),
-        cell(&[Stop, Promote], false, false),
-        cell(&[Stop], false, false),
+        cell(&[ProposeBootstrap, ProposeAdopted, Stop], false, false, false),
+        cell(&[Stop, Promote], false, false, true),
+        cell(&[Stop], false, false, true),
     ],
     // PrimaryHeld
     [
-        cell(&[RestartDone], true, false),
-        cell(&[StartPrimary, Reconfigure, RestartDone], true, false),
+        cell(&[RestartDone], true, false, true),
+        cell(&[StartPrimary, Reconfigure, RestartDone], true, false, true),
         cell(
             &[
                 StartPrimary,
@@ -299,30 +305,36 @@ pub const TABLE: [[Cell; 5]; 13] = [
             ],
             true,
             false,
+            false,
         ),
-        cell(&[Promote, Reconfigure, RestartDone], true, false),
-        cell(&[Fence], false, false),
+        cell(&[Promote, Reconfigure, RestartDone], true, false, true),
+        cell(&[Fence], false, false, true),
     ],
     // PrimaryAcquiring
     [
-        cell(&[RestartDone], true, false),
-        cell(&[RestartDone], true, false),
-        cell(&[Fence, Reconfigure, EnsureSlots, DropSlots, OpenGate], true, false),
-        cell(&[RestartDone], true, false),
-        cell(&[Fence], false, false),
+        cell(&[RestartDone], true, false, true),
+        cell(&[RestartDone], true, false, true),
+        cell(
+            &[Fence, Reconfigure, EnsureSlots, DropSlots, OpenGate],
+            true,
+            false,
+            true,
+        ),
+        cell(&[RestartDone], true, false, true),
+        cell(&[Fence], false, false, true),
     ],
     // PrimaryExpired
     [
-        cell(&[], true, false),
-        cell(&[], true, false),
-        cell(&[Fence], true, false),
-        cell(&[], true, false),
-        cell(&[Fence], false, false),
+        cell(&[], true, false, true),
+        cell(&[], true, false, true),
+        cell(&[Fence], true, false, false),
+        cell(&[], true, false, true),
+        cell(&[Fence], false, false, false),
     ],
     // PrimaryPaused
     [
-        cell(&[RestartDone], true, false),
-        cell(&[StartPrimary, Reconfigure, RestartDone], true, false),
+        cell(&[RestartDone], true, false, true),
+        cell(&[StartPrimary, Reconfigure, RestartDone], true, false, false),
         cell(
             &[
                 StartPrimary,
@@ -335,39 +347,45 @@ pub const TABLE: [[Cell; 5]; 13] = [
             ],
             true,
             false,
+            true,
         ),
-        cell(&[Promote, Reconfigure, RestartDone], true, false),
+        cell(&[Promote, Reconfigure, RestartDone], true, false, true),
         WAIT,
     ],
     // Candidate
     [
         WAIT,
-        cell(&[DeclineCandidacy, StartStandby], false, false),
-        cell(&[RecordTimeline], false, false),
-        cell(&[Promote, Reconfigure], false, false),
+        cell(&[DeclineCandidacy, StartStandby], false, false, false),
+        cell(&[RecordTimeline], false, false, false),
+        cell(&[Promote, Reconfigure], false, false, false),
         WAIT,
     ],
     // OldPrimary
     [
         WAIT,
-        cell(&[ReportStopped, StartStandby], false, true),
-        cell(&[Fence, CleanStop], false, false),
-        cell(&[Fence, StopStreaming], false, true),
-        cell(&[Fence], false, false),
+        cell(&[ReportStopped, StartStandby], false, true, true),
+        cell(&[Fence, CleanStop], false, false, false),
+        cell(&[Fence, StopStreaming], false, true, true),
+        cell(&[Fence], false, false, false),
     ],
     // Fenced
     [
-        cell(&[], false, true),
-        cell(&[StartStandby], false, true),
-        cell(&[Fence], false, false),
-        cell(&[Fence, StopStreaming], false, true),
-        cell(&[Fence], false, false),
+        cell(&[], false, true, true),
+        cell(&[StartStandby], false, true, true),
+        cell(&[Fence], false, false, false),
+        cell(&[Fence, StopStreaming], false, true, true),
+        cell(&[Fence], false, false, true),
     ],
     // Standby
     [
-        cell(&[Clone, StartStandby, RestartDone, ReinitDone], false, false),
-        cell(&[Clone, Rewind, StartStandby, RestartDone, ReinitDone], false, false),
-        cell(&[Fence], false, false),
+        cell(&[Clone, StartStandby, RestartDone, ReinitDone], false, false, true),
+        cell(
+            &[Clone, Rewind, StartStandby, RestartDone, ReinitDone],
+            false,
+            false,
+            true,
+        ),
+        cell(&[Fence], false, false, false),
         cell(
             &[
                 Fence,
@@ -384,17 +402,24 @@ pub const TABLE: [[Cell; 5]; 13] = [
             ],
             false,
             false,
+            false,
         ),
         cell(
             &[Fence, Stop, Clone, Rewind, StartStandby, Reconfigure, ReinitDone],
             false,
             false,
+            true,
         ),
     ],
     // StandbyPaused
     [
-        cell(&[Clone, StartStandby, RestartDone, ReinitDone], false, false),
-        cell(&[Clone, Rewind, StartStandby, RestartDone, ReinitDone], false, false),
+        cell(&[Clone, StartStandby, RestartDone, ReinitDone], false, false, true),
+        cell(
+            &[Clone, Rewind, StartStandby, RestartDone, ReinitDone],
+            false,
+            false,
+            true,
+        ),
         WAIT,
         cell(
             &[
@@ -412,11 +437,13 @@ pub const TABLE: [[Cell; 5]; 13] = [
             ],
             false,
             false,
+            false,
         ),
         cell(
             &[Fence, Stop, Clone, Rewind, StartStandby, Reconfigure, ReinitDone],
             false,
             false,
+            true,
         ),
     ],
 ];
@@ -500,6 +527,11 @@ mod tests {
             reason: "expired".into(),
         };
         assert!(c.allows(&fence));
+        let idle = Decision {
+            actions: vec![],
+            ..fence.clone()
+        };
+        assert_eq!(c.allows(&idle), c.waits);
         let promote = Decision {
             actions: vec![Action::Promote { candidate: true }],
             ..fence.clone()
