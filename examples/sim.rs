@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             .contains(&a.as_str())
     }) {
         eprintln!(
-            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-400 ms), or --seed S",
+            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-800 ms), or --seed S",
             unknown.1
         );
         return ExitCode::from(2);

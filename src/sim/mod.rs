@@ -97,9 +97,10 @@ pub enum Mutation {
     /// A candidate whose WAL stops short of consistency starts in recovery anyway instead
     /// of declining (finding 17; caught only with `SimConfig::rewind_race`).
     IgnoreShortWal,
-    /// No fence keeper: only raftpg itself fences its PostgreSQL when the lease runs out,
-    /// so a paused raftpg leaves it serving (`SimConfig::pauses`).
-    NoFenceKeeper,
+    /// The fence keeper does nothing while raftpg is paused: only raftpg's own lease task
+    /// would fence, so a paused raftpg leaves PostgreSQL serving (`SimConfig::pauses`). A
+    /// killed raftpg is still covered, so what this breaks, pauses break.
+    NoKeeperWhilePaused,
     /// The lease holder counts a granted lease from the reply's arrival instead of from
     /// when it sent the renewal (`lease::Holder::granted` takes the send time): with
     /// delayed replies (`SimConfig::delays`) it outlives the leader's deadline.
@@ -411,6 +412,8 @@ struct SimNode {
     paused_until: Option<u64>,
     /// Resumed in this step: it acts on what it knew before the pause.
     resumed: bool,
+    /// Counts raftpg's starts: a grant answers only the process that asked.
+    incarnation: u64,
     /// The machine runs (PostgreSQL and the fence keeper with it).
     host_up: bool,
     /// Clock rate in thousandths.
@@ -483,6 +486,8 @@ enum Message {
     Report {
         arrives: u64,
         from: usize,
+        /// The sender's `SimNode::incarnation`.
+        incarnation: u64,
         leader: usize,
         report: Report,
         renew: bool,
@@ -492,6 +497,7 @@ enum Message {
         arrives: u64,
         leader: usize,
         to: usize,
+        incarnation: u64,
         generation: u64,
         sent_local: u64,
     },
@@ -525,6 +531,7 @@ impl Sim {
                 alive: true,
                 paused_until: None,
                 resumed: false,
+                incarnation: 0,
                 host_up: true,
                 rate: 950 + rng.below(101),
                 group: 0,
@@ -903,10 +910,9 @@ impl Sim {
     }
 
     fn start_raftpg(&mut self, i: usize) {
-        // Replies to the process that died went with its connections.
-        self.inflight
-            .retain(|m| !matches!(m, Message::Granted { to, .. } if *to == i));
         let n = &mut self.nodes[i];
+        // Replies to the process that died went with its connections.
+        n.incarnation += 1;
         n.alive = true;
         n.paused_until = None;
         n.inherited = n.keeper;
@@ -1541,6 +1547,7 @@ impl Sim {
         self.send(Message::Report {
             arrives: self.now + delay,
             from: i,
+            incarnation: self.nodes[i].incarnation,
             leader,
             report,
             renew,
@@ -1588,6 +1595,7 @@ impl Sim {
         match m {
             Message::Report {
                 from,
+                incarnation,
                 leader,
                 report,
                 renew,
@@ -1613,6 +1621,7 @@ impl Sim {
                         arrives: self.now + delay,
                         leader,
                         to: from,
+                        incarnation,
                         generation: report.generation,
                         sent_local,
                     });
@@ -1621,11 +1630,13 @@ impl Sim {
             Message::Granted {
                 leader,
                 to,
+                incarnation,
                 generation,
                 sent_local,
                 ..
             } => {
-                if !self.nodes[to].alive || !self.connected(leader, to) {
+                let n = &self.nodes[to];
+                if !n.alive || n.incarnation != incarnation || !self.connected(leader, to) {
                     return;
                 }
                 if self.nodes[to].paused_until.is_some() {
@@ -1634,6 +1645,7 @@ impl Sim {
                         arrives: self.now + STEP_MS,
                         leader,
                         to,
+                        incarnation,
                         generation,
                         sent_local,
                     });
@@ -1660,7 +1672,10 @@ impl Sim {
     fn keeper(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let local = n.local(self.now);
-        if !n.host_up || n.applied.paused || self.cfg.mutation == Mutation::NoFenceKeeper {
+        if !n.host_up
+            || n.applied.paused
+            || (self.cfg.mutation == Mutation::NoKeeperWhilePaused && n.paused_until.is_some())
+        {
             return;
         }
         if let Some(k) = n.keeper.filter(|k| local >= *k && n.keeper_fenced != Some(*k)) {

@@ -84,7 +84,7 @@ fn paused_raftpg_keeps_the_invariants_and_needs_the_fence_keeper() {
     assert!(pauses > 200, "only {pauses} pauses");
     assert!(acked > 100 * CI_SEEDS as usize / 4 && failovers > CI_SEEDS / 8);
     let broken = SimConfig {
-        mutation: Mutation::NoFenceKeeper,
+        mutation: Mutation::NoKeeperWhilePaused,
         ..cfg
     };
     let o = (0..CI_SEEDS)
