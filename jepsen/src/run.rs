@@ -201,9 +201,11 @@ async fn faults(opts: &RunOpts, c: &mut Cluster, rec: &Recorder, t0: Instant) ->
         };
         let window = Duration::from_millis(rng.gen_range(shortest..=longest.max(shortest)));
         let quiet = Duration::from_millis(rng.gen_range(2_000..=4_000));
-        let (view, confirmed) = wait_confirmed_primary(c, Duration::from_secs(30)).await;
+        let (mut view, mut confirmed) = wait_confirmed_primary(c, Duration::from_secs(30)).await;
         if let Some(p) = view.primary.filter(|_| confirmed) {
             wait_writes_on(rec, p, WRITES_WAIT).await;
+            // The roles may have changed during the wait: read them again.
+            (view, confirmed) = wait_confirmed_primary(c, Duration::from_secs(30)).await;
         }
         let roles = Roles::of(&view, NODES, confirmed);
         // The fault starts when it is applied, not when applying it returned (a kill waits
