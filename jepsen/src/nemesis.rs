@@ -593,12 +593,25 @@ pub fn start(scenario: &str, roles: &Roles, c: &mut Cluster, rng: &mut StdRng) -
 }
 
 /// The pid of node `k`'s WAL receiver, while it streams.
+/// Node `k`'s WAL receiver. A standby that is still (re)starting after the previous window
+/// has none yet: it is waited for, at most `RECEIVER_WAIT`, so that the fault does not miss
+/// (the 300 s tier's promote-laggard, seed 962094, was vacuous for one such window).
 fn wal_receiver(c: &mut Cluster, k: u16) -> Option<i32> {
-    let pm = c.postmaster_pid(k)?;
-    hosts::children_of(pm)
-        .into_iter()
-        .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+    let deadline = std::time::Instant::now() + RECEIVER_WAIT;
+    loop {
+        let found = c.postmaster_pid(k).and_then(|pm| {
+            hosts::children_of(pm)
+                .into_iter()
+                .find(|p| hosts::cmdline(*p).contains("walreceiver"))
+        });
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
+
+const RECEIVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes zeros to `path` until its filesystem is full; how many bytes it wrote.
 fn fill(path: &std::path::Path) -> anyhow::Result<u64> {
