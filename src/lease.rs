@@ -282,12 +282,13 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Timeline;
 
     fn primary(node: &str, generation: u64) -> Primary {
         Primary {
             node: node.into(),
             generation,
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
         }
     }
 

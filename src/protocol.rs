@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::SyncConfig;
+use crate::types::Timeline;
 
 /// What an agent last said about its PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -17,14 +18,14 @@ pub struct Report {
     pub pg: PgRole,
     /// A standby streaming from the current primary.
     pub streaming: bool,
-    pub timeline: Option<u32>,
+    pub timeline: Option<Timeline>,
     /// Primary: write position; standby: flushed (received) position.
     pub lsn: Option<u64>,
     /// Primary: each connected standby's flush position (`pg_stat_replication`),
     /// observed together with `lsn`, so that lag needs no second report.
     pub standby_flush: BTreeMap<String, u64>,
     /// After streaming from the fenced primary stopped: (flush LSN, timeline), under `generation`.
-    pub final_position: Option<(u64, u32)>,
+    pub final_position: Option<(u64, Timeline)>,
     /// The agent's last decision, for `ctl list`.
     pub reason: String,
     /// Primary: the synchronous configuration PostgreSQL runs, when it is the applied one.

@@ -47,6 +47,41 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
+/// A PostgreSQL timeline ID: 1 at initdb, one more at each promotion. Encoded as the bare
+/// number it replaced (serde `transparent`), so stored entries, snapshots and older peers
+/// read and write the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timeline(pub u32);
+
+impl Timeline {
+    /// No timeline: 0, as PostgreSQL writes one that is not set (`minRecoveryPointTLI`
+    /// before recovery began), and as a report says it read none.
+    pub const NONE: Timeline = Timeline(0);
+
+    /// The timeline initdb starts.
+    pub const FIRST: Timeline = Timeline(1);
+
+    /// The timeline a promotion from this one starts.
+    pub fn next(self) -> Timeline {
+        Timeline(self.0 + 1)
+    }
+}
+
+impl FromStr for Timeline {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Timeline, Self::Err> {
+        text.trim().parse().map(Timeline)
+    }
+}
+
+impl fmt::Display for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +110,15 @@ mod tests {
         let back: Lsn = crate::raft::codec::decode(&crate::raft::codec::encode(&"1/AB0".to_string()), "lsn").unwrap();
         assert_eq!(back, lsn);
         assert!(crate::raft::codec::decode::<Lsn>(&crate::raft::codec::encode(&"garbage".to_string()), "lsn").is_err());
+    }
+
+    #[test]
+    fn a_timeline_is_encoded_as_the_number_it_replaced() {
+        let encode = crate::raft::codec::encode::<Option<Timeline>>;
+        assert_eq!(encode(&Some(Timeline(300))), crate::raft::codec::encode(&Some(300u32)));
+        assert_eq!(encode(&None), crate::raft::codec::encode(&None::<u32>));
+        assert_eq!(serde_json::to_string(&Timeline(7)).unwrap(), "7");
+        assert_eq!(Timeline::FIRST.next(), Timeline(2));
+        assert_eq!(Timeline(12).to_string(), "12");
     }
 }

@@ -125,16 +125,23 @@ async fn a_frozen_standby_does_not_hold_a_failover_hostage() {
     check_no_loss(&c, w).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut c = Cluster::start(27800, 3, "");
+/// A three-node cluster on `base` with two streaming standbys and a writer that has been
+/// acknowledged, ready for a switchover: `[old primary, target, the other standby]`. The
+/// guard keeps these tests one at a time.
+async fn switchover_setup(base: u16) -> (tokio::sync::MutexGuard<'static, ()>, Cluster, Writer, [u16; 3]) {
+    let one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(base, 3, "");
     let old = c.wait_streaming(2, FORM).await;
     let w = Writer::start(&c.libpq()).await;
     w.wait_ack_after(Instant::now(), None, FAILOVER).await;
     let target = if old == 1 { 2 } else { 1 };
-    let other = 6 - old - target;
     c.wait_switchover_target(target, FORM).await;
+    (one, c, w, [old, target, 6 - old - target])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_target_dies_promotes_the_other_standby() {
+    let (_one, mut c, w, [old, target, other]) = switchover_setup(27800).await;
 
     phase(&format!(
         "switchover n{old} -> n{target}; n{target} is killed as soon as the switchover is committed"
@@ -202,14 +209,7 @@ async fn a_switchover_right_after_a_standby_hangs_does_not_wait_for_it() {
 async fn switchover_with_a_hung_receiver(base: u16, wait_silent: bool, why: &str) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let _one = ONE_AT_A_TIME.lock().await;
-    let c = Cluster::start(base, 3, "");
-    let old = c.wait_streaming(2, FORM).await;
-    let w = Writer::start(&c.libpq()).await;
-    w.wait_ack_after(Instant::now(), None, FAILOVER).await;
-    let target = if old == 1 { 2 } else { 1 };
-    let other = 6 - old - target;
-    c.wait_switchover_target(target, FORM).await;
+    let (_one, c, w, [old, target, other]) = switchover_setup(base).await;
 
     phase(&format!("n{other}'s WAL receiver hangs (SIGSTOP)"));
     let receiver = c.wal_receiver_pid(other, FORM).await;

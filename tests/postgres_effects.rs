@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use raftpg::postgres::{observe, Observation, PgBinaries, PgCtl, RunAs, StopMode};
+use raftpg::types::Timeline;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -54,7 +55,7 @@ async fn initdb_start_observe_stop_a_real_postgres() {
         panic!("a running server must be observed");
     };
     assert!(!state.in_recovery);
-    assert_eq!(state.timeline, Some(1));
+    assert_eq!(state.timeline, Some(Timeline(1)));
     assert!(state.write_lsn.unwrap() > 0);
     assert_eq!(state.walreceiver, None);
 
@@ -83,7 +84,7 @@ async fn initdb_start_observe_stop_a_real_postgres() {
         .expect("pg_controldata names the WAL segment size");
     assert_eq!(seg, 16 << 20);
     let (end, tli) = pg.wal_end(seg, T).await.unwrap().expect("a valid record on disk");
-    assert_eq!(tli, 1);
+    assert_eq!(tli, Timeline(1));
     // Nothing but a background record (a standby snapshot) may follow the commit.
     assert!(
         end >= flushed && end - flushed < 8192,
@@ -166,15 +167,15 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     pg.initdb("postgres", T).await.expect("initdb");
     pg.start(T).await.expect("start");
     pg.stop(StopMode::Fast, T).await.expect("stop");
-    let entry = |timeline, parent: Option<u32>, switch: Option<&str>| HistoryEntry {
+    let entry = |timeline: u32, parent: Option<u32>, switch: Option<&str>| HistoryEntry {
         kind: ChangeKind::Failover,
-        timeline,
-        parent_timeline: parent,
+        timeline: Timeline(timeline),
+        parent_timeline: parent.map(Timeline),
         switch_lsn: switch.and_then(raftpg::types::Lsn::parse),
         reason: "test".into(),
         from: None,
         to: "other".into(),
-        generation: timeline as u64,
+        generation: u64::from(timeline),
     };
     let history = [
         entry(1, None, None),
@@ -183,7 +184,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     ];
     let write = |path: std::path::PathBuf, text: &str| write_owned(&pg, &path, text);
     for (tl, text) in raftpg::postgres::recorded_histories(&history) {
-        write(pg.data_dir.join("pg_wal").join(format!("{tl:08X}.history")), &text);
+        write(pg.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0)), &text);
     }
     write(pg.data_dir.join("standby.signal"), "");
     let conf = pg.data_dir.join("postgresql.conf");
@@ -209,7 +210,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
     let timeline = tokio::time::timeout(T, timeline)
         .await
         .expect("promoted within a minute");
-    assert_eq!(timeline, Some(4), "{}", pg.log_tail(20));
+    assert_eq!(timeline, Some(Timeline(4)), "{}", pg.log_tail(20));
     let own = std::fs::read_to_string(pg.data_dir.join("pg_wal/00000004.history")).unwrap();
     assert_eq!(raftpg::postgres::parse_timeline_history(&own).map(|(p, _)| p), Some(1));
     pg.stop(StopMode::Fast, T).await.expect("stop");
@@ -287,7 +288,7 @@ async fn a_standby_started_off_the_stream_recovers_the_timeline_its_wal_reaches(
         data_dir: copy.clone(),
         ..pg.clone()
     };
-    assert_eq!(standby.wal_timeline(), Some(2), "its WAL reaches timeline 2");
+    assert_eq!(standby.wal_timeline(), Some(Timeline(2)), "its WAL reaches timeline 2");
     write(copy.join("standby.signal"), "");
     let conf = copy.join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).unwrap()
@@ -413,7 +414,7 @@ async fn a_restarted_standby_off_the_stream_reports_the_timeline_it_replayed() {
         receive < replay && receive % (16 << 20) == 0,
         "the receive position is the start of the segment asked for, behind the replay: {state:?}"
     );
-    assert_eq!(state.timeline, Some(2), "{state:?}\n{log}");
+    assert_eq!(state.timeline, Some(Timeline(2)), "{state:?}\n{log}");
     drop(dir);
 }
 
@@ -470,7 +471,11 @@ async fn a_rewound_database_whose_wal_stops_short_is_found_short() {
     let need = control.min_recovery.expect("pg_rewind sets a minimum recovery point");
     let seg = control.wal_segment_size.expect("segment size");
     let end = pg.wal_end(seg, T).await.expect("pg_waldump").expect("a WAL end");
-    assert_eq!(control.min_recovery_timeline, Some(2), "{control:?}\n{rewound}");
+    assert_eq!(
+        control.min_recovery_timeline,
+        Some(Timeline(2)),
+        "{control:?}\n{rewound}"
+    );
     assert_eq!(
         control.short_of(end),
         None,
@@ -591,7 +596,7 @@ async fn a_standby_stopped_after_a_wal_switch_is_not_short() {
     let control = standby.controldata(T).await.expect("pg_controldata");
     assert_eq!(control.min_recovery, Some(boundary), "{control:?}");
     let end = standby.wal_end(seg, T).await.expect("pg_waldump").expect("a WAL end");
-    assert_eq!(end, (boundary, 1));
+    assert_eq!(end, (boundary, Timeline(1)));
     assert_eq!(control.short_of(end), None);
     drop(dir);
 }

@@ -66,7 +66,7 @@ fn report_as(node: &str) -> RaftMessage {
                 generation: 1,
                 pg: PgRole::Primary,
                 streaming: false,
-                timeline: Some(1),
+                timeline: Some(raftpg::types::Timeline(1)),
                 lsn: Some(1),
                 standby_flush: BTreeMap::new(),
                 final_position: None,

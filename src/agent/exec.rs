@@ -196,7 +196,7 @@ impl Agent {
                 }
                 // Timelines other members took must not be taken again.
                 for (tl, text) in crate::postgres::recorded_histories(&state.history) {
-                    let path = pg.ctl.data_dir.join("pg_wal").join(format!("{tl:08X}.history"));
+                    let path = pg.ctl.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0));
                     if !path.exists() {
                         pg.write_file(&path, &text)?;
                     }

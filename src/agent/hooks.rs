@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::protocol::PgRole;
+use crate::types::Timeline;
 
 /// `[hooks]` in raftpg.toml.
 #[derive(Clone, Debug, Deserialize)]
@@ -92,7 +93,7 @@ struct Call {
     path: PathBuf,
     role: &'static str,
     generation: u64,
-    timeline: Option<u32>,
+    timeline: Option<Timeline>,
 }
 
 /// The agent's side: follows the observed role and queues the hooks it calls.
@@ -124,7 +125,7 @@ impl Hooks {
 
     /// `pre_promote`, run now and waited for (the candidate promotes only if it succeeds):
     /// `Err` says why it refused. No hook configured: Ok.
-    pub async fn pre_promote(&self, generation: u64, timeline: Option<u32>) -> Result<(), String> {
+    pub async fn pre_promote(&self, generation: u64, timeline: Option<Timeline>) -> Result<(), String> {
         let Some(path) = &self.section.pre_promote else {
             return Ok(());
         };
@@ -141,7 +142,7 @@ impl Hooks {
     }
 
     /// The local PostgreSQL as just observed.
-    pub fn observe(&mut self, pg: PgRole, generation: u64, timeline: Option<u32>) {
+    pub fn observe(&mut self, pg: PgRole, generation: u64, timeline: Option<Timeline>) {
         let Some(tx) = &self.tx else { return };
         let change = transition(self.last, pg);
         if pg != PgRole::Unknown {

@@ -27,6 +27,7 @@ use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
 use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
+use crate::types::Timeline;
 pub use pgfiles::PgNode;
 
 /// Tick when nothing happened: once per renewal interval (`lease_ms / 4`, the lease
@@ -90,7 +91,7 @@ pub struct Agent {
     /// Where this node, as primary, first saw its synchronous configuration run.
     sync_seen: crate::decide::report::SyncSeen,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
-    wal_end_read: Option<(u64, Option<(u64, u32)>)>,
+    wal_end_read: Option<(u64, Option<(u64, Timeline)>)>,
     /// One persistent local connection for the observations.
     observer: Observer,
     /// The generation in which pg_rewind last found nothing to undo.
@@ -529,7 +530,7 @@ impl Agent {
     }
 
     /// Where the stopped standby's WAL ends on disk, for its final report.
-    async fn wal_end(&self, control: &Controldata) -> Option<(u64, u32)> {
+    async fn wal_end(&self, control: &Controldata) -> Option<(u64, Timeline)> {
         let seg_size = control.wal_segment_size?;
         match self.pg.ctl.wal_end(seg_size, Duration::from_secs(10)).await {
             Ok(end) => end,

@@ -11,6 +11,7 @@ use crate::cluster::ClusterState;
 use crate::config::Config;
 use crate::postgres::conf::{self, ConfInputs, PgSsl, Upstream};
 use crate::postgres::{PgBinaries, PgCtl, RunAs};
+use crate::types::Timeline;
 
 /// This node's PostgreSQL settings, resolved once at start.
 #[derive(Clone, Debug)]
@@ -191,10 +192,14 @@ impl PgNode {
 
     /// Where this node streams from while `state`'s primary is someone else.
     /// (parent timeline, fork LSN) of `timeline`, from `pg_wal/<TLI>.history`.
-    pub fn timeline_fork(&self, timeline: u32) -> Option<(u32, u64)> {
-        let path = self.ctl.data_dir.join("pg_wal").join(format!("{timeline:08X}.history"));
+    pub fn timeline_fork(&self, timeline: Timeline) -> Option<(Timeline, u64)> {
+        let path = self
+            .ctl
+            .data_dir
+            .join("pg_wal")
+            .join(format!("{:08X}.history", timeline.0));
         let text = std::fs::read_to_string(path).ok()?;
-        crate::postgres::parse_timeline_history(&text)
+        crate::postgres::parse_timeline_history(&text).map(|(parent, at)| (Timeline(parent), at))
     }
 
     /// Where this node streams from while it follows (`None` during a primary change):

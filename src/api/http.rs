@@ -381,7 +381,7 @@ pub fn render_metrics(m: &MetricsInput) -> String {
         "raftpg_timeline",
         "gauge",
         "PostgreSQL timeline of each member.",
-        per_member(&|r| r.timeline.map(f64::from)),
+        per_member(&|r| r.timeline.map(|t| f64::from(t.0))),
     );
     family(
         "raftpg_replication_lag_bytes",

@@ -12,6 +12,7 @@ use super::state::{
     ChangeKind, ClusterState, Degraded, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary,
     SlotKind, TagChange,
 };
+use crate::types::Timeline;
 
 /// What an accepted command did, for logs and replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,12 +543,12 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
     state.primary = Some(Primary {
         node: node.to_string(),
         generation: 1,
-        timeline: Some(1),
+        timeline: Some(Timeline::FIRST),
     });
     state.history.push(HistoryEntry {
         kind: ChangeKind::Bootstrap,
         parent_timeline: None,
-        timeline: 1,
+        timeline: Timeline::FIRST,
         switch_lsn: None,
         reason: "bootstrap".into(),
         from: None,
@@ -560,7 +561,12 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
 /// The first primary of an adopting cluster, on the timeline its database already runs.
 /// Its quorum starts empty (asynchronous): no other member has a copy yet, so a failover
 /// could promote nobody; each standby joins the quorum once it streams, as after `AddMember`.
-fn adopted(state: &mut ClusterState, node: &str, system_identifier: u64, timeline: u32) -> Result<String, Rejection> {
+fn adopted(
+    state: &mut ClusterState,
+    node: &str,
+    system_identifier: u64,
+    timeline: Timeline,
+) -> Result<String, Rejection> {
     known(state, node)?;
     if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
         return Err(Rejection::AlreadyBootstrapped);
@@ -838,9 +844,9 @@ fn record_timeline(
     state: &mut ClusterState,
     generation: u64,
     node: &str,
-    timeline: u32,
+    timeline: Timeline,
     switch_lsn: Option<crate::types::Lsn>,
-    parent_timeline: Option<u32>,
+    parent_timeline: Option<Timeline>,
 ) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     // Idempotent when retried after it already took effect.

@@ -161,7 +161,10 @@ fn set_tags() {
 fn bootstrap_once() {
     let mut s = bootstrapped();
     let p = s.primary.clone().unwrap();
-    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n1", 1, Some(1)));
+    assert_eq!(
+        (p.node.as_str(), p.generation, p.timeline),
+        ("n1", 1, Some(Timeline(1)))
+    );
     assert_eq!(s.system_identifier, Some(7));
     assert_eq!(s.history.len(), 1);
     let again = Command::Bootstrap {
@@ -198,16 +201,22 @@ fn failover_fences_then_promotes_then_records() {
     let record = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x3000060)),
         parent_timeline: None,
     };
     apply(&mut s, &record).unwrap();
     let p = s.primary.clone().unwrap();
-    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n2", 2, Some(2)));
+    assert_eq!(
+        (p.node.as_str(), p.generation, p.timeline),
+        ("n2", 2, Some(Timeline(2)))
+    );
     assert_eq!(s.pending, None);
     let h = s.history.last().unwrap();
-    assert_eq!((h.from.as_deref(), h.to.as_str(), h.timeline), (Some("n1"), "n2", 2));
+    assert_eq!(
+        (h.from.as_deref(), h.to.as_str(), h.timeline),
+        (Some("n1"), "n2", Timeline(2))
+    );
     assert_eq!(h.reason, "lease expired");
 
     // A retried record after success is accepted and changes nothing but the revision.
@@ -234,7 +243,7 @@ fn stale_generation_is_rejected_everywhere() {
         Command::RecordTimeline {
             generation: 1,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         },
@@ -310,7 +319,7 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     let late = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: None,
         parent_timeline: None,
     };
@@ -324,9 +333,9 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
         &Command::RecordTimeline {
             generation: 3,
             node: "n3".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: None,
-            parent_timeline: Some(1),
+            parent_timeline: Some(Timeline(1)),
         },
     )
     .unwrap();
@@ -379,9 +388,9 @@ fn a_retried_record_keeps_unconfirmed_configurations() {
     let record = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: None,
-        parent_timeline: Some(1),
+        parent_timeline: Some(Timeline(1)),
     };
     apply(&mut s, &record).unwrap();
     let set = Command::SetSyncStandbys {
@@ -413,9 +422,9 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
     let record = |node: &str, g| Command::RecordTimeline {
         generation: g,
         node: node.into(),
-        timeline: g as u32,
+        timeline: Timeline(g as u32),
         switch_lsn: Some(crate::types::Lsn(0x3000060)),
-        parent_timeline: Some(g as u32 - 1),
+        parent_timeline: Some(Timeline(g as u32 - 1)),
     };
     let mut s = bootstrapped();
     assert!(crate::cluster::fork_holders(&s).is_none(), "a bootstrap forks nothing");
@@ -514,7 +523,7 @@ fn promote_rules() {
     let wrong = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: None,
         parent_timeline: None,
     };
@@ -729,7 +738,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             Command::RecordTimeline {
                 generation,
                 node,
-                timeline,
+                timeline: Timeline(timeline),
                 switch_lsn: None,
                 parent_timeline: None,
             }
@@ -747,7 +756,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (name.clone(), 1u32..5).prop_map(|(node, timeline)| Command::Adopted {
             node,
             system_identifier: 1,
-            timeline
+            timeline: Timeline(timeline)
         }),
         prop::sample::select(vec!["quorum", "degradable", "off"]).prop_map(|mode| Command::SetConfig {
             key: "synchronous_mode".into(),
@@ -1006,7 +1015,7 @@ fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
         Command::Adopted {
             node: "n2".into(),
             system_identifier: 7,
-            timeline: 3,
+            timeline: Timeline(3),
         },
     ] {
         assert!(matches!(rejected(&mut s, cmd), Rejection::BadConfig(_)));
@@ -1018,21 +1027,24 @@ fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
         &Command::Adopted {
             node: "n1".into(),
             system_identifier: 7,
-            timeline: 3,
+            timeline: Timeline(3),
         },
     )
     .unwrap();
     let p = s.primary.clone().unwrap();
-    assert_eq!((p.node.as_str(), p.generation, p.timeline), ("n1", 1, Some(3)));
+    assert_eq!(
+        (p.node.as_str(), p.generation, p.timeline),
+        ("n1", 1, Some(Timeline(3)))
+    );
     assert!(s.sync_standbys.is_empty());
     assert_eq!(s.history.len(), 1);
-    assert_eq!(s.history[0].timeline, 3);
+    assert_eq!(s.history[0].timeline, Timeline(3));
     assert!(s.history[0].reason.contains("adopted"));
     // Once: a second adoption is refused.
     let again = Command::Adopted {
         node: "n1".into(),
         system_identifier: 7,
-        timeline: 4,
+        timeline: Timeline(4),
     };
     assert_eq!(rejected(&mut s, again), Rejection::AlreadyBootstrapped);
     // A cluster formed without adopt cannot adopt.
@@ -1043,7 +1055,7 @@ fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
             Command::Adopted {
                 node: "n1".into(),
                 system_identifier: 7,
-                timeline: 3
+                timeline: Timeline(3)
             }
         ),
         Rejection::BadConfig(_)

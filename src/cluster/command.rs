@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Member, ScheduledSwitchover, SlotKind, SyncConfig, TagChange, Tags};
+use crate::types::Timeline;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -66,10 +67,10 @@ pub enum Command {
     RecordTimeline {
         generation: u64,
         node: String,
-        timeline: u32,
+        timeline: Timeline,
         /// Where the new timeline forked, and from which timeline (the history file).
         switch_lsn: Option<crate::types::Lsn>,
-        parent_timeline: Option<u32>,
+        parent_timeline: Option<Timeline>,
     },
     /// The members whose flush counts towards the commit quorum.
     SetSyncStandbys {
@@ -113,7 +114,7 @@ pub enum Command {
     Adopted {
         node: String,
         system_identifier: u64,
-        timeline: u32,
+        timeline: Timeline,
     },
     /// Set several cluster-wide keys at once (`ctl config set a=1 b=2`, `ctl edit-config`):
     /// all of them, or none.

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::config::HaConfig;
+use crate::types::Timeline;
 
 /// Per-member tags, as in Patroni.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +144,7 @@ pub struct Primary {
     /// Generation under which this node became primary.
     pub generation: u64,
     /// PostgreSQL timeline; `None` between promotion and its recording.
-    pub timeline: Option<u32>,
+    pub timeline: Option<Timeline>,
 }
 
 /// What kind of primary change is under way.
@@ -221,9 +222,9 @@ pub struct ScheduledSwitchover {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub kind: ChangeKind,
-    pub timeline: u32,
+    pub timeline: Timeline,
     /// Timeline the new one forked from (from the new primary's history file).
-    pub parent_timeline: Option<u32>,
+    pub parent_timeline: Option<Timeline>,
     /// WAL position where the new timeline forked (encoded as PostgreSQL prints it, X/Y).
     pub switch_lsn: Option<crate::types::Lsn>,
     pub reason: String,

@@ -12,6 +12,7 @@ use crate::cluster::{ChangeKind, ClusterState, PendingKind};
 use crate::decide::election::lsn;
 use crate::postgres::conf::{self, Upstream};
 use crate::postgres::{Controldata, PgState};
+use crate::types::Timeline;
 
 /// A standby that follows the primary but has not streamed for this long, on an older
 /// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
@@ -143,7 +144,7 @@ pub struct AgentInput<'a> {
     /// During a primary change, a stopped standby's or primary's database: where its WAL
     /// on disk ends (`(lsn, timeline)`, read with pg_waldump), when that could be read;
     /// never after a pg_rewind that did not finish (the directory may be part rewound).
-    pub wal_end: Option<(u64, u32)>,
+    pub wal_end: Option<(u64, Timeline)>,
     /// During a primary change: how long the WAL receiver has kept running since this
     /// standby stopped following (its `primary_conninfo` emptied).
     pub receiver_lingering_ms: u64,
@@ -265,7 +266,7 @@ pub enum Action {
     /// Propose `RecordTimeline`: this node is the new primary on `timeline` (the fork
     /// point is read from the timeline history file; `write_lsn` if that fails).
     RecordTimeline {
-        timeline: u32,
+        timeline: Timeline,
         write_lsn: Option<u64>,
     },
     /// pg_basebackup from member `from` (the primary) into an empty PGDATA.
@@ -289,7 +290,7 @@ pub enum Action {
     /// Create roles and propose `Adopted`: this node's existing database is the first
     /// primary, on `timeline`.
     ProposeAdopted {
-        timeline: u32,
+        timeline: Timeline,
     },
 }
 
@@ -300,7 +301,7 @@ pub struct Decision {
     /// Ask the Raft leader to renew this node's primary lease.
     pub renew_lease: bool,
     /// Final (flush LSN, timeline) after streaming from the fenced primary stopped.
-    pub final_position: Option<(u64, u32)>,
+    pub final_position: Option<(u64, Timeline)>,
     pub reason: String,
 }
 
@@ -489,7 +490,12 @@ fn adopt(i: &AgentInput) -> Decision {
 fn primary(i: &AgentInput) -> Decision {
     let paused = i.state.paused;
     let bound = i.state.ha.primary_restart_timeout_ms;
-    let tl = i.state.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0);
+    let tl = i
+        .state
+        .primary
+        .as_ref()
+        .and_then(|p| p.timeline)
+        .unwrap_or(Timeline::NONE);
     let g = i.state.generation;
     if i.fenced_hung && !paused && !i.restart_requested {
         // Restarting a PostgreSQL that hung in place would race the failover the
@@ -662,7 +668,13 @@ fn candidate(i: &AgentInput) -> Decision {
 /// This stopped database's WAL ends on a timeline the history does not record: it was
 /// promoted as a candidate that was then replaced.
 fn promoted_unrecorded(i: &AgentInput) -> bool {
-    let recorded = i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0);
+    let recorded = i
+        .state
+        .history
+        .iter()
+        .map(|h| h.timeline)
+        .max()
+        .unwrap_or(Timeline::NONE);
     i.wal_end.is_some_and(|(_, tl)| tl > recorded)
 }
 
@@ -679,7 +691,8 @@ fn preceded_the_fenced(i: &AgentInput) -> bool {
     last.from.as_deref() == Some(i.me)
         && last.to != i.me
         && fenced == Some(last.to.as_str())
-        && i.wal_end.is_some_and(|(_, tl)| tl > 0 && tl < last.timeline)
+        && i.wal_end
+            .is_some_and(|(_, tl)| tl > Timeline::NONE && tl < last.timeline)
 }
 
 /// The final report of a member that holds no acknowledged write of the fenced
@@ -689,7 +702,7 @@ fn holds_nothing(g: u64, why: &str) -> Decision {
         "{why}: reporting that I hold no acknowledged write of generation {} and cannot be promoted",
         g - 1
     ));
-    d.final_position = Some((0, 0));
+    d.final_position = Some((0, Timeline::NONE));
     d
 }
 
@@ -716,7 +729,7 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
         }
         Local::Standby(pg) if pg.walreceiver.is_none() => {
             let flushed = pg.receive_lsn.max(pg.replay_lsn).unwrap_or(0);
-            let tl = pg.timeline.unwrap_or(0);
+            let tl = pg.timeline.unwrap_or(Timeline::NONE);
             let mut d = Decision::idle(format!(
                 "stopped streaming; final position {} on timeline {tl}, waiting for the controller",
                 lsn(flushed)
@@ -741,7 +754,7 @@ fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
         // What a standby flushed is on its disk: read there, the report needs no start
         // (which waits forever for a standby that needs WAL it cannot get to be consistent).
         Local::Stopped { control: Some(c) } if c.was_standby() => match i.wal_end {
-            Some((flushed, tl)) if tl > 0 => {
+            Some((flushed, tl)) if tl > Timeline::NONE => {
                 let mut d = Decision::idle(format!(
                     "stopped; final position {} on timeline {tl}, read from my WAL on disk, waiting for the controller",
                     lsn(flushed)
@@ -862,12 +875,12 @@ fn follows_without_rewind(state: &ClusterState, me: &str, c: &Controldata) -> bo
 /// timeline 18, timeline 19 forked at 0/CC8BCC8; PostgreSQL refused every start).
 /// `Some((what, why))`: which point is off the line, and how that came about, for the
 /// decision's reason.
-fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> Option<(String, &'static str)> {
+fn off_history(state: &ClusterState, c: &Controldata, p_tl: Timeline) -> Option<(String, &'static str)> {
     let checkpoint = c.timeline.zip(c.checkpoint_lsn);
     let min_recovery = c
         .min_recovery_timeline
         .zip(c.min_recovery)
-        .filter(|&(t, at)| t > 0 && at > 0);
+        .filter(|&(t, at)| t > Timeline::NONE && at > 0);
     if let Some((t, at)) = checkpoint.filter(|&point| off_line(state, point, p_tl)) {
         return Some((
             format!("my standby database ends on timeline {t} at {}", lsn(at)),
@@ -887,9 +900,9 @@ fn off_history(state: &ClusterState, c: &Controldata, p_tl: u32) -> Option<(Stri
 
 /// WAL position `at` on timeline `t` is not on `p_tl`'s line in the recorded history (see
 /// `off_history`).
-fn off_line(state: &ClusterState, (t, at): (u32, u64), p_tl: u32) -> bool {
+fn off_line(state: &ClusterState, (t, at): (Timeline, u64), p_tl: Timeline) -> bool {
     if t > p_tl {
-        return p_tl > 0;
+        return p_tl > Timeline::NONE;
     }
     // Walk from p_tl to its ancestors: (timeline, where the line to p_tl leaves it).
     let mut timeline = p_tl;
@@ -909,7 +922,7 @@ fn off_line(state: &ClusterState, (t, at): (u32, u64), p_tl: u32) -> bool {
             // The first timeline: t is on p_tl's line only if it is this one, which it is not.
             // An adopted database may have started on a later timeline, whose ancestors the
             // history does not know: then only a timeline between them is known to be off it.
-            (None, _) if entry.kind == ChangeKind::Bootstrap => return timeline == 1 || t > timeline,
+            (None, _) if entry.kind == ChangeKind::Bootstrap => return timeline == Timeline::FIRST || t > timeline,
             _ => return false,
         }
     }
@@ -933,7 +946,12 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
 
 fn following(i: &AgentInput, p: &str) -> Decision {
     let g = i.state.generation;
-    let p_tl = i.state.primary.as_ref().and_then(|x| x.timeline).unwrap_or(0);
+    let p_tl = i
+        .state
+        .primary
+        .as_ref()
+        .and_then(|x| x.timeline)
+        .unwrap_or(Timeline::NONE);
     // A standby database, stopped or running but not consistent, whose last checkpoint or
     // minimum recovery point is off p's line (`off_history`): read once for both arms below.
     let off = match i.local {
@@ -1051,7 +1069,7 @@ fn following(i: &AgentInput, p: &str) -> Decision {
                 format!(
                     "not streaming from {p} for {} ms and on timeline {} < {p_tl}: diverged, rewinding",
                     i.not_streaming_ms,
-                    pg.timeline.unwrap_or(0)
+                    pg.timeline.unwrap_or(Timeline::NONE)
                 ),
             )
         }
@@ -1078,7 +1096,10 @@ fn following(i: &AgentInput, p: &str) -> Decision {
         // streams what it lacks (its primary_conninfo may still name a fenced primary).
         Local::Unknown(_) if i.inconsistent.is_some() => {
             let c = i.inconsistent.expect("checked by the guard");
-            let until = match (c.min_recovery.unwrap_or(0), c.min_recovery_timeline.unwrap_or(0)) {
+            let until = match (
+                c.min_recovery.unwrap_or(0),
+                c.min_recovery_timeline.unwrap_or(Timeline::NONE),
+            ) {
                 (0, _) => String::new(),
                 (at, t) => format!(" until it reaches {} on timeline {t}", lsn(at)),
             };

@@ -82,9 +82,9 @@ fn states() -> Vec<(&'static str, ClusterState)> {
     let recorded = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x600)),
-        parent_timeline: Some(1),
+        parent_timeline: Some(Timeline(1)),
     };
     out.extend([
         (
@@ -127,7 +127,7 @@ fn states() -> Vec<(&'static str, ClusterState)> {
     let adopted = Command::Adopted {
         node: "n1".into(),
         system_identifier: 9,
-        timeline: 3,
+        timeline: Timeline(3),
     };
     out.extend([
         ("adopting n1", adopting("n1", &[])),
@@ -150,7 +150,7 @@ fn states() -> Vec<(&'static str, ClusterState)> {
 fn pg(in_recovery: bool, conninfo: &str, walreceiver: Option<&str>) -> PgState {
     PgState {
         in_recovery,
-        timeline: Some(1),
+        timeline: Some(Timeline(1)),
         write_lsn: (!in_recovery).then_some(100),
         receive_lsn: in_recovery.then_some(90),
         replay_lsn: in_recovery.then_some(80),
@@ -209,7 +209,7 @@ fn reload() -> Action {
 fn locals() -> Vec<Local> {
     let ctl = |state: &str| Controldata {
         state: state.into(),
-        timeline: Some(1),
+        timeline: Some(Timeline(1)),
         checkpoint_lsn: Some(0x500),
         system_identifier: Some(9),
         wal_segment_size: Some(16 << 20),
@@ -238,7 +238,7 @@ fn locals() -> Vec<Local> {
         Local::Stopped {
             control: Some(Controldata {
                 min_recovery: Some(0x700),
-                min_recovery_timeline: Some(1),
+                min_recovery_timeline: Some(Timeline(1)),
                 ..ctl("in archive recovery")
             }),
         },
@@ -279,7 +279,7 @@ fn a_clone_not_started_yet_starts_as_a_standby_and_is_never_rewound() {
     let clone = |from_backup| Local::Stopped {
         control: Some(Controldata {
             state: "in production".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             system_identifier: s.system_identifier,
             checkpoint_lsn: Some(0x500),
             wal_segment_size: Some(16 << 20),
@@ -306,7 +306,7 @@ fn a_clone_not_started_yet_starts_as_a_standby_and_is_never_rewound() {
 #[test]
 fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
     let mut s = three_members(&boot("n1"));
-    s.primary.as_mut().unwrap().timeline = Some(1);
+    s.primary.as_mut().unwrap().timeline = Some(Timeline(1));
     for (running, streaming, want) in [
         ("host=elsewhere", Some("streaming"), [reload()]),
         ("host=elsewhere", None, [reload()]),
@@ -327,7 +327,7 @@ fn a_standby_running_another_conninfo_is_reloaded_not_only_reconfigured() {
 #[test]
 fn a_standby_pinned_to_its_timeline_for_a_final_report_restarts_to_follow_the_new_one() {
     let mut s = three_members(&boot("n1"));
-    s.primary.as_mut().unwrap().timeline = Some(2);
+    s.primary.as_mut().unwrap().timeline = Some(Timeline(2));
     let pinned = Local::Standby(PgState {
         timeline_pinned: true,
         ..pg(true, &WANT, None)
@@ -343,7 +343,7 @@ fn a_standby_pinned_to_its_timeline_for_a_final_report_restarts_to_follow_the_ne
         decide(&input("n3", &s, &streaming, LeaseView::Expired)).actions,
         [reconfigure()]
     );
-    s.primary.as_mut().unwrap().timeline = Some(1);
+    s.primary.as_mut().unwrap().timeline = Some(Timeline(1));
     assert_eq!(
         decide(&input("n3", &s, &pinned, LeaseView::Expired)).actions,
         [reconfigure()]
@@ -418,7 +418,7 @@ fn crashed_primary_restarts_in_place_gated_while_within_the_bound() {
     let crashed = Local::Stopped {
         control: Some(Controldata {
             state: "in production".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
@@ -576,7 +576,7 @@ fn failover_standbys_stop_streaming_then_report_their_final_position() {
     let stopped = Local::Standby(pg(true, "", None));
     let d = decide(&input("n2", &s, &stopped, LeaseView::Acquiring));
     assert!(d.actions.is_empty());
-    assert_eq!(d.final_position, Some((90, 1)));
+    assert_eq!(d.final_position, Some((90, Timeline(1))));
 }
 
 #[test]
@@ -595,12 +595,12 @@ fn candidate_promotes_then_records_its_timeline() {
     let d = decide(&input("n1", &s, &standby, LeaseView::Acquiring));
     assert_eq!(d.actions, [reconfigure(), Action::Promote { candidate: true }]);
     let mut promoted = pg(false, "", None);
-    promoted.timeline = Some(2);
+    promoted.timeline = Some(Timeline(2));
     let d = decide(&input("n1", &s, &Local::Primary(promoted), LeaseView::Acquiring));
     assert_eq!(
         d.actions,
         [Action::RecordTimeline {
-            timeline: 2,
+            timeline: Timeline(2),
             write_lsn: Some(100)
         }]
     );
@@ -617,18 +617,18 @@ fn a_candidate_whose_wal_stops_short_of_consistency_declines() {
     let rewound = |min_recovery| Local::Stopped {
         control: Some(Controldata {
             state: "in archive recovery".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             min_recovery,
-            min_recovery_timeline: Some(1),
+            min_recovery_timeline: Some(Timeline(1)),
             backup_end: min_recovery,
             ..Controldata::default()
         }),
     };
     let short = rewound(Some(0x486_F750));
     let mut i = input("n1", &s, &short, LeaseView::Acquiring);
-    i.wal_end = Some((0x486_DA68, 1));
+    i.wal_end = Some((0x486_DA68, Timeline(1)));
     let d = decide(&i);
     let reason = "it cannot become consistent from its own WAL: recovery must reach 0/486F750 and its WAL ends at \
                   0/486DA68 on timeline 1";
@@ -639,12 +639,12 @@ fn a_candidate_whose_wal_stops_short_of_consistency_declines() {
     );
     // The same database, as a fenced member, reports the position it holds.
     let d = decide(&AgentInput { me: "n3", ..i.clone() });
-    assert_eq!(d.final_position, Some((0x486_DA68, 1)));
+    assert_eq!(d.final_position, Some((0x486_DA68, Timeline(1))));
     for (local, wal_end) in [
-        (rewound(Some(0x486_F750)), Some((0x486_F750, 1))),
+        (rewound(Some(0x486_F750)), Some((0x486_F750, Timeline(1)))),
         (rewound(Some(0x486_F750)), None),
-        (rewound(Some(0)), Some((0x486_DA68, 1))),
-        (rewound(None), Some((0x486_DA68, 1))),
+        (rewound(Some(0)), Some((0x486_DA68, Timeline(1)))),
+        (rewound(None), Some((0x486_DA68, Timeline(1)))),
     ] {
         let mut i = input("n1", &s, &local, LeaseView::Acquiring);
         i.wal_end = wal_end;
@@ -666,21 +666,21 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
         &Command::RecordTimeline {
             generation: 2,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
-            parent_timeline: Some(1),
+            parent_timeline: Some(Timeline(1)),
         },
     )
     .unwrap();
     let rewound = |min_recovery: (u64, u32)| Local::Stopped {
         control: Some(Controldata {
             state: "in archive recovery".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             checkpoint_lsn: Some(0x300),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
             min_recovery: Some(min_recovery.0),
-            min_recovery_timeline: Some(min_recovery.1),
+            min_recovery_timeline: Some(Timeline(min_recovery.1)),
             ..Controldata::default()
         }),
     };
@@ -742,7 +742,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         &Command::RecordTimeline {
             generation: 2,
             node: "n1".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         },
@@ -751,7 +751,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     let crashed_primary = Local::Stopped {
         control: Some(Controldata {
             state: "in production".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
@@ -764,7 +764,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     let clean_standby = Local::Stopped {
         control: Some(Controldata {
             state: "shut down in recovery".into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
@@ -777,7 +777,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
         [start_standby()]
     );
     let mut diverged = pg(true, &WANT, None);
-    diverged.timeline = Some(1);
+    diverged.timeline = Some(Timeline(1));
     let local = Local::Standby(diverged);
     let mut i = input("n3", &s, &local, LeaseView::Expired);
     i.not_streaming_ms = DIVERGED_AFTER_MS;
@@ -806,9 +806,9 @@ fn sweep_safety_invariants() {
     // Rewound onto a primary fenced before it streamed that far: off most states' lines.
     let short = Controldata {
         state: "in archive recovery".into(),
-        timeline: Some(1),
+        timeline: Some(Timeline(1)),
         min_recovery: Some(0x700),
-        min_recovery_timeline: Some(1),
+        min_recovery_timeline: Some(Timeline(1)),
         ..Controldata::default()
     };
     let mut cases = 0;
@@ -827,12 +827,12 @@ fn sweep_safety_invariants() {
                                         (true, false, false, None, 0, None, None),
                                         (false, true, false, None, 0, None, None),
                                         (false, false, true, None, 0, None, None),
-                                        (false, false, false, Some((0x600, 1)), 0, None, None),
+                                        (false, false, false, Some((0x600, Timeline(1))), 0, None, None),
                                         (false, false, false, None, RECEIVER_STOP_MS + 1, None, None),
                                         (false, false, false, None, 0, Some(FULL), None),
                                         (true, false, false, None, 0, Some(FULL), None),
                                         (false, true, false, None, 0, Some(FULL), None),
-                                        (false, false, false, Some((0x600, 1)), 0, Some(FULL), None),
+                                        (false, false, false, Some((0x600, Timeline(1))), 0, Some(FULL), None),
                                     ] {
                                         let stale = ["raftpg_n3".to_string(), "backup".to_string()];
                                         for (foreign_conf, stale_slots) in
@@ -1096,7 +1096,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
     // whose WAL is on a timeline no one recorded (a replaced candidate); "I hold nothing"
     // (timeline 0) only from a member without a standby's database, never the old primary.
     match d.final_position {
-        Some((_, 0)) => {
+        Some((_, Timeline::NONE)) => {
             assert_eq!(role, Wanted::Fenced, "{}", ctx());
             assert!(
                 match i.local {
@@ -1112,7 +1112,7 @@ fn check(i: &AgentInput, d: &Decision, name: &str) {
             matches!(i.local, Local::Standby(pg) if pg.walreceiver.is_none() && pg.timeline.is_some())
                 || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_standby() && i.wal_end == Some(at))
                 || matches!(i.local, Local::Stopped { control: Some(_) } if i.wal_end == Some(at)
-                    && at.1 > i.state.history.iter().map(|h| h.timeline).max().unwrap_or(0))
+                    && at.1 > i.state.history.iter().map(|h| h.timeline).max().unwrap_or(Timeline(0)))
                 || matches!(i.local, Local::Stopped { control: Some(c) } if c.was_primary() && i.wal_end == Some(at)
                     && i.state.history.last().is_some_and(|h| h.from.as_deref() == Some(i.me) && at.1 < h.timeline)),
             "{}",
@@ -1188,7 +1188,7 @@ fn stopped(state: &str, timeline: u32, checkpoint: u64) -> Local {
     Local::Stopped {
         control: Some(Controldata {
             state: state.into(),
-            timeline: Some(timeline),
+            timeline: Some(Timeline(timeline)),
             checkpoint_lsn: Some(checkpoint),
             system_identifier: Some(9),
             wal_segment_size: Some(16 << 20),
@@ -1325,7 +1325,7 @@ fn a_member_without_a_standby_database_reports_that_it_holds_nothing() {
         stopped("shut down", 1, 0x500),
     ] {
         let d = decide(&input("n1", &s, &local, LeaseView::Expired));
-        assert_eq!(d.final_position, Some((0, 0)), "{local:?}: {d:?}");
+        assert_eq!(d.final_position, Some((0, Timeline::NONE)), "{local:?}: {d:?}");
         assert!(d.actions.is_empty(), "{local:?}: {d:?}");
     }
     // The old primary itself is not a standby of the fenced generation: it reports nothing.
@@ -1337,13 +1337,13 @@ fn a_member_without_a_standby_database_reports_that_it_holds_nothing() {
     // write was promoted).
     let promoted = stopped("in production", 1, 0x500);
     let mut i = input("n1", &s, &promoted, LeaseView::Expired);
-    let recorded = s.history.iter().map(|h| h.timeline).max().unwrap_or(0);
-    i.wal_end = Some((0x600, recorded + 1));
-    assert_eq!(decide(&i).final_position, Some((0x600, recorded + 1)));
+    let recorded = s.history.iter().map(|h| h.timeline).max().unwrap_or(Timeline(0));
+    i.wal_end = Some((0x600, recorded.next()));
+    assert_eq!(decide(&i).final_position, Some((0x600, recorded.next())));
     i.wal_end = Some((0x600, recorded));
     assert_eq!(
         decide(&i).final_position,
-        Some((0, 0)),
+        Some((0, Timeline::NONE)),
         "on a recorded timeline: an old primary"
     );
     // A standby's stopped database is started in recovery and reports its real position.
@@ -1363,9 +1363,9 @@ fn a_stopped_standby_reports_the_wal_on_its_disk() {
     let s = named_state("failover from n2");
     let local = stopped("shut down in recovery", 1, 0x500);
     let mut i = input("n1", &s, &local, LeaseView::Expired);
-    i.wal_end = Some((0x4038240, 2));
+    i.wal_end = Some((0x4038240, Timeline(2)));
     let d = decide(&i);
-    assert_eq!(d.final_position, Some((0x4038240, 2)), "{d:?}");
+    assert_eq!(d.final_position, Some((0x4038240, Timeline(2))), "{d:?}");
     assert!(d.actions.is_empty());
 }
 
@@ -1392,27 +1392,35 @@ fn the_primary_before_the_fenced_one_reports_the_wal_it_wrote() {
     for state in ["in production", "shut down"] {
         let local = stopped(state, 1, 0x500);
         let mut i = input("n1", &s, &local, LeaseView::Expired);
-        i.wal_end = Some((0x700, 1));
+        i.wal_end = Some((0x700, Timeline(1)));
         let d = decide(&i);
-        assert_eq!(d.final_position, Some((0x700, 1)), "{state}: {d:?}");
+        assert_eq!(d.final_position, Some((0x700, Timeline(1))), "{state}: {d:?}");
         assert!(d.actions.is_empty(), "{d:?}");
         i.wal_end = None;
-        assert_eq!(decide(&i).final_position, Some((0, 0)), "{state}: part rewound");
-        i.wal_end = Some((0x700, 2));
-        assert_eq!(decide(&i).final_position, Some((0, 0)), "{state}: on n2's timeline");
+        assert_eq!(
+            decide(&i).final_position,
+            Some((0, Timeline::NONE)),
+            "{state}: part rewound"
+        );
+        i.wal_end = Some((0x700, Timeline(2)));
+        assert_eq!(
+            decide(&i).final_position,
+            Some((0, Timeline::NONE)),
+            "{state}: on n2's timeline"
+        );
     }
     // n3 was never primary: its stopped primary's database (a failed clone's) holds nothing.
     let local = stopped("in production", 1, 0x500);
     let mut i = input("n3", &s, &local, LeaseView::Expired);
-    i.wal_end = Some((0x700, 1));
-    assert_eq!(decide(&i).final_position, Some((0, 0)));
+    i.wal_end = Some((0x700, Timeline(1)));
+    assert_eq!(decide(&i).final_position, Some((0, Timeline::NONE)));
 }
 
 fn of_system(state: &str, system: u64) -> Local {
     Local::Stopped {
         control: Some(Controldata {
             state: state.into(),
-            timeline: Some(2),
+            timeline: Some(Timeline(2)),
             checkpoint_lsn: Some(0x500),
             system_identifier: Some(system),
             wal_segment_size: Some(16 << 20),
@@ -1460,10 +1468,10 @@ fn the_adopted_member_takes_over_its_database_without_initdb() {
     assert_eq!(decide(&i).actions, [Action::Promote { candidate: false }]);
     // Running under raftpg as primary: recorded with the timeline it runs.
     let mut on_3 = pg(false, "", None);
-    on_3.timeline = Some(3);
+    on_3.timeline = Some(Timeline(3));
     let adopted = Local::Primary(on_3);
     i.local = &adopted;
-    assert_eq!(decide(&i).actions, [Action::ProposeAdopted { timeline: 3 }]);
+    assert_eq!(decide(&i).actions, [Action::ProposeAdopted { timeline: Timeline(3) }]);
     // Under raftpg's configuration but unreachable: waits, never stops it in a loop.
     i.local = &unreachable;
     let d = decide(&i);
@@ -1480,7 +1488,7 @@ fn after_adoption_members_clone_over_another_system_and_keep_their_own() {
         &[Command::Adopted {
             node: "n1".into(),
             system_identifier: 9,
-            timeline: 3,
+            timeline: Timeline(3),
         }],
     );
     let foreign = of_system("shut down", 7);

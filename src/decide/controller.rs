@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cluster::{ClusterState, Command, Degraded, Flag, PendingKind, SyncConfig, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
+use crate::types::Timeline;
 
 #[derive(Clone, Debug)]
 pub struct ControllerInput<'a> {
@@ -603,7 +604,7 @@ pub fn skip_final_reports(s: &ClusterState, mut reports: BTreeMap<String, Report
         }
         r.final_position = Some(match (r.pg, r.lsn, r.timeline) {
             (PgRole::Standby, Some(at), Some(tl)) => (at, tl),
-            _ => (0, 0),
+            _ => (0, Timeline::NONE),
         });
         r.generation = s.generation;
     }
@@ -673,12 +674,13 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
     let none_holds_anything = input
         .standbys
         .values()
-        .all(|r| r.as_ref().is_some_and(|r| r.timeline == 0));
+        .all(|r| r.as_ref().is_some_and(|r| r.timeline == Timeline::NONE));
     // Back and stopped, or started in recovery on its own WAL (a candidate of an earlier
     // change, replaced, reports so: the simulation, seed 6596), not streaming from anyone.
     let from_stopped = p.from.as_ref().filter(|f| {
         i.reports.get(*f).is_some_and(|r| {
-            let own_wal = r.pg == PgRole::Standby && !r.streaming && r.final_position.is_some_and(|(_, tl)| tl > 0);
+            let own_wal =
+                r.pg == PgRole::Standby && !r.streaming && r.final_position.is_some_and(|(_, tl)| tl > Timeline::NONE);
             r.generation == s.generation && (r.pg == PgRole::Stopped || own_wal)
         })
     });

@@ -28,10 +28,10 @@ fn report(generation: u64, pg: PgRole, final_position: Option<(u64, u32)>) -> Re
         generation,
         pg,
         streaming: pg == PgRole::Standby && final_position.is_none(),
-        timeline: Some(1),
+        timeline: Some(Timeline(1)),
         lsn: Some(100),
         standby_flush: BTreeMap::new(),
-        final_position,
+        final_position: final_position.map(|(at, tl)| (at, Timeline(tl))),
         reason: String::new(),
         sync_applied: None,
         pending_restart: false,
@@ -461,7 +461,7 @@ fn sweep_promotion_never_loses_an_acknowledged_write() {
                     }
                 }
                 let d = decide_with("n2", &s, &reports, Some(9999));
-                let finals: Vec<(u64, u32)> = ["n2", "n3"]
+                let finals: Vec<(u64, Timeline)> = ["n2", "n3"]
                     .iter()
                     .filter_map(|n| reports.get(*n))
                     .filter(|r| r.generation == 2)
@@ -644,9 +644,9 @@ fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
     let record = Command::RecordTimeline {
         generation: 2,
         node: "n2".into(),
-        timeline: 2,
+        timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x500)),
-        parent_timeline: Some(1),
+        parent_timeline: Some(Timeline(1)),
     };
     apply(&mut s, &record).unwrap();
     assert_eq!(s.sync_unconfirmed.len(), 1, "the fork holders");
@@ -695,9 +695,9 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
         Command::RecordTimeline {
             generation: 2,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
-            parent_timeline: Some(1),
+            parent_timeline: Some(Timeline(1)),
         },
         Command::BeginFailover {
             generation: 2,
@@ -740,7 +740,7 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
     recovering.insert("n2".into(), report(3, PgRole::Standby, Some((0x700, 2))));
     assert_eq!(decide_after(&s, &recovering, lease + 1).action, promote_n2);
     let mut streaming = report(3, PgRole::Standby, None);
-    streaming.timeline = Some(2);
+    streaming.timeline = Some(Timeline(2));
     recovering.insert("n2".into(), streaming);
     assert_eq!(decide_after(&s, &recovering, 100 * lease).action, None);
     // A report of the previous generation is not one of this change.
@@ -856,7 +856,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
             &Command::RecordTimeline {
                 generation: 3,
                 node: "n3".into(),
-                timeline: 2,
+                timeline: Timeline(2),
                 switch_lsn: None,
                 parent_timeline: None,
             },
@@ -1112,10 +1112,10 @@ fn skip_final_reports_promotes_from_stale_positions_only_in_an_open_failover() {
     );
 
     let skipped = skip_final_reports(&s, reports.clone());
-    assert_eq!(skipped["n2"].final_position, Some((100, 1)));
+    assert_eq!(skipped["n2"].final_position, Some((100, Timeline(1))));
     assert_eq!(
         skipped["n3"].final_position,
-        Some((0, 0)),
+        Some((0, Timeline::NONE)),
         "no position reads as holding nothing"
     );
     assert!(skipped.values().all(|r| r.generation == g));
@@ -1157,9 +1157,9 @@ fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_
         Command::RecordTimeline {
             generation: 2,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
-            parent_timeline: Some(1),
+            parent_timeline: Some(Timeline(1)),
         },
         Command::BeginFailover {
             generation: 2,

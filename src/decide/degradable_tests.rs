@@ -197,7 +197,7 @@ fn the_window_degrades_again_while_returning_and_ends_with_a_new_primary_or_mode
         &Command::RecordTimeline {
             generation: 2,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         },
@@ -234,7 +234,7 @@ fn standby(streaming: bool) -> Report {
         generation: 1,
         pg: PgRole::Standby,
         streaming,
-        timeline: Some(1),
+        timeline: Some(Timeline(1)),
         lsn: Some(100),
         standby_flush: BTreeMap::new(),
         final_position: None,
@@ -382,7 +382,7 @@ fn primary_at(lsn: u64, flush: &[(&str, u64)], applied: Option<SyncConfig>) -> R
 fn fin(lsn: u64) -> Option<FinalReport> {
     Some(FinalReport {
         flush_lsn: lsn,
-        timeline: 1,
+        timeline: Timeline(1),
         tags: Tags::default(),
     })
 }
@@ -543,7 +543,7 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
     let fin = |lsn| Report {
         generation: 2,
         streaming: false,
-        final_position: Some((lsn, 1)),
+        final_position: Some((lsn, Timeline(1))),
         ..standby(false)
     };
     let mut r = BTreeMap::from([("n2".to_string(), fin(400)), ("n3".to_string(), fin(500))]);

@@ -215,13 +215,14 @@ fn loss(
 mod tests {
     use super::*;
     use crate::cluster::testing::bootstrapped;
+    use crate::types::Timeline;
 
     fn report(pg: PgRole, lsn: u64, streaming: bool) -> Report {
         Report {
             generation: 1,
             pg,
             streaming,
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             lsn: Some(lsn),
             standby_flush: BTreeMap::new(),
             final_position: None,

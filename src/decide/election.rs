@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::{Degraded, SyncConfig, SyncMode, Tags};
+use crate::types::Timeline;
 
 /// A standby's final position after it stopped streaming from the old primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub struct FinalReport {
     pub flush_lsn: u64,
     /// 0: the member holds no acknowledged write (no database, or not a standby's): the
     /// report counts towards those needed, and the member is never promoted.
-    pub timeline: u32,
+    pub timeline: Timeline,
     pub tags: Tags,
 }
 
@@ -40,7 +41,7 @@ pub struct ElectionInput<'a> {
     /// The fenced primary's timeline and the LSN where it forked off its parent, from the
     /// history. A member that reports a position on that timeline at or past the fork holds
     /// the whole prefix too, so it covers the fork holders as well as they do.
-    pub fork: Option<(u32, u64)>,
+    pub fork: Option<(Timeline, u64)>,
     /// Manual failover target; with `forced`, promoted whatever it may lose.
     pub requested: Option<&'a str>,
     pub forced: bool,
@@ -93,7 +94,11 @@ fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(
         if holders && past_fork {
             continue;
         }
-        let has = |n: &str| reported.iter().any(|(r, f)| *r == n && (f.timeline > 0 || !holders));
+        let has = |n: &str| {
+            reported
+                .iter()
+                .any(|(r, f)| *r == n && (f.timeline > Timeline::NONE || !holders))
+        };
         let needed = (q.standbys.len() + 1).saturating_sub(q.k);
         let have = q.standbys.iter().filter(|n| has(n)).count();
         if have < needed {
@@ -171,7 +176,7 @@ pub fn elect(input: &ElectionInput) -> Election {
         (SyncMode::Off, None) => best_lsn,
     };
     let eligible = |n: &str, r: &FinalReport| {
-        r.timeline > 0
+        r.timeline > Timeline::NONE
             && r.flush_lsn >= floor
             && r.timeline == best_tli
             && (!r.tags.nofailover || input.requested == Some(n))
@@ -211,7 +216,7 @@ pub fn elect(input: &ElectionInput) -> Election {
                 reported.len()
             ),
         },
-        None if best_tli == 0 => Election::Refuse {
+        None if best_tli == Timeline::NONE => Election::Refuse {
             reason: "every member that reported holds no database that streamed from the old primary: none can be promoted".into(),
         },
         None => Election::Refuse {
@@ -282,7 +287,7 @@ fn degraded(input: &ElectionInput, d: &Degraded, reported: &[(&str, &FinalReport
     };
     let mut candidates: Vec<(&str, &FinalReport)> = reported
         .iter()
-        .filter(|(n, r)| streamed.contains(n) && r.timeline > 0 && r.flush_lsn >= quorum_lsn)
+        .filter(|(n, r)| streamed.contains(n) && r.timeline > Timeline::NONE && r.flush_lsn >= quorum_lsn)
         .filter(|(n, r)| !r.tags.nofailover || input.requested == Some(*n))
         .copied()
         .collect();

@@ -6,7 +6,7 @@ use super::*;
 fn report(lsn: u64) -> Option<FinalReport> {
     Some(FinalReport {
         flush_lsn: lsn,
-        timeline: 1,
+        timeline: Timeline(1),
         tags: Tags::default(),
     })
 }
@@ -78,7 +78,7 @@ fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
     };
     let nothing = Some(FinalReport {
         flush_lsn: 0,
-        timeline: 0,
+        timeline: Timeline(0),
         tags: Tags::default(),
     });
     let e = elect(&holders(nothing.clone()));
@@ -93,7 +93,7 @@ fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
     // nothing after a failed rewind) waited for ever without this.
     let on = |timeline, lsn| {
         let mut i = holders(nothing.clone());
-        i.fork = Some((2, 25));
+        i.fork = Some((Timeline(2), 25));
         i.standbys.insert(
             "n2",
             Some(FinalReport {
@@ -104,11 +104,14 @@ fn writes_before_a_fork_need_a_real_report_of_one_of_their_holders() {
         );
         i
     };
-    assert_eq!(promoted(&elect(&on(2, 25))), Some("n2"), "at the fork");
-    assert_eq!(promoted(&elect(&on(2, 40))), Some("n2"), "past the fork");
-    assert!(matches!(elect(&on(2, 24)), Election::Wait { .. }), "before the fork");
+    assert_eq!(promoted(&elect(&on(Timeline(2), 25))), Some("n2"), "at the fork");
+    assert_eq!(promoted(&elect(&on(Timeline(2), 40))), Some("n2"), "past the fork");
     assert!(
-        matches!(elect(&on(1, 40)), Election::Wait { .. }),
+        matches!(elect(&on(Timeline(2), 24)), Election::Wait { .. }),
+        "before the fork"
+    );
+    assert!(
+        matches!(elect(&on(Timeline(1), 40)), Election::Wait { .. }),
         "on the parent timeline"
     );
     // The same nothing still counts in an ordinary configuration the fenced primary ran.
@@ -132,7 +135,7 @@ fn a_member_past_the_fork_outside_every_quorum_sets_the_timeline_needed() {
         })
     };
     let input = |n3: Option<FinalReport>| {
-        let mut i = quorum(&[("n2", on(1, 48)), ("n3", n3)]);
+        let mut i = quorum(&[("n2", on(Timeline(1), 48)), ("n3", n3)]);
         i.quorums = vec![
             SyncConfig {
                 standbys: ["n2"].map(String::from).into(),
@@ -144,34 +147,34 @@ fn a_member_past_the_fork_outside_every_quorum_sets_the_timeline_needed() {
             },
         ];
         i.old_primary = Some("n1");
-        i.fork = Some((2, 60));
+        i.fork = Some((Timeline(2), 60));
         i
     };
-    assert_eq!(promoted(&elect(&input(on(2, 70)))), Some("n3"));
-    assert_eq!(promoted(&elect(&input(on(2, 60)))), Some("n3"), "at the fork");
+    assert_eq!(promoted(&elect(&input(on(Timeline(2), 70)))), Some("n3"));
+    assert_eq!(promoted(&elect(&input(on(Timeline(2), 60)))), Some("n3"), "at the fork");
     // Not past the fork: nothing covers n1's writes, so it waits (for n1).
-    for n3 in [on(2, 59), on(1, 90), None] {
+    for n3 in [on(Timeline(2), 59), on(Timeline(1), 90), None] {
         let e = elect(&input(n3.clone()));
         assert!(
             matches!(&e, Election::Wait { reason } if reason.contains("[n1]")),
             "{n3:?}: {e:?}"
         );
     }
-    let mut tagged = on(2, 70).unwrap();
+    let mut tagged = on(Timeline(2), 70).unwrap();
     tagged.tags.nofailover = true;
     let e = elect(&input(Some(tagged.clone())));
     assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
     // n2 on that timeline but before the fork (rewound, replaying from a checkpoint before
     // it) lacks the fork's writes: with n3 tagged nofailover, no one may be promoted.
     let mut early = input(Some(tagged));
-    early.standbys.insert("n2", on(2, 59));
+    early.standbys.insert("n2", on(Timeline(2), 59));
     let e = elect(&early);
     assert!(matches!(e, Election::Refuse { .. }), "{e:?}");
     // n2 past the fork too, and counted: the most advanced of the two on that timeline.
-    let mut both = input(on(2, 70));
-    both.standbys.insert("n2", on(2, 65));
+    let mut both = input(on(Timeline(2), 70));
+    both.standbys.insert("n2", on(Timeline(2), 65));
     assert_eq!(promoted(&elect(&both)), Some("n3"));
-    both.standbys.insert("n2", on(2, 80));
+    both.standbys.insert("n2", on(Timeline(2), 80));
     assert_eq!(promoted(&elect(&both)), Some("n2"));
 }
 
@@ -260,7 +263,7 @@ fn an_unconfirmed_earlier_sync_config_must_be_covered_too() {
 #[test]
 fn a_standby_on_an_older_timeline_is_not_promoted() {
     let mut old = report(50).unwrap();
-    old.timeline = 0;
+    old.timeline = Timeline(0);
     let e = elect(&quorum(&[("n2", Some(old)), ("n3", report(40))]));
     assert_eq!(promoted(&e), Some("n3"));
 }
@@ -269,7 +272,7 @@ fn a_standby_on_an_older_timeline_is_not_promoted() {
 fn a_member_without_a_database_counts_but_is_never_promoted() {
     let nothing = Some(FinalReport {
         flush_lsn: 0,
-        timeline: 0,
+        timeline: Timeline(0),
         tags: Tags::default(),
     });
     let e = elect(&quorum(&[("n2", nothing.clone()), ("n3", report(40))]));
@@ -317,7 +320,7 @@ fn exhaustive_no_lost_commit_and_unknown_never_promoted() {
                 .map(|i| {
                     let r = FinalReport {
                         flush_lsn: flush[i],
-                        timeline: u32::from(flush[i] > 0),
+                        timeline: Timeline(u32::from(flush[i] > 0)),
                         tags: Tags {
                             nofailover: nofail[i],
                             failover_priority: 0,
@@ -367,7 +370,7 @@ fn a_member_outside_the_quorum_never_raises_the_position_needed() {
         "n3",
         Some(FinalReport {
             flush_lsn: 300,
-            timeline: 1,
+            timeline: Timeline(1),
             tags: Tags {
                 nofailover: true,
                 failover_priority: 0,

@@ -209,12 +209,13 @@ mod tests {
     use crate::cluster::testing::{bootstrapped, set_sync_mode};
     use crate::cluster::{apply, Command};
     use crate::postgres::{Controldata, PgState, Replica};
+    use crate::types::Timeline;
 
     fn decision() -> Decision {
         Decision {
             actions: Vec::new(),
             renew_lease: false,
-            final_position: Some((0x500, 1)),
+            final_position: Some((0x500, Timeline(1))),
             reason: "why".into(),
         }
     }
@@ -222,7 +223,7 @@ mod tests {
     fn pg(in_recovery: bool) -> PgState {
         PgState {
             in_recovery,
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             write_lsn: (!in_recovery).then_some(0x900),
             receive_lsn: in_recovery.then_some(0x700),
             replay_lsn: in_recovery.then_some(0x600),
@@ -252,7 +253,10 @@ mod tests {
         assert_eq!(r.standby_flush, BTreeMap::from([("n2".to_string(), 0x880)]));
         assert_eq!(r.sync_applied, None, "it does not run ANY 1 (n2, n3) yet");
         assert!(r.pending_restart);
-        assert_eq!((r.final_position, r.reason.as_str()), (Some((0x500, 1)), "why"));
+        assert_eq!(
+            (r.final_position, r.reason.as_str()),
+            (Some((0x500, Timeline(1))), "why")
+        );
         primary.sync_names = "ANY 1 (\"n2\", \"n3\")".into();
         let r = derive(&s, &Local::Primary(primary), &d, &mut None);
         assert_eq!(r.sync_applied, Some(s.sync_config()));
@@ -263,12 +267,12 @@ mod tests {
 
         let stopped = Local::Stopped {
             control: Some(Controldata {
-                timeline: Some(3),
+                timeline: Some(Timeline(3)),
                 ..Controldata::default()
             }),
         };
         let r = derive(&s, &stopped, &d, &mut None);
-        assert_eq!((r.pg, r.timeline, r.lsn), (PgRole::Stopped, Some(3), None));
+        assert_eq!((r.pg, r.timeline, r.lsn), (PgRole::Stopped, Some(Timeline(3)), None));
         for (local, role) in [
             (Local::NoData, PgRole::NoData),
             (Local::Unknown("x".into()), PgRole::Unknown),
@@ -322,7 +326,7 @@ mod tests {
         let record = Command::RecordTimeline {
             generation: 3,
             node: "n3".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         };

@@ -213,6 +213,7 @@ fn lag_words(lag: Option<u64>) -> String {
 mod tests {
     use super::*;
     use crate::cluster::testing::bootstrapped;
+    use crate::types::Timeline;
 
     fn row(name: &str, role: &str, state: &str, lag: Option<u64>) -> MemberRow {
         MemberRow {
@@ -221,7 +222,7 @@ mod tests {
             api_url: String::new(),
             role: role.into(),
             state: state.into(),
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             lsn: None,
             lag_bytes: lag,
             lease_remaining_ms: None,

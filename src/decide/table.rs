@@ -480,6 +480,7 @@ pub const README_END: &str = "<!-- end of the generated table -->\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Timeline;
 
     #[test]
     fn the_readme_shows_the_agent_table() {
@@ -538,7 +539,7 @@ mod tests {
         };
         assert!(!c.allows(&promote));
         let reported = Decision {
-            final_position: Some((1, 1)),
+            final_position: Some((1, Timeline(1))),
             ..fence
         };
         assert!(!c.allows(&reported));

@@ -11,6 +11,7 @@ use crate::cluster::{ClusterState, Flag};
 use crate::decide::agent::{wanted, Wanted};
 pub use crate::protocol::ClusterView;
 use crate::protocol::{PgRole, Report};
+use crate::types::Timeline;
 
 /// Raft membership as the answering node knows it.
 #[derive(Clone, Debug, Default)]
@@ -31,7 +32,7 @@ pub struct MemberRow {
     pub role: String,
     /// running, streaming, in recovery, stopped, no data, unknown.
     pub state: String,
-    pub timeline: Option<u32>,
+    pub timeline: Option<Timeline>,
     pub lsn: Option<u64>,
     /// Bytes behind the primary's last reported write position; `None` when unknown.
     pub lag_bytes: Option<u64>,
@@ -265,7 +266,7 @@ mod tests {
             generation,
             pg,
             streaming,
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             lsn: Some(lsn),
             standby_flush: BTreeMap::new(),
             final_position: None,

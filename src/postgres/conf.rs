@@ -5,6 +5,7 @@
 //! raftpg owns `postgresql.conf` and `pg_hba.conf` in PGDATA and rewrites them
 //! before every start, because pg_basebackup and pg_rewind copy the source's.
 
+use crate::types::Timeline;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -83,7 +84,7 @@ pub struct ConfInputs<'a> {
     /// Not following: the newest timeline this database's WAL reaches
     /// ([`super::ctl::PgCtl::wal_timeline`]); recovery replays to its end. `None`: the
     /// timeline of the control file's checkpoint (`current`).
-    pub own_timeline: Option<u32>,
+    pub own_timeline: Option<Timeline>,
 }
 
 /// The first line of every `postgresql.conf` raftpg writes: how it tells its own file
@@ -460,7 +461,7 @@ mod tests {
     #[test]
     fn recovery_follows_the_primary_or_stays_on_the_timeline_the_wal_reaches() {
         let u = upstream();
-        let target = |upstream: Option<&Upstream>, own_timeline: Option<u32>| {
+        let target = |upstream: Option<&Upstream>, own_timeline: Option<Timeline>| {
             let conf = render_postgresql_conf(&ConfInputs {
                 port: 5433,
                 listen_addresses: "127.0.0.1",
@@ -477,8 +478,12 @@ mod tests {
                 .find_map(|l| l.strip_prefix("recovery_target_timeline = ").map(str::to_string))
                 .expect("always written")
         };
-        assert_eq!(target(Some(&u), Some(2)), "'latest'");
-        assert_eq!(target(None, Some(2)), "'2'", "its WAL's timeline, not its checkpoint's");
+        assert_eq!(target(Some(&u), Some(Timeline(2))), "'latest'");
+        assert_eq!(
+            target(None, Some(Timeline(2))),
+            "'2'",
+            "its WAL's timeline, not its checkpoint's"
+        );
         assert_eq!(target(None, None), "'current'");
     }
 

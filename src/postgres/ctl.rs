@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::{PgBinaries, PgError, RunAs};
+use crate::types::Timeline;
 
 /// How often a promotion or a stop checks whether it is done (pg_ctl checks every 100 ms).
 const POLL: Duration = Duration::from_millis(5);
@@ -282,7 +283,7 @@ impl PgCtl {
     /// Where the valid WAL in the (stopped) data directory's `pg_wal` ends, on the newest
     /// timeline it holds: `(lsn, timeline)`, read with pg_waldump. This is what a standby
     /// flushed, so what it can have acknowledged; `None` when no valid record was found.
-    pub async fn wal_end(&self, seg_size: u64, timeout: Duration) -> Result<Option<(u64, u32)>, PgError> {
+    pub async fn wal_end(&self, seg_size: u64, timeout: Duration) -> Result<Option<(u64, Timeline)>, PgError> {
         let dir = self.data_dir.join("pg_wal");
         let mut segments: Vec<(u32, u64)> = std::fs::read_dir(&dir)?
             .filter_map(|e| segment_of(e.ok()?.file_name().to_str()?, seg_size))
@@ -309,7 +310,7 @@ impl PgCtl {
                     secs: timeout.as_secs(),
                 })??;
             if let Some(end) = last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size) {
-                return Ok(Some((end, tli)));
+                return Ok(Some((end, Timeline(tli))));
             }
         }
         Ok(None)
@@ -318,13 +319,13 @@ impl PgCtl {
     /// The newest timeline this database's WAL reaches: the highest of its segments' that
     /// PostgreSQL can recover to (timeline 1, or one whose history file is in `pg_wal`).
     /// `None` without a readable `pg_wal` or any segment.
-    pub fn wal_timeline(&self) -> Option<u32> {
+    pub fn wal_timeline(&self) -> Option<Timeline> {
         let dir = self.data_dir.join("pg_wal");
         let names: Vec<String> = std::fs::read_dir(&dir)
             .ok()?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
-        newest_timeline(&names)
+        newest_timeline(&names).map(Timeline)
     }
 
     /// The postmaster's pid from `postmaster.pid`, if the file exists.
@@ -641,7 +642,7 @@ impl std::fmt::Display for DbState {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Controldata {
     pub state: DbState,
-    pub timeline: Option<u32>,
+    pub timeline: Option<Timeline>,
     pub system_identifier: Option<u64>,
     /// Start of the latest checkpoint record (after a clean shutdown: the last record).
     pub checkpoint_lsn: Option<u64>,
@@ -660,7 +661,7 @@ pub struct Controldata {
     /// this far before the database is consistent (pg_rewind sets it to its source's
     /// position at the end of the copy). `Some(0)` when there is none.
     pub min_recovery: Option<u64>,
-    pub min_recovery_timeline: Option<u32>,
+    pub min_recovery_timeline: Option<Timeline>,
     /// "Backup end location": a base backup, or pg_rewind's output, is consistent only once
     /// recovery has replayed this far. `Some(0)` when there is none.
     pub backup_end: Option<u64>,
@@ -696,7 +697,7 @@ impl Controldata {
     /// Positions compare only on the point's own timeline: WAL on disk that ends on an older
     /// one cannot reach it; WAL that ends on a newer one (a standby that began to receive
     /// the next timeline from the start of a segment, then stopped) says nothing of it.
-    pub fn short_of(&self, (end, timeline): (u64, u32)) -> Option<u64> {
+    pub fn short_of(&self, (end, timeline): (u64, Timeline)) -> Option<u64> {
         let need = self.min_recovery.unwrap_or(0).max(self.backup_end.unwrap_or(0));
         if need == 0 {
             return None;
@@ -818,7 +819,7 @@ mod tests {
                     Latest checkpoint's TimeLineID:       3\n";
         let c = Controldata::parse(text);
         assert_eq!(c.system_identifier, Some(7312));
-        assert_eq!(c.timeline, Some(3));
+        assert_eq!(c.timeline, Some(Timeline(3)));
         assert!(c.was_standby());
         assert!(!Controldata::parse("Database cluster state: in production").was_standby());
         // A clone of a primary, not started yet, is a standby to be, not a primary.
@@ -841,21 +842,25 @@ mod tests {
             "../../docs/jepsen-runs/chaos-multi-seed662009/n3-pg_controldata.txt"
         ));
         assert_eq!(n3.min_recovery, Some(0x486_F750));
-        assert_eq!(n3.min_recovery_timeline, Some(6));
+        assert_eq!(n3.min_recovery_timeline, Some(Timeline(6)));
         assert_eq!(n3.backup_end, Some(0x486_F750));
         assert_eq!(
-            n3.short_of((0x486_DA68, 6)),
+            n3.short_of((0x486_DA68, Timeline(6))),
             Some(0x486_F750),
             "its WAL ended at 0/486DA68"
         );
-        assert_eq!(n3.short_of((0x486_F750, 6)), None, "WAL up to the point is enough");
         assert_eq!(
-            n3.short_of((0x500_0000, 5)),
+            n3.short_of((0x486_F750, Timeline(6))),
+            None,
+            "WAL up to the point is enough"
+        );
+        assert_eq!(
+            n3.short_of((0x500_0000, Timeline(5))),
             Some(0x486_F750),
             "WAL on an older timeline is not"
         );
         assert_eq!(
-            n3.short_of((0x486_0000, 7)),
+            n3.short_of((0x486_0000, Timeline(7))),
             None,
             "WAL on a newer timeline says nothing"
         );
@@ -865,16 +870,19 @@ mod tests {
                        Min recovery ending loc's timeline:   2\n\
                        Backup start location:                0/0\n\
                        Backup end location:                  0/0\n";
-        assert_eq!(Controldata::parse(standby).short_of((0x300_0148, 2)), None);
-        assert_eq!(Controldata::parse(standby).short_of((0x300_0100, 2)), Some(0x300_0148));
+        assert_eq!(Controldata::parse(standby).short_of((0x300_0148, Timeline(2))), None);
+        assert_eq!(
+            Controldata::parse(standby).short_of((0x300_0100, Timeline(2))),
+            Some(0x300_0148)
+        );
         let primary = "Database cluster state:               shut down\n\
                        Minimum recovery ending location:     0/0\n\
                        Min recovery ending loc's timeline:   0\n\
                        Backup end location:                  0/0\n";
-        assert_eq!(Controldata::parse(primary).short_of((0x100, 1)), None);
+        assert_eq!(Controldata::parse(primary).short_of((0x100, Timeline(1))), None);
         // Fields pg_controldata did not print are unknown, not short.
         assert_eq!(
-            Controldata::parse("Database cluster state: in archive recovery").short_of((0, 0)),
+            Controldata::parse("Database cluster state: in archive recovery").short_of((0, Timeline(0))),
             None
         );
     }

@@ -14,6 +14,8 @@ pub use bin::{PgBinaries, RunAs};
 pub use ctl::{read_postmaster_pid, Controldata, PgCtl, StopMode};
 pub use observe::{observe, Observation, Observer, PgState, Replica};
 
+use crate::types::Timeline;
+
 /// An LSN as PostgreSQL prints it (`X/Y`, hexadecimal).
 /// Bytes an unprivileged user may still write on the filesystem that holds `path`, or
 /// would hold it (the nearest existing ancestor: a data directory not created yet).
@@ -63,10 +65,10 @@ pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
 /// required" between two diverged databases). One file per recorded timeline: its content
 /// as the recorded chain of forks gives it, or, where a fork is not known, only a comment
 /// (PostgreSQL only looks for the file). Pairs of (timeline, file text).
-pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(u32, String)> {
-    let lines = |mut tl: u32| -> Option<String> {
+pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(Timeline, String)> {
+    let lines = |mut tl: Timeline| -> Option<String> {
         let mut out = Vec::new();
-        while tl > 1 {
+        while tl > Timeline::FIRST {
             let h = history.iter().rev().find(|h| h.timeline == tl)?;
             let (parent, switch) = (h.parent_timeline.filter(|p| *p < tl)?, h.switch_lsn?);
             out.push(format!(
@@ -80,8 +82,9 @@ pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(u32,
         out.reverse();
         Some(out.join("\n") + "\n")
     };
-    let newest = history.iter().map(|h| h.timeline).max().unwrap_or(1);
-    (2..=newest)
+    let newest = history.iter().map(|h| h.timeline).max().unwrap_or(Timeline::FIRST);
+    (2..=newest.0)
+        .map(Timeline)
         .map(|tl| {
             let text = lines(tl).unwrap_or_else(|| {
                 format!("# timeline {tl} was taken by a member of this raftpg cluster; its forks are not recorded\n")
@@ -150,17 +153,20 @@ mod tests {
             reason: "r".into(),
             from: None,
             to: "n2".into(),
-            generation: timeline as u64,
+            generation: u64::from(timeline.0),
         };
         assert!(recorded_histories(&[]).is_empty());
         let history = [
-            entry(1, None, None),
-            entry(2, Some(1), Some("0/3000060")),
-            entry(3, None, None),
-            entry(4, Some(2), Some("0/5000128")),
+            entry(Timeline(1), None, None),
+            entry(Timeline(2), Some(Timeline(1)), Some("0/3000060")),
+            entry(Timeline(3), None, None),
+            entry(Timeline(4), Some(Timeline(2)), Some("0/5000128")),
         ];
         let files = recorded_histories(&history);
-        assert_eq!(files.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(
+            files.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [2, 3, 4].map(Timeline)
+        );
         assert_eq!(timeline_switches(&files[0].1), [(1, 0x300_0060)]);
         assert!(timeline_switches(&files[1].1).is_empty(), "{}", files[1].1);
         assert!(files[1].1.starts_with('#'));

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::types::Timeline;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::NoTls;
 
@@ -19,7 +20,7 @@ pub enum Observation {
 pub struct PgState {
     pub in_recovery: bool,
     /// Timeline of a primary (from its current WAL file) or the one a standby receives on.
-    pub timeline: Option<u32>,
+    pub timeline: Option<Timeline>,
     /// Primary: current write position.
     pub write_lsn: Option<u64>,
     /// Standby: last WAL received and flushed, and last replayed.
@@ -317,7 +318,8 @@ async fn query_state(client: &tokio_postgres::Client, st: &Statements) -> Result
         timeline: primary_tli
             .and_then(|t| u32::try_from(t).ok())
             .or(standby_tli)
-            .or(checkpoint_tli.and_then(|t| u32::try_from(t).ok())),
+            .or(checkpoint_tli.and_then(|t| u32::try_from(t).ok()))
+            .map(Timeline),
         write_lsn: lsn(1),
         receive_lsn: lsn(3),
         replay_lsn: lsn(4),

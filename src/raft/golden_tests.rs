@@ -12,6 +12,7 @@ use crate::cluster::{apply, ClusterState, Command, Flag, Member, ScheduledSwitch
 use crate::decide::controller::{PgRole, Report};
 use crate::node::report::ReportRequest;
 use crate::raft::codec::{decode, encode};
+use crate::types::Timeline;
 
 fn member() -> Member {
     Member {
@@ -75,9 +76,9 @@ fn every_command() -> Vec<Command> {
         Command::RecordTimeline {
             generation: 2,
             node: "n2".into(),
-            timeline: 2,
+            timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x3000060)),
-            parent_timeline: Some(1),
+            parent_timeline: Some(Timeline(1)),
         },
         Command::SetSyncStandbys {
             generation: 2,
@@ -110,7 +111,7 @@ fn every_command() -> Vec<Command> {
         Command::Adopted {
             node: "n1".into(),
             system_identifier: 7,
-            timeline: 3,
+            timeline: Timeline(3),
         },
         Command::SetConfigs {
             pairs: vec![("lease_ms".into(), Some("2000".into())), ("ttl".into(), None)],
@@ -385,10 +386,10 @@ fn a_report_encodes_to_its_golden_bytes_and_back() {
             generation: 2,
             pg: PgRole::Standby,
             streaming: true,
-            timeline: Some(1),
+            timeline: Some(Timeline(1)),
             lsn: Some(0x300_0060),
             standby_flush: BTreeMap::from([("n3".to_string(), 0x300_0000)]),
-            final_position: Some((0x300_0060, 1)),
+            final_position: Some((0x300_0060, Timeline(1))),
             reason: "r".into(),
             sync_applied: Some(SyncConfig {
                 standbys: BTreeSet::from(["n2".to_string()]),

@@ -61,6 +61,7 @@ use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
 use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
+use crate::types::Timeline;
 
 /// `SimConfig::delays`: the longest one-way delay of a report or a grant, longer than the
 /// margin the controller adds to the lease (200 ms and 10 %), as on a saturated machine.
@@ -227,10 +228,10 @@ enum Run {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Data {
     /// (timeline, write id) per record; an LSN is `BASE_LSN + position`.
-    wal: Vec<(u32, u64)>,
-    timeline: u32,
+    wal: Vec<(Timeline, u64)>,
+    timeline: Timeline,
     /// Where the timeline forked, as its history file says: (parent timeline, WAL length).
-    fork: Option<(u32, usize)>,
+    fork: Option<(Timeline, usize)>,
     /// Stopped cleanly (a checkpoint ends the WAL).
     clean: bool,
     /// Last ran in recovery.
@@ -239,9 +240,9 @@ struct Data {
     /// After a pg_rewind that raced its source (`SimConfig::rewind_race`): the source's WAL
     /// at the end of the copy, which its data files reflect. Recovery must replay all of it
     /// (the minimum recovery point is its end) before the database is consistent.
-    min_recovery: Option<Vec<(u32, u64)>>,
+    min_recovery: Option<Vec<(Timeline, u64)>>,
     /// The timeline pg_rewind records with that point: its source's at the time.
-    min_recovery_timeline: u32,
+    min_recovery_timeline: Timeline,
 }
 
 impl Data {
@@ -279,7 +280,7 @@ impl Data {
             min_recovery_timeline: Some(if self.min_recovery.is_some() {
                 self.min_recovery_timeline
             } else {
-                0
+                Timeline::NONE
             }),
             backup_end: Some(0),
         }
@@ -287,7 +288,7 @@ impl Data {
 }
 
 /// One WAL is the other's prefix: neither diverged from the other.
-fn compatible(a: &[(u32, u64)], b: &[(u32, u64)]) -> bool {
+fn compatible(a: &[(Timeline, u64)], b: &[(Timeline, u64)]) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
@@ -1258,13 +1259,13 @@ impl Sim {
                 let pg = &mut self.nodes[i].pg;
                 pg.data = Some(Data {
                     wal: Vec::new(),
-                    timeline: 1,
+                    timeline: Timeline::FIRST,
                     fork: None,
                     clean: true,
                     was_standby: false,
                     system,
                     min_recovery: None,
-                    min_recovery_timeline: 0,
+                    min_recovery_timeline: Timeline::NONE,
                 });
                 pg.run = Run::Down;
             }
@@ -1340,7 +1341,12 @@ impl Sim {
                 if pg.data.as_ref().is_some_and(Data::short) {
                     return Err("not consistent yet: it cannot end recovery".into());
                 }
-                let recorded = state.history.iter().map(|h| h.timeline).max().unwrap_or(1);
+                let recorded = state
+                    .history
+                    .iter()
+                    .map(|h| h.timeline)
+                    .max()
+                    .unwrap_or(Timeline::FIRST);
                 self.promoted(i, state.generation, recorded);
             }
             Action::DeclineCandidacy { reason } => {
@@ -1375,7 +1381,7 @@ impl Sim {
                     was_standby: true,
                     clean: true,
                     min_recovery: None,
-                    min_recovery_timeline: 0,
+                    min_recovery_timeline: Timeline::NONE,
                     ..source
                 });
                 pg.run = Run::Down;
@@ -1454,7 +1460,7 @@ impl Sim {
     /// `i`'s PostgreSQL ends recovery under `generation`.
     /// `recorded`: the newest timeline the history records; the agent puts its history file
     /// in place first, so PostgreSQL takes a newer one.
-    fn promoted(&mut self, i: usize, generation: u64, recorded: u32) {
+    fn promoted(&mut self, i: usize, generation: u64, recorded: Timeline) {
         let name = self.nodes[i].name.clone();
         // Every acknowledged write must be in the WAL the new primary starts from.
         let wal: BTreeSet<u64> = self.nodes[i]
@@ -1486,11 +1492,11 @@ impl Sim {
             .iter()
             .map(|(t, _)| *t)
             .max()
-            .unwrap_or(1)
+            .unwrap_or(Timeline::FIRST)
             .max(d.timeline)
             .max(recorded);
         d.fork = Some((d.timeline, d.wal.len()));
-        d.timeline = top + 1;
+        d.timeline = top.next();
         d.was_standby = false;
         pg.run = Run::Primary;
         pg.upstream = None;
@@ -1500,7 +1506,7 @@ impl Sim {
         pg.leased = false;
         self.log(format!(
             "{name}: promoted to timeline {} under generation {generation}",
-            top + 1
+            top.next()
         ));
     }
 

@@ -40,8 +40,8 @@ pub(super) fn history(s: &ClusterState) -> Vec<pb::HistoryEntry> {
         .iter()
         .map(|h| pb::HistoryEntry {
             kind: h.kind.as_str().to_string(),
-            parent_timeline: h.parent_timeline.unwrap_or(0),
-            timeline: h.timeline,
+            parent_timeline: h.parent_timeline.unwrap_or(Timeline::NONE).0,
+            timeline: h.timeline.0,
             switch_lsn: h.switch_lsn.map(|l| l.to_string()).unwrap_or_default(),
             reason: h.reason.clone(),
             from: h.from.clone().unwrap_or_default(),
@@ -73,7 +73,7 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
         primary: s.primary.as_ref().map(|p| pb::Primary {
             node: p.node.clone(),
             generation: p.generation,
-            timeline: p.timeline.unwrap_or(0),
+            timeline: p.timeline.unwrap_or(Timeline::NONE).0,
         }),
         paused: s.paused,
         members: s
@@ -139,7 +139,7 @@ fn member_status(r: &MemberRow) -> pb::MemberStatus {
         name: r.name.clone(),
         role: r.role.clone(),
         state: r.state.clone(),
-        timeline: r.timeline.unwrap_or(0),
+        timeline: r.timeline.unwrap_or(Timeline::NONE).0,
         lsn: r.lsn.map(lsn).unwrap_or_default(),
         lag_bytes: r.lag_bytes,
         lease_remaining_ms: r.lease_remaining_ms,

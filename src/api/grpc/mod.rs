@@ -26,6 +26,7 @@ use crate::node::{MembershipError, Node, ProposeError, PROPOSE_TIMEOUT};
 use crate::pb::control as pb;
 use crate::pb::control::control_client::ControlClient;
 use crate::pb::control::control_server::Control;
+use crate::types::Timeline;
 
 /// How long a switchover or failover may take before the RPC returns DEADLINE_EXCEEDED.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,7 +108,7 @@ impl ControlServer {
         Ok(Response::new(pb::ChangeReply {
             message: plan.render(change),
             primary: plan.candidate.unwrap_or_default(),
-            timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0),
+            timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
             generation: s.generation,
             took_ms: 0,
         }))
@@ -157,7 +158,7 @@ impl ControlServer {
                     return Ok(pb::ChangeReply {
                         message: String::new(),
                         primary: p.node.clone(),
-                        timeline: p.timeline.unwrap_or(0),
+                        timeline: p.timeline.unwrap_or(Timeline::NONE).0,
                         generation: p.generation,
                         took_ms: started.elapsed().as_millis() as u64,
                     });
@@ -266,7 +267,7 @@ impl Control for ControlServer {
             return Ok(Response::new(pb::ChangeReply {
                 message: c.applied.message,
                 primary: s.primary_name().unwrap_or_default().to_string(),
-                timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(0),
+                timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
                 generation: s.generation,
                 took_ms: 0,
             }));
