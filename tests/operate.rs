@@ -483,9 +483,20 @@ async fn membership_grow_remove_and_replace_while_writing() {
         format!("127.0.0.1:{}", p.pg),
         format!("127.0.0.1:{}", p.http),
     );
-    let out = c.ctl_ok(&[
-        "member", "add", "--name", "n4", "--id", "4", "--raft", &raft, "--grpc", &grpc, "--pg", &pg, "--http", &http,
-    ]);
+    // n4's own endpoint first, as an operator may list every node: it knows no Raft leader
+    // yet, so ctl goes on to the next endpoint.
+    let (ok, out, err) = c.ctl_at(
+        &format!("{grpc},{}", c.endpoints()),
+        &[
+            "member", "add", "--name", "n4", "--id", "4", "--raft", &raft, "--grpc", &grpc, "--pg", &pg, "--http",
+            &http,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("no Raft leader is known") && err.contains("trying the next endpoint"),
+        "{err}"
+    );
     assert!(out.contains("Raft learner") && out.contains("n4 added"), "{out}");
     let s = c.status(1).await.unwrap();
     assert!(s.member_status.iter().all(|m| m.raft == "voter"), "{s:?}");

@@ -856,7 +856,10 @@ impl Fault {
 
 /// Adds node `k`, removed from the cluster, back as a new member would join: its
 /// raftpg stopped, its Raft state wiped (its database stays), started again, then
-/// `raftpg ctl member add` with its addresses.
+/// `raftpg ctl member add` with its addresses, through the other members' endpoints (the
+/// wiped node knows no Raft leader: before raftpg tried the next endpoint, a `ctl` that
+/// reached it first failed, and the 300 s tier's member-remove-during-partition, seed
+/// 962094, stopped there).
 fn readd(c: &mut Cluster, k: u16) -> anyhow::Result<()> {
     hosts::kill_node(k)?;
     c.reap(k);
@@ -868,8 +871,10 @@ fn readd(c: &mut Cluster, k: u16) -> anyhow::Result<()> {
     let ip = hosts::ip(k);
     let addr = |port: u16| format!("{ip}:{port}");
     use crate::cluster::{GRPC_PORT, HTTP_PORT, PG_PORT, RAFT_PORT};
-    retry_ctl(
+    let others: Vec<u16> = (1..=c.n).filter(|&o| o != k).collect();
+    retry_ctl_via(
         c,
+        &others,
         &[
             "member",
             "add",

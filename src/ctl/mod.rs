@@ -46,7 +46,7 @@ pub struct CtlArgs {
     pub command: CtlCommand,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum CtlCommand {
     /// Members with role, state, timeline and lag; Raft leader, generation and pause state.
     List {
@@ -167,7 +167,7 @@ pub struct NewMember {
     pub replica: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum MemberAction {
     /// Add a member whose `raftpg run` is already running: learner, clone, voter.
     Add(NewMember),
@@ -192,7 +192,7 @@ pub enum MemberAction {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum SlotsAction {
     /// Declare a slot: created on the primary now, and on every new primary after a failover.
     Add {
@@ -214,7 +214,7 @@ pub enum SlotsAction {
     List,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum ConfigAction {
     /// Print every key and value.
     Show,
@@ -238,12 +238,44 @@ impl CtlArgs {
     }
 }
 
+/// Runs the command on the first endpoint that answers. An endpoint whose node knows no
+/// Raft leader (a member being added, or one cut off from the others) took nothing: the
+/// command goes to the next endpoint that answers, so `--endpoints` may list every node.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let tls = args.tls()?;
     PLAINTEXT.store(tls.is_none(), std::sync::atomic::Ordering::Relaxed);
-    let mut c = connect(&args.endpoints, tls.as_ref()).await?;
-    let yes = args.yes;
-    match args.command {
+    let list = endpoint_list(&args.endpoints)?;
+    let (mut from, mut yes) = (0, args.yes);
+    loop {
+        let (c, at) = connect_first(&list[from..], tls.as_ref()).await?;
+        let used = from + at;
+        match execute(c, args.command.clone(), yes, tls.as_ref()).await {
+            Err(e) if knows_no_leader(&e) && used + 1 < list.len() => {
+                eprintln!("{}: {e:#}; trying the next endpoint", list[used]);
+                // Anything to confirm was confirmed before this attempt.
+                (from, yes) = (used + 1, true);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether the node that answered refused because it knows no Raft leader: nothing was
+/// proposed, so another node may take the same command.
+fn knows_no_leader(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let text = c.to_string();
+        text.starts_with("no Raft leader is known") || text.starts_with("no Raft leader could commit")
+    })
+}
+
+async fn execute(
+    mut c: ControlClient<Channel>,
+    command: CtlCommand,
+    yes: bool,
+    tls: Option<&ClientTlsConfig>,
+) -> anyhow::Result<()> {
+    match command {
         CtlCommand::List { json, verbose } => {
             let s = status(&mut c).await?;
             if json {
@@ -264,7 +296,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let s = status(&mut c).await?;
             let mut rows = Vec::new();
             for m in &s.members {
-                rows.push(match version_of(&m.grpc_addr, tls.as_ref()).await {
+                rows.push(match version_of(&m.grpc_addr, tls).await {
                     Ok(v) => [m.name.clone(), v.raftpg, v.postgres, v.server],
                     Err(e) => [
                         m.name.clone(),
@@ -697,18 +729,30 @@ async fn version_of(addr: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result
 }
 
 pub async fn connect(endpoints: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(connect_first(&endpoint_list(endpoints)?, tls).await?.0)
+}
+
+fn endpoint_list(endpoints: &str) -> anyhow::Result<Vec<&str>> {
     let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
     if list.is_empty() {
         bail!("no endpoints given: pass --endpoints host:port[,host:port...] or set RAFTPG_ENDPOINTS");
     }
+    Ok(list)
+}
+
+/// A client of the first endpoint of `list` that answers, and its index.
+async fn connect_first(
+    list: &[&str],
+    tls: Option<&ClientTlsConfig>,
+) -> anyhow::Result<(ControlClient<Channel>, usize)> {
     let mut failures = Vec::new();
-    for ep in &list {
+    for (i, ep) in list.iter().enumerate() {
         let endpoint = crate::tls::endpoint(ep, tls)
             .map_err(|e| anyhow!("'{ep}' is not host:port: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
         match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-            Ok(Ok(ch)) => return Ok(ControlClient::new(ch)),
+            Ok(Ok(ch)) => return Ok((ControlClient::new(ch), i)),
             Ok(Err(e)) => failures.push(format!("{ep}: {}", transport_error(&e, tls.is_some()))),
             Err(_) => failures.push(format!("{ep}: no answer within {CONNECT_TIMEOUT:?}")),
         }
