@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::decide::controller::{decide, ControllerAction, ControllerInput};
 use crate::node::{Node, ProposeError};
+use crate::types::Generation;
 
 /// On the Raft leader, re-evaluate at least this often, for the timers counted in seconds
 /// (a candidate's patience, a scheduled switchover). The lease's deadline does not wait for
@@ -68,7 +69,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut last_reason = String::new();
     let mut last_transfer: Option<Instant> = None;
     // What the controller's timer runs for (`timer_key`), and since when.
-    let mut pending_since: Option<((u64, Option<String>), Instant)> = None;
+    let mut pending_since: Option<((Generation, Option<String>), Instant)> = None;
     // Since when a degradable primary has lacked its quorum (`below_quorum`).
     let mut below_since: Option<Instant> = None;
     let mut changes = node.subscribe();
@@ -155,7 +156,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             below_quorum_ms: below_since.map_or(0, |at| now.duration_since(at).as_millis() as u64),
         });
         if decision.reason != last_reason {
-            tracing::info!(generation = state.generation, "controller: {}", decision.reason);
+            tracing::info!(generation = %state.generation, "controller: {}", decision.reason);
             last_reason = decision.reason.clone();
         }
         match decision.action {

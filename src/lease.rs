@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::cluster::Primary;
 use crate::decide::agent::LeaseView;
 use crate::decide::controller::Report;
+use crate::types::Generation;
 
 /// Clock-rate difference tolerated between nodes, in thousandths.
 pub const DRIFT_PERMILLE: u64 = 100;
@@ -65,13 +66,13 @@ pub struct Holder(Arc<Mutex<HolderInner>>);
 
 struct HolderInner {
     /// (generation, since): when this node first saw itself primary of that generation.
-    acquiring: Option<(u64, Instant)>,
+    acquiring: Option<(Generation, Instant)>,
     /// (generation, expiry) of the last granted renewal.
-    lease: Option<(u64, Instant)>,
+    lease: Option<(Generation, Instant)>,
     /// (generation, expiry) of the lease an earlier raftpg on this machine held, when this
     /// one started: acquiring never outlasts it (the controller's clock runs from that
     /// process's last grant, not from this start).
-    inherited: Option<(u64, Instant)>,
+    inherited: Option<(Generation, Instant)>,
     /// The longest time between the sending of two consecutive granted renewals of one
     /// generation since this process started: how close a busy machine came to the lease.
     longest_gap: Duration,
@@ -93,12 +94,12 @@ impl Holder {
 
     /// This process started while an earlier one's lease for `generation` ran until
     /// `expiry` (the fence keeper's file): acquiring ends there at the latest.
-    pub fn inherit(&self, generation: u64, expiry: Instant) {
+    pub fn inherit(&self, generation: Generation, expiry: Instant) {
         self.lock().inherited = Some((generation, expiry));
     }
 
     /// A renewal sent at `sent` was granted under `generation`.
-    pub fn granted(&self, generation: u64, sent: Instant, lease_ms: u64) {
+    pub fn granted(&self, generation: Generation, sent: Instant, lease_ms: u64) {
         let expiry = sent + Duration::from_millis(lease_ms);
         let mut h = self.lock();
         if let Some((_, e)) = h.lease.filter(|(g, _)| *g == generation) {
@@ -114,7 +115,7 @@ impl Holder {
     /// The lease for `generation` at `now`. A node that has just become primary of
     /// `generation` (or just started) is `Acquiring` for one lease period: the
     /// controller's clock for it started no earlier, and runs longer.
-    pub fn view(&self, generation: u64, now: Instant, lease_ms: u64) -> LeaseView {
+    pub fn view(&self, generation: Generation, now: Instant, lease_ms: u64) -> LeaseView {
         let mut h = self.lock();
         if h.acquiring.is_none_or(|(g, _)| g != generation) {
             h.acquiring = Some((generation, now));
@@ -124,7 +125,7 @@ impl Holder {
     }
 
     /// Expiry of the lease for `generation`, if one was granted.
-    pub fn expiry(&self, generation: u64) -> Option<Instant> {
+    pub fn expiry(&self, generation: Generation) -> Option<Instant> {
         self.lock().lease.filter(|(g, _)| *g == generation).map(|(_, e)| e)
     }
 
@@ -132,7 +133,7 @@ impl Holder {
     /// granted renewal, or, before the first grant, the end of the acquiring period (the
     /// agent lets a primary run while it acquires, so the fence keeper must guard that too:
     /// otherwise a raftpg that died before its first grant left PostgreSQL unguarded).
-    pub fn guarded_until(&self, generation: u64, lease_ms: u64) -> Option<Instant> {
+    pub fn guarded_until(&self, generation: Generation, lease_ms: u64) -> Option<Instant> {
         let h = self.lock();
         match h.lease {
             Some((g, e)) if g == generation => Some(e),
@@ -154,7 +155,7 @@ impl Holder {
 }
 
 impl HolderInner {
-    fn acquiring_until(&self, generation: u64, lease_ms: u64) -> Option<Instant> {
+    fn acquiring_until(&self, generation: Generation, lease_ms: u64) -> Option<Instant> {
         crate::decide::report::acquiring_until(self.acquiring, self.inherited, generation, |since| {
             since + Duration::from_millis(lease_ms)
         })
@@ -179,7 +180,7 @@ pub struct Book {
 struct BookInner {
     reports: BTreeMap<String, (Instant, Report)>,
     /// (primary, generation) the clock runs for, and its last renewal or start.
-    clock: Option<(String, u64, Instant)>,
+    clock: Option<(String, Generation, Instant)>,
 }
 
 impl BookInner {
@@ -246,7 +247,7 @@ impl Book {
     }
 
     /// A renewal of `node` under `generation` was granted at `now`.
-    pub fn granted(&self, node: &str, generation: u64, now: Instant) {
+    pub fn granted(&self, node: &str, generation: Generation, now: Instant) {
         let mut b = self.lock();
         match &mut b.clock {
             Some((n, g, at)) if n == node && *g == generation => *at = (*at).max(now),
@@ -284,7 +285,7 @@ mod tests {
     use super::*;
     use crate::types::Timeline;
 
-    fn primary(node: &str, generation: u64) -> Primary {
+    fn primary(node: &str, generation: Generation) -> Primary {
         Primary {
             node: node.into(),
             generation,
@@ -307,36 +308,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn holder_expires_lease_after_send_time_plus_lease() {
         let h = Holder::new();
-        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Acquiring);
+        assert_eq!(h.view(Generation(1), Instant::now(), 2000), LeaseView::Acquiring);
         let sent = Instant::now();
         tokio::time::advance(Duration::from_millis(300)).await;
-        h.granted(1, sent, 2000);
-        assert_eq!(h.view(1, Instant::now(), 2000), LeaseView::Held);
+        h.granted(Generation(1), sent, 2000);
+        assert_eq!(h.view(Generation(1), Instant::now(), 2000), LeaseView::Held);
         assert_eq!(
-            h.view(2, Instant::now(), 2000),
+            h.view(Generation(2), Instant::now(), 2000),
             LeaseView::Acquiring,
             "another generation holds nothing"
         );
         tokio::time::advance(Duration::from_millis(1700)).await;
         assert_eq!(
-            h.view(1, Instant::now(), 2000),
+            h.view(Generation(1), Instant::now(), 2000),
             LeaseView::Expired,
             "counted from the send time"
         );
         assert_eq!(
-            h.view(2, Instant::now(), 2000),
+            h.view(Generation(2), Instant::now(), 2000),
             LeaseView::Acquiring,
             "a new generation starts acquiring"
         );
-        let acquiring_end = h.guarded_until(2, 2000).expect("acquiring is guarded");
+        let acquiring_end = h.guarded_until(Generation(2), 2000).expect("acquiring is guarded");
         tokio::time::advance(Duration::from_millis(2000)).await;
         assert_eq!(
-            h.view(2, Instant::now(), 2000),
+            h.view(Generation(2), Instant::now(), 2000),
             LeaseView::Expired,
             "never granted within a lease"
         );
         assert!(acquiring_end <= Instant::now(), "the keeper fences when acquiring ends");
-        assert_eq!(h.guarded_until(3, 2000), None, "a generation never seen");
+        assert_eq!(h.guarded_until(Generation(3), 2000), None, "a generation never seen");
     }
 
     /// Found by the simulation (seed 2509): a raftpg restarted on the primary acquired for a
@@ -346,48 +347,48 @@ mod tests {
     async fn a_restarted_holder_acquires_no_longer_than_the_lease_it_inherited() {
         let h = Holder::new();
         let inherited = Instant::now() + Duration::from_millis(600);
-        h.inherit(4, inherited);
-        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Acquiring);
-        assert_eq!(h.guarded_until(4, 2000), Some(inherited));
+        h.inherit(Generation(4), inherited);
+        assert_eq!(h.view(Generation(4), Instant::now(), 2000), LeaseView::Acquiring);
+        assert_eq!(h.guarded_until(Generation(4), 2000), Some(inherited));
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Expired);
+        assert_eq!(h.view(Generation(4), Instant::now(), 2000), LeaseView::Expired);
         // Another generation acquires for a whole lease, and a grant holds as usual.
-        assert_eq!(h.view(5, Instant::now(), 2000), LeaseView::Acquiring);
+        assert_eq!(h.view(Generation(5), Instant::now(), 2000), LeaseView::Acquiring);
         assert_eq!(
-            h.guarded_until(5, 2000),
+            h.guarded_until(Generation(5), 2000),
             Some(Instant::now() + Duration::from_millis(2000))
         );
-        h.granted(4, Instant::now(), 2000);
-        assert_eq!(h.view(4, Instant::now(), 2000), LeaseView::Held);
+        h.granted(Generation(4), Instant::now(), 2000);
+        assert_eq!(h.view(Generation(4), Instant::now(), 2000), LeaseView::Held);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_longest_gap_between_renewals_is_kept_per_generation() {
         let h = Holder::new();
         let t0 = Instant::now();
-        h.granted(1, t0, 2000);
+        h.granted(Generation(1), t0, 2000);
         assert_eq!(h.longest_gap(), Duration::ZERO, "one renewal has no gap");
-        h.granted(1, t0 + Duration::from_millis(500), 2000);
-        h.granted(1, t0 + Duration::from_millis(1700), 2000);
-        h.granted(1, t0 + Duration::from_millis(2100), 2000);
+        h.granted(Generation(1), t0 + Duration::from_millis(500), 2000);
+        h.granted(Generation(1), t0 + Duration::from_millis(1700), 2000);
+        h.granted(Generation(1), t0 + Duration::from_millis(2100), 2000);
         assert_eq!(h.longest_gap(), Duration::from_millis(1200));
         // A new generation starts over: the time between generations is no gap.
-        h.granted(2, t0 + Duration::from_millis(9000), 2000);
+        h.granted(Generation(2), t0 + Duration::from_millis(9000), 2000);
         assert_eq!(h.longest_gap(), Duration::from_millis(1200));
-        h.granted(2, t0 + Duration::from_millis(10_500), 2000);
+        h.granted(Generation(2), t0 + Duration::from_millis(10_500), 2000);
         assert_eq!(h.longest_gap(), Duration::from_millis(1500));
         // A late answer to an earlier send moves nothing back.
-        h.granted(2, t0 + Duration::from_millis(10_000), 2000);
+        h.granted(Generation(2), t0 + Duration::from_millis(10_000), 2000);
         assert_eq!(h.longest_gap(), Duration::from_millis(1500));
     }
 
     #[tokio::test(start_paused = true)]
     async fn controller_waits_longer_than_the_holder() {
         let b = Book::default();
-        let p = primary("n1", 1);
+        let p = primary("n1", Generation(1));
         b.start_tenure(Some(&p), Instant::now());
         tokio::time::advance(Duration::from_millis(500)).await;
-        b.granted("n1", 1, Instant::now());
+        b.granted("n1", Generation(1), Instant::now());
         let deadline = controller_deadline(2000);
         let wake = b.expires_at(&p, deadline).expect("n1 is clocked");
         assert_eq!(
@@ -395,7 +396,11 @@ mod tests {
             Instant::now() + Duration::from_millis(2401),
             "the first instant it is expired"
         );
-        assert_eq!(b.expires_at(&primary("n1", 2), deadline), None, "another generation");
+        assert_eq!(
+            b.expires_at(&primary("n1", Generation(2)), deadline),
+            None,
+            "another generation"
+        );
         tokio::time::advance(Duration::from_millis(2000)).await;
         assert_eq!(
             b.expired_ms(&p, deadline, Instant::now()),
@@ -411,7 +416,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(Instant::now(), wake);
         assert_eq!(b.expired_ms(&p, deadline, Instant::now()), Some(2401));
-        let next = primary("n2", 2);
+        let next = primary("n2", Generation(2));
         assert_eq!(
             b.expired_ms(&next, deadline, Instant::now()),
             None,

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::SyncConfig;
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// What an agent last said about its PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// The generation of the agent's applied state when it reported.
-    pub generation: u64,
+    pub generation: Generation,
     pub pg: PgRole,
     /// A standby streaming from the current primary.
     pub streaming: bool,

@@ -47,6 +47,34 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
+/// A primary's generation: 0 before the first primary, one more at each change of primary
+/// the Raft log commits. Every lease, report and fence names the generation it belongs to.
+/// Encoded as the bare number it replaced (serde `transparent`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// The generation a change of primary from this one starts.
+    pub fn next(self) -> Generation {
+        Generation(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Generation {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Generation, Self::Err> {
+        text.trim().parse().map(Generation)
+    }
+}
+
 /// A PostgreSQL timeline ID: 1 at initdb, one more at each promotion. Encoded as the bare
 /// number it replaced (serde `transparent`), so stored entries, snapshots and older peers
 /// read and write the same bytes.
@@ -110,6 +138,16 @@ mod tests {
         let back: Lsn = crate::raft::codec::decode(&crate::raft::codec::encode(&"1/AB0".to_string()), "lsn").unwrap();
         assert_eq!(back, lsn);
         assert!(crate::raft::codec::decode::<Lsn>(&crate::raft::codec::encode(&"garbage".to_string()), "lsn").is_err());
+    }
+
+    #[test]
+    fn a_generation_is_encoded_as_the_number_it_replaced() {
+        let encode = crate::raft::codec::encode::<Generation>;
+        assert_eq!(encode(&Generation(300)), crate::raft::codec::encode(&300u64));
+        assert_eq!(serde_json::to_string(&Generation(7)).unwrap(), "7");
+        assert_eq!(Generation::default().next(), Generation(1));
+        assert_eq!(Generation(12).to_string(), "12");
+        assert_eq!(" 12".parse::<Generation>(), Ok(Generation(12)));
     }
 
     #[test]

@@ -175,7 +175,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
         reason: "test".into(),
         from: None,
         to: "other".into(),
-        generation: u64::from(timeline),
+        generation: raftpg::types::Generation(u64::from(timeline)),
     };
     let history = [
         entry(1, None, None),

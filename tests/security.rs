@@ -63,7 +63,7 @@ fn report_as(node: &str) -> RaftMessage {
         payload: encode(&ReportRequest {
             node: node.into(),
             report: Report {
-                generation: 1,
+                generation: raftpg::types::Generation(1),
                 pg: PgRole::Primary,
                 streaming: false,
                 timeline: Some(raftpg::types::Timeline(1)),

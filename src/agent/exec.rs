@@ -13,6 +13,7 @@ use crate::node::report::{ReportClient, ReportReply, ReportRequest};
 use crate::node::ProposeError;
 use crate::postgres::{observe, Observation, StopMode};
 use crate::raft::state_machine::AppliedState;
+use crate::types::Generation;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -25,7 +26,7 @@ const START_SHOWN: Duration = Duration::from_secs(10);
 
 /// Returns once the applied state's generation is no longer `generation`; never if the
 /// state stops changing.
-async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generation: u64) {
+async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generation: Generation) {
     loop {
         if changes.borrow_and_update().state.generation != generation {
             return;
@@ -206,11 +207,11 @@ impl Agent {
                 if candidate {
                     self.confirm_candidate(state).await?;
                 }
-                tracing::info!(generation = state.generation, "promoting PostgreSQL");
+                tracing::info!(generation = %state.generation, "promoting PostgreSQL");
                 pg.ctl.promote(Duration::from_secs(60)).await?;
             }
             Action::DeclineCandidacy { reason } => {
-                tracing::warn!(generation = state.generation, "declining my promotion: {reason}");
+                tracing::warn!(generation = %state.generation, "declining my promotion: {reason}");
                 self.propose(Command::VetoCandidate {
                     generation: state.generation,
                     node: pg.me.clone(),
@@ -260,7 +261,7 @@ impl Agent {
                     started = &mut start => started?,
                     () = generation_moved(&mut changes, state.generation) => {
                         tracing::warn!(
-                            decided = state.generation,
+                            decided = %state.generation,
                             "the generation moved on while PostgreSQL was starting as a standby: \
                              stopping it at once, so that the next tick decides for the new state"
                         );
@@ -739,30 +740,30 @@ mod tests {
     use super::*;
     use crate::cluster::testing::bootstrapped;
 
-    fn applied(generation: u64) -> AppliedState {
+    fn applied(generation: Generation) -> AppliedState {
         let mut state = bootstrapped("n1");
         state.generation = generation;
         AppliedState {
-            log_index: generation,
+            log_index: generation.0,
             state: Arc::new(state),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_start_stops_waiting_when_the_generation_moves_and_only_then() {
-        let (tx, mut rx) = watch::channel(applied(3));
-        let mut moved = Box::pin(async move { generation_moved(&mut rx, 3).await });
+        let (tx, mut rx) = watch::channel(applied(Generation(3)));
+        let mut moved = Box::pin(async move { generation_moved(&mut rx, Generation(3)).await });
         // Another entry of the same generation (a report, a confirmation) is no reason.
-        tx.send(applied(3)).unwrap();
+        tx.send(applied(Generation(3))).unwrap();
         let waited = tokio::time::timeout(Duration::from_secs(60), &mut moved).await;
         assert!(waited.is_err(), "returned while the generation was still 3");
-        tx.send(applied(4)).unwrap();
+        tx.send(applied(Generation(4))).unwrap();
         tokio::time::timeout(Duration::from_secs(1), &mut moved)
             .await
             .expect("generation 4 ends the wait");
         // Already moved when the wait begins: returns at once.
-        let (_tx, mut rx) = watch::channel(applied(5));
-        tokio::time::timeout(Duration::from_secs(1), generation_moved(&mut rx, 4))
+        let (_tx, mut rx) = watch::channel(applied(Generation(5)));
+        tokio::time::timeout(Duration::from_secs(1), generation_moved(&mut rx, Generation(4)))
             .await
             .expect("moved before the wait");
     }

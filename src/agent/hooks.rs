@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::protocol::PgRole;
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// `[hooks]` in raftpg.toml.
 #[derive(Clone, Debug, Deserialize)]
@@ -92,7 +92,7 @@ struct Call {
     hook: &'static str,
     path: PathBuf,
     role: &'static str,
-    generation: u64,
+    generation: Generation,
     timeline: Option<Timeline>,
 }
 
@@ -125,7 +125,7 @@ impl Hooks {
 
     /// `pre_promote`, run now and waited for (the candidate promotes only if it succeeds):
     /// `Err` says why it refused. No hook configured: Ok.
-    pub async fn pre_promote(&self, generation: u64, timeline: Option<Timeline>) -> Result<(), String> {
+    pub async fn pre_promote(&self, generation: Generation, timeline: Option<Timeline>) -> Result<(), String> {
         let Some(path) = &self.section.pre_promote else {
             return Ok(());
         };
@@ -137,12 +137,12 @@ impl Hooks {
             timeline,
         };
         let timeout = Duration::from_secs(self.section.timeout_s);
-        tracing::info!(hook = "pre_promote", path = %path.display(), generation, "running pre_promote before promoting");
+        tracing::info!(hook = "pre_promote", path = %path.display(), %generation, "running pre_promote before promoting");
         run_one(&call, &self.cluster, &self.member, timeout).await
     }
 
     /// The local PostgreSQL as just observed.
-    pub fn observe(&mut self, pg: PgRole, generation: u64, timeline: Option<Timeline>) {
+    pub fn observe(&mut self, pg: PgRole, generation: Generation, timeline: Option<Timeline>) {
         let Some(tx) = &self.tx else { return };
         let change = transition(self.last, pg);
         if pg != PgRole::Unknown {
@@ -201,7 +201,7 @@ async fn run_one(c: &Call, cluster: &str, member: &str, timeout: Duration) -> Re
             tracing::info!(hook, "{line}");
         }
         if output.status.success() {
-            tracing::info!(hook, %path, role = c.role, generation = c.generation, "hook done");
+            tracing::info!(hook, %path, role = c.role, generation = %c.generation, "hook done");
             Ok(())
         } else {
             tracing::error!(hook, %path, role = c.role, "hook failed: {}", output.status);

@@ -27,7 +27,7 @@ use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
 use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 pub use pgfiles::PgNode;
 
 /// Tick when nothing happened: once per renewal interval (`lease_ms / 4`, the lease
@@ -82,7 +82,7 @@ pub struct Agent {
     unproven: bool,
     /// The generation in which this node, as primary, lost its lease while its
     /// PostgreSQL could not prove a commit: it hung, and was (or is being) fenced.
-    fenced_hung: Option<u64>,
+    fenced_hung: Option<Generation>,
     /// Since when the WAL receiver has kept running after streaming was stopped for a
     /// primary change.
     lingering_since: Option<Instant>,
@@ -91,17 +91,17 @@ pub struct Agent {
     /// Where this node, as primary, first saw its synchronous configuration run.
     sync_seen: crate::decide::report::SyncSeen,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
-    wal_end_read: Option<(u64, Option<(u64, Timeline)>)>,
+    wal_end_read: Option<(Generation, Option<(u64, Timeline)>)>,
     /// One persistent local connection for the observations.
     observer: Observer,
     /// The generation in which pg_rewind last found nothing to undo.
-    noop_rewind: Option<u64>,
+    noop_rewind: Option<Generation>,
     /// When the managed parameters were last checked against what PostgreSQL runs.
     managed_checked: Option<Instant>,
     /// The operator's `[hooks]`, called as the local PostgreSQL starts, stops, changes role.
     hooks: hooks::Hooks,
     /// The generation whose promotion `pre_promote` allowed.
-    pre_promoted: Option<u64>,
+    pre_promoted: Option<Generation>,
     /// The conninfo of the last `Reload` and when it ran: one that did not take effect
     /// (PostgreSQL rejected the file) is retried every `RELOAD_RETRY`, not every tick.
     reloaded: Option<(String, Instant)>,
@@ -114,7 +114,7 @@ const MANAGED_CHECK_EVERY: Duration = Duration::from_secs(10);
 pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
     let outbox = Arc::new(Mutex::new(Outbox {
         report: Report {
-            generation: 0,
+            generation: Generation(0),
             pg: PgRole::Unknown,
             streaming: false,
             timeline: None,
@@ -327,8 +327,8 @@ impl Agent {
             let current = self.node.state().state;
             if current.generation != state.generation || wanted(&current, &self.pg.me) != role {
                 tracing::info!(
-                    decided = state.generation,
-                    now = current.generation,
+                    decided = %state.generation,
+                    now = %current.generation,
                     "dropping {action:?}: the applied state moved on since it was decided"
                 );
                 break;
@@ -441,7 +441,7 @@ impl Agent {
     /// Logs a changed reason and hands the report to the lease task.
     fn publish(&mut self, state: &crate::cluster::ClusterState, local: &Local, d: &Decision, observed_at: Instant) {
         if d.reason != self.last_reason {
-            tracing::info!(generation = state.generation, "{}", d.reason);
+            tracing::info!(generation = %state.generation, "{}", d.reason);
             self.last_reason = d.reason.clone();
         }
         let report = crate::decide::report::derive(state, local, d, &mut self.sync_seen);

@@ -19,6 +19,7 @@ use crate::cluster::parse_bytes;
 use crate::decide::election::lsn;
 use crate::decide::view::{self, health, Check, HealthInput, MemberRow};
 use crate::node::Node;
+use crate::types::Generation;
 
 /// How the HTTP port is served: `[http]` of the config, loaded.
 #[derive(Clone, Default)]
@@ -312,7 +313,7 @@ pub struct MetricsInput<'a> {
     pub cluster: &'a str,
     pub me: &'a str,
     pub rows: &'a [MemberRow],
-    pub generation: u64,
+    pub generation: Generation,
     pub paused: bool,
     /// `synchronous_mode = degradable`: a degraded window is open.
     pub degraded: bool,
@@ -375,7 +376,7 @@ pub fn render_metrics(m: &MetricsInput) -> String {
         "raftpg_generation",
         "gauge",
         "Primary generation (fencing token); grows with every failover or switchover.",
-        cl(m.generation as f64),
+        cl(m.generation.0 as f64),
     );
     family(
         "raftpg_timeline",

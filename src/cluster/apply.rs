@@ -12,7 +12,7 @@ use super::state::{
     ChangeKind, ClusterState, Degraded, Flag, HistoryEntry, Member, Pending, PendingKind, PermanentSlot, Primary,
     SlotKind, TagChange,
 };
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// What an accepted command did, for logs and replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub enum Rejection {
     #[error("the cluster state is already initialised")]
     AlreadyInitialized,
     #[error("stale generation: the command expects {expected}, the cluster is at {actual}")]
-    StaleGeneration { expected: u64, actual: u64 },
+    StaleGeneration { expected: Generation, actual: Generation },
     #[error("unknown member '{0}'")]
     UnknownMember(String),
     #[error("member name '{0}' is already taken")]
@@ -528,7 +528,7 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
             "{node} cannot bootstrap a new database: the cluster adopts the existing database of {a}"
         )));
     }
-    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
+    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != Generation(0) {
         return Err(Rejection::AlreadyBootstrapped);
     }
     if let Some(chosen) = state.bootstrap_node.as_deref().filter(|c| *c != node) {
@@ -537,12 +537,12 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
             why: format!("{chosen} was chosen to bootstrap"),
         });
     }
-    state.generation = 1;
+    state.generation = Generation(1);
     state.sync_standbys = state.sync_candidates(node);
     state.system_identifier = Some(system_identifier);
     state.primary = Some(Primary {
         node: node.to_string(),
-        generation: 1,
+        generation: Generation(1),
         timeline: Some(Timeline::FIRST),
     });
     state.history.push(HistoryEntry {
@@ -553,7 +553,7 @@ fn bootstrap(state: &mut ClusterState, node: &str, system_identifier: u64) -> Re
         reason: "bootstrap".into(),
         from: None,
         to: node.to_string(),
-        generation: 1,
+        generation: Generation(1),
     });
     Ok(format!("{node} is the first primary (generation 1, timeline 1)"))
 }
@@ -568,7 +568,7 @@ fn adopted(
     timeline: Timeline,
 ) -> Result<String, Rejection> {
     known(state, node)?;
-    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != 0 {
+    if state.primary.is_some() || state.system_identifier.is_some() || state.generation != Generation(0) {
         return Err(Rejection::AlreadyBootstrapped);
     }
     if state.adopt.as_deref() != Some(node) {
@@ -579,12 +579,12 @@ fn adopted(
             ),
         }));
     }
-    state.generation = 1;
+    state.generation = Generation(1);
     state.sync_standbys.clear();
     state.system_identifier = Some(system_identifier);
     state.primary = Some(Primary {
         node: node.to_string(),
-        generation: 1,
+        generation: Generation(1),
         timeline: Some(timeline),
     });
     state.history.push(HistoryEntry {
@@ -595,7 +595,7 @@ fn adopted(
         reason: format!("adopted the existing database of {node}"),
         from: None,
         to: node.to_string(),
-        generation: 1,
+        generation: Generation(1),
     });
     Ok(format!(
         "{node} is the first primary, with its existing database (generation 1, timeline {timeline})"
@@ -618,7 +618,7 @@ fn begin(
         return Err(Rejection::NoPrimary);
     }
     let from = state.primary.take().map(|p| p.node);
-    state.generation += 1;
+    state.generation = state.generation.next();
     state.scheduled_switchover = None;
     state.pending = Some(Pending {
         stop_lsn: None,
@@ -631,7 +631,7 @@ fn begin(
     });
     Ok(format!(
         "generation {} fenced (primary was {}), {kind:?} under generation {}",
-        state.generation - 1,
+        Generation(state.generation.0 - 1),
         from.as_deref().unwrap_or("none"),
         state.generation
     ))
@@ -683,7 +683,7 @@ fn return_to_quorum(d: &mut Degraded) {
 /// be promoted by an election in the window.
 fn degrade(
     state: &mut ClusterState,
-    generation: u64,
+    generation: Generation,
     streaming: &[String],
     at_unix_ms: u64,
     lsn: Option<u64>,
@@ -751,7 +751,7 @@ fn degrade(
 /// timeline (it died or hung mid-promotion) when it acknowledged nothing, or when forced.
 fn begin_failover(
     state: &mut ClusterState,
-    generation: u64,
+    generation: Generation,
     to: Option<&String>,
     forced: bool,
     vetoed: bool,
@@ -800,7 +800,7 @@ fn begin_failover(
     begin(state, PendingKind::Failover, to.cloned(), forced, reason)
 }
 
-fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<String, Rejection> {
+fn promote(state: &mut ClusterState, generation: Generation, node: &str) -> Result<String, Rejection> {
     check_generation(state, generation)?;
     let pending = state.pending.as_ref().ok_or(Rejection::NothingPending)?;
     match pending.candidate.as_deref() {
@@ -842,7 +842,7 @@ fn promote(state: &mut ClusterState, generation: u64, node: &str) -> Result<Stri
 
 fn record_timeline(
     state: &mut ClusterState,
-    generation: u64,
+    generation: Generation,
     node: &str,
     timeline: Timeline,
     switch_lsn: Option<crate::types::Lsn>,
@@ -1025,7 +1025,7 @@ fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Resul
     })
 }
 
-fn check_generation(state: &ClusterState, expected: u64) -> Result<(), Rejection> {
+fn check_generation(state: &ClusterState, expected: Generation) -> Result<(), Rejection> {
     if state.generation != expected {
         return Err(Rejection::StaleGeneration {
             expected,

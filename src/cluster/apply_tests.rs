@@ -26,7 +26,7 @@ fn bootstrapped() -> ClusterState {
 
 fn failover(generation: u64) -> Command {
     Command::BeginFailover {
-        generation,
+        generation: Generation(generation),
         to: None,
         forced: false,
         reason: "lease expired".into(),
@@ -113,7 +113,7 @@ fn remove_member() {
     apply(
         &mut s,
         &Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys: vec!["n2".into(), "n3".into()],
         },
     )
@@ -163,7 +163,7 @@ fn bootstrap_once() {
     let p = s.primary.clone().unwrap();
     assert_eq!(
         (p.node.as_str(), p.generation, p.timeline),
-        ("n1", 1, Some(Timeline(1)))
+        ("n1", Generation(1), Some(Timeline(1)))
     );
     assert_eq!(s.system_identifier, Some(7));
     assert_eq!(s.history.len(), 1);
@@ -184,14 +184,14 @@ fn bootstrap_once() {
 fn failover_fences_then_promotes_then_records() {
     let mut s = bootstrapped();
     apply(&mut s, &failover(1)).unwrap();
-    assert_eq!(s.generation, 2);
+    assert_eq!(s.generation, Generation(2));
     assert_eq!(s.primary, None, "the old generation is fenced at once");
     assert_eq!(s.pending.as_ref().unwrap().from.as_deref(), Some("n1"));
 
     apply(
         &mut s,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
     )
@@ -199,7 +199,7 @@ fn failover_fences_then_promotes_then_records() {
     assert_eq!(s.pending.as_ref().unwrap().candidate.as_deref(), Some("n2"));
 
     let record = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x3000060)),
@@ -209,7 +209,7 @@ fn failover_fences_then_promotes_then_records() {
     let p = s.primary.clone().unwrap();
     assert_eq!(
         (p.node.as_str(), p.generation, p.timeline),
-        ("n2", 2, Some(Timeline(2)))
+        ("n2", Generation(2), Some(Timeline(2)))
     );
     assert_eq!(s.pending, None);
     let h = s.history.last().unwrap();
@@ -232,35 +232,41 @@ fn stale_generation_is_rejected_everywhere() {
     let stale = [
         failover(1),
         Command::BeginSwitchover {
-            generation: 1,
+            generation: Generation(1),
             to: "n2".into(),
             reason: "x".into(),
         },
         Command::Promote {
-            generation: 1,
+            generation: Generation(1),
             node: "n2".into(),
         },
         Command::RecordTimeline {
-            generation: 1,
+            generation: Generation(1),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         },
         Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys: vec![],
         },
     ];
     for cmd in stale {
         let err = rejected(&mut s, cmd);
-        assert_eq!(err, Rejection::StaleGeneration { expected: 1, actual: 2 });
+        assert_eq!(
+            err,
+            Rejection::StaleGeneration {
+                expected: Generation(1),
+                actual: Generation(2)
+            }
+        );
     }
 }
 
 fn promote(generation: u64, node: &str) -> Command {
     Command::Promote {
-        generation,
+        generation: Generation(generation),
         node: node.into(),
     }
 }
@@ -273,7 +279,7 @@ fn a_second_failover_supersedes_one_without_candidate() {
     let p = s.pending.clone().unwrap();
     assert_eq!(
         (s.generation, p.from.as_deref()),
-        (3, Some("n1")),
+        (Generation(3), Some("n1")),
         "the old primary is kept"
     );
 }
@@ -309,7 +315,10 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     // The controller replaces it.
     apply(&mut s, &failover(2)).unwrap();
     let p = s.pending.clone().unwrap();
-    assert_eq!((s.generation, p.from.as_deref(), p.candidate), (3, Some("n1"), None));
+    assert_eq!(
+        (s.generation, p.from.as_deref(), p.candidate),
+        (Generation(3), Some("n1"), None)
+    );
     assert_eq!(
         s.sync_config(),
         fenced_config,
@@ -317,7 +326,7 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     );
     // The old candidate's late record is stale; it may now be removed or re-cloned.
     let late = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: None,
@@ -331,7 +340,7 @@ fn a_candidate_that_never_recorded_its_timeline_is_replaced_in_quorum_mode() {
     apply(
         &mut s,
         &Command::RecordTimeline {
-            generation: 3,
+            generation: Generation(3),
             node: "n3".into(),
             timeline: Timeline(2),
             switch_lsn: None,
@@ -369,14 +378,17 @@ fn in_asynchronous_mode_only_a_forced_failover_replaces_a_candidate() {
     );
     assert_eq!(rejected(&mut s, failover(2)), Rejection::AlreadyPending);
     let forced = Command::BeginFailover {
-        generation: 2,
+        generation: Generation(2),
         to: Some("n3".into()),
         forced: true,
         reason: "operator: n2 is down".into(),
     };
     apply(&mut s, &forced).unwrap();
     let p = s.pending.clone().unwrap();
-    assert_eq!((s.generation, p.to.as_deref(), p.forced), (3, Some("n3"), true));
+    assert_eq!(
+        (s.generation, p.to.as_deref(), p.forced),
+        (Generation(3), Some("n3"), true)
+    );
 }
 
 /// A retried `RecordTimeline` must not forget a configuration the primary has not confirmed.
@@ -386,7 +398,7 @@ fn a_retried_record_keeps_unconfirmed_configurations() {
     apply(&mut s, &failover(1)).unwrap();
     apply(&mut s, &promote(2, "n2")).unwrap();
     let record = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: None,
@@ -394,7 +406,7 @@ fn a_retried_record_keeps_unconfirmed_configurations() {
     };
     apply(&mut s, &record).unwrap();
     let set = Command::SetSyncStandbys {
-        generation: 2,
+        generation: Generation(2),
         standbys: vec!["n3".into()],
     };
     apply(&mut s, &set).unwrap();
@@ -422,18 +434,18 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
     let record = |node: &str, g| Command::RecordTimeline {
         generation: g,
         node: node.into(),
-        timeline: Timeline(g as u32),
+        timeline: Timeline(g.0 as u32),
         switch_lsn: Some(crate::types::Lsn(0x3000060)),
-        parent_timeline: Some(Timeline(g as u32 - 1)),
+        parent_timeline: Some(Timeline(g.0 as u32 - 1)),
     };
     let mut s = bootstrapped();
     assert!(crate::cluster::fork_holders(&s).is_none(), "a bootstrap forks nothing");
     apply(&mut s, &failover(1)).unwrap();
     apply(&mut s, &promote(2, "n2")).unwrap();
-    apply(&mut s, &record("n2", 2)).unwrap();
+    apply(&mut s, &record("n2", Generation(2))).unwrap();
     assert_eq!(s.sync_unconfirmed, [sync(2, &["n1", "n2"])]);
     let confirm = Command::ConfirmSync {
-        generation: 2,
+        generation: Generation(2),
         config: s.sync_config(),
     };
     apply(&mut s, &confirm).unwrap();
@@ -443,7 +455,7 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
     apply(&mut s, &failover(2)).unwrap();
     apply(&mut s, &promote(3, "n3")).unwrap();
     apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
-    apply(&mut s, &record("n3", 3)).unwrap();
+    apply(&mut s, &record("n3", Generation(3))).unwrap();
     assert_eq!(s.sync_unconfirmed, [sync(1, &["n3"])]);
 
     // Asynchronous mode acknowledges nothing through standbys: nothing to keep.
@@ -455,7 +467,7 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
     apply(&mut s, &off).unwrap();
     apply(&mut s, &failover(1)).unwrap();
     apply(&mut s, &promote(2, "n2")).unwrap();
-    apply(&mut s, &record("n2", 2)).unwrap();
+    apply(&mut s, &record("n2", Generation(2))).unwrap();
     assert!(s.sync_unconfirmed.is_empty());
 }
 
@@ -474,13 +486,20 @@ fn five_members() -> ClusterState {
     apply(
         &mut s,
         &Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys,
         },
     )
     .unwrap();
     let config = s.sync_config();
-    apply(&mut s, &Command::ConfirmSync { generation: 1, config }).unwrap();
+    apply(
+        &mut s,
+        &Command::ConfirmSync {
+            generation: Generation(1),
+            config,
+        },
+    )
+    .unwrap();
     s
 }
 
@@ -491,7 +510,7 @@ fn promote_rules() {
         rejected(
             &mut s,
             Command::Promote {
-                generation: 1,
+                generation: Generation(1),
                 node: "n2".into()
             }
         ),
@@ -503,7 +522,7 @@ fn promote_rules() {
         rejected(
             &mut s,
             Command::Promote {
-                generation: 2,
+                generation: Generation(2),
                 node: "n3".into()
             }
         ),
@@ -513,7 +532,7 @@ fn promote_rules() {
         rejected(
             &mut s,
             Command::Promote {
-                generation: 2,
+                generation: Generation(2),
                 node: "n9".into()
             }
         ),
@@ -521,7 +540,7 @@ fn promote_rules() {
     );
     // Only the promoted candidate may record a timeline.
     let wrong = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: None,
@@ -535,7 +554,7 @@ fn forced_failover_may_promote_nofailover_member() {
     let mut s = bootstrapped();
     tag_nofailover(&mut s, "n3");
     let forced = Command::BeginFailover {
-        generation: 1,
+        generation: Generation(1),
         to: Some("n3".into()),
         forced: true,
         reason: "operator".into(),
@@ -545,7 +564,7 @@ fn forced_failover_may_promote_nofailover_member() {
         rejected(
             &mut s,
             Command::Promote {
-                generation: 2,
+                generation: Generation(2),
                 node: "n2".into()
             }
         ),
@@ -554,7 +573,7 @@ fn forced_failover_may_promote_nofailover_member() {
     apply(
         &mut s,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n3".into(),
         },
     )
@@ -565,14 +584,14 @@ fn forced_failover_may_promote_nofailover_member() {
 fn switchover_rules() {
     let mut s = initialized();
     let sw = |to: &str| Command::BeginSwitchover {
-        generation: 0,
+        generation: Generation(0),
         to: to.into(),
         reason: "planned".into(),
     };
     assert_eq!(rejected(&mut s, sw("n2")), Rejection::NoPrimary);
     let mut s = bootstrapped();
     let sw = |to: &str| Command::BeginSwitchover {
-        generation: 1,
+        generation: Generation(1),
         to: to.into(),
         reason: "planned".into(),
     };
@@ -590,7 +609,7 @@ fn switchover_rules() {
 fn sync_standbys_must_be_members_and_not_primary() {
     let mut s = bootstrapped();
     let set = |v: &[&str]| Command::SetSyncStandbys {
-        generation: 1,
+        generation: Generation(1),
         standbys: v.iter().map(|x| x.to_string()).collect(),
     };
     assert_eq!(rejected(&mut s, set(&["n1"])), Rejection::IsPrimary("n1".into()));
@@ -602,7 +621,7 @@ fn sync_standbys_must_be_members_and_not_primary() {
     assert_eq!(s.sync_standbys.len(), 2);
     let mut fresh = initialized();
     let early = Command::SetSyncStandbys {
-        generation: 0,
+        generation: Generation(0),
         standbys: vec!["n2".into()],
     };
     assert_eq!(rejected(&mut fresh, early), Rejection::NoPrimary);
@@ -722,34 +741,41 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         (generation.clone(), prop::option::of(name.clone()), any::<bool>()).prop_map(|(generation, to, forced)| {
             Command::BeginFailover {
-                generation,
+                generation: Generation(generation),
                 to,
                 forced,
                 reason: "p".into(),
             }
         }),
         (generation.clone(), name.clone()).prop_map(|(generation, to)| Command::BeginSwitchover {
-            generation,
+            generation: Generation(generation),
             to,
             reason: "p".into()
         }),
-        (generation.clone(), name.clone()).prop_map(|(generation, node)| Command::Promote { generation, node }),
+        (generation.clone(), name.clone()).prop_map(|(generation, node)| Command::Promote {
+            generation: Generation(generation),
+            node
+        }),
         (generation.clone(), name.clone(), 1u32..5).prop_map(|(generation, node, timeline)| {
             Command::RecordTimeline {
-                generation,
+                generation: Generation(generation),
                 node,
                 timeline: Timeline(timeline),
                 switch_lsn: None,
                 parent_timeline: None,
             }
         }),
-        (generation.clone(), prop::collection::vec(name.clone(), 0..3))
-            .prop_map(|(generation, standbys)| Command::SetSyncStandbys { generation, standbys }),
+        (generation.clone(), prop::collection::vec(name.clone(), 0..3)).prop_map(|(generation, standbys)| {
+            Command::SetSyncStandbys {
+                generation: Generation(generation),
+                standbys,
+            }
+        }),
         Just(Command::Pause),
         Just(Command::Resume),
         name.clone().prop_map(|node| Command::ChooseBootstrap { node }),
         (generation, name.clone()).prop_map(|(generation, node)| Command::VetoCandidate {
-            generation,
+            generation: Generation(generation),
             node,
             reason: "p".into()
         }),
@@ -768,15 +794,17 @@ fn arb_command() -> impl Strategy<Value = Command> {
             prop::option::of(0u64..1000)
         )
             .prop_map(|(generation, streaming, lsn)| Command::Degrade {
-                generation,
+                generation: Generation(generation),
                 streaming,
                 at_unix_ms: 1,
                 lsn,
             }),
-        (0u64..5).prop_map(|generation| Command::Undegrade { generation }),
+        (0u64..5).prop_map(|generation| Command::Undegrade {
+            generation: Generation(generation)
+        }),
         (0u64..5, prop::collection::vec(name, 0..3), 0usize..3).prop_map(|(generation, standbys, k)| {
             Command::ConfirmSync {
-                generation,
+                generation: Generation(generation),
                 config: SyncConfig {
                     standbys: standbys.into_iter().collect(),
                     k,
@@ -805,7 +833,7 @@ proptest! {
                 if before.primary.as_ref().map(|b| &b.node) != Some(&p.node) {
                     // A new primary comes only from a promoted candidate or bootstrap.
                     let via_candidate = before.pending.as_ref().and_then(|x| x.candidate.as_ref()) == Some(&p.node);
-                    prop_assert!(via_candidate || before.generation == 0);
+                    prop_assert!(via_candidate || before.generation == Generation(0));
                 }
             }
             for sb in &s.sync_standbys {
@@ -913,32 +941,39 @@ fn switchover_stop_restart_reinit_and_sync_confirmation() {
     apply(
         &mut s,
         &Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys: vec!["n2".into()],
         },
     )
     .unwrap();
     assert_eq!(s.sync_unconfirmed, [before]);
     let wrong = Command::ConfirmSync {
-        generation: 1,
+        generation: Generation(1),
         config: s.sync_unconfirmed[0].clone(),
     };
     assert!(matches!(rejected(&mut s, wrong), Rejection::BadConfig(_)));
     let config = s.sync_config();
-    apply(&mut s, &Command::ConfirmSync { generation: 1, config }).unwrap();
+    apply(
+        &mut s,
+        &Command::ConfirmSync {
+            generation: Generation(1),
+            config,
+        },
+    )
+    .unwrap();
     assert!(s.sync_unconfirmed.is_empty());
     // Only the old primary of a switchover reports its clean stop.
     apply(
         &mut s,
         &Command::BeginSwitchover {
-            generation: 1,
+            generation: Generation(1),
             to: "n2".into(),
             reason: "planned".into(),
         },
     )
     .unwrap();
     let stop = |node: &str| Command::SwitchoverStopped {
-        generation: 2,
+        generation: Generation(2),
         node: node.into(),
         lsn: 0x500,
     };
@@ -1034,7 +1069,7 @@ fn an_adopting_cluster_records_the_adopted_database_on_its_own_timeline() {
     let p = s.primary.clone().unwrap();
     assert_eq!(
         (p.node.as_str(), p.generation, p.timeline),
-        ("n1", 1, Some(Timeline(3)))
+        ("n1", Generation(1), Some(Timeline(3)))
     );
     assert!(s.sync_standbys.is_empty());
     assert_eq!(s.history.len(), 1);
@@ -1248,7 +1283,7 @@ fn a_replica_stays_outside_the_quorum_and_is_promoted_only_when_forced() {
     );
     // Never the target of a failover unless forced.
     let to_replica = |forced| Command::BeginFailover {
-        generation: 1,
+        generation: Generation(1),
         to: Some("n4".into()),
         forced,
         reason: "operator".into(),
@@ -1262,7 +1297,7 @@ fn a_replica_stays_outside_the_quorum_and_is_promoted_only_when_forced() {
     apply(
         &mut forced,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n4".into(),
         },
     )
@@ -1272,7 +1307,7 @@ fn a_replica_stays_outside_the_quorum_and_is_promoted_only_when_forced() {
     let err = rejected(
         &mut s,
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n4".into(),
         },
     );

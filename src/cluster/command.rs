@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Member, ScheduledSwitchover, SlotKind, SyncConfig, TagChange, Tags};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -41,31 +41,31 @@ pub enum Command {
     },
     /// Fence generation `generation` and start an unplanned failover under `generation + 1`.
     BeginFailover {
-        generation: u64,
+        generation: Generation,
         to: Option<String>,
         forced: bool,
         reason: String,
     },
     /// Fence generation `generation` and start a planned switchover to `to`.
     BeginSwitchover {
-        generation: u64,
+        generation: Generation,
         to: String,
         reason: String,
     },
     /// Switchover: the old primary `node` shut down cleanly; its last checkpoint is at `lsn`.
     SwitchoverStopped {
-        generation: u64,
+        generation: Generation,
         node: String,
         lsn: u64,
     },
     /// Tell `node` to promote, under the generation of the pending change.
     Promote {
-        generation: u64,
+        generation: Generation,
         node: String,
     },
     /// `node` promoted and is on `timeline`: it becomes the primary.
     RecordTimeline {
-        generation: u64,
+        generation: Generation,
         node: String,
         timeline: Timeline,
         /// Where the new timeline forked, and from which timeline (the history file).
@@ -74,12 +74,12 @@ pub enum Command {
     },
     /// The members whose flush counts towards the commit quorum.
     SetSyncStandbys {
-        generation: u64,
+        generation: Generation,
         standbys: Vec<String>,
     },
     /// The primary runs this synchronous configuration: earlier ones no longer matter.
     ConfirmSync {
-        generation: u64,
+        generation: Generation,
         config: SyncConfig,
     },
     /// Ask `node`'s agent to restart its PostgreSQL.
@@ -125,7 +125,7 @@ pub enum Command {
     /// (its `pre_promote` hook failed, or its database cannot become consistent from its
     /// own WAL): the change starts again under the next generation, without it.
     VetoCandidate {
-        generation: u64,
+        generation: Generation,
         node: String,
         reason: String,
     },
@@ -154,7 +154,7 @@ pub enum Command {
     /// for a lease, so the primary of `generation` runs asynchronously; `streaming` are
     /// those that still stream. Sent again while degraded, it shrinks that set.
     Degrade {
-        generation: u64,
+        generation: Generation,
         streaming: Vec<String>,
         at_unix_ms: u64,
         /// The primary's write position once it runs asynchronously (`Degraded::quorum_lsn`),
@@ -164,7 +164,7 @@ pub enum Command {
     /// Enough synchronous standbys stream again: the primary of `generation` returns to
     /// its quorum (the window ends once it confirms it).
     Undegrade {
-        generation: u64,
+        generation: Generation,
     },
 }
 

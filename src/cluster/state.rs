@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::config::HaConfig;
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// Per-member tags, as in Patroni.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ pub struct Member {
 pub struct Primary {
     pub node: String,
     /// Generation under which this node became primary.
-    pub generation: u64,
+    pub generation: Generation,
     /// PostgreSQL timeline; `None` between promotion and its recording.
     pub timeline: Option<Timeline>,
 }
@@ -230,7 +230,7 @@ pub struct HistoryEntry {
     pub reason: String,
     pub from: Option<String>,
     pub to: String,
-    pub generation: u64,
+    pub generation: Generation,
 }
 
 /// Everything the Raft group agrees on. Changed only by `apply`.
@@ -242,7 +242,7 @@ pub struct ClusterState {
     pub members: BTreeMap<String, Member>,
     pub primary: Option<Primary>,
     /// Incremented by every change of primary (fencing token).
-    pub generation: u64,
+    pub generation: Generation,
     /// Members that count towards the primary's commit quorum.
     pub sync_standbys: BTreeSet<String>,
     /// Earlier synchronous configurations the primary may still run, until it confirms
@@ -299,7 +299,7 @@ pub struct ClusterState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degraded {
     /// The primary's generation when it degraded.
-    pub generation: u64,
+    pub generation: Generation,
     /// Wall clock of the leader that decided it (for people; never a safety input).
     pub since_unix_ms: u64,
     /// The synchronous standbys that streamed when it degraded and have not stopped since:

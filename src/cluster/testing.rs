@@ -1,6 +1,7 @@
 //! Test fixtures shared by the pure tests of `cluster/` and `decide/`.
 
 use super::{apply, ClusterState, Command, Member, Rejection, Tags};
+use crate::types::Generation;
 
 /// Applies `cmd`, which must be refused, and asserts that the refusal left the state
 /// exactly as it was.
@@ -78,13 +79,13 @@ pub fn promoting_n2(mode: &str) -> ClusterState {
     set_sync_mode(&mut s, mode);
     let cmds = [
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
         },
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
     ];

@@ -12,7 +12,7 @@ use crate::cluster::{ChangeKind, ClusterState, PendingKind};
 use crate::decide::election::lsn;
 use crate::postgres::conf::{self, Upstream};
 use crate::postgres::{Controldata, PgState};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// A standby that follows the primary but has not streamed for this long, on an older
 /// timeline, has diverged (it holds WAL the new primary never had) and is rewound.
@@ -697,24 +697,24 @@ fn preceded_the_fenced(i: &AgentInput) -> bool {
 
 /// The final report of a member that holds no acknowledged write of the fenced
 /// generation: timeline 0, which counts towards the reports needed and is never promoted.
-fn holds_nothing(g: u64, why: &str) -> Decision {
+fn holds_nothing(g: Generation, why: &str) -> Decision {
     let mut d = Decision::idle(format!(
         "{why}: reporting that I hold no acknowledged write of generation {} and cannot be promoted",
-        g - 1
+        g.0 - 1
     ));
     d.final_position = Some((0, Timeline::NONE));
     d
 }
 
 /// A change is pending and this node is not its candidate; `old_primary`: it was the primary.
-fn fenced(i: &AgentInput, g: u64, old_primary: bool) -> Decision {
+fn fenced(i: &AgentInput, g: Generation, old_primary: bool) -> Decision {
     if let Some((to, stop_lsn)) = switchover_draining(i.state) {
         return switchover(i, old_primary, to, stop_lsn);
     }
     match i.local {
         Local::Primary(_) | Local::Unknown(_) if old_primary => Decision::new(
             vec![Action::Fence],
-            format!("generation {} was fenced: stopping my PostgreSQL at once", g - 1),
+            format!("generation {} was fenced: stopping my PostgreSQL at once", g.0 - 1),
         ),
         Local::Primary(_) => Decision::new(
             vec![Action::Fence],

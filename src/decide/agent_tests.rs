@@ -22,7 +22,7 @@ fn boot(node: &str) -> Vec<Command> {
 
 fn failover() -> Command {
     Command::BeginFailover {
-        generation: 1,
+        generation: Generation(1),
         to: None,
         forced: false,
         reason: "lease expired".into(),
@@ -31,7 +31,7 @@ fn failover() -> Command {
 
 fn promote(node: &str) -> Command {
     Command::Promote {
-        generation: 2,
+        generation: Generation(2),
         node: node.into(),
     }
 }
@@ -70,17 +70,17 @@ fn states() -> Vec<(&'static str, ClusterState)> {
         ),
     ];
     let switchover = Command::BeginSwitchover {
-        generation: 1,
+        generation: Generation(1),
         to: "n2".into(),
         reason: "planned".into(),
     };
     let stopped = Command::SwitchoverStopped {
-        generation: 2,
+        generation: Generation(2),
         node: "n1".into(),
         lsn: 0x500,
     };
     let recorded = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x600)),
@@ -113,7 +113,7 @@ fn states() -> Vec<(&'static str, ClusterState)> {
                         promote("n2"),
                         recorded,
                         Command::BeginFailover {
-                            generation: 2,
+                            generation: Generation(2),
                             to: None,
                             forced: false,
                             reason: "lease expired".into(),
@@ -664,7 +664,7 @@ fn a_standby_whose_minimum_recovery_point_is_off_the_primarys_line_is_rewound() 
     apply(
         &mut s,
         &Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
@@ -740,7 +740,7 @@ fn returning_old_primary_is_rewound_and_a_clean_standby_just_starts() {
     apply(
         &mut s,
         &Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into(),
             timeline: Timeline(2),
             switch_lsn: None,

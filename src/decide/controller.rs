@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cluster::{ClusterState, Command, Degraded, Flag, PendingKind, SyncConfig, SyncMode, Tags};
 use crate::decide::election::{elect, lsn, Election, ElectionInput, FinalReport};
 pub use crate::protocol::{PgRole, Report};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 #[derive(Clone, Debug)]
 pub struct ControllerInput<'a> {
@@ -488,10 +488,10 @@ fn stalled(i: &ControllerInput, report: Option<&Report>, progress: &[PgRole]) ->
 /// What the controller's timer (`ControllerInput::pending_ms`) runs for: the pending change
 /// and its candidate (a switchover's timeout runs from the change, a candidate's from its
 /// promotion), or, before the first primary, the member chosen to bootstrap.
-pub fn timer_key(s: &ClusterState) -> Option<(u64, Option<String>)> {
+pub fn timer_key(s: &ClusterState) -> Option<(Generation, Option<String>)> {
     match (&s.pending, &s.primary) {
         (Some(p), _) => Some((s.generation, p.candidate.clone())),
-        (None, None) if s.system_identifier.is_none() => s.bootstrap_node.clone().map(|b| (0, Some(b))),
+        (None, None) if s.system_identifier.is_none() => s.bootstrap_node.clone().map(|b| (Generation(0), Some(b))),
         _ => None,
     }
 }

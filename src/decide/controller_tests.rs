@@ -13,7 +13,7 @@ fn failing_over() -> ClusterState {
     apply(
         &mut s,
         &Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
@@ -25,7 +25,7 @@ fn failing_over() -> ClusterState {
 
 fn report(generation: u64, pg: PgRole, final_position: Option<(u64, u32)>) -> Report {
     Report {
-        generation,
+        generation: Generation(generation),
         pg,
         streaming: pg == PgRole::Standby && final_position.is_none(),
         timeline: Some(Timeline(1)),
@@ -65,7 +65,7 @@ fn switching_over() -> ClusterState {
     apply(
         &mut s,
         &Command::BeginSwitchover {
-            generation: 1,
+            generation: Generation(1),
             to: "n2".into(),
             reason: "planned".into(),
         },
@@ -91,7 +91,7 @@ fn switchover_promotes_the_target_once_it_has_the_shutdown_checkpoint() {
     apply(
         &mut s,
         &Command::SwitchoverStopped {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into(),
             lsn: 500,
         },
@@ -107,7 +107,7 @@ fn switchover_promotes_the_target_once_it_has_the_shutdown_checkpoint() {
     assert_eq!(
         decide_with("n3", &s, &reports, None).action,
         Some(ControllerAction::Propose(Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into()
         }))
     );
@@ -119,7 +119,7 @@ fn drained() -> ClusterState {
     apply(
         &mut s,
         &Command::SwitchoverStopped {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into(),
             lsn: 500,
         },
@@ -130,7 +130,7 @@ fn drained() -> ClusterState {
 
 fn promote(node: &str) -> Option<ControllerAction> {
     Some(ControllerAction::Propose(Command::Promote {
-        generation: 2,
+        generation: Generation(2),
         node: node.into(),
     }))
 }
@@ -195,7 +195,7 @@ fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everyth
     apply(
         &mut applied,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n3".into(),
         },
     )
@@ -235,7 +235,7 @@ fn a_switchover_never_promotes_a_standby_short_of_the_shutdown_checkpoint() {
     assert!(apply(
         &mut refused,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n3".into()
         }
     )
@@ -258,7 +258,7 @@ fn a_stalled_switchover_becomes_a_failover() {
     });
     let Some(ControllerAction::Propose(
         cmd @ Command::BeginFailover {
-            generation: 2,
+            generation: Generation(2),
             to: None,
             ..
         },
@@ -271,7 +271,7 @@ fn a_stalled_switchover_becomes_a_failover() {
     let p = after.pending.as_ref().unwrap();
     assert_eq!(
         (p.kind, p.from.as_deref(), after.generation),
-        (PendingKind::Failover, Some("n1"), 3)
+        (PendingKind::Failover, Some("n1"), Generation(3))
     );
 }
 
@@ -344,7 +344,7 @@ fn a_scheduled_switchover_starts_when_due_and_only_to_a_streaming_standby() {
     assert_eq!(at(999, &reports), None);
     assert!(matches!(
         at(1_000, &reports),
-        Some(ControllerAction::Propose(Command::BeginSwitchover { generation: 1, ref to, .. })) if to == "n3"
+        Some(ControllerAction::Propose(Command::BeginSwitchover { generation: Generation(1), ref to, .. })) if to == "n3"
     ));
     assert_eq!(
         at(1_000, &BTreeMap::new()),
@@ -373,7 +373,11 @@ fn bootstrap_picks_the_lowest_id_with_an_empty_data_directory() {
 fn expired_lease_begins_failover_unless_paused() {
     let mut s = booted();
     let d = decide_with("n2", &s, &BTreeMap::new(), Some(2500));
-    let Some(ControllerAction::Propose(Command::BeginFailover { generation: 1, .. })) = d.action else {
+    let Some(ControllerAction::Propose(Command::BeginFailover {
+        generation: Generation(1),
+        ..
+    })) = d.action
+    else {
         panic!("{d:?}");
     };
     s.paused = true;
@@ -391,7 +395,7 @@ fn promotion_waits_for_enough_final_reports_then_takes_the_most_advanced() {
     assert_eq!(
         d.action,
         Some(ControllerAction::Propose(Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n3".into()
         }))
     );
@@ -429,7 +433,7 @@ fn async_mode_records_an_empty_sync_set() {
     assert_eq!(
         d.action,
         Some(ControllerAction::Propose(Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys: vec![]
         }))
     );
@@ -464,12 +468,12 @@ fn sweep_promotion_never_loses_an_acknowledged_write() {
                 let finals: Vec<(u64, Timeline)> = ["n2", "n3"]
                     .iter()
                     .filter_map(|n| reports.get(*n))
-                    .filter(|r| r.generation == 2)
+                    .filter(|r| r.generation == Generation(2))
                     .filter_map(|r| r.final_position)
                     .collect();
                 match &d.action {
                     Some(ControllerAction::Propose(Command::Promote { generation, node })) => {
-                        assert_eq!(*generation, 2);
+                        assert_eq!(*generation, Generation(2));
                         assert_eq!(finals.len(), 2, "promoted before enough reports: {d:?} {reports:?}");
                         let chosen = reports[node].final_position.expect("the candidate reported");
                         let best = finals.iter().max_by_key(|(l, t)| (*t, *l)).unwrap();
@@ -505,7 +509,13 @@ fn a_candidate_that_does_not_finish_its_promotion_is_replaced_in_quorum_mode() {
     let silent = BTreeMap::new();
     assert_eq!(decide_after(&s, &silent, limit).action, None, "not before the limit");
     let d = decide_after(&s, &silent, limit + 1);
-    let Some(ControllerAction::Propose(cmd @ Command::BeginFailover { generation: 2, .. })) = &d.action else {
+    let Some(ControllerAction::Propose(
+        cmd @ Command::BeginFailover {
+            generation: Generation(2),
+            ..
+        },
+    )) = &d.action
+    else {
         panic!("{d:?}");
     };
     let mut after = s.clone();
@@ -513,7 +523,7 @@ fn a_candidate_that_does_not_finish_its_promotion_is_replaced_in_quorum_mode() {
     let p = after.pending.as_ref().unwrap();
     assert_eq!(
         (after.generation, p.candidate.as_deref(), p.from.as_deref()),
-        (3, None, Some("n1"))
+        (Generation(3), None, Some("n1"))
     );
     // The replacement's election needs the fenced primary's quorum again.
     let d = decide_after(&after, &silent, 0);
@@ -612,7 +622,7 @@ fn when_no_other_member_holds_anything_the_stopped_old_primary_is_promoted_again
     assert_eq!(
         decide_with("n2", &s, &reports, None).action,
         Some(ControllerAction::Propose(Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into()
         }))
     );
@@ -636,13 +646,13 @@ fn a_new_primary_is_confirmed_only_once_its_standbys_passed_its_fork() {
     apply(
         &mut s,
         &Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
     )
     .unwrap();
     let record = Command::RecordTimeline {
-        generation: 2,
+        generation: Generation(2),
         node: "n2".into(),
         timeline: Timeline(2),
         switch_lsn: Some(crate::types::Lsn(0x500)),
@@ -689,18 +699,18 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
     let mut s = failing_over();
     for c in [
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
         Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
             parent_timeline: Some(Timeline(1)),
         },
         Command::BeginFailover {
-            generation: 2,
+            generation: Generation(2),
             to: None,
             forced: false,
             reason: "lease".into(),
@@ -708,9 +718,9 @@ fn a_fenced_primary_that_alone_holds_the_fork_is_promoted_again_once_it_is_back(
     ] {
         apply(&mut s, &c).unwrap();
     }
-    assert_eq!(s.generation, 3);
+    assert_eq!(s.generation, Generation(3));
     let promote_n2 = Some(ControllerAction::Propose(Command::Promote {
-        generation: 3,
+        generation: Generation(3),
         node: "n2".into(),
     }));
     let lease = s.ha.lease_ms;
@@ -799,7 +809,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
     for mode in ["quorum", "off", "degradable"] {
         let mut s = promoting_n2(mode);
         let veto = Command::VetoCandidate {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             reason: "its pre_promote hook failed: exit status 1".into(),
         };
@@ -807,7 +817,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         let p = s.pending.clone().unwrap();
         assert_eq!(
             (s.generation, p.candidate, p.from.as_deref()),
-            (3, None, Some("n1")),
+            (Generation(3), None, Some("n1")),
             "{mode}"
         );
         assert!(s.vetoed.contains("n2"));
@@ -826,7 +836,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         assert_eq!(
             d.action,
             Some(ControllerAction::Propose(Command::Promote {
-                generation: 3,
+                generation: Generation(3),
                 node: "n3".into()
             })),
             "{mode}: {}",
@@ -846,7 +856,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         apply(
             &mut s,
             &Command::Promote {
-                generation: 3,
+                generation: Generation(3),
                 node: "n3".into(),
             },
         )
@@ -854,7 +864,7 @@ fn a_candidate_vetoed_by_its_pre_promote_hook_is_replaced_and_never_chosen_again
         apply(
             &mut s,
             &Command::RecordTimeline {
-                generation: 3,
+                generation: Generation(3),
                 node: "n3".into(),
                 timeline: Timeline(2),
                 switch_lsn: None,
@@ -871,7 +881,7 @@ fn only_the_candidate_can_veto_and_an_operator_can_ask_for_a_vetoed_member_again
     let mut s = promoting_n2("quorum");
     for (generation, node) in [(2, "n3"), (1, "n2"), (2, "n1")] {
         let cmd = Command::VetoCandidate {
-            generation,
+            generation: Generation(generation),
             node: node.into(),
             reason: "r".into(),
         };
@@ -882,7 +892,7 @@ fn only_the_candidate_can_veto_and_an_operator_can_ask_for_a_vetoed_member_again
     apply(
         &mut s,
         &Command::VetoCandidate {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             reason: "r".into(),
         },
@@ -891,7 +901,7 @@ fn only_the_candidate_can_veto_and_an_operator_can_ask_for_a_vetoed_member_again
     apply(
         &mut s,
         &Command::BeginFailover {
-            generation: 3,
+            generation: Generation(3),
             to: Some("n2".into()),
             forced: false,
             reason: "operator".into(),
@@ -961,11 +971,11 @@ fn a_failover_right_after_nosync_still_covers_the_configuration_the_primary_ran(
             changes: vec![TagChange::Flag(Flag::NoSync, true)],
         },
         Command::SetSyncStandbys {
-            generation: 1,
+            generation: Generation(1),
             standbys: vec!["n2".into()],
         },
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
@@ -1029,7 +1039,7 @@ fn an_automatic_failover_never_promotes_a_replica() {
     apply(
         &mut s,
         &Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
@@ -1100,10 +1110,10 @@ fn skip_final_reports_promotes_from_stale_positions_only_in_an_open_failover() {
     let g = s.generation;
     // n2 lags but answers (its last report is of the old generation); n3 holds the last
     // acknowledged writes, but its PostgreSQL hung, so its report has no position.
-    let mut hung = report(g - 1, PgRole::Unknown, None);
+    let mut hung = report(g.0 - 1, PgRole::Unknown, None);
     hung.lsn = None;
     let reports: BTreeMap<String, Report> =
-        [("n2".to_string(), standby_at(g - 1, 100)), ("n3".to_string(), hung)].into();
+        [("n2".to_string(), standby_at(g.0 - 1, 100)), ("n3".to_string(), hung)].into();
     let safe = decide_with("n2", &s, &reports, None);
     assert_eq!(
         safe.action, None,
@@ -1145,34 +1155,34 @@ fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_
     let mut s = bootstrapped("n1");
     for c in [
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
         },
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
         Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x500)),
             parent_timeline: Some(Timeline(1)),
         },
         Command::BeginFailover {
-            generation: 2,
+            generation: Generation(2),
             to: None,
             forced: false,
             reason: "lease".into(),
         },
         Command::Promote {
-            generation: 3,
+            generation: Generation(3),
             node: "n3".into(),
         },
         Command::VetoCandidate {
-            generation: 3,
+            generation: Generation(3),
             node: "n3".into(),
             reason: "it cannot become consistent from its own WAL: recovery must reach 0/750 and its WAL ends at \
                      0/700 on timeline 2"
@@ -1182,7 +1192,10 @@ fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_
         apply(&mut s, &c).unwrap();
     }
     let p = s.pending.clone().unwrap();
-    assert_eq!((s.generation, p.candidate, p.from.as_deref()), (4, None, Some("n2")));
+    assert_eq!(
+        (s.generation, p.candidate, p.from.as_deref()),
+        (Generation(4), None, Some("n2"))
+    );
     assert!(
         p.reason
             .contains("n3 refused the promotion: it cannot become consistent"),
@@ -1192,7 +1205,7 @@ fn a_candidate_that_cannot_become_consistent_declines_and_the_fenced_primary_is_
     let lease = s.ha.lease_ms;
     let promote = |node: &str| {
         Some(ControllerAction::Propose(Command::Promote {
-            generation: 4,
+            generation: Generation(4),
             node: node.into(),
         }))
     };

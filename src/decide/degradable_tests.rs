@@ -19,7 +19,7 @@ fn degradable() -> ClusterState {
 
 fn degrade(streaming: &[&str]) -> Command {
     Command::Degrade {
-        generation: 1,
+        generation: Generation(1),
         streaming: streaming.iter().map(|n| n.to_string()).collect(),
         at_unix_ms: 1_000,
         lsn: None,
@@ -29,7 +29,7 @@ fn degrade(streaming: &[&str]) -> Command {
 /// `Degrade` with the primary's position once it runs asynchronously.
 fn runs_async_from(lsn: u64) -> Command {
     Command::Degrade {
-        generation: 1,
+        generation: Generation(1),
         streaming: vec![],
         at_unix_ms: 2_000,
         lsn: Some(lsn),
@@ -42,7 +42,14 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 fn confirm_current(s: &mut ClusterState) {
     let config = s.sync_config();
-    apply(s, &Command::ConfirmSync { generation: 1, config }).unwrap();
+    apply(
+        s,
+        &Command::ConfirmSync {
+            generation: Generation(1),
+            config,
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -55,7 +62,7 @@ fn degrade_is_refused_outside_degradable_mode_and_under_another_generation() {
     );
     set_mode(&mut s, "degradable");
     let stale = Command::Degrade {
-        generation: 0,
+        generation: Generation(0),
         streaming: vec![],
         at_unix_ms: 0,
         lsn: None,
@@ -66,7 +73,12 @@ fn degrade_is_refused_outside_degradable_mode_and_under_another_generation() {
         Rejection::UnknownMember(_)
     ));
     assert!(matches!(
-        rejected(&mut s, Command::Undegrade { generation: 1 }),
+        rejected(
+            &mut s,
+            Command::Undegrade {
+                generation: Generation(1)
+            }
+        ),
         Rejection::BadConfig(_)
     ));
 }
@@ -81,7 +93,7 @@ fn a_degraded_primary_runs_asynchronously_and_keeps_the_quorum_it_left_unconfirm
     let d = s.degraded.clone().unwrap();
     assert_eq!(
         (d.generation, d.since_unix_ms, d.streaming, d.restoring),
-        (1, 1_000, set(&["n2"]), false)
+        (Generation(1), 1_000, set(&["n2"]), false)
     );
     assert_eq!(
         s.sync_config(),
@@ -121,7 +133,13 @@ fn the_window_ends_only_when_the_primary_confirms_its_quorum() {
     apply(&mut s, &runs_async_from(0x800)).unwrap();
     confirm_current(&mut s);
     let async_config = s.sync_config();
-    apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
+    apply(
+        &mut s,
+        &Command::Undegrade {
+            generation: Generation(1),
+        },
+    )
+    .unwrap();
     let d = s.degraded.as_ref().unwrap();
     assert!(d.restoring);
     assert_eq!(
@@ -135,9 +153,15 @@ fn the_window_ends_only_when_the_primary_confirms_its_quorum() {
         "the writes of the window are still on n1 alone"
     );
     // Undegrade again is harmless; the asynchronous configuration cannot be confirmed now.
-    apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
+    apply(
+        &mut s,
+        &Command::Undegrade {
+            generation: Generation(1),
+        },
+    )
+    .unwrap();
     let old = Command::ConfirmSync {
-        generation: 1,
+        generation: Generation(1),
         config: s.sync_unconfirmed[0].clone(),
     };
     assert!(matches!(rejected(&mut s, old), Rejection::BadConfig(_)));
@@ -150,7 +174,13 @@ fn the_window_ends_only_when_the_primary_confirms_its_quorum() {
 fn the_window_degrades_again_while_returning_and_ends_with_a_new_primary_or_mode() {
     let mut s = degradable();
     apply(&mut s, &degrade(&["n2"])).unwrap();
-    apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
+    apply(
+        &mut s,
+        &Command::Undegrade {
+            generation: Generation(1),
+        },
+    )
+    .unwrap();
     apply(&mut s, &degrade(&[])).unwrap();
     let d = s.degraded.clone().unwrap();
     assert!(!d.restoring && d.streaming.is_empty() && s.sync_config().k == 0);
@@ -175,13 +205,13 @@ fn the_window_degrades_again_while_returning_and_ends_with_a_new_primary_or_mode
     apply(&mut f, &degrade(&["n2"])).unwrap();
     for c in [
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
         },
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
     ] {
@@ -195,7 +225,7 @@ fn the_window_degrades_again_while_returning_and_ends_with_a_new_primary_or_mode
     apply(
         &mut f,
         &Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: None,
@@ -231,7 +261,7 @@ fn returning_from_the_window_waits_for_the_standbys_to_flush() {
 
 fn standby(streaming: bool) -> Report {
     Report {
-        generation: 1,
+        generation: Generation(1),
         pg: PgRole::Standby,
         streaming,
         timeline: Some(Timeline(1)),
@@ -293,7 +323,7 @@ fn the_controller_degrades_after_a_lease_without_a_quorum_and_never_in_quorum_mo
     assert_eq!(
         proposed(&d),
         Some(&Command::Degrade {
-            generation: 1,
+            generation: Generation(1),
             streaming: vec![],
             at_unix_ms: 5_000,
             lsn: None,
@@ -345,10 +375,22 @@ fn the_controller_shrinks_the_window_and_returns_once_the_window_is_confirmed() 
         primary_at(0x9000_0000, &[("n3", 0x9000_0000 - 100)], Some(s.sync_config())),
     );
     let d = decide_at(&s, &back, 0);
-    assert_eq!(proposed(&d), Some(&Command::Undegrade { generation: 1 }), "{d:?}");
+    assert_eq!(
+        proposed(&d),
+        Some(&Command::Undegrade {
+            generation: Generation(1)
+        }),
+        "{d:?}"
+    );
     // Returning, and the quorum is lost again for a lease: degrade again, and the position is
     // recorded anew (the quorum acknowledged writes meanwhile).
-    apply(&mut s, &Command::Undegrade { generation: 1 }).unwrap();
+    apply(
+        &mut s,
+        &Command::Undegrade {
+            generation: Generation(1),
+        },
+    )
+    .unwrap();
     let d = decide_at(&s, &back, 0);
     assert!(!matches!(proposed(&d), Some(Command::Degrade { .. })), "{d:?}");
     let d = decide_at(&s, &reports(false, false), s.ha.lease_ms);
@@ -389,7 +431,7 @@ fn fin(lsn: u64) -> Option<FinalReport> {
 
 fn window(streaming: &[&str]) -> crate::cluster::Degraded {
     crate::cluster::Degraded {
-        generation: 1,
+        generation: Generation(1),
         since_unix_ms: 1_000,
         streaming: set(streaming),
         restoring: false,
@@ -533,7 +575,7 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
     apply(
         &mut s,
         &Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
@@ -541,7 +583,7 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
     )
     .unwrap();
     let fin = |lsn| Report {
-        generation: 2,
+        generation: Generation(2),
         streaming: false,
         final_position: Some((lsn, Timeline(1))),
         ..standby(false)
@@ -553,7 +595,7 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
     r.insert(
         "n1".into(),
         Report {
-            generation: 2,
+            generation: Generation(2),
             pg: PgRole::Stopped,
             streaming: false,
             ..standby(false)
@@ -563,7 +605,7 @@ fn the_old_primary_of_a_window_is_promoted_again_once_it_is_back() {
     assert_eq!(
         proposed(&d),
         Some(&Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into()
         }),
         "{d:?}"

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cluster::{apply, ClusterState, Command, SyncMode};
 use crate::decide::controller::{decide, ControllerAction, ControllerInput, PgRole, Report};
 use crate::decide::election::lsn;
+use crate::types::Generation;
 
 /// The change to plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +83,7 @@ pub fn plan(
     let g = s.generation;
     let mut steps = vec![format!(
         "fence generation {} (primary {}); the change runs under generation {g}",
-        g - 1,
+        Generation(g.0 - 1),
         primary.node
     )];
     let mut simulated: BTreeMap<String, Report> = BTreeMap::new();
@@ -219,7 +220,7 @@ mod tests {
 
     fn report(pg: PgRole, lsn: u64, streaming: bool) -> Report {
         Report {
-            generation: 1,
+            generation: Generation(1),
             pg,
             streaming,
             timeline: Some(Timeline(1)),

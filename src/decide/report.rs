@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::{ClusterState, SyncConfig};
+use crate::types::Generation;
 
 /// How a report's reason starts while its member clones (`cloning from n1: 45% (...)`):
 /// `ctl list` shows the state as `cloning 45%`.
@@ -34,7 +35,7 @@ use crate::postgres::conf;
 /// under the old configuration a moment later. By the next observation every walsender has
 /// long taken the reload, so every write acknowledged under an earlier configuration lies
 /// before the position taken then.
-pub type SyncSeen = Option<(u64, SyncConfig, Option<u64>)>;
+pub type SyncSeen = Option<(Generation, SyncConfig, Option<u64>)>;
 
 /// Whether every write acknowledged under `old` is on `new.k` members of `new`'s set by
 /// construction: `old.k` members of `old` hold it, at most `|old \ new|` of them are
@@ -143,7 +144,7 @@ pub fn derive(state: &ClusterState, local: &Local, d: &Decision, seen: &mut Sync
 /// or to the candidate the pending change of that generation chose (it promotes only
 /// with a grant, so never on a state in which it was since replaced). A renewal granted
 /// under an older generation, or to a fenced primary during a failover, would let it run on.
-pub fn grants_renewal(state: &ClusterState, node: &str, generation: u64) -> bool {
+pub fn grants_renewal(state: &ClusterState, node: &str, generation: Generation) -> bool {
     if state.generation != generation {
         return false;
     }
@@ -157,7 +158,7 @@ pub fn grants_renewal(state: &ClusterState, node: &str, generation: u64) -> bool
 /// the primary's lease (`lease::Book::granted`): only the recorded primary's. A candidate's
 /// confirmation before it promotes does not: the new primary's clock starts when its
 /// timeline is recorded, not at a confirmation that a long promotion may have followed.
-pub fn renews_primary(state: &ClusterState, node: &str, generation: u64) -> bool {
+pub fn renews_primary(state: &ClusterState, node: &str, generation: Generation) -> bool {
     state.pending.is_none() && grants_renewal(state, node, generation)
 }
 
@@ -165,7 +166,12 @@ pub fn renews_primary(state: &ClusterState, node: &str, generation: u64) -> bool
 /// `granted` is the (generation, expiry) of its last granted renewal; until
 /// `acquiring_until` (one lease after it first saw itself primary of `generation`) a
 /// node without a grant is still acquiring.
-pub fn lease_view<T: Ord>(granted: Option<(u64, T)>, generation: u64, now: T, acquiring_until: T) -> LeaseView {
+pub fn lease_view<T: Ord>(
+    granted: Option<(Generation, T)>,
+    generation: Generation,
+    now: T,
+    acquiring_until: T,
+) -> LeaseView {
     match granted {
         Some((g, e)) if g == generation && now < e => LeaseView::Held,
         Some((g, _)) if g == generation => LeaseView::Expired,
@@ -179,9 +185,9 @@ pub fn lease_view<T: Ord>(granted: Option<(u64, T)>, generation: u64, now: T, ac
 /// earlier raftpg on this machine left (`inherited`): the controller's clock runs from
 /// that process's last grant.
 pub fn acquiring_until<T: Ord + Copy>(
-    acquiring: Option<(u64, T)>,
-    inherited: Option<(u64, T)>,
-    generation: u64,
+    acquiring: Option<(Generation, T)>,
+    inherited: Option<(Generation, T)>,
+    generation: Generation,
     lease_end: impl Fn(T) -> T,
 ) -> Option<T> {
     let (g, since) = acquiring.filter(|(g, _)| *g == generation)?;
@@ -249,7 +255,10 @@ mod tests {
         let d = decision();
         let mut primary = pg(false);
         let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut None);
-        assert_eq!((r.pg, r.lsn, r.generation), (PgRole::Primary, Some(0x900), 1));
+        assert_eq!(
+            (r.pg, r.lsn, r.generation),
+            (PgRole::Primary, Some(0x900), Generation(1))
+        );
         assert_eq!(r.standby_flush, BTreeMap::from([("n2".to_string(), 0x880)]));
         assert_eq!(r.sync_applied, None, "it does not run ANY 1 (n2, n3) yet");
         assert!(r.pending_restart);
@@ -285,18 +294,21 @@ mod tests {
     #[test]
     fn only_the_recorded_primary_or_the_chosen_candidate_of_the_generation_is_granted() {
         let mut s = bootstrapped("n1");
-        assert!(grants_renewal(&s, "n1", 1));
-        assert!(!grants_renewal(&s, "n2", 1), "not the primary");
-        assert!(!grants_renewal(&s, "n1", 0), "an older generation");
+        assert!(grants_renewal(&s, "n1", Generation(1)));
+        assert!(!grants_renewal(&s, "n2", Generation(1)), "not the primary");
+        assert!(!grants_renewal(&s, "n1", Generation(0)), "an older generation");
         let begin = Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "r".into(),
         };
         apply(&mut s, &begin).unwrap();
         for (node, g) in [("n1", 1), ("n1", 2), ("n2", 2)] {
-            assert!(!grants_renewal(&s, node, g), "{node} {g}: a change is pending");
+            assert!(
+                !grants_renewal(&s, node, Generation(g)),
+                "{node} {g}: a change is pending"
+            );
         }
         // The candidate of the change, once chosen, under its generation only; until its
         // replacement, and then its successor only.
@@ -304,34 +316,40 @@ mod tests {
             generation,
             node: node.into(),
         };
-        apply(&mut s, &promote("n2", 2)).unwrap();
-        assert!(grants_renewal(&s, "n2", 2));
+        apply(&mut s, &promote("n2", Generation(2))).unwrap();
+        assert!(grants_renewal(&s, "n2", Generation(2)));
         assert!(
-            !renews_primary(&s, "n2", 2),
+            !renews_primary(&s, "n2", Generation(2)),
             "a confirmation, not the primary's renewal"
         );
         for (node, g) in [("n1", 1), ("n1", 2), ("n3", 2), ("n2", 1), ("n2", 3)] {
-            assert!(!grants_renewal(&s, node, g), "{node} {g}: not the candidate");
+            assert!(
+                !grants_renewal(&s, node, Generation(g)),
+                "{node} {g}: not the candidate"
+            );
         }
         let replace = Command::BeginFailover {
-            generation: 2,
+            generation: Generation(2),
             to: None,
             forced: false,
             reason: "n2 made no progress".into(),
         };
         apply(&mut s, &replace).unwrap();
-        assert!(!grants_renewal(&s, "n2", 2) && !grants_renewal(&s, "n2", 3), "replaced");
-        apply(&mut s, &promote("n3", 3)).unwrap();
-        assert!(grants_renewal(&s, "n3", 3) && !grants_renewal(&s, "n2", 3));
+        assert!(
+            !grants_renewal(&s, "n2", Generation(2)) && !grants_renewal(&s, "n2", Generation(3)),
+            "replaced"
+        );
+        apply(&mut s, &promote("n3", Generation(3))).unwrap();
+        assert!(grants_renewal(&s, "n3", Generation(3)) && !grants_renewal(&s, "n2", Generation(3)));
         let record = Command::RecordTimeline {
-            generation: 3,
+            generation: Generation(3),
             node: "n3".into(),
             timeline: Timeline(2),
             switch_lsn: None,
             parent_timeline: None,
         };
         apply(&mut s, &record).unwrap();
-        assert!(renews_primary(&s, "n3", 3) && !renews_primary(&s, "n2", 3));
+        assert!(renews_primary(&s, "n3", Generation(3)) && !renews_primary(&s, "n2", Generation(3)));
     }
 
     #[test]
@@ -349,7 +367,7 @@ mod tests {
         ];
         for (granted, g, now, until, want) in table {
             assert_eq!(
-                lease_view(granted, g, now, until),
+                lease_view(granted.map(|(gg, e)| (Generation(gg), e)), Generation(g), now, until),
                 want,
                 "{granted:?} {g} {now} {until}"
             );
@@ -409,7 +427,7 @@ mod tests {
         let mut s = bootstrapped("n1");
         set_sync_mode(&mut s, "degradable");
         s.degraded = Some(Degraded {
-            generation: 1,
+            generation: Generation(1),
             ..Default::default()
         });
         assert_eq!(s.sync_config().k, 0);
@@ -433,7 +451,7 @@ mod tests {
         // Returning, with an earlier configuration that is carried by construction (an
         // emptied set, as after its standbys were removed): the window's writes still count.
         s.degraded = Some(Degraded {
-            generation: 1,
+            generation: Generation(1),
             restoring: true,
             ..Default::default()
         });
@@ -469,7 +487,7 @@ mod tests {
                 changes: vec![TagChange::Flag(Flag::NoSync, true)],
             },
             Command::SetSyncStandbys {
-                generation: 1,
+                generation: Generation(1),
                 standbys: vec!["n2".into()],
             },
         ] {
@@ -484,10 +502,10 @@ mod tests {
         primary.replication[0].flush_lsn = Some(0x880);
         let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
         assert_eq!(r.sync_applied, None, "the first sight takes no position");
-        assert_eq!(seen, Some((1, s.sync_config(), None)));
+        assert_eq!(seen, Some((Generation(1), s.sync_config(), None)));
         let r = derive(&s, &Local::Primary(primary.clone()), &d, &mut seen);
         assert_eq!(r.sync_applied, None, "n2 has not flushed 0/900");
-        assert_eq!(seen, Some((1, s.sync_config(), Some(0x900))));
+        assert_eq!(seen, Some((Generation(1), s.sync_config(), Some(0x900))));
         // Later writes move the primary on; n2 passing the first sight's position is enough.
         primary.write_lsn = Some(0x2000);
         primary.replication[0].flush_lsn = Some(0x900);
@@ -504,15 +522,15 @@ mod tests {
             derive(&s, &Local::Primary(primary.clone()), &d, &mut seen).sync_applied,
             None
         );
-        assert_eq!(seen, Some((1, s.sync_config(), None)));
+        assert_eq!(seen, Some((Generation(1), s.sync_config(), None)));
         assert_eq!(derive(&s, &Local::Primary(primary), &d, &mut seen).sync_applied, None);
-        assert_eq!(seen, Some((1, s.sync_config(), Some(0x2000))));
+        assert_eq!(seen, Some((Generation(1), s.sync_config(), Some(0x2000))));
         // Carried over by construction: at once.
         let mut grown = bootstrapped("n1");
         apply(
             &mut grown,
             &Command::SetSyncStandbys {
-                generation: 1,
+                generation: Generation(1),
                 standbys: vec!["n2".into()],
             },
         )
@@ -525,7 +543,7 @@ mod tests {
         apply(
             &mut grown,
             &Command::SetSyncStandbys {
-                generation: 1,
+                generation: Generation(1),
                 standbys: vec!["n2".into(), "n3".into()],
             },
         )

@@ -237,7 +237,7 @@ pub fn health(check: Check, i: &HealthInput) -> bool {
 mod tests {
     #[test]
     fn a_new_leaders_partial_view_keeps_recent_reports_of_the_others() {
-        let report = |lsn| report(1, PgRole::Standby, true, lsn);
+        let report = |lsn| report(Generation(1), PgRole::Standby, true, lsn);
         let older = ClusterView {
             reports: [
                 ("n1".to_string(), (100, report(1))),
@@ -259,9 +259,10 @@ mod tests {
 
     use super::*;
     use crate::cluster::testing::bootstrapped;
+    use crate::types::Generation;
     use std::collections::BTreeMap;
 
-    fn report(generation: u64, pg: PgRole, streaming: bool, lsn: u64) -> Report {
+    fn report(generation: Generation, pg: PgRole, streaming: bool, lsn: u64) -> Report {
         Report {
             generation,
             pg,
@@ -282,9 +283,9 @@ mod tests {
         s.sync_standbys.remove("n3");
         let view = ClusterView {
             reports: BTreeMap::from([
-                ("n1".into(), (100, report(1, PgRole::Primary, false, 5000))),
-                ("n2".into(), (100, report(1, PgRole::Standby, true, 4000))),
-                ("n3".into(), (60_000, report(1, PgRole::Standby, true, 10))),
+                ("n1".into(), (100, report(Generation(1), PgRole::Primary, false, 5000))),
+                ("n2".into(), (100, report(Generation(1), PgRole::Standby, true, 4000))),
+                ("n3".into(), (60_000, report(Generation(1), PgRole::Standby, true, 10))),
             ]),
             lease_remaining_ms: Some(1500),
         };
@@ -314,13 +315,19 @@ mod tests {
     fn lag_comes_from_the_primarys_own_observation_when_it_lists_the_standby() {
         let s = bootstrapped("n1");
         // n2's own report was taken before the primary switched WAL segments.
-        let mut primary = report(1, PgRole::Primary, false, 0x500_0000);
+        let mut primary = report(Generation(1), PgRole::Primary, false, 0x500_0000);
         primary.standby_flush = BTreeMap::from([("n2".to_string(), 0x4FF_FF00)]);
         let view = ClusterView {
             reports: BTreeMap::from([
                 ("n1".into(), (100, primary)),
-                ("n2".into(), (100, report(1, PgRole::Standby, true, 0x400_0000))),
-                ("n3".into(), (100, report(1, PgRole::Standby, true, 0x4F0_0000))),
+                (
+                    "n2".into(),
+                    (100, report(Generation(1), PgRole::Standby, true, 0x400_0000)),
+                ),
+                (
+                    "n3".into(),
+                    (100, report(Generation(1), PgRole::Standby, true, 0x4F0_0000)),
+                ),
             ]),
             lease_remaining_ms: None,
         };
@@ -337,8 +344,8 @@ mod tests {
     #[test]
     fn health_checks_follow_patroni() {
         let s = bootstrapped("n1");
-        let primary = report(1, PgRole::Primary, false, 100);
-        let standby = report(1, PgRole::Standby, true, 90);
+        let primary = report(Generation(1), PgRole::Primary, false, 100);
+        let standby = report(Generation(1), PgRole::Standby, true, 90);
         let base = |me, own| HealthInput {
             me,
             state: &s,

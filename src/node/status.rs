@@ -13,6 +13,7 @@ use super::Node;
 use crate::cluster::PendingKind;
 use crate::decide::controller::Report;
 use crate::decide::view::ClusterView;
+use crate::types::Generation;
 
 /// How long a member's report outlives its absence from a new Raft leader's view.
 const KEEP_MISSING_MS: u64 = 5_000;
@@ -25,7 +26,7 @@ struct Inner {
     own: Option<(Instant, Report)>,
     gated: bool,
     /// (generation, expiry) of this node's primary lease.
-    lease: Option<(u64, Instant)>,
+    lease: Option<(Generation, Instant)>,
     view: Option<(Instant, ClusterView)>,
     last_failover: Option<Duration>,
     last_switchover: Option<Duration>,
@@ -62,7 +63,7 @@ impl LocalStatus {
         })
     }
 
-    pub fn set_lease(&self, lease: Option<(u64, Instant)>) {
+    pub fn set_lease(&self, lease: Option<(Generation, Instant)>) {
         self.lock().lease = lease;
     }
 
@@ -78,7 +79,7 @@ impl LocalStatus {
     }
 
     /// Time left on this node's lease as primary of `generation`.
-    pub fn lease_remaining(&self, generation: u64) -> Option<Duration> {
+    pub fn lease_remaining(&self, generation: Generation) -> Option<Duration> {
         let (g, expiry) = self.lock().lease?;
         (g == generation).then(|| expiry.saturating_duration_since(Instant::now()))
     }

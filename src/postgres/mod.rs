@@ -127,6 +127,7 @@ pub enum PgError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Generation;
 
     #[test]
     fn lsn_and_history_parse_like_postgres_prints_them() {
@@ -153,7 +154,7 @@ mod tests {
             reason: "r".into(),
             from: None,
             to: "n2".into(),
-            generation: u64::from(timeline.0),
+            generation: Generation(u64::from(timeline.0)),
         };
         assert!(recorded_histories(&[]).is_empty());
         let history = [

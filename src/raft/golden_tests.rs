@@ -12,7 +12,7 @@ use crate::cluster::{apply, ClusterState, Command, Flag, Member, ScheduledSwitch
 use crate::decide::controller::{PgRole, Report};
 use crate::node::report::ReportRequest;
 use crate::raft::codec::{decode, encode};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 fn member() -> Member {
     Member {
@@ -54,38 +54,38 @@ fn every_command() -> Vec<Command> {
             system_identifier: 7,
         },
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: Some("n2".into()),
             forced: true,
             reason: "r".into(),
         },
         Command::BeginSwitchover {
-            generation: 1,
+            generation: Generation(1),
             to: "n2".into(),
             reason: "r".into(),
         },
         Command::SwitchoverStopped {
-            generation: 2,
+            generation: Generation(2),
             node: "n1".into(),
             lsn: 0x300_0060,
         },
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
         Command::RecordTimeline {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             timeline: Timeline(2),
             switch_lsn: Some(crate::types::Lsn(0x3000060)),
             parent_timeline: Some(Timeline(1)),
         },
         Command::SetSyncStandbys {
-            generation: 2,
+            generation: Generation(2),
             standbys: vec!["n1".into()],
         },
         Command::ConfirmSync {
-            generation: 2,
+            generation: Generation(2),
             config: sync,
         },
         Command::Restart { node: "n1".into() },
@@ -117,7 +117,7 @@ fn every_command() -> Vec<Command> {
             pairs: vec![("lease_ms".into(), Some("2000".into())), ("ttl".into(), None)],
         },
         Command::VetoCandidate {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
             reason: "r".into(),
         },
@@ -142,12 +142,14 @@ fn every_command() -> Vec<Command> {
             reason: "r".into(),
         },
         Command::Degrade {
-            generation: 2,
+            generation: Generation(2),
             streaming: vec!["n2".into()],
             at_unix_ms: 1000,
             lsn: None,
         },
-        Command::Undegrade { generation: 2 },
+        Command::Undegrade {
+            generation: Generation(2),
+        },
     ]
 }
 
@@ -350,13 +352,13 @@ fn busy_state() -> ClusterState {
         },
         Command::Restart { node: "n2".into() },
         Command::BeginFailover {
-            generation: 1,
+            generation: Generation(1),
             to: None,
             forced: false,
             reason: "lease".into(),
         },
         Command::Promote {
-            generation: 2,
+            generation: Generation(2),
             node: "n2".into(),
         },
     ];
@@ -383,7 +385,7 @@ fn a_report_encodes_to_its_golden_bytes_and_back() {
     let req = ReportRequest {
         node: "n2".into(),
         report: Report {
-            generation: 2,
+            generation: Generation(2),
             pg: PgRole::Standby,
             streaming: true,
             timeline: Some(Timeline(1)),

@@ -61,7 +61,7 @@ use crate::decide::table::{self, Column, Row};
 use crate::lease::controller_deadline;
 use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// `SimConfig::delays`: the longest one-way delay of a report or a grant, longer than the
 /// margin the controller adds to the lease (200 ms and 10 %), as on a saturated machine.
@@ -383,16 +383,16 @@ impl FakePg {
 #[derive(Clone, Debug, Default)]
 struct AgentMemory {
     /// (generation, expiry on the local clock) of the last granted renewal.
-    lease: Option<(u64, u64)>,
+    lease: Option<(Generation, u64)>,
     /// (generation, since on the local clock): acquiring.
-    acquiring: Option<(u64, u64)>,
+    acquiring: Option<(Generation, u64)>,
     /// (generation, expiry) of the lease the last raftpg left armed (`Holder::inherit`).
-    inherited: Option<(u64, u64)>,
+    inherited: Option<(Generation, u64)>,
     down_since: Option<u64>,
     not_streaming_since: Option<u64>,
     lingering_since: Option<u64>,
     unproven: bool,
-    fenced_hung: Option<u64>,
+    fenced_hung: Option<Generation>,
     restarts_done: u64,
     reinits_done: u64,
     next_report: u64,
@@ -442,8 +442,8 @@ impl SimNode {
 struct LeaderMemory {
     reports: BTreeMap<String, (u64, Report)>,
     /// (primary, generation, leader-local time of the last grant or the tenure's start).
-    clock: Option<(String, u64, u64)>,
-    watched: Option<((u64, Option<String>), u64)>,
+    clock: Option<(String, Generation, u64)>,
+    watched: Option<((Generation, Option<String>), u64)>,
 }
 
 struct Ack {
@@ -499,7 +499,7 @@ enum Message {
         leader: usize,
         to: usize,
         incarnation: u64,
-        generation: u64,
+        generation: Generation,
         sent_local: u64,
     },
 }
@@ -1069,7 +1069,7 @@ impl Sim {
         }
     }
 
-    fn holder_view(&mut self, i: usize, generation: u64, lease_ms: u64) -> LeaseView {
+    fn holder_view(&mut self, i: usize, generation: Generation, lease_ms: u64) -> LeaseView {
         let local = self.nodes[i].local(self.now);
         let m = &mut self.nodes[i].mem;
         if m.acquiring.is_none_or(|(g, _)| g != generation) {
@@ -1281,7 +1281,7 @@ impl Sim {
                     pg.streaming = false;
                     // The first primary (bootstrap) or a crash restart in place.
                     if pg.epoch == 0 || state.primary_name() == Some(me.as_str()) {
-                        pg.epoch = state.generation.max(1);
+                        pg.epoch = state.generation.max(Generation(1)).0;
                     }
                     pg.leased = role == &Wanted::Primary;
                 }
@@ -1460,7 +1460,7 @@ impl Sim {
     /// `i`'s PostgreSQL ends recovery under `generation`.
     /// `recorded`: the newest timeline the history records; the agent puts its history file
     /// in place first, so PostgreSQL takes a newer one.
-    fn promoted(&mut self, i: usize, generation: u64, recorded: Timeline) {
+    fn promoted(&mut self, i: usize, generation: Generation, recorded: Timeline) {
         let name = self.nodes[i].name.clone();
         // Every acknowledged write must be in the WAL the new primary starts from.
         let wal: BTreeSet<u64> = self.nodes[i]
@@ -1502,7 +1502,7 @@ impl Sim {
         pg.upstream = None;
         pg.streaming = false;
         pg.pinned = false;
-        pg.epoch = generation;
+        pg.epoch = generation.0;
         pg.leased = false;
         self.log(format!(
             "{name}: promoted to timeline {} under generation {generation}",
@@ -1667,7 +1667,7 @@ impl Sim {
                 if !n.mem.lease.is_some_and(|(g, old)| g == generation && old >= e) {
                     n.mem.lease = Some((generation, e));
                 }
-                if n.pg.run == Run::Primary && n.pg.epoch == generation {
+                if n.pg.run == Run::Primary && n.pg.epoch == generation.0 {
                     n.pg.leased = true;
                 }
             }
@@ -1874,7 +1874,7 @@ impl Sim {
             return;
         };
         let pg = &self.nodes[i].pg;
-        if pg.run != Run::Primary || pg.epoch != p.generation {
+        if pg.run != Run::Primary || pg.epoch != p.generation.0 {
             return;
         }
         let wal: BTreeSet<u64> = pg
@@ -1892,7 +1892,7 @@ impl Sim {
 }
 
 /// As `lease::Holder`, with the same rule (`decide::report::acquiring_until`).
-fn acquiring_until(m: &AgentMemory, generation: u64, lease_ms: u64) -> Option<u64> {
+fn acquiring_until(m: &AgentMemory, generation: Generation, lease_ms: u64) -> Option<u64> {
     crate::decide::report::acquiring_until(m.acquiring, m.inherited, generation, |since| since + lease_ms)
 }
 

@@ -46,7 +46,7 @@ pub(super) fn history(s: &ClusterState) -> Vec<pb::HistoryEntry> {
             reason: h.reason.clone(),
             from: h.from.clone().unwrap_or_default(),
             to: h.to.clone(),
-            generation: h.generation,
+            generation: h.generation.0,
         })
         .collect()
 }
@@ -69,10 +69,10 @@ pub fn status(node: &Node) -> pb::ClusterStatus {
         applied_index: applied.log_index,
         initialized: s.initialized,
         revision: s.revision,
-        generation: s.generation,
+        generation: s.generation.0,
         primary: s.primary.as_ref().map(|p| pb::Primary {
             node: p.node.clone(),
-            generation: p.generation,
+            generation: p.generation.0,
             timeline: p.timeline.unwrap_or(Timeline::NONE).0,
         }),
         paused: s.paused,

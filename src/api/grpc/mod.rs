@@ -26,7 +26,7 @@ use crate::node::{MembershipError, Node, ProposeError, PROPOSE_TIMEOUT};
 use crate::pb::control as pb;
 use crate::pb::control::control_client::ControlClient;
 use crate::pb::control::control_server::Control;
-use crate::types::Timeline;
+use crate::types::{Generation, Timeline};
 
 /// How long a switchover or failover may take before the RPC returns DEADLINE_EXCEEDED.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -109,7 +109,7 @@ impl ControlServer {
             message: plan.render(change),
             primary: plan.candidate.unwrap_or_default(),
             timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
-            generation: s.generation,
+            generation: s.generation.0,
             took_ms: 0,
         }))
     }
@@ -148,7 +148,7 @@ impl ControlServer {
     }
 
     /// Waits until a primary of at least `generation` is recorded with nothing pending.
-    async fn wait_for_primary(&self, generation: u64, started: Instant) -> Result<pb::ChangeReply, Status> {
+    async fn wait_for_primary(&self, generation: Generation, started: Instant) -> Result<pb::ChangeReply, Status> {
         let mut rx = self.node.subscribe();
         let deadline = started + CHANGE_TIMEOUT;
         loop {
@@ -159,7 +159,7 @@ impl ControlServer {
                         message: String::new(),
                         primary: p.node.clone(),
                         timeline: p.timeline.unwrap_or(Timeline::NONE).0,
-                        generation: p.generation,
+                        generation: p.generation.0,
                         took_ms: started.elapsed().as_millis() as u64,
                     });
                 }
@@ -268,7 +268,7 @@ impl Control for ControlServer {
                 message: c.applied.message,
                 primary: s.primary_name().unwrap_or_default().to_string(),
                 timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
-                generation: s.generation,
+                generation: s.generation.0,
                 took_ms: 0,
             }));
         }
@@ -280,7 +280,7 @@ impl Control for ControlServer {
             reason: format!("switchover from {from_name} to {} requested", req.to),
         })
         .await?;
-        let mut r = self.wait_for_primary(s.generation + 1, started).await?;
+        let mut r = self.wait_for_primary(s.generation.next(), started).await?;
         r.message = if r.primary == req.to {
             format!(
                 "switched over from {from_name} to {} (timeline {}, generation {}) in {} ms",
@@ -339,7 +339,7 @@ impl Control for ControlServer {
             reason,
         })
         .await?;
-        let mut r = self.wait_for_primary(s.generation + 1, started).await?;
+        let mut r = self.wait_for_primary(s.generation.next(), started).await?;
         let mut message = if r.primary == req.to {
             format!(
                 "failed over to {} (timeline {}, generation {}) in {} ms",
