@@ -82,6 +82,10 @@ enum Cmd {
         /// tier that was stopped (`suite.json` is rewritten after every run).
         #[arg(long)]
         from: Option<String>,
+        /// Only these scenarios of the tier (repeat the flag for several): reruns some
+        /// runs of a tier with its seed, times and windows.
+        #[arg(long, conflicts_with = "from")]
+        only: Vec<String>,
         #[arg(long, default_value = "/tmp/raftpg-jepsen")]
         out: PathBuf,
         #[command(flatten)]
@@ -121,7 +125,7 @@ fn parse_span(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Tier {
     Smoke,
     Full,
@@ -224,11 +228,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             time,
             windows,
             from,
+            only,
             out,
             common,
         } => {
-            if let Some(f) = &from {
-                nemesis::find(f)?;
+            for name in from.iter().chain(&only) {
+                nemesis::find(name)?;
             }
             let (smoke, default_time, default_windows) = match tier {
                 Tier::Smoke => (true, 20, run::WINDOW_MS),
@@ -239,8 +244,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 false => seed,
             };
             let raftpg = common.raftpg.unwrap_or_else(run::default_raftpg);
+            let mut scenarios = suite::scenarios(smoke, from.as_deref());
+            if !only.is_empty() {
+                scenarios.retain(|s| only.iter().any(|o| *o == s.name));
+                anyhow::ensure!(
+                    !scenarios.is_empty(),
+                    "none of {} is in the {tier:?} tier: `raftpg-jepsen list` shows each scenario's tier",
+                    only.join(", ")
+                );
+            }
             let all_valid = suite::run(
-                &suite::scenarios(smoke, from.as_deref()),
+                &scenarios,
                 &seeds,
                 Duration::from_secs(time.unwrap_or(default_time)),
                 windows.unwrap_or(default_windows),
