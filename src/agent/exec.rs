@@ -1,7 +1,5 @@
 //! The executor: one `match` from `Action` to PostgreSQL effects.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -15,14 +13,7 @@ use crate::postgres::{observe, Observation, StopMode};
 use crate::raft::state_machine::AppliedState;
 use crate::types::Generation;
 
-const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
-const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
-const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a `Reload` that did not take effect waits before it is tried again.
-const RELOAD_RETRY: Duration = Duration::from_secs(5);
-/// How long an abandoned standby start may take to show its postmaster.
-const START_SHOWN: Duration = Duration::from_secs(10);
+use super::timing::*;
 
 /// Returns once the applied state's generation is no longer `generation`; never if the
 /// state stops changing.
@@ -51,7 +42,7 @@ impl Agent {
                 )
                 .with_context(|| format!("cannot write {}", marker.display()))?;
                 pg.empty_data_dir()?;
-                pg.ctl.initdb(&pg.superuser, Duration::from_secs(120)).await?;
+                pg.ctl.initdb(&pg.superuser, INITDB_TIMEOUT).await?;
                 pg.write_conf(state, None, false)?;
                 std::fs::remove_file(marker).with_context(|| format!("cannot remove {}", marker.display()))?;
             }
@@ -61,7 +52,7 @@ impl Agent {
                 tracing::info!(gated, "starting PostgreSQL as primary");
                 pg.ctl.start(pg.start_timeout).await?;
                 if *gated {
-                    self.gate_lsn = match observe(&pg.local_conninfo(), Duration::from_secs(5)).await {
+                    self.gate_lsn = match observe(&pg.local_conninfo(), QUERY_TIMEOUT).await {
                         Observation::Up(s) => s.write_lsn,
                         Observation::Unknown(e) => bail!("started, but cannot read the WAL end for the gate: {e}"),
                     };
@@ -89,7 +80,7 @@ impl Agent {
                 tracing::warn!("fencing PostgreSQL (immediate stop)");
                 fence(pg).await;
             }
-            Action::Stop => pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await?,
+            Action::Stop => pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?,
             Action::CleanStop { target } => {
                 // The explicit checkpoint runs while clients still work, so the shutdown
                 // checkpoint (when writes are refused) has little left to do.
@@ -106,7 +97,7 @@ impl Agent {
                     }
                 };
                 tracing::info!("switchover: stopping PostgreSQL cleanly (fast)");
-                let stop = pg.ctl.stop(StopMode::Fast, Duration::from_secs(60));
+                let stop = pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT);
                 tokio::pin!(stop);
                 tokio::select! {
                     r = &mut stop => r?,
@@ -208,7 +199,7 @@ impl Agent {
                     self.confirm_candidate(state).await?;
                 }
                 tracing::info!(generation = %state.generation, "promoting PostgreSQL");
-                pg.ctl.promote(Duration::from_secs(60)).await?;
+                pg.ctl.promote(PROMOTE_TIMEOUT).await?;
             }
             Action::DeclineCandidacy { reason } => {
                 tracing::warn!(generation = %state.generation, "declining my promotion: {reason}");
@@ -288,7 +279,7 @@ impl Agent {
         mut start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
     ) {
         let pg = &self.pg;
-        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        let mut poll = tokio::time::interval(START_POLL);
         let shown = tokio::time::timeout(START_SHOWN, async {
             loop {
                 tokio::select! {
@@ -638,7 +629,7 @@ impl Agent {
                     pg.connect_remote(&client).await?.batch_execute("SELECT 1").await?;
                     anyhow::Ok(())
                 };
-                if let Err(why) = tokio::time::timeout(Duration::from_secs(5), answers)
+                if let Err(why) = tokio::time::timeout(QUERY_TIMEOUT, answers)
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
                 {
@@ -702,12 +693,6 @@ async fn end_silent_senders(c: &tokio_postgres::Client, target: &str) -> Vec<(i3
     }
 }
 
-/// How long a switchover's clean shutdown may wait for the other standbys' WAL senders
-/// before they are ended. After the CHECKPOINT it takes 50-150 ms when every standby
-/// answers; a standby cut off moments before the switchover would hold it until
-/// `wal_sender_timeout`.
-const SENDER_GRACE: Duration = Duration::from_millis(500);
-
 /// Ends the WAL senders in `senders` that still run under `postmaster` (a pid reused by
 /// another process is left alone): SIGTERM, as `pg_terminate_backend` sends. The target's
 /// sender is never among them.
@@ -736,6 +721,7 @@ async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::cluster::testing::bootstrapped;

@@ -11,6 +11,7 @@ mod exec;
 pub mod hooks;
 pub mod keeper;
 pub mod pgfiles;
+pub mod timing;
 pub mod vip;
 
 use std::sync::{Arc, Mutex};
@@ -29,23 +30,16 @@ use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
 use crate::types::{Generation, Timeline};
 pub use pgfiles::PgNode;
+use timing::*;
 
 /// Tick when nothing happened: once per renewal interval (`lease_ms / 4`, the lease
 /// task's period), at most every `IDLE_TICK_MAX`. Each tick's observation is then at most
 /// one interval old when a renewal rests on it, well inside `lease::observation_max_age_ms`
 /// (half a lease); changes of the applied state wake the agent at once, whatever the tick.
 /// A tick that acted is followed at once by another.
-const IDLE_TICK_MAX: Duration = Duration::from_millis(500);
-const IDLE_TICK_MIN: Duration = Duration::from_millis(50);
-/// A failing action's retries back off from twice this.
-const RETRY_BASE: Duration = Duration::from_millis(250);
-
 fn idle_tick(lease_ms: u64) -> Duration {
     Duration::from_millis(lease_ms / 4).clamp(IDLE_TICK_MIN, IDLE_TICK_MAX)
 }
-const BUSY_TICK: Duration = Duration::from_millis(20);
-/// A local query takes milliseconds; past this the server counts as hung (`Unknown`).
-const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the lease task sends next: the last report and whether to renew.
 #[derive(Clone, Debug)]
@@ -106,9 +100,6 @@ pub struct Agent {
     /// (PostgreSQL rejected the file) is retried every `RELOAD_RETRY`, not every tick.
     reloaded: Option<(String, Instant)>,
 }
-
-/// How often the agent checks that PostgreSQL runs the values raftpg manages.
-const MANAGED_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts the agent and its lease task on `node`.
 pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
@@ -532,7 +523,7 @@ impl Agent {
     /// Where the stopped standby's WAL ends on disk, for its final report.
     async fn wal_end(&self, control: &Controldata) -> Option<(u64, Timeline)> {
         let seg_size = control.wal_segment_size?;
-        match self.pg.ctl.wal_end(seg_size, Duration::from_secs(10)).await {
+        match self.pg.ctl.wal_end(seg_size, WAL_END_TIMEOUT).await {
             Ok(end) => end,
             Err(e) => {
                 tracing::warn!("cannot read where my WAL ends on disk ({e}): starting in recovery to report instead");
@@ -544,7 +535,7 @@ impl Agent {
     async fn stop_postgres(&self) {
         if postmaster_alive(&self.pg) {
             tracing::info!("stopping PostgreSQL (fast)");
-            if let Err(e) = self.pg.ctl.stop(StopMode::Fast, Duration::from_secs(60)).await {
+            if let Err(e) = self.pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await {
                 tracing::error!("PostgreSQL did not stop cleanly: {e}");
             }
         }
@@ -669,13 +660,15 @@ async fn lease_loop(
             };
             let delivered = send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
             // Until a leader answers, try again soon rather than a whole interval later.
-            next_send = Instant::now() + if delivered { interval } else { interval.min(RETRY) };
+            next_send = Instant::now()
+                + if delivered {
+                    interval
+                } else {
+                    interval.min(REPORT_RETRY)
+                };
         }
     }
 }
-
-/// How soon a report that reached no leader is sent again.
-const RETRY: Duration = Duration::from_millis(100);
 
 /// Resolves once this node's Raft leader is no longer `leader` (never if Raft stopped).
 async fn leader_moves_from(node: &Node, leader: Option<u64>) {

@@ -13,6 +13,8 @@ use crate::postgres::conf::{self, ConfInputs, PgSsl, Upstream};
 use crate::postgres::{PgBinaries, PgCtl, RunAs};
 use crate::types::Timeline;
 
+use super::timing::{QUERY_TIMEOUT, REMOTE_KEEPALIVE};
+
 /// This node's PostgreSQL settings, resolved once at start.
 #[derive(Clone, Debug)]
 pub struct PgNode {
@@ -55,10 +57,6 @@ pub fn local_conninfo_of(cfg: &Config) -> Option<String> {
         &cfg.postgres.superuser,
     ))
 }
-
-/// TCP keepalives of raftpg's own connections to another member's PostgreSQL (pg_rewind
-/// and the CHECKPOINT before it): idle time, probe interval, probes.
-const REMOTE_KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(5), Duration::from_secs(2), 3);
 
 /// PostgreSQL's Unix socket directory, under `[node] data_dir`.
 const SOCKET_DIR: &str = "run";
@@ -278,7 +276,7 @@ impl PgNode {
             .user(&self.superuser)
             .dbname("postgres")
             .application_name("raftpg")
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(QUERY_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(REMOTE_KEEPALIVE.0)
             .keepalives_interval(REMOTE_KEEPALIVE.1)
@@ -445,7 +443,7 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
 {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), config.connect(tls))
+    let (client, conn) = tokio::time::timeout(QUERY_TIMEOUT, config.connect(tls))
         .await
         .context("connecting to PostgreSQL timed out")??;
     tokio::spawn(conn);
