@@ -125,7 +125,7 @@ fn parse_span(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum)]
 enum Tier {
     Smoke,
     Full,
@@ -249,8 +249,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 scenarios.retain(|s| only.iter().any(|o| *o == s.name));
                 anyhow::ensure!(
                     !scenarios.is_empty(),
-                    "none of {} is in the {tier:?} tier: `raftpg-jepsen list` shows each scenario's tier",
-                    only.join(", ")
+                    "none of {} is in the {} tier: `raftpg-jepsen list` shows each scenario's tier",
+                    only.join(", "),
+                    if smoke { "smoke" } else { "full" }
                 );
             }
             let all_valid = suite::run(
