@@ -663,3 +663,99 @@ async fn a_stop_that_does_not_end_in_a_clean_exit_is_an_error() {
     pg.stop(StopMode::Fast, T).await.expect("a clean stop");
     assert_eq!(pg.postmaster_pid(), None);
 }
+
+/// Finding 21 of docs/jepsen.md: a standby that began to receive a new timeline from the
+/// start of the segment where that timeline forked, and lost its upstream before the fork,
+/// holds that segment twice: whole on the parent timeline, in part on the new one.
+/// PostgreSQL prefers the new timeline's file, replays to where it ends, and then refuses
+/// to go on ("... belongs to timeline 1, but previous recovered WAL file came from timeline
+/// 2"): the standby never started again. raftpg finds such a file and removes it before it
+/// starts a standby; a whole copy of the segment is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_a_new_timeline_received_in_part_is_found_and_the_standby_starts_without_it() {
+    use raftpg::postgres::ctl::segment_name;
+    let (dir, pg, conninfo) = local_pg(26012);
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    query(&conninfo, "CREATE TABLE t (v text)").await;
+    query(&conninfo, "SELECT pg_switch_wal()").await;
+    query(&conninfo, "CHECKPOINT").await;
+    let redo = query(&conninfo, "SELECT redo_lsn FROM pg_control_checkpoint()")
+        .await
+        .unwrap();
+    query(
+        &conninfo,
+        "INSERT INTO t SELECT repeat('x', 1000) FROM generate_series(1, 2000)",
+    )
+    .await;
+    let written = query(&conninfo, "SELECT pg_current_wal_lsn()").await.unwrap();
+    // A crash, so that the control file keeps the checkpoint before the writes.
+    pg.stop(StopMode::Immediate, T).await.expect("stop");
+    let seg = pg.controldata(T).await.unwrap().wal_segment_size.unwrap();
+    let (end, _) = pg.wal_end(seg, T).await.unwrap().expect("WAL on disk");
+    let redo = raftpg::postgres::parse_lsn(&redo).unwrap();
+    let written = raftpg::postgres::parse_lsn(&written).unwrap();
+    assert!(end >= written, "{end:X} {written:X}");
+    assert_eq!(
+        redo / seg,
+        end / seg,
+        "the test needs the writes in the checkpoint's segment"
+    );
+    let segno = end / seg;
+    let wal = pg.data_dir.join("pg_wal");
+    let (parent, own) = (
+        wal.join(segment_name(1, segno, seg)),
+        wal.join(segment_name(2, segno, seg)),
+    );
+    // Timeline 2 forks where timeline 1's WAL ends.
+    write_owned(
+        &pg,
+        &wal.join("00000002.history"),
+        &format!("1\t{}\tno recovery target specified\n", raftpg::types::Lsn(end)),
+    );
+    let bytes = std::fs::read(&parent).unwrap();
+    std::fs::copy(&parent, &own).unwrap();
+    if let Some(u) = &pg.run_as {
+        u.chown(&own).unwrap();
+    }
+    assert_eq!(
+        pg.partial_fork_segments(seg, T).await.unwrap(),
+        Vec::<std::path::PathBuf>::new(),
+        "a whole copy"
+    );
+    // Received in part: from the segment's start to a page between the checkpoint and
+    // the fork, then nothing (zeros), as a receiver cut off there leaves it.
+    let cut = ((redo % seg + end % seg) / 2) as usize / 8192 * 8192;
+    let mut partial = bytes.clone();
+    partial[cut..].fill(0);
+    std::fs::write(&own, &partial).unwrap();
+    assert_eq!(pg.partial_fork_segments(seg, T).await.unwrap(), std::slice::from_ref(&own));
+
+    write_owned(&pg, &pg.data_dir.join("standby.signal"), "");
+    let conf = pg.data_dir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap()
+        + "\nrecovery_target_timeline = 'latest'\nprimary_conninfo = 'host=127.0.0.1 port=1'\n";
+    write_owned(&pg, &conf, &text);
+    assert!(pg.start(T).await.is_err(), "PostgreSQL started past a partial segment");
+    let log = pg.log_tail(40);
+    assert!(
+        log.contains("but previous recovered WAL file came from timeline 2"),
+        "{log}"
+    );
+
+    std::fs::remove_file(&own).unwrap();
+    pg.start(T)
+        .await
+        .expect("the standby starts without the partial segment");
+    let replayed = query(
+        &conninfo,
+        &format!(
+            "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '{}'",
+            raftpg::types::Lsn(written)
+        ),
+    )
+    .await;
+    assert_eq!(replayed.as_deref(), Some("t"), "{}", pg.log_tail(20));
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    drop(dir);
+}
