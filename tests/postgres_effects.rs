@@ -729,7 +729,10 @@ async fn a_segment_of_a_new_timeline_received_in_part_is_found_and_the_standby_s
     let mut partial = bytes.clone();
     partial[cut..].fill(0);
     std::fs::write(&own, &partial).unwrap();
-    assert_eq!(pg.partial_fork_segments(seg, T).await.unwrap(), std::slice::from_ref(&own));
+    assert_eq!(
+        pg.partial_fork_segments(seg, T).await.unwrap(),
+        std::slice::from_ref(&own)
+    );
 
     write_owned(&pg, &pg.data_dir.join("standby.signal"), "");
     let conf = pg.data_dir.join("postgresql.conf");

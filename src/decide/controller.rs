@@ -383,12 +383,18 @@ fn switchover(i: &ControllerInput) -> ControllerDecision {
     let from = p.from.as_deref().unwrap_or("?");
     let timeout = switchover_timeout_ms(s.ha.lease_ms);
     if let Some(stop) = p.stop_lsn {
-        // A standby of this generation that has received past the shutdown checkpoint
-        // holds everything the old primary wrote, acknowledged or not.
+        // A standby of this generation that has received past the shutdown checkpoint, on
+        // the old primary's timeline, holds everything the old primary wrote, acknowledged
+        // or not. A position on another timeline says nothing of it: a member whose WAL
+        // diverged earlier (a fenced primary of an older generation, not rewound) can be
+        // further along its own line (simulation seed 3104532 with an operator, pauses,
+        // switchovers and delays: such a member was promoted without an acknowledged write).
+        let old_timeline = s.history.last().map(|h| h.timeline);
         let past = |n: &str| {
             i.reports
                 .get(n)
                 .filter(|r| r.generation == s.generation && r.pg == PgRole::Standby)
+                .filter(|r| r.timeline.is_some() && r.timeline == old_timeline)
                 .and_then(|r| r.lsn)
                 .filter(|l| *l > stop)
         };

@@ -203,6 +203,42 @@ fn a_switchover_whose_target_stopped_promotes_another_standby_that_holds_everyth
     assert_eq!(applied.pending.unwrap().candidate.as_deref(), Some("n3"));
 }
 
+/// A position past the shutdown checkpoint counts only on the old primary's timeline: a
+/// member whose WAL diverged earlier can be further along its own line. Simulation seed
+/// 3104532 (an operator, pauses, switchovers and delays) promoted such a member, a fenced
+/// primary of an older generation, without an acknowledged write.
+#[test]
+fn a_switchover_promotes_no_standby_whose_position_is_on_another_timeline() {
+    let s = drained();
+    let all = voters();
+    assert_eq!(s.history.last().map(|h| h.timeline), Some(Timeline(1)));
+    for timeline in [None, Some(Timeline::NONE), Some(Timeline(2))] {
+        let off = Report {
+            timeline,
+            ..standby_at(2, 600)
+        };
+        for (target, other) in [
+            (off.clone(), report(2, PgRole::Stopped, None)),
+            (report(2, PgRole::Stopped, None), off),
+        ] {
+            let reports = BTreeMap::from([("n2".to_string(), target), ("n3".to_string(), other)]);
+            for pending_ms in [0, s.ha.lease_ms + 1] {
+                let d = decide(&ControllerInput {
+                    me: "n3",
+                    state: &s,
+                    reports: &reports,
+                    lease_expired_ms: None,
+                    voters: &all,
+                    pending_ms,
+                    now_unix_ms: 0,
+                    below_quorum_ms: 0,
+                });
+                assert_eq!(d.action, None, "{timeline:?} {pending_ms}: {}", d.reason);
+            }
+        }
+    }
+}
+
 #[test]
 fn a_switchover_never_promotes_a_standby_short_of_the_shutdown_checkpoint() {
     let s = drained();
