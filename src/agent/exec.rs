@@ -239,32 +239,6 @@ impl Agent {
             Action::StartStandby { upstream } => {
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
-                let seg_size = pg
-                    .ctl
-                    .controldata(TOOL_TIMEOUT)
-                    .await
-                    .ok()
-                    .and_then(|c| c.wal_segment_size);
-                let partial = match seg_size {
-                    Some(size) => pg
-                        .ctl
-                        .partial_fork_segments(size, WAL_END_TIMEOUT)
-                        .await
-                        .unwrap_or_else(|e| {
-                            tracing::warn!("cannot check pg_wal for segments of a timeline received in part: {e}");
-                            Vec::new()
-                        }),
-                    None => Vec::new(),
-                };
-                for file in partial {
-                    tracing::warn!(
-                        file = %file.display(),
-                        "removing a segment of a newer timeline received only in part, before that \
-                         timeline's fork: it holds nothing its parent's file of the segment does not, \
-                         and PostgreSQL would not start past it"
-                    );
-                    std::fs::remove_file(&file)?;
-                }
                 tracing::info!("starting PostgreSQL as a standby");
                 // A standby that needs WAL it cannot get never accepts connections, and
                 // `pg_ctl start -w` waits out its whole timeout. A primary change begun in

@@ -338,53 +338,6 @@ impl PgCtl {
         Ok(last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size))
     }
 
-    /// The segment files in `pg_wal` that hold the segment where a newer timeline forked
-    /// only in part: a standby began to receive timeline T from the start of the segment
-    /// where T forked from its parent and stopped before the fork (its upstream died). All
-    /// that file holds is a copy of the parent's WAL, which pg_wal also holds in the
-    /// parent's file of that segment. PostgreSQL prefers T's file, replays to where it
-    /// ends and then refuses to go on ("according to history file, WAL location ... belongs
-    /// to timeline P, but previous recovered WAL file came from timeline T"), so the standby
-    /// never starts (finding 21 of docs/jepsen.md). Removing such a file loses nothing.
-    pub async fn partial_fork_segments(&self, seg_size: u64, timeout: Duration) -> Result<Vec<PathBuf>, PgError> {
-        let dir = self.data_dir.join("pg_wal");
-        let names: Vec<String> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut partial = Vec::new();
-        for name in &names {
-            let Some(tli) = name
-                .strip_suffix(".history")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-            else {
-                continue;
-            };
-            let Some((parent, fork)) = std::fs::read_to_string(dir.join(name))
-                .ok()
-                .and_then(|text| crate::postgres::parse_timeline_history(&text))
-            else {
-                continue;
-            };
-            if seg_size == 0 || fork % seg_size == 0 {
-                continue;
-            }
-            let segno = fork / seg_size;
-            let (own, parents) = (
-                segment_name(tli, segno, seg_size),
-                segment_name(parent, segno, seg_size),
-            );
-            if !names.contains(&own) || !names.contains(&parents) {
-                continue;
-            }
-            let end = self.waldump_end(tli, segno, seg_size, deadline, timeout).await?;
-            if end.is_none_or(|e| e < fork) {
-                partial.push(dir.join(own));
-            }
-        }
-        Ok(partial)
-    }
-
     /// The newest timeline this database's WAL reaches: the highest of its segments' that
     /// PostgreSQL can recover to (timeline 1, or one whose history file is in `pg_wal`).
     /// `None` without a readable `pg_wal` or any segment.
@@ -563,12 +516,6 @@ pub fn newest_timeline(names: &[String]) -> Option<u32> {
         .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
         .filter(|tl| *tl == 1 || names.iter().any(|n| *n == format!("{tl:08X}.history")))
         .max()
-}
-
-/// The name of timeline `tli`'s file of segment `segno` (the inverse of [`segment_of`]).
-pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
-    let per_id = 0x1_0000_0000 / seg_size.max(1);
-    format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
 pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
