@@ -204,7 +204,18 @@ mod tests {
             .unwrap();
         store.sync().unwrap();
         drop(store);
-        let err = Store::open(&path).err().expect("a newer format is refused");
+        // sled lets go of its lock file only once its last internal reference is gone,
+        // which can be a moment after the drop (CI saw "could not acquire lock" once).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let err = loop {
+            match Store::open(&path) {
+                Ok(_) => panic!("a newer format is refused"),
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => break e,
+            }
+        };
         let msg = err.to_string();
         assert!(
             msg.contains("newer raftpg") && msg.contains(&format!("format {}", FORMAT_VERSION + 1)),
