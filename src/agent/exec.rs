@@ -284,7 +284,7 @@ impl Agent {
             loop {
                 tokio::select! {
                     _ = &mut start => break,
-                    _ = poll.tick() => if super::postmaster_alive(pg) { break },
+                    _ = poll.tick() => if pg.ctl.postmaster_alive() { break },
                 }
             }
         })
@@ -295,7 +295,7 @@ impl Agent {
                  if one starts later, it runs the old configuration until the next reload"
             );
         }
-        if super::postmaster_alive(pg) {
+        if pg.ctl.postmaster_alive() {
             fence(pg).await;
         }
     }

@@ -472,7 +472,7 @@ impl Agent {
         match observed {
             Observation::Up(s) if s.in_recovery => Local::Standby(s),
             Observation::Up(s) => Local::Primary(s),
-            Observation::Unknown(e) if postmaster_alive(&self.pg) => Local::Unknown(e),
+            Observation::Unknown(e) if self.pg.ctl.postmaster_alive() => Local::Unknown(e),
             Observation::Unknown(_) => Local::Stopped {
                 control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
             },
@@ -533,7 +533,7 @@ impl Agent {
     }
 
     async fn stop_postgres(&self) {
-        if postmaster_alive(&self.pg) {
+        if self.pg.ctl.postmaster_alive() {
             tracing::info!("stopping PostgreSQL (fast)");
             if let Err(e) = self.pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await {
                 tracing::error!("PostgreSQL did not stop cleanly: {e}");
@@ -544,14 +544,6 @@ impl Agent {
 
 fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
     since.map_or(0, |s| now.saturating_duration_since(s).as_millis() as u64)
-}
-
-/// Whether the postmaster named in postmaster.pid runs (a killed one that nobody has
-/// reaped yet, a zombie, does not).
-pub fn postmaster_alive(pg: &PgNode) -> bool {
-    pg.ctl
-        .postmaster_pid()
-        .is_some_and(|pid| crate::postgres::kill::alive(nix::unistd::Pid::from_raw(pid)))
 }
 
 /// Stops PostgreSQL at once: an immediate shutdown, SIGKILL for whatever is still

@@ -335,6 +335,12 @@ impl ClusterState {
         self.primary.as_ref().map(|p| p.node.as_str())
     }
 
+    /// The timeline the current primary recorded; `None` with no primary, or between its
+    /// promotion and the record.
+    pub fn primary_timeline(&self) -> Option<Timeline> {
+        self.primary.as_ref().and_then(|p| p.timeline)
+    }
+
     /// `k` of the primary's `synchronous_standby_names = 'ANY k (...)'`: floor(G/2) for the
     /// group G of the primary and its sync standbys in quorum mode, so an acknowledged
     /// commit is on a majority of that group.

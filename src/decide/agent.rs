@@ -490,12 +490,7 @@ fn adopt(i: &AgentInput) -> Decision {
 fn primary(i: &AgentInput) -> Decision {
     let paused = i.state.paused;
     let bound = i.state.ha.primary_restart_timeout_ms;
-    let tl = i
-        .state
-        .primary
-        .as_ref()
-        .and_then(|p| p.timeline)
-        .unwrap_or(Timeline::NONE);
+    let tl = i.state.primary_timeline().unwrap_or(Timeline::NONE);
     let g = i.state.generation;
     if i.fenced_hung && !paused && !i.restart_requested {
         // Restarting a PostgreSQL that hung in place would race the failover the
@@ -946,12 +941,7 @@ fn standby(i: &AgentInput, p: &str) -> Decision {
 
 fn following(i: &AgentInput, p: &str) -> Decision {
     let g = i.state.generation;
-    let p_tl = i
-        .state
-        .primary
-        .as_ref()
-        .and_then(|x| x.timeline)
-        .unwrap_or(Timeline::NONE);
+    let p_tl = i.state.primary_timeline().unwrap_or(Timeline::NONE);
     // A standby database, stopped or running but not consistent, whose last checkpoint or
     // minimum recovery point is off p's line (`off_history`): read once for both arms below.
     let off = match i.local {

@@ -170,7 +170,7 @@ impl PgCtl {
         while control_state(&control) != Some(DB_IN_PRODUCTION) {
             // A startup process that fails ends the postmaster: say so at once rather than
             // wait out the timeout (finding 21 of docs/jepsen.md waited 60 s).
-            if !postmaster_alive(&self.data_dir) {
+            if !self.postmaster_alive() {
                 return Err(PgError::Failed {
                     what: "the promotion".into(),
                     status: "PostgreSQL stopped".into(),
@@ -305,37 +305,24 @@ impl PgCtl {
         // a segment holds a valid record, and read from there to the end.
         let deadline = tokio::time::Instant::now() + timeout;
         for &(_, segno) in segments.iter().rev().filter(|(t, _)| *t == tli).take(64) {
-            if let Some(end) = self.waldump_end(tli, segno, seg_size, deadline, timeout).await? {
+            let mut cmd = self.command("pg_waldump");
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-t")
+                .arg(tli.to_string())
+                .arg("-s")
+                .arg(crate::decide::election::lsn(segno * seg_size));
+            let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
+                .await
+                .map_err(|_| PgError::Timeout {
+                    what: "pg_waldump".into(),
+                    secs: timeout.as_secs(),
+                })??;
+            if let Some(end) = last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size) {
                 return Ok(Some((end, Timeline(tli))));
             }
         }
         Ok(None)
-    }
-
-    /// Where the valid WAL of timeline `tli` in `pg_wal` ends, read with pg_waldump from
-    /// the start of segment `segno`; `None` when that segment holds no valid record.
-    async fn waldump_end(
-        &self,
-        tli: u32,
-        segno: u64,
-        seg_size: u64,
-        deadline: tokio::time::Instant,
-        timeout: Duration,
-    ) -> Result<Option<u64>, PgError> {
-        let mut cmd = self.command("pg_waldump");
-        cmd.arg("-p")
-            .arg(self.data_dir.join("pg_wal"))
-            .arg("-t")
-            .arg(tli.to_string())
-            .arg("-s")
-            .arg(crate::decide::election::lsn(segno * seg_size));
-        let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
-            .await
-            .map_err(|_| PgError::Timeout {
-                what: "pg_waldump".into(),
-                secs: timeout.as_secs(),
-            })??;
-        Ok(last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size))
     }
 
     /// The newest timeline this database's WAL reaches: the highest of its segments' that
@@ -353,6 +340,13 @@ impl PgCtl {
     /// The postmaster's pid from `postmaster.pid`, if the file exists.
     pub fn postmaster_pid(&self) -> Option<i32> {
         read_postmaster_pid(&self.data_dir)
+    }
+
+    /// Whether the postmaster named in postmaster.pid runs (a killed one that nobody has
+    /// reaped yet, a zombie, does not).
+    pub fn postmaster_alive(&self) -> bool {
+        self.postmaster_pid()
+            .is_some_and(|pid| crate::postgres::kill::alive(nix::unistd::Pid::from_raw(pid)))
     }
 
     /// Whether the data directory holds a database (PG_VERSION exists).
@@ -593,17 +587,6 @@ async fn poll_again(deadline: tokio::time::Instant, timeout: Duration, what: &st
 
 /// The postmaster's pid from `data_dir/postmaster.pid`. Never 0 or 1, which a signal
 /// would turn into "the whole process group" or init.
-/// Whether the postmaster of `data_dir` runs: its pid file names a process that exists
-/// (one this user may not signal exists too).
-fn postmaster_alive(data_dir: &Path) -> bool {
-    read_postmaster_pid(data_dir).is_some_and(|pid| {
-        !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
-    })
-}
-
 pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok().filter(|p| *p > 1)

@@ -108,7 +108,7 @@ impl ControlServer {
         Ok(Response::new(pb::ChangeReply {
             message: plan.render(change),
             primary: plan.candidate.unwrap_or_default(),
-            timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
+            timeline: s.primary_timeline().unwrap_or(Timeline::NONE).0,
             generation: s.generation.0,
             took_ms: 0,
         }))
@@ -267,7 +267,7 @@ impl Control for ControlServer {
             return Ok(Response::new(pb::ChangeReply {
                 message: c.applied.message,
                 primary: s.primary_name().unwrap_or_default().to_string(),
-                timeline: s.primary.as_ref().and_then(|p| p.timeline).unwrap_or(Timeline::NONE).0,
+                timeline: s.primary_timeline().unwrap_or(Timeline::NONE).0,
                 generation: s.generation.0,
                 took_ms: 0,
             }));
