@@ -663,3 +663,185 @@ async fn a_stop_that_does_not_end_in_a_clean_exit_is_an_error() {
     pg.stop(StopMode::Fast, T).await.expect("a clean stop");
     assert_eq!(pg.postmaster_pid(), None);
 }
+
+/// A crashed primary whose last checkpoint and ~2 MB of writes after it lie in one segment,
+/// set up as a standby of a server that is not there (`port=1`), on the newest timeline
+/// whose history file `pg_wal` holds. Returns the segment number, the segment's size, the
+/// content of timeline 1's file of it, the checkpoint's redo offset in it, where the WAL
+/// ends and where the writes ended.
+async fn crashed_with_writes_in_one_segment(pg: &PgCtl, conninfo: &str) -> (u64, u64, Vec<u8>, u64, u64, u64) {
+    pg.initdb("postgres", T).await.expect("initdb");
+    pg.start(T).await.expect("start");
+    query(conninfo, "CREATE TABLE t (v text)").await;
+    query(conninfo, "SELECT pg_switch_wal()").await;
+    query(conninfo, "CHECKPOINT").await;
+    let redo = query(conninfo, "SELECT redo_lsn FROM pg_control_checkpoint()")
+        .await
+        .unwrap();
+    query(
+        conninfo,
+        "INSERT INTO t SELECT repeat('x', 1000) FROM generate_series(1, 2000)",
+    )
+    .await;
+    let written = query(conninfo, "SELECT pg_current_wal_lsn()").await.unwrap();
+    // A crash, so that the control file keeps the checkpoint before the writes.
+    pg.stop(StopMode::Immediate, T).await.expect("stop");
+    let seg = pg.controldata(T).await.unwrap().wal_segment_size.unwrap();
+    let (end, _) = pg.wal_end(seg, T).await.unwrap().expect("WAL on disk");
+    let redo = raftpg::postgres::parse_lsn(&redo).unwrap();
+    let written = raftpg::postgres::parse_lsn(&written).unwrap();
+    assert!(end >= written, "{end:X} {written:X}");
+    assert_eq!(
+        redo / seg,
+        end / seg,
+        "the test needs the writes in the checkpoint's segment"
+    );
+    let segno = end / seg;
+    let file = pg
+        .data_dir
+        .join("pg_wal")
+        .join(raftpg::postgres::ctl::segment_name(1, segno, seg));
+    let bytes = std::fs::read(file).unwrap();
+    write_owned(pg, &pg.data_dir.join("standby.signal"), "");
+    let conf = pg.data_dir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap()
+        + "\nrecovery_target_timeline = 'latest'\nprimary_conninfo = 'host=127.0.0.1 port=1'\n";
+    write_owned(pg, &conf, &text);
+    (segno, seg, bytes, redo % seg, end, written)
+}
+
+/// Writes timeline `tli`'s file of segment `segno`: `bytes` up to the page at `cut`, then
+/// zeros, as a receiver cut off there leaves it (all of `bytes` when `cut` is `None`).
+fn write_segment(pg: &PgCtl, tli: u32, segno: u64, seg: u64, bytes: &[u8], cut: Option<u64>) {
+    let mut content = bytes.to_vec();
+    if let Some(cut) = cut {
+        content[(cut / 8192 * 8192) as usize..].fill(0);
+    }
+    let path = pg
+        .data_dir
+        .join("pg_wal")
+        .join(raftpg::postgres::ctl::segment_name(tli, segno, seg));
+    std::fs::write(&path, content).unwrap();
+    if let Some(u) = &pg.run_as {
+        u.chown(&path).unwrap();
+    }
+}
+
+/// Where a standby that accepts connections has replayed to.
+async fn replayed(conninfo: &str) -> u64 {
+    let lsn = query(conninfo, "SELECT pg_last_wal_replay_lsn() WHERE pg_is_in_recovery()").await;
+    raftpg::postgres::parse_lsn(&lsn.expect("a standby")).unwrap()
+}
+
+/// Finding 21 of docs/jepsen.md: a standby that began to receive a new timeline from the
+/// start of the segment where that timeline forked, and lost its upstream before the fork,
+/// holds that segment twice: whole on the parent timeline, in part on the new one.
+/// PostgreSQL prefers the new timeline's file, replays to where it ends, and then refuses
+/// to go on ("... belongs to timeline 1, but previous recovered WAL file came from timeline
+/// 2"): the standby never started again. raftpg gives the new timeline's file the parent's
+/// content (WAL up to the fork, which is the new timeline's position), and the standby
+/// starts and replays every write. A whole copy is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_timelines_file_received_in_part_takes_the_parents_content_and_the_standby_starts() {
+    let (dir, pg, conninfo) = local_pg(26012);
+    let (segno, seg, bytes, redo, end, written) = crashed_with_writes_in_one_segment(&pg, &conninfo).await;
+    let fork = raftpg::types::Lsn(end);
+    write_owned(
+        &pg,
+        &pg.data_dir.join("pg_wal/00000002.history"),
+        &format!("1\t{fork}\tno recovery target specified\n"),
+    );
+    assert_eq!(pg.latest_timeline(Timeline(1)), Timeline(2));
+    write_segment(&pg, 2, segno, seg, &bytes, None);
+    assert_eq!(
+        pg.repair_fork_segments(Timeline(2), seg, T).await.unwrap(),
+        Vec::<String>::new(),
+        "a whole copy"
+    );
+    // Received in part: to a page between the checkpoint and the fork.
+    write_segment(&pg, 2, segno, seg, &bytes, Some((redo + end % seg) / 2));
+    assert!(pg.start(T).await.is_err(), "PostgreSQL started past a partial segment");
+    let log = pg.log_tail(40);
+    assert!(
+        log.contains("but previous recovered WAL file came from timeline 2"),
+        "{log}"
+    );
+
+    let done = pg.repair_fork_segments(Timeline(2), seg, T).await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].starts_with("copied "), "{done:?}");
+    let own = pg
+        .data_dir
+        .join("pg_wal")
+        .join(raftpg::postgres::ctl::segment_name(2, segno, seg));
+    assert!(
+        std::fs::read(&own).unwrap() == bytes,
+        "timeline 2's file holds timeline 1's"
+    );
+    pg.start(T).await.expect("the standby starts");
+    let at = replayed(&conninfo).await;
+    assert!(
+        at >= written,
+        "replayed to {at:X}, written to {written:X}: {}",
+        pg.log_tail(20)
+    );
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    drop(dir);
+}
+
+/// Many quick failovers with few writes fork several timelines in one segment, and every
+/// file of it may be partial: the parent's as much as the children's (the 300 s tier's
+/// pause-primary-pg-kill-candidate forked 21 timelines in one segment). Removing every
+/// child's file left too little to find the checkpoint. raftpg keeps the longest prefix,
+/// under the name of the timeline where it ends, removes the newer timelines' files, and
+/// the standby starts past the checkpoint and every write any file held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_a_chain_of_partial_fork_segments_the_longest_is_kept_and_the_standby_starts() {
+    let (dir, pg, conninfo) = local_pg(26013);
+    let (segno, seg, bytes, redo, end, _) = crashed_with_writes_in_one_segment(&pg, &conninfo).await;
+    let (fork2, fork3) = (raftpg::types::Lsn(end), raftpg::types::Lsn(end + 0x100));
+    write_owned(
+        &pg,
+        &pg.data_dir.join("pg_wal/00000002.history"),
+        &format!("1\t{fork2}\tfailover\n"),
+    );
+    write_owned(
+        &pg,
+        &pg.data_dir.join("pg_wal/00000003.history"),
+        &format!("1\t{fork2}\tfailover\n2\t{fork3}\tfailover\n"),
+    );
+    // Timeline 1's file ends first, timeline 3's next, timeline 2's holds the most.
+    let span = end % seg - redo;
+    let (c1, c3, c2) = (redo + span / 4, redo + span / 2, redo + span * 3 / 4);
+    write_segment(&pg, 1, segno, seg, &bytes, Some(c1));
+    write_segment(&pg, 2, segno, seg, &bytes, Some(c2));
+    write_segment(&pg, 3, segno, seg, &bytes, Some(c3));
+    assert!(pg.start(T).await.is_err(), "PostgreSQL started past a partial segment");
+    let log = pg.log_tail(40);
+    assert!(
+        log.contains("but previous recovered WAL file came from timeline 3"),
+        "{log}"
+    );
+
+    let done = pg.repair_fork_segments(Timeline(3), seg, T).await.unwrap();
+    assert_eq!(done.len(), 3, "{done:?}");
+    let wal = pg.data_dir.join("pg_wal");
+    let name = |t| wal.join(raftpg::postgres::ctl::segment_name(t, segno, seg));
+    assert!(!name(3).exists() && !name(2).exists(), "{done:?}");
+    let mut longest = bytes.clone();
+    longest[(c2 / 8192 * 8192) as usize..].fill(0);
+    assert!(
+        std::fs::read(name(1)).unwrap() == longest,
+        "timeline 1's file holds timeline 2's prefix"
+    );
+    pg.start(T).await.expect("the standby starts");
+    let at = replayed(&conninfo).await;
+    let held = segno * seg + c2 / 8192 * 8192 - 8192;
+    assert!(
+        at >= held,
+        "replayed to {at:X}, the longest file held WAL past {held:X}: {}",
+        pg.log_tail(20)
+    );
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+    drop(dir);
+}

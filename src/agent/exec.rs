@@ -28,6 +28,36 @@ async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generatio
     }
 }
 
+/// Before a standby starts: sets right the segments where a timeline forked whose file
+/// recovery would read ends before that fork, so that it does not stop there for good
+/// (finding 21 of docs/jepsen.md). `following`: it starts with `recovery_target_timeline =
+/// 'latest'`; otherwise on its own WAL's timeline. A failure to check is logged, and the
+/// start goes on: PostgreSQL's own error then says what is wrong.
+async fn repair_fork_segments(pg: &super::pgfiles::PgNode, following: bool) {
+    let control = match pg.ctl.controldata(TOOL_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!("cannot check pg_wal's fork segments: pg_controldata: {e}"),
+    };
+    let (Some(seg_size), Some(checkpoint_tl)) = (control.wal_segment_size, control.timeline) else {
+        return;
+    };
+    let target = match following {
+        true => pg.ctl.latest_timeline(checkpoint_tl),
+        false => pg.ctl.wal_timeline().unwrap_or(checkpoint_tl),
+    };
+    match pg.ctl.repair_fork_segments(target, seg_size, WAL_END_TIMEOUT).await {
+        Ok(done) => {
+            for line in done {
+                tracing::warn!(
+                    "pg_wal: {line}: a standby would otherwise stop for good where a file of a newer \
+                     timeline, received only in part, ends before that timeline's fork"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot check pg_wal's fork segments for timeline {target}: {e}"),
+    }
+}
+
 impl Agent {
     /// Executes one action decided under `state`; Ok(true) if it changed something.
     pub(super) async fn execute(&mut self, action: &Action, state: &ClusterState) -> anyhow::Result<bool> {
@@ -239,6 +269,7 @@ impl Agent {
             Action::StartStandby { upstream } => {
                 pg.set_standby_signal(true)?;
                 pg.write_conf(state, upstream.as_ref(), false)?;
+                repair_fork_segments(pg, upstream.is_some()).await;
                 tracing::info!("starting PostgreSQL as a standby");
                 // A standby that needs WAL it cannot get never accepts connections, and
                 // `pg_ctl start -w` waits out its whole timeout. A primary change begun in

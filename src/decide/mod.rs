@@ -8,3 +8,4 @@ pub mod report;
 pub mod requests;
 pub mod table;
 pub mod view;
+pub mod wal;

@@ -325,6 +325,139 @@ impl PgCtl {
         Ok(None)
     }
 
+    /// The timeline recovery with `recovery_target_timeline = 'latest'` goes to, starting
+    /// from `from` (the last checkpoint's): the last of the timelines after it whose history
+    /// files `pg_wal` holds without a gap, as PostgreSQL probes them.
+    pub fn latest_timeline(&self, from: Timeline) -> Timeline {
+        let wal = self.data_dir.join("pg_wal");
+        let mut tl = from;
+        while wal.join(format!("{:08X}.history", tl.0 + 1)).exists() {
+            tl = Timeline(tl.0 + 1);
+        }
+        tl
+    }
+
+    /// Sets right, before a standby starts, the segments where a timeline of `target`'s
+    /// history forked and whose file recovery would read ends before that fork (finding 21
+    /// of docs/jepsen.md; the rule and why it loses nothing: [`crate::decide::wal`]).
+    /// Returns what it did, a line each.
+    pub async fn repair_fork_segments(
+        &self,
+        target: Timeline,
+        seg_size: u64,
+        timeout: Duration,
+    ) -> Result<Vec<String>, PgError> {
+        use crate::decide::wal::{fork_segment_repair, spans};
+        let dir = self.data_dir.join("pg_wal");
+        if target <= Timeline::FIRST || seg_size == 0 {
+            return Ok(Vec::new());
+        }
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{:08X}.history", target.0))) else {
+            return Ok(Vec::new());
+        };
+        let chain = spans(&crate::postgres::timeline_switches(&text), target.0);
+        let names: std::collections::HashSet<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        let mut forks: Vec<u64> = chain.iter().skip(1).map(|s| s.begin / seg_size).collect();
+        forks.dedup();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut done = Vec::new();
+        for segno in forks {
+            let here: Vec<u32> = chain
+                .iter()
+                .rev()
+                .filter(|s| s.begin / seg_size <= segno)
+                .map(|s| s.timeline)
+                .filter(|t| names.contains(&segment_name(*t, segno, seg_size)))
+                .collect();
+            let Some(&chosen) = here.first() else {
+                continue;
+            };
+            // Most segments are read on from the file recovery chooses: read only that one.
+            let chosen_end = self.segment_end(chosen, segno, seg_size, deadline, timeout).await?;
+            if fork_segment_repair(&chain, segno, seg_size, &[(chosen, chosen_end)]).is_none() {
+                continue;
+            }
+            let mut files = vec![(chosen, chosen_end)];
+            for &t in &here[1..] {
+                files.push((t, self.segment_end(t, segno, seg_size, deadline, timeout).await?));
+            }
+            let Some(repair) = fork_segment_repair(&chain, segno, seg_size, &files) else {
+                done.push(format!(
+                    "left {} as it is: it ends before timeline {chosen} begins, and a file recovery \
+                     would read next holds WAL past its own timeline's end (pg_rewind's case)",
+                    segment_name(chosen, segno, seg_size)
+                ));
+                continue;
+            };
+            let end_of = |t: u32| {
+                files.iter().find(|f| f.0 == t).and_then(|f| f.1).map_or_else(
+                    || "no valid record".to_string(),
+                    |e| format!("WAL to {}", crate::types::Lsn(e)),
+                )
+            };
+            if let Some((from, to)) = repair.copy {
+                let (src, dst) = (
+                    dir.join(segment_name(from, segno, seg_size)),
+                    dir.join(segment_name(to, segno, seg_size)),
+                );
+                let tmp = dir.join(format!(".{}.raftpg-new", segment_name(to, segno, seg_size)));
+                std::fs::copy(&src, &tmp)?;
+                if let Some(u) = &self.run_as {
+                    u.chown(&tmp)?;
+                }
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &dst)?;
+                done.push(format!(
+                    "copied {} ({}) to {}, the file of the timeline where that WAL ends",
+                    src.display(),
+                    end_of(from),
+                    dst.display()
+                ));
+            }
+            for t in repair.remove {
+                let path = dir.join(segment_name(t, segno, seg_size));
+                std::fs::remove_file(&path)?;
+                done.push(format!(
+                    "removed {} ({}, before timeline {t} begins; a copy of older WAL that pg_wal keeps)",
+                    path.display(),
+                    end_of(t)
+                ));
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(done)
+    }
+
+    /// Where the valid WAL of timeline `tli`'s file of segment `segno` ends (read with
+    /// pg_waldump, to the segment's end at most); `None` when it holds no valid record.
+    async fn segment_end(
+        &self,
+        tli: u32,
+        segno: u64,
+        seg_size: u64,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Option<u64>, PgError> {
+        let mut cmd = self.command("pg_waldump");
+        cmd.arg("-p")
+            .arg(self.data_dir.join("pg_wal"))
+            .arg("-t")
+            .arg(tli.to_string())
+            .arg("-s")
+            .arg(crate::decide::election::lsn(segno * seg_size))
+            .arg("-e")
+            .arg(crate::decide::election::lsn((segno + 1) * seg_size));
+        let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
+            .await
+            .map_err(|_| PgError::Timeout {
+                what: "pg_waldump".into(),
+                secs: timeout.as_secs(),
+            })??;
+        Ok(last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size))
+    }
+
     /// The newest timeline this database's WAL reaches: the highest of its segments' that
     /// PostgreSQL can recover to (timeline 1, or one whose history file is in `pg_wal`).
     /// `None` without a readable `pg_wal` or any segment.
@@ -510,6 +643,12 @@ pub fn newest_timeline(names: &[String]) -> Option<u32> {
         .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
         .filter(|tl| *tl == 1 || names.iter().any(|n| *n == format!("{tl:08X}.history")))
         .max()
+}
+
+/// The name of timeline `tli`'s file of segment `segno` (the inverse of [`segment_of`]).
+pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
+    let per_id = 0x1_0000_0000 / seg_size.max(1);
+    format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
 pub fn segment_of(name: &str, seg_size: u64) -> Option<(u32, u64)> {
