@@ -183,7 +183,7 @@ async fn a_promotion_takes_a_timeline_no_member_took() {
         entry(3, None, None),
     ];
     let write = |path: std::path::PathBuf, text: &str| write_owned(&pg, &path, text);
-    for (tl, text) in raftpg::postgres::recorded_histories(&history) {
+    for (tl, text) in raftpg::postgres::recorded_histories(&history, Timeline(3)) {
         write(pg.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0)), &text);
     }
     write(pg.data_dir.join("standby.signal"), "");

@@ -217,7 +217,7 @@ impl Agent {
                     self.pre_promoted = Some(state.generation);
                 }
                 // Timelines other members took must not be taken again.
-                for (tl, text) in crate::postgres::recorded_histories(&state.history) {
+                for (tl, text) in crate::postgres::recorded_histories(&state.history, state.newest_timeline_taken()) {
                     let path = pg.ctl.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0));
                     if !path.exists() {
                         pg.write_file(&path, &text)?;

@@ -71,6 +71,12 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
         Command::RecordTimeline { .. } if was_pending => {
             state.sync_unconfirmed = fork_holders(state).into_iter().collect();
         }
+        // A candidate replaced before it recorded its timeline may have promoted: the
+        // timeline it would have taken is never taken again.
+        Command::BeginFailover { .. } if had_candidate => {
+            let taken = state.newest_timeline_taken().next();
+            state.unrecorded_timeline = Some(taken);
+        }
         // The candidate may never record its timeline and be replaced (`BeginFailover`):
         // the configuration the fenced primary ran is kept, last, for the next election.
         Command::Promote { .. } if !had_candidate => {

@@ -271,6 +271,51 @@ fn promote(generation: u64, node: &str) -> Command {
     }
 }
 
+/// Simulation seed 3107967: a candidate promoted, took timeline 2 and died before it
+/// recorded it; its replacement took timeline 2 too (only recorded timelines had history
+/// files), and the two never streamed from each other. Each replaced candidacy now puts
+/// the timeline it may have taken out of reach; one that never promoted (a veto) does not,
+/// nor does a failover before any candidate was named.
+#[test]
+fn a_replaced_candidate_may_have_taken_a_timeline_and_the_next_takes_a_newer_one() {
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &failover(2)).unwrap();
+    assert_eq!(s.unrecorded_timeline, None, "no candidate was named");
+    assert_eq!(s.newest_timeline_taken(), Timeline::FIRST);
+    apply(&mut s, &promote(3, "n2")).unwrap();
+    apply(&mut s, &failover(3)).unwrap();
+    assert_eq!(s.unrecorded_timeline, Some(Timeline(2)));
+    apply(&mut s, &promote(4, "n3")).unwrap();
+    apply(&mut s, &failover(4)).unwrap();
+    assert_eq!(s.unrecorded_timeline, Some(Timeline(3)), "two replaced candidacies");
+    apply(&mut s, &promote(5, "n2")).unwrap();
+    let veto = Command::VetoCandidate {
+        generation: Generation(5),
+        node: "n2".into(),
+        reason: "pre_promote failed".into(),
+    };
+    apply(&mut s, &veto).unwrap();
+    assert_eq!(s.unrecorded_timeline, Some(Timeline(3)), "a veto never promoted");
+    apply(&mut s, &promote(6, "n3")).unwrap();
+    let record = Command::RecordTimeline {
+        generation: Generation(6),
+        node: "n3".into(),
+        timeline: Timeline(4),
+        switch_lsn: None,
+        parent_timeline: Some(Timeline::FIRST),
+    };
+    apply(&mut s, &record).unwrap();
+    assert_eq!(s.newest_timeline_taken(), Timeline(4));
+    let files = crate::postgres::recorded_histories(&s.history, s.newest_timeline_taken());
+    assert_eq!(files.iter().map(|(t, _)| t.0).collect::<Vec<_>>(), [2, 3, 4]);
+    // The next replaced candidate goes past the recorded timeline.
+    apply(&mut s, &failover(6)).unwrap();
+    apply(&mut s, &promote(7, "n1")).unwrap();
+    apply(&mut s, &failover(7)).unwrap();
+    assert_eq!(s.unrecorded_timeline, Some(Timeline(5)));
+}
+
 #[test]
 fn a_second_failover_supersedes_one_without_candidate() {
     let mut s = bootstrapped();

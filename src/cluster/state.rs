@@ -292,6 +292,13 @@ pub struct ClusterState {
     /// its synchronous standbys streamed, or is returning to its quorum. Appended after
     /// `slot_ttl_ms`.
     pub degraded: Option<Degraded>,
+    /// The highest timeline a candidate may have taken without recording it: one told to
+    /// promote and replaced (`BeginFailover`) before its `RecordTimeline` (it may have
+    /// died or hung just after it promoted). The next candidate puts a history file in
+    /// place for it too, so that its PostgreSQL takes a newer timeline: two members on one
+    /// timeline number with different forks never stream from each other (simulation seed
+    /// 3107967). Appended after `degraded`.
+    pub unrecorded_timeline: Option<Timeline>,
 }
 
 /// A degraded window of `synchronous_mode = degradable` (`Command::Degrade`): writes
@@ -316,6 +323,18 @@ pub struct Degraded {
 }
 
 impl ClusterState {
+    /// The newest timeline any member may have taken: recorded, or taken by a candidate
+    /// replaced before it recorded one (`unrecorded_timeline`). A candidate's PostgreSQL
+    /// must take a newer one.
+    pub fn newest_timeline_taken(&self) -> Timeline {
+        self.history
+            .iter()
+            .map(|h| h.timeline)
+            .chain(self.unrecorded_timeline)
+            .max()
+            .unwrap_or(Timeline::FIRST)
+    }
+
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.get(name)
     }

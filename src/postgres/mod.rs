@@ -64,8 +64,9 @@ pub fn parse_timeline_history(text: &str) -> Option<(u32, u64)> {
 /// timeline another member already took (a collision lets pg_rewind find "no rewind
 /// required" between two diverged databases). One file per recorded timeline: its content
 /// as the recorded chain of forks gives it, or, where a fork is not known, only a comment
-/// (PostgreSQL only looks for the file). Pairs of (timeline, file text).
-pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(Timeline, String)> {
+/// (PostgreSQL only looks for the file). `newest`: the newest timeline taken, recorded or
+/// not (`ClusterState::newest_timeline_taken`). Pairs of (timeline, file text).
+pub fn recorded_histories(history: &[crate::cluster::HistoryEntry], newest: Timeline) -> Vec<(Timeline, String)> {
     let lines = |mut tl: Timeline| -> Option<String> {
         let mut out = Vec::new();
         while tl > Timeline::FIRST {
@@ -82,7 +83,6 @@ pub fn recorded_histories(history: &[crate::cluster::HistoryEntry]) -> Vec<(Time
         out.reverse();
         Some(out.join("\n") + "\n")
     };
-    let newest = history.iter().map(|h| h.timeline).max().unwrap_or(Timeline::FIRST);
     (2..=newest.0)
         .map(Timeline)
         .map(|tl| {
@@ -156,18 +156,22 @@ mod tests {
             to: "n2".into(),
             generation: Generation(u64::from(timeline.0)),
         };
-        assert!(recorded_histories(&[]).is_empty());
+        assert!(recorded_histories(&[], Timeline::FIRST).is_empty());
         let history = [
             entry(Timeline(1), None, None),
             entry(Timeline(2), Some(Timeline(1)), Some("0/3000060")),
             entry(Timeline(3), None, None),
             entry(Timeline(4), Some(Timeline(2)), Some("0/5000128")),
         ];
-        let files = recorded_histories(&history);
+        let files = recorded_histories(&history, Timeline(4));
         assert_eq!(
             files.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
             [2, 3, 4].map(Timeline)
         );
+        // A replaced candidate may have taken timeline 5 unrecorded: it gets a file too.
+        let files = recorded_histories(&history, Timeline(5));
+        assert_eq!(files.len(), 4);
+        assert!(files[3].1.starts_with('#') && timeline_switches(&files[3].1).is_empty());
         assert_eq!(timeline_switches(&files[0].1), [(1, 0x300_0060)]);
         assert!(timeline_switches(&files[1].1).is_empty(), "{}", files[1].1);
         assert!(files[1].1.starts_with('#'));

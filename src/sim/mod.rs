@@ -1341,13 +1341,7 @@ impl Sim {
                 if pg.data.as_ref().is_some_and(Data::short) {
                     return Err("not consistent yet: it cannot end recovery".into());
                 }
-                let recorded = state
-                    .history
-                    .iter()
-                    .map(|h| h.timeline)
-                    .max()
-                    .unwrap_or(Timeline::FIRST);
-                self.promoted(i, state.generation, recorded);
+                self.promoted(i, state.generation, state.newest_timeline_taken());
             }
             Action::DeclineCandidacy { reason } => {
                 self.propose(
@@ -1458,8 +1452,8 @@ impl Sim {
     }
 
     /// `i`'s PostgreSQL ends recovery under `generation`.
-    /// `recorded`: the newest timeline the history records; the agent puts its history file
-    /// in place first, so PostgreSQL takes a newer one.
+    /// `recorded`: the newest timeline taken, recorded or not; the agent puts its history
+    /// file in place first, so PostgreSQL takes a newer one.
     fn promoted(&mut self, i: usize, generation: Generation, recorded: Timeline) {
         let name = self.nodes[i].name.clone();
         // Every acknowledged write must be in the WAL the new primary starts from.

@@ -175,6 +175,24 @@ fn every_fault_class_at_once_keeps_the_invariants() {
     assert!(t.acked > 100 * CI_SEEDS as usize / 8);
 }
 
+/// Every fault class at once, pg_rewind racing its source too: seed 3107967 found that a
+/// candidate replaced after it had promoted and before it recorded its timeline shared
+/// that timeline's number with the next candidate, and never streamed again
+/// (`ClusterState::unrecorded_timeline`).
+#[test]
+fn a_replaced_candidates_timeline_is_never_taken_again() {
+    let cfg = SimConfig {
+        operator: true,
+        rewind_race: true,
+        pauses: true,
+        switchovers: true,
+        delays: true,
+        ..SimConfig::default()
+    };
+    let t = campaign(&cfg, (0..CI_SEEDS / 16).chain([3107967]));
+    assert!(t.switchovers > 5 && t.pauses > 25);
+}
+
 #[test]
 fn a_controller_that_does_not_wait_for_the_lease_is_caught() {
     assert_two_primaries(&first_violation(&SimConfig {
