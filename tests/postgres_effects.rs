@@ -845,3 +845,43 @@ async fn of_a_chain_of_partial_fork_segments_the_longest_is_kept_and_the_standby
     pg.stop(StopMode::Fast, T).await.expect("stop");
     drop(dir);
 }
+
+/// raftpg writes a placeholder history file, without a fork line, for a timeline whose
+/// fork it does not know, before a promotion (a candidate replaced before it recorded its
+/// timeline may have taken it). A member that did not promote after all and starts as a
+/// standby with `recovery_target_timeline = 'latest'` would target the placeholder, and
+/// PostgreSQL PANICs on it: "could not locate a valid checkpoint record". raftpg removes
+/// the placeholders recovery would target (only those: one below a real history stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_history_that_recovery_would_target_is_removed_and_the_standby_starts() {
+    let (dir, pg, conninfo) = local_pg(26014);
+    let (_, _, _, _, _, written) = crashed_with_writes_in_one_segment(&pg, &conninfo).await;
+    let wal = pg.data_dir.join("pg_wal");
+    let placeholder =
+        |tl: u32| format!("# timeline {tl} was taken by a member of this raftpg cluster; its forks are not recorded\n");
+    write_owned(&pg, &wal.join("00000002.history"), &placeholder(2));
+    write_owned(&pg, &wal.join("00000003.history"), &placeholder(3));
+    assert_eq!(pg.latest_timeline(Timeline(1)), Timeline(3));
+    assert!(
+        pg.start(T).await.is_err(),
+        "PostgreSQL started on a placeholder history"
+    );
+    let log = pg.log_tail(40);
+    assert!(log.contains("could not locate a valid checkpoint record"), "{log}");
+
+    let removed = pg.remove_placeholder_targets(Timeline(1)).unwrap();
+    assert_eq!(removed, [wal.join("00000003.history"), wal.join("00000002.history")]);
+    pg.start(T).await.expect("the standby starts");
+    let at = replayed(&conninfo).await;
+    assert!(at >= written, "replayed to {at:X}, written to {written:X}");
+    pg.stop(StopMode::Fast, T).await.expect("stop");
+
+    // A placeholder below a real history file is passed through, and stays.
+    write_owned(&pg, &wal.join("00000002.history"), &placeholder(2));
+    write_owned(&pg, &wal.join("00000003.history"), "2\t0/FF000000\tfailover\n");
+    assert_eq!(
+        pg.remove_placeholder_targets(Timeline(1)).unwrap(),
+        Vec::<std::path::PathBuf>::new()
+    );
+    drop(dir);
+}

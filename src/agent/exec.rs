@@ -28,9 +28,10 @@ async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generatio
     }
 }
 
-/// Before a standby starts: sets right the segments where a timeline forked whose file
-/// recovery would read ends before that fork, so that it does not stop there for good
-/// (finding 21 of docs/jepsen.md). `following`: it starts with `recovery_target_timeline =
+/// Before a standby starts: removes placeholder history files that recovery would target,
+/// and sets right the segments where a timeline forked whose file recovery would read ends
+/// before that fork, so that it does not stop there for good (finding 21 of
+/// docs/jepsen.md). `following`: it starts with `recovery_target_timeline =
 /// 'latest'`; otherwise on its own WAL's timeline. A failure to check is logged, and the
 /// start goes on: PostgreSQL's own error then says what is wrong.
 async fn repair_fork_segments(pg: &super::pgfiles::PgNode, following: bool) {
@@ -41,6 +42,20 @@ async fn repair_fork_segments(pg: &super::pgfiles::PgNode, following: bool) {
     let (Some(seg_size), Some(checkpoint_tl)) = (control.wal_segment_size, control.timeline) else {
         return;
     };
+    if following {
+        match pg.ctl.remove_placeholder_targets(checkpoint_tl) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::info!(
+                        "removed {}, a placeholder history file written for a promotion: recovery \
+                         would target it and find no history in it",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot check pg_wal's history files: {e}"),
+        }
+    }
     let target = match following {
         true => pg.ctl.latest_timeline(checkpoint_tl),
         false => pg.ctl.wal_timeline().unwrap_or(checkpoint_tl),

@@ -337,6 +337,30 @@ impl PgCtl {
         tl
     }
 
+    /// Removes the history files without a single fork line (raftpg's placeholders, which
+    /// `recorded_histories` writes for timelines whose forks it does not know) that
+    /// recovery with `recovery_target_timeline = 'latest'` from `from` would target: it
+    /// cannot read such a history, and PostgreSQL PANICs ("could not locate a valid
+    /// checkpoint record"). A placeholder matters only to a promotion, which writes it
+    /// again. From the top down, since recovery targets the last of an unbroken run; the
+    /// removed paths.
+    pub fn remove_placeholder_targets(&self, from: Timeline) -> Result<Vec<PathBuf>, PgError> {
+        let mut removed = Vec::new();
+        loop {
+            let target = self.latest_timeline(from);
+            if target <= from {
+                break;
+            }
+            let path = self.data_dir.join("pg_wal").join(format!("{:08X}.history", target.0));
+            if !crate::postgres::timeline_switches(&std::fs::read_to_string(&path)?).is_empty() {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+
     /// Sets right, before a standby starts, the segments where a timeline of `target`'s
     /// history forked and whose file recovery would read ends before that fork (finding 21
     /// of docs/jepsen.md; the rule and why it loses nothing: [`crate::decide::wal`]).
