@@ -298,26 +298,16 @@ impl PgCtl {
             .filter_map(|e| segment_of(e.ok()?.file_name().to_str()?, seg_size))
             .collect();
         segments.sort_unstable();
-        let Some(&(tli, _)) = segments.last() else {
+        let Some(&(tli, newest)) = segments.last() else {
             return Ok(None);
         };
         // The newest files may be recycled ones, named ahead of the WAL: go back until
         // a segment holds a valid record, and read from there to the end.
         let deadline = tokio::time::Instant::now() + timeout;
         for &(_, segno) in segments.iter().rev().filter(|(t, _)| *t == tli).take(64) {
-            let mut cmd = self.command("pg_waldump");
-            cmd.arg("-p")
-                .arg(&dir)
-                .arg("-t")
-                .arg(tli.to_string())
-                .arg("-s")
-                .arg(crate::decide::election::lsn(segno * seg_size));
-            let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
-                .await
-                .map_err(|_| PgError::Timeout {
-                    what: "pg_waldump".into(),
-                    secs: timeout.as_secs(),
-                })??;
+            let path = dir.join(segment_name(tli, segno, seg_size));
+            let last = dir.join(segment_name(tli, newest, seg_size));
+            let out = self.waldump(&path, &last, deadline, timeout).await?;
             if let Some(end) = last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size) {
                 return Ok(Some((end, Timeline(tli))));
             }
@@ -455,7 +445,8 @@ impl PgCtl {
     }
 
     /// Where the valid WAL of timeline `tli`'s file of segment `segno` ends (read with
-    /// pg_waldump, to the segment's end at most); `None` when it holds no valid record.
+    /// pg_waldump, that file only); `None` when it surely holds no valid record. A file
+    /// pg_waldump cannot read for another reason is an error, never "no valid record".
     async fn segment_end(
         &self,
         tli: u32,
@@ -464,22 +455,52 @@ impl PgCtl {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Option<u64>, PgError> {
+        let path = self.data_dir.join("pg_wal").join(segment_name(tli, segno, seg_size));
+        // A file the receiver created and never wrote: zeros, no page header at all.
+        let mut head = [0u8; 40];
+        {
+            use std::io::Read as _;
+            std::fs::File::open(&path)?.read_exact(&mut head)?;
+        }
+        if head.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let out = self.waldump(&path, &path, deadline, timeout).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match last_record_end(&stdout, seg_size) {
+            Some(end) => Ok(Some(end)),
+            None if stderr.contains("could not find a valid record") => Ok(None),
+            None => Err(PgError::Failed {
+                what: format!("pg_waldump of {}", path.display()),
+                status: out.status.to_string(),
+                output: last_lines(&stderr, 3),
+            }),
+        }
+    }
+
+    /// pg_waldump from the start of the WAL file at `start` to where its timeline's valid
+    /// WAL ends, or the end of the file `end` names (of the same timeline, in the same
+    /// directory). Given a file, pg_waldump takes the segment size from it; given only
+    /// `pg_wal` (`-p`), it takes it from whichever file it lists first, and fails on every
+    /// call while that one is a zero-filled file a receiver created (the 300 s tier's
+    /// promote-laggard at 847f945).
+    async fn waldump(
+        &self,
+        start: &Path,
+        end: &Path,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<std::process::Output, PgError> {
         let mut cmd = self.command("pg_waldump");
-        cmd.arg("-p")
-            .arg(self.data_dir.join("pg_wal"))
-            .arg("-t")
-            .arg(tli.to_string())
-            .arg("-s")
-            .arg(crate::decide::election::lsn(segno * seg_size))
-            .arg("-e")
-            .arg(crate::decide::election::lsn((segno + 1) * seg_size));
-        let out = tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
+        cmd.arg(start).arg(end);
+        tokio::time::timeout_at(deadline, cmd.spawn()?.wait_with_output())
             .await
             .map_err(|_| PgError::Timeout {
                 what: "pg_waldump".into(),
                 secs: timeout.as_secs(),
-            })??;
-        Ok(last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size))
+            })?
+            .map_err(PgError::from)
     }
 
     /// The newest timeline this database's WAL reaches: the highest of its segments' that
