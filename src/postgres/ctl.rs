@@ -389,14 +389,28 @@ impl PgCtl {
                 continue;
             };
             // Most segments are read on from the file recovery chooses: read only that one.
-            let chosen_end = self.segment_end(chosen, segno, seg_size, deadline, timeout).await?;
-            if fork_segment_repair(&chain, segno, seg_size, &[(chosen, chosen_end)]).is_none() {
-                continue;
-            }
-            let mut files = vec![(chosen, chosen_end)];
-            for &t in &here[1..] {
-                files.push((t, self.segment_end(t, segno, seg_size, deadline, timeout).await?));
-            }
+            let files = async {
+                let chosen_end = self.segment_end(chosen, segno, seg_size, deadline, timeout).await?;
+                if fork_segment_repair(&chain, segno, seg_size, &[(chosen, chosen_end)]).is_none() {
+                    return Ok(None);
+                }
+                let mut files = vec![(chosen, chosen_end)];
+                for &t in &here[1..] {
+                    files.push((t, self.segment_end(t, segno, seg_size, deadline, timeout).await?));
+                }
+                Ok::<_, PgError>(Some(files))
+            };
+            let files = match files.await {
+                Ok(Some(files)) => files,
+                Ok(None) => continue,
+                Err(e) => {
+                    done.push(format!(
+                        "left the files of segment {} as they are: cannot read one: {e}",
+                        segment_name(chosen, segno, seg_size)
+                    ));
+                    continue;
+                }
+            };
             let Some(repair) = fork_segment_repair(&chain, segno, seg_size, &files) else {
                 done.push(format!(
                     "left {} as it is: it ends before timeline {chosen} begins, and a file recovery \
