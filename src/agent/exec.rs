@@ -42,22 +42,22 @@ async fn repair_fork_segments(pg: &super::pgfiles::PgNode, following: bool) {
     let (Some(seg_size), Some(checkpoint_tl)) = (control.wal_segment_size, control.timeline) else {
         return;
     };
-    if following {
-        match pg.ctl.remove_placeholder_targets(checkpoint_tl) {
-            Ok(removed) => {
-                for path in removed {
-                    tracing::info!(
-                        "removed {}, a placeholder history file written for a promotion: recovery \
-                         would target it and find no history in it",
-                        path.display()
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("cannot check pg_wal's history files: {e}"),
-        }
-    }
     let target = match following {
-        true => pg.ctl.latest_timeline(checkpoint_tl),
+        true => {
+            match pg.ctl.remove_placeholder_targets(checkpoint_tl) {
+                Ok(removed) => {
+                    for path in removed {
+                        tracing::info!(
+                            "removed {}, a placeholder history file written for a promotion: recovery \
+                             would target it and find no history in it",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("cannot check pg_wal's history files: {e}"),
+            }
+            pg.ctl.latest_timeline(checkpoint_tl)
+        }
         false => pg.ctl.wal_timeline().unwrap_or(checkpoint_tl),
     };
     match pg.ctl.repair_fork_segments(target, seg_size, WAL_END_TIMEOUT).await {
@@ -233,7 +233,7 @@ impl Agent {
                 }
                 // Timelines other members took must not be taken again.
                 for (tl, text) in crate::postgres::recorded_histories(&state.history, state.newest_timeline_taken()) {
-                    let path = pg.ctl.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0));
+                    let path = pg.ctl.history_path(tl);
                     if !path.exists() {
                         pg.write_file(&path, &text)?;
                     }

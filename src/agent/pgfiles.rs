@@ -191,12 +191,7 @@ impl PgNode {
     /// Where this node streams from while `state`'s primary is someone else.
     /// (parent timeline, fork LSN) of `timeline`, from `pg_wal/<TLI>.history`.
     pub fn timeline_fork(&self, timeline: Timeline) -> Option<(Timeline, u64)> {
-        let path = self
-            .ctl
-            .data_dir
-            .join("pg_wal")
-            .join(format!("{:08X}.history", timeline.0));
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = std::fs::read_to_string(self.ctl.history_path(timeline)).ok()?;
         crate::postgres::parse_timeline_history(&text).map(|(parent, at)| (Timeline(parent), at))
     }
 

@@ -304,9 +304,9 @@ impl PgCtl {
         // The newest files may be recycled ones, named ahead of the WAL: go back until
         // a segment holds a valid record, and read from there to the end.
         let deadline = tokio::time::Instant::now() + timeout;
+        let last = dir.join(segment_name(tli, newest, seg_size));
         for &(_, segno) in segments.iter().rev().filter(|(t, _)| *t == tli).take(64) {
             let path = dir.join(segment_name(tli, segno, seg_size));
-            let last = dir.join(segment_name(tli, newest, seg_size));
             let out = self.waldump(&path, &last, deadline, timeout).await?;
             if let Some(end) = last_record_end(&String::from_utf8_lossy(&out.stdout), seg_size) {
                 return Ok(Some((end, Timeline(tli))));
@@ -315,13 +315,17 @@ impl PgCtl {
         Ok(None)
     }
 
+    /// `pg_wal/<TLI>.history`: timeline `tl`'s history file.
+    pub fn history_path(&self, tl: Timeline) -> PathBuf {
+        self.data_dir.join("pg_wal").join(format!("{:08X}.history", tl.0))
+    }
+
     /// The timeline recovery with `recovery_target_timeline = 'latest'` goes to, starting
     /// from `from` (the last checkpoint's): the last of the timelines after it whose history
     /// files `pg_wal` holds without a gap, as PostgreSQL probes them.
     pub fn latest_timeline(&self, from: Timeline) -> Timeline {
-        let wal = self.data_dir.join("pg_wal");
         let mut tl = from;
-        while wal.join(format!("{:08X}.history", tl.0 + 1)).exists() {
+        while self.history_path(tl.next()).exists() {
             tl = Timeline(tl.0 + 1);
         }
         tl
@@ -341,7 +345,7 @@ impl PgCtl {
             if target <= from {
                 break;
             }
-            let path = self.data_dir.join("pg_wal").join(format!("{:08X}.history", target.0));
+            let path = self.history_path(target);
             if !crate::postgres::timeline_switches(&std::fs::read_to_string(&path)?).is_empty() {
                 break;
             }
@@ -366,7 +370,7 @@ impl PgCtl {
         if target <= Timeline::FIRST || seg_size == 0 {
             return Ok(Vec::new());
         }
-        let Ok(text) = std::fs::read_to_string(dir.join(format!("{:08X}.history", target.0))) else {
+        let Ok(text) = std::fs::read_to_string(self.history_path(target)) else {
             return Ok(Vec::new());
         };
         let chain = spans(&crate::postgres::timeline_switches(&text), target.0);
