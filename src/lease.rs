@@ -74,8 +74,13 @@ struct HolderInner {
     /// process's last grant, not from this start).
     inherited: Option<(Generation, Instant)>,
     /// The longest time between the sending of two consecutive granted renewals of one
-    /// generation since this process started: how close a busy machine came to the lease.
+    /// generation since this process started or the lease's length changed: how close a
+    /// busy machine came to the lease.
     longest_gap: Duration,
+    /// The `lease_ms` that `longest_gap` was measured under.
+    gap_lease_ms: u64,
+    /// (generation, sent) of the latest-sent granted renewal.
+    last_sent: Option<(Generation, Instant)>,
 }
 
 impl Holder {
@@ -85,6 +90,8 @@ impl Holder {
             lease: None,
             inherited: None,
             longest_gap: Duration::ZERO,
+            gap_lease_ms: 0,
+            last_sent: None,
         })))
     }
 
@@ -102,9 +109,17 @@ impl Holder {
     pub fn granted(&self, generation: Generation, sent: Instant, lease_ms: u64) {
         let expiry = sent + Duration::from_millis(lease_ms);
         let mut h = self.lock();
-        if let Some((_, e)) = h.lease.filter(|(g, _)| *g == generation) {
-            let previous = e - Duration::from_millis(lease_ms);
+        if h.gap_lease_ms != lease_ms {
+            // A gap means something only against the lease it was renewing: once
+            // `lease_ms` changes (`ctl config set`), the longest gap starts over, or the
+            // renewals of a 2 s lease would be measured against a 500 ms one.
+            h.gap_lease_ms = lease_ms;
+            h.longest_gap = Duration::ZERO;
+        } else if let Some((_, previous)) = h.last_sent.filter(|(g, _)| *g == generation) {
             h.longest_gap = h.longest_gap.max(sent.saturating_duration_since(previous));
+        }
+        if h.last_sent.is_none_or(|(g, t)| g != generation || t < sent) {
+            h.last_sent = Some((generation, sent));
         }
         let keep = h.lease.is_some_and(|(g, e)| g == generation && e >= expiry);
         if !keep {
@@ -151,6 +166,7 @@ impl Holder {
         let mut h = self.lock();
         h.lease = None;
         h.acquiring = None;
+        h.last_sent = None;
     }
 }
 
@@ -380,6 +396,13 @@ mod tests {
         // A late answer to an earlier send moves nothing back.
         h.granted(Generation(2), t0 + Duration::from_millis(10_000), 2000);
         assert_eq!(h.longest_gap(), Duration::from_millis(1500));
+        // A new lease length starts over: the 2 s lease's gaps say nothing of a 500 ms one.
+        h.granted(Generation(2), t0 + Duration::from_millis(11_000), 500);
+        assert_eq!(h.longest_gap(), Duration::ZERO);
+        h.granted(Generation(2), t0 + Duration::from_millis(11_125), 500);
+        h.granted(Generation(2), t0 + Duration::from_millis(11_400), 500);
+        h.granted(Generation(2), t0 + Duration::from_millis(11_525), 500);
+        assert_eq!(h.longest_gap(), Duration::from_millis(275));
     }
 
     #[tokio::test(start_paused = true)]

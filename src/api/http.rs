@@ -399,7 +399,7 @@ pub fn render_metrics(m: &MetricsInput) -> String {
     family(
         "raftpg_lease_renewal_gap_max_seconds",
         "gauge",
-        "Longest time between two renewals of this node's primary lease since raftpg started (renewals come every lease/4).",
+        "Longest time between two renewals of this node's primary lease since raftpg started or lease_ms last changed (renewals come every lease/4).",
         m.renewal_gap_max_s.map(me).unwrap_or_default(),
     );
     family(
