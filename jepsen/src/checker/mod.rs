@@ -116,7 +116,10 @@ pub fn windows(h: &History) -> Vec<crate::verdict::Window> {
 /// the run ended) has no failover and is skipped: a timeline change belongs to the
 /// latest fault on the primary before it. (Without that bound, a fault the primary
 /// rode out was charged with the next one's failover: chaos at seed 662009 showed a
-/// 48 s "failover" for a flapping link that caused none.)
+/// 48 s "failover" for a flapping link that caused none.) Nor does a change belong to a
+/// fault on the primary that had healed before another fault of any kind started: chaos
+/// at seed 754515 charged a restart the primary rode out with the 43 s until the change
+/// that a later `majorities-ring`, about no node's role, caused.
 pub fn failovers(h: &History) -> Vec<Failover> {
     let mut writes: Vec<(u64, u32)> = ok_writes(h).filter_map(|o| Some((o.end_ns, o.timeline?))).collect();
     writes.sort_unstable();
@@ -130,7 +133,8 @@ pub fn failovers(h: &History) -> Vec<Failover> {
 }
 
 /// Of `failovers`, those whose first write came before the next fault on the primary
-/// (in `windows`) started. `table` applies it to a `suite.json` written before the rule.
+/// (in `windows`) started, and before any fault that started after their own had healed.
+/// `table` applies it to a `suite.json` written before the rules.
 pub fn own_failovers(failovers: &[Failover], windows: &[crate::verdict::Window]) -> Vec<Failover> {
     let starts: Vec<u64> = windows
         .iter()
@@ -141,7 +145,19 @@ pub fn own_failovers(failovers: &[Failover], windows: &[crate::verdict::Window])
         .iter()
         .filter(|f| {
             let next = starts.iter().copied().filter(|t| *t > f.fault_ns).min();
-            next.is_none_or(|t| f.first_write_ns < t)
+            let healed = windows
+                .iter()
+                .filter(|w| w.start_ns == f.fault_ns && w.hit && about_primary(&w.intended, &w.fault))
+                .map(|w| w.end_ns)
+                .max();
+            let after_heal = healed.and_then(|end| {
+                windows
+                    .iter()
+                    .filter(|w| w.hit && w.start_ns >= end && w.start_ns > f.fault_ns)
+                    .map(|w| w.start_ns)
+                    .min()
+            });
+            next.is_none_or(|t| f.first_write_ns < t) && after_heal.is_none_or(|t| f.first_write_ns < t)
         })
         .cloned()
         .collect()
@@ -355,6 +371,53 @@ mod tests {
         // With the second fault gone, the change after the first is its own.
         h.nemesis.pop();
         assert_eq!(failovers(&h)[0].ms, 3000);
+    }
+
+    #[test]
+    fn a_change_after_a_later_fault_of_any_kind_is_not_the_healed_primary_faults() {
+        let stop = |time_ns: u64, fault: &str, targets: &[&str]| NemesisEvent {
+            time_ns,
+            fault: fault.into(),
+            action: NemesisAction::Stop,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            intended: String::new(),
+            hit: true,
+            detail: String::new(),
+        };
+        let ring = NemesisEvent {
+            time_ns: 4 * S,
+            fault: "majorities-ring".into(),
+            targets: vec!["n1".into(), "n2".into(), "n3".into()],
+            ..fault(4 * S, "all", true)
+        };
+        let ops = vec![
+            on(set_add(1, Outcome::Ok, S), "n1", 1),
+            on(set_add(2, Outcome::Ok, 7 * S), "n2", 2),
+        ];
+        let mut h = history(ops, vec![]);
+        // The fault on the primary (2-3 s) heals; a ring cuts every node at 4 s; the
+        // change at 7 s is the ring's, not the primary fault's.
+        h.nemesis = vec![
+            fault(2 * S, "primary", true),
+            stop(3 * S, "isolate", &["n1"]),
+            ring.clone(),
+        ];
+        assert!(failovers(&h).is_empty(), "{:?}", failovers(&h));
+        // A fault that starts while the primary's still lasts (a candidate killed
+        // mid-failover) leaves the failover measured from the first fault.
+        h.nemesis = vec![
+            fault(2 * S, "primary", true),
+            NemesisEvent {
+                time_ns: 3 * S,
+                ..ring.clone()
+            },
+            stop(5 * S, "isolate", &["n1"]),
+        ];
+        let f = failovers(&h);
+        assert_eq!((f.len(), f[0].ms), (1, 5000), "{f:?}");
+        // Without the ring, the change belongs to the healed fault as before.
+        h.nemesis = vec![fault(2 * S, "primary", true), stop(3 * S, "isolate", &["n1"])];
+        assert_eq!(failovers(&h)[0].ms, 5000);
     }
 
     #[test]
