@@ -326,7 +326,7 @@ impl PgCtl {
     pub fn latest_timeline(&self, from: Timeline) -> Timeline {
         let mut tl = from;
         while self.history_path(tl.next()).exists() {
-            tl = Timeline(tl.0 + 1);
+            tl = tl.next();
         }
         tl
     }

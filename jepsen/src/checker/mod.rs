@@ -319,6 +319,14 @@ mod tests {
         }
     }
 
+    /// The heal of [`fault`]'s fault on n1.
+    fn heal(time_ns: u64) -> NemesisEvent {
+        NemesisEvent {
+            action: NemesisAction::Stop,
+            ..fault(time_ns, "primary", true)
+        }
+    }
+
     #[test]
     fn failovers_measure_fault_to_first_write_on_a_new_timeline() {
         let ops = vec![
@@ -375,15 +383,6 @@ mod tests {
 
     #[test]
     fn a_change_after_a_later_fault_of_any_kind_is_not_the_healed_primary_faults() {
-        let stop = |time_ns: u64, fault: &str, targets: &[&str]| NemesisEvent {
-            time_ns,
-            fault: fault.into(),
-            action: NemesisAction::Stop,
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-            intended: String::new(),
-            hit: true,
-            detail: String::new(),
-        };
         let ring = NemesisEvent {
             time_ns: 4 * S,
             fault: "majorities-ring".into(),
@@ -397,11 +396,7 @@ mod tests {
         let mut h = history(ops, vec![]);
         // The fault on the primary (2-3 s) heals; a ring cuts every node at 4 s; the
         // change at 7 s is the ring's, not the primary fault's.
-        h.nemesis = vec![
-            fault(2 * S, "primary", true),
-            stop(3 * S, "isolate", &["n1"]),
-            ring.clone(),
-        ];
+        h.nemesis = vec![fault(2 * S, "primary", true), heal(3 * S), ring.clone()];
         assert!(failovers(&h).is_empty(), "{:?}", failovers(&h));
         // A fault that starts while the primary's still lasts (a candidate killed
         // mid-failover) leaves the failover measured from the first fault.
@@ -411,21 +406,17 @@ mod tests {
                 time_ns: 3 * S,
                 ..ring.clone()
             },
-            stop(5 * S, "isolate", &["n1"]),
+            heal(5 * S),
         ];
         let f = failovers(&h);
         assert_eq!((f.len(), f[0].ms), (1, 5000), "{f:?}");
         // Without the ring, the change belongs to the healed fault as before.
-        h.nemesis = vec![fault(2 * S, "primary", true), stop(3 * S, "isolate", &["n1"])];
+        h.nemesis = vec![fault(2 * S, "primary", true), heal(3 * S)];
         assert_eq!(failovers(&h)[0].ms, 5000);
     }
 
     #[test]
     fn a_window_counts_the_writes_its_faulted_node_received() {
-        let heal = |time_ns| NemesisEvent {
-            action: NemesisAction::Stop,
-            ..fault(time_ns, "primary", true)
-        };
         let ops = vec![
             on(set_add(1, Outcome::Ok, S), "n1", 1),       // before the window
             on(set_add(2, Outcome::Ok, 3 * S), "n1", 1),   // in it, acknowledged
@@ -449,10 +440,6 @@ mod tests {
 
     #[test]
     fn failover_required_wants_a_write_on_a_new_timeline_before_each_heal() {
-        let heal = |time_ns| NemesisEvent {
-            action: NemesisAction::Stop,
-            ..fault(time_ns, "primary", true)
-        };
         let ops = vec![
             on(set_add(1, Outcome::Ok, S), "n1", 1),
             on(set_add(2, Outcome::Ok, 5 * S), "n2", 2),
