@@ -957,7 +957,9 @@ proptest! {
         for cmd in &cmds {
             let before = s.clone();
             let accepted = apply(&mut s, cmd).is_ok();
-            if accepted && before.primary.is_none() && s.primary.is_some() {
+            // The first primary: later ones follow the adopted database's switchovers and
+            // failovers, where the primary is none between BeginSwitchover and RecordTimeline.
+            if accepted && before.system_identifier.is_none() && s.primary.is_some() {
                 prop_assert!(matches!(cmd, Command::Adopted { node, .. } if node == "n1"), "{}", cmd);
                 prop_assert!(s.sync_standbys.is_empty());
             }
