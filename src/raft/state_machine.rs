@@ -150,6 +150,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
+        // Answered once the batch's state is published: a caller whose command committed
+        // reads it back at once from `current()` (a removal checked the state before its
+        // Raft membership change, and read the state before its last command).
+        let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = {
                 let mut d = self.lock();
@@ -169,16 +173,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             if let Some(responder) = responder {
-                responder.send(result.unwrap_or_else(|| {
+                let result = result.unwrap_or_else(|| {
                     Ok(crate::cluster::Applied {
                         message: "no-op".into(),
                         revision: self.lock().state.revision,
                     })
-                }));
+                });
+                replies.push((responder, result));
             }
         }
         let view = view_of(&self.lock());
         self.tx.send_replace(view);
+        for (responder, result) in replies {
+            responder.send(result);
+        }
         Ok(())
     }
 
