@@ -1,6 +1,6 @@
 //! A long simulation campaign, or the replay of one seed.
 //!
-//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1] [--pauses 1] [--switchovers 1] [--delays 1]
+//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1] [--pauses 1] [--switchovers 1] [--delays 1] [--membership 1]
 //!     cargo run --release --example sim -- --seed 4242        # replay: prints the trace
 //!
 //! Exits 1 if any seed breaks an invariant; prints each failing seed with its trace.
@@ -34,11 +34,12 @@ fn main() -> ExitCode {
                 "--pauses",
                 "--switchovers",
                 "--delays",
+                "--membership",
             ]
             .contains(&a.as_str())
     }) {
         eprintln!(
-            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-800 ms), or --seed S",
+            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-800 ms) [--membership 1] (an operator removes members and adds them back), or --seed S",
             unknown.1
         );
         return ExitCode::from(2);
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
     cfg.pauses = value("--pauses").is_some_and(|v| v != 0);
     cfg.switchovers = value("--switchovers").is_some_and(|v| v != 0);
     cfg.delays = value("--delays").is_some_and(|v| v != 0);
+    cfg.membership = value("--membership").is_some_and(|v| v != 0);
     if let Some(seed) = value("--seed") {
         let o = run(seed, &cfg);
         print!("{}", o.report());
@@ -64,11 +66,12 @@ fn main() -> ExitCode {
     let from = value("--from").unwrap_or(0);
     let seeds = value("--seeds").unwrap_or(10_000);
     let started = Instant::now();
-    let (mut failed, mut worst, mut acked, mut declined) = (0u64, 0u64, 0usize, 0u64);
+    let (mut failed, mut worst, mut acked, mut declined, mut membership) = (0u64, 0u64, 0usize, 0u64, 0u64);
     for seed in from..from + seeds {
         let o = run(seed, &cfg);
         acked += o.acked;
         declined += o.declined;
+        membership += o.membership_changes;
         worst = worst.max(o.recovery_ms.unwrap_or(0));
         if o.violation.is_some() {
             failed += 1;
@@ -84,7 +87,8 @@ fn main() -> ExitCode {
     }
     println!(
         "{seeds} seeds from {from} in {:.1?}: {failed} failed, slowest recovery after the heal {worst} ms, \
-         {declined} candidacies declined for want of WAL",
+         {declined} candidacies declined for want of WAL, {membership} members removed or added back, \
+         {acked} acknowledged writes",
         started.elapsed()
     );
     if failed > 0 {

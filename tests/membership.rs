@@ -8,6 +8,7 @@ use raftpg::cluster::Command;
 use raftpg::config::Config;
 use raftpg::demo::{render_config, TlsFiles};
 use raftpg::node::{MembershipError, Node};
+use raftpg::types::Generation;
 use tokio::time::Instant;
 
 const BASE: u16 = 24000;
@@ -79,8 +80,31 @@ async fn grow_to_four_members_then_remove_one() {
         .expect("commit with four voters");
     until("n4 applies it", || n4.state().log_index >= c.log_index).await;
 
-    eprintln!("=== n2 is removed from Raft and from the state");
+    eprintln!("=== the last synchronous standby stays: a Raft voter and a member of the state");
     let lead = leader(&nodes).unwrap();
+    let commit = |cmd: Command| {
+        let lead = lead.clone();
+        async move { lead.propose(cmd, Duration::from_secs(5)).await.expect("commit") }
+    };
+    // No PostgreSQL here (manage = false, so no controller either): the primary and its
+    // synchronous set are recorded by hand.
+    commit(Command::Bootstrap {
+        node: "n1".into(),
+        system_identifier: 1,
+    })
+    .await;
+    let sync_to = |standbys: &[&str]| Command::SetSyncStandbys {
+        generation: Generation(1),
+        standbys: standbys.iter().map(|s| s.to_string()).collect(),
+    };
+    commit(sync_to(&["n2"])).await;
+    let err = lead.remove_member("n2").await.unwrap_err();
+    assert!(err.to_string().contains("last synchronous standby"), "{err}");
+    assert!(lead.raft.voter_ids().any(|id| id == 2), "n2 must still be a Raft voter");
+    assert!(lead.state().state.members.contains_key("n2"));
+    commit(sync_to(&["n2", "n3"])).await;
+
+    eprintln!("=== n2 is removed from Raft and from the state");
     lead.remove_member("n2").await.expect("remove");
     until("n2 gone from the state on n4", || {
         !n4.state().state.members.contains_key("n2")

@@ -501,6 +501,40 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
             "{name} cannot be removed: the cluster adopts its existing database, which is not recorded yet"
         )));
     }
+    // During a change of primary the election covers every configuration the fenced primary
+    // may have run (`decide::controller`): a member named in one may be the only one to hold
+    // writes it acknowledged, and only its final report shows it. Removed, it would no longer
+    // count, and a member without those writes could be promoted (found by the simulation
+    // with membership changes, seed 78: a standby removed during a failover held
+    // acknowledged writes its peer lacked). The old primary is needed too: it joins
+    // the candidate's synchronous set at `Promote`, which without it could be empty, so that
+    // the new primary would acknowledge writes alone (seed 6046). A forced failover accepts
+    // the loss; asynchronous commits have no quorum to keep.
+    if let Some(p) = state.pending.as_ref().filter(|p| !p.forced) {
+        let covered = std::iter::once(state.sync_config())
+            .chain(state.sync_unconfirmed.iter().cloned())
+            .any(|q| q.k > 0 && q.standbys.contains(name));
+        let old_primary = state.ha.synchronous_mode.is_quorum() && p.from.as_deref() == Some(name);
+        if covered || old_primary {
+            let kind = match p.kind {
+                PendingKind::Failover => "failover",
+                PendingKind::Switchover => "switchover",
+            };
+            return Err(Rejection::BadConfig(format!(
+                "{name} cannot be removed while the {kind} of generation {} is under way: {}; remove it once a \
+                 new primary is recorded (`raftpg ctl list`)",
+                state.generation,
+                match old_primary {
+                    true =>
+                        "it is the old primary, which holds every acknowledged write and joins the new \
+                             primary's synchronous standbys",
+                    false =>
+                        "it is in a synchronous configuration the old primary may have run, so it may hold \
+                              acknowledged writes that only its final report can show",
+                }
+            )));
+        }
+    }
     let mut after = state.clone();
     after.members.remove(name);
     after.flags.remove(name);
@@ -509,6 +543,18 @@ fn remove_member(state: &mut ClusterState, name: &str) -> Result<String, Rejecti
     // member that happens to take the name).
     after.upstreams.retain(|_, u| u != name);
     enough_sync_candidates(&after, &format!("removing {name}"))?;
+    // A quorum is never emptied by a removal: the primary would acknowledge writes on no
+    // standby. A member added back joins the set only once it streams, so removing the last
+    // synchronous standby while the others still clone would do it (found by the simulation
+    // with membership changes, seed 197: a write acknowledged by the primary alone was lost
+    // at the next failover).
+    if state.ha.synchronous_mode.is_quorum() && state.sync_standbys.len() == 1 && state.sync_standbys.contains(name) {
+        return Err(Rejection::BadConfig(format!(
+            "{name} cannot be removed: it is the last synchronous standby, and without it the primary would \
+             acknowledge writes that no standby holds. Wait until another member streams and joins the \
+             synchronous set (`raftpg ctl list`), or set synchronous_mode = off first"
+        )));
+    }
     state.members.remove(name);
     state.sync_standbys.remove(name);
     state.flags = after.flags;

@@ -496,12 +496,15 @@ fn a_recorded_timeline_keeps_the_holders_of_the_writes_before_its_fork() {
     apply(&mut s, &confirm).unwrap();
     assert!(s.sync_unconfirmed.is_empty());
 
-    // An old primary removed since is no holder any more.
+    // The old primary cannot be removed in between (it holds the writes before the fork
+    // and joins the new primary's set), so it is a holder.
     apply(&mut s, &failover(2)).unwrap();
     apply(&mut s, &promote(3, "n3")).unwrap();
-    apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
+    assert!(rejected(&mut s, Command::RemoveMember { name: "n2".into() })
+        .to_string()
+        .contains("old primary"));
     apply(&mut s, &record("n3", Generation(3))).unwrap();
-    assert_eq!(s.sync_unconfirmed, [sync(1, &["n3"])]);
+    assert_eq!(s.sync_unconfirmed, [sync(2, &["n2", "n3"])]);
 
     // Asynchronous mode acknowledges nothing through standbys: nothing to keep.
     let mut s = bootstrapped();
@@ -1057,7 +1060,17 @@ fn the_member_chosen_to_bootstrap_runs_the_quorum_that_bootstrap_records() {
 #[test]
 fn replacing_a_candidate_does_not_bring_back_a_removed_member() {
     let mut s = bootstrapped();
-    apply(&mut s, &failover(1)).unwrap();
+    // Forced: otherwise n2 could not be removed while the change is under way.
+    apply(
+        &mut s,
+        &Command::BeginFailover {
+            generation: Generation(1),
+            to: Some("n1".into()),
+            forced: true,
+            reason: "operator".into(),
+        },
+    )
+    .unwrap();
     apply(&mut s, &promote(2, "n1")).unwrap();
     apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
     apply(&mut s, &failover(2)).unwrap();
@@ -1197,6 +1210,110 @@ fn tags_change_at_runtime_in_order_and_only_those_named() {
     apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
     assert_eq!(s.sync_standbys, sync);
     assert!(s.sync_unconfirmed.is_empty());
+}
+
+/// Found by the simulation with membership changes. Seed 197: n3, the last synchronous
+/// standby, was removed while n2, added back, still cloned; the primary then ran `ANY 0`
+/// and a write it acknowledged alone was lost at the next failover. Seed 78: a synchronous
+/// standby removed during a failover held writes its peer lacked, and the election, no
+/// longer counting it, promoted the peer. Seed 6046: the old primary removed during a
+/// failover left the candidate with no synchronous standby.
+#[test]
+fn a_removal_never_empties_the_quorum_nor_drops_a_member_an_election_must_hear() {
+    let set_mode = |mode: &str| Command::SetConfig {
+        key: "synchronous_mode".into(),
+        value: Some(mode.into()),
+    };
+    // The last synchronous standby stays, in both quorum modes; asynchronous mode has none.
+    for (mode, last_may_go) in [("quorum", false), ("degradable", false), ("off", true)] {
+        let mut s = bootstrapped();
+        apply(&mut s, &set_mode(mode)).unwrap();
+        apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+        if s.ha.synchronous_mode.is_quorum() {
+            assert_eq!(s.sync_config().standbys, ["n2".to_string()].into(), "{mode}");
+        }
+        match last_may_go {
+            true => {
+                apply(&mut s, &Command::RemoveMember { name: "n2".into() }).unwrap();
+            }
+            false => {
+                let err = rejected(&mut s, Command::RemoveMember { name: "n2".into() });
+                assert!(
+                    matches!(&err, Rejection::BadConfig(m) if m.contains("last synchronous standby")),
+                    "{mode}: {err}"
+                );
+            }
+        }
+    }
+    // A member outside the set (added back, still cloning) may go even when one remains.
+    let mut s = bootstrapped();
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n3", 3),
+        },
+    )
+    .unwrap();
+    assert!(!s.sync_standbys.contains("n3"), "it joins once it streams");
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    // During a failover, no member of a configuration the election covers may go...
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    let err = rejected(&mut s, Command::RemoveMember { name: "n3".into() });
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("failover of generation 2") && m.contains("final report")),
+        "{err}"
+    );
+    // Nor the old primary, which joins the new primary's set (seed 6046: with the set down to
+    // the candidate alone, removing the old primary left the new one with none).
+    let mut s = bootstrapped();
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    apply(
+        &mut s,
+        &Command::AddMember {
+            member: member("n3", 3),
+        },
+    )
+    .unwrap();
+    apply(&mut s, &failover(1)).unwrap();
+    let err = rejected(&mut s, Command::RemoveMember { name: "n1".into() });
+    assert!(
+        matches!(&err, Rejection::BadConfig(m) if m.contains("old primary")),
+        "{err}"
+    );
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    assert_eq!(s.sync_config().standbys, ["n1".to_string()].into());
+    // ... unless it is forced, which accepts the loss, or commits are asynchronous.
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::BeginFailover {
+            generation: Generation(1),
+            to: Some("n2".into()),
+            forced: true,
+            reason: "operator".into(),
+        },
+    )
+    .unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    // Asynchronous once the primary confirmed it: until then it may run the quorum it had.
+    let mut s = bootstrapped();
+    apply(&mut s, &set_mode("off")).unwrap();
+    let confirm = Command::ConfirmSync {
+        generation: Generation(1),
+        config: s.sync_config(),
+    };
+    apply(&mut s, &failover(1)).unwrap();
+    assert!(rejected(&mut s, Command::RemoveMember { name: "n3".into() })
+        .to_string()
+        .contains("final report"));
+    let mut s = bootstrapped();
+    apply(&mut s, &set_mode("off")).unwrap();
+    apply(&mut s, &confirm).unwrap();
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+    apply(&mut s, &Command::RemoveMember { name: "n1".into() }).unwrap();
 }
 
 #[test]

@@ -76,6 +76,11 @@ impl Node {
     /// Removes `name` from the Raft membership and then from the replicated state.
     pub async fn remove_member(&self, name: &str) -> Result<(), MembershipError> {
         let id = self.member_id(name)?;
+        // The state's rules first (the last synchronous standby, a member a failover's
+        // election must hear): refused after the Raft membership changed, the member would
+        // be a Raft voter no more and a member of the state still.
+        let cmd = Command::RemoveMember { name: name.to_string() };
+        crate::cluster::apply(&mut (*self.state().state).clone(), &cmd).map_err(ProposeError::Rejected)?;
         let ids = BTreeSet::from([id]);
         let voters: BTreeSet<u64> = self.raft.voter_ids().collect();
         let change = if voters.contains(&id) {
@@ -84,8 +89,7 @@ impl Node {
             ChangeMembers::RemoveNodes(ids)
         };
         self.change_membership(change).await?;
-        self.propose(Command::RemoveMember { name: name.to_string() }, PROPOSE_TIMEOUT)
-            .await?;
+        self.propose(cmd, PROPOSE_TIMEOUT).await?;
         tracing::info!(member = name, id, "member removed");
         Ok(())
     }

@@ -136,6 +136,12 @@ pub struct SimConfig {
     /// arrive late, after a pause, or under a Raft leader that changed meanwhile. Off by
     /// default, as `operator`.
     pub delays: bool,
+    /// An operator also removes members (`ctl member remove`) and adds them back (`ctl
+    /// member add`) under the faults: the Raft majority is then counted over the members
+    /// left, a removed member's raftpg applies nothing more (its removal, or not, at
+    /// random), and its PostgreSQL runs on as it was. Every removed member is added back
+    /// once the faults heal. Off by default, as `operator`.
+    pub membership: bool,
 }
 
 impl Default for SimConfig {
@@ -150,6 +156,7 @@ impl Default for SimConfig {
             pauses: false,
             switchovers: false,
             delays: false,
+            membership: false,
         }
     }
 }
@@ -166,6 +173,9 @@ pub struct Outcome {
     pub failovers: u64,
     /// Accepted operator tag changes (`SimConfig::operator`).
     pub tag_changes: u64,
+    /// Members removed and added back that the Raft state accepted
+    /// (`SimConfig::membership`).
+    pub membership_changes: u64,
     /// Candidates that declined because their WAL stopped short of consistency
     /// (`SimConfig::rewind_race`).
     pub declined: u64,
@@ -471,6 +481,9 @@ pub struct Sim {
     violation: Option<String>,
     failovers: u64,
     tag_changes: u64,
+    membership_changes: u64,
+    /// Every member as `Init` recorded it: what `ctl member add` gives back.
+    members: Vec<Member>,
     declined: u64,
     pauses: u64,
     switchovers: u64,
@@ -524,6 +537,7 @@ impl Sim {
             })
             .collect();
         let mut state = ClusterState::default();
+        let members_init = members.clone();
         apply(&mut state, &Command::Init { members }).expect("a fresh state takes Init");
         let nodes = names
             .iter()
@@ -562,6 +576,8 @@ impl Sim {
             violation: None,
             failovers: 0,
             tag_changes: 0,
+            membership_changes: 0,
+            members: members_init,
             declined: 0,
             pauses: 0,
             switchovers: 0,
@@ -600,6 +616,11 @@ impl Sim {
         self.nodes[i].alive && self.nodes[i].paused_until.is_none()
     }
 
+    /// The node is a member of the state the Raft log committed, so a voter.
+    fn voter(&self, i: usize) -> bool {
+        self.state.members.contains_key(&self.nodes[i].name)
+    }
+
     /// The node reaches the Raft leader (and so can commit and apply).
     fn reaches_leader(&self, i: usize) -> bool {
         self.runs(i) && self.leader.is_some_and(|l| self.connected(i, l))
@@ -629,6 +650,15 @@ impl Sim {
                     self.switchovers_done += 1;
                 }
                 self.log(format!("{by}: commit {line}"));
+                // A removed member's raftpg may or may not receive the entry that removes
+                // it before the leader stops replicating to it.
+                if let Command::RemoveMember { name } = &cmd {
+                    if let Some(r) = self.nodes.iter().position(|n| n.name == *name) {
+                        if self.reaches_leader(r) && !self.nodes[r].resumed && self.rng.per_mille(500) {
+                            self.nodes[r].applied = self.state.clone();
+                        }
+                    }
+                }
                 self.sync_applied();
                 Ok(())
             }
@@ -640,7 +670,7 @@ impl Sim {
     fn sync_applied(&mut self) {
         for i in 0..self.nodes.len() {
             // A raftpg that just resumed acts once on the state it applied before the pause.
-            if self.reaches_leader(i) && !self.nodes[i].resumed {
+            if self.reaches_leader(i) && !self.nodes[i].resumed && self.voter(i) {
                 self.nodes[i].applied = self.state.clone();
             }
         }
@@ -663,6 +693,7 @@ impl Sim {
             let healed_at = self.now;
             let acked_before = self.acks.len();
             while self.now - healed_at <= LIVENESS_BOUND_MS && self.violation.is_none() {
+                self.add_back_removed();
                 self.step(true);
                 if self.acks.len() > acked_before && self.state.pending.is_none() {
                     recovery_ms = Some(self.now - healed_at);
@@ -673,6 +704,7 @@ impl Sim {
             // (the partition suite's convergence checker) is a liveness failure too.
             if recovery_ms.is_some() {
                 while self.now - healed_at <= LIVENESS_BOUND_MS && self.violation.is_none() && !self.converged() {
+                    self.add_back_removed();
                     self.step(true);
                 }
                 if self.violation.is_none() && !self.converged() {
@@ -728,6 +760,7 @@ impl Sim {
             acked: self.acks.len(),
             failovers: self.failovers,
             tag_changes: self.tag_changes,
+            membership_changes: self.membership_changes,
             declined: self.declined,
             pauses: self.pauses,
             switchovers: self.switchovers,
@@ -767,9 +800,19 @@ impl Sim {
     fn fault(&mut self) {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let name = self.nodes[i].name.clone();
-        let kinds = 7 + u64::from(self.cfg.operator) + u64::from(self.cfg.pauses) + u64::from(self.cfg.switchovers);
+        let kinds = 7
+            + u64::from(self.cfg.operator)
+            + u64::from(self.cfg.pauses)
+            + u64::from(self.cfg.switchovers)
+            + u64::from(self.cfg.membership);
         let kind = self.rng.below(kinds);
         let mut top = kinds;
+        if self.cfg.membership {
+            top -= 1;
+            if kind == top {
+                return self.remove_or_add(i);
+            }
+        }
         if self.cfg.pauses {
             top -= 1;
             if kind == top {
@@ -884,6 +927,36 @@ impl Sim {
         }
     }
 
+    /// The operator removes member `i` (`ctl member remove`), or adds it back if it was
+    /// removed (`ctl member add`), through any node that reaches the Raft leader.
+    fn remove_or_add(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        let cmd = match self.voter(i) {
+            true => Command::RemoveMember { name: name.clone() },
+            false => Command::AddMember {
+                member: self.members[i].clone(),
+            },
+        };
+        let what = cmd.to_string();
+        let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
+        let Some(j) = via else {
+            return self.log(format!("operator: no leader to {what}"));
+        };
+        match self.propose(j, cmd) {
+            Ok(()) => self.membership_changes += 1,
+            Err(e) => self.log(format!("operator: {what} refused: {e}")),
+        }
+    }
+
+    /// After the heal, the operator adds back every member it removed.
+    fn add_back_removed(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.voter(i) && self.leader.is_some() {
+                self.remove_or_add(i);
+            }
+        }
+    }
+
     /// SIGSTOP of raftpg on node `i` for 0.2-4 s (a pause already under way ends early).
     fn pause(&mut self, i: usize) {
         let name = self.nodes[i].name.clone();
@@ -971,10 +1044,12 @@ impl Sim {
 
     fn raft(&mut self) {
         let n = self.nodes.len();
-        let majority = n / 2 + 1;
-        let group_size = |s: &Sim, i: usize| (0..n).filter(|&j| s.runs(j) && s.connected(i, j)).count();
+        let voters: Vec<usize> = (0..n).filter(|&i| self.voter(i)).collect();
+        let majority = voters.len() / 2 + 1;
+        let group_size = |s: &Sim, i: usize| voters.iter().filter(|&&j| s.runs(j) && s.connected(i, j)).count();
         if let Some(l) = self.leader {
-            if !self.runs(l) || group_size(self, l) < majority {
+            // A leader removed from the membership steps down once that change commits.
+            if !self.runs(l) || !self.voter(l) || group_size(self, l) < majority {
                 self.log(format!("raft: leader {} lost", self.nodes[l].name));
                 self.leader = None;
                 self.leaderless_since = self.now;
@@ -982,7 +1057,7 @@ impl Sim {
         }
         if self.leader.is_none() && self.now - self.leaderless_since >= ELECTION_MS {
             let able: Vec<usize> = (0..n)
-                .filter(|&i| self.runs(i) && group_size(self, i) >= majority)
+                .filter(|&i| self.voter(i) && self.runs(i) && group_size(self, i) >= majority)
                 .collect();
             if !able.is_empty() {
                 let l = able[self.rng.below(able.len() as u64) as usize];

@@ -12,6 +12,7 @@ struct Totals {
     acked: usize,
     failovers: u64,
     tag_changes: u64,
+    membership_changes: u64,
     declined: u64,
     pauses: u64,
     switchovers: u64,
@@ -27,6 +28,7 @@ fn campaign(cfg: &SimConfig, seeds: impl IntoIterator<Item = u64>) -> Totals {
         t.acked += o.acked;
         t.failovers += o.failovers;
         t.tag_changes += o.tag_changes;
+        t.membership_changes += o.membership_changes;
         t.declined += o.declined;
         t.pauses += o.pauses;
         t.switchovers += o.switchovers;
@@ -154,6 +156,37 @@ fn delayed_reports_keep_the_invariants_and_the_lease_counts_from_the_request() {
     });
     assert_two_primaries(&o);
     eprintln!("a lease counted from the grant's arrival: caught by seed {}", o.seed);
+}
+
+/// An operator removes members and adds them back under the faults (`SimConfig::membership`).
+/// Seed 197 found that removing the last synchronous standby, while the member added back
+/// still cloned, left the primary acknowledging writes alone; 78, that a synchronous
+/// standby removed during a failover no longer counted in the election; 6046, that removing
+/// the old primary during a failover left the candidate no synchronous standby. Each lost
+/// an acknowledged write (`a_removal_never_empties_the_quorum_nor_drops_a_member_an_election_must_hear`
+/// in the pure core).
+#[test]
+fn members_removed_and_added_back_under_faults_keep_the_invariants() {
+    let cfg = SimConfig {
+        membership: true,
+        ..SimConfig::default()
+    };
+    let t = campaign(&cfg, (0..CI_SEEDS / 4).chain([78, 197, 6046]));
+    assert_wrote_and_failed_over(&t, CI_SEEDS / 4);
+    assert!(
+        t.membership_changes > 200,
+        "only {} members removed or added back",
+        t.membership_changes
+    );
+    let all = SimConfig {
+        operator: true,
+        pauses: true,
+        switchovers: true,
+        delays: true,
+        ..cfg
+    };
+    let t = campaign(&all, 0..CI_SEEDS / 8);
+    assert!(t.membership_changes > 50 && t.switchovers > 5 && t.pauses > 25);
 }
 
 /// Every fault class at once: an operator toggling `nosync` and asking for switchovers,
