@@ -1,6 +1,6 @@
 //! A long simulation campaign, or the replay of one seed.
 //!
-//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1] [--pauses 1] [--switchovers 1] [--delays 1] [--membership 1]
+//!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1] [--pauses 1] [--switchovers 1] [--delays 1] [--membership 1] [--disk-full 1] [--lease-changes 1]
 //!     cargo run --release --example sim -- --seed 4242        # replay: prints the trace
 //!
 //! Exits 1 if any seed breaks an invariant; prints each failing seed with its trace.
@@ -35,11 +35,13 @@ fn main() -> ExitCode {
                 "--switchovers",
                 "--delays",
                 "--membership",
+                "--disk-full",
+                "--lease-changes",
             ]
             .contains(&a.as_str())
     }) {
         eprintln!(
-            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-800 ms) [--membership 1] (an operator removes members and adds them back), or --seed S",
+            "unknown argument {}; use --seeds N [--from S] [--nodes K] [--operator 1] (an operator toggles nosync) [--rewind-race 1] (pg_rewind races its source) [--pauses 1] (raftpg paused for 0.2-4 s) [--switchovers 1] (an operator switches over) [--delays 1] (reports and grants take 0-800 ms) [--membership 1] (an operator removes members and adds them back) [--disk-full 1] (pg_wal's filesystem fills up) [--lease-changes 1] (an operator changes lease_ms), or --seed S",
             unknown.1
         );
         return ExitCode::from(2);
@@ -54,6 +56,8 @@ fn main() -> ExitCode {
     cfg.switchovers = value("--switchovers").is_some_and(|v| v != 0);
     cfg.delays = value("--delays").is_some_and(|v| v != 0);
     cfg.membership = value("--membership").is_some_and(|v| v != 0);
+    cfg.disk_full = value("--disk-full").is_some_and(|v| v != 0);
+    cfg.lease_changes = value("--lease-changes").is_some_and(|v| v != 0);
     if let Some(seed) = value("--seed") {
         let o = run(seed, &cfg);
         print!("{}", o.report());

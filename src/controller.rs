@@ -97,7 +97,8 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         let state = node.state().state;
         let now = Instant::now();
         if leader && !was_leader {
-            node.book.start_tenure(state.primary.as_ref(), now);
+            node.book
+                .start_tenure(state.primary.as_ref(), now, state.lease_ceiling_ms());
             tracing::info!("Raft leader: controller active; lease clock restarted");
         }
         if leader != was_leader {
@@ -122,12 +123,16 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         };
         let lease_expired_ms = match (&state.primary, state.paused) {
             (Some(p), false) => {
-                let deadline = match node.cfg.unsafe_for_testing.controller_deadline_ms {
-                    Some(ms) => Duration::from_millis(ms),
-                    None => crate::lease::controller_deadline(state.ha.lease_ms),
+                let terms = crate::lease::LeaseTerms {
+                    deadline_override: node
+                        .cfg
+                        .unsafe_for_testing
+                        .controller_deadline_ms
+                        .map(Duration::from_millis),
+                    ..crate::lease::LeaseTerms::of(&state)
                 };
-                let expired = node.book.expired_ms(p, deadline, now);
-                lease_deadline = node.book.expires_at(p, deadline).filter(|_| expired.is_none());
+                let expired = node.book.expired_ms(p, &terms, now);
+                lease_deadline = node.book.expires_at(p, &terms).filter(|_| expired.is_none());
                 expired
             }
             _ => None,

@@ -107,7 +107,17 @@ impl Holder {
 
     /// A renewal sent at `sent` was granted under `generation`.
     pub fn granted(&self, generation: Generation, sent: Instant, lease_ms: u64) {
-        let expiry = sent + Duration::from_millis(lease_ms);
+        self.granted_by(generation, sent, lease_ms, None);
+    }
+
+    /// A renewal sent at `sent` was granted under `generation` by a Raft leader that counts
+    /// it as `leader_ms` long (`ClusterView::lease_remaining_ms` of its reply, when it says):
+    /// the lease lasts the shorter of that and this node's `lease_ms`. The two differ while
+    /// a change of `lease_ms` is applied on one node and not yet on the other; a holder
+    /// that counted a longer lease than the leader could outlive the leader's deadline.
+    pub fn granted_by(&self, generation: Generation, sent: Instant, lease_ms: u64, leader_ms: Option<u64>) {
+        let length = leader_ms.map_or(lease_ms, |l| l.min(lease_ms));
+        let expiry = sent + Duration::from_millis(length);
         let mut h = self.lock();
         if h.gap_lease_ms != lease_ms {
             // A gap means something only against the lease it was renewing: once
@@ -195,17 +205,72 @@ pub struct Book {
 #[derive(Default)]
 struct BookInner {
     reports: BTreeMap<String, (Instant, Report)>,
-    /// (primary, generation) the clock runs for, and its last renewal or start.
-    clock: Option<(String, Generation, Instant)>,
+    clock: Option<Clock>,
+}
+
+/// The controller's lease clock for one primary.
+struct Clock {
+    node: String,
+    generation: Generation,
+    /// The last renewal granted, or the start of the clock.
+    at: Instant,
+    /// The `lease_ms` of that renewal (or the ceiling the clock started under).
+    lease_ms: u64,
+    /// No earlier than this, whatever `lease_ms` is now: every renewal granted so far
+    /// counted under the lease of its time, plus the controller's margins
+    /// ([`controller_deadline`]). A shorter `lease_ms` set since does not shorten them.
+    floor: Instant,
+}
+
+/// The lengths the controller times a primary's lease with.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTerms {
+    /// `lease_ms` now: a renewal granted now runs this long.
+    pub lease_ms: u64,
+    /// The longest lease the primary may hold (`ClusterState::lease_ceiling_ms`): a clock
+    /// that starts without a grant (a new tenure, a new primary) starts under it.
+    pub ceiling_ms: u64,
+    /// `unsafe_for_testing.controller_deadline_ms`: this deadline after the last grant,
+    /// and nothing else (the canaries).
+    pub deadline_override: Option<Duration>,
+}
+
+impl LeaseTerms {
+    pub fn of(state: &crate::cluster::ClusterState) -> LeaseTerms {
+        LeaseTerms {
+            lease_ms: state.ha.lease_ms,
+            ceiling_ms: state.lease_ceiling_ms(),
+            deadline_override: None,
+        }
+    }
+
+    /// When a clock at its last grant `at` (with `floor`) passes its deadline.
+    fn due(&self, at: Instant, floor: Instant) -> Instant {
+        match self.deadline_override {
+            Some(d) => at + d,
+            None => (at + controller_deadline(self.lease_ms)).max(floor),
+        }
+    }
+}
+
+impl Clock {
+    fn start(primary: &Primary, now: Instant, ceiling_ms: u64) -> Clock {
+        Clock {
+            node: primary.node.clone(),
+            generation: primary.generation,
+            at: now,
+            lease_ms: ceiling_ms,
+            floor: now + controller_deadline(ceiling_ms),
+        }
+    }
 }
 
 impl BookInner {
-    /// The last renewal (or start) of `primary`'s clock, when the clock runs for it.
-    fn clocked(&self, primary: &Primary) -> Option<Instant> {
-        match &self.clock {
-            Some((n, g, at)) if *n == primary.node && *g == primary.generation => Some(*at),
-            _ => None,
-        }
+    /// `primary`'s clock, when the clock runs for it.
+    fn clocked(&self, primary: &Primary) -> Option<&Clock> {
+        self.clock
+            .as_ref()
+            .filter(|c| c.node == primary.node && c.generation == primary.generation)
     }
 }
 
@@ -243,11 +308,9 @@ impl Book {
             })
             .collect();
         let lease_remaining_ms = match (&b.clock, &state.primary) {
-            (Some((n, g, at)), Some(p)) if *n == p.node && *g == p.generation && state.pending.is_none() => Some(
-                state
-                    .ha
-                    .lease_ms
-                    .saturating_sub(now.saturating_duration_since(*at).as_millis() as u64),
+            (Some(c), Some(p)) if c.node == p.node && c.generation == p.generation && state.pending.is_none() => Some(
+                c.lease_ms
+                    .saturating_sub(now.saturating_duration_since(c.at).as_millis() as u64),
             ),
             _ => None,
         };
@@ -257,42 +320,62 @@ impl Book {
         }
     }
 
-    /// This node just became Raft leader: the clock restarts now for whoever is primary.
-    pub fn start_tenure(&self, primary: Option<&Primary>, now: Instant) {
-        self.lock().clock = primary.map(|p| (p.node.clone(), p.generation, now));
+    /// This node just became Raft leader: the clock restarts now for whoever is primary,
+    /// under the longest lease it may hold (`ceiling_ms`): an earlier leader's last grant,
+    /// of a length this one cannot know, was no later than now.
+    pub fn start_tenure(&self, primary: Option<&Primary>, now: Instant, ceiling_ms: u64) {
+        self.lock().clock = primary.map(|p| Clock::start(p, now, ceiling_ms));
     }
 
-    /// A renewal of `node` under `generation` was granted at `now`.
-    pub fn granted(&self, node: &str, generation: Generation, now: Instant) {
+    /// A renewal of `node` under `generation` was granted at `now`, for `lease_ms` (the
+    /// leader's, as the reply's view tells the holder).
+    pub fn granted(&self, node: &str, generation: Generation, now: Instant, lease_ms: u64) {
         let mut b = self.lock();
+        let floor = now + controller_deadline(lease_ms);
         match &mut b.clock {
-            Some((n, g, at)) if n == node && *g == generation => *at = (*at).max(now),
-            _ => b.clock = Some((node.to_string(), generation, now)),
+            Some(c) if c.node == node && c.generation == generation => {
+                if now >= c.at {
+                    c.at = now;
+                    c.lease_ms = lease_ms;
+                }
+                c.floor = c.floor.max(floor);
+            }
+            _ => {
+                b.clock = Some(Clock {
+                    node: node.to_string(),
+                    generation,
+                    at: now,
+                    lease_ms,
+                    floor,
+                })
+            }
         }
     }
 
-    /// How long since the primary's last renewal, once that is past `deadline`
-    /// ([`controller_deadline`] of the lease).
-    pub fn expired_ms(&self, primary: &Primary, deadline: Duration, now: Instant) -> Option<u64> {
+    /// How long since the primary's last renewal, once the controller's deadline for it
+    /// has passed: [`controller_deadline`] of `lease_ms` after the last grant, and no
+    /// earlier than any grant's own (`Clock::floor`).
+    pub fn expired_ms(&self, primary: &Primary, terms: &LeaseTerms, now: Instant) -> Option<u64> {
         let mut b = self.lock();
-        let since = match b.clocked(primary) {
-            Some(at) => at,
+        let (at, floor) = match b.clocked(primary) {
+            Some(c) => (c.at, c.floor),
             // A primary this leader has not clocked yet (just recorded): its clock starts now.
             None => {
-                b.clock = Some((primary.node.clone(), primary.generation, now));
-                now
+                let c = Clock::start(primary, now, terms.ceiling_ms);
+                let started = (c.at, c.floor);
+                b.clock = Some(c);
+                started
             }
         };
-        let silent = now.saturating_duration_since(since);
-        (silent > deadline).then_some(silent.as_millis() as u64)
+        (now > terms.due(at, floor)).then_some(now.saturating_duration_since(at).as_millis() as u64)
     }
 
     /// When `expired_ms` first says expired for the primary it clocks, given no renewal
     /// before then: the controller wakes at that instant rather than at its next tick.
-    pub fn expires_at(&self, primary: &Primary, deadline: Duration) -> Option<Instant> {
+    pub fn expires_at(&self, primary: &Primary, terms: &LeaseTerms) -> Option<Instant> {
         self.lock()
             .clocked(primary)
-            .map(|at| at + deadline + Duration::from_millis(1))
+            .map(|c| terms.due(c.at, c.floor) + Duration::from_millis(1))
     }
 }
 
@@ -409,10 +492,15 @@ mod tests {
     async fn controller_waits_longer_than_the_holder() {
         let b = Book::default();
         let p = primary("n1", Generation(1));
-        b.start_tenure(Some(&p), Instant::now());
+        b.start_tenure(Some(&p), Instant::now(), 2000);
         tokio::time::advance(Duration::from_millis(500)).await;
-        b.granted("n1", Generation(1), Instant::now());
-        let deadline = controller_deadline(2000);
+        b.granted("n1", Generation(1), Instant::now(), 2000);
+        let deadline = LeaseTerms {
+            lease_ms: 2000,
+            ceiling_ms: 2000,
+            deadline_override: None,
+        };
+        let deadline = &deadline;
         let wake = b.expires_at(&p, deadline).expect("n1 is clocked");
         assert_eq!(
             wake,
@@ -444,6 +532,61 @@ mod tests {
             b.expired_ms(&next, deadline, Instant::now()),
             None,
             "a new primary's clock starts now"
+        );
+    }
+
+    /// `lease_ms` lowered from 2000 to 750 ms: a renewal granted under 2000 ms keeps its
+    /// deadline; one granted under 750 ms has the shorter one; a new tenure starts under
+    /// the ceiling; the holder counts no longer than the leader told it.
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_lease_never_shortens_a_grant_made_under_the_longer_one() {
+        let b = Book::default();
+        let p = primary("n1", Generation(1));
+        let t0 = Instant::now();
+        b.granted("n1", Generation(1), t0, 2000);
+        let lowered = LeaseTerms {
+            lease_ms: 750,
+            ceiling_ms: 2000,
+            deadline_override: None,
+        };
+        // Without the floor it would expire 750 * 1.1 + 200 = 1025 ms after the grant.
+        assert_eq!(b.expires_at(&p, &lowered), Some(t0 + Duration::from_millis(2401)));
+        assert_eq!(b.expired_ms(&p, &lowered, t0 + Duration::from_millis(2400)), None);
+        // The next grant runs under 750 ms, and the earlier one still bounds the deadline.
+        b.granted("n1", Generation(1), t0 + Duration::from_millis(500), 750);
+        assert_eq!(b.expires_at(&p, &lowered), Some(t0 + Duration::from_millis(2401)));
+        b.granted("n1", Generation(1), t0 + Duration::from_millis(2000), 750);
+        assert_eq!(
+            b.expires_at(&p, &lowered),
+            Some(t0 + Duration::from_millis(2000 + 1026)),
+            "once the 2000 ms grant is behind it, 750 ms rules"
+        );
+        // The canaries' override means exactly that deadline.
+        let canary = LeaseTerms {
+            deadline_override: Some(Duration::from_millis(100)),
+            ..lowered
+        };
+        assert_eq!(b.expires_at(&p, &canary), Some(t0 + Duration::from_millis(2101)));
+        // A new tenure cannot know the lengths of the grants before it: the ceiling.
+        let t1 = t0 + Duration::from_millis(3000);
+        b.start_tenure(Some(&p), t1, lowered.ceiling_ms);
+        assert_eq!(b.expires_at(&p, &lowered), Some(t1 + Duration::from_millis(2401)));
+        // The reply's view says how long the leader counts the grant: 750 ms.
+        b.granted("n1", Generation(1), t1, 750);
+        let state = crate::cluster::ClusterState {
+            primary: Some(p.clone()),
+            ..Default::default()
+        };
+        assert_eq!(b.view(&state, t1).lease_remaining_ms, Some(750));
+        // A holder that has not applied the change yet counts what the leader told it.
+        let h = Holder::new();
+        h.granted_by(Generation(1), t1, 2000, Some(750));
+        assert_eq!(h.expiry(Generation(1)), Some(t1 + Duration::from_millis(750)));
+        h.granted_by(Generation(1), t1, 750, Some(2000));
+        assert_eq!(
+            h.expiry(Generation(1)),
+            Some(t1 + Duration::from_millis(750)),
+            "nor longer than its own"
         );
     }
 }

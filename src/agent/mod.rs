@@ -714,7 +714,9 @@ async fn send_report(
     let delivered = match ask_leader(node, client, &req, timeout).await {
         Ok(ReportReply::Accepted { lease_granted, view }) => {
             if lease_granted {
-                holder.granted(req.report.generation, sent, lease_ms);
+                // No longer than the leader counts it, should it not have applied the same
+                // `lease_ms` as this node yet.
+                holder.granted_by(req.report.generation, sent, lease_ms, view.lease_remaining_ms);
             }
             node.local.set_view(view);
             // A renewal a new leader could not grant yet (its leadership unconfirmed) is retried soon.

@@ -58,9 +58,20 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecti
         return Err(Rejection::NotInitialized);
     }
     let sync_before = state.sync_config();
+    let lease_before = state.ha.lease_ms;
     let was_pending = state.pending.is_some();
     let had_candidate = state.pending.as_ref().is_some_and(|p| p.candidate.is_some());
     let message = apply_inner(state, cmd)?;
+    // A lease granted before `lease_ms` was lowered runs under the old length
+    // (`ClusterState::lease_ms_before`); a new primary's leases all run under the new one.
+    if state.ha.lease_ms < lease_before {
+        state.lease_ms_before = Some(state.lease_ms_before.unwrap_or(0).max(lease_before));
+    }
+    if matches!(cmd, Command::Bootstrap { .. } | Command::Adopted { .. })
+        || (was_pending && matches!(cmd, Command::RecordTimeline { .. }))
+    {
+        state.lease_ms_before = None;
+    }
     match cmd {
         // A new primary runs the current configuration from its first commit on.
         Command::Bootstrap { .. } | Command::Adopted { .. } => state.sync_unconfirmed.clear(),
@@ -824,7 +835,12 @@ fn begin_failover(
         state.vetoed.remove(to);
     }
     let safe = forced || vetoed || candidate_acknowledged_nothing(state);
+    let mut clean_stop = None;
     if let Some(p) = state.pending.take_if(|p| p.candidate.is_none() || safe) {
+        // A switchover whose old primary stopped cleanly becomes a failover (or one that
+        // came from such a switchover is superseded): that stop still bounds what the old
+        // primary acknowledged (`decide::election::ElectionInput::clean_stop`).
+        clean_stop = p.stop_lsn;
         if p.candidate.is_some() {
             // Back to the configuration the fenced primary ran (kept last by `Promote`):
             // the candidate's own acknowledged nothing, so only that one must be covered.
@@ -849,7 +865,11 @@ fn begin_failover(
             timeline: None,
         });
     }
-    begin(state, PendingKind::Failover, to.cloned(), forced, reason)
+    let message = begin(state, PendingKind::Failover, to.cloned(), forced, reason)?;
+    if let Some(p) = state.pending.as_mut() {
+        p.stop_lsn = clean_stop;
+    }
+    Ok(message)
 }
 
 fn promote(state: &mut ClusterState, generation: Generation, node: &str) -> Result<String, Rejection> {

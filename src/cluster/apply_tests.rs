@@ -1032,6 +1032,44 @@ fn switchover_stop_restart_reinit_and_sync_confirmation() {
     assert_eq!(s.pending.as_ref().unwrap().stop_lsn, Some(0x500));
 }
 
+/// A switchover whose old primary stopped cleanly and whose target, told to promote, never
+/// recorded a timeline becomes a failover that keeps where the old primary stopped: the
+/// election may promote any member past it (`ElectionInput::clean_stop`).
+#[test]
+fn a_switchover_turned_failover_keeps_the_old_primarys_clean_stop() {
+    let mut s = bootstrapped();
+    apply(
+        &mut s,
+        &Command::BeginSwitchover {
+            generation: Generation(1),
+            to: "n2".into(),
+            reason: "planned".into(),
+        },
+    )
+    .unwrap();
+    let stopped = Command::SwitchoverStopped {
+        generation: Generation(2),
+        node: "n1".into(),
+        lsn: 0x500,
+    };
+    apply(&mut s, &stopped).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    apply(&mut s, &failover(2)).unwrap();
+    let p = s.pending.as_ref().unwrap();
+    assert_eq!(
+        (p.kind, p.from.as_deref(), p.stop_lsn),
+        (PendingKind::Failover, Some("n1"), Some(0x500))
+    );
+    // And through a second replacement.
+    apply(&mut s, &promote(3, "n3")).unwrap();
+    apply(&mut s, &failover(3)).unwrap();
+    assert_eq!(s.pending.as_ref().unwrap().stop_lsn, Some(0x500));
+    // A failover of a primary that did not stop cleanly knows no such position.
+    let mut s = bootstrapped();
+    apply(&mut s, &failover(1)).unwrap();
+    assert_eq!(s.pending.as_ref().unwrap().stop_lsn, None);
+}
+
 /// Found by the simulation (seed 844): the member chosen to bootstrap started with the
 /// synchronous configuration of a state without a primary (none), so the first primary
 /// acknowledged writes on no standby until its next reconfiguration.
@@ -1210,6 +1248,53 @@ fn tags_change_at_runtime_in_order_and_only_those_named() {
     apply(&mut s, &change_tags("n3", &[TagChange::Flag(NoSync, true)])).unwrap();
     assert_eq!(s.sync_standbys, sync);
     assert!(s.sync_unconfirmed.is_empty());
+}
+
+/// `lease_ms` lowered under a primary: the longer length is kept for a Raft leader that
+/// starts its tenure (it cannot know the length of the last grant before it) until a new
+/// primary is recorded, whose leases are all granted under the new one.
+#[test]
+fn a_lowered_lease_is_remembered_until_the_next_primary() {
+    let set = |ms: u64| Command::SetConfig {
+        key: "lease_ms".into(),
+        value: Some(ms.to_string()),
+    };
+    let mut s = bootstrapped();
+    assert_eq!((s.lease_ms_before, s.lease_ceiling_ms()), (None, 2000));
+    apply(&mut s, &set(3000)).unwrap();
+    assert_eq!(
+        (s.lease_ms_before, s.lease_ceiling_ms()),
+        (None, 3000),
+        "longer: nothing to remember"
+    );
+    apply(&mut s, &set(1000)).unwrap();
+    apply(&mut s, &set(750)).unwrap();
+    assert_eq!(
+        (s.lease_ms_before, s.lease_ceiling_ms()),
+        (Some(3000), 3000),
+        "the longest"
+    );
+    apply(
+        &mut s,
+        &Command::SetConfigs {
+            pairs: vec![("lease_ms".into(), Some("500".into()))],
+        },
+    )
+    .unwrap();
+    assert_eq!((s.ha.lease_ms, s.lease_ceiling_ms()), (500, 3000));
+    // Not while the change is pending: the old primary may hold its lease still.
+    apply(&mut s, &failover(1)).unwrap();
+    apply(&mut s, &promote(2, "n2")).unwrap();
+    assert_eq!(s.lease_ceiling_ms(), 3000);
+    let record = Command::RecordTimeline {
+        generation: Generation(2),
+        node: "n2".into(),
+        timeline: Timeline(2),
+        switch_lsn: None,
+        parent_timeline: None,
+    };
+    apply(&mut s, &record).unwrap();
+    assert_eq!((s.lease_ms_before, s.lease_ceiling_ms()), (None, 500));
 }
 
 /// Found by the simulation with membership changes. Seed 197: n3, the last synchronous

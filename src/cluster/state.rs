@@ -299,6 +299,13 @@ pub struct ClusterState {
     /// timeline number with different forks never stream from each other (simulation seed
     /// 3107967). Appended after `degraded`.
     pub unrecorded_timeline: Option<Timeline>,
+    /// The longest `lease_ms` the current primary may still hold a lease under, when
+    /// `lease_ms` was lowered since it was recorded: a renewal granted before the change
+    /// runs under the old length. A Raft leader that starts its tenure cannot know when the
+    /// last of those was granted, so it clocks the primary under this length
+    /// (`lease_ceiling_ms`); a new primary's leases are all granted under the new one
+    /// (`RecordTimeline` clears it). Appended after `unrecorded_timeline`.
+    pub lease_ms_before: Option<u64>,
 }
 
 /// A degraded window of `synchronous_mode = degradable` (`Command::Degrade`): writes
@@ -323,6 +330,12 @@ pub struct Degraded {
 }
 
 impl ClusterState {
+    /// The longest lease the primary may hold: `lease_ms`, or what it was before it was
+    /// lowered under this primary (`lease_ms_before`).
+    pub fn lease_ceiling_ms(&self) -> u64 {
+        self.ha.lease_ms.max(self.lease_ms_before.unwrap_or(0))
+    }
+
     /// The newest timeline any member may have taken: recorded, or taken by a candidate
     /// replaced before it recorded one (`unrecorded_timeline`). A candidate's PostgreSQL
     /// must take a newer one.

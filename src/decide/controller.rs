@@ -667,6 +667,10 @@ fn choose_candidate(i: &ControllerInput) -> ControllerDecision {
             .last()
             .filter(|h| p.from.as_deref() == Some(h.to.as_str()))
             .and_then(|h| Some((h.timeline, h.switch_lsn?.0))),
+        clean_stop: p.stop_lsn.filter(|_| p.kind == PendingKind::Failover).and_then(|stop| {
+            let h = s.history.last().filter(|h| p.from.as_deref() == Some(h.to.as_str()))?;
+            Some((h.timeline, stop))
+        }),
         requested: p.to.as_deref(),
         forced: p.forced,
         degraded: s.degraded.as_ref(),

@@ -456,6 +456,7 @@ fn election<'a>(
         maximum_lag_bytes: 0,
         old_primary: Some("n1"),
         fork: None,
+        clean_stop: None,
         requested,
         forced,
         degraded: Some(d),

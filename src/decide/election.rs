@@ -42,6 +42,12 @@ pub struct ElectionInput<'a> {
     /// history. A member that reports a position on that timeline at or past the fork holds
     /// the whole prefix too, so it covers the fork holders as well as they do.
     pub fork: Option<(Timeline, u64)>,
+    /// A switchover's old primary stopped cleanly at this position of this timeline (its
+    /// shutdown checkpoint, sent to the standbys before it exited), and the switchover
+    /// became this failover (`Pending::stop_lsn`): it acknowledged nothing after it, nor did
+    /// a candidate replaced before it recorded its timeline. A member whose final report is
+    /// on that timeline past it holds every acknowledged write, and covers every quorum.
+    pub clean_stop: Option<(Timeline, u64)>,
     /// Manual failover target; with `forced`, promoted whatever it may lose.
     pub requested: Option<&'a str>,
     pub forced: bool,
@@ -84,6 +90,9 @@ fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(
         let all: Vec<&str> = input.standbys.keys().copied().collect();
         return Err(format!("no final report yet; waiting for [{}]", all.join(", ")));
     }
+    if past_clean_stop(input, reported).is_some() {
+        return Ok(());
+    }
     let past_fork = input.fork.is_some_and(|(timeline, at)| {
         reported
             .iter()
@@ -103,8 +112,27 @@ fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(
         let have = q.standbys.iter().filter(|n| has(n)).count();
         if have < needed {
             let missing: Vec<&str> = q.standbys.iter().map(String::as_str).filter(|n| !has(n)).collect();
+            // A member removed after the primary last confirmed its configuration still
+            // counts, and reports no more: nothing but the operator ends the wait.
+            let gone: Vec<&str> = missing
+                .iter()
+                .copied()
+                .filter(|n| !input.standbys.contains_key(n) && input.old_primary != Some(*n))
+                .collect();
+            let hint = match gone.as_slice() {
+                [] => String::new(),
+                [one] => format!(
+                    "; {one} is no longer a member, and may hold writes only its final report can show: add it \
+                     back (`raftpg ctl member add`, its database kept), or accept the loss (`raftpg ctl failover --force`)"
+                ),
+                gone => format!(
+                    "; {} are no longer members, and may hold writes only their final reports can show: add them \
+                     back (`raftpg ctl member add`, their databases kept), or accept the loss (`raftpg ctl failover --force`)",
+                    gone.join(", ")
+                ),
+            };
             return Err(format!(
-                "{have} of {needed} final reports needed under ANY {} ({}) to be sure no acknowledged write is lost; waiting for [{}]",
+                "{have} of {needed} final reports needed under ANY {} ({}) to be sure no acknowledged write is lost; waiting for [{}]{hint}",
                 q.k,
                 q.standbys.iter().cloned().collect::<Vec<_>>().join(", "),
                 missing.join(", ")
@@ -112,6 +140,15 @@ fn covered(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The old primary's clean stop (`ElectionInput::clean_stop`), when a member reported past it.
+fn past_clean_stop(input: &ElectionInput, reported: &[(&str, &FinalReport)]) -> Option<(Timeline, u64)> {
+    input.clean_stop.filter(|(timeline, at)| {
+        reported
+            .iter()
+            .any(|(_, f)| f.timeline == *timeline && f.flush_lsn > *at)
+    })
 }
 
 pub fn elect(input: &ElectionInput) -> Election {
@@ -153,10 +190,14 @@ pub fn elect(input: &ElectionInput) -> Election {
                 .iter()
                 .any(|(_, f)| f.timeline == *timeline && f.flush_lsn >= *at)
     });
+    // Covered by the old primary's clean stop, the new primary must be past it too, even if
+    // the member that is counts in no quorum.
+    let past_stop = past_clean_stop(input, &reported);
     let best_tli = counted
         .iter()
         .map(|(_, r)| r.timeline)
         .chain(past_fork.map(|(timeline, _)| timeline))
+        .chain(past_stop.map(|(timeline, _)| timeline))
         .max()
         .expect("needed >= 1");
     let best_lsn = counted
@@ -167,6 +208,11 @@ pub fn elect(input: &ElectionInput) -> Election {
             past_fork
                 .filter(|(timeline, _)| *timeline == best_tli)
                 .map(|(_, at)| at),
+        )
+        .chain(
+            past_stop
+                .filter(|(timeline, _)| *timeline == best_tli)
+                .map(|(_, at)| at + 1),
         )
         .max()
         .expect("the best timeline has a reporter");

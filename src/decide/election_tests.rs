@@ -24,6 +24,7 @@ fn quorum<'a>(standbys: &[(&'a str, Option<FinalReport>)]) -> ElectionInput<'a> 
         maximum_lag_bytes: 0,
         old_primary: None,
         fork: None,
+        clean_stop: None,
         requested: None,
         forced: false,
         degraded: None,
@@ -258,6 +259,78 @@ fn an_unconfirmed_earlier_sync_config_must_be_covered_too() {
     input.quorums.pop();
     input.standbys.insert("n2", None);
     assert_eq!(promoted(&elect(&input)), Some("n4"), "confirmed: 2 of 3 suffice");
+}
+
+/// A member removed after the primary last confirmed its configuration (the primary died
+/// before it reloaded): the configuration it may have run still counts, and the removed
+/// member reports no more. The wait says what ends it.
+#[test]
+fn a_removed_member_an_unconfirmed_config_needs_is_named_with_the_way_out() {
+    let mut input = quorum(&[("n3", report(10))]);
+    input.quorums.push(SyncConfig {
+        standbys: ["n2", "n3"].map(String::from).into(),
+        k: 1,
+    });
+    let e = elect(&input);
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.contains("waiting for [n2]; n2 is no longer a member")
+            && reason.contains("ctl member add") && reason.contains("failover --force")),
+        "{e:?}"
+    );
+    // A member that has not reported yet is only waited for.
+    input.standbys.insert("n2", None);
+    let e = elect(&input);
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.ends_with("waiting for [n2]")),
+        "{e:?}"
+    );
+}
+
+/// A switchover whose target was told to promote and died became a failover: the old
+/// primary stopped cleanly at 0x500 on timeline 1 (`clean_stop`), so a member past it holds
+/// every acknowledged write, without the dead target's report (CI: the other standby waited
+/// for it, and the old primary was promoted again after two more seconds).
+#[test]
+fn a_member_past_the_old_primarys_clean_stop_covers_every_quorum() {
+    let mut input = quorum(&[("n2", None), ("n3", report(0x510))]);
+    let e = elect(&input);
+    assert!(
+        matches!(&e, Election::Wait { reason } if reason.contains("[n2]")),
+        "{e:?}"
+    );
+    input.clean_stop = Some((Timeline(1), 0x500));
+    assert_eq!(promoted(&elect(&input)), Some("n3"));
+    // At the stop is not past it (the record starts there); another timeline says nothing.
+    input.standbys.insert("n3", report(0x500));
+    assert!(matches!(elect(&input), Election::Wait { .. }));
+    input.standbys.insert(
+        "n3",
+        Some(FinalReport {
+            timeline: Timeline(2),
+            ..report(0x600).unwrap()
+        }),
+    );
+    assert!(matches!(elect(&input), Election::Wait { .. }));
+    // Past it but outside every quorum (nosync): it covers, and the new primary must be
+    // past the stop too, so the quorum member behind it is not promoted.
+    let mut input = quorum(&[("n2", None), ("n3", report(0x400))]);
+    input.standbys.insert("n4", report(0x510));
+    input.clean_stop = Some((Timeline(1), 0x500));
+    assert_eq!(promoted(&elect(&input)), Some("n4"));
+    input.standbys.insert(
+        "n4",
+        Some(FinalReport {
+            tags: Tags {
+                nofailover: true,
+                ..Tags::default()
+            },
+            ..report(0x510).unwrap()
+        }),
+    );
+    assert!(
+        matches!(elect(&input), Election::Refuse { .. }),
+        "never n3, which lacks writes"
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     let state = sm.current().state;
     let granted = crate::decide::report::grants_renewal(&state, &req.node, req.report.generation);
     if crate::decide::report::renews_primary(&state, &req.node, req.report.generation) {
-        book.granted(&req.node, req.report.generation, Instant::now());
+        book.granted(&req.node, req.report.generation, Instant::now(), state.ha.lease_ms);
     }
     ReportReply::Accepted {
         lease_granted: granted,

@@ -16,8 +16,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::i
 }
 
 /// Fields appended to `ClusterState` since snapshots were first versioned: `adopt`, `vetoed`,
-/// `flags`, `upstreams`, `slots`, `slot_ttl_ms`, `degraded`, `unrecorded_timeline`.
-const APPENDED_STATE_FIELDS: usize = 8;
+/// `flags`, `upstreams`, `slots`, `slot_ttl_ms`, `degraded`, `unrecorded_timeline`,
+/// `lease_ms_before`.
+const APPENDED_STATE_FIELDS: usize = 9;
 
 /// The replicated state from a snapshot. Fields are only ever appended to `ClusterState`,
 /// each an `Option` or a collection (encoded `00` when empty): a snapshot written before

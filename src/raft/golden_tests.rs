@@ -224,8 +224,9 @@ const GOLDEN_SNAPSHOT: &str = concat!(
     "626f6f74737472617000026e3101010701026e3101026e3201000007",
     // adopt: None, vetoed: {} (appended 2026-12-03), flags: {} (appended 2026-12-03),
     // upstreams: {} (appended 2026-12-03, cascading), slots: {}, slot_ttl_ms: None,
-    // degraded: None (appended 2026-12-04), unrecorded_timeline: None (appended 2026-12-07)
-    "0000000000000000",
+    // degraded: None (appended 2026-12-04), unrecorded_timeline: None (appended 2026-12-07),
+    // lease_ms_before: None (appended 2026-12-07)
+    "000000000000000000",
 );
 
 /// The same snapshot as written before `ClusterState::adopt` existed.
@@ -258,6 +259,7 @@ fn a_snapshot_written_before_a_field_was_appended_still_reads() {
     assert!(s.slots.is_empty() && s.slot_ttl_ms.is_none());
     assert!(s.degraded.is_none());
     assert!(s.unrecorded_timeline.is_none());
+    assert!(s.lease_ms_before.is_none());
     #[derive(serde::Deserialize, PartialEq, Debug)]
     struct Prefix {
         initialized: bool,

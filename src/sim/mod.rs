@@ -106,6 +106,11 @@ pub enum Mutation {
     /// when it sent the renewal (`lease::Holder::granted` takes the send time): with
     /// delayed replies (`SimConfig::delays`) it outlives the leader's deadline.
     LeaseFromReply,
+    /// The leader times every renewal with the `lease_ms` it has now, a new tenure too, and
+    /// the holder counts the length it has applied: lowering `lease_ms` then cuts short a
+    /// lease granted under the longer one, or counted under it by a holder that has not
+    /// applied the change (`SimConfig::lease_changes`).
+    LeaseLengthNow,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +147,16 @@ pub struct SimConfig {
     /// random), and its PostgreSQL runs on as it was. Every removed member is added back
     /// once the faults heal. Off by default, as `operator`.
     pub membership: bool,
+    /// The filesystem of a node's pg_wal also fills up, and is freed again, under the faults:
+    /// a primary that writes then PANICs and is down (its crash recovery cannot write either),
+    /// a standby stops receiving, and nothing starts, promotes, clones or rewinds there until
+    /// there is room; a clean stop cannot write its shutdown checkpoint. The agent sees it as
+    /// the real one does (`disk_full` while PostgreSQL is down). The heal frees every disk.
+    /// Off by default, as `operator`.
+    pub disk_full: bool,
+    /// An operator also changes `lease_ms` (`ctl config set lease_ms=...`) between 750 and
+    /// 3000 ms under the faults. Off by default, as `operator`.
+    pub lease_changes: bool,
 }
 
 impl Default for SimConfig {
@@ -157,6 +172,8 @@ impl Default for SimConfig {
             switchovers: false,
             delays: false,
             membership: false,
+            disk_full: false,
+            lease_changes: false,
         }
     }
 }
@@ -176,6 +193,10 @@ pub struct Outcome {
     /// Members removed and added back that the Raft state accepted
     /// (`SimConfig::membership`).
     pub membership_changes: u64,
+    /// pg_wal filesystems that filled up (`SimConfig::disk_full`).
+    pub disk_fills: u64,
+    /// Changes of `lease_ms` the Raft state accepted (`SimConfig::lease_changes`).
+    pub lease_changes: u64,
     /// Candidates that declined because their WAL stopped short of consistency
     /// (`SimConfig::rewind_race`).
     pub declined: u64,
@@ -342,6 +363,8 @@ struct FakePg {
     /// Rewound, it streams only from this time on (`SimConfig::rewind_race`: a real start
     /// and replay after pg_rewind take a while, and its source may be fenced meanwhile).
     streams_from: u64,
+    /// No room left on pg_wal's filesystem (`SimConfig::disk_full`).
+    full: bool,
 }
 
 impl FakePg {
@@ -357,6 +380,7 @@ impl FakePg {
             epoch: 0,
             leased: false,
             streams_from: 0,
+            full: false,
         }
     }
 
@@ -452,7 +476,9 @@ impl SimNode {
 struct LeaderMemory {
     reports: BTreeMap<String, (u64, Report)>,
     /// (primary, generation, leader-local time of the last grant or the tenure's start).
-    clock: Option<(String, Generation, u64)>,
+    /// (primary, generation, leader-local time of the last grant or the tenure's start,
+    /// that grant's `lease_ms`, the deadline no grant so far may be cut short before).
+    clock: Option<(String, Generation, u64, u64, u64)>,
     watched: Option<((Generation, Option<String>), u64)>,
 }
 
@@ -482,6 +508,8 @@ pub struct Sim {
     failovers: u64,
     tag_changes: u64,
     membership_changes: u64,
+    disk_fills: u64,
+    lease_changes: u64,
     /// Every member as `Init` recorded it: what `ctl member add` gives back.
     members: Vec<Member>,
     declined: u64,
@@ -514,10 +542,15 @@ enum Message {
         incarnation: u64,
         generation: Generation,
         sent_local: u64,
+        /// The leader's `lease_ms` for this grant (the reply's view tells the holder).
+        lease_ms: u64,
     },
 }
 
 const TRACE_KEEP: usize = 400;
+
+/// What a write to a full pg_wal filesystem fails with (`SimConfig::disk_full`).
+const NO_ROOM: &str = "No space left on device: pg_wal's filesystem is full";
 
 impl Sim {
     pub fn new(seed: u64, cfg: SimConfig) -> Sim {
@@ -577,6 +610,8 @@ impl Sim {
             failovers: 0,
             tag_changes: 0,
             membership_changes: 0,
+            disk_fills: 0,
+            lease_changes: 0,
             members: members_init,
             declined: 0,
             pauses: 0,
@@ -761,6 +796,8 @@ impl Sim {
             failovers: self.failovers,
             tag_changes: self.tag_changes,
             membership_changes: self.membership_changes,
+            disk_fills: self.disk_fills,
+            lease_changes: self.lease_changes,
             declined: self.declined,
             pauses: self.pauses,
             switchovers: self.switchovers,
@@ -793,6 +830,7 @@ impl Sim {
             let n = &mut self.nodes[i];
             n.paused_until = None;
             n.pg.frozen = false;
+            n.pg.full = false;
             n.group = 0;
         }
     }
@@ -804,9 +842,45 @@ impl Sim {
             + u64::from(self.cfg.operator)
             + u64::from(self.cfg.pauses)
             + u64::from(self.cfg.switchovers)
-            + u64::from(self.cfg.membership);
+            + u64::from(self.cfg.membership)
+            + u64::from(self.cfg.disk_full)
+            + u64::from(self.cfg.lease_changes);
         let kind = self.rng.below(kinds);
         let mut top = kinds;
+        if self.cfg.lease_changes {
+            top -= 1;
+            if kind == top {
+                let ms = [750, 1000, 2000, 3000][self.rng.below(4) as usize];
+                let cmd = Command::SetConfig {
+                    key: "lease_ms".into(),
+                    value: Some(ms.to_string()),
+                };
+                let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
+                return match via {
+                    Some(j) => match self.propose(j, cmd) {
+                        Ok(()) => self.lease_changes += 1,
+                        Err(e) => self.log(format!("operator: lease_ms={ms} refused: {e}")),
+                    },
+                    None => self.log(format!("operator: no leader to set lease_ms={ms}")),
+                };
+            }
+        }
+        if self.cfg.disk_full {
+            top -= 1;
+            if kind == top && self.nodes[i].host_up {
+                let full = !self.nodes[i].pg.full;
+                self.log(format!(
+                    "fault: {name}'s pg_wal filesystem {}",
+                    if full { "fills up" } else { "has room again" }
+                ));
+                self.nodes[i].pg.full = full;
+                self.disk_fills += u64::from(full);
+                return;
+            }
+            if kind == top {
+                return;
+            }
+        }
         if self.cfg.membership {
             top -= 1;
             if kind == top {
@@ -1063,12 +1137,9 @@ impl Sim {
                 let l = able[self.rng.below(able.len() as u64) as usize];
                 self.leader = Some(l);
                 let local = self.nodes[l].local(self.now);
+                let clock = self.state.primary.as_ref().map(|p| self.clock_start(p, local));
                 self.book = LeaderMemory {
-                    clock: self
-                        .state
-                        .primary
-                        .as_ref()
-                        .map(|p| (p.node.clone(), p.generation, local)),
+                    clock,
                     ..LeaderMemory::default()
                 };
                 self.log(format!("raft: {} elected leader", self.nodes[l].name));
@@ -1245,7 +1316,8 @@ impl Sim {
             fenced_hung: m.fenced_hung == Some(state.generation),
             wal_end,
             receiver_lingering_ms: since(m.lingering_since),
-            disk_full: None,
+            disk_full: (self.nodes[i].pg.full && matches!(local, Local::Stopped { .. } | Local::NoData))
+                .then_some(NO_ROOM),
             foreign_conf: false,
             adopt_configured: None,
         });
@@ -1328,6 +1400,23 @@ impl Sim {
         if frozen && !matches!(action, Action::Fence) && !is_proposal(action) {
             return Err("PostgreSQL does not answer".into());
         }
+        let writes = matches!(
+            action,
+            Action::Initdb
+                | Action::StartPrimary { .. }
+                | Action::StartStandby { .. }
+                | Action::Clone { .. }
+                | Action::Rewind { .. }
+                | Action::Promote { .. }
+        );
+        if writes && self.nodes[i].pg.full {
+            // Ending recovery writes its end-of-recovery checkpoint: the startup process
+            // PANICs, and crash recovery cannot write either.
+            if matches!(action, Action::Promote { .. }) {
+                self.nodes[i].pg.stop(false);
+            }
+            return Err(NO_ROOM.into());
+        }
         match action {
             Action::Initdb => {
                 let system = 1 + self.rng.below(1 << 20);
@@ -1376,6 +1465,10 @@ impl Sim {
                 self.nodes[i].pg.epoch = 1;
             }
             Action::Fence => {
+                self.nodes[i].pg.stop(false);
+            }
+            Action::CleanStop { .. } | Action::Stop if self.nodes[i].pg.full => {
+                // No room for the shutdown checkpoint: PostgreSQL PANICs on the way down.
                 self.nodes[i].pg.stop(false);
             }
             Action::CleanStop { .. } | Action::Stop => {
@@ -1683,11 +1776,20 @@ impl Sim {
                 let name = self.nodes[from].name.clone();
                 self.book.reports.insert(name.clone(), (self.now, report.clone()));
                 let granted = renew && grants_renewal(&self.state, &name, report.generation);
+                let lease_ms = self.state.ha.lease_ms;
                 if granted && renews_primary(&self.state, &name, report.generation) {
+                    // As `lease::Book::granted`.
                     let leader_local = self.nodes[leader].local(self.now);
+                    let floor = leader_local + controller_deadline(lease_ms).as_millis() as u64;
                     match &mut self.book.clock {
-                        Some((n, g, at)) if *n == name && *g == report.generation => *at = (*at).max(leader_local),
-                        c => *c = Some((name.clone(), report.generation, leader_local)),
+                        Some((n, g, at, ms, f)) if *n == name && *g == report.generation => {
+                            if leader_local >= *at {
+                                *at = leader_local;
+                                *ms = lease_ms;
+                            }
+                            *f = (*f).max(floor);
+                        }
+                        c => *c = Some((name.clone(), report.generation, leader_local, lease_ms, floor)),
                     }
                 }
                 if granted {
@@ -1699,6 +1801,7 @@ impl Sim {
                         incarnation,
                         generation: report.generation,
                         sent_local,
+                        lease_ms,
                     });
                 }
             }
@@ -1708,6 +1811,7 @@ impl Sim {
                 incarnation,
                 generation,
                 sent_local,
+                lease_ms: leader_ms,
                 ..
             } => {
                 let n = &self.nodes[to];
@@ -1723,10 +1827,16 @@ impl Sim {
                         incarnation,
                         generation,
                         sent_local,
+                        lease_ms: leader_ms,
                     });
                     return;
                 }
-                let lease_ms = self.nodes[to].applied.ha.lease_ms;
+                // As `lease::Holder::granted_by`: no longer than the leader counts it.
+                let own = self.nodes[to].applied.ha.lease_ms;
+                let lease_ms = match self.cfg.mutation {
+                    Mutation::LeaseLengthNow => own,
+                    _ => own.min(leader_ms),
+                };
                 let from = match self.cfg.mutation {
                     Mutation::LeaseFromReply => self.nodes[to].local(self.now),
                     _ => sent_local,
@@ -1763,6 +1873,17 @@ impl Sim {
         }
     }
 
+    /// The leader's clock for `p` starts at `local` (a new tenure, or a primary it has not
+    /// clocked): under the longest lease `p` may hold, as `lease::Book::start_tenure`.
+    fn clock_start(&self, p: &crate::cluster::Primary, local: u64) -> (String, Generation, u64, u64, u64) {
+        let ms = match self.cfg.mutation {
+            Mutation::LeaseLengthNow => self.state.ha.lease_ms,
+            _ => self.state.lease_ceiling_ms(),
+        };
+        let floor = local + controller_deadline(ms).as_millis() as u64;
+        (p.node.clone(), p.generation, local, ms, floor)
+    }
+
     fn controller(&mut self, l: usize) {
         let leader_local = self.nodes[l].local(self.now);
         let s = self.state.clone();
@@ -1776,17 +1897,21 @@ impl Sim {
             .collect();
         let lease_expired_ms = match (&s.primary, s.paused) {
             (Some(p), false) => {
-                let since = match &self.book.clock {
-                    Some((n, g, at)) if *n == p.node && *g == p.generation => *at,
+                // As `lease::Book::expired_ms`.
+                let (since, floor) = match &self.book.clock {
+                    Some((n, g, at, _, floor)) if *n == p.node && *g == p.generation => (*at, *floor),
                     _ => {
-                        self.book.clock = Some((p.node.clone(), p.generation, leader_local));
-                        leader_local
+                        let c = self.clock_start(p, leader_local);
+                        let started = (c.2, c.4);
+                        self.book.clock = Some(c);
+                        started
                     }
                 };
                 let silent = leader_local - since;
                 let deadline = match self.cfg.mutation {
                     Mutation::NoLeaseWait => s.ha.lease_ms / 4 + STEP_MS,
-                    _ => controller_deadline(s.ha.lease_ms).as_millis() as u64,
+                    Mutation::LeaseLengthNow => controller_deadline(s.ha.lease_ms).as_millis() as u64,
+                    _ => (controller_deadline(s.ha.lease_ms).as_millis() as u64).max(floor.saturating_sub(since)),
                 };
                 (silent > deadline).then_some(silent)
             }
@@ -1837,7 +1962,11 @@ impl Sim {
                 self.nodes[i].pg.streaming = false;
                 continue;
             };
+            // A standby with no room receives nothing new (the WAL receiver exits on the
+            // write error and starts again, in vain).
+            let room = !pg.full || mine.wal.len() >= theirs.wal.len();
             let follows = ok
+                && room
                 && mine.system == theirs.system
                 && mine.wal.len() <= theirs.wal.len()
                 && mine.wal[..] == theirs.wal[..mine.wal.len()]
@@ -1879,6 +2008,12 @@ impl Sim {
             let n = &self.nodes[i];
             let believes = n.alive && n.applied.primary_name() == Some(n.name.as_str()) && n.applied.pending.is_none();
             if !believes || n.pg.run != Run::Primary || n.pg.frozen || !self.rng.per_mille(500) {
+                continue;
+            }
+            if n.pg.full {
+                let name = n.name.clone();
+                self.log(format!("{name}: PostgreSQL PANICs: could not write to WAL: {NO_ROOM}"));
+                self.nodes[i].pg.stop(false);
                 continue;
             }
             let id = self.next_id;

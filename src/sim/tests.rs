@@ -13,6 +13,8 @@ struct Totals {
     failovers: u64,
     tag_changes: u64,
     membership_changes: u64,
+    disk_fills: u64,
+    lease_changes: u64,
     declined: u64,
     pauses: u64,
     switchovers: u64,
@@ -29,6 +31,8 @@ fn campaign(cfg: &SimConfig, seeds: impl IntoIterator<Item = u64>) -> Totals {
         t.failovers += o.failovers;
         t.tag_changes += o.tag_changes;
         t.membership_changes += o.membership_changes;
+        t.disk_fills += o.disk_fills;
+        t.lease_changes += o.lease_changes;
         t.declined += o.declined;
         t.pauses += o.pauses;
         t.switchovers += o.switchovers;
@@ -187,6 +191,45 @@ fn members_removed_and_added_back_under_faults_keep_the_invariants() {
     };
     let t = campaign(&all, 0..CI_SEEDS / 8);
     assert!(t.membership_changes > 50 && t.switchovers > 5 && t.pauses > 25);
+}
+
+/// pg_wal's filesystem fills up and is freed under the faults (`SimConfig::disk_full`): a
+/// primary that PANICs is not restarted while there is no room, lets its lease lapse and a
+/// standby is promoted; the member rejoins once there is room again.
+#[test]
+fn a_full_pg_wal_under_faults_keeps_the_invariants() {
+    let cfg = SimConfig {
+        disk_full: true,
+        ..SimConfig::default()
+    };
+    let t = campaign(&cfg, 0..CI_SEEDS / 4);
+    assert_wrote_and_failed_over(&t, CI_SEEDS / 4);
+    assert!(t.disk_fills > 100, "only {} disks filled up", t.disk_fills);
+}
+
+/// An operator changes `lease_ms` between 750 and 3000 ms under the faults
+/// (`SimConfig::lease_changes`). Without the fix (`Mutation::LeaseLengthNow`, as raftpg
+/// was): a lease granted under 2000 ms was timed by the leader under the 750 ms set since,
+/// and a standby was promoted while the old primary still held it.
+#[test]
+fn lease_ms_changed_under_faults_keeps_the_invariants() {
+    let cfg = SimConfig {
+        lease_changes: true,
+        ..SimConfig::default()
+    };
+    let t = campaign(&cfg, 0..CI_SEEDS / 4);
+    assert_wrote_and_failed_over(&t, CI_SEEDS / 4);
+    assert!(t.lease_changes > 200, "only {} changes of lease_ms", t.lease_changes);
+    let o = first_violation(&SimConfig {
+        mutation: Mutation::LeaseLengthNow,
+        ..cfg
+    });
+    assert_two_primaries(&o);
+    eprintln!(
+        "a lowered lease_ms timing earlier grants: caught by seed {}: {}",
+        o.seed,
+        o.violation.as_deref().unwrap_or_default()
+    );
 }
 
 /// Every fault class at once: an operator toggling `nosync` and asking for switchovers,
