@@ -1052,6 +1052,15 @@ fn set_config(state: &mut ClusterState, key: &str, value: Option<&str>) -> Resul
             None => format!("{key} reset"),
         });
     }
+    if key == "lease_ms" && state.pending.is_some() {
+        // The candidate's confirmation before it promotes is counted under the length it
+        // has applied, and a new primary's clock starts under today's (`RecordTimeline`
+        // forgets `lease_ms_before`): a change in between could leave the first longer.
+        return Err(Rejection::BadConfig(
+            "lease_ms cannot change while a failover or switchover is in progress: wait for it (`raftpg ctl list`)"
+                .into(),
+        ));
+    }
     if key == "synchronous_mode" && state.pending.is_some() {
         // The election, and the replacement of a stuck candidate, rest on the mode the
         // fenced primary and the candidate ran.

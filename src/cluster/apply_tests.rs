@@ -1282,10 +1282,12 @@ fn a_lowered_lease_is_remembered_until_the_next_primary() {
     )
     .unwrap();
     assert_eq!((s.ha.lease_ms, s.lease_ceiling_ms()), (500, 3000));
-    // Not while the change is pending: the old primary may hold its lease still.
+    // Not while the change is pending: the old primary may hold its lease still. Nor can
+    // the length change then.
     apply(&mut s, &failover(1)).unwrap();
     apply(&mut s, &promote(2, "n2")).unwrap();
     assert_eq!(s.lease_ceiling_ms(), 3000);
+    assert!(rejected(&mut s, set(1000)).to_string().contains("in progress"));
     let record = Command::RecordTimeline {
         generation: Generation(2),
         node: "n2".into(),
