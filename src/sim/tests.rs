@@ -182,15 +182,19 @@ fn members_removed_and_added_back_under_faults_keep_the_invariants() {
         "only {} members removed or added back",
         t.membership_changes
     );
+    // With every other flag too: nosync, pauses, switchovers, delays, a full pg_wal, lease_ms.
     let all = SimConfig {
         operator: true,
         pauses: true,
         switchovers: true,
         delays: true,
+        disk_full: true,
+        lease_changes: true,
         ..cfg
     };
     let t = campaign(&all, 0..CI_SEEDS / 8);
     assert!(t.membership_changes > 50 && t.switchovers > 5 && t.pauses > 25);
+    assert!(t.disk_fills > 20 && t.lease_changes > 20);
 }
 
 /// pg_wal's filesystem fills up and is freed under the faults (`SimConfig::disk_full`): a
