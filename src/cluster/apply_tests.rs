@@ -1333,15 +1333,19 @@ fn a_removal_never_empties_the_quorum_nor_drops_a_member_an_election_must_hear()
         }
     }
     // A member outside the set (added back, still cloning) may go even when one remains.
-    let mut s = bootstrapped();
-    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
-    apply(
-        &mut s,
-        &Command::AddMember {
-            member: member("n3", 3),
-        },
-    )
-    .unwrap();
+    let n3_added_back = || {
+        let mut s = bootstrapped();
+        apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
+        apply(
+            &mut s,
+            &Command::AddMember {
+                member: member("n3", 3),
+            },
+        )
+        .unwrap();
+        s
+    };
+    let mut s = n3_added_back();
     assert!(!s.sync_standbys.contains("n3"), "it joins once it streams");
     apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
     // During a failover, no member of a configuration the election covers may go...
@@ -1354,15 +1358,7 @@ fn a_removal_never_empties_the_quorum_nor_drops_a_member_an_election_must_hear()
     );
     // Nor the old primary, which joins the new primary's set (seed 6046: with the set down to
     // the candidate alone, removing the old primary left the new one with none).
-    let mut s = bootstrapped();
-    apply(&mut s, &Command::RemoveMember { name: "n3".into() }).unwrap();
-    apply(
-        &mut s,
-        &Command::AddMember {
-            member: member("n3", 3),
-        },
-    )
-    .unwrap();
+    let mut s = n3_added_back();
     apply(&mut s, &failover(1)).unwrap();
     let err = rejected(&mut s, Command::RemoveMember { name: "n1".into() });
     assert!(

@@ -855,14 +855,10 @@ impl Sim {
                     key: "lease_ms".into(),
                     value: Some(ms.to_string()),
                 };
-                let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
-                return match via {
-                    Some(j) => match self.propose(j, cmd) {
-                        Ok(()) => self.lease_changes += 1,
-                        Err(e) => self.log(format!("operator: lease_ms={ms} refused: {e}")),
-                    },
-                    None => self.log(format!("operator: no leader to set lease_ms={ms}")),
-                };
+                if self.operator_proposes(cmd, &format!("set lease_ms={ms}")) {
+                    self.lease_changes += 1;
+                }
+                return;
             }
         }
         if self.cfg.disk_full {
@@ -906,14 +902,8 @@ impl Sim {
                     name: name.clone(),
                     changes: vec![crate::cluster::TagChange::Flag(crate::cluster::Flag::NoSync, on)],
                 };
-                // The operator's `ctl` reaches any node that reaches the leader.
-                let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
-                match via {
-                    Some(j) => match self.propose(j, cmd) {
-                        Ok(()) => self.tag_changes += 1,
-                        Err(e) => self.log(format!("operator: tagging {name} nosync={on} refused: {e}")),
-                    },
-                    None => self.log(format!("operator: no leader to tag {name} nosync={on}")),
+                if self.operator_proposes(cmd, &format!("tag {name} nosync={on}")) {
+                    self.tag_changes += 1;
                 }
             }
             0 if self.nodes[i].alive => {
@@ -1012,13 +1002,25 @@ impl Sim {
             },
         };
         let what = cmd.to_string();
+        if self.operator_proposes(cmd, &what) {
+            self.membership_changes += 1;
+        }
+    }
+
+    /// The operator's `ctl` proposes `cmd` through any node that reaches the Raft leader:
+    /// true once committed; a refusal, or no leader, goes into the trace.
+    fn operator_proposes(&mut self, cmd: Command, what: &str) -> bool {
         let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
         let Some(j) = via else {
-            return self.log(format!("operator: no leader to {what}"));
+            self.log(format!("operator: no leader to {what}"));
+            return false;
         };
         match self.propose(j, cmd) {
-            Ok(()) => self.membership_changes += 1,
-            Err(e) => self.log(format!("operator: {what} refused: {e}")),
+            Ok(()) => true,
+            Err(e) => {
+                self.log(format!("operator: {what} refused: {e}"));
+                false
+            }
         }
     }
 
