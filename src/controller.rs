@@ -2,7 +2,7 @@
 //! the lease clock, call the pure `decide::controller::decide`, and carry out
 //! its one action (propose a command, or hand Raft leadership to a standby).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -10,7 +10,9 @@ use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::decide::controller::{decide, ControllerAction, ControllerInput};
+use crate::cluster::ClusterState;
+use crate::decide::controller::{decide, ControllerAction, ControllerInput, Report};
+use crate::lease::{Book, LeaseTerms};
 use crate::node::{Node, ProposeError};
 use crate::types::Generation;
 
@@ -21,8 +23,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Elsewhere the controller has nothing to do: it wakes when the Raft role or the applied
 /// state changes, and at least this often.
 const FOLLOWER_TICK: Duration = Duration::from_secs(1);
-/// Reports older than this are ignored: that member is Unknown.
-const REPORT_MAX_AGE: Duration = Duration::from_millis(2_000);
+/// Reports older than this (or than a lease, if longer) are ignored: that member is Unknown.
+pub const REPORT_MAX_AGE: Duration = Duration::from_millis(2_000);
 /// After handing leadership away, wait this long before trying again.
 const TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,14 +66,85 @@ impl Quiet {
     }
 }
 
+/// The controller's memory from one tick to the next, and how it turns the leader's book,
+/// the applied state and the time into the decision's input. It reads no clock and does
+/// no I/O: the loop below hands it `Instant::now()`, the simulation (`sim`) each node's
+/// own simulated clock, so both run this code.
+#[derive(Default)]
+pub struct Timers {
+    leading: bool,
+    /// What the controller's timer runs for (`timer_key`), and since when.
+    pending_since: Option<((Generation, Option<String>), Instant)>,
+    /// Since when a degradable primary has lacked its quorum (`below_quorum`).
+    below_since: Option<Instant>,
+}
+
+/// What the controller decides on at one instant, besides the state.
+#[derive(Debug)]
+pub struct Gathered {
+    /// The reports younger than `REPORT_MAX_AGE` (or a lease).
+    pub reports: BTreeMap<String, Report>,
+    /// How long the primary has gone unrenewed, once its lease passed the deadline.
+    pub lease_expired_ms: Option<u64>,
+    /// When that deadline passes, given no renewal: the controller wakes then.
+    pub lease_deadline: Option<Instant>,
+    pub pending_ms: u64,
+    pub below_quorum_ms: u64,
+}
+
+impl Timers {
+    /// Whether this node leads at `now`. Returns true when a tenure begins: the lease
+    /// clock restarts for whoever is primary, under the longest lease it may hold
+    /// (`Book::start_tenure`), and the timers start over, as this leader cannot know when
+    /// an earlier one started them.
+    pub fn lead(&mut self, leader: bool, book: &Book, state: &ClusterState, now: Instant) -> bool {
+        let begins = leader && !self.leading;
+        if begins {
+            book.start_tenure(state.primary.as_ref(), now, state.lease_ceiling_ms());
+            self.pending_since = None;
+        }
+        if leader != self.leading {
+            // A new tenure times the quorum from its own reports, not an old tenure's.
+            self.below_since = None;
+        }
+        self.leading = leader;
+        begins
+    }
+
+    /// The decision's input at `now`, on the leader: the fresh reports, the lease clock
+    /// under `terms`, and the timers.
+    pub fn gather(&mut self, book: &Book, state: &ClusterState, terms: &LeaseTerms, now: Instant) -> Gathered {
+        let reports = book.fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
+        let (lease_expired_ms, lease_deadline) = match (&state.primary, state.paused) {
+            (Some(p), false) => {
+                let expired = book.expired_ms(p, terms, now);
+                (expired, book.expires_at(p, terms).filter(|_| expired.is_none()))
+            }
+            _ => (None, None),
+        };
+        self.pending_since = match (crate::decide::controller::timer_key(state), self.pending_since.take()) {
+            (None, _) => None,
+            (Some(w), Some((was, at))) if w == was => Some((was, at)),
+            (Some(w), _) => Some((w, now)),
+        };
+        self.below_since =
+            crate::decide::controller::below_quorum(state, &reports).then(|| self.below_since.unwrap_or(now));
+        let since = |at: Option<Instant>| at.map_or(0, |at| now.saturating_duration_since(at).as_millis() as u64);
+        Gathered {
+            reports,
+            lease_expired_ms,
+            lease_deadline,
+            pending_ms: since(self.pending_since.as_ref().map(|(_, at)| *at)),
+            below_quorum_ms: since(self.below_since),
+        }
+    }
+}
+
 pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut last_reason = String::new();
     let mut last_transfer: Option<Instant> = None;
-    // What the controller's timer runs for (`timer_key`), and since when.
-    let mut pending_since: Option<((Generation, Option<String>), Instant)> = None;
-    // Since when a degradable primary has lacked its quorum (`below_quorum`).
-    let mut below_since: Option<Instant> = None;
+    let mut timers = Timers::default();
     let mut changes = node.subscribe();
     let mut raft_metrics = node.raft.server_metrics();
     let mut raft_stopped = false;
@@ -96,14 +169,10 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         let leader = metrics.state == ServerState::Leader;
         let state = node.state().state;
         let now = Instant::now();
-        if leader && !was_leader {
-            node.book
-                .start_tenure(state.primary.as_ref(), now, state.lease_ceiling_ms());
+        if timers.lead(leader, &node.book, &state, now) {
             tracing::info!("Raft leader: controller active; lease clock restarted");
         }
         if leader != was_leader {
-            // A new tenure times the quorum from its own reports, not an old tenure's.
-            below_since = None;
             // The view an earlier leader handed back is older than what this node's own
             // book held while it led: never fall back to it (a member that stopped would
             // look streaming again). The next report reply brings the new leader's view.
@@ -114,35 +183,20 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         if !leader || !state.initialized {
             continue;
         }
-        let reports = node
-            .book
-            .fresh(now, REPORT_MAX_AGE.max(Duration::from_millis(state.ha.lease_ms)));
+        let terms = LeaseTerms {
+            deadline_override: node
+                .cfg
+                .unsafe_for_testing
+                .controller_deadline_ms
+                .map(Duration::from_millis),
+            ..LeaseTerms::of(&state)
+        };
+        let g = timers.gather(&node.book, &state, &terms, now);
+        lease_deadline = g.lease_deadline;
         let reports = match node.cfg.unsafe_for_testing.skip_final_reports {
-            true => crate::decide::controller::skip_final_reports(&state, reports),
-            false => reports,
+            true => crate::decide::controller::skip_final_reports(&state, g.reports),
+            false => g.reports,
         };
-        let lease_expired_ms = match (&state.primary, state.paused) {
-            (Some(p), false) => {
-                let terms = crate::lease::LeaseTerms {
-                    deadline_override: node
-                        .cfg
-                        .unsafe_for_testing
-                        .controller_deadline_ms
-                        .map(Duration::from_millis),
-                    ..crate::lease::LeaseTerms::of(&state)
-                };
-                let expired = node.book.expired_ms(p, &terms, now);
-                lease_deadline = node.book.expires_at(p, &terms).filter(|_| expired.is_none());
-                expired
-            }
-            _ => None,
-        };
-        pending_since = match (crate::decide::controller::timer_key(&state), pending_since) {
-            (None, _) => None,
-            (Some(w), Some((was, at))) if w == was => Some((was, at)),
-            (Some(w), _) => Some((w, now)),
-        };
-        below_since = crate::decide::controller::below_quorum(&state, &reports).then(|| below_since.unwrap_or(now));
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<String> = membership
             .voter_ids()
@@ -152,13 +206,11 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             me: node.name(),
             state: &state,
             reports: &reports,
-            lease_expired_ms,
+            lease_expired_ms: g.lease_expired_ms,
             voters: &voters,
-            pending_ms: pending_since
-                .as_ref()
-                .map_or(0, |(_, at)| now.duration_since(*at).as_millis() as u64),
+            pending_ms: g.pending_ms,
             now_unix_ms: now_unix_ms(),
-            below_quorum_ms: below_since.map_or(0, |at| now.duration_since(at).as_millis() as u64),
+            below_quorum_ms: g.below_quorum_ms,
         });
         if decision.reason != last_reason {
             tracing::info!(generation = %state.generation, "controller: {}", decision.reason);

@@ -279,9 +279,29 @@ impl Book {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self, node: &str, report: Report) {
-        self.lock().reports.insert(node.to_string(), (Instant::now(), report));
+    /// `node`'s report, received at `now`.
+    pub fn record(&self, node: &str, report: Report, now: Instant) {
+        self.lock().reports.insert(node.to_string(), (now, report));
         self.changed.notify_one();
+    }
+
+    /// The answer to `node`'s renewal under `generation` at `now`, once this leader has
+    /// confirmed its leadership: granted by the state's rule
+    /// (`decide::report::grants_renewal`); the recorded primary's renewal also moves its
+    /// clock (`renews_primary`). The view tells the holder how long this leader counts the
+    /// lease (`Holder::granted_by`).
+    pub fn renew(
+        &self,
+        state: &crate::cluster::ClusterState,
+        node: &str,
+        generation: Generation,
+        now: Instant,
+    ) -> (bool, crate::decide::view::ClusterView) {
+        let granted = crate::decide::report::grants_renewal(state, node, generation);
+        if crate::decide::report::renews_primary(state, node, generation) {
+            self.granted(node, generation, now, state.ha.lease_ms);
+        }
+        (granted, self.view(state, now))
     }
 
     /// Reports younger than `max_age`.

@@ -164,8 +164,7 @@ impl Agent {
                 self.restarts_done = *upto;
                 // An operator's restart is the way back for a primary that hung and that
                 // no failover replaced.
-                self.fenced_hung = None;
-                self.unproven = false;
+                self.timers.restarted();
                 tracing::info!("requested restart done");
             }
             Action::ReinitDone { upto } => {

@@ -11,6 +11,7 @@ mod exec;
 pub mod hooks;
 pub mod keeper;
 pub mod pgfiles;
+pub mod timers;
 pub mod timing;
 pub mod vip;
 
@@ -30,6 +31,7 @@ use crate::postgres::ctl::Controldata;
 use crate::postgres::{Observation, Observer, StopMode};
 use crate::types::{Generation, Timeline};
 pub use pgfiles::PgNode;
+use timers::elapsed_ms;
 use timing::*;
 
 /// Tick when nothing happened: once per renewal interval (`lease_ms / 4`, the lease
@@ -57,10 +59,8 @@ pub struct Agent {
     holder: Holder,
     outbox: Arc<Mutex<Outbox>>,
     wake_reporter: Arc<Notify>,
-    /// Since when PostgreSQL is down or unobservable (for the restart bound).
-    down_since: Option<Instant>,
-    /// Since when this standby follows the primary without streaming.
-    not_streaming_since: Option<Instant>,
+    /// How long PostgreSQL has been down, not streaming, or still receiving; whether it hung.
+    timers: timers::Timers,
     /// Since when this cascading standby streams from the primary because its
     /// `replicatefrom` upstream did not serve it (`decide::agent::cascade_falls_back`).
     fallen_back_since: Option<Instant>,
@@ -72,14 +72,6 @@ pub struct Agent {
     /// The restart / re-clone requests (counters in the state) already carried out.
     restarts_done: u64,
     reinits_done: u64,
-    /// As primary, the last observation that told running from not was `Unknown`.
-    unproven: bool,
-    /// The generation in which this node, as primary, lost its lease while its
-    /// PostgreSQL could not prove a commit: it hung, and was (or is being) fenced.
-    fenced_hung: Option<Generation>,
-    /// Since when the WAL receiver has kept running after streaming was stopped for a
-    /// primary change.
-    lingering_since: Option<Instant>,
     /// Since when each slot has held WAL with no consumer (`PgState::idle_slots`).
     idle_slots_since: std::collections::BTreeMap<String, Instant>,
     /// Where this node, as primary, first saw its synchronous configuration run.
@@ -135,17 +127,13 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         holder,
         outbox,
         wake_reporter: Arc::new(Notify::new()),
-        down_since: None,
-        not_streaming_since: None,
+        timers: timers::Timers::default(),
         fallen_back_since: None,
         gate_lsn: None,
         last_reason: String::new(),
         failures: 0,
         restarts_done,
         reinits_done,
-        unproven: false,
-        fenced_hung: None,
-        lingering_since: None,
         idle_slots_since: Default::default(),
         sync_seen: None,
         wal_end_read: None,
@@ -236,14 +224,7 @@ impl Agent {
             _ => LeaseView::Expired,
         };
         if role == Wanted::Primary {
-            match local {
-                Local::Unknown(_) => self.unproven = true,
-                Local::Primary(_) => self.unproven = false,
-                _ => {}
-            }
-            if self.unproven && lease == LeaseView::Expired {
-                self.fenced_hung = Some(state.generation);
-            }
+            self.timers.primary(&local, lease, state.generation);
         }
         self.track_cascade(&state, now);
         let upstream = self.upstream(&state);
@@ -295,15 +276,15 @@ impl Agent {
             state: &state,
             local: &local,
             lease,
-            down_ms: elapsed_ms(self.down_since, now),
-            not_streaming_ms: elapsed_ms(self.not_streaming_since, now),
+            down_ms: self.timers.down_ms(now),
+            not_streaming_ms: self.timers.not_streaming_ms(now),
             gate_lsn: self.gate_lsn,
             upstream: upstream.as_ref(),
             restart_requested: requested.0 > self.restarts_done,
             reinit_requested: requested.1 > self.reinits_done,
-            fenced_hung: self.fenced_hung == Some(state.generation),
+            fenced_hung: self.timers.fenced_hung(state.generation),
             wal_end,
-            receiver_lingering_ms: elapsed_ms(self.lingering_since, now),
+            receiver_lingering_ms: self.timers.lingering_ms(now),
             stale_slots: &stale_slots,
             inconsistent: inconsistent.as_ref(),
             disk_full: disk_full.as_deref(),
@@ -337,7 +318,7 @@ impl Agent {
                     // A standby just (re)started gets a whole DIVERGED_AFTER_MS to stream
                     // before it is judged diverged again.
                     if matches!(action, Action::StartStandby { .. }) {
-                        self.not_streaming_since = None;
+                        self.timers.streaming_starts_over();
                     }
                 }
                 Err(e) => {
@@ -364,15 +345,7 @@ impl Agent {
     }
 
     fn track_times(&mut self, role: &Wanted, local: &Local, now: Instant) {
-        let up = matches!(local, Local::Primary(_) | Local::Standby(_));
-        self.down_since = if up { None } else { self.down_since.or(Some(now)) };
-        let streaming = matches!(local, Local::Standby(pg) if pg.streaming());
-        let following = matches!(role, Wanted::Standby(_)) && matches!(local, Local::Standby(_));
-        self.not_streaming_since = if following && !streaming {
-            self.not_streaming_since.or(Some(now))
-        } else {
-            None
-        };
+        self.timers.observed(role, local, now);
         if !matches!(local, Local::Primary(_)) {
             self.gate_lsn = None;
         }
@@ -385,14 +358,6 @@ impl Agent {
             }
             _ => self.idle_slots_since.clear(),
         }
-        let stopping = matches!(role, Wanted::Fenced | Wanted::OldPrimary);
-        let lingering =
-            matches!(local, Local::Standby(pg) if pg.primary_conninfo.is_empty() && pg.walreceiver.is_some());
-        self.lingering_since = if stopping && lingering {
-            self.lingering_since.or(Some(now))
-        } else {
-            None
-        };
     }
 
     /// A cascading standby falls back to the primary when its upstream does not serve it,
@@ -404,11 +369,8 @@ impl Agent {
         let fallen_back_ms = self
             .fallen_back_since
             .map(|t| now.saturating_duration_since(t).as_millis() as u64);
-        let falls_back = crate::decide::agent::cascade_falls_back(
-            cascading,
-            fallen_back_ms,
-            elapsed_ms(self.not_streaming_since, now),
-        );
+        let falls_back =
+            crate::decide::agent::cascade_falls_back(cascading, fallen_back_ms, self.timers.not_streaming_ms(now));
         if falls_back == self.fallen_back_since.is_some() {
             return;
         }
@@ -426,7 +388,7 @@ impl Agent {
             self.fallen_back_since = None;
         }
         // The new source gets its own time to stream.
-        self.not_streaming_since = None;
+        self.timers.streaming_starts_over();
     }
 
     /// Logs a changed reason and hands the report to the lease task.
@@ -540,10 +502,6 @@ impl Agent {
             }
         }
     }
-}
-
-fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
-    since.map_or(0, |s| now.saturating_duration_since(s).as_millis() as u64)
 }
 
 /// Stops PostgreSQL at once: an immediate shutdown, SIGKILL for whatever is still

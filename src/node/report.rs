@@ -29,7 +29,7 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     if leader != Some(me) {
         return ReportReply::NotLeader { leader };
     }
-    book.record(&req.node, req.report.clone());
+    book.record(&req.node, req.report.clone(), Instant::now());
     if !req.renew {
         let view = book.view(&sm.current().state, Instant::now());
         return ReportReply::Accepted {
@@ -43,15 +43,8 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
             leader: e.forward_to_leader().and_then(|f| f.leader_id),
         };
     }
-    let state = sm.current().state;
-    let granted = crate::decide::report::grants_renewal(&state, &req.node, req.report.generation);
-    if crate::decide::report::renews_primary(&state, &req.node, req.report.generation) {
-        book.granted(&req.node, req.report.generation, Instant::now(), state.ha.lease_ms);
-    }
-    ReportReply::Accepted {
-        lease_granted: granted,
-        view: book.view(&state, Instant::now()),
-    }
+    let (lease_granted, view) = book.renew(&sm.current().state, &req.node, req.report.generation, Instant::now());
+    ReportReply::Accepted { lease_granted, view }
 }
 
 /// The agent's side: sends to whoever leads, keeping one channel per address.

@@ -11,9 +11,10 @@
 //!   leader; the leader is a live node in a group holding a majority, and a new one is
 //!   elected `ELECTION_MS` after the old one is lost. Nodes cut off from the leader keep
 //!   deciding on the state they last applied.
-//! - **The lease**: the holder's view and the leader's grant rule are the real ones
-//!   (`decide::report`); the leader's clock mirrors `lease::Book` (deadline
-//!   `controller_deadline`, restarted with each tenure) and the fence keeper is armed with
+//! - **The lease and the controller's inputs** are the real code on each node's clock
+//!   (`Sim::clock`): every agent's `lease::Holder`, and on every node its `lease::Book`
+//!   (reports, the grant rule `Book::renew`, the lease clock restarted with each tenure)
+//!   and `controller::Timers`, lost when raftpg restarts. The fence keeper is armed with
 //!   the last expiry and survives a raftpg restart.
 //! - **Reports** are the real ones (`decide::report::derive`).
 //! - **PostgreSQL** (`FakePg`): WAL as a list of records with their timeline, a timeline
@@ -37,7 +38,8 @@
 //!
 //! Not modelled: openraft itself (elections, terms, log replication), the gRPC transport,
 //! the effects code in `agent/` (actions are carried out by the model below), message
-//! delays within a step, disk-full and membership changes.
+//! delays within a step, joint consensus (a membership change takes effect when it
+//! commits), a disk that fills anywhere but pg_wal's filesystem.
 //!
 //! Invariants, checked after every step:
 //! - acknowledgements never go back to an older primary: the epoch (the generation under
@@ -49,16 +51,22 @@
 //! Liveness: once every fault heals, a primary is recorded, writable, and acknowledges a
 //! write within `LIVENESS_BOUND_MS`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::agent::keeper::{armed_until, still_inherited};
+use crate::agent::timers::Timers as AgentTimers;
 use crate::cluster::{apply, ClusterState, Command, Member, Tags};
+use crate::controller::Timers;
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
-use crate::decide::controller::{decide as controller_decide, timer_key, ControllerAction, ControllerInput, Report};
-use crate::decide::report::{derive, grants_renewal, lease_view, renews_primary};
+use crate::decide::controller::{decide as controller_decide, ControllerAction, ControllerInput, Report};
+use crate::decide::report::{derive, grants_renewal, renews_primary};
 use crate::decide::table::{self, Column, Row};
-use crate::lease::controller_deadline;
+use crate::lease::{Book, Holder, LeaseTerms};
 use crate::postgres::ctl::DbState;
 use crate::postgres::{conf, Controldata, PgState, Replica};
 use crate::types::{Generation, Timeline};
@@ -81,8 +89,6 @@ pub const ELECTION_MS: u64 = 1_000;
 pub const LIVENESS_BOUND_MS: u64 = 60_000;
 /// `SimConfig::rewind_race`: how long a rewound standby takes to start streaming.
 const REWIND_CATCH_UP_MS: u64 = 2_000;
-/// Reports older than this do not count (as `controller::REPORT_MAX_AGE`).
-const REPORT_MAX_AGE_MS: u64 = 2_000;
 
 /// A deliberately broken protocol, to show that the invariants catch it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -414,19 +420,12 @@ impl FakePg {
 }
 
 /// The agent's and lease task's memory: lost when raftpg restarts.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 struct AgentMemory {
-    /// (generation, expiry on the local clock) of the last granted renewal.
-    lease: Option<(Generation, u64)>,
-    /// (generation, since on the local clock): acquiring.
-    acquiring: Option<(Generation, u64)>,
-    /// (generation, expiry) of the lease the last raftpg left armed (`Holder::inherit`).
-    inherited: Option<(Generation, u64)>,
-    down_since: Option<u64>,
-    not_streaming_since: Option<u64>,
-    lingering_since: Option<u64>,
-    unproven: bool,
-    fenced_hung: Option<Generation>,
+    /// The real lease holder, on this node's clock (`Sim::clock`).
+    holder: Holder,
+    /// The real agent's timers, on this node's clock.
+    timers: AgentTimers,
     restarts_done: u64,
     reinits_done: u64,
     next_report: u64,
@@ -437,7 +436,14 @@ struct AgentMemory {
     sync_seen: crate::decide::report::SyncSeen,
 }
 
-#[derive(Clone, Debug)]
+/// The controller's memory on a node (its `lease::Book` and its timers), the real ones,
+/// on this node's clock: lost when raftpg restarts, kept from one Raft tenure to the next.
+#[derive(Default)]
+struct ControllerMemory {
+    book: Book,
+    timers: Timers,
+}
+
 struct SimNode {
     name: String,
     /// The raftpg process exists (killed: not).
@@ -457,6 +463,7 @@ struct SimNode {
     applied: ClusterState,
     pg: FakePg,
     mem: AgentMemory,
+    ctl: ControllerMemory,
     /// The fence keeper's expiry (local clock); survives a raftpg restart.
     keeper: Option<u64>,
     /// The expiry a restarted raftpg found armed (`keeper::inherited_expiry`).
@@ -469,17 +476,6 @@ impl SimNode {
     fn local(&self, now: u64) -> u64 {
         now * self.rate / 1000
     }
-}
-
-/// The Raft leader's volatile memory (`lease::Book` and the controller's timer).
-#[derive(Clone, Debug, Default)]
-struct LeaderMemory {
-    reports: BTreeMap<String, (u64, Report)>,
-    /// (primary, generation, leader-local time of the last grant or the tenure's start).
-    /// (primary, generation, leader-local time of the last grant or the tenure's start,
-    /// that grant's `lease_ms`, the deadline no grant so far may be cut short before).
-    clock: Option<(String, Generation, u64, u64, u64)>,
-    watched: Option<((Generation, Option<String>), u64)>,
 }
 
 struct Ack {
@@ -496,7 +492,9 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     leader: Option<usize>,
     leaderless_since: u64,
-    book: LeaderMemory,
+    /// Local time 0 on every node's clock: the real lease and controller code counts in
+    /// `Instant`s, and a node's local time `t` is `base + t` ms (`Sim::clock`).
+    base: Instant,
     next_id: u64,
     /// Writes waiting for their quorum: (node, epoch, id, position).
     waiting: Vec<(usize, u64, u64, usize)>,
@@ -542,8 +540,8 @@ enum Message {
         incarnation: u64,
         generation: Generation,
         sent_local: u64,
-        /// The leader's `lease_ms` for this grant (the reply's view tells the holder).
-        lease_ms: u64,
+        /// How long the leader counts this lease (the reply view's `lease_remaining_ms`).
+        leader_ms: Option<u64>,
     },
 }
 
@@ -586,6 +584,7 @@ impl Sim {
                 applied: state.clone(),
                 pg: FakePg::empty(),
                 mem: AgentMemory::default(),
+                ctl: ControllerMemory::default(),
                 keeper: None,
                 inherited: None,
                 keeper_fenced: None,
@@ -599,7 +598,7 @@ impl Sim {
             nodes,
             leader: None,
             leaderless_since: 0,
-            book: LeaderMemory::default(),
+            base: Instant::now(),
             next_id: 1,
             waiting: Vec::new(),
             acks: Vec::new(),
@@ -966,11 +965,12 @@ impl Sim {
     fn switchover(&mut self, i: usize) {
         let to = self.nodes[i].name.clone();
         let generation = self.state.generation;
-        let streams = self
-            .book
-            .reports
-            .get(&to)
-            .is_some_and(|(_, r)| r.streaming && r.generation == generation);
+        let streams = self.leader.is_some_and(|l| {
+            let view = self.nodes[l].ctl.book.view(&self.state, self.clock(l));
+            view.reports
+                .get(&to)
+                .is_some_and(|(_, r)| r.streaming && r.generation == generation)
+        });
         let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
         let Some(j) = via.filter(|_| streams && self.state.primary_name().is_some_and(|p| p != to)) else {
             return self.log(format!(
@@ -1068,9 +1068,24 @@ impl Sim {
         n.inherited = n.keeper;
         n.mem = AgentMemory {
             next_report: self.now,
-            inherited: n.keeper.map(|k| (n.applied.generation, k)),
             ..AgentMemory::default()
         };
+        n.ctl = ControllerMemory::default();
+        if let Some(k) = n.keeper {
+            n.mem
+                .holder
+                .inherit(n.applied.generation, self.base + Duration::from_millis(k));
+        }
+    }
+
+    /// Node `i`'s clock now, as an `Instant` for the real lease and controller code.
+    fn clock(&self, i: usize) -> Instant {
+        self.base + Duration::from_millis(self.nodes[i].local(self.now))
+    }
+
+    /// An `Instant` of the real code as local milliseconds.
+    fn local_ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64
     }
 
     /// One step of everything.
@@ -1127,6 +1142,11 @@ impl Sim {
             // A leader removed from the membership steps down once that change commits.
             if !self.runs(l) || !self.voter(l) || group_size(self, l) < majority {
                 self.log(format!("raft: leader {} lost", self.nodes[l].name));
+                // Its tenure ends (a later one starts its clock afresh), as openraft's
+                // higher term would tell it.
+                let now = self.clock(l);
+                let n = &mut self.nodes[l];
+                n.ctl.timers.lead(false, &n.ctl.book, &self.state, now);
                 self.leader = None;
                 self.leaderless_since = self.now;
             }
@@ -1138,12 +1158,6 @@ impl Sim {
             if !able.is_empty() {
                 let l = able[self.rng.below(able.len() as u64) as usize];
                 self.leader = Some(l);
-                let local = self.nodes[l].local(self.now);
-                let clock = self.state.primary.as_ref().map(|p| self.clock_start(p, local));
-                self.book = LeaderMemory {
-                    clock,
-                    ..LeaderMemory::default()
-                };
                 self.log(format!("raft: {} elected leader", self.nodes[l].name));
             }
         }
@@ -1218,17 +1232,7 @@ impl Sim {
     }
 
     fn holder_view(&mut self, i: usize, generation: Generation, lease_ms: u64) -> LeaseView {
-        let local = self.nodes[i].local(self.now);
-        let m = &mut self.nodes[i].mem;
-        if m.acquiring.is_none_or(|(g, _)| g != generation) {
-            m.acquiring = Some((generation, local));
-        }
-        lease_view(
-            m.lease,
-            generation,
-            local,
-            acquiring_until(m, generation, lease_ms).unwrap_or(local),
-        )
+        self.nodes[i].mem.holder.view(generation, self.clock(i), lease_ms)
     }
 
     fn agent(&mut self, i: usize) {
@@ -1236,46 +1240,18 @@ impl Sim {
         let me = self.nodes[i].name.clone();
         let local = self.observe(i);
         let now = self.now;
+        let clock = self.clock(i);
         let role = wanted(&state, &me);
         if role != Wanted::Primary {
-            let m = &mut self.nodes[i].mem;
-            m.lease = None;
-            m.acquiring = None;
+            self.nodes[i].mem.holder.clear();
         }
-        {
-            let m = &mut self.nodes[i].mem;
-            let up = matches!(local, Local::Primary(_) | Local::Standby(_));
-            m.down_since = if up { None } else { m.down_since.or(Some(now)) };
-            let streaming = matches!(&local, Local::Standby(pg) if pg.streaming());
-            let following = matches!(role, Wanted::Standby(_)) && matches!(local, Local::Standby(_));
-            m.not_streaming_since = if following && !streaming {
-                m.not_streaming_since.or(Some(now))
-            } else {
-                None
-            };
-            let stopping = matches!(role, Wanted::Fenced | Wanted::OldPrimary);
-            let lingering =
-                matches!(&local, Local::Standby(pg) if pg.primary_conninfo.is_empty() && pg.walreceiver.is_some());
-            m.lingering_since = if stopping && lingering {
-                m.lingering_since.or(Some(now))
-            } else {
-                None
-            };
-        }
+        self.nodes[i].mem.timers.observed(&role, &local, clock);
         let lease = match role {
             Wanted::Primary => self.holder_view(i, state.generation, state.ha.lease_ms),
             _ => LeaseView::Expired,
         };
         if role == Wanted::Primary {
-            let m = &mut self.nodes[i].mem;
-            match local {
-                Local::Unknown(_) => m.unproven = true,
-                Local::Primary(_) => m.unproven = false,
-                _ => {}
-            }
-            if m.unproven && lease == LeaseView::Expired {
-                m.fenced_hung = Some(state.generation);
-            }
+            self.nodes[i].mem.timers.primary(&local, lease, state.generation);
         }
         let upstream = match &role {
             Wanted::Standby(p) if *p != me => Some(upstream_as(p, &me)),
@@ -1301,7 +1277,6 @@ impl Sim {
             _ => None,
         };
         let m = &self.nodes[i].mem;
-        let since = |t: Option<u64>| t.map_or(0, |t| now - t);
         let decision = agent_decide(&AgentInput {
             stale_slots: &[],
             inconsistent: inconsistent.as_ref(),
@@ -1309,15 +1284,15 @@ impl Sim {
             state: &state,
             local: &local,
             lease,
-            down_ms: since(m.down_since),
-            not_streaming_ms: since(m.not_streaming_since),
+            down_ms: m.timers.down_ms(clock),
+            not_streaming_ms: m.timers.not_streaming_ms(clock),
             gate_lsn: None,
             upstream: upstream.as_ref(),
             restart_requested: requested.0 > m.restarts_done,
             reinit_requested: requested.1 > m.reinits_done,
-            fenced_hung: m.fenced_hung == Some(state.generation),
+            fenced_hung: m.timers.fenced_hung(state.generation),
             wal_end,
-            receiver_lingering_ms: since(m.lingering_since),
+            receiver_lingering_ms: m.timers.lingering_ms(clock),
             disk_full: (self.nodes[i].pg.full && matches!(local, Local::Stopped { .. } | Local::NoData))
                 .then_some(NO_ROOM),
             foreign_conf: false,
@@ -1369,7 +1344,7 @@ impl Sim {
             match self.execute(i, action, &state, &role) {
                 Ok(()) => {
                     if matches!(action, Action::StartStandby { .. }) {
-                        self.nodes[i].mem.not_streaming_since = None;
+                        self.nodes[i].mem.timers.streaming_starts_over();
                     }
                 }
                 Err(e) => {
@@ -1492,7 +1467,11 @@ impl Sim {
                     },
                 )?;
             }
-            Action::RestartDone { upto } => self.nodes[i].mem.restarts_done = *upto,
+            Action::RestartDone { upto } => {
+                let m = &mut self.nodes[i].mem;
+                m.restarts_done = *upto;
+                m.timers.restarted();
+            }
             Action::ReinitDone { upto } => self.nodes[i].mem.reinits_done = *upto,
             Action::Reconfigure { upstream } | Action::Reload { upstream } => {
                 self.render(i, state, role, upstream.as_ref())
@@ -1679,12 +1658,12 @@ impl Sim {
         let generation = self.nodes[i].applied.generation;
         let paused = self.nodes[i].applied.paused;
         let lease_ms = self.nodes[i].applied.ha.lease_ms;
+        let expiry = self.nodes[i]
+            .mem
+            .holder
+            .guarded_until(generation, lease_ms)
+            .map(|e| self.local_ms(e));
         let n = &mut self.nodes[i];
-        // As `lease::Holder::guarded_until`: the granted lease, or the acquiring period.
-        let expiry = match n.mem.lease {
-            Some((g, e)) if g == generation => Some(e),
-            _ => acquiring_until(&n.mem, generation, lease_ms),
-        };
         // The keeper is armed with the lease (and, after a restart, what the last one left).
         // The real keeper's rules: the later of its own lease and the inherited one, which
         // stands (even once over) until a later lease of its own is granted.
@@ -1776,23 +1755,19 @@ impl Sim {
                     return;
                 }
                 let name = self.nodes[from].name.clone();
-                self.book.reports.insert(name.clone(), (self.now, report.clone()));
-                let granted = renew && grants_renewal(&self.state, &name, report.generation);
-                let lease_ms = self.state.ha.lease_ms;
-                if granted && renews_primary(&self.state, &name, report.generation) {
-                    // As `lease::Book::granted`.
-                    let leader_local = self.nodes[leader].local(self.now);
-                    let floor = leader_local + controller_deadline(lease_ms).as_millis() as u64;
-                    match &mut self.book.clock {
-                        Some((n, g, at, ms, f)) if *n == name && *g == report.generation => {
-                            if leader_local >= *at {
-                                *at = leader_local;
-                                *ms = lease_ms;
-                            }
-                            *f = (*f).max(floor);
-                        }
-                        c => *c = Some((name.clone(), report.generation, leader_local, lease_ms, floor)),
-                    }
+                // As `node::report::handle`, with the real book on the leader's clock.
+                let now = self.clock(leader);
+                let book = &self.nodes[leader].ctl.book;
+                book.record(&name, report.clone(), now);
+                if !renew {
+                    return;
+                }
+                let (granted, view) = book.renew(&self.state, &name, report.generation, now);
+                if self.cfg.mutation == Mutation::LeaseLengthNow
+                    && renews_primary(&self.state, &name, report.generation)
+                {
+                    // The clock forgets how long the grants before this one were.
+                    book.start_tenure(self.state.primary.as_ref(), now, self.state.ha.lease_ms);
                 }
                 if granted {
                     let delay = self.delay();
@@ -1803,7 +1778,7 @@ impl Sim {
                         incarnation,
                         generation: report.generation,
                         sent_local,
-                        lease_ms,
+                        leader_ms: view.lease_remaining_ms,
                     });
                 }
             }
@@ -1813,7 +1788,7 @@ impl Sim {
                 incarnation,
                 generation,
                 sent_local,
-                lease_ms: leader_ms,
+                leader_ms,
                 ..
             } => {
                 let n = &self.nodes[to];
@@ -1829,25 +1804,22 @@ impl Sim {
                         incarnation,
                         generation,
                         sent_local,
-                        lease_ms: leader_ms,
+                        leader_ms,
                     });
                     return;
                 }
-                // As `lease::Holder::granted_by`: no longer than the leader counts it.
+                // As `agent::send_report`: no longer than the leader counts it.
                 let own = self.nodes[to].applied.ha.lease_ms;
-                let lease_ms = match self.cfg.mutation {
-                    Mutation::LeaseLengthNow => own,
-                    _ => own.min(leader_ms),
+                let leader_ms = match self.cfg.mutation {
+                    Mutation::LeaseLengthNow => None,
+                    _ => leader_ms,
                 };
-                let from = match self.cfg.mutation {
-                    Mutation::LeaseFromReply => self.nodes[to].local(self.now),
-                    _ => sent_local,
+                let sent = match self.cfg.mutation {
+                    Mutation::LeaseFromReply => self.clock(to),
+                    _ => self.base + Duration::from_millis(sent_local),
                 };
                 let n = &mut self.nodes[to];
-                let e = from + lease_ms;
-                if !n.mem.lease.is_some_and(|(g, old)| g == generation && old >= e) {
-                    n.mem.lease = Some((generation, e));
-                }
+                n.mem.holder.granted_by(generation, sent, own, leader_ms);
                 if n.pg.run == Run::Primary && n.pg.epoch == generation.0 {
                     n.pg.leased = true;
                 }
@@ -1875,56 +1847,31 @@ impl Sim {
         }
     }
 
-    /// The leader's clock for `p` starts at `local` (a new tenure, or a primary it has not
-    /// clocked): under the longest lease `p` may hold, as `lease::Book::start_tenure`.
-    fn clock_start(&self, p: &crate::cluster::Primary, local: u64) -> (String, Generation, u64, u64, u64) {
-        let ms = match self.cfg.mutation {
-            Mutation::LeaseLengthNow => self.state.ha.lease_ms,
-            _ => self.state.lease_ceiling_ms(),
-        };
-        let floor = local + controller_deadline(ms).as_millis() as u64;
-        (p.node.clone(), p.generation, local, ms, floor)
-    }
-
+    /// The Raft leader's controller: the real `controller::Timers` over the leader's real
+    /// `lease::Book`, on its clock, then the real decision.
     fn controller(&mut self, l: usize) {
-        let leader_local = self.nodes[l].local(self.now);
+        let now = self.clock(l);
         let s = self.state.clone();
-        let max_age = REPORT_MAX_AGE_MS.max(s.ha.lease_ms);
-        let reports: BTreeMap<String, Report> = self
-            .book
-            .reports
-            .iter()
-            .filter(|(_, (at, _))| self.now - *at <= max_age)
-            .map(|(n, (_, r))| (n.clone(), r.clone()))
-            .collect();
-        let lease_expired_ms = match (&s.primary, s.paused) {
-            (Some(p), false) => {
-                // As `lease::Book::expired_ms`.
-                let (since, floor) = match &self.book.clock {
-                    Some((n, g, at, _, floor)) if *n == p.node && *g == p.generation => (*at, *floor),
-                    _ => {
-                        let c = self.clock_start(p, leader_local);
-                        let started = (c.2, c.4);
-                        self.book.clock = Some(c);
-                        started
-                    }
-                };
-                let silent = leader_local - since;
-                let deadline = match self.cfg.mutation {
-                    Mutation::NoLeaseWait => s.ha.lease_ms / 4 + STEP_MS,
-                    Mutation::LeaseLengthNow => controller_deadline(s.ha.lease_ms).as_millis() as u64,
-                    _ => (controller_deadline(s.ha.lease_ms).as_millis() as u64).max(floor.saturating_sub(since)),
-                };
-                (silent > deadline).then_some(silent)
-            }
-            _ => None,
+        let terms = match self.cfg.mutation {
+            Mutation::NoLeaseWait => LeaseTerms {
+                deadline_override: Some(Duration::from_millis(s.ha.lease_ms / 4 + STEP_MS)),
+                ..LeaseTerms::of(&s)
+            },
+            Mutation::LeaseLengthNow => LeaseTerms {
+                ceiling_ms: s.ha.lease_ms,
+                ..LeaseTerms::of(&s)
+            },
+            Mutation::None
+            | Mutation::IgnoreQuorum
+            | Mutation::IgnoreShortWal
+            | Mutation::NoKeeperWhilePaused
+            | Mutation::LeaseFromReply => LeaseTerms::of(&s),
         };
-        self.book.watched = match (timer_key(&s), self.book.watched.take()) {
-            (None, _) => None,
-            (Some(w), Some((was, at))) if w == was => Some((was, at)),
-            (Some(w), _) => Some((w, self.now)),
-        };
-        let pending_ms = self.book.watched.as_ref().map_or(0, |(_, at)| self.now - at);
+        let ControllerMemory { book, timers } = &mut self.nodes[l].ctl;
+        if timers.lead(true, book, &s, now) && self.cfg.mutation == Mutation::LeaseLengthNow {
+            book.start_tenure(s.primary.as_ref(), now, s.ha.lease_ms);
+        }
+        let g = timers.gather(book, &s, &terms, now);
         let voters: BTreeSet<String> = s.members.keys().cloned().collect();
         let mut seen = s.clone();
         if self.cfg.mutation == Mutation::IgnoreQuorum && seen.pending.is_some() {
@@ -1935,12 +1882,12 @@ impl Sim {
         let d = controller_decide(&ControllerInput {
             me: &me,
             state: &seen,
-            reports: &reports,
-            lease_expired_ms,
+            reports: &g.reports,
+            lease_expired_ms: g.lease_expired_ms,
             voters: &voters,
-            pending_ms,
+            pending_ms: g.pending_ms,
             now_unix_ms: 0,
-            below_quorum_ms: 0,
+            below_quorum_ms: g.below_quorum_ms,
         });
         if let Some(ControllerAction::Propose(cmd)) = d.action {
             let _ = self.commit(cmd, &format!("controller on {me}"));
@@ -2095,11 +2042,6 @@ impl Sim {
             ));
         }
     }
-}
-
-/// As `lease::Holder`, with the same rule (`decide::report::acquiring_until`).
-fn acquiring_until(m: &AgentMemory, generation: Generation, lease_ms: u64) -> Option<u64> {
-    crate::decide::report::acquiring_until(m.acquiring, m.inherited, generation, |since| since + lease_ms)
 }
 
 fn is_proposal(a: &Action) -> bool {
