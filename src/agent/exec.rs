@@ -1,15 +1,17 @@
-//! The executor: one `match` from `Action` to PostgreSQL effects.
+//! The executor: one `match` from `Action` to PostgreSQL effects, each through the
+//! `Postgres` seam, with raftpg's policy around them (what it logs and proposes, when a
+//! moved generation abandons an effect, when it re-clones).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
-use super::{fence, Agent};
+use super::postgres::Postgres;
+use super::Agent;
 use crate::cluster::{ClusterState, Command};
 use crate::decide::agent::Action;
 use crate::node::report::{ReportClient, ReportReply, ReportRequest};
 use crate::node::ProposeError;
-use crate::postgres::{observe, Observation, StopMode};
+use crate::postgres::StopMode;
 use crate::raft::state_machine::AppliedState;
 use crate::types::Generation;
 
@@ -28,94 +30,31 @@ async fn generation_moved(changes: &mut watch::Receiver<AppliedState>, generatio
     }
 }
 
-/// Before a standby starts: removes placeholder history files that recovery would target,
-/// and sets right the segments where a timeline forked whose file recovery would read ends
-/// before that fork, so that it does not stop there for good (finding 21 of
-/// docs/jepsen.md). `following`: it starts with `recovery_target_timeline =
-/// 'latest'`; otherwise on its own WAL's timeline. A failure to check is logged, and the
-/// start goes on: PostgreSQL's own error then says what is wrong.
-async fn repair_fork_segments(pg: &super::pgfiles::PgNode, following: bool) {
-    let control = match pg.ctl.controldata(TOOL_TIMEOUT).await {
-        Ok(c) => c,
-        Err(e) => return tracing::warn!("cannot check pg_wal's fork segments: pg_controldata: {e}"),
-    };
-    let (Some(seg_size), Some(checkpoint_tl)) = (control.wal_segment_size, control.timeline) else {
-        return;
-    };
-    let target = match following {
-        true => {
-            match pg.ctl.remove_placeholder_targets(checkpoint_tl) {
-                Ok(removed) => {
-                    for path in removed {
-                        tracing::info!(
-                            "removed {}, a placeholder history file written for a promotion: recovery \
-                             would target it and find no history in it",
-                            path.display()
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!("cannot check pg_wal's history files: {e}"),
-            }
-            pg.ctl.latest_timeline(checkpoint_tl)
-        }
-        false => pg.ctl.wal_timeline().unwrap_or(checkpoint_tl),
-    };
-    match pg.ctl.repair_fork_segments(target, seg_size, WAL_END_TIMEOUT).await {
-        Ok(done) => {
-            for line in done {
-                tracing::warn!(
-                    "pg_wal: {line}: a standby would otherwise stop for good where a file of a newer \
-                     timeline, received only in part, ends before that timeline's fork"
-                );
-            }
-        }
-        Err(e) => tracing::warn!("cannot check pg_wal's fork segments for timeline {target}: {e}"),
-    }
-}
-
-impl Agent {
+impl<P: Postgres> Agent<P> {
     /// Executes one action decided under `state`; Ok(true) if it changed something.
     pub(super) async fn execute(&mut self, action: &Action, state: &ClusterState) -> anyhow::Result<bool> {
-        let pg = &self.pg;
+        let me = self.pg.me().to_string();
         match action {
-            Action::Initdb => {
-                tracing::info!("initdb into {}", pg.ctl.data_dir.display());
-                let marker = &pg.initdb_marker;
-                std::fs::write(
-                    marker,
-                    "initdb started; a database found with this file is incomplete\n",
-                )
-                .with_context(|| format!("cannot write {}", marker.display()))?;
-                pg.empty_data_dir()?;
-                pg.ctl.initdb(&pg.superuser, INITDB_TIMEOUT).await?;
-                pg.write_conf(state, None, false)?;
-                std::fs::remove_file(marker).with_context(|| format!("cannot remove {}", marker.display()))?;
-            }
+            Action::Initdb => self.pg.initdb(state).await?,
             Action::StartPrimary { gated } => {
-                pg.set_standby_signal(false)?;
-                pg.write_conf(state, None, *gated)?;
-                tracing::info!(gated, "starting PostgreSQL as primary");
-                pg.ctl.start(pg.start_timeout).await?;
+                let gate = self.pg.start_primary(state, *gated).await?;
                 if *gated {
-                    self.gate_lsn = match observe(&pg.local_conninfo(), QUERY_TIMEOUT).await {
-                        Observation::Up(s) => s.write_lsn,
-                        Observation::Unknown(e) => bail!("started, but cannot read the WAL end for the gate: {e}"),
-                    };
+                    self.gate_lsn = gate;
                 }
             }
             Action::ProposeBootstrap => {
-                let system_identifier = self.prepare_roles().await?;
+                let system_identifier = self.pg.prepare_roles().await?;
                 self.propose(Command::Bootstrap {
-                    node: pg.me.clone(),
+                    node: me,
                     system_identifier,
                 })
                 .await?;
             }
-            Action::AdoptConfig => pg.adopt_files()?,
+            Action::AdoptConfig => self.pg.adopt_files()?,
             Action::ProposeAdopted { timeline } => {
-                let system_identifier = self.prepare_roles().await?;
+                let system_identifier = self.pg.prepare_roles().await?;
                 self.propose(Command::Adopted {
-                    node: pg.me.clone(),
+                    node: me,
                     system_identifier,
                     timeline: *timeline,
                 })
@@ -123,39 +62,14 @@ impl Agent {
             }
             Action::Fence => {
                 tracing::warn!("fencing PostgreSQL (immediate stop)");
-                fence(pg).await;
+                self.pg.fence().await;
             }
-            Action::Stop => pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?,
-            Action::CleanStop { target } => {
-                // The explicit checkpoint runs while clients still work, so the shutdown
-                // checkpoint (when writes are refused) has little left to do.
-                let others = match connect(&pg.local_conninfo()).await {
-                    Ok(c) => {
-                        if let Err(e) = tokio::time::timeout(TOOL_TIMEOUT, c.batch_execute("CHECKPOINT")).await {
-                            tracing::warn!("CHECKPOINT before the switchover timed out: {e}");
-                        }
-                        end_silent_senders(&c, target).await
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot connect for a CHECKPOINT before the switchover: {e:#}");
-                        Vec::new()
-                    }
-                };
-                tracing::info!("switchover: stopping PostgreSQL cleanly (fast)");
-                let stop = pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT);
-                tokio::pin!(stop);
-                tokio::select! {
-                    r = &mut stop => r?,
-                    _ = tokio::time::sleep(SENDER_GRACE), if !others.is_empty() => {
-                        end_waiting_senders(pg.ctl.postmaster_pid(), &others);
-                        stop.await?;
-                    }
-                }
-            }
+            Action::Stop => self.pg.stop(StopMode::Fast).await?,
+            Action::CleanStop { target } => self.pg.clean_stop(target).await?,
             Action::ReportStopped { lsn } => {
                 self.propose(Command::SwitchoverStopped {
                     generation: state.generation,
-                    node: pg.me.clone(),
+                    node: me,
                     lsn: *lsn,
                 })
                 .await?;
@@ -172,9 +86,9 @@ impl Agent {
                 tracing::info!("requested re-clone done");
             }
             Action::Reconfigure { upstream } => {
-                if pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())? {
+                if self.pg.configure(state, upstream.as_ref(), self.gate_lsn.is_some())? {
                     tracing::info!("configuration changed: reloading PostgreSQL");
-                    pg.ctl.reload(TOOL_TIMEOUT).await?;
+                    self.pg.reload().await?;
                     return Ok(true);
                 }
                 return Ok(false);
@@ -184,28 +98,28 @@ impl Agent {
                     .as_ref()
                     .map(crate::postgres::conf::conninfo)
                     .unwrap_or_default();
-                pg.write_conf(state, upstream.as_ref(), self.gate_lsn.is_some())?;
+                self.pg.configure(state, upstream.as_ref(), self.gate_lsn.is_some())?;
                 match &self.reloaded {
                     Some((w, at)) if *w == want && at.elapsed() < RELOAD_RETRY => return Ok(false),
                     Some((w, at)) if *w == want && at.elapsed() < 3 * RELOAD_RETRY => tracing::warn!(
                         "PostgreSQL still runs another primary_conninfo after a reload: it may have \
                          rejected postgresql.conf (see its log, {}); reloading again",
-                        pg.ctl.log_file.display()
+                        self.pg.log_file()
                     ),
                     _ => tracing::info!("PostgreSQL does not run the primary_conninfo written: reloading it"),
                 }
                 self.reloaded = Some((want, tokio::time::Instant::now()));
-                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                self.pg.reload().await?;
             }
             Action::StopStreaming => {
-                pg.write_conf(state, None, false)?;
-                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                self.pg.configure(state, None, false)?;
+                self.pg.reload().await?;
             }
-            Action::EnsureSlots => return self.ensure_slots(state).await,
+            Action::EnsureSlots => return self.pg.ensure_slots(state).await,
             Action::DropSlots(names) => return self.drop_stale_slots(state, names).await,
             Action::OpenGate => {
-                pg.write_conf(state, None, false)?;
-                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                self.pg.configure(state, None, false)?;
+                self.pg.reload().await?;
                 self.gate_lsn = None;
             }
             Action::Promote { candidate } => {
@@ -219,7 +133,7 @@ impl Agent {
                     if let Err(why) = self.hooks.pre_promote(state.generation, timeline).await {
                         self.propose(Command::VetoCandidate {
                             generation: state.generation,
-                            node: pg.me.clone(),
+                            node: me,
                             reason: format!("its pre_promote hook failed: {why}"),
                         })
                         .await?;
@@ -231,31 +145,26 @@ impl Agent {
                     self.pre_promoted = Some(state.generation);
                 }
                 // Timelines other members took must not be taken again.
-                for (tl, text) in crate::postgres::recorded_histories(&state.history, state.newest_timeline_taken()) {
-                    let path = pg.ctl.history_path(tl);
-                    if !path.exists() {
-                        pg.write_file(&path, &text)?;
-                    }
-                }
-                pg.write_conf(state, None, false)?;
-                pg.ctl.reload(TOOL_TIMEOUT).await?;
+                self.pg.keep_histories(state)?;
+                self.pg.configure(state, None, false)?;
+                self.pg.reload().await?;
                 if candidate {
                     self.confirm_candidate(state).await?;
                 }
                 tracing::info!(generation = %state.generation, "promoting PostgreSQL");
-                pg.ctl.promote(PROMOTE_TIMEOUT).await?;
+                self.pg.promote().await?;
             }
             Action::DeclineCandidacy { reason } => {
                 tracing::warn!(generation = %state.generation, "declining my promotion: {reason}");
                 self.propose(Command::VetoCandidate {
                     generation: state.generation,
-                    node: pg.me.clone(),
+                    node: me,
                     reason: reason.clone(),
                 })
                 .await?;
             }
             Action::RecordTimeline { timeline, write_lsn } => {
-                let fork = pg.timeline_fork(*timeline);
+                let fork = self.pg.timeline_fork(*timeline);
                 if fork.is_none() {
                     tracing::warn!(
                         "cannot read the history file of timeline {timeline}: recording the write position instead"
@@ -263,86 +172,34 @@ impl Agent {
                 }
                 let cmd = Command::RecordTimeline {
                     generation: state.generation,
-                    node: pg.me.clone(),
+                    node: me,
                     timeline: *timeline,
                     switch_lsn: fork.map(|(_, l)| l).or(*write_lsn).map(crate::types::Lsn),
                     parent_timeline: fork.map(|(p, _)| p),
                 };
                 self.propose(cmd).await?;
             }
-            Action::Clone { from } => {
-                self.clone_from(state, from).await?;
-                // A clone replaced whatever a partial initdb or rewind left.
-                for marker in [&pg.initdb_marker, &pg.rewind_marker] {
-                    if marker.exists() {
-                        std::fs::remove_file(marker).with_context(|| format!("cannot remove {}", marker.display()))?;
-                    }
-                }
-            }
+            Action::Clone { from } => self.clone_from(state, from).await?,
             Action::Rewind { source } => self.rewind(state, source).await?,
             Action::StartStandby { upstream } => {
-                pg.set_standby_signal(true)?;
-                pg.write_conf(state, upstream.as_ref(), false)?;
-                repair_fork_segments(pg, upstream.is_some()).await;
-                tracing::info!("starting PostgreSQL as a standby");
                 // A standby that needs WAL it cannot get never accepts connections, and
                 // `pg_ctl start -w` waits out its whole timeout. A primary change begun in
                 // the meantime must not wait for it: this member's final report is needed
                 // (finding 14 of docs/jepsen.md: a failover took 58 s). The postmaster
-                // is stopped (`stop_starting`), and the next tick decides for the new state.
+                // is stopped (`Postgres::start_standby`), and the next tick decides for
+                // the new state.
                 let mut changes = self.node.subscribe();
-                let start = pg.ctl.start(pg.start_timeout);
-                tokio::pin!(start);
-                tokio::select! {
-                    started = &mut start => started?,
-                    () = generation_moved(&mut changes, state.generation) => {
-                        tracing::warn!(
-                            decided = %state.generation,
-                            "the generation moved on while PostgreSQL was starting as a standby: \
-                             stopping it at once, so that the next tick decides for the new state"
-                        );
-                        self.stop_starting(start).await;
-                    }
+                let moved = generation_moved(&mut changes, state.generation);
+                if !self.pg.start_standby(state, upstream.as_ref(), moved).await? {
+                    tracing::warn!(
+                        decided = %state.generation,
+                        "the generation moved on while PostgreSQL was starting as a standby: \
+                         stopped it at once, so that the next tick decides for the new state"
+                    );
                 }
             }
         }
         Ok(true)
-    }
-
-    /// Stops, at once, a standby whose `pg_ctl start -w` (`start`) is abandoned because the
-    /// generation moved. Left running, it would keep the configuration written for the old
-    /// state: the next tick's start fails on its lock file, and once it accepts connections
-    /// it streams from the old upstream, or never accepts them while it waits for WAL there.
-    /// An immediate stop (`fence`) is safe for a standby, whose next start replays from its
-    /// last restartpoint, and quick even when PostgreSQL is paused: this member's final
-    /// report may be what the new generation waits for. `pg_ctl` is dropped only once the
-    /// postmaster it launched shows in postmaster.pid, or once it has returned (a start
-    /// that failed on its own timeout leaves the postmaster running), and never waited for
-    /// longer than `START_SHOWN`.
-    async fn stop_starting(
-        &self,
-        mut start: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), crate::postgres::PgError>>>,
-    ) {
-        let pg = &self.pg;
-        let mut poll = tokio::time::interval(START_POLL);
-        let shown = tokio::time::timeout(START_SHOWN, async {
-            loop {
-                tokio::select! {
-                    _ = &mut start => break,
-                    _ = poll.tick() => if pg.ctl.postmaster_alive() { break },
-                }
-            }
-        })
-        .await;
-        if shown.is_err() {
-            tracing::error!(
-                "the abandoned standby start showed no postmaster within {START_SHOWN:?}: \
-                 if one starts later, it runs the old configuration until the next reload"
-            );
-        }
-        if pg.ctl.postmaster_alive() {
-            fence(pg).await;
-        }
     }
 
     /// Asks the Raft leader, which first confirms its leadership with a ReadIndex round,
@@ -358,7 +215,7 @@ impl Agent {
         let mut report = self.outbox.lock().unwrap_or_else(|p| p.into_inner()).report.clone();
         report.generation = g;
         let req = ReportRequest {
-            node: self.pg.me.clone(),
+            node: self.pg.me().to_string(),
             report,
             renew: true,
         };
@@ -394,135 +251,13 @@ impl Agent {
         }
     }
 
-    /// Creates the replication role and sets the passwords of raftpg's roles (a new
-    /// database, or an adopted one); returns the system identifier.
-    async fn prepare_roles(&self) -> anyhow::Result<u64> {
-        let pg = &self.pg;
-        let client = connect(&pg.local_conninfo()).await?;
-        // The first primary runs its quorum from the start (`sync_config_for`), and no
-        // standby can connect before the replication role exists: these commits are
-        // raftpg's own and wait for no standby.
-        client.batch_execute("SET synchronous_commit = local").await?;
-        let role = &pg.replication_user;
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
-            .await?
-            .is_some();
-        if !exists {
-            client
-                .batch_execute(&format!("CREATE ROLE \"{role}\" WITH REPLICATION LOGIN"))
-                .await?;
-        }
-        // Passwords reach PostgreSQL as SCRAM verifiers made here, never in plain text (a
-        // statement can be logged, or seen in pg_stat_activity); quote_literal escapes them.
-        for (user, pw) in [
-            (role, &pg.replication_password),
-            (&pg.superuser, &pg.superuser_password),
-        ] {
-            if let Some(pw) = pw {
-                let verifier = postgres_protocol::password::scram_sha_256(pw.as_bytes());
-                let lit: String = client.query_one("SELECT quote_literal($1)", &[&verifier]).await?.get(0);
-                client
-                    .batch_execute(&format!("ALTER ROLE \"{user}\" PASSWORD {lit}"))
-                    .await?;
-            }
-        }
-        let sysid: i64 = client
-            .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-            .await?
-            .get(0);
-        Ok(sysid as u64)
-    }
-
-    /// The slots this node keeps by design (`decide::agent::wanted_slots`): one physical
-    /// slot per member that streams from it, so it keeps the WAL they still need, and, as
-    /// primary, the permanent slots. Drops the other slots raftpg manages.
-    async fn ensure_slots(&self, state: &ClusterState) -> anyhow::Result<bool> {
-        use crate::decide::agent::{manages_slot, wanted_slots};
-        let me = &self.pg.me;
-        let primary = state.primary_name() == Some(me.as_str());
-        let client = connect(&self.pg.local_conninfo()).await?;
-        let rows = client.query("SELECT slot_name FROM pg_replication_slots", &[]).await?;
-        let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let wanted = wanted_slots(state, me, primary);
-        let mut changed = false;
-        for slot in have.iter().filter(|s| manages_slot(state, s) && !wanted.contains(*s)) {
-            // A slot of a member that left, or that streams from elsewhere, would keep WAL
-            // here for ever; a removed permanent slot is the operator's decision.
-            let dropped = client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[slot],
-                )
-                .await?;
-            if dropped > 0 {
-                match state.slots.get(slot).and_then(|s| s.removed.as_deref()) {
-                    Some(why) => tracing::info!("dropped permanent slot {slot}: removed ({why})"),
-                    None => {
-                        tracing::info!("dropped replication slot {slot}: no member streams from this node through it")
-                    }
-                }
-                changed = true;
-            }
-        }
-        for name in state.slots_kept_by(me) {
-            let slot = crate::postgres::conf::slot_name(&name);
-            if !have.contains(&slot) {
-                client
-                    .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
-                    .await?;
-                tracing::info!("created replication slot {slot} for {name}");
-                changed = true;
-            }
-        }
-        if primary {
-            for (name, kind) in state.declared_slots().filter(|(n, _)| !have.contains(*n)) {
-                match kind {
-                    crate::cluster::SlotKind::Physical => {
-                        // Reserved at once: the consumer's WAL is kept from now on, before
-                        // it first connects (and after a failover, before it reconnects).
-                        client
-                            .execute("SELECT pg_create_physical_replication_slot($1, true)", &[name])
-                            .await?;
-                        tracing::info!("created permanent physical slot {name}");
-                    }
-                    crate::cluster::SlotKind::Logical { plugin, database } => {
-                        let mut config: tokio_postgres::Config = self.pg.local_conninfo().parse()?;
-                        config.dbname(database);
-                        let db = crate::agent::pgfiles::connect_within(&config, NoTls)
-                            .await
-                            .with_context(|| {
-                                format!("cannot connect to database {database} for logical slot {name}")
-                            })?;
-                        db.execute("SELECT pg_create_logical_replication_slot($1, $2)", &[name, plugin])
-                            .await
-                            .with_context(|| format!("cannot create logical slot {name} ({plugin} in {database})"))?;
-                        tracing::warn!(
-                            "created permanent logical slot {name} ({plugin} in {database}) at the current position: \
-                             changes since its consumer's last position on an earlier primary are not in it"
-                        );
-                    }
-                }
-                changed = true;
-            }
-        }
-        Ok(changed)
-    }
-
     /// Drops slots that held WAL with no consumer for `slot_ttl_ms`; a permanent one is
     /// removed from the state first, so that no primary recreates it.
     async fn drop_stale_slots(&self, state: &ClusterState, names: &[String]) -> anyhow::Result<bool> {
-        let client = connect(&self.pg.local_conninfo()).await?;
         let ttl = std::time::Duration::from_millis(state.slot_ttl_ms());
         for name in names {
             let why = format!("no consumer for {ttl:?} while it held WAL (slot_ttl_ms)");
-            let dropped = client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[name],
-                )
-                .await?;
-            if dropped == 0 {
+            if !self.pg.drop_idle_slot(name).await? {
                 continue; // its consumer is back
             }
             tracing::warn!(
@@ -541,23 +276,17 @@ impl Agent {
     }
 
     async fn clone_from(&self, state: &ClusterState, from: &str) -> anyhow::Result<()> {
-        let pg = &self.pg;
-        let up = pg
-            .upstream_to(state, from)
-            .with_context(|| format!("{from} is not a member to clone from"))?;
-        tracing::info!("cloning from {}:{} with pg_basebackup", up.host, up.port);
-        pg.empty_data_dir()?;
         // The progress reaches the Raft leader in this node's reports (`ctl list`, and the
         // stream of `ctl member add`), and the log every 10 %.
         let (tx, mut rx) = tokio::sync::watch::channel(None::<crate::postgres::ctl::CloneProgress>);
         let outbox = self.outbox.clone();
         let wake = self.wake_reporter.clone();
-        let from = from.to_string();
+        let source = from.to_string();
         let shown = tokio::spawn(async move {
             let mut logged = None;
             while rx.changed().await.is_ok() {
                 let Some(p) = *rx.borrow_and_update() else { continue };
-                let text = format!("{}{from}: {p}", crate::decide::report::CLONING);
+                let text = format!("{}{source}: {p}", crate::decide::report::CLONING);
                 if logged != Some(p.percent / 10) {
                     logged = Some(p.percent / 10);
                     tracing::info!("{text}");
@@ -566,10 +295,7 @@ impl Agent {
                 wake.notify_one();
             }
         });
-        let done = pg
-            .ctl
-            .basebackup(&up.host, up.port, &up.user, pg.passfile.as_deref(), CLONE_TIMEOUT, &tx)
-            .await;
+        let done = self.pg.clone_from(state, from, &tx).await;
         drop(tx);
         let _ = shown.await;
         done?;
@@ -579,21 +305,10 @@ impl Agent {
 
     /// pg_rewind onto the primary; on failure re-clone if configured, loudly.
     async fn rewind(&mut self, state: &ClusterState, primary: &str) -> anyhow::Result<()> {
-        let pg = &self.pg;
-        let source = pg
-            .superuser_conninfo(state, primary)
-            .with_context(|| format!("{primary} is not a member to rewind onto"))?;
         // A just-promoted primary's control file names its new timeline only after a
         // checkpoint; without one pg_rewind wrongly finds "no rewind required" and the
         // node stays diverged. So no CHECKPOINT, no rewind: the action fails and is retried.
-        let client = pg
-            .superuser_client(state, primary)
-            .with_context(|| format!("{primary} is not a member to rewind onto"))?;
-        let checkpoint = async {
-            let c = pg.connect_remote(&client).await?;
-            c.batch_execute("CHECKPOINT").await?;
-            anyhow::Ok(())
-        };
+        //
         // A source that freezes (a paused node) holds the CHECKPOINT and pg_rewind until
         // TCP gives up, and this member, inside the effect, sends no report: a primary
         // change begun meanwhile would wait for it (finding 16 of docs/jepsen.md: a
@@ -606,7 +321,7 @@ impl Agent {
         let moved = generation_moved(&mut changes, state.generation);
         tokio::pin!(moved);
         tokio::select! {
-            done = tokio::time::timeout(REWIND_TIMEOUT, checkpoint) => match done {
+            done = tokio::time::timeout(REWIND_TIMEOUT, self.pg.checkpoint_on(state, primary)) => match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => bail!("cannot run the CHECKPOINT on {primary} that pg_rewind needs first: {e:#}"),
                 Err(_) => {
@@ -619,18 +334,7 @@ impl Agent {
                 state.generation
             ),
         }
-        tracing::info!("pg_rewind onto {primary}");
-        let marker = &pg.rewind_marker;
-        std::fs::write(
-            marker,
-            "pg_rewind started; until it succeeds the data directory may be part rewound\n",
-        )
-        .with_context(|| format!("cannot write {}", marker.display()))?;
-        let rewound = match pg
-            .ctl
-            .rewind(&source, pg.passfile.as_deref(), REWIND_TIMEOUT, &mut moved)
-            .await
-        {
+        let rewound = match self.pg.rewind(state, primary, &mut moved).await? {
             Err(crate::postgres::PgError::Abandoned { .. }) => bail!(
                 "the generation moved on (from {}) while pg_rewind ran onto {primary}: pg_rewind is stopped and \
                  the data directory may be part rewound (the rewind marker stays); the next tick decides for the \
@@ -655,11 +359,9 @@ impl Agent {
             }
             other => other,
         };
-        let pg = &self.pg;
         match rewound {
             Ok(out) => {
-                std::fs::remove_file(&pg.rewind_marker)
-                    .with_context(|| format!("cannot remove {}", pg.rewind_marker.display()))?;
+                self.pg.rewind_done()?;
                 let summary = out.lines().last().unwrap_or("").to_string();
                 tracing::info!("pg_rewind done: {summary}");
                 if out.contains("no rewind required") {
@@ -667,17 +369,10 @@ impl Agent {
                 }
                 Ok(())
             }
-            Err(e) if pg.reclone_on_rewind_failure => {
+            Err(e) if self.reclone_on_rewind_failure => {
                 // A source that went away mid-rewind says nothing about the local data,
                 // and a clone from it would fail too: keep the data and retry the rewind.
-                let answers = async {
-                    pg.connect_remote(&client).await?.batch_execute("SELECT 1").await?;
-                    anyhow::Ok(())
-                };
-                if let Err(why) = tokio::time::timeout(QUERY_TIMEOUT, answers)
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-                {
+                if let Err(why) = self.pg.answers(state, primary).await {
                     bail!("pg_rewind onto {primary} failed ({e}) and {primary} does not answer ({why:#}): keeping the local data, retrying later");
                 }
                 tracing::error!(
@@ -692,75 +387,6 @@ impl Agent {
             ),
         }
     }
-}
-
-/// A clean shutdown waits for every WAL sender's standby to confirm the shutdown
-/// checkpoint, so a standby that stopped answering (cut off, or its WAL receiver hung)
-/// holds a switchover's write downtime until `wal_sender_timeout` (5 s). Before the stop,
-/// the senders of standbys whose last reply is older than 1.5 s are ended. Standbys reply
-/// at least every `wal_receiver_status_interval` (1 s); one taken for silent by mistake
-/// only reconnects. The target's sender is never ended: the promotion waits for the target
-/// to hold the WAL past the shutdown checkpoint, which is what keeps every acknowledged
-/// write.
-/// Returns the senders of the other standbys left running, (pid, standby name), for
-/// [`end_waiting_senders`].
-async fn end_silent_senders(c: &tokio_postgres::Client, target: &str) -> Vec<(i32, String)> {
-    const END_SILENT_SENDERS: &str = "SELECT pid, application_name, \
-         EXTRACT(EPOCH FROM now() - reply_time)::float8, \
-         CASE WHEN reply_time < now() - interval '1500 milliseconds' THEN pg_terminate_backend(pid) ELSE false END \
-         FROM pg_stat_replication WHERE application_name <> $1";
-    match tokio::time::timeout(TOOL_TIMEOUT, c.query(END_SILENT_SENDERS, &[&target])).await {
-        Ok(Ok(rows)) => rows
-            .into_iter()
-            .filter_map(|r| {
-                let (pid, name, silent, ended): (i32, String, Option<f64>, bool) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3));
-                if !ended {
-                    return Some((pid, name));
-                }
-                tracing::warn!(
-                    "switchover: ended the WAL sender of {name}: its standby has not answered for {:.1} s, \
-                     and the clean shutdown would wait for it until wal_sender_timeout; it follows the new primary \
-                     once it answers again",
-                    silent.unwrap_or_default()
-                );
-                None
-            })
-            .collect(),
-        Ok(Err(e)) => {
-            tracing::warn!("switchover: cannot look for standbys that stopped answering: {e}");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::warn!("switchover: looking for standbys that stopped answering timed out");
-            Vec::new()
-        }
-    }
-}
-
-/// Ends the WAL senders in `senders` that still run under `postmaster` (a pid reused by
-/// another process is left alone): SIGTERM, as `pg_terminate_backend` sends. The target's
-/// sender is never among them.
-fn end_waiting_senders(postmaster: Option<i32>, senders: &[(i32, String)]) {
-    let Some(postmaster) = postmaster else { return };
-    for (pid, name) in senders {
-        let ppid = crate::postgres::kill::parent_of(nix::unistd::Pid::from_raw(*pid));
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid != Some(postmaster) || !String::from_utf8_lossy(&cmdline).contains("walsender") {
-            continue;
-        }
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
-            tracing::warn!(
-                "switchover: the clean shutdown still waits after {} ms: ended the WAL sender of {name}, whose \
-                 standby has not confirmed the shutdown checkpoint; it follows the new primary once it answers",
-                SENDER_GRACE.as_millis()
-            );
-        }
-    }
-}
-
-async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
-    super::pgfiles::connect_within(&conninfo.parse()?, NoTls).await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod exec;
 pub mod hooks;
 pub mod keeper;
 pub mod pgfiles;
+pub mod postgres;
 pub mod timers;
 pub mod timing;
 pub mod vip;
@@ -28,9 +29,10 @@ use crate::lease::Holder;
 use crate::node::report::{self, ReportClient, ReportReply, ReportRequest};
 use crate::node::Node;
 use crate::postgres::ctl::Controldata;
-use crate::postgres::{Observation, Observer, StopMode};
+use crate::postgres::{Observation, StopMode};
 use crate::types::{Generation, Timeline};
 pub use pgfiles::PgNode;
+use postgres::{LocalPostgres, Postgres};
 use timers::elapsed_ms;
 use timing::*;
 
@@ -53,9 +55,12 @@ struct Outbox {
     observed_at: Option<Instant>,
 }
 
-pub struct Agent {
+pub struct Agent<P: Postgres> {
     node: Node,
-    pg: PgNode,
+    /// This node's PostgreSQL, reached through the seam only.
+    pg: P,
+    /// `postgres.reclone_on_rewind_failure`.
+    reclone_on_rewind_failure: bool,
     holder: Holder,
     outbox: Arc<Mutex<Outbox>>,
     wake_reporter: Arc<Notify>,
@@ -78,8 +83,6 @@ pub struct Agent {
     sync_seen: crate::decide::report::SyncSeen,
     /// (generation, where the stopped database's WAL ends), read once while it stays stopped.
     wal_end_read: Option<(Generation, Option<(u64, Timeline)>)>,
-    /// One persistent local connection for the observations.
-    observer: Observer,
     /// The generation in which pg_rewind last found nothing to undo.
     noop_rewind: Option<Generation>,
     /// When the managed parameters were last checked against what PostgreSQL runs.
@@ -123,7 +126,8 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
     }
     let agent = Agent {
         node: node.clone(),
-        pg,
+        pg: LocalPostgres::new(pg.clone()),
+        reclone_on_rewind_failure: pg.reclone_on_rewind_failure,
         holder,
         outbox,
         wake_reporter: Arc::new(Notify::new()),
@@ -137,7 +141,6 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         idle_slots_since: Default::default(),
         sync_seen: None,
         wal_end_read: None,
-        observer: Observer::default(),
         noop_rewind: None,
         managed_checked: None,
         hooks: hooks::Hooks::start(&node.cfg.hooks, &node.cfg.cluster.name, &node.cfg.node.name),
@@ -148,7 +151,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         "lease",
         lease_loop(
             node.clone(),
-            agent.pg.clone(),
+            pg,
             agent.holder.clone(),
             agent.outbox.clone(),
             agent.wake_reporter.clone(),
@@ -161,7 +164,7 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
     node.spawn("agent", agent.run(stop));
 }
 
-impl Agent {
+impl<P: Postgres> Agent<P> {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut changes = self.node.subscribe();
         let mut delay = Duration::ZERO;
@@ -189,7 +192,7 @@ impl Agent {
                     self.failures = (self.failures + 1).min(5);
                     let backoff = RETRY_BASE * 2u32.pow(self.failures);
                     let state = self.node.state().state;
-                    if wanted(&state, &self.pg.me) == Wanted::Primary {
+                    if wanted(&state, self.pg.me()) == Wanted::Primary {
                         let fresh = crate::lease::observation_max_age_ms(state.ha.lease_ms) / 2;
                         backoff.min(Duration::from_millis(fresh.max(50)))
                     } else {
@@ -212,7 +215,7 @@ impl Agent {
         let observed_at = Instant::now();
         let local = self.observe_local().await;
         let now = Instant::now();
-        let role = wanted(&state, &self.pg.me);
+        let role = wanted(&state, self.pg.me());
         if role != Wanted::Primary {
             self.holder.clear();
         }
@@ -228,10 +231,10 @@ impl Agent {
         }
         self.track_cascade(&state, now);
         let upstream = self.upstream(&state);
-        let requested = state.requests_of(&self.pg.me);
+        let requested = state.requests_of(self.pg.me());
         // A stopped PostgreSQL writes no WAL: read its end once per generation, not every tick.
         // After a failed pg_rewind the WAL on disk may be part the source's: not reported.
-        let rewinding = self.pg.rewind_marker.exists();
+        let rewinding = self.pg.rewinding();
         // A candidate reads it too: a database whose WAL stops short of its minimum recovery
         // point declines (`Controldata::short_of`); the read of its final report is reused.
         let wal_end = match (&role, &local) {
@@ -267,12 +270,12 @@ impl Agent {
         // file says where recovery must reach, which may be off the primary's line.
         let inconsistent = match (&role, &local) {
             (Wanted::Standby(_), Local::Unknown(e)) if e.contains("not yet accepting connections") => {
-                self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok()
+                self.pg.controldata().await.ok()
             }
             _ => None,
         };
         let decision = decide(&AgentInput {
-            me: &self.pg.me,
+            me: self.pg.me(),
             state: &state,
             local: &local,
             lease,
@@ -289,7 +292,7 @@ impl Agent {
             inconsistent: inconsistent.as_ref(),
             disk_full: disk_full.as_deref(),
             foreign_conf: role == Wanted::Bootstrap
-                && state.adopt.as_deref() == Some(self.pg.me.as_str())
+                && state.adopt.as_deref() == Some(self.pg.me())
                 && self.pg.conf_is_foreign(),
             adopt_configured: self.node.cfg.cluster.adopt.as_deref(),
         });
@@ -297,7 +300,7 @@ impl Agent {
         let mut acted = false;
         for action in &decision.actions {
             let current = self.node.state().state;
-            if current.generation != state.generation || wanted(&current, &self.pg.me) != role {
+            if current.generation != state.generation || wanted(&current, self.pg.me()) != role {
                 tracing::info!(
                     decided = %state.generation,
                     now = %current.generation,
@@ -364,7 +367,7 @@ impl Agent {
     /// and tries its upstream again later (`decide::agent::cascade_falls_back`).
     fn track_cascade(&mut self, state: &crate::cluster::ClusterState, now: Instant) {
         let cascading = state
-            .source_of(&self.pg.me)
+            .source_of(self.pg.me())
             .is_some_and(|s| Some(s) != state.primary_name());
         let fallen_back_ms = self
             .fallen_back_since
@@ -374,7 +377,7 @@ impl Agent {
         if falls_back == self.fallen_back_since.is_some() {
             return;
         }
-        let upstream = state.replicates_from(&self.pg.me).unwrap_or("");
+        let upstream = state.replicates_from(self.pg.me()).unwrap_or("");
         if falls_back {
             tracing::warn!(
                 "not streaming from {upstream} (my replicatefrom) for {} ms: streaming from the primary instead",
@@ -420,11 +423,11 @@ impl Agent {
     async fn observe_local(&mut self) -> Local {
         // A partial initdb (raftpg died during it) is no database: it is made again, or,
         // on a member that does not bootstrap, replaced by a clone.
-        if !self.pg.ctl.has_data() || self.pg.initdb_marker.exists() {
-            self.observer = Observer::default();
+        if !self.pg.has_database() {
+            self.pg.disconnect();
             return Local::NoData;
         }
-        let observed = self.observer.observe(&self.pg.local_conninfo(), OBSERVE_TIMEOUT).await;
+        let observed = self.pg.observe().await;
         if matches!(observed, Observation::Up(_))
             && self.managed_checked.is_none_or(|t| t.elapsed() >= MANAGED_CHECK_EVERY)
         {
@@ -434,9 +437,9 @@ impl Agent {
         match observed {
             Observation::Up(s) if s.in_recovery => Local::Standby(s),
             Observation::Up(s) => Local::Primary(s),
-            Observation::Unknown(e) if self.pg.ctl.postmaster_alive() => Local::Unknown(e),
+            Observation::Unknown(e) if self.pg.running() => Local::Unknown(e),
             Observation::Unknown(_) => Local::Stopped {
-                control: self.pg.ctl.controldata(OBSERVE_TIMEOUT).await.ok(),
+                control: self.pg.controldata().await.ok(),
             },
         }
     }
@@ -446,7 +449,7 @@ impl Agent {
     /// postgresql.conf) could, e.g., empty `synchronous_standby_names` and let a failover
     /// lose acknowledged writes. Such a setting is logged as an error and reset.
     async fn restore_managed(&mut self) {
-        let found = match tokio::time::timeout(OBSERVE_TIMEOUT, self.observer.overridden_managed()).await {
+        let found = match tokio::time::timeout(OBSERVE_TIMEOUT, self.pg.overridden_managed()).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => return tracing::debug!("cannot check the managed parameters: {e}"),
             Err(_) => return tracing::debug!("checking the managed parameters timed out"),
@@ -462,7 +465,7 @@ impl Agent {
             );
         }
         let names: Vec<String> = found.into_iter().map(|(n, _, _)| n).collect();
-        match tokio::time::timeout(OBSERVE_TIMEOUT, self.observer.reset_parameters(&names)).await {
+        match tokio::time::timeout(OBSERVE_TIMEOUT, self.pg.reset_parameters(&names)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("cannot reset {}: {e}", names.join(", ")),
             Err(_) => tracing::error!("resetting {} timed out", names.join(", ")),
@@ -472,20 +475,13 @@ impl Agent {
     /// Why a stopped PostgreSQL has no room to start, if so: less than one WAL segment
     /// (`seg`, 16 MB when not known) free on the filesystem of pg_wal or of PGDATA.
     fn disk_full(&self, seg: Option<u64>) -> Option<String> {
-        let need = seg.unwrap_or(16 << 20);
-        let data = &self.pg.ctl.data_dir;
-        [("pg_wal", data.join("pg_wal")), ("PGDATA", data.clone())]
-            .into_iter()
-            .find_map(|(what, path)| {
-                let free = crate::postgres::free_bytes(&path).ok()?;
-                (free < need).then(|| crate::postgres::no_room(what, &path, free, need))
-            })
+        self.pg.no_room(seg)
     }
 
     /// Where the stopped standby's WAL ends on disk, for its final report.
     async fn wal_end(&self, control: &Controldata) -> Option<(u64, Timeline)> {
         let seg_size = control.wal_segment_size?;
-        match self.pg.ctl.wal_end(seg_size, WAL_END_TIMEOUT).await {
+        match self.pg.wal_end(seg_size).await {
             Ok(end) => end,
             Err(e) => {
                 tracing::warn!("cannot read where my WAL ends on disk ({e}): starting in recovery to report instead");
@@ -495,9 +491,9 @@ impl Agent {
     }
 
     async fn stop_postgres(&self) {
-        if self.pg.ctl.postmaster_alive() {
+        if self.pg.running() {
             tracing::info!("stopping PostgreSQL (fast)");
-            if let Err(e) = self.pg.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await {
+            if let Err(e) = self.pg.stop(StopMode::Fast).await {
                 tracing::error!("PostgreSQL did not stop cleanly: {e}");
             }
         }
