@@ -2,13 +2,14 @@
 //!
 //!     cargo run --release --example sim -- --seeds 1000000 [--from 0] [--nodes 3] [--operator 1] [--rewind-race 1] [--pauses 1] [--switchovers 1] [--delays 1] [--membership 1] [--disk-full 1] [--lease-changes 1]
 //!     cargo run --release --example sim -- --seed 4242        # replay: prints the trace
+//!     ... --mutation 5            # a deliberately broken protocol (`sim::Mutation`, 1-6), to find seeds that catch it
 //!
 //! Exits 1 if any seed breaks an invariant; prints each failing seed with its trace.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use raftpg::sim::{run, SimConfig};
+use raftpg::sim::{run, Mutation, SimConfig};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
                 "--membership",
                 "--disk-full",
                 "--lease-changes",
+                "--mutation",
             ]
             .contains(&a.as_str())
     }) {
@@ -58,6 +60,19 @@ fn main() -> ExitCode {
     cfg.membership = value("--membership").is_some_and(|v| v != 0);
     cfg.disk_full = value("--disk-full").is_some_and(|v| v != 0);
     cfg.lease_changes = value("--lease-changes").is_some_and(|v| v != 0);
+    cfg.mutation = match value("--mutation").unwrap_or(0) {
+        0 => Mutation::None,
+        1 => Mutation::NoLeaseWait,
+        2 => Mutation::IgnoreQuorum,
+        3 => Mutation::IgnoreShortWal,
+        4 => Mutation::NoKeeperWhilePaused,
+        5 => Mutation::LeaseFromReply,
+        6 => Mutation::LeaseLengthNow,
+        n => {
+            eprintln!("--mutation {n}: use 1 (NoLeaseWait) to 6 (LeaseLengthNow), in the order of sim::Mutation");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(seed) = value("--seed") {
         let o = run(seed, &cfg);
         print!("{}", o.report());

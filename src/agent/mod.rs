@@ -404,13 +404,12 @@ impl<P: Postgres> Agent<P> {
         self.hooks.observe(report.pg, state.generation, report.timeline);
         self.node.local.set_own(report.clone(), self.gate_lsn.is_some());
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let urgent = out.report.final_position != report.final_position
-            || out.renew != d.renew_lease
-            || out.report.generation != report.generation
-            || out.report.pg != report.pg
-            || out.report.sync_applied != report.sync_applied
-            // While a primary change is under way, every WAL position counts at once.
-            || (state.pending.is_some() && out.report.lsn != report.lsn);
+        let urgent = crate::decide::report::urgent(
+            (&out.report, out.renew),
+            &report,
+            d.renew_lease,
+            state.pending.is_some(),
+        );
         out.report = report;
         out.renew = d.renew_lease;
         out.observed_at = Some(observed_at);
@@ -525,7 +524,7 @@ async fn lease_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut client = ReportClient::new(node.transport.clone());
-    let mut fenced_expiry: Option<Instant> = None;
+    let mut task = timers::LeaseTask::default();
     let lease_file = pg.ctl.socket_dir.join("lease");
     let mut keeper = match node.cfg.unsafe_for_testing.no_fence_keeper {
         true => None,
@@ -537,7 +536,6 @@ async fn lease_loop(
             }
         },
     };
-    let mut next_send = Instant::now();
     let mut checked_lease_ms = 0;
     loop {
         let known_leader = node.metrics().current_leader;
@@ -549,10 +547,8 @@ async fn lease_loop(
                 tracing::warn!("{why}");
             }
         }
-        let interval = Duration::from_millis((lease_ms / 4).max(50));
-        let expiry = holder
-            .guarded_until(state.generation, lease_ms)
-            .filter(|e| Some(*e) != fenced_expiry);
+        let interval = timers::LeaseTask::interval(lease_ms);
+        let expiry = task.guarded(holder.guarded_until(state.generation, lease_ms));
         let far = Instant::now() + Duration::from_secs(3600);
         if let Some(k) = keeper.as_mut() {
             k.set(expiry, state.paused);
@@ -568,32 +564,30 @@ async fn lease_loop(
                 }
                 return;
             }
-            _ = wake.notified() => next_send = Instant::now(),
+            _ = wake.notified() => task.send_now(),
             // A new Raft leader gets the renewal at once: an election must fit in the lease.
-            _ = leader_moves_from(&node, known_leader) => next_send = Instant::now(),
-            _ = tokio::time::sleep_until(next_send) => {}
+            _ = leader_moves_from(&node, known_leader) => task.send_now(),
+            _ = tokio::time::sleep_until(task.send_at(Instant::now())) => {}
             _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {}
         }
-        let now = Instant::now();
-        if let Some(e) = expiry.filter(|e| now >= *e) {
-            fenced_expiry = Some(e);
-            if !node.state().state.paused {
-                tracing::error!("lease expired without renewal: fencing PostgreSQL now");
-                fence(&pg).await;
-            }
+        // Once per expiry, paused or not; a paused cluster is not fenced.
+        if task.expired(expiry, Instant::now()) && !node.state().state.paused {
+            tracing::error!("lease expired without renewal: fencing PostgreSQL now");
+            fence(&pg).await;
         }
-        if Instant::now() >= next_send {
+        if task.due(Instant::now()) {
             let (report, renew) = {
                 let o = outbox.lock().unwrap_or_else(|p| p.into_inner());
-                let age = o.observed_at.map(|t| Instant::now().saturating_duration_since(t));
-                let fresh = age.is_some_and(|a| crate::lease::observation_fresh(a, lease_ms));
-                if o.renew && !fresh {
+                let now = Instant::now();
+                let renew = timers::renews(o.renew, o.observed_at, now, lease_ms);
+                if o.renew && !renew {
                     tracing::warn!(
-                        "not renewing the lease: the last observation of PostgreSQL is {age:?} old (limit {} ms)",
+                        "not renewing the lease: the last observation of PostgreSQL is {:?} old (limit {} ms)",
+                        o.observed_at.map(|t| now.saturating_duration_since(t)),
                         crate::lease::observation_max_age_ms(lease_ms)
                     );
                 }
-                (o.report.clone(), o.renew && fresh)
+                (o.report.clone(), renew)
             };
             let until_expiry = holder
                 .expiry(report.generation)
@@ -605,13 +599,7 @@ async fn lease_loop(
                 renew,
             };
             let delivered = send_report(&node, &mut client, &holder, req, timeout, lease_ms).await;
-            // Until a leader answers, try again soon rather than a whole interval later.
-            next_send = Instant::now()
-                + if delivered {
-                    interval
-                } else {
-                    interval.min(REPORT_RETRY)
-                };
+            task.sent(delivered, Instant::now(), lease_ms);
         }
     }
 }

@@ -1,9 +1,15 @@
 //! The agent's memory from one tick to the next: how long its PostgreSQL has been down,
 //! not streaming, or still receiving after streaming was stopped, and whether its primary
-//! hung. It reads no clock and does no I/O: the agent hands it `Instant::now()`, the
-//! simulation (`sim`) each node's own simulated clock, so both run this code.
+//! hung (`Timers`); and the lease task's: when it reports next, and which expiry it fenced
+//! for (`LeaseTask`). Neither reads a clock nor does I/O: the agent hands them
+//! `Instant::now()`, the simulation (`sim`) each node's own simulated clock, so both run
+//! this code.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::timing::REPORT_RETRY;
 
 use crate::decide::agent::{LeaseView, Local, Wanted};
 use crate::types::Generation;
@@ -94,6 +100,77 @@ pub fn elapsed_ms(since: Option<Instant>, now: Instant) -> u64 {
     since.map_or(0, |s| now.saturating_duration_since(s).as_millis() as u64)
 }
 
+/// The lease task's memory between wake-ups (`agent::lease_loop`): it reports to the Raft
+/// leader every `lease_ms / 4` (sooner when asked, or when a report reached no leader),
+/// and fences PostgreSQL once per lease expiry that passes unrenewed.
+#[derive(Debug, Default)]
+pub struct LeaseTask {
+    /// When the next report goes; `None`: at once.
+    next_send: Option<Instant>,
+    /// The expiry the task last fenced for.
+    fenced_expiry: Option<Instant>,
+}
+
+impl LeaseTask {
+    /// How often reports (and renewals) go: a quarter of the lease, at least 50 ms.
+    pub fn interval(lease_ms: u64) -> Duration {
+        Duration::from_millis((lease_ms / 4).max(50))
+    }
+
+    /// The expiry the task guards, given the holder's (`lease::Holder::guarded_until`):
+    /// none once it fenced for it.
+    pub fn guarded(&self, expiry: Option<Instant>) -> Option<Instant> {
+        expiry.filter(|e| Some(*e) != self.fenced_expiry)
+    }
+
+    /// Whether the guarded `expiry` has passed at `now`: then PostgreSQL is fenced, and
+    /// this expiry is not guarded again.
+    pub fn expired(&mut self, expiry: Option<Instant>, now: Instant) -> bool {
+        match expiry.filter(|e| now >= *e) {
+            Some(e) => {
+                self.fenced_expiry = Some(e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the next report is due.
+    pub fn send_at(&self, now: Instant) -> Instant {
+        self.next_send.unwrap_or(now)
+    }
+
+    /// The next report goes at once (a change to tell, a new Raft leader).
+    pub fn send_now(&mut self) {
+        self.next_send = None;
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.send_at(now)
+    }
+
+    /// A report went at `now`; `delivered`: a leader accepted it. One that reached no
+    /// leader is sent again soon rather than a whole interval later.
+    pub fn sent(&mut self, delivered: bool, now: Instant, lease_ms: u64) {
+        let interval = Self::interval(lease_ms);
+        self.next_send = Some(
+            now + if delivered {
+                interval
+            } else {
+                interval.min(REPORT_RETRY)
+            },
+        );
+    }
+}
+
+/// Whether a report that asks to renew (`renew`) may: only on an observation of PostgreSQL
+/// made at most `lease::observation_max_age_ms` before `now`, so a hung PostgreSQL or a
+/// stuck agent lets the lease lapse.
+pub fn renews(renew: bool, observed_at: Option<Instant>, now: Instant, lease_ms: u64) -> bool {
+    let age = observed_at.map(|t| now.saturating_duration_since(t));
+    renew && age.is_some_and(|a| crate::lease::observation_fresh(a, lease_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -150,6 +227,39 @@ mod tests {
         t.streaming_starts_over();
         t.observed(&follow, &standby(false, "host=n1"), at(3400));
         assert_eq!(t.not_streaming_ms(at(3500)), 100, "counted from the restart");
+    }
+
+    #[test]
+    fn the_lease_task_reports_each_quarter_lease_retries_soon_and_fences_once_per_expiry() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut task = LeaseTask::default();
+        assert!(task.due(t0), "the first report goes at once");
+        task.sent(true, at(0), 2000);
+        assert!(!task.due(at(499)) && task.due(at(500)), "every lease_ms / 4");
+        task.sent(false, at(500), 2000);
+        assert_eq!(task.send_at(at(550)), at(600), "no leader: again after REPORT_RETRY");
+        task.send_now();
+        assert!(task.due(at(550)));
+        task.sent(true, at(550), 100);
+        assert_eq!(task.send_at(at(550)), at(600), "at least every 50 ms");
+
+        let expiry = Some(at(2000));
+        assert_eq!(task.guarded(expiry), expiry);
+        assert!(!task.expired(task.guarded(expiry), at(1999)));
+        assert!(task.expired(task.guarded(expiry), at(2000)), "fenced at the expiry");
+        assert_eq!(task.guarded(expiry), None, "and not again for it");
+        assert!(!task.expired(task.guarded(expiry), at(2500)));
+        let renewed = Some(at(2600));
+        assert!(
+            task.expired(task.guarded(renewed), at(2600)),
+            "a later lease is guarded again"
+        );
+
+        assert!(renews(true, Some(at(0)), at(1000), 2000), "half a lease old");
+        assert!(!renews(true, Some(at(0)), at(1001), 2000), "older than half a lease");
+        assert!(!renews(true, None, at(0), 2000), "no observation yet");
+        assert!(!renews(false, Some(at(0)), at(0), 2000), "not asked");
     }
 
     #[test]

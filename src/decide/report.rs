@@ -93,6 +93,21 @@ fn sync_applied(state: &ClusterState, pg: &crate::postgres::PgState, seen: &mut 
     (past >= want.k).then_some(want)
 }
 
+/// Whether a new report (`report`, asking to renew or not: `renew`) goes to the Raft leader
+/// at once instead of at the next renewal interval, given the one sent before (`before`):
+/// a final position, a renewal asked or no longer asked, a new generation, role or
+/// synchronous configuration, and, while a primary change is under way (`pending`), any
+/// move of the WAL position: the controller acts on each at once.
+pub fn urgent(before: (&Report, bool), report: &Report, renew: bool, pending: bool) -> bool {
+    let (old, old_renew) = before;
+    old.final_position != report.final_position
+        || old_renew != renew
+        || old.generation != report.generation
+        || old.pg != report.pg
+        || old.sync_applied != report.sync_applied
+        || (pending && old.lsn != report.lsn)
+}
+
 /// The report for this tick: the role and position PostgreSQL showed, the decision's final
 /// position and reason, and, on a primary, whether it runs the state's synchronous
 /// configuration with the earlier ones' writes carried over (so the controller may confirm it).
@@ -216,6 +231,60 @@ mod tests {
     use crate::cluster::{apply, Command};
     use crate::postgres::{Controldata, PgState, Replica};
     use crate::types::Timeline;
+
+    #[test]
+    fn a_report_goes_at_once_for_what_the_controller_acts_on_and_waits_otherwise() {
+        use crate::decide::controller::PgRole;
+        let base = Report {
+            generation: Generation(3),
+            pg: PgRole::Standby,
+            streaming: true,
+            timeline: Some(Timeline(2)),
+            lsn: Some(0x100),
+            standby_flush: Default::default(),
+            final_position: None,
+            reason: "streaming".into(),
+            sync_applied: None,
+            pending_restart: false,
+        };
+        let at_once = |f: &dyn Fn(&mut Report), renew: bool, pending: bool| {
+            let mut r = base.clone();
+            f(&mut r);
+            urgent((&base, false), &r, renew, pending)
+        };
+        assert!(!at_once(&|_| {}, false, true), "nothing changed");
+        assert!(!at_once(&|r| r.reason = "other words".into(), false, false));
+        assert!(
+            !at_once(&|r| r.streaming = false, false, false),
+            "the controller reads it at the next report"
+        );
+        assert!(
+            !at_once(&|r| r.lsn = Some(0x200), false, false),
+            "a position, with no change under way"
+        );
+        assert!(
+            at_once(&|r| r.lsn = Some(0x200), false, true),
+            "a position, during a primary change"
+        );
+        assert!(at_once(
+            &|r| r.final_position = Some((0x100, Timeline(2))),
+            false,
+            false
+        ));
+        assert!(at_once(&|_| {}, true, false), "a renewal asked");
+        assert!(at_once(&|r| r.generation = Generation(4), false, false));
+        assert!(at_once(&|r| r.pg = PgRole::Primary, false, false));
+        assert!(at_once(
+            &|r| {
+                r.sync_applied = Some(crate::cluster::SyncConfig {
+                    standbys: ["n2".to_string()].into(),
+                    k: 1,
+                })
+            },
+            false,
+            false
+        ));
+    }
 
     fn decision() -> Decision {
         Decision {

@@ -59,7 +59,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::agent::keeper::{armed_until, still_inherited};
-use crate::agent::timers::Timers as AgentTimers;
+use crate::agent::timers::{renews, LeaseTask, Timers as AgentTimers};
 use crate::cluster::{apply, ClusterState, Command, Member, Tags};
 use crate::controller::Timers;
 use crate::decide::agent::{decide as agent_decide, wanted, Action, AgentInput, LeaseView, Local, Wanted};
@@ -428,11 +428,11 @@ struct AgentMemory {
     timers: AgentTimers,
     restarts_done: u64,
     reinits_done: u64,
-    next_report: u64,
-    fenced_expiry: Option<u64>,
+    /// The real lease task's schedule and fenced expiry, on this node's clock.
+    task: LeaseTask,
     /// The last report, whether it asks for a renewal, and the local time of the
     /// observation behind it (a renewal rests only on a fresh one, as `lease_loop`'s).
-    report: Option<(Report, bool, u64)>,
+    report: Option<(Report, bool, Instant)>,
     sync_seen: crate::decide::report::SyncSeen,
 }
 
@@ -1066,10 +1066,7 @@ impl Sim {
         n.alive = true;
         n.paused_until = None;
         n.inherited = n.keeper;
-        n.mem = AgentMemory {
-            next_report: self.now,
-            ..AgentMemory::default()
-        };
+        n.mem = AgentMemory::default();
         n.ctl = ControllerMemory::default();
         if let Some(k) = n.keeper {
             n.mem
@@ -1239,7 +1236,6 @@ impl Sim {
         let state = self.nodes[i].applied.clone();
         let me = self.nodes[i].name.clone();
         let local = self.observe(i);
-        let now = self.now;
         let clock = self.clock(i);
         let role = wanted(&state, &me);
         if role != Wanted::Primary {
@@ -1313,8 +1309,16 @@ impl Sim {
             decision.actions = vec![Action::StartStandby { upstream: None }];
         }
         let report = derive(&state, &local, &decision, &mut self.nodes[i].mem.sync_seen);
-        let observed_at = self.nodes[i].local(now);
-        self.nodes[i].mem.report = Some((report, decision.renew_lease, observed_at));
+        let observed_at = self.clock(i);
+        let m = &mut self.nodes[i].mem;
+        // As `Agent::publish`: what the controller acts on goes at once.
+        let urgent = m.report.as_ref().is_none_or(|(before, renew, _)| {
+            crate::decide::report::urgent((before, *renew), &report, decision.renew_lease, state.pending.is_some())
+        });
+        if urgent {
+            m.task.send_now();
+        }
+        m.report = Some((report, decision.renew_lease, observed_at));
         for action in &decision.actions {
             let current = self.nodes[i].applied.clone();
             if current.generation != state.generation || wanted(&current, &me) != role {
@@ -1653,45 +1657,41 @@ impl Sim {
         ));
     }
 
+    /// As `agent::lease_loop`, with its real `LeaseTask` and holder on this node's clock.
     fn lease_loop(&mut self, i: usize) {
         let local = self.nodes[i].local(self.now);
+        let clock = self.clock(i);
         let generation = self.nodes[i].applied.generation;
         let paused = self.nodes[i].applied.paused;
         let lease_ms = self.nodes[i].applied.ha.lease_ms;
-        let expiry = self.nodes[i]
-            .mem
-            .holder
-            .guarded_until(generation, lease_ms)
-            .map(|e| self.local_ms(e));
+        let m = &self.nodes[i].mem;
+        let guarded = m.task.guarded(m.holder.guarded_until(generation, lease_ms));
+        let expiry = guarded.map(|e| self.local_ms(e));
         let n = &mut self.nodes[i];
         // The keeper is armed with the lease (and, after a restart, what the last one left).
         // The real keeper's rules: the later of its own lease and the inherited one, which
         // stands (even once over) until a later lease of its own is granted.
         n.inherited = still_inherited(n.inherited, expiry, paused);
         n.keeper = Some(armed_until(expiry, n.inherited, paused)).filter(|k| *k != 0);
-        if let Some(e) = expiry.filter(|e| local >= *e && n.mem.fenced_expiry != Some(*e)) {
-            n.mem.fenced_expiry = Some(e);
-            if !paused && n.pg.run != Run::Down {
-                let name = n.name.clone();
-                n.pg.stop(false);
-                self.log(format!("{name}: lease expired: fenced PostgreSQL"));
-            }
+        if n.mem.task.expired(guarded, clock) && !paused && n.pg.run != Run::Down {
+            let name = n.name.clone();
+            n.pg.stop(false);
+            self.log(format!("{name}: lease expired: fenced PostgreSQL"));
         }
         let n = &mut self.nodes[i];
-        if self.now < n.mem.next_report {
+        if !n.mem.task.due(clock) {
             return;
         }
         let Some((report, renew, observed_at)) = n.mem.report.clone() else {
             return;
         };
-        // As `lease::observation_fresh`: a stale observation (a raftpg that was paused
-        // since) renews nothing.
-        let renew = renew && local.saturating_sub(observed_at) <= crate::lease::observation_max_age_ms(lease_ms);
+        // A stale observation (a raftpg that was paused since) renews nothing.
+        let renew = renews(renew, Some(observed_at), clock, lease_ms);
         let Some(leader) = self.leader.filter(|_| self.reaches_leader(i)) else {
-            self.nodes[i].mem.next_report = self.now + 100;
+            self.nodes[i].mem.task.sent(false, clock, lease_ms);
             return;
         };
-        self.nodes[i].mem.next_report = self.now + (lease_ms / 4).max(50);
+        self.nodes[i].mem.task.sent(true, clock, lease_ms);
         let delay = self.delay();
         self.send(Message::Report {
             arrives: self.now + delay,
