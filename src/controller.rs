@@ -250,6 +250,47 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::testing::{bootstrapped, promoting_n2};
+
+    #[test]
+    fn a_tenure_restarts_the_lease_clock_and_the_candidates_patience() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (book, mut timers) = (Book::default(), Timers::default());
+        let state = bootstrapped("n1");
+        let terms = LeaseTerms::of(&state);
+        let deadline = crate::lease::controller_deadline(state.ha.lease_ms).as_millis() as u64;
+        assert!(!timers.lead(false, &book, &state, at(0)), "a follower has no tenure");
+        assert!(timers.lead(true, &book, &state, at(100)), "a tenure begins");
+        assert!(!timers.lead(true, &book, &state, at(150)), "and goes on");
+        let g = timers.gather(&book, &state, &terms, at(100 + deadline));
+        assert_eq!(g.lease_expired_ms, None, "the clock runs from the tenure's start");
+        assert_eq!(
+            g.lease_deadline,
+            Some(at(100 + deadline + 1)),
+            "it wakes at the deadline"
+        );
+        let g = timers.gather(&book, &state, &terms, at(101 + deadline));
+        assert_eq!(g.lease_expired_ms, Some(1 + deadline));
+        book.granted("n1", state.generation, at(3000), state.ha.lease_ms);
+        assert_eq!(
+            timers
+                .gather(&book, &state, &terms, at(3000 + deadline))
+                .lease_expired_ms,
+            None
+        );
+
+        // A pending promotion is timed from when this leader first saw it, and afresh in
+        // its next tenure: it cannot know when an earlier one started the timer.
+        let pending = promoting_n2("quorum");
+        let terms = LeaseTerms::of(&pending);
+        assert_eq!(timers.gather(&book, &pending, &terms, at(5000)).pending_ms, 0);
+        assert_eq!(timers.gather(&book, &pending, &terms, at(9000)).pending_ms, 4000);
+        timers.lead(false, &book, &pending, at(9100));
+        assert!(timers.lead(true, &book, &pending, at(12000)));
+        assert_eq!(timers.gather(&book, &pending, &terms, at(12000)).pending_ms, 0);
+        assert_eq!(timers.gather(&book, &pending, &terms, at(12500)).pending_ms, 500);
+    }
 
     #[test]
     fn a_repeated_failure_is_logged_once_per_quiet_period_with_the_count_left_out() {
