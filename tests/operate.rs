@@ -96,6 +96,9 @@ async fn ctl_commands_their_errors_and_a_switchover_that_loses_nothing() {
     phase("--dry-run: the plan from the controller's own decision, nothing changed");
     let generation = c.status(1).await.unwrap().generation;
     let target = other_than(primary, &[]);
+    // Right after bootstrap a standby's last report may still be a WAL segment behind
+    // (CI: 16 MB), and a failover refuses such a target.
+    c.wait_switchover_target(target, FORM).await;
     let plan = c.ctl_ok(&["failover", "--to", &format!("n{target}"), "--dry-run"]);
     assert!(plan.contains("nothing was changed"), "{plan}");
     assert!(plan.contains("would promote: n"), "{plan}");
@@ -484,7 +487,12 @@ async fn membership_grow_remove_and_replace_while_writing() {
         format!("127.0.0.1:{}", p.http),
     );
     // n4's own endpoint first, as an operator may list every node: it knows no Raft leader
-    // yet, so ctl goes on to the next endpoint.
+    // yet, so ctl goes on to the next endpoint. Once it listens: an endpoint that does not
+    // answer is skipped without a word (CI once ran ctl before n4's server was up).
+    c.wait_for("n4's gRPC server to listen", FORM, || async {
+        std::net::TcpStream::connect(&grpc).ok().map(|_| ())
+    })
+    .await;
     let (ok, out, err) = c.ctl_at(
         &format!("{grpc},{}", c.endpoints()),
         &[
