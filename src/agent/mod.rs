@@ -256,8 +256,8 @@ impl<P: Postgres> Agent<P> {
             }
         };
         let disk_full = match &local {
-            Local::Stopped { control } => self.disk_full(control.as_ref().and_then(|c| c.wal_segment_size)),
-            Local::NoData => self.disk_full(None),
+            Local::Stopped { control } => self.pg.no_room(control.as_ref().and_then(|c| c.wal_segment_size)),
+            Local::NoData => self.pg.no_room(None),
             _ => None,
         };
         let idle_ms = self
@@ -469,12 +469,6 @@ impl<P: Postgres> Agent<P> {
             Ok(Err(e)) => tracing::error!("cannot reset {}: {e}", names.join(", ")),
             Err(_) => tracing::error!("resetting {} timed out", names.join(", ")),
         }
-    }
-
-    /// Why a stopped PostgreSQL has no room to start, if so: less than one WAL segment
-    /// (`seg`, 16 MB when not known) free on the filesystem of pg_wal or of PGDATA.
-    fn disk_full(&self, seg: Option<u64>) -> Option<String> {
-        self.pg.no_room(seg)
     }
 
     /// Where the stopped standby's WAL ends on disk, for its final report.

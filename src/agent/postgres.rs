@@ -50,6 +50,7 @@ pub trait Postgres: Send + Sync + 'static {
     fn wal_end(&self, seg_size: u64) -> impl Future<Output = Result<Option<(u64, Timeline)>, PgError>> + Send;
     /// Why a stopped PostgreSQL has no room to start (less than one WAL segment free on
     /// pg_wal's or PGDATA's filesystem), if so.
+    /// (`seg_size`: 16 MB when not known.)
     fn no_room(&self, seg_size: Option<u64>) -> Option<String>;
     /// PGDATA's `postgresql.conf` exists and was not written by raftpg.
     fn conf_is_foreign(&self) -> bool;
@@ -169,6 +170,18 @@ impl LocalPostgres {
         if pg.ctl.postmaster_alive() {
             super::fence(pg).await;
         }
+    }
+}
+
+impl LocalPostgres {
+    /// Runs `sql` on member `source`'s PostgreSQL as superuser (pg_rewind's source).
+    async fn execute_on(&self, state: &ClusterState, source: &str, sql: &str) -> anyhow::Result<()> {
+        let client = self
+            .node
+            .superuser_client(state, source)
+            .with_context(|| format!("{source} is not a member to rewind onto"))?;
+        self.node.connect_remote(&client).await?.batch_execute(sql).await?;
+        Ok(())
     }
 }
 
@@ -505,29 +518,11 @@ impl Postgres for LocalPostgres {
     }
 
     async fn checkpoint_on(&self, state: &ClusterState, source: &str) -> anyhow::Result<()> {
-        let client = self
-            .node
-            .superuser_client(state, source)
-            .with_context(|| format!("{source} is not a member to rewind onto"))?;
-        let c = self.node.connect_remote(&client).await?;
-        c.batch_execute("CHECKPOINT").await?;
-        Ok(())
+        self.execute_on(state, source, "CHECKPOINT").await
     }
 
     async fn answers(&self, state: &ClusterState, source: &str) -> anyhow::Result<()> {
-        let client = self
-            .node
-            .superuser_client(state, source)
-            .with_context(|| format!("{source} is not a member"))?;
-        let answered = async {
-            self.node
-                .connect_remote(&client)
-                .await?
-                .batch_execute("SELECT 1")
-                .await?;
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(QUERY_TIMEOUT, answered)
+        tokio::time::timeout(QUERY_TIMEOUT, self.execute_on(state, source, "SELECT 1"))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
     }

@@ -53,7 +53,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -971,23 +970,17 @@ impl Sim {
                 .get(&to)
                 .is_some_and(|(_, r)| r.streaming && r.generation == generation)
         });
-        let via = (0..self.nodes.len()).find(|j| self.reaches_leader(*j));
-        let Some(j) = via.filter(|_| streams && self.state.primary_name().is_some_and(|p| p != to)) else {
-            return self.log(format!(
-                "operator: no switchover to {to} (not a streaming standby, or no leader)"
-            ));
-        };
+        if !streams || self.state.primary_name().is_none_or(|p| p == to) {
+            return self.log(format!("operator: no switchover to {to} (not a streaming standby)"));
+        }
         let cmd = Command::BeginSwitchover {
             generation,
             to: to.clone(),
             reason: "simulated operator".into(),
         };
-        match self.propose(j, cmd) {
-            Ok(()) => {
-                self.log(format!("operator: switchover to {to} begun"));
-                self.switchovers += 1;
-            }
-            Err(e) => self.log(format!("operator: switchover to {to} refused: {e}")),
+        if self.operator_proposes(cmd, &format!("switch over to {to}")) {
+            self.log(format!("operator: switchover to {to} begun"));
+            self.switchovers += 1;
         }
     }
 
