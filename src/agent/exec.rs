@@ -219,7 +219,7 @@ impl<P: Postgres> Agent<P> {
             report,
             renew: true,
         };
-        let mut client = ReportClient::new(self.node.transport.clone());
+        let mut client = ReportClient::new(self.node.wire.clone());
         let reply = super::ask_leader(&self.node, &mut client, &req, PROPOSE_TIMEOUT)
             .await
             .map_err(|e| {

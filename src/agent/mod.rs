@@ -517,7 +517,7 @@ async fn lease_loop(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = ReportClient::new(node.transport.clone());
+    let mut client = ReportClient::new(node.wire.clone());
     let mut task = timers::LeaseTask::default();
     let lease_file = pg.ctl.socket_dir.join("lease");
     let mut keeper = match node.cfg.unsafe_for_testing.no_fence_keeper {

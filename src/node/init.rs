@@ -13,12 +13,11 @@ use std::time::Duration;
 use openraft::BasicNode;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::config::Config;
-use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::ProbeRequest;
-use crate::raft::network::channel;
+use crate::raft::wire::{Wire, WireError};
 use crate::raft::Raft;
-use crate::tls::Transport;
 
 /// How often a pristine node looks again for its peers.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
@@ -43,7 +42,7 @@ pub fn should_initialize(members: usize, peers: &[PeerInit]) -> bool {
 pub async fn ensure_initialized(
     raft: Raft,
     cfg: Config,
-    transport: Transport,
+    wire: Arc<dyn Wire>,
     rpc_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -71,7 +70,7 @@ pub async fn ensure_initialized(
         let probes = futures::future::join_all(
             peers
                 .iter()
-                .map(|p| probe(&transport, &p.raft, &cfg.cluster.name, rpc_timeout)),
+                .map(|p| probe(wire.as_ref(), &p.raft, &cfg.cluster.name, rpc_timeout)),
         )
         .await;
         if should_initialize(cfg.members.len(), &probes) {
@@ -104,18 +103,18 @@ pub async fn ensure_initialized(
     }
 }
 
-async fn probe(transport: &Transport, addr: &str, cluster: &str, timeout: Duration) -> PeerInit {
-    let Ok(ch) = channel(transport, addr, timeout) else {
+async fn probe(wire: &dyn Wire, addr: &str, cluster: &str, timeout: Duration) -> PeerInit {
+    let Ok(link) = wire.link(addr, timeout) else {
         return PeerInit::Unreachable;
     };
-    let req = ProbeRequest {
-        cluster: cluster.to_string(),
-    };
-    match RaftServiceClient::new(ch).probe(transport.request(req)).await {
-        Ok(r) if r.get_ref().initialized => PeerInit::Initialized,
-        Ok(_) => PeerInit::Pristine,
-        Err(s) if s.code() == tonic::Code::PermissionDenied => {
-            tracing::error!(%addr, "peer refused us: {}", s.message());
+    match link.probe(cluster.to_string(), timeout).await {
+        Ok(true) => PeerInit::Initialized,
+        Ok(false) => PeerInit::Pristine,
+        Err(WireError::Failed {
+            code: tonic::Code::PermissionDenied,
+            message,
+        }) => {
+            tracing::error!(%addr, "peer refused us: {message}");
             PeerInit::Unreachable
         }
         Err(_) => PeerInit::Unreachable,

@@ -8,6 +8,8 @@
 
 mod init;
 mod membership;
+#[cfg(test)]
+mod memory_tests;
 mod propose;
 pub mod report;
 pub mod status;
@@ -37,6 +39,7 @@ use crate::raft::network::Network;
 use crate::raft::service::{LeaderContact, RaftServer};
 use crate::raft::state_machine::{AppliedState, StateMachine};
 use crate::raft::store::Store;
+use crate::raft::wire::{GrpcWire, MemoryNet, Wire};
 use crate::raft::{Raft, RaftMetrics};
 
 /// The longest any Raft RPC may run on the server (a snapshot included: the state is small).
@@ -58,6 +61,8 @@ pub struct Node {
     pub local: status::LocalStatus,
     /// How this node reaches its peers (TLS or plaintext, with its identity headers).
     pub transport: crate::tls::Transport,
+    /// What carries every message to another node: Raft's, reports, forwarded proposals.
+    pub wire: Arc<dyn Wire>,
     /// This node's TLS material, when `[tls]` is configured.
     pub tls: Option<crate::tls::Tls>,
     stop_tx: Arc<tokio_watch::Sender<bool>>,
@@ -72,6 +77,16 @@ impl Node {
     /// Starts the Raft member: store, Raft, its server, initialisation and watchers.
     /// `app::start` adds the control API, the HTTP server, the controller and the agent.
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        Node::start_on(cfg, None).await
+    }
+
+    /// Starts the Raft member on `net` instead of gRPC: its peers are the nodes of the same
+    /// `MemoryNet`, and it listens on no port (the in-process test tier).
+    pub async fn start_in_memory(cfg: Config, net: &MemoryNet) -> anyhow::Result<Node> {
+        Node::start_on(cfg, Some(net.clone())).await
+    }
+
+    async fn start_on(cfg: Config, memory: Option<MemoryNet>) -> anyhow::Result<Node> {
         let me = cfg.me().clone();
         let store = Store::open(&cfg.raft_dir())?;
         crate::raft::log_store::verify(&store, &cfg.raft_dir())?;
@@ -84,12 +99,16 @@ impl Node {
             None => None,
         };
         let transport = crate::tls::Transport::new(tls.as_ref(), &cfg.cluster.name, &me.name)?;
+        let wire: Arc<dyn Wire> = match &memory {
+            Some(net) => Arc::new(net.wire(&me.raft, transport.clone())),
+            None => Arc::new(GrpcWire::new(transport.clone())),
+        };
         let raft = Raft::new(
             me.id,
             Arc::new(raft_cfg),
             Network {
                 rpc_timeout,
-                transport: transport.clone(),
+                wire: wire.clone(),
             },
             log_store,
             sm.clone(),
@@ -97,7 +116,10 @@ impl Node {
         .await
         .context("cannot start Raft")?;
 
-        let raft_listener = bind(&me.raft, "members[].raft").await?;
+        let raft_listener = match memory {
+            Some(_) => None,
+            None => Some(bind(&me.raft, "members[].raft").await?),
+        };
         let (stop_tx, stop_rx) = tokio_watch::channel(false);
         let node = Node {
             raft: raft.clone(),
@@ -107,6 +129,7 @@ impl Node {
             book: Book::default(),
             local: status::LocalStatus::default(),
             transport: transport.clone(),
+            wire: wire.clone(),
             tls: tls.clone(),
             stop_tx: Arc::new(stop_tx),
             leave_postgres: Arc::default(),
@@ -114,7 +137,7 @@ impl Node {
             failure: Arc::new(tokio_watch::channel(None).0),
         };
 
-        let raft_svc = RaftServiceServer::new(RaftServer {
+        let server = Arc::new(RaftServer {
             raft: raft.clone(),
             node_id: me.id,
             cluster: cfg.cluster.name.clone(),
@@ -122,29 +145,36 @@ impl Node {
             leader_contact: node.leader_contact.clone(),
             sm: sm.clone(),
             book: node.book.clone(),
-        })
-        .max_decoding_message_size(64 << 20);
-        node.spawn(
-            "raft server",
-            serve(
-                // Every Raft RPC has a deadline on the server too: a peer cannot hold one open.
-                server_builder(tls.as_ref())?
-                    .timeout(RAFT_SERVER_TIMEOUT)
-                    .add_service(raft_svc),
-                raft_listener,
-                stop_rx.clone(),
-                "raft",
-            ),
-        );
+        });
+        match (raft_listener, memory) {
+            (Some(listener), _) => {
+                let raft_svc = RaftServiceServer::from_arc(server).max_decoding_message_size(64 << 20);
+                node.spawn(
+                    "raft server",
+                    serve(
+                        // Every Raft RPC has a deadline on the server too: a peer cannot hold one open.
+                        server_builder(tls.as_ref())?
+                            .timeout(RAFT_SERVER_TIMEOUT)
+                            .add_service(raft_svc),
+                        listener,
+                        stop_rx.clone(),
+                        "raft",
+                    ),
+                );
+            }
+            (None, Some(net)) => {
+                net.attach(&me.raft, server);
+                let (addr, mut stop) = (me.raft.clone(), stop_rx.clone());
+                node.spawn("memory server", async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                    net.detach(&addr);
+                });
+            }
+            (None, None) => unreachable!("a node without a listener is on a MemoryNet"),
+        }
         node.spawn(
             "initialisation",
-            init::ensure_initialized(
-                raft.clone(),
-                cfg.clone(),
-                transport.clone(),
-                rpc_timeout,
-                stop_rx.clone(),
-            ),
+            init::ensure_initialized(raft.clone(), cfg.clone(), wire.clone(), rpc_timeout, stop_rx.clone()),
         );
         node.spawn("role log", watch::log_role_changes(node.clone(), stop_rx.clone()));
         node.spawn("leader duties", watch::leader_duties(node.clone(), stop_rx.clone()));
@@ -231,7 +261,7 @@ impl Node {
 
     /// Proposes a command from this node; forwarded to the Raft leader if needed.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Committed, ProposeError> {
-        propose::propose(&self.raft, &self.transport, cmd, timeout, self.rpc_timeout()).await
+        propose::propose(&self.raft, self.wire.as_ref(), cmd, timeout, self.rpc_timeout()).await
     }
 
     /// Proposes a command only while this node is the Raft leader (the controller's decisions).

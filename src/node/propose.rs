@@ -5,12 +5,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::cluster::{Applied, Command, Rejection};
-use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::RaftMessage;
 use crate::raft::codec::{decode, encode};
 use crate::raft::service::ForwardReply;
+use crate::raft::wire::{Rpc, Wire};
 use crate::raft::Raft;
-use crate::tls::Transport;
 
 /// Longest pause between two attempts while no leader is known.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(200);
@@ -59,7 +57,7 @@ pub enum ProposeError {
 /// idempotent or compare-and-set, so trying again is safe.
 pub async fn propose(
     raft: &Raft,
-    transport: &Transport,
+    wire: &dyn Wire,
     cmd: Command,
     timeout: Duration,
     rpc_timeout: Duration,
@@ -79,7 +77,7 @@ pub async fn propose(
                     (Some(id), Some(node)) if id != *raft.node_id() => {
                         last_leader = Some(format!("node {id} at {}", node.addr));
                         forward(
-                            transport,
+                            wire,
                             &node.addr,
                             &cmd,
                             deadline.saturating_duration_since(Instant::now()).max(rpc_timeout),
@@ -135,30 +133,20 @@ fn finish(log_index: u64, result: Result<Applied, Rejection>) -> Result<Committe
 
 /// One forwarding attempt; `None` means "try again" (leader moved or unreachable).
 async fn forward(
-    transport: &Transport,
+    wire: &dyn Wire,
     addr: &str,
     cmd: &Command,
     rpc_timeout: Duration,
 ) -> Option<Result<Committed, ProposeError>> {
-    // One long-lived connection per leader address: a TLS handshake per proposal cost
-    // about 0.6 ms (commit_latency bench).
-    let ch = transport.shared_channel(addr).ok()?;
-    let mut client = RaftServiceClient::new(ch);
-    let mut req = transport.request(RaftMessage { payload: encode(cmd) });
-    req.set_timeout(rpc_timeout);
-    let reply = tokio::time::timeout(rpc_timeout, client.forward(req)).await;
-    let reply = match reply {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(status)) => {
-            tracing::debug!(%addr, %status, "forwarding to the Raft leader failed; retrying");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%addr, "forwarding to the Raft leader got no answer within {rpc_timeout:?}; retrying");
+    let link = wire.shared(addr).ok()?;
+    let reply = match link.call(Rpc::Forward, encode(cmd), rpc_timeout).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%addr, "forwarding to the Raft leader failed ({e}); retrying");
             return None;
         }
     };
-    match decode::<ForwardReply>(&reply.payload, "forward reply") {
+    match decode::<ForwardReply>(&reply, "forward reply") {
         Ok(ForwardReply::Committed { log_index, result }) => Some(finish(log_index, result)),
         Ok(ForwardReply::NotLeader { .. }) | Err(_) => None,
     }

@@ -8,19 +8,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use openraft::ReadPolicy;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::lease::Book;
-use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::RaftMessage;
 pub use crate::protocol::{ReportReply, ReportRequest};
 use crate::raft::codec::{decode, encode};
-use crate::raft::network::channel;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::wire::{Link, Rpc, Wire, WireError};
 use crate::raft::Raft;
-use crate::tls::Transport;
 
 /// The leader's handler (called over gRPC or in-process).
 pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequest) -> ReportReply {
@@ -47,36 +45,30 @@ pub async fn handle(raft: &Raft, sm: &StateMachine, book: &Book, req: ReportRequ
     ReportReply::Accepted { lease_granted, view }
 }
 
-/// The agent's side: sends to whoever leads, keeping one channel per address.
+/// The agent's side: sends to whoever leads, keeping one link per address.
 pub struct ReportClient {
-    transport: Transport,
-    cached: Option<(String, RaftServiceClient<Channel>)>,
+    wire: Arc<dyn Wire>,
+    cached: Option<(String, Box<dyn Link>)>,
 }
 
 impl ReportClient {
-    pub fn new(transport: Transport) -> ReportClient {
-        ReportClient {
-            transport,
-            cached: None,
-        }
+    pub fn new(wire: Arc<dyn Wire>) -> ReportClient {
+        ReportClient { wire, cached: None }
     }
 
     /// Sends `req` to the Raft leader at `addr` within `timeout`.
     pub async fn send(&mut self, addr: &str, req: &ReportRequest, timeout: Duration) -> Result<ReportReply, String> {
         if self.cached.as_ref().is_none_or(|(a, _)| a != addr) {
-            let ch = channel(&self.transport, addr, timeout)?;
-            self.cached = Some((addr.to_string(), RaftServiceClient::new(ch)));
+            self.cached = Some((addr.to_string(), self.wire.link(addr, timeout)?));
         }
-        let (_, client) = self.cached.as_mut().expect("set above");
-        let mut request = self.transport.request(RaftMessage { payload: encode(req) });
-        request.set_timeout(timeout);
-        let reply = tokio::time::timeout(timeout, client.report(request))
-            .await
-            .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
-            .map_err(|s| {
+        let (_, link) = self.cached.as_ref().expect("set above");
+        let reply = link.call(Rpc::Report, encode(req), timeout).await.map_err(|e| {
+            // A timeout keeps the link; a refused or broken call opens a new one next time.
+            if !matches!(e, WireError::Timeout(_)) {
                 self.cached = None;
-                s.message().to_string()
-            })?;
-        decode(&reply.into_inner().payload, "report reply").map_err(|e| e.to_string())
+            }
+            e.to_string()
+        })?;
+        decode(&reply, "report reply").map_err(|e| e.to_string())
     }
 }

@@ -1,4 +1,4 @@
-//! The openraft adapter: type configuration, sled storage, gRPC transport.
+//! The openraft adapter: type configuration, sled storage, the network between nodes.
 //!
 //! Nothing here decides anything about PostgreSQL; it only makes the
 //! replicated log durable and moves Raft messages between nodes.
@@ -10,6 +10,7 @@ pub mod service;
 pub mod state_machine;
 pub mod store;
 pub mod types;
+pub mod wire;
 
 pub use types::*;
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode, encode};
 use super::types::*;
+use super::wire::Rpc;
 use crate::cluster::Command;
 use crate::pb::raft::raft_service_server::RaftService;
 use crate::pb::raft::{snapshot_chunk, ProbeRequest, ProbeResponse, RaftMessage, SnapshotChunk};
@@ -167,6 +168,55 @@ impl RaftServer {
     }
 }
 
+fn too_large() -> Status {
+    Status::resource_exhausted(format!("snapshot larger than {MAX_SNAPSHOT_BYTES} bytes refused"))
+}
+
+/// The calls of `wire::MemoryWire`: the same handlers as over gRPC, the same checks.
+impl RaftServer {
+    /// One unary call, as its gRPC method handles it.
+    pub async fn handle(&self, rpc: Rpc, req: Request<RaftMessage>) -> Result<RaftMessage, Status> {
+        let reply = match rpc {
+            Rpc::Vote => self.vote(req).await,
+            Rpc::PreVote => self.pre_vote(req).await,
+            Rpc::AppendEntries => self.append_entries(req).await,
+            Rpc::TransferLeader => self.transfer_leader(req).await,
+            Rpc::Report => self.report(req).await,
+            Rpc::Forward => self.forward(req).await,
+        };
+        reply.map(Response::into_inner)
+    }
+
+    /// A whole snapshot, as `install_snapshot` handles its chunks.
+    pub async fn install_whole(&self, req: Request<()>, meta: &[u8], data: Vec<u8>) -> Result<RaftMessage, Status> {
+        let sender = self.sender(&req, "InstallSnapshot")?;
+        let (vote, meta) = self.snapshot_meta(&sender, meta)?;
+        if data.len() > MAX_SNAPSHOT_BYTES {
+            return Err(too_large());
+        }
+        self.install(vote, meta, data).await.map(Response::into_inner)
+    }
+
+    /// The snapshot's vote and metadata, the vote checked against the sender.
+    fn snapshot_meta(&self, sender: &Option<Sender>, meta: &[u8]) -> Result<(Vote, SnapshotMeta), Status> {
+        let (vote, meta): (Vote, SnapshotMeta) =
+            decode(meta, "snapshot metadata").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_claim(sender, voter(&vote), "InstallSnapshot")?;
+        Ok((vote, meta))
+    }
+
+    async fn install(&self, vote: Vote, meta: SnapshotMeta, data: Vec<u8>) -> Result<Response<RaftMessage>, Status> {
+        let snapshot = Snapshot { meta, snapshot: data };
+        reply(
+            &self
+                .raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(internal)?,
+        )
+    }
+}
+
 /// A refused request: logged, and answered PERMISSION_DENIED.
 fn refuse(what: &str, certificate: &str, why: String) -> Status {
     tracing::warn!(%what, %certificate, "refused a Raft request: {why}");
@@ -212,29 +262,18 @@ impl RaftService for RaftServer {
                 "the first snapshot chunk must carry the metadata",
             ));
         };
-        let (vote, meta): (Vote, SnapshotMeta) =
-            decode(&meta, "snapshot metadata").map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.check_claim(&sender, voter(&vote), "InstallSnapshot")?;
+        let (vote, meta) = self.snapshot_meta(&sender, &meta)?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk?.chunk {
                 Some(snapshot_chunk::Chunk::Data(d)) if data.len() + d.len() > MAX_SNAPSHOT_BYTES => {
-                    return Err(Status::resource_exhausted(format!(
-                        "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes refused"
-                    )))
+                    return Err(too_large())
                 }
                 Some(snapshot_chunk::Chunk::Data(d)) => data.extend_from_slice(&d),
                 _ => return Err(Status::invalid_argument("only data chunks may follow the metadata")),
             }
         }
-        let snapshot = Snapshot { meta, snapshot: data };
-        reply(
-            &self
-                .raft
-                .install_full_snapshot(vote, snapshot)
-                .await
-                .map_err(internal)?,
-        )
+        self.install(vote, meta, data).await
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

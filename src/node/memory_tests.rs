@@ -1,0 +1,348 @@
+//! The in-process tier: three real nodes (openraft, the sled store, the state machine, the
+//! report handler and the lease book) in one test, connected by a `MemoryNet` instead of
+//! gRPC, with messages lost per direction. Between the pure tests and real processes: it
+//! checks what the composition of openraft and raftpg's own Raft code must guarantee,
+//! faults included, in seconds and without a port.
+
+use std::time::Duration;
+
+use super::report::{ReportClient, ReportReply, ReportRequest};
+use super::*;
+use crate::protocol::{PgRole, Report};
+use crate::raft::wire::MemoryNet;
+use crate::types::Generation;
+
+/// Long enough for an election on a loaded CI machine; the tests wait for conditions.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Trio {
+    net: MemoryNet,
+    nodes: Vec<Option<Node>>,
+    dir: tempfile::TempDir,
+}
+
+fn addr(k: usize) -> String {
+    format!("127.0.0.1:{}", 1000 + k)
+}
+
+fn config(dir: &std::path::Path, k: usize) -> Config {
+    let mut text = format!(
+        "[node]\nname = \"n{k}\"\ndata_dir = \"{}/n{k}\"\n\n\
+         [raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n\
+         rpc_timeout_ms = 300\nsnapshot_after_logs = 10\nlogs_to_keep = 2\n\n\
+         [postgres]\nmanage = false\nsuperuser_password_file = \"{0}/su.password\"\nreplication_password_file = \"{0}/repl.password\"\n",
+        dir.display()
+    );
+    for m in 1..=3 {
+        text += &format!(
+            "\n[[members]]\nname = \"n{m}\"\nid = {m}\nraft = \"{}\"\ngrpc = \"127.0.0.1:{}\"\n\
+             pg = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+            addr(m),
+            2000 + m,
+            3000 + m,
+            4000 + m
+        );
+    }
+    Config::parse(&text, "memory-test.toml").expect("valid test config")
+}
+
+impl Trio {
+    async fn start() -> Trio {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let net = MemoryNet::default();
+        let mut nodes = Vec::new();
+        for k in 1..=3 {
+            nodes.push(Some(
+                Node::start_in_memory(config(dir.path(), k), &net)
+                    .await
+                    .expect("node starts"),
+            ));
+        }
+        let t = Trio { net, nodes, dir };
+        // The first leader commits `Init` with the configured members.
+        for (k, n) in t.running() {
+            let mut state = n.subscribe();
+            tokio::time::timeout(WAIT, state.wait_for(|s| s.state.initialized))
+                .await
+                .unwrap_or_else(|_| panic!("n{k} applied no Init"))
+                .expect("the state machine runs");
+        }
+        t
+    }
+
+    fn node(&self, k: usize) -> &Node {
+        self.nodes[k - 1].as_ref().expect("node runs")
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i + 1, n)))
+    }
+
+    /// Waits until node `k` sees a leader other than `not`, and returns it.
+    async fn leader_seen_by(&self, k: usize, not: Option<u64>) -> u64 {
+        let m = self
+            .node(k)
+            .raft
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != not,
+                "a leader is known",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("n{k} saw no leader (other than {not:?}): {e}"));
+        m.current_leader.expect("checked")
+    }
+
+    /// Waits until every running node has applied `index`.
+    async fn applied_everywhere(&self, index: u64) {
+        for (k, n) in self.running() {
+            n.raft
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(index), "applied")
+                .await
+                .unwrap_or_else(|e| panic!("n{k} did not apply {index}: {e}"));
+        }
+    }
+
+    async fn stop(&mut self, k: usize) {
+        let n = self.nodes[k - 1].take().expect("node runs");
+        n.shutdown().await;
+    }
+
+    async fn restart(&mut self, k: usize) {
+        let n = Node::start_in_memory(config(self.dir.path(), k), &self.net)
+            .await
+            .expect("node restarts");
+        self.nodes[k - 1] = Some(n);
+    }
+
+    async fn shutdown(mut self) {
+        for k in 1..=3 {
+            if self.nodes[k - 1].is_some() {
+                self.stop(k).await;
+            }
+        }
+    }
+}
+
+fn set(key: &str, value: &str) -> Command {
+    Command::SetConfig {
+        key: key.to_string(),
+        value: Some(value.to_string()),
+    }
+}
+
+fn renewal(node: &str, generation: Generation) -> ReportRequest {
+    ReportRequest {
+        node: node.to_string(),
+        report: Report {
+            generation,
+            pg: PgRole::Primary,
+            streaming: false,
+            timeline: None,
+            lsn: Some(0),
+            standby_flush: Default::default(),
+            final_position: None,
+            reason: String::new(),
+            sync_applied: None,
+            pending_restart: false,
+        },
+        renew: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_and_commit_what_any_of_them_proposes() {
+    let t = Trio::start().await;
+    let leader = t.leader_seen_by(1, None).await;
+    for k in 1..=3 {
+        assert_eq!(t.leader_seen_by(k, None).await, leader, "n{k} names the same leader");
+    }
+    let mut last = 0;
+    for k in 1..=3 {
+        // Followers forward through the wire's Forward call; the leader commits locally.
+        let committed = t
+            .node(k)
+            .propose(set("postgresql.parameters.work_mem", &format!("{k}MB")), WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("n{k}'s proposal: {e}"));
+        last = committed.log_index;
+    }
+    t.applied_everywhere(last).await;
+    for (k, n) in t.running() {
+        let state = n.state().state;
+        assert_eq!(
+            state
+                .config_pairs()
+                .get("postgresql.parameters.work_mem")
+                .map(String::as_str),
+            Some("3MB"),
+            "n{k}'s state"
+        );
+        assert_eq!(state.members.len(), 3, "n{k} knows the three members");
+    }
+    t.shutdown().await;
+}
+
+/// The lease's premise, on real openraft: a Raft leader cut off from the others grants no
+/// renewal (its ReadIndex finds no quorum), while the majority elects another leader that
+/// commits; once healed, the old leader follows and has every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_grants_no_renewal_while_the_majority_goes_on() {
+    let t = Trio::start().await;
+    let leader = t.leader_seen_by(1, None).await;
+    let l = leader as usize;
+    let primary = 1 + l % 3; // a follower is the primary, as the controller keeps it
+    let other = 1 + primary % 3;
+    assert!(other != l && other != primary);
+    let p_name = format!("n{primary}");
+    t.node(l)
+        .propose(Command::ChooseBootstrap { node: p_name.clone() }, WAIT)
+        .await
+        .expect("choose bootstrap");
+    let boot = t
+        .node(other)
+        .propose(
+            Command::Bootstrap {
+                node: p_name.clone(),
+                system_identifier: 7,
+            },
+            WAIT,
+        )
+        .await
+        .expect("bootstrap");
+    t.applied_everywhere(boot.log_index).await;
+    let generation = t.node(primary).state().state.generation;
+
+    // The primary's renewal travels over the wire's Report call to the leader.
+    let mut client = ReportClient::new(t.node(primary).wire.clone());
+    let reply = client
+        .send(&addr(l), &renewal(&p_name, generation), WAIT)
+        .await
+        .expect("the leader answers");
+    assert!(
+        matches!(
+            reply,
+            ReportReply::Accepted {
+                lease_granted: true,
+                ..
+            }
+        ),
+        "a connected leader grants the primary's renewal: {reply:?}"
+    );
+    let reply = client
+        .send(&addr(other), &renewal(&p_name, generation), WAIT)
+        .await
+        .expect("a follower answers");
+    assert!(
+        matches!(reply, ReportReply::NotLeader { leader: Some(x) } if x == leader),
+        "a follower refuses and names the leader: {reply:?}"
+    );
+
+    t.net.isolate(&addr(l));
+    let old = t.node(l);
+    // As the primary's agent would ask it, were the primary on the leader's node.
+    let reply = tokio::time::timeout(
+        WAIT,
+        report::handle(&old.raft, &old.sm, &old.book, renewal(&p_name, generation)),
+    )
+    .await
+    .expect("the isolated leader answers once its leadership is not confirmed");
+    assert!(
+        matches!(reply, ReportReply::NotLeader { .. }),
+        "an isolated leader must not grant a renewal: {reply:?}"
+    );
+    let new_leader = t.leader_seen_by(primary, Some(leader)).await;
+    assert_eq!(t.leader_seen_by(other, Some(leader)).await, new_leader);
+    let reply = client
+        .send(&addr(new_leader as usize), &renewal(&p_name, generation), WAIT)
+        .await
+        .expect("the new leader answers");
+    assert!(
+        matches!(
+            reply,
+            ReportReply::Accepted {
+                lease_granted: true,
+                ..
+            }
+        ),
+        "the new leader grants the renewal: {reply:?}"
+    );
+    let during = t
+        .node(other)
+        .propose(set("lease_ms", "3000"), WAIT)
+        .await
+        .expect("the majority commits");
+    let refused = old.propose(set("lease_ms", "4000"), Duration::from_millis(1500)).await;
+    assert!(refused.is_err(), "the isolated node cannot commit: {refused:?}");
+
+    t.net.heal();
+    t.applied_everywhere(during.log_index).await;
+    assert_eq!(
+        t.leader_seen_by(l, Some(leader)).await,
+        new_leader,
+        "the old leader follows"
+    );
+    assert_eq!(t.node(l).state().state.ha.lease_ms, 3000);
+    t.shutdown().await;
+}
+
+/// A node that was down while the log was purged behind a snapshot catches up from the
+/// snapshot, sent whole over the wire; a lost direction alone stops replication too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_the_log_was_purged_installs_the_snapshot() {
+    let mut t = Trio::start().await;
+    let leader = t.leader_seen_by(1, None).await as usize;
+    let down = 1 + leader % 3;
+    t.stop(down).await;
+    let mut last = 0;
+    for i in 0..30 {
+        last = t
+            .node(leader)
+            .propose(set("postgresql.parameters.work_mem", &format!("{i}MB")), WAIT)
+            .await
+            .expect("two of three commit")
+            .log_index;
+    }
+    t.node(leader)
+        .raft
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 1), "log purged")
+        .await
+        .expect("the leader snapshots and purges its log");
+    t.restart(down).await;
+    t.applied_everywhere(last).await;
+    let snapshot = t.node(down).metrics().snapshot;
+    assert!(snapshot.is_some(), "n{down} caught up from a snapshot");
+    assert_eq!(
+        t.node(down)
+            .state()
+            .state
+            .config_pairs()
+            .get("postgresql.parameters.work_mem")
+            .map(String::as_str),
+        Some("29MB")
+    );
+
+    // The leader's messages to that node are lost, its replies would not be: nothing applies.
+    t.net.cut(&addr(leader), &addr(down));
+    let cut_off = t
+        .node(leader)
+        .propose(set("postgresql.parameters.work_mem", "64MB"), WAIT)
+        .await
+        .expect("the other follower makes a quorum")
+        .log_index;
+    let lagging = t
+        .node(down)
+        .raft
+        .wait(Some(Duration::from_millis(600)))
+        .applied_index_at_least(Some(cut_off), "applied across the cut")
+        .await;
+    assert!(lagging.is_err(), "n{down} applied an entry it never received");
+    t.net.heal();
+    t.applied_everywhere(cut_off).await;
+    t.shutdown().await;
+}
