@@ -28,8 +28,7 @@ fn addr(k: usize) -> String {
 fn config(dir: &std::path::Path, k: usize) -> Config {
     let mut text = format!(
         "[node]\nname = \"n{k}\"\ndata_dir = \"{}/n{k}\"\n\n\
-         [raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n\
-         rpc_timeout_ms = 300\nsnapshot_after_logs = 10\nlogs_to_keep = 2\n\n\
+         [raft]\nsnapshot_after_logs = 10\nlogs_to_keep = 2\n\n\
          [postgres]\nmanage = false\nsuperuser_password_file = \"{0}/su.password\"\nreplication_password_file = \"{0}/repl.password\"\n",
         dir.display()
     );
@@ -344,5 +343,105 @@ async fn a_node_back_after_the_log_was_purged_installs_the_snapshot() {
     assert!(lagging.is_err(), "n{down} applied an entry it never received");
     t.net.heal();
     t.applied_everywhere(cut_off).await;
+    t.shutdown().await;
+}
+
+/// The lease across a change of Raft leader, on real openraft with the real controller on
+/// every node: while the primary renews, the new leader's controller does not fail over
+/// (its tenure starts a full deadline of its own); once the renewals stop, it fences the
+/// primary's generation, and not before the lease the primary counts on its own clock ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_fails_over_only_after_the_primarys_own_lease_ended() {
+    let t = Trio::start().await;
+    for (_, n) in t.running() {
+        n.spawn("controller", crate::controller::run(n.clone(), n.stop_signal()));
+    }
+    let leader = t.leader_seen_by(1, None).await;
+    let l = leader as usize;
+    let primary = 1 + l % 3;
+    let other = 1 + primary % 3;
+    let p_name = format!("n{primary}");
+    for cmd in [
+        Command::ChooseBootstrap { node: p_name.clone() },
+        Command::Bootstrap {
+            node: p_name.clone(),
+            system_identifier: 7,
+        },
+    ] {
+        let c = t.node(other).propose(cmd, WAIT).await.expect("bootstrap commits");
+        t.applied_everywhere(c.log_index).await;
+    }
+    let state = t.node(primary).state().state;
+    let (generation, lease_ms) = (state.generation, state.ha.lease_ms);
+
+    // The primary's lease task, as the agent runs it: a renewal every lease/4 to whoever
+    // leads, its lease counted from when it asked. `granted` follows the grants' send times.
+    let holder = crate::lease::Holder::new();
+    let (keep, keep_rx) = tokio::sync::watch::channel(true);
+    let (granted_tx, mut granted) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
+    let renewer = {
+        let (node, holder, req) = (t.node(primary).clone(), holder.clone(), renewal(&p_name, generation));
+        tokio::spawn(async move {
+            let mut client = ReportClient::new(node.wire.clone());
+            let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 4));
+            loop {
+                tick.tick().await;
+                if !*keep_rx.borrow() {
+                    return;
+                }
+                let Some(leader) = node.metrics().current_leader else {
+                    continue;
+                };
+                let sent = tokio::time::Instant::now();
+                let reply = client
+                    .send(&addr(leader as usize), &req, Duration::from_millis(lease_ms / 4))
+                    .await;
+                if let Ok(ReportReply::Accepted {
+                    lease_granted: true,
+                    view,
+                }) = reply
+                {
+                    holder.granted_by(generation, sent, lease_ms, view.lease_remaining_ms);
+                    granted_tx.send_replace(Some(sent));
+                }
+            }
+        })
+    };
+    tokio::time::timeout(WAIT, granted.wait_for(Option::is_some))
+        .await
+        .expect("the leader grants the primary's renewal")
+        .expect("the renewer runs");
+
+    t.net.isolate(&addr(l));
+    let new_leader = t.leader_seen_by(primary, Some(leader)).await;
+    let elected = tokio::time::Instant::now();
+    // Renewals granted by the new leader for longer than its controller's deadline.
+    let past = elected + crate::lease::controller_deadline(lease_ms) + Duration::from_millis(200);
+    tokio::time::timeout(WAIT, granted.wait_for(|g| g.is_some_and(|s| s > past)))
+        .await
+        .unwrap_or_else(|_| panic!("the new leader n{new_leader} granted no renewal"))
+        .expect("the renewer runs");
+    let s = t.node(other).state().state;
+    assert_eq!(
+        s.generation, generation,
+        "no failover while the primary renews with the new leader: {:?}",
+        s.pending
+    );
+
+    keep.send_replace(false);
+    renewer.await.expect("the renewer stops");
+    let expiry = holder.expiry(generation).expect("a lease was granted");
+    let mut changes = t.node(other).subscribe();
+    tokio::time::timeout(WAIT, changes.wait_for(|s| s.state.generation > generation))
+        .await
+        .expect("the controller fails over once the renewals stop")
+        .expect("the state machine runs");
+    let fenced = tokio::time::Instant::now();
+    assert!(
+        fenced >= expiry,
+        "generation {generation} was fenced {:?} before the primary's own lease ended",
+        expiry - fenced
+    );
+    eprintln!("fenced {:?} after the primary's lease ended", fenced - expiry);
     t.shutdown().await;
 }
