@@ -47,12 +47,34 @@ fn idle_tick(lease_ms: u64) -> Duration {
 
 /// What the lease task sends next: the last report and whether to renew.
 #[derive(Clone, Debug)]
-struct Outbox {
-    report: Report,
-    renew: bool,
+pub(crate) struct Outbox {
+    pub(crate) report: Report,
+    pub(crate) renew: bool,
     /// When the observation behind `renew` started: a renewal rests on a fresh one only
     /// (`lease::observation_fresh`), so a hung PostgreSQL or a stuck agent lets it lapse.
-    observed_at: Option<Instant>,
+    pub(crate) observed_at: Option<Instant>,
+}
+
+/// What the agent shares with its lease task: the lease it holds, the report to send
+/// next, and the bell that makes the task send it at once.
+#[derive(Clone)]
+pub(crate) struct LeaseShare {
+    pub(crate) holder: Holder,
+    pub(crate) outbox: Arc<Mutex<Outbox>>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+/// What the lease task does to PostgreSQL: it fences it the moment a held lease expires.
+/// A handle of its own, apart from the agent's `Postgres`, so that an agent stuck in an
+/// action never delays a fence.
+pub(crate) trait Fence: Send + Sync + 'static {
+    fn fence(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Fence for PgNode {
+    fn fence(&self) -> impl std::future::Future<Output = ()> + Send {
+        fence(self)
+    }
 }
 
 pub struct Agent<P: Postgres> {
@@ -147,16 +169,28 @@ pub fn spawn(node: &Node, pg: PgNode, stop: watch::Receiver<bool>) {
         pre_promoted: None,
         reloaded: None,
     };
+    let keeper = match node.cfg.unsafe_for_testing.no_fence_keeper {
+        true => None,
+        false => match keeper::Keeper::spawn(
+            &pg.ctl.socket_dir.join("lease"),
+            &pg.ctl.data_dir,
+            node.cfg.vip.as_ref(),
+        ) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");
+                None
+            }
+        },
+    };
+    let share = LeaseShare {
+        holder: agent.holder.clone(),
+        outbox: agent.outbox.clone(),
+        wake: agent.wake_reporter.clone(),
+    };
     node.spawn(
         "lease",
-        lease_loop(
-            node.clone(),
-            pg,
-            agent.holder.clone(),
-            agent.outbox.clone(),
-            agent.wake_reporter.clone(),
-            stop.clone(),
-        ),
+        lease_loop(node.clone(), pg.me.clone(), pg, keeper, share, stop.clone()),
     );
     if let Some(v) = node.cfg.vip.clone() {
         node.spawn("vip", vip::run(node.clone(), agent.holder.clone(), v, stop.clone()));
@@ -509,27 +543,18 @@ pub async fn fence(pg: &PgNode) {
 
 /// Reports to the Raft leader every lease/4 (or at once when asked), renews the
 /// lease, and fences PostgreSQL the moment a held lease expires.
-async fn lease_loop(
+/// `keeper` is the fence keeper it keeps armed with the lease (none in tests without one).
+pub(crate) async fn lease_loop(
     node: Node,
-    pg: PgNode,
-    holder: Holder,
-    outbox: Arc<Mutex<Outbox>>,
-    wake: Arc<Notify>,
+    me: String,
+    pg: impl Fence,
+    mut keeper: Option<keeper::Keeper>,
+    share: LeaseShare,
     mut stop: watch::Receiver<bool>,
 ) {
+    let LeaseShare { holder, outbox, wake } = share;
     let mut client = ReportClient::new(node.wire.clone());
     let mut task = timers::LeaseTask::default();
-    let lease_file = pg.ctl.socket_dir.join("lease");
-    let mut keeper = match node.cfg.unsafe_for_testing.no_fence_keeper {
-        true => None,
-        false => match keeper::Keeper::spawn(&lease_file, &pg.ctl.data_dir, node.cfg.vip.as_ref()) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                tracing::error!("cannot start the fence keeper: {e}; PostgreSQL is fenced only while raftpg runs");
-                None
-            }
-        },
-    };
     let mut checked_lease_ms = 0;
     loop {
         let known_leader = node.metrics().current_leader;
@@ -567,7 +592,7 @@ async fn lease_loop(
         // Once per expiry, paused or not; a paused cluster is not fenced.
         if task.expired(expiry, Instant::now()) && !node.state().state.paused {
             tracing::error!("lease expired without renewal: fencing PostgreSQL now");
-            fence(&pg).await;
+            pg.fence().await;
         }
         if task.due(Instant::now()) {
             let (report, renew) = {
@@ -588,7 +613,7 @@ async fn lease_loop(
                 .map_or(interval, |e| e.saturating_duration_since(Instant::now()));
             let timeout = interval.min(until_expiry).max(Duration::from_millis(50));
             let req = ReportRequest {
-                node: pg.me.clone(),
+                node: me.clone(),
                 report,
                 renew,
             };

@@ -445,3 +445,157 @@ async fn the_controller_fails_over_only_after_the_primarys_own_lease_ended() {
     eprintln!("fenced {:?} after the primary's lease ended", fenced - expiry);
     t.shutdown().await;
 }
+
+/// The lease task's fence, recorded: when it fenced, if it did.
+struct Fenced(tokio::sync::watch::Sender<Option<tokio::time::Instant>>);
+
+impl crate::agent::Fence for Fenced {
+    fn fence(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.0.send_replace(Some(tokio::time::Instant::now()));
+        std::future::ready(())
+    }
+}
+
+/// Node `k` as primary of `generation`, with the agent's real lease task: it reports to
+/// whoever leads, renews, and fences at the expiry of a held lease. In place of the agent,
+/// an observation of a healthy primary every 100 ms, until the fence.
+fn primary_lease_task(
+    node: &Node,
+    name: &str,
+    generation: Generation,
+) -> (
+    crate::lease::Holder,
+    tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) {
+    let mut report = renewal(name, generation).report;
+    report.timeline = Some(crate::types::Timeline(1));
+    let share = crate::agent::LeaseShare {
+        holder: crate::lease::Holder::new(),
+        outbox: std::sync::Arc::new(std::sync::Mutex::new(crate::agent::Outbox {
+            report,
+            renew: true,
+            observed_at: Some(tokio::time::Instant::now()),
+        })),
+        wake: Default::default(),
+    };
+    let (fenced_tx, fenced) = tokio::sync::watch::channel(None);
+    let (outbox, mut gone, mut stop) = (share.outbox.clone(), fenced.clone(), node.stop_signal());
+    node.spawn("observer", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => outbox.lock().expect("outbox").observed_at = Some(tokio::time::Instant::now()),
+                _ = gone.wait_for(Option::is_some) => return,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    let holder = share.holder.clone();
+    node.spawn(
+        "lease",
+        crate::agent::lease_loop(
+            node.clone(),
+            name.to_string(),
+            Fenced(fenced_tx),
+            None,
+            share,
+            node.stop_signal(),
+        ),
+    );
+    (holder, fenced)
+}
+
+/// Waits (at most `WAIT`) until `done` holds, looking every 20 ms.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < give_up, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three nodes with the controller on each, and the follower after the Raft leader as the
+/// bootstrapped primary: (trio, leader, primary, the third node, the primary's generation).
+async fn bootstrapped_trio() -> (Trio, usize, usize, usize, Generation) {
+    let t = Trio::start().await;
+    for (_, n) in t.running() {
+        n.spawn("controller", crate::controller::run(n.clone(), n.stop_signal()));
+    }
+    let l = t.leader_seen_by(1, None).await as usize;
+    let primary = 1 + l % 3;
+    let other = 1 + primary % 3;
+    let name = format!("n{primary}");
+    for cmd in [
+        Command::ChooseBootstrap { node: name.clone() },
+        Command::Bootstrap {
+            node: name,
+            system_identifier: 7,
+        },
+    ] {
+        let c = t.node(other).propose(cmd, WAIT).await.expect("bootstrap commits");
+        t.applied_everywhere(c.log_index).await;
+    }
+    let generation = t.node(primary).state().state.generation;
+    (t, l, primary, other, generation)
+}
+
+/// The lease's promise, with the agent's real lease task and the real controller on real
+/// Raft: a primary cut off from everyone fences itself before the others' failover commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_primary_fences_itself_before_the_others_fail_over() {
+    let (t, l, primary, _, generation) = bootstrapped_trio().await;
+    let (holder, mut fenced) = primary_lease_task(t.node(primary), &format!("n{primary}"), generation);
+    until("the primary holds a lease", || holder.expiry(generation).is_some()).await;
+    let mut changes = t.node(l).subscribe();
+
+    t.net.isolate(&addr(primary));
+    let fence = *tokio::time::timeout(WAIT, fenced.wait_for(Option::is_some))
+        .await
+        .expect("the isolated primary fences itself")
+        .expect("the lease task runs");
+    tokio::time::timeout(WAIT, changes.wait_for(|s| s.state.generation > generation))
+        .await
+        .expect("the majority fails over")
+        .expect("the state machine runs");
+    let failover = tokio::time::Instant::now();
+    let fence = fence.expect("checked");
+    assert!(
+        fence < failover,
+        "the failover committed {:?} before the old primary fenced",
+        fence - failover
+    );
+    eprintln!("fenced {:?} before the failover committed", failover - fence);
+    t.shutdown().await;
+}
+
+/// A change of Raft leader inside the lease: the lease task sends its renewal to the new
+/// leader at once, so the primary is neither fenced nor failed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_lease_outlives_a_change_of_raft_leader() {
+    let (t, l, primary, other, generation) = bootstrapped_trio().await;
+    let (holder, fenced) = primary_lease_task(t.node(primary), &format!("n{primary}"), generation);
+    until("the primary holds a lease", || holder.expiry(generation).is_some()).await;
+    let lease = Duration::from_millis(t.node(primary).state().state.ha.lease_ms);
+
+    t.net.isolate(&addr(l));
+    let new_leader = t.leader_seen_by(primary, Some(l as u64)).await;
+    let elected = tokio::time::Instant::now();
+    // Renewed by the new leader for longer than its controller's deadline.
+    let past = elected + crate::lease::controller_deadline(lease.as_millis() as u64) + lease;
+    until("the new leader renews past its controller's deadline", || {
+        holder.expiry(generation).is_some_and(|e| e > past)
+    })
+    .await;
+    assert_eq!(
+        *fenced.borrow(),
+        None,
+        "the primary fenced itself while renewing with n{new_leader}"
+    );
+    let s = t.node(other).state().state;
+    assert_eq!(
+        s.generation, generation,
+        "failed over a renewing primary: {:?}",
+        s.pending
+    );
+    t.shutdown().await;
+}
