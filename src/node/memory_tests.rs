@@ -4,6 +4,7 @@
 //! checks what the composition of openraft and raftpg's own Raft code must guarantee,
 //! faults included, in seconds and without a port.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::report::{ReportClient, ReportReply, ReportRequest};
@@ -26,13 +27,18 @@ fn addr(k: usize) -> String {
 }
 
 fn config(dir: &std::path::Path, k: usize) -> Config {
+    config_of(dir, k, 3)
+}
+
+/// Node `k`'s configuration in a cluster whose config files list members 1 to `members`.
+fn config_of(dir: &std::path::Path, k: usize, members: usize) -> Config {
     let mut text = format!(
         "[node]\nname = \"n{k}\"\ndata_dir = \"{}/n{k}\"\n\n\
          [raft]\nsnapshot_after_logs = 10\nlogs_to_keep = 2\n\n\
          [postgres]\nmanage = false\nsuperuser_password_file = \"{0}/su.password\"\nreplication_password_file = \"{0}/repl.password\"\n",
         dir.display()
     );
-    for m in 1..=3 {
+    for m in 1..=members {
         text += &format!(
             "\n[[members]]\nname = \"n{m}\"\nid = {m}\nraft = \"{}\"\ngrpc = \"127.0.0.1:{}\"\n\
              pg = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
@@ -598,4 +604,60 @@ async fn the_primarys_lease_outlives_a_change_of_raft_leader() {
         s.pending
     );
     t.shutdown().await;
+}
+
+/// Joint consensus on real openraft, with raftpg's membership calls: a fourth member joins
+/// (learner, then voter) while one voter is cut off, the cut-off voter is then removed, and
+/// the three that are left commit on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_and_another_leaves_while_it_is_cut_off() {
+    let mut t = Trio::start().await;
+    let l = t.leader_seen_by(1, None).await as usize;
+    let cut = 1 + l % 3;
+    t.net.isolate(&addr(cut));
+    let n4 = Node::start_in_memory(config_of(t.dir.path(), 4, 4), &t.net)
+        .await
+        .expect("n4 starts");
+    let member = n4
+        .cfg
+        .members
+        .iter()
+        .find(|m| m.name == "n4")
+        .expect("n4 configured")
+        .clone();
+    t.nodes.push(Some(n4));
+    let leader = t.node(l);
+    leader
+        .add_learner(member.to_member(), false)
+        .await
+        .expect("n4 joins as a learner and catches up");
+    leader.promote_voter("n4").await.expect("n4 becomes a voter");
+    let voters: BTreeSet<u64> = leader.raft.voter_ids().collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3, 4]));
+    assert!(leader.state().state.member("n4").is_some(), "n4 is in the state");
+
+    let gone = format!("n{cut}");
+    leader.remove_member(&gone).await.expect("the cut-off voter is removed");
+    let voters: BTreeSet<u64> = leader.raft.voter_ids().collect();
+    assert!(!voters.contains(&(cut as u64)) && voters.len() == 3, "{voters:?}");
+    let c = t
+        .node(4)
+        .propose(set("postgresql.parameters.work_mem", "4MB"), WAIT)
+        .await
+        .expect("the new voter's proposal commits");
+    for k in (1..=4).filter(|k| *k != cut) {
+        t.node(k)
+            .raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(c.log_index), "applied")
+            .await
+            .unwrap_or_else(|e| panic!("n{k}: {e}"));
+        let state = t.node(k).state().state;
+        assert!(state.member(&gone).is_none(), "n{k} still lists {gone}");
+        assert!(state.member("n4").is_some(), "n{k} lacks n4");
+    }
+    t.stop(cut).await;
+    for k in [1, 2, 3, 4].into_iter().filter(|k| *k != cut) {
+        t.stop(k).await;
+    }
 }
