@@ -157,7 +157,11 @@ impl Link for GrpcLink {
     fn call(&self, rpc: Rpc, payload: Vec<u8>, timeout: Duration) -> Reply {
         let mut client = self.client.clone();
         let mut req = self.transport.request(RaftMessage { payload });
-        req.set_timeout(timeout);
+        if matches!(rpc, Rpc::Report | Rpc::Forward) {
+            // The server gives up with the caller. Raft's calls go without the header, as
+            // before the seam: a heartbeat would arm one more timer on the server each time.
+            req.set_timeout(timeout);
+        }
         self.bounded(timeout, async move {
             match rpc {
                 Rpc::Vote => client.vote(req).await,
