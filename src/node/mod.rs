@@ -163,11 +163,11 @@ impl Node {
                 );
             }
             (None, Some(net)) => {
-                net.attach(&me.raft, server);
+                net.attach(&me.raft, server.clone());
                 let (addr, mut stop) = (me.raft.clone(), stop_rx.clone());
                 node.spawn("memory server", async move {
                     let _ = stop.wait_for(|s| *s).await;
-                    net.detach(&addr);
+                    net.detach(&addr, &server);
                 });
             }
             (None, None) => unreachable!("a node without a listener is on a MemoryNet"),

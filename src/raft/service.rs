@@ -172,7 +172,8 @@ fn too_large() -> Status {
     Status::resource_exhausted(format!("snapshot larger than {MAX_SNAPSHOT_BYTES} bytes refused"))
 }
 
-/// The calls of `wire::MemoryWire`: the same handlers as over gRPC, the same checks.
+/// The calls of `wire::MemoryWire`: the same handlers as over gRPC, with the checks of a
+/// plaintext listener (no certificate in memory).
 impl RaftServer {
     /// One unary call, as its gRPC method handles it.
     pub async fn handle(&self, rpc: Rpc, req: Request<RaftMessage>) -> Result<RaftMessage, Status> {

@@ -1,17 +1,20 @@
 //! The network between nodes, as one seam.
 //!
-//! Everything one raftpg node sends another goes through a `Wire`: Raft's RPCs (openraft's
+//! Every call of the Raft service, from one raftpg node to another, goes through a `Wire`:
+//! Raft's RPCs (openraft's
 //! `RaftNetworkV2`, `network.rs`), the agents' reports and lease renewals
 //! (`node::report::ReportClient`), forwarded proposals (`node::propose`) and the probe that
 //! decides who initialises the group (`node::init`). Payloads are the postcard bytes that
-//! travel in a `RaftMessage`.
+//! travel in a `RaftMessage`. (The control API's hop to the leader's control port, for
+//! `ctl member add`, is a client's call and does not.)
 //!
 //! - `GrpcWire` is the process's: tonic over TCP, mutual TLS when `[tls]` is set, and the
 //!   headers that name the cluster and the sender on every call.
 //! - `MemoryWire` connects nodes in one process through a `MemoryNet`: each call runs the
-//!   peer's own `RaftServer` handlers (the same sender checks included), and the net drops
-//!   messages per direction, or refuses them for a node that is down. The in-process test
-//!   tier (`node::memory_tests`) runs real openraft nodes over it.
+//!   peer's own `RaftServer` handlers, with the checks of a plaintext listener (the cluster
+//!   header; the certificate checks need TLS and are tested over gRPC, `tests/security.rs`),
+//!   and the net loses messages per direction, or refuses them for a node that is down. The
+//!   in-process test tier (`node::memory_tests`) runs real openraft nodes over it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -82,7 +85,7 @@ pub type Reply = BoxFuture<'static, Result<Vec<u8>, WireError>>;
 
 /// A lazily opened connection to one peer.
 pub trait Link: Send + Sync {
-    /// One call, answered within `timeout` or `Unreachable`.
+    /// One call, answered within `timeout` or `WireError::Timeout`.
     fn call(&self, rpc: Rpc, payload: Vec<u8>, timeout: Duration) -> Reply;
     /// A whole snapshot: `meta` is the encoded `(Vote, SnapshotMeta)`, `data` the state.
     fn snapshot(&self, meta: Vec<u8>, data: Vec<u8>, timeout: Duration) -> Reply;
@@ -93,7 +96,9 @@ pub trait Link: Send + Sync {
 /// Opens links to the other nodes, by their Raft address.
 pub trait Wire: Send + Sync {
     /// A link of its own to `addr`, whose calls do not queue behind another link's (Raft's
-    /// replication to one peer, the lease task's reports). `timeout` bounds connecting.
+    /// replication to one peer, the lease task's reports). `timeout` bounds connecting and,
+    /// over gRPC, every call on the link too (tonic's `Endpoint::timeout`): a call given a
+    /// longer timeout is cut at this one (`Cancelled`, so `Unreachable`).
     fn link(&self, addr: &str, timeout: Duration) -> Result<Box<dyn Link>, String>;
     /// A link to `addr` that occasional callers share (forwarded proposals), kept open.
     fn shared(&self, addr: &str) -> Result<Box<dyn Link>, String>;
@@ -158,8 +163,9 @@ impl Link for GrpcLink {
         let mut client = self.client.clone();
         let mut req = self.transport.request(RaftMessage { payload });
         if matches!(rpc, Rpc::Report | Rpc::Forward) {
-            // The server gives up with the caller. Raft's calls go without the header, as
-            // before the seam: a heartbeat would arm one more timer on the server each time.
+            // The server gives up on the call with its caller. Raft's calls go without the
+            // header, as before the seam: the server bounds them by its own limit only
+            // (`RAFT_SERVER_TIMEOUT`) and does not cancel a handler at the caller's deadline.
             req.set_timeout(timeout);
         }
         self.bounded(timeout, async move {
@@ -211,6 +217,8 @@ struct Nodes {
     servers: HashMap<String, Arc<RaftServer>>,
     /// (from, to): every message in that direction is lost.
     cut: BTreeSet<(String, String)>,
+    /// Every message to or from these is lost, whoever attaches later.
+    isolated: BTreeSet<String>,
 }
 
 impl MemoryNet {
@@ -223,34 +231,39 @@ impl MemoryNet {
         self.nodes().servers.insert(addr.to_string(), server);
     }
 
-    /// The node at `addr` is down: calls to it are refused at once, as a closed port is.
-    pub fn detach(&self, addr: &str) {
-        self.nodes().servers.remove(addr);
+    /// `server` at `addr` is down: calls to it are refused at once, as a closed port is.
+    /// A server attached at `addr` since (the node restarted) stays.
+    pub fn detach(&self, addr: &str, server: &Arc<RaftServer>) {
+        let mut nodes = self.nodes();
+        if nodes.servers.get(addr).is_some_and(|s| Arc::ptr_eq(s, server)) {
+            nodes.servers.remove(addr);
+        }
     }
 
     /// Loses every message from `from` to `to` (one direction), until `heal`: a call
-    /// across the cut waits out its timeout and is `Unreachable`, as with dropped packets.
+    /// across the cut waits out its timeout (`WireError::Timeout`), as with dropped packets.
     pub fn cut(&self, from: &str, to: &str) {
         self.nodes().cut.insert((from.to_string(), to.to_string()));
     }
 
-    /// Cuts `addr` from every other node, both ways.
+    /// Cuts `addr` from every other node, both ways, those that attach later included.
     pub fn isolate(&self, addr: &str) {
-        let mut nodes = self.nodes();
-        let others: Vec<String> = nodes.servers.keys().filter(|a| *a != addr).cloned().collect();
-        for o in others {
-            nodes.cut.insert((addr.to_string(), o.clone()));
-            nodes.cut.insert((o, addr.to_string()));
-        }
+        self.nodes().isolated.insert(addr.to_string());
     }
 
-    /// Every cut is gone.
+    /// Every cut and isolation is gone.
     pub fn heal(&self) {
-        self.nodes().cut.clear();
+        let mut nodes = self.nodes();
+        nodes.cut.clear();
+        nodes.isolated.clear();
     }
 
     fn is_cut(&self, from: &str, to: &str) -> bool {
-        self.nodes().cut.contains(&(from.to_string(), to.to_string()))
+        let nodes = self.nodes();
+        from != to
+            && (nodes.isolated.contains(from)
+                || nodes.isolated.contains(to)
+                || nodes.cut.contains(&(from.to_string(), to.to_string())))
     }
 
     /// The wire of the node at `me`, which sends with `transport`'s headers.
