@@ -262,15 +262,33 @@ pub fn elect(input: &ElectionInput) -> Election {
                 reported.len()
             ),
         },
-        None if best_tli == Timeline::NONE => Election::Refuse {
-            reason: "every member that reported holds no database that streamed from the old primary: none can be promoted".into(),
-        },
-        None => Election::Refuse {
-            reason: format!(
-                "no eligible standby holds every acknowledged write ({} is needed; the most advanced is tagged nofailover, was refused by its pre_promote hook, or is on another timeline)",
-                lsn(floor)
-            ),
-        },
+        None => {
+            let why = match best_tli == Timeline::NONE {
+                true => "every member that reported holds no database that streamed from the old primary".to_string(),
+                false => format!(
+                    "no eligible standby holds every acknowledged write ({} is needed; the most advanced is tagged nofailover, was refused by its pre_promote hook, or is on another timeline)",
+                    lsn(floor)
+                ),
+            };
+            // A standby that counts in no quorum need not report for `covered`, yet may be
+            // eligible: it gets its chance before the refusal, which would let the fenced
+            // primary be promoted again at once (hooks test: a vetoed switchover target, and
+            // the other standby's final report 20 ms behind the veto).
+            let missing: Vec<&str> = input
+                .standbys
+                .iter()
+                .filter(|(_, r)| r.is_none())
+                .map(|(n, _)| *n)
+                .collect();
+            match missing.is_empty() {
+                true => Election::Refuse {
+                    reason: format!("{why}: none can be promoted"),
+                },
+                false => Election::Wait {
+                    reason: format!("{why}; waiting for the final report of [{}]", missing.join(", ")),
+                },
+            }
+        }
     }
 }
 

@@ -227,8 +227,13 @@ fn async_mode_allows_bounded_lag() {
     input.last_primary_lsn = Some(1000);
     input.maximum_lag_bytes = 50;
     assert!(
+        matches!(elect(&input), Election::Wait { reason } if reason.contains("waiting for the final report of [n3]")),
+        "900 is 100 behind, more than 50: n3, which has not reported, may be within the lag"
+    );
+    input.standbys.insert("n3", report(800));
+    assert!(
         matches!(elect(&input), Election::Refuse { .. }),
-        "900 is 100 behind, more than 50"
+        "both reported, and 900 is 100 behind, more than 50"
     );
     input.maximum_lag_bytes = 100;
     assert_eq!(promoted(&elect(&input)), Some("n2"));
@@ -328,8 +333,8 @@ fn a_member_past_the_old_primarys_clean_stop_covers_every_quorum() {
         }),
     );
     assert!(
-        matches!(elect(&input), Election::Refuse { .. }),
-        "never n3, which lacks writes"
+        matches!(elect(&input), Election::Wait { reason } if reason.contains("[n2]")),
+        "never n3, which lacks writes; n2 has not reported and may be past the stop"
     );
 }
 
@@ -455,4 +460,36 @@ fn a_member_outside_the_quorum_never_raises_the_position_needed() {
     // Without the tag, the more advanced member holds everything acknowledged too.
     input.standbys.insert("n3", report(300));
     assert_eq!(promoted(&elect(&input)), Some("n3"));
+}
+
+/// The hooks test's race (CI, 2026-12-08): the switchover target n1, the only member of the
+/// synchronous set, refused its promotion (vetoed: `nofailover` here) and reported; n3, in no
+/// quorum, had not reported yet. The election waits for n3 (which holds every write after a
+/// clean stop) instead of refusing, which let the controller promote the old primary again
+/// at once; once n3 reports at the stop, it is promoted.
+#[test]
+fn an_unreported_standby_outside_every_quorum_is_waited_for_before_a_refusal() {
+    let vetoed = Some(FinalReport {
+        tags: Tags {
+            nofailover: true,
+            ..Tags::default()
+        },
+        ..report(0x858).unwrap()
+    });
+    let mut input = quorum(&[("n1", vetoed), ("n3", None)]);
+    input.quorums[0].standbys = ["n1".to_string()].into();
+    input.quorums[0].k = 1;
+    input.clean_stop = Some((Timeline(1), 0x7e0));
+    assert!(
+        matches!(&elect(&input), Election::Wait { reason } if reason.contains("waiting for the final report of [n3]")),
+        "{:?}",
+        elect(&input)
+    );
+    input.standbys.insert("n3", report(0x858));
+    assert_eq!(promoted(&elect(&input)), Some("n3"));
+    input.standbys.insert("n3", report(0x700));
+    assert!(
+        matches!(elect(&input), Election::Refuse { .. }),
+        "n3 behind the stop: refused once everyone reported"
+    );
 }
