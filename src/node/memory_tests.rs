@@ -125,7 +125,7 @@ impl Trio {
     }
 
     async fn shutdown(mut self) {
-        for k in 1..=3 {
+        for k in 1..=self.nodes.len() {
             if self.nodes[k - 1].is_some() {
                 self.stop(k).await;
             }
@@ -358,27 +358,10 @@ async fn a_node_back_after_the_log_was_purged_installs_the_snapshot() {
 /// primary's generation, and not before the lease the primary counts on its own clock ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_fails_over_only_after_the_primarys_own_lease_ended() {
-    let t = Trio::start().await;
-    for (_, n) in t.running() {
-        n.spawn("controller", crate::controller::run(n.clone(), n.stop_signal()));
-    }
-    let leader = t.leader_seen_by(1, None).await;
-    let l = leader as usize;
-    let primary = 1 + l % 3;
-    let other = 1 + primary % 3;
+    let (t, l, primary, other, generation) = bootstrapped_trio().await;
+    let leader = l as u64;
     let p_name = format!("n{primary}");
-    for cmd in [
-        Command::ChooseBootstrap { node: p_name.clone() },
-        Command::Bootstrap {
-            node: p_name.clone(),
-            system_identifier: 7,
-        },
-    ] {
-        let c = t.node(other).propose(cmd, WAIT).await.expect("bootstrap commits");
-        t.applied_everywhere(c.log_index).await;
-    }
-    let state = t.node(primary).state().state;
-    let (generation, lease_ms) = (state.generation, state.ha.lease_ms);
+    let lease_ms = t.node(primary).state().state.ha.lease_ms;
 
     // The primary's lease task, as the agent runs it: a renewal every lease/4 to whoever
     // leads, its lease counted from when it asked. `granted` follows the grants' send times.
@@ -656,8 +639,5 @@ async fn a_member_joins_and_another_leaves_while_it_is_cut_off() {
         assert!(state.member(&gone).is_none(), "n{k} still lists {gone}");
         assert!(state.member("n4").is_some(), "n{k} lacks n4");
     }
-    t.stop(cut).await;
-    for k in [1, 2, 3, 4].into_iter().filter(|k| *k != cut) {
-        t.stop(k).await;
-    }
+    t.shutdown().await;
 }
